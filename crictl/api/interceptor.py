@@ -1,0 +1,97 @@
+"""The one mapping from crictld's errors to gRPC status codes, and the per-call log line.
+
+Every CRI method handler is wrapped here: a CrictlError becomes its status code with its message,
+any other exception becomes INTERNAL (and is logged with its traceback), and each call logs one
+structured line with its method, status code and duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeAlias
+
+import grpc
+import grpc.aio
+
+from crictl import errors
+
+log = logging.getLogger("crictl.api.calls")
+
+STATUS_CODES: Mapping[type[errors.CrictlError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.Internal: grpc.StatusCode.INTERNAL,
+}
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+UnaryHandler = Callable[[Any, Context], Awaitable[Any]]
+StreamHandler = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+def status_code(error: errors.CrictlError) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        code = STATUS_CODES.get(kind)
+        if code is not None:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+async def _fail(method: str, error: BaseException, context: Context) -> grpc.StatusCode:
+    if isinstance(error, errors.CrictlError):
+        code = status_code(error)
+        message = str(error)
+    else:
+        code = grpc.StatusCode.INTERNAL
+        message = f"internal error in {method}: {type(error).__name__}: {error}"
+        log.exception("unexpected error", extra={"rpc": method}, exc_info=error)
+    context.set_code(code)
+    context.set_details(message)
+    return code
+
+
+def _log_call(method: str, code: grpc.StatusCode, started: float) -> None:
+    log.info(
+        "cri call",
+        extra={
+            "rpc": method,
+            "code": code.name,
+            "ms": round((time.perf_counter() - started) * 1000, 3),
+        },
+    )
+
+
+def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:
+    async def wrapped(request: Any, context: Context) -> Any:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await handler(request, context)
+        except Exception as e:  # every error leaves through the one mapping
+            code = await _fail(method, e, context)
+            return None
+        finally:
+            _log_call(method, code, started)
+
+    return wrapped
+
+
+def wrap_stream(method: str, handler: StreamHandler) -> StreamHandler:
+    async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            async for item in handler(request, context):
+                yield item
+        except Exception as e:
+            code = await _fail(method, e, context)
+        finally:
+            _log_call(method, code, started)
+
+    return wrapped

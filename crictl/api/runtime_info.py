@@ -1,0 +1,56 @@
+"""Version, Status and RuntimeConfig: what kubelet asks before anything else."""
+
+from __future__ import annotations
+
+import json
+
+from crictl import __version__
+from crictl.api.interceptor import Context
+from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.reconciler.health import Health
+
+# The CRI API version kubelet checks for; not crictld's own version.
+CRI_VERSION = "0.1.0"
+RUNTIME_NAME = "crictld"
+
+
+class RuntimeInfo:
+    def __init__(self, health: Health, verbose_info: dict[str, str]) -> None:
+        self.health = health
+        self.verbose_info = verbose_info
+
+    async def version(
+        self, request: api_pb2.VersionRequest, context: Context
+    ) -> api_pb2.VersionResponse:
+        return api_pb2.VersionResponse(
+            version=CRI_VERSION,
+            runtime_name=RUNTIME_NAME,
+            runtime_version=__version__,
+            runtime_api_version="v1",
+        )
+
+    async def status(
+        self, request: api_pb2.StatusRequest, context: Context
+    ) -> api_pb2.StatusResponse:
+        conditions = await self.health.conditions()
+        response = api_pb2.StatusResponse(
+            status=api_pb2.RuntimeStatus(
+                conditions=[
+                    api_pb2.RuntimeCondition(
+                        type=c.type, status=c.status, reason=c.reason, message=c.message
+                    )
+                    for c in conditions
+                ]
+            )
+        )
+        if request.verbose:
+            response.info["config"] = json.dumps(self.verbose_info, sort_keys=True)
+        return response
+
+    async def runtime_config(
+        self, request: api_pb2.RuntimeConfigRequest, context: Context
+    ) -> api_pb2.RuntimeConfigResponse:
+        # This node runs cgroup v1 with the cgroupfs driver (no systemd cgroup manager).
+        return api_pb2.RuntimeConfigResponse(
+            linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=api_pb2.CGROUPFS)
+        )

@@ -1,0 +1,93 @@
+"""Binds servicer objects to the CRI services, method by method, from the proto descriptors.
+
+A servicer implements an RPC by defining an async method named after it in snake_case
+(`RunPodSandbox` -> `run_pod_sandbox(request, context)`; server-streaming RPCs as async
+generators). Every RPC a servicer lacks answers UNIMPLEMENTED with a message naming it, so a
+client always gets a precise answer and never a crash or a hang.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+
+from crictl import errors
+from crictl.api.interceptor import Context, wrap_stream, wrap_unary
+from crictl.gen.cri.runtime.v1 import api_pb2
+
+RUNTIME_SERVICE: ServiceDescriptor = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"]
+IMAGE_SERVICE: ServiceDescriptor = api_pb2.DESCRIPTOR.services_by_name["ImageService"]
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _message_class(descriptor: Any) -> Any:
+    return getattr(api_pb2, descriptor.name)
+
+
+def _unimplemented(full_name: str) -> errors.Unimplemented:
+    return errors.Unimplemented(f"{full_name} is not implemented by crictld yet")
+
+
+def _method_handler(
+    method: MethodDescriptor, servicers: tuple[object, ...]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    full_name = f"/{method.containing_service.full_name}/{method.name}"
+    request_class = _message_class(method.input_type)
+    response_class = _message_class(method.output_type)
+    name = snake_case(method.name)
+    impl = next((getattr(s, name) for s in servicers if hasattr(s, name)), None)
+    if method.server_streaming:
+        if impl is None or not inspect.isasyncgenfunction(impl):
+            if impl is not None:
+                raise TypeError(f"{full_name} must be an async generator")
+
+            async def missing_stream(_req: Any, _ctx: Context) -> AsyncIterator[Any]:
+                raise _unimplemented(full_name)
+                yield  # pragma: no cover  (makes this an async generator)
+
+            impl = missing_stream
+        return grpc.unary_stream_rpc_method_handler(
+            wrap_stream(full_name, impl),
+            request_deserializer=request_class.FromString,
+            response_serializer=response_class.SerializeToString,
+        )
+    if impl is None:
+
+        async def missing(_req: Any, _ctx: Context) -> Any:
+            raise _unimplemented(full_name)
+
+        impl = missing
+    elif not inspect.iscoroutinefunction(impl):
+        raise TypeError(f"{full_name} must be an async method")
+    return grpc.unary_unary_rpc_method_handler(
+        wrap_unary(full_name, impl),
+        request_deserializer=request_class.FromString,
+        response_serializer=response_class.SerializeToString,
+    )
+
+
+def generic_handler(service: ServiceDescriptor, *servicers: object) -> grpc.GenericRpcHandler:
+    """The handler serving every method of `service` from the first servicer that has it.
+
+    A public method that matches no RPC is a typo that would silently leave the RPC
+    unimplemented, so it is refused here.
+    """
+    known = {snake_case(m.name) for m in service.methods}
+    for servicer in servicers:
+        extra = [
+            name
+            for name, _ in inspect.getmembers(type(servicer), inspect.isfunction)
+            if not name.startswith("_") and name not in known
+        ]
+        if extra:
+            raise TypeError(f"{type(servicer).__name__} has methods that are no RPC: {extra}")
+    handlers = {m.name: _method_handler(m, servicers) for m in service.methods}
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

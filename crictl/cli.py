@@ -1,0 +1,157 @@
+"""The `crictld` command: serve | migrate | sql | version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from crictl import __version__, errors
+from crictl.config import Config, load_config_file, parse_mirror_flags
+from crictl.log import setup_logging
+
+DEFAULT_CONFIG_FILE = Path("/etc/crictld/config.toml")
+
+
+def _add_state_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", type=Path, help=f"TOML config file (default {DEFAULT_CONFIG_FILE} if it exists)"
+    )
+    p.add_argument("--state-dir", type=Path, help="holds the database (default /var/lib/crictld)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crictld", description="A Kubernetes CRI runtime with its state in SQLite."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve CRI on a unix socket")
+    _add_state_args(serve)
+    serve.add_argument("--socket", type=Path, help="default /run/crictld/crictld.sock")
+    serve.add_argument(
+        "--containerd",
+        metavar="ADDRESS|managed",
+        help="a containerd socket, or 'managed' to start a private one "
+        "(default: the standard socket if it answers, else managed)",
+    )
+    serve.add_argument("--containerd-namespace", help="default crictld")
+    serve.add_argument("--containerd-bin", help="containerd binary for managed mode")
+    serve.add_argument("--cni-conf-dir", type=Path, help="default /etc/cni/net.d")
+    serve.add_argument(
+        "--cni-bin-dir",
+        type=Path,
+        action="append",
+        dest="cni_bin_dirs",
+        help="repeatable; default /opt/cni/bin and /usr/lib/cni",
+    )
+    serve.add_argument("--netns-dir", type=Path, help="default /run/crictld/netns")
+    serve.add_argument("--pause-image", help="default registry.k8s.io/pause:3.10")
+    serve.add_argument(
+        "--registry-mirror", action="append", default=[], metavar="HOST=URL", help="repeatable"
+    )
+    serve.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="repeatable; plain HTTP allowed (always for loopback)",
+    )
+    serve.add_argument("--log-level", help="default INFO")
+
+    migrate = sub.add_parser("migrate", help="migrate the database to the newest schema")
+    _add_state_args(migrate)
+
+    sql = sub.add_parser("sql", help="run a read-only SQL query on the database")
+    _add_state_args(sql)
+    sql.add_argument("--db", type=Path, help="the database file (instead of --state-dir)")
+    sql.add_argument("--json", action="store_true", help="print rows as JSON objects")
+    sql.add_argument("--schema", action="store_true", help="print the views and tables")
+    sql.add_argument("query", nargs="?")
+
+    sub.add_parser("version", help="print crictld's version")
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    path: Path | None = args.config
+    if path is None and DEFAULT_CONFIG_FILE.exists():
+        path = DEFAULT_CONFIG_FILE
+    config = load_config_file(path) if path is not None else Config()
+    overrides: dict[str, Any] = {"state_dir": args.state_dir}
+    if args.command == "serve":
+        overrides |= {
+            "socket": args.socket,
+            "containerd": args.containerd,
+            "containerd_namespace": args.containerd_namespace,
+            "containerd_bin": args.containerd_bin,
+            "cni_conf_dir": args.cni_conf_dir,
+            "cni_bin_dirs": args.cni_bin_dirs,
+            "netns_dir": args.netns_dir,
+            "pause_image": args.pause_image,
+            "log_level": args.log_level,
+        }
+        if args.registry_mirror:
+            mirrors = dict(config.registry_mirrors)
+            mirrors.update(parse_mirror_flags(args.registry_mirror))
+            overrides["registry_mirrors"] = mirrors
+        if args.insecure_registry:
+            overrides["insecure_registries"] = config.insecure_registries + args.insecure_registry
+    return config.with_overrides(overrides)
+
+
+def _sql(args: argparse.Namespace) -> int:
+    from crictl.store import inspect
+
+    db: Path = args.db or load_config(args).db_path
+    if args.schema:
+        print(inspect.schema(db))
+        return 0
+    if not args.query:
+        raise errors.InvalidArgument("give a query, or --schema")
+    result = inspect.run_query(db, args.query)
+    if args.json:
+        print(
+            json.dumps(
+                [dict(zip(result.columns, row, strict=True)) for row in result.rows],
+                indent=2,
+                default=str,
+            )
+        )
+    else:
+        print(inspect.format_table(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "version":
+            print(f"crictld {__version__}")
+            return 0
+        if args.command == "sql":
+            return _sql(args)
+        config = load_config(args)
+        setup_logging(config.log_level)
+        if args.command == "migrate":
+            from crictl.store.migrate import upgrade_to_head
+
+            before, after = upgrade_to_head(config.db_path)
+            print(f"{config.db_path}: {before or 'empty'} -> {after}")
+            return 0
+        from crictl.daemon import serve
+
+        asyncio.run(serve(config))
+        return 0
+    except errors.CrictlError as e:
+        print(f"crictld: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

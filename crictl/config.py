@@ -1,0 +1,118 @@
+"""Daemon settings: defaults, the TOML config file, and command-line overrides.
+
+Every path and address is a setting so that tests can run many isolated daemons side by side.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from crictl.errors import InvalidArgument
+
+DEFAULT_SOCKET = Path("/run/crictld/crictld.sock")
+DEFAULT_STATE_DIR = Path("/var/lib/crictld")
+DEFAULT_CONTAINERD_SOCKET = Path("/run/containerd/containerd.sock")
+MANAGED = "managed"
+
+
+@dataclass
+class Config:
+    socket: Path = DEFAULT_SOCKET
+    state_dir: Path = DEFAULT_STATE_DIR
+    # "" = the standard socket if it answers, else "managed"; "managed"; or a socket path.
+    containerd: str = ""
+    containerd_namespace: str = "crictld"
+    containerd_bin: str = "containerd"
+    cni_conf_dir: Path = Path("/etc/cni/net.d")
+    cni_bin_dirs: list[Path] = field(
+        default_factory=lambda: [Path("/opt/cni/bin"), Path("/usr/lib/cni")]
+    )
+    netns_dir: Path = Path("/run/crictld/netns")
+    pause_image: str = "registry.k8s.io/pause:3.10"
+    # host -> mirror endpoints tried in order before the host itself
+    registry_mirrors: dict[str, list[str]] = field(default_factory=dict)
+    insecure_registries: list[str] = field(default_factory=list)
+    log_level: str = "INFO"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "crictld.db"
+
+    @property
+    def managed_containerd_dir(self) -> Path:
+        return self.state_dir / "containerd"
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Config:
+        """A copy with the given settings replaced (None means "not given")."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key not in values:
+                raise InvalidArgument(f"unknown setting {key!r}")
+            values[key] = value
+        return Config(**values)
+
+
+_PATH_KEYS = {"socket", "state_dir", "cni_conf_dir", "netns_dir"}
+_STR_KEYS = {"containerd", "containerd_namespace", "containerd_bin", "pause_image", "log_level"}
+
+
+def load_config_file(path: Path) -> Config:
+    """Reads a TOML file whose keys are the settings above (with - or _), e.g.
+
+    state_dir = "/var/lib/crictld"
+    cni_bin_dirs = ["/opt/cni/bin"]
+    insecure_registries = ["registry.local:5000"]
+    [registry_mirrors]
+    "docker.io" = ["http://127.0.0.1:5000"]
+    """
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise InvalidArgument(f"config file {path}: {e}") from e
+    return Config().with_overrides(parse_settings(raw, source=str(path)))
+
+
+def parse_settings(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name in _PATH_KEYS and isinstance(value, str):
+            out[name] = Path(value)
+        elif name in _STR_KEYS and isinstance(value, str):
+            out[name] = value
+        elif name == "cni_bin_dirs" and _is_str_list(value):
+            out[name] = [Path(v) for v in value]
+        elif name == "insecure_registries" and _is_str_list(value):
+            out[name] = list(value)
+        elif name == "registry_mirrors" and isinstance(value, dict):
+            mirrors: dict[str, list[str]] = {}
+            for host, endpoints in value.items():
+                if isinstance(endpoints, str):
+                    endpoints = [endpoints]
+                if not _is_str_list(endpoints):
+                    raise InvalidArgument(f"{source}: registry_mirrors.{host} must be strings")
+                mirrors[host] = list(endpoints)
+            out[name] = mirrors
+        else:
+            raise InvalidArgument(f"{source}: unknown setting or wrong type: {key} = {value!r}")
+    return out
+
+
+def parse_mirror_flags(flags: list[str]) -> dict[str, list[str]]:
+    """`--registry-mirror HOST=URL`, repeatable; several for one host keep their order."""
+    mirrors: dict[str, list[str]] = {}
+    for flag in flags:
+        host, sep, url = flag.partition("=")
+        if not sep or not host or not url:
+            raise InvalidArgument(f"--registry-mirror {flag!r}: expected HOST=URL")
+        mirrors.setdefault(host, []).append(url)
+    return mirrors
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)

@@ -1,0 +1,166 @@
+"""A private containerd that crictld starts and owns when no containerd is reachable.
+
+It lives entirely under `<state dir>/containerd/` (root, state, socket, config, log, pid file),
+with containerd's CRI plugin disabled. It runs in its own session, so a Ctrl-C to crictld's
+terminal does not reach it, and it outlives a crictld that is SIGKILLed: the next crictld on the
+same state dir finds it through the pid file and re-uses it if it answers, or replaces it if it
+does not. There is never more than one: crictld holds the state dir's lock while it decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from crictl import errors
+from crictl.containerd.client import ContainerdClient
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+def containerd_config(directory: Path) -> str:
+    return f"""version = 2
+root = "{directory / "root"}"
+state = "{directory / "state"}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{directory / "containerd.sock"}"
+
+[ttrpc]
+  address = "{directory / "containerd.sock.ttrpc"}"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{directory / "opt"}"
+"""
+
+
+class ManagedContainerd:
+    def __init__(self, directory: Path, binary: str = "containerd") -> None:
+        self.directory = directory
+        self.binary = binary
+        self.config_path = directory / "config.toml"
+        self.pid_path = directory / "containerd.pid"
+        self.log_path = directory / "containerd.log"
+        self.address = str(directory / "containerd.sock")
+        self.pid: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    async def ensure_running(self) -> str:
+        """Adopts the containerd left by an earlier crictld if it answers, else starts one.
+
+        Returns "adopted" or "started".
+        """
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o711)
+        old = self._recorded_pid()
+        if old is not None:
+            if await self._answers(timeout=3.0):
+                self.pid = old
+                log.info("re-using managed containerd", extra={"pid": old})
+                return "adopted"
+            log.warning("managed containerd does not answer: replacing it", extra={"pid": old})
+            await _terminate(old, None)
+        self._start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise errors.Unavailable(
+                    f"managed containerd exited with {self._process.returncode} at start; "
+                    f"see {self.log_path}"
+                )
+            if await self._answers(timeout=1.0):
+                log.info("started managed containerd", extra={"pid": self.pid})
+                return "started"
+            await asyncio.sleep(0.1)
+        raise errors.Unavailable(f"managed containerd did not answer in {START_TIMEOUT:.0f}s")
+
+    def _start(self) -> None:
+        self.config_path.write_text(containerd_config(self.directory))
+        with contextlib.suppress(FileNotFoundError):
+            Path(self.address).unlink()
+        with self.log_path.open("ab") as logfile:
+            self._process = subprocess.Popen(
+                [self.binary, "--config", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=logfile,
+                start_new_session=True,
+                close_fds=True,
+            )
+        self.pid = self._process.pid
+        tmp = self.pid_path.with_suffix(".tmp")
+        tmp.write_text(f"{self.pid}\n")
+        os.replace(tmp, self.pid_path)
+
+    def _recorded_pid(self) -> int | None:
+        """The pid in the pid file, if that process is alive and is our containerd."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        if str(self.config_path).encode() not in cmdline:
+            return None  # the pid was reused by another process
+        return pid
+
+    async def _answers(self, timeout: float) -> bool:
+        if not os.path.exists(self.address):
+            return False
+        client = ContainerdClient(self.address)
+        try:
+            await client.version(timeout=timeout)
+            return True
+        except errors.CrictlError:
+            return False
+        finally:
+            await client.close()
+
+    async def stop(self) -> None:
+        if self.pid is None:
+            return
+        await _terminate(self.pid, self._process)
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
+        log.info("stopped managed containerd", extra={"pid": self.pid})
+        self.pid = None
+        self._process = None
+
+
+async def _terminate(pid: int, process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT; reaps it if it is our child."""
+    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if process is not None:
+                if process.poll() is not None:
+                    return
+            elif not os.path.exists(f"/proc/{pid}") or _is_zombie(pid):
+                return
+            await asyncio.sleep(0.05)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"

@@ -1,0 +1,197 @@
+"""`crictld serve`: wires the store, containerd, the reconciler and the CRI servicers together.
+
+Start-up order, each step safe to repeat after a crash at any point:
+  1. take the state dir's lock (and the socket's): one daemon per state dir, and a stale socket
+     left by a SIGKILLed daemon can then be removed safely;
+  2. migrate the database to head (each migration is one transaction);
+  3. reach containerd: the one configured, or the standard socket if it answers, or a managed
+     private one (re-used if an earlier crictld left it running);
+  4. serve CRI on the unix socket (mode 0660).
+SIGTERM and SIGINT stop serving, stop a managed containerd (its shims and tasks live on), and
+release everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc.aio
+
+from crictl import __version__, errors
+from crictl.api.runtime_info import RuntimeInfo
+from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
+from crictl.config import DEFAULT_CONTAINERD_SOCKET, MANAGED, Config
+from crictl.containerd.client import ContainerdClient
+from crictl.containerd.managed import ManagedContainerd
+from crictl.reconciler.health import Health
+from crictl.store.engine import Store, make_engine
+from crictl.store.events import record_event
+from crictl.store.migrate import upgrade_to_head
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 5.0
+
+
+class Lock:
+    """An exclusive flock on a file; the kernel drops it when the process dies, even by SIGKILL."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise errors.FailedPrecondition(
+                f"another crictld (pid {holder}) is using {self.what}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+@dataclass
+class ContainerdConnection:
+    client: ContainerdClient
+    managed: ManagedContainerd | None
+    how: str  # "configured" | "standard" | "started" | "adopted"
+
+
+async def connect_containerd(config: Config) -> ContainerdConnection:
+    if config.containerd not in ("", MANAGED):
+        client = ContainerdClient(config.containerd, config.containerd_namespace)
+        return ContainerdConnection(client, None, "configured")
+    if config.containerd == "" and DEFAULT_CONTAINERD_SOCKET.exists():
+        client = ContainerdClient(str(DEFAULT_CONTAINERD_SOCKET), config.containerd_namespace)
+        try:
+            await client.version(timeout=2.0)
+            return ContainerdConnection(client, None, "standard")
+        except errors.CrictlError as e:
+            log.info("standard containerd socket does not answer", extra={"error": str(e)})
+            await client.close()
+    managed = ManagedContainerd(config.managed_containerd_dir, config.containerd_bin)
+    how = await managed.ensure_running()
+    client = ContainerdClient(managed.address, config.containerd_namespace)
+    return ContainerdConnection(client, managed, how)
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+    state_lock = Lock(config.state_dir / "crictld.lock", f"state dir {config.state_dir}")
+    socket_lock = Lock(
+        config.socket.with_name(config.socket.name + ".lock"), f"socket {config.socket}"
+    )
+    state_lock.acquire()
+    try:
+        socket_lock.acquire()
+    except BaseException:
+        state_lock.release()
+        raise
+    store: Store | None = None
+    conn: ContainerdConnection | None = None
+    server: grpc.aio.Server | None = None
+    try:
+        before, after = await asyncio.to_thread(upgrade_to_head, config.db_path)
+        if before != after:
+            log.info(
+                "migrated database", extra={"db": str(config.db_path), "from": before, "to": after}
+            )
+        store = Store(make_engine(config.db_path))
+        conn = await connect_containerd(config)
+        await conn.client.ensure_namespace({"crictld.io/owner": "crictld"})
+        await store.write(
+            lambda s: record_event(
+                s,
+                "daemon",
+                str(os.getpid()),
+                "started",
+                message=f"crictld {__version__}; containerd {conn.client.address} ({conn.how})",
+            )
+        )
+
+        health = Health(conn.client, config.cni_conf_dir, config.cni_bin_dirs)
+        runtime_info = RuntimeInfo(
+            health,
+            verbose_info={
+                "stateDir": str(config.state_dir),
+                "containerd": conn.client.address,
+                "containerdMode": conn.how,
+                "containerdNamespace": config.containerd_namespace,
+                "cniConfDir": str(config.cni_conf_dir),
+                "cniBinDirs": ":".join(str(d) for d in config.cni_bin_dirs),
+                "netnsDir": str(config.netns_dir),
+                "pauseImage": config.pause_image,
+            },
+        )
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (
+                generic_handler(RUNTIME_SERVICE, runtime_info),
+                generic_handler(IMAGE_SERVICE),
+            )
+        )
+        _bind(server, config.socket)
+        await server.start()
+        log.info(
+            "serving CRI",
+            extra={
+                "socket": str(config.socket),
+                "containerd": conn.client.address,
+                "containerd_mode": conn.how,
+                "pid": os.getpid(),
+            },
+        )
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        if server is not None:
+            await server.stop(SHUTDOWN_GRACE)
+        with contextlib.suppress(FileNotFoundError):
+            config.socket.unlink()
+        if conn is not None:
+            await conn.client.close()
+            if conn.managed is not None:
+                await conn.managed.stop()
+        if store is not None:
+            store.close()
+        socket_lock.release()
+        state_lock.release()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _bind(server: grpc.aio.Server, socket: Path) -> None:
+    socket.parent.mkdir(parents=True, exist_ok=True)
+    # We hold the socket's lock, so a file here was left by a dead crictld.
+    with contextlib.suppress(FileNotFoundError):
+        socket.unlink()
+    old_umask = os.umask(0o117)  # the socket is born 0660: no window where others may connect
+    try:
+        server.add_insecure_port(f"unix:{socket}")
+    finally:
+        os.umask(old_umask)
+    os.chmod(socket, 0o660)

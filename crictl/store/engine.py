@@ -1,0 +1,95 @@
+"""The SQLite engine and the session plumbing.
+
+SQLite runs in WAL mode (readers never wait for the writer), with foreign keys enforced and
+`synchronous=FULL` (a transaction that returned is on disk: a kill -9 or power loss right after a
+CRI call answered cannot lose it). Calls block, so async callers go through `Store.write()` (one
+writer thread: SQLite has one writer at a time anyway) and `Store.read()` (a small reader pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def sqlite_url(db_path: Path | str) -> str:
+    return f"sqlite:///{db_path}" if str(db_path) != ":memory:" else "sqlite://"
+
+
+def make_engine(db_path: Path | str) -> Engine:
+    """An engine whose every connection has crictld's pragmas set."""
+    if str(db_path) != ":memory:":
+        Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        sqlite_url(db_path),
+        connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+    )
+    event.listen(engine, "connect", _on_connect)
+    event.listen(engine, "begin", _on_begin)
+    return engine
+
+
+def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+    # pysqlite's own transaction handling never BEGINs before DDL, which would let a migration
+    # that is killed halfway leave half a schema. Take control: no implicit transactions, and an
+    # explicit BEGIN whenever SQLAlchemy starts one (the recipe in SQLAlchemy's SQLite docs).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    finally:
+        cur.close()
+
+
+def _on_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+class Store:
+    """Owns the engine; runs session functions off the event loop.
+
+    A session function takes a Session and does its work inside it; `write()` commits when the
+    function returns and rolls back if it raises, so each call is one transaction.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-reader")
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def write_sync(self, fn: Callable[[Session], T]) -> T:
+        with self._sessions.begin() as session:
+            return fn(session)
+
+    def read_sync(self, fn: Callable[[Session], T]) -> T:
+        with self._sessions() as session:
+            return fn(session)
+
+    async def write(self, fn: Callable[[Session], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self.write_sync, fn)
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self.read_sync, fn)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self.engine.dispose()

@@ -1,0 +1,50 @@
+"""The event log: one row per transition and per cleanup, appended, never updated."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from crictl.store.models import Event
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def record_event(
+    session: Session,
+    object_kind: str,
+    object_id: str,
+    action: str,
+    *,
+    from_phase: str | None = None,
+    to_phase: str | None = None,
+    reason: str = "",
+    message: str = "",
+) -> Event:
+    event = Event(
+        at=now_ns(),
+        object_kind=object_kind,
+        object_id=object_id,
+        action=action,
+        from_phase=from_phase,
+        to_phase=to_phase,
+        reason=reason,
+        message=message,
+    )
+    session.add(event)
+    return event
+
+
+def list_events(
+    session: Session, object_kind: str | None = None, object_id: str | None = None
+) -> list[Event]:
+    query = select(Event).order_by(Event.id)
+    if object_kind is not None:
+        query = query.where(Event.object_kind == object_kind)
+    if object_id is not None:
+        query = query.where(Event.object_id == object_id)
+    return list(session.scalars(query))

@@ -1,0 +1,219 @@
+"""The typed tables of crictld's desired and observed state.
+
+These tables, and the views created by the migrations (`pods`, `containers`, `events`), are a
+documented public interface (docs/schema.md): operators query them with `crictld sql`. Change them
+only through an Alembic migration.
+
+Times are integers, nanoseconds since the Unix epoch (CRI's unit); the views add readable UTC text.
+Configs are stored as the protobuf JSON of the CRI request's config, so they are readable with
+SQLite's json_extract() and round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Named constraints, so SQLite batch migrations can find and recreate them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SandboxDesired(enum.StrEnum):
+    READY = "READY"
+    NOTREADY = "NOTREADY"
+    REMOVED = "REMOVED"
+
+
+class SandboxPhase(enum.StrEnum):
+    PENDING = "PENDING"
+    READY = "READY"
+    NOTREADY = "NOTREADY"
+    REMOVING = "REMOVING"
+
+
+class ContainerDesired(enum.StrEnum):
+    CREATED = "CREATED"
+    RUNNING = "RUNNING"
+    EXITED = "EXITED"
+    REMOVED = "REMOVED"
+
+
+class ContainerPhase(enum.StrEnum):
+    PENDING = "PENDING"
+    CREATED = "CREATED"
+    RUNNING = "RUNNING"
+    EXITED = "EXITED"
+    UNKNOWN = "UNKNOWN"
+    REMOVING = "REMOVING"
+
+
+class LabelKind(enum.StrEnum):
+    LABEL = "label"
+    ANNOTATION = "annotation"
+
+
+def _one_of(column: str, values: type[enum.StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class PodSandbox(Base):
+    """One row per pod sandbox that CRI asked for and that is not yet removed."""
+
+    __tablename__ = "pod_sandbox"
+    __table_args__ = (
+        UniqueConstraint("name", "namespace", "uid", "attempt"),
+        CheckConstraint(_one_of("desired", SandboxDesired), name="desired"),
+        CheckConstraint(_one_of("phase", SandboxPhase), name="phase"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    namespace: Mapped[str] = mapped_column(Text)
+    uid: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    runtime_handler: Mapped[str] = mapped_column(Text, default="")
+    config: Mapped[str] = mapped_column(Text)  # PodSandboxConfig as protobuf JSON
+    config_digest: Mapped[str] = mapped_column(String(64))  # sha256 of the deterministic bytes
+
+    desired: Mapped[str] = mapped_column(String(16))
+    phase: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    observed_generation: Mapped[int] = mapped_column(Integer, default=0)
+
+    netns_path: Mapped[str | None] = mapped_column(Text)
+    cni_result: Mapped[str | None] = mapped_column(Text)  # the CNI ADD result, JSON
+    ip: Mapped[str | None] = mapped_column(Text)
+    additional_ips: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
+    pause_container_id: Mapped[str | None] = mapped_column(String(64))
+    task_pid: Mapped[int | None] = mapped_column(Integer)
+
+    created_at: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[int] = mapped_column(Integer)
+
+    labels: Mapped[list[PodSandboxLabel]] = relationship(
+        back_populates="sandbox", cascade="all, delete-orphan", lazy="raise"
+    )
+    containers: Mapped[list[Container]] = relationship(back_populates="sandbox", lazy="raise")
+
+
+class PodSandboxLabel(Base):
+    """Labels and annotations of a sandbox, one row each, so selectors are plain SQL."""
+
+    __tablename__ = "pod_sandbox_label"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", LabelKind), name="kind"),
+        Index("ix_pod_sandbox_label_kind_key_value", "kind", "key", "value"),
+    )
+
+    sandbox_id: Mapped[str] = mapped_column(
+        ForeignKey("pod_sandbox.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+    sandbox: Mapped[PodSandbox] = relationship(back_populates="labels", lazy="raise")
+
+
+class Container(Base):
+    """One row per container that CRI asked for and that is not yet removed."""
+
+    __tablename__ = "container"
+    __table_args__ = (
+        UniqueConstraint("sandbox_id", "name", "attempt"),
+        CheckConstraint(_one_of("desired", ContainerDesired), name="desired"),
+        CheckConstraint(_one_of("phase", ContainerPhase), name="phase"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sandbox_id: Mapped[str] = mapped_column(ForeignKey("pod_sandbox.id"), index=True)
+    name: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    config: Mapped[str] = mapped_column(Text)  # ContainerConfig as protobuf JSON
+    config_digest: Mapped[str] = mapped_column(String(64))
+
+    image: Mapped[str] = mapped_column(Text)  # the image as the config names it
+    image_ref: Mapped[str | None] = mapped_column(Text)  # resolved: repo@sha256:...
+    image_id: Mapped[str | None] = mapped_column(Text)  # the image config digest
+    log_path: Mapped[str | None] = mapped_column(Text)  # absolute
+
+    desired: Mapped[str] = mapped_column(String(16))
+    phase: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    observed_generation: Mapped[int] = mapped_column(Integer, default=0)
+
+    task_pid: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[int] = mapped_column(Integer)
+
+    sandbox: Mapped[PodSandbox] = relationship(back_populates="containers", lazy="raise")
+    labels: Mapped[list[ContainerLabel]] = relationship(
+        back_populates="container", cascade="all, delete-orphan", lazy="raise"
+    )
+
+
+class ContainerLabel(Base):
+    __tablename__ = "container_label"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", LabelKind), name="kind"),
+        Index("ix_container_label_kind_key_value", "kind", "key", "value"),
+    )
+
+    container_id: Mapped[str] = mapped_column(
+        ForeignKey("container.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+    container: Mapped[Container] = relationship(back_populates="labels", lazy="raise")
+
+
+class Event(Base):
+    """Append-only log of every transition and every cleanup: "why did this pod die?" in SQL.
+
+    Rows outlive the objects they name (removed sandboxes and containers keep their history).
+    """
+
+    __tablename__ = "event"
+    __table_args__ = (Index("ix_event_object", "object_kind", "object_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[int] = mapped_column(Integer, index=True)
+    object_kind: Mapped[str] = mapped_column(String(16))  # sandbox | container | daemon | gc ...
+    object_id: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)  # transition | created | removed | cleanup | ...
+    from_phase: Mapped[str | None] = mapped_column(String(16))
+    to_phase: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    message: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,110 @@
+"""The phase state machines. A phase changes only through `switch_sandbox_phase()` or
+`switch_container_phase()`, which reject illegal moves and write the event log.
+
+Pod sandbox::
+
+      RunPodSandbox             every step done
+    ───────────────► PENDING ────────────────────► READY
+                        │                            │
+                        │ failed for good,           │ pause task exited,
+                        │ or StopPodSandbox          │ or StopPodSandbox
+                        ▼                            │
+                     NOTREADY ◄──────────────────────┘
+                        │
+      RemovePodSandbox (from any phase)
+                        ▼
+                     REMOVING ── teardown done ──► row deleted (history stays in `event`)
+
+Container::
+
+      CreateContainer         created in containerd        StartContainer
+    ───────────────► PENDING ─────────────────────► CREATED ───────────────► RUNNING
+                        │                              │                        │
+                        │ failed for good              │ start failed           │ task exited
+                        ▼                              ▼ (StartError, 128)      ▼
+                      EXITED ◄─────────────────────────┴────────────────────────┘
+    UNKNOWN: containerd could not say (it is unreachable); leaves to RUNNING or EXITED.
+    RemoveContainer (from any phase) ──► REMOVING ── teardown done ──► row deleted
+
+Nothing ever goes back from NOTREADY or EXITED: the runtime never resurrects what died on its
+own; kubelet decides what to restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sqlalchemy.orm import Session
+
+from crictl.errors import FailedPrecondition
+from crictl.store.events import now_ns, record_event
+from crictl.store.models import Container, ContainerPhase, PodSandbox, SandboxPhase
+
+S = SandboxPhase
+SANDBOX_TRANSITIONS: Mapping[str, frozenset[str]] = {
+    S.PENDING: frozenset({S.READY, S.NOTREADY, S.REMOVING}),
+    S.READY: frozenset({S.NOTREADY, S.REMOVING}),
+    S.NOTREADY: frozenset({S.REMOVING}),
+    S.REMOVING: frozenset(),
+}
+
+C = ContainerPhase
+CONTAINER_TRANSITIONS: Mapping[str, frozenset[str]] = {
+    C.PENDING: frozenset({C.CREATED, C.EXITED, C.UNKNOWN, C.REMOVING}),
+    C.CREATED: frozenset({C.RUNNING, C.EXITED, C.UNKNOWN, C.REMOVING}),
+    C.RUNNING: frozenset({C.EXITED, C.UNKNOWN, C.REMOVING}),
+    C.UNKNOWN: frozenset({C.RUNNING, C.EXITED, C.REMOVING}),
+    C.EXITED: frozenset({C.REMOVING}),
+    C.REMOVING: frozenset(),
+}
+
+
+def _check(kind: str, obj_id: str, old: str, new: str, table: Mapping[str, frozenset[str]]) -> None:
+    if new not in table.get(old, frozenset()):
+        raise FailedPrecondition(f"{kind} {obj_id}: illegal phase change {old} -> {new}")
+
+
+def switch_sandbox_phase(
+    session: Session, sandbox: PodSandbox, new: SandboxPhase, reason: str = "", message: str = ""
+) -> None:
+    old = sandbox.phase
+    _check("sandbox", sandbox.id, old, new, SANDBOX_TRANSITIONS)
+    sandbox.phase = new
+    sandbox.reason = reason
+    sandbox.message = message
+    sandbox.updated_at = now_ns()
+    record_event(
+        session,
+        "sandbox",
+        sandbox.id,
+        "transition",
+        from_phase=old,
+        to_phase=new,
+        reason=reason,
+        message=message,
+    )
+
+
+def switch_container_phase(
+    session: Session,
+    container: Container,
+    new: ContainerPhase,
+    reason: str = "",
+    message: str = "",
+) -> None:
+    old = container.phase
+    _check("container", container.id, old, new, CONTAINER_TRANSITIONS)
+    container.phase = new
+    container.reason = reason
+    container.message = message
+    container.updated_at = now_ns()
+    record_event(
+        session,
+        "container",
+        container.id,
+        "transition",
+        from_phase=old,
+        to_phase=new,
+        reason=reason,
+        message=message,
+    )
