@@ -110,6 +110,15 @@ class ContainerdClient:
             return False
         return True
 
+    async def delete_namespace(self) -> None:
+        """Deletes this client's namespace (containerd refuses while it holds anything)."""
+        await self._call(
+            "delete namespace",
+            self.namespaces.Delete(
+                namespace_pb2.DeleteNamespaceRequest(name=self.namespace), metadata=self.metadata
+            ),
+        )
+
     async def list_namespaces(self) -> list[str]:
         resp = await self._call(
             "list namespaces", self.namespaces.List(namespace_pb2.ListNamespacesRequest())

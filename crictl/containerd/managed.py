@@ -130,6 +130,13 @@ class ManagedContainerd:
         finally:
             await client.close()
 
+    async def stop_recorded(self) -> None:
+        """Stops the managed containerd named by the pid file, even if another process started
+        it (a crictld that was SIGKILLed)."""
+        if self.pid is None:
+            self.pid = self._recorded_pid()
+        await self.stop()
+
     async def stop(self) -> None:
         if self.pid is None:
             return

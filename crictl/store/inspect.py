@@ -7,6 +7,7 @@ trigger, an ATTACH of another file or a writing PRAGMA.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,44 @@ def open_readonly(db_path: Path) -> sqlite3.Connection:
     return conn
 
 
+_WRITE_KEYWORDS = {
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "REPLACE",
+    "UPSERT",
+    "CREATE",
+    "DROP",
+    "ALTER",
+    "ATTACH",
+    "DETACH",
+    "VACUUM",
+    "REINDEX",
+    "ANALYZE",
+    "BEGIN",
+    "COMMIT",
+    "END",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+}
+_LEADING_COMMENTS = re.compile(r"^(\s+|--[^\n]*(\n|$)|/\*.*?\*/)*", re.DOTALL)
+
+
+def _refuse(what: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"refused: crictld sql is read-only and the statement needs {what}; "
+        "the database is unchanged"
+    )
+
+
 def run_query(db_path: Path, sql: str) -> QueryResult:
+    # A friendly early answer for the obvious cases (SQLite would otherwise complain that a
+    # view cannot be modified); the authorizer below is what actually guarantees read-only.
+    body = _LEADING_COMMENTS.sub("", sql, count=1)
+    keyword = body.split(None, 1)[0].upper() if body.split() else ""
+    if keyword in _WRITE_KEYWORDS:
+        raise _refuse(keyword.lower())
     conn = open_readonly(db_path)
     refusal = _Refusal()
     conn.set_authorizer(refusal)
@@ -106,11 +144,7 @@ def run_query(db_path: Path, sql: str) -> QueryResult:
         return QueryResult(columns, rows)
     except sqlite3.DatabaseError as e:
         if refusal.refused is not None or "readonly" in str(e) or "not authorized" in str(e):
-            what = refusal.refused or "a write"
-            raise InvalidArgument(
-                f"refused: crictld sql is read-only and the statement needs {what}; "
-                "the database is unchanged"
-            ) from e
+            raise _refuse(refusal.refused or "a write") from e
         raise InvalidArgument(f"SQL error: {e}") from e
     finally:
         conn.close()

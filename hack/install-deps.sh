@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what crictld and its tests need on a fresh Debian bookworm machine, skipping what is
+# already there: Debian packages (containerd, runc, CNI plugins, the registry, busybox-static, a
+# C toolchain), the Python virtualenv with crictld in it, and cri-tools (crictl, critest).
+# Safe to run again and again; `make run` and `make test` call it.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+packages=(containerd runc containernetworking-plugins docker-registry busybox-static iproute2
+          iptables sqlite3 gcc libc6-dev make procps util-linux)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}" >&2
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+# The Debian packages start services of their own where an init system runs; crictld brings up
+# its own containerd and tests their own registry, so those must not hold the standard ports.
+for svc in docker-registry; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+done
+
+command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || {
+  echo "go is needed to build cri-tools (crictl, critest); install Go >= 1.23" >&2; exit 1; }
+export PATH=$PATH:/usr/local/go/bin
+
+python=${PYTHON:-python3}
+stamp=.venv/.crictld-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setting up .venv" >&2
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >&2
+  .venv/bin/pip install -q -e '.[dev]' >&2
+  echo "$want" > "$stamp"
+fi
+
+bash hack/install-cri-tools.sh >/dev/null

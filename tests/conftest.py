@@ -1,0 +1,123 @@
+"""Fixtures shared by every test. Integration fixtures start real components: a private
+containerd (CRI plugin disabled), CNI networks with their own bridge and subnet, crictld daemons;
+each removes everything it created."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from crictl.containerd.client import ContainerdClient
+from crictl.containerd.managed import ManagedContainerd
+from tests.rig.cni import CniNetwork, make_network
+from tests.rig.daemon import Daemon, crictl_bin
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root (containerd, runc, netns, CNI)")
+
+
+def _remove_tree(path: Path) -> None:
+    """rm -rf that first unmounts whatever containerd left mounted below `path`."""
+    mounts = [
+        line.split()[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4].startswith(str(path) + "/")
+    ]
+    for mountpoint in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temp dir with a short path: unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="crd-", dir="/tmp"))
+    yield path
+    _remove_tree(path)
+
+
+@pytest.fixture(scope="session")
+def crictl_path() -> Path:
+    return crictl_bin() / "crictl"
+
+
+@pytest.fixture(scope="session")
+def containerd_address() -> Iterator[str]:
+    """A private containerd for the whole run, its CRI plugin disabled."""
+    _require_root()
+    root = Path(tempfile.mkdtemp(prefix="crd-ctd-", dir="/tmp"))
+    managed = ManagedContainerd(root / "containerd")
+    asyncio.run(managed.ensure_running())
+    try:
+        yield managed.address
+    finally:
+        asyncio.run(managed.stop())
+        _remove_tree(root)
+
+
+@pytest.fixture
+async def containerd(containerd_address: str) -> AsyncIterator[ContainerdClient]:
+    client = ContainerdClient(containerd_address)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def cni_network(short_tmp: Path) -> Iterator[CniNetwork]:
+    _require_root()
+    net = make_network(short_tmp / "cni")
+    try:
+        yield net
+    finally:
+        net.remove()
+
+
+@pytest.fixture
+def daemon(
+    short_tmp: Path, crictl_path: Path, cni_network: CniNetwork, containerd_address: str
+) -> Iterator[Daemon]:
+    """A running crictld against the run's private containerd."""
+    d = Daemon(
+        state_dir=short_tmp / "state",
+        socket=short_tmp / "crictld.sock",
+        crictl_bin=crictl_path,
+        cni_conf_dir=cni_network.conf_dir,
+        cni_bin_dirs=cni_network.bin_dirs,
+        containerd=containerd_address,
+    )
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture
+def managed_daemon(short_tmp: Path, crictl_path: Path, cni_network: CniNetwork) -> Iterator[Daemon]:
+    """A crictld that starts and owns its own private containerd (not yet started)."""
+    _require_root()
+    d = Daemon(
+        state_dir=short_tmp / "state",
+        socket=short_tmp / "crictld.sock",
+        crictl_bin=crictl_path,
+        cni_conf_dir=cni_network.conf_dir,
+        cni_bin_dirs=cni_network.bin_dirs,
+        containerd="managed",
+    )
+    try:
+        yield d
+    finally:
+        d.stop()
+        # A daemon killed by a test leaves its containerd behind on purpose; end it here.
+        asyncio.run(ManagedContainerd(d.state_dir / "containerd").stop_recorded())

@@ -1,0 +1,177 @@
+"""crictld as operators run it: a real daemon, real containerd, driven with cri-tools' crictl."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.rig.cni import CniNetwork
+from tests.rig.daemon import Daemon
+
+pytestmark = pytest.mark.integration
+
+
+def _conditions(daemon: Daemon) -> dict[str, tuple[bool, str, str]]:
+    st = daemon.status()
+    return {c.type: (c.status, c.reason, c.message) for c in st.status.conditions}
+
+
+def test_crictl_version_and_info(daemon: Daemon) -> None:
+    r = daemon.crictl("version")
+    assert r.returncode == 0, r.stderr
+    assert "RuntimeName:  crictld" in r.stdout
+    assert "RuntimeApiVersion:  v1" in r.stdout
+    info = daemon.crictl("info")
+    assert info.returncode == 0, info.stderr
+    conditions = {c["type"]: c["status"] for c in json.loads(info.stdout)["status"]["conditions"]}
+    assert conditions == {"RuntimeReady": True, "NetworkReady": True}
+
+
+def test_socket_is_0660(daemon: Daemon) -> None:
+    mode = daemon.socket.stat().st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o660
+
+
+def test_runp_is_a_clear_unimplemented_not_a_crash(daemon: Daemon, short_tmp: Path) -> None:
+    pod = short_tmp / "pod.json"
+    pod.write_text(json.dumps({"metadata": {"name": "p", "namespace": "default", "uid": "u1"}}))
+    started = time.monotonic()
+    r = daemon.crictl("runp", str(pod))
+    assert time.monotonic() - started < 20  # answered, did not hang until crictl's timeout
+    assert r.returncode != 0
+    assert "code = Unimplemented" in r.stderr
+    assert "RunPodSandbox is not implemented by crictld yet" in r.stderr
+    assert daemon.crictl("version").returncode == 0  # still serving
+    assert "UNIMPLEMENTED" in daemon.log()
+
+
+def test_network_not_ready_without_cni_config(daemon: Daemon, cni_network: CniNetwork) -> None:
+    for f in cni_network.conf_dir.iterdir():
+        f.unlink()
+    status, reason, message = _conditions(daemon)["NetworkReady"]
+    assert (status, reason) == (False, "NoCNIConfig")
+    assert str(cni_network.conf_dir) in message
+
+
+def test_status_answers_fast_while_containerd_hangs(
+    managed_daemon: Daemon,
+) -> None:
+    managed_daemon.start()
+    pid = int((managed_daemon.state_dir / "containerd" / "containerd.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        conditions = _conditions(managed_daemon)
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert conditions["RuntimeReady"][:2] == (False, "ContainerdUnresponsive")
+    assert elapsed < 1.0, elapsed
+    assert conditions["NetworkReady"][0] is True
+    assert _conditions(managed_daemon)["RuntimeReady"][0] is True  # and recovers
+
+
+def test_sql_against_a_running_daemon(daemon: Daemon) -> None:
+    r = daemon.sql("--json", "SELECT object_kind, action FROM events")
+    assert r.returncode == 0, r.stderr
+    assert {"object_kind": "daemon", "action": "started"} in json.loads(r.stdout)
+    db = daemon.state_dir / "crictld.db"
+    before = subprocess.run(
+        ["sqlite3", str(db), "SELECT count(*) FROM event"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    refused = daemon.sql("delete from pods")
+    assert refused.returncode == 2
+    assert "read-only" in refused.stderr
+    refused = daemon.sql("delete from event")
+    assert refused.returncode == 2
+    after = subprocess.run(
+        ["sqlite3", str(db), "SELECT count(*) FROM event"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert before == after
+
+
+def test_one_daemon_per_state_dir(daemon: Daemon) -> None:
+    second = Daemon(
+        **{
+            **daemon.__dict__,
+            "socket": daemon.socket.with_name("other.sock"),
+            "process": None,
+            "log_path": None,
+        }
+    )
+    second.start(wait=False)
+    assert second.process is not None
+    assert second.process.wait(timeout=30) == 2
+    assert "another crictld" in second.log()
+    assert daemon.crictl("version").returncode == 0
+
+
+def _containerd_pids(state_dir: Path) -> list[int]:
+    config = str(state_dir / "containerd" / "config.toml")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            if (
+                config.encode() in cmdline
+                and (proc / "stat").read_text().rsplit(")", 1)[1].split()[0].encode() != b"Z"
+            ):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_sigkill_and_restart_reuses_managed_containerd(managed_daemon: Daemon) -> None:
+    d = managed_daemon
+    d.start()
+    [containerd_pid] = _containerd_pids(d.state_dir)
+    assert d.signal(signal.SIGKILL) == -signal.SIGKILL
+    assert d.socket.exists()  # a stale socket and a stale lock file are left behind
+    d.start()
+    assert _containerd_pids(d.state_dir) == [containerd_pid]  # re-used, not duplicated
+    assert '"containerd_mode": "adopted"' in d.log()
+    assert d.crictl("version").returncode == 0
+    events = d.sql("--json", "SELECT message FROM events WHERE action = 'started' ORDER BY id")
+    messages = [e["message"] for e in json.loads(events.stdout)]
+    assert messages[0].endswith("(started)") and messages[1].endswith("(adopted)")
+
+    # A managed containerd that no longer answers is replaced, still never duplicated.
+    assert d.signal(signal.SIGKILL) == -signal.SIGKILL
+    os.kill(containerd_pid, signal.SIGSTOP)
+    d.start()
+    pids = _containerd_pids(d.state_dir)
+    assert len(pids) == 1 and pids[0] != containerd_pid
+    assert d.crictl("info").returncode == 0
+
+    # SIGTERM stops the daemon and the containerd it owns.
+    assert d.stop() == 0
+    assert _containerd_pids(d.state_dir) == []
+    assert not d.socket.exists()
+
+
+def test_no_migration_errors_on_restart(managed_daemon: Daemon) -> None:
+    d = managed_daemon
+    d.start()
+    assert "migrated database" in d.log()
+    d.signal(signal.SIGKILL)
+    d.start()
+    log = d.log()
+    assert "migrated database" not in log
+    assert '"level": "error"' not in log

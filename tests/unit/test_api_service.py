@@ -1,0 +1,147 @@
+"""The CRI surface in-process: method binding, the error mapping, UNIMPLEMENTED answers, the
+per-call log line. Real gRPC over a real unix socket; only the servicers behind it are small."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from crictl import errors
+from crictl.api.interceptor import Context
+from crictl.api.runtime_info import RuntimeInfo
+from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler, snake_case
+from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from crictl.reconciler.health import Condition, Health
+
+
+class FakeHealth(Health):
+    def __init__(self, conditions: list[Condition]) -> None:
+        self._conditions = conditions
+
+    async def conditions(self) -> list[Condition]:
+        return self._conditions
+
+
+class Failing:
+    """Raises the error named by the request's pod sandbox id."""
+
+    async def pod_sandbox_status(
+        self, request: api_pb2.PodSandboxStatusRequest, context: Context
+    ) -> api_pb2.PodSandboxStatusResponse:
+        kinds: dict[str, type[Exception]] = {
+            "invalid": errors.InvalidArgument,
+            "notfound": errors.NotFound,
+            "exists": errors.AlreadyExists,
+            "precondition": errors.FailedPrecondition,
+            "unavailable": errors.Unavailable,
+            "deadline": errors.DeadlineExceeded,
+            "bug": ZeroDivisionError,
+        }
+        raise kinds[request.pod_sandbox_id](f"because {request.pod_sandbox_id}")
+
+
+async def _serve(tmp_path: Path, *servicers: object) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (generic_handler(RUNTIME_SERVICE, *servicers), generic_handler(IMAGE_SERVICE))
+    )
+    target = f"unix:{tmp_path / 's.sock'}"
+    server.add_insecure_port(target)
+    await server.start()
+    return server, target
+
+
+@pytest.fixture
+async def stub(tmp_path: Path) -> AsyncIterator[api_pb2_grpc.RuntimeServiceAsyncStub]:
+    health = FakeHealth(
+        [
+            Condition("RuntimeReady", True),
+            Condition("NetworkReady", False, "NoCNIConfig", "no config"),
+        ]
+    )
+    server, target = await _serve(tmp_path, RuntimeInfo(health, {"k": "v"}), Failing())
+    async with grpc.aio.insecure_channel(target) as channel:
+        yield api_pb2_grpc.RuntimeServiceStub(channel)
+    await server.stop(None)
+
+
+def test_snake_case() -> None:
+    assert snake_case("RunPodSandbox") == "run_pod_sandbox"
+    assert snake_case("ImageFsInfo") == "image_fs_info"
+    assert snake_case("ExecSync") == "exec_sync"
+
+
+async def test_version_and_runtime_config(stub: Any) -> None:
+    v = await stub.Version(api_pb2.VersionRequest())
+    assert (v.version, v.runtime_name, v.runtime_api_version) == ("0.1.0", "crictld", "v1")
+    rc = await stub.RuntimeConfig(api_pb2.RuntimeConfigRequest())
+    assert rc.linux.cgroup_driver == api_pb2.CGROUPFS
+
+
+async def test_status_reports_conditions_with_reasons(stub: Any) -> None:
+    st = await stub.Status(api_pb2.StatusRequest(verbose=True))
+    conds = {c.type: c for c in st.status.conditions}
+    assert conds["RuntimeReady"].status is True
+    assert (conds["NetworkReady"].status, conds["NetworkReady"].reason) == (False, "NoCNIConfig")
+    assert '"k": "v"' in st.info["config"]
+
+
+@pytest.mark.parametrize(
+    ("key", "code"),
+    [
+        ("invalid", grpc.StatusCode.INVALID_ARGUMENT),
+        ("notfound", grpc.StatusCode.NOT_FOUND),
+        ("exists", grpc.StatusCode.ALREADY_EXISTS),
+        ("precondition", grpc.StatusCode.FAILED_PRECONDITION),
+        ("unavailable", grpc.StatusCode.UNAVAILABLE),
+        ("deadline", grpc.StatusCode.DEADLINE_EXCEEDED),
+        ("bug", grpc.StatusCode.INTERNAL),
+    ],
+)
+async def test_errors_map_to_codes_with_their_message(
+    stub: Any, key: str, code: grpc.StatusCode
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=key))
+    assert info.value.code() == code
+    assert f"because {key}" in (info.value.details() or "")
+
+
+async def test_missing_rpcs_are_unimplemented_by_name(stub: Any, tmp_path: Path) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.RunPodSandbox(api_pb2.RunPodSandboxRequest())
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "/runtime.v1.RuntimeService/RunPodSandbox" in (info.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stub.StreamPodSandboxes(api_pb2.StreamPodSandboxesRequest()):
+            pass
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "StreamPodSandboxes" in (info.value.details() or "")
+
+
+async def test_every_call_logs_one_line(stub: Any, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="crictl.api.calls"):
+        await stub.Version(api_pb2.VersionRequest())
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id="notfound"))
+    records = [r for r in caplog.records if r.name == "crictl.api.calls"]
+    assert [(r.__dict__["rpc"].rsplit("/", 1)[1], r.__dict__["code"]) for r in records] == [
+        ("Version", "OK"),
+        ("PodSandboxStatus", "NOT_FOUND"),
+    ]
+    assert all(isinstance(r.__dict__["ms"], float) for r in records)
+
+
+def test_a_misnamed_handler_is_refused() -> None:
+    class Typo:
+        async def run_pod_sandboxx(self, request: Any, context: Any) -> None:
+            return None
+
+    with pytest.raises(TypeError, match="run_pod_sandboxx"):
+        generic_handler(RUNTIME_SERVICE, Typo())

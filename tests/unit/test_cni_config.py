@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crictl.network.cni import NetworkNotReady, load_network_config
+
+
+@pytest.fixture
+def bin_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "bin"
+    d.mkdir()
+    for name in ("bridge", "host-local", "loopback"):
+        (d / name).write_text("#!/bin/sh\n")
+        (d / name).chmod(0o755)
+    return d
+
+
+def _write(conf_dir: Path, name: str, obj: object) -> None:
+    conf_dir.mkdir(exist_ok=True)
+    (conf_dir / name).write_text(json.dumps(obj))
+
+
+def test_lexically_first_config_wins(tmp_path: Path, bin_dir: Path) -> None:
+    conf = tmp_path / "net.d"
+    _write(
+        conf, "20-b.conflist", {"cniVersion": "1.0.0", "name": "b", "plugins": [{"type": "bridge"}]}
+    )
+    _write(
+        conf,
+        "10-a.conflist",
+        {"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "bridge"}, {"type": "loopback"}]},
+    )
+    (conf / "00-ignored.txt").write_text("not a config")
+    net = load_network_config(conf, [bin_dir])
+    assert net.name == "a"
+    assert net.plugin_paths == {"bridge": bin_dir / "bridge", "loopback": bin_dir / "loopback"}
+
+
+def test_single_plugin_conf_is_wrapped(tmp_path: Path, bin_dir: Path) -> None:
+    _write(tmp_path / "net.d", "10.conf", {"cniVersion": "0.4.0", "name": "n", "type": "bridge"})
+    net = load_network_config(tmp_path / "net.d", [bin_dir])
+    assert [p["type"] for p in net.plugins] == ["bridge"]
+
+
+@pytest.mark.parametrize(
+    ("files", "reason", "text"),
+    [
+        ({}, "NoCNIConfig", "no CNI network config"),
+        ({"10.conflist": "{"}, "InvalidCNIConfig", "10.conflist"),
+        (
+            {"10.conflist": {"cniVersion": "1.0.0", "name": "n", "plugins": []}},
+            "InvalidCNIConfig",
+            "no plugins",
+        ),
+        (
+            {"10.conflist": {"cniVersion": "1.0.0", "plugins": [{"type": "bridge"}]}},
+            "InvalidCNIConfig",
+            "no network name",
+        ),
+        (
+            {"10.conflist": {"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "macvlan"}]}},
+            "CNIPluginMissing",
+            "'macvlan'",
+        ),
+    ],
+)
+def test_unusable_configs_say_why(
+    tmp_path: Path, bin_dir: Path, files: dict[str, object], reason: str, text: str
+) -> None:
+    conf = tmp_path / "net.d"
+    conf.mkdir()
+    for name, body in files.items():
+        (conf / name).write_text(body if isinstance(body, str) else json.dumps(body))
+    with pytest.raises(NetworkNotReady, match=text) as info:
+        load_network_config(conf, [bin_dir])
+    assert info.value.reason == reason
+
+
+def test_missing_conf_dir(tmp_path: Path, bin_dir: Path) -> None:
+    with pytest.raises(NetworkNotReady) as info:
+        load_network_config(tmp_path / "absent", [bin_dir])
+    assert info.value.reason == "NoCNIConfig"

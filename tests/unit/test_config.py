@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crictl.config import Config, load_config_file, parse_mirror_flags
+from crictl.errors import InvalidArgument
+
+
+def test_defaults_follow_the_design() -> None:
+    c = Config()
+    assert c.socket == Path("/run/crictld/crictld.sock")
+    assert c.db_path == Path("/var/lib/crictld/crictld.db")
+    assert c.containerd_namespace == "crictld"
+    assert c.netns_dir == Path("/run/crictld/netns")
+    assert c.cni_bin_dirs == [Path("/opt/cni/bin"), Path("/usr/lib/cni")]
+    assert c.pause_image == "registry.k8s.io/pause:3.10"
+
+
+def test_toml_file_sets_every_kind_of_setting(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(
+        'state-dir = "/srv/crictld"\n'
+        'cni_bin_dirs = ["/a", "/b"]\n'
+        'insecure_registries = ["reg.local:5000"]\n'
+        "[registry_mirrors]\n"
+        '"docker.io" = ["http://127.0.0.1:5000", "https://mirror.example"]\n'
+        '"quay.io" = "http://127.0.0.1:5001"\n'
+    )
+    c = load_config_file(f)
+    assert c.state_dir == Path("/srv/crictld")
+    assert c.cni_bin_dirs == [Path("/a"), Path("/b")]
+    assert c.insecure_registries == ["reg.local:5000"]
+    assert c.registry_mirrors == {
+        "docker.io": ["http://127.0.0.1:5000", "https://mirror.example"],
+        "quay.io": ["http://127.0.0.1:5001"],
+    }
+
+
+@pytest.mark.parametrize("body", ["bogus = 1\n", "state_dir = 3\n", 'cni_bin_dirs = "x"\n', "[x"])
+def test_toml_file_errors_name_the_problem(tmp_path: Path, body: str) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(body)
+    with pytest.raises(InvalidArgument, match=str(f)):
+        load_config_file(f)
+
+
+def test_overrides_skip_none_and_reject_unknown() -> None:
+    c = Config().with_overrides({"socket": Path("/x.sock"), "state_dir": None})
+    assert c.socket == Path("/x.sock")
+    assert c.state_dir == Config().state_dir
+    with pytest.raises(InvalidArgument, match="nope"):
+        Config().with_overrides({"nope": 1})
+
+
+def test_mirror_flags_keep_order_per_host() -> None:
+    assert parse_mirror_flags(["docker.io=http://a", "docker.io=http://b", "q.io=http://c"]) == {
+        "docker.io": ["http://a", "http://b"],
+        "q.io": ["http://c"],
+    }
+    with pytest.raises(InvalidArgument, match="HOST=URL"):
+        parse_mirror_flags(["docker.io"])

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from alembic import command
+from crictl.store.migrate import alembic_config, current_revision, head_revision, upgrade_to_head
+
+VIEWS = {"pods", "containers", "events"}
+
+
+def _objects(db: Path, kind: str) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = ? AND name NOT LIKE 'sqlite_%'", (kind,)
+        )
+        return {r[0] for r in rows}
+
+
+def test_upgrade_check_downgrade_upgrade(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    cfg = alembic_config(db)
+    command.upgrade(cfg, "head")
+    assert current_revision(db) == head_revision()
+    assert _objects(db, "view") >= VIEWS
+    command.check(cfg)  # the models and the migrations agree
+    command.downgrade(cfg, "base")
+    assert _objects(db, "view") == set()
+    assert _objects(db, "table") == {"alembic_version"}
+    command.upgrade(cfg, "head")
+    assert _objects(db, "view") >= VIEWS
+
+
+def test_upgrade_to_head_is_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    assert upgrade_to_head(db) == (None, head_revision())
+    assert upgrade_to_head(db) == (head_revision(), head_revision())
+
+
+def test_a_failing_migration_leaves_no_half_schema(tmp_path: Path) -> None:
+    """SQLite DDL is transactional here: a migration that dies halfway is rolled back whole."""
+    db = tmp_path / "m.db"
+    scripts = tmp_path / "alembic"
+    real = alembic_config(db).get_main_option("script_location")
+    assert real is not None
+    (scripts / "versions").mkdir(parents=True)
+    for name in ("env.py", "script.py.mako"):
+        (scripts / name).write_text((Path(real) / name).read_text())
+    (scripts / "versions" / "0001_broken.py").write_text(
+        "from alembic import op\n"
+        "revision = '0001'\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n"
+        "def upgrade():\n"
+        "    op.execute('CREATE TABLE first_half (x INTEGER)')\n"
+        "    op.execute('THIS IS NOT SQL')\n"
+        "def downgrade():\n    pass\n"
+    )
+    cfg = alembic_config(db)
+    cfg.set_main_option("script_location", str(scripts))
+    with pytest.raises(Exception, match="syntax error"):
+        command.upgrade(cfg, "head")
+    assert "first_half" not in _objects(db, "table")
+    assert current_revision(db) is None

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from crictl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from crictl.store.engine import Store, make_engine
+from crictl.store.events import list_events
+from crictl.store.migrate import upgrade_to_head
+from crictl.store.models import LabelKind, PodSandbox, SandboxPhase
+from crictl.store.sandboxes import (
+    NewSandbox,
+    SandboxFilter,
+    create_sandbox,
+    get_sandbox,
+    labels_of,
+    list_sandboxes,
+    resolve_sandbox_id,
+)
+from crictl.store.transitions import switch_sandbox_phase
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    db = tmp_path / "crictld.db"
+    upgrade_to_head(db)
+    s = Store(make_engine(db))
+    yield s
+    s.close()
+
+
+def new(sid: str = "a" * 64, name: str = "web", digest: str = "d1", **kw: object) -> NewSandbox:
+    args: dict[str, object] = {
+        "id": sid,
+        "name": name,
+        "namespace": "default",
+        "uid": "uid-1",
+        "attempt": 0,
+        "config": "{}",
+        "config_digest": digest,
+        "labels": {"app": "web", "io.kubernetes.pod.uid": "uid-1"},
+        "annotations": {"a": "1"},
+    }
+    args.update(kw)
+    return NewSandbox(**args)  # type: ignore[arg-type]
+
+
+def test_pragmas_are_crash_safe(store: Store) -> None:
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+
+
+def test_create_is_idempotent_for_the_same_request(store: Store) -> None:
+    first, created = store.write_sync(lambda s: create_sandbox(s, new()))
+    assert created
+    again, created_again = store.write_sync(lambda s: create_sandbox(s, new(sid="b" * 64)))
+    assert not created_again
+    assert again.id == first.id == "a" * 64
+    assert store.read_sync(lambda s: len(list_sandboxes(s))) == 1
+    events = store.read_sync(lambda s: list_events(s, "sandbox", "a" * 64))
+    assert [e.action for e in events] == ["created"]
+
+
+def test_same_metadata_other_config_is_already_exists(store: Store) -> None:
+    store.write_sync(lambda s: create_sandbox(s, new()))
+    with pytest.raises(AlreadyExists, match=r"default/web .* already exists as a{64}"):
+        store.write_sync(lambda s: create_sandbox(s, new(sid="b" * 64, digest="d2")))
+    assert store.read_sync(lambda s: [x.id for x in list_sandboxes(s)]) == ["a" * 64]
+
+
+def test_labels_and_annotations_round_trip_and_filter(store: Store) -> None:
+    store.write_sync(lambda s: create_sandbox(s, new()))
+    store.write_sync(
+        lambda s: create_sandbox(
+            s, new(sid="b" * 64, name="db", labels={"app": "db"}, annotations={})
+        )
+    )
+    sb = store.read_sync(lambda s: get_sandbox(s, "aaaa"))
+    assert labels_of(sb, LabelKind.LABEL) == {"app": "web", "io.kubernetes.pod.uid": "uid-1"}
+    assert labels_of(sb, LabelKind.ANNOTATION) == {"a": "1"}
+
+    def ids(flt: SandboxFilter) -> list[str]:
+        return store.read_sync(lambda s: [x.id for x in list_sandboxes(s, flt)])
+
+    assert ids(SandboxFilter(labels={"app": "db"})) == ["b" * 64]
+    assert ids(SandboxFilter(labels={"app": "web", "io.kubernetes.pod.uid": "uid-1"})) == ["a" * 64]
+    assert ids(SandboxFilter(labels={"a": "1"})) == []  # annotations are not labels
+    assert ids(SandboxFilter(id_prefix="bb")) == ["b" * 64]
+    assert ids(SandboxFilter(phases=frozenset({SandboxPhase.READY}))) == []
+
+
+def test_id_prefixes_resolve_uniquely(store: Store) -> None:
+    store.write_sync(lambda s: create_sandbox(s, new(sid="ab" + "0" * 62)))
+    store.write_sync(lambda s: create_sandbox(s, new(sid="ac" + "0" * 62, name="other")))
+    assert store.read_sync(lambda s: resolve_sandbox_id(s, "ab")) == "ab" + "0" * 62
+    with pytest.raises(InvalidArgument, match="ambiguous"):
+        store.read_sync(lambda s: resolve_sandbox_id(s, "a"))
+    with pytest.raises(NotFound, match="'ff'"):
+        store.read_sync(lambda s: resolve_sandbox_id(s, "ff"))
+    with pytest.raises(NotFound):
+        store.read_sync(lambda s: resolve_sandbox_id(s, "a%"))  # no LIKE tricks
+
+
+def _switch(s: Session, phase: SandboxPhase) -> None:
+    sb = s.get(PodSandbox, "a" * 64)
+    assert sb is not None
+    switch_sandbox_phase(s, sb, phase, reason="Test", message=f"to {phase}")
+
+
+def test_transitions_are_checked_and_logged(store: Store) -> None:
+    store.write_sync(lambda s: create_sandbox(s, new()))
+    store.write_sync(lambda s: _switch(s, SandboxPhase.READY))
+    store.write_sync(lambda s: _switch(s, SandboxPhase.NOTREADY))
+    with pytest.raises(FailedPrecondition, match="NOTREADY -> READY"):
+        store.write_sync(lambda s: _switch(s, SandboxPhase.READY))  # never resurrected
+    sb = store.read_sync(lambda s: get_sandbox(s, "a" * 64))
+    assert sb.phase == SandboxPhase.NOTREADY  # the refused move changed nothing
+    events = store.read_sync(lambda s: list_events(s, "sandbox", "a" * 64))
+    assert [(e.from_phase, e.to_phase) for e in events] == [
+        (None, "PENDING"),
+        ("PENDING", "READY"),
+        ("READY", "NOTREADY"),
+    ]
+
+
+def test_database_constraints_hold_without_the_orm(store: Store) -> None:
+    store.write_sync(lambda s: create_sandbox(s, new()))
+    with pytest.raises(Exception, match="CHECK constraint failed"):
+        store.write_sync(lambda s: s.execute(text("UPDATE pod_sandbox SET phase = 'BOGUS'")))
+    with pytest.raises(Exception, match="FOREIGN KEY constraint failed"):
+        store.write_sync(
+            lambda s: s.execute(
+                text(
+                    "INSERT INTO pod_sandbox_label (sandbox_id, kind, key, value) "
+                    "VALUES ('nope', 'label', 'k', 'v')"
+                )
+            )
+        )
+    # Deleting a sandbox takes its labels along.
+    store.write_sync(lambda s: s.execute(text("DELETE FROM pod_sandbox")))
+    assert (
+        store.read_sync(
+            lambda s: s.execute(text("SELECT count(*) FROM pod_sandbox_label")).scalar()
+        )
+        == 0
+    )
+
+
+def test_async_write_and_read(store: Store) -> None:
+    import asyncio
+
+    async def go() -> list[str]:
+        await store.write(lambda s: create_sandbox(s, new()))
+        return await store.read(lambda s: [x.name for x in list_sandboxes(s)])
+
+    assert asyncio.run(go()) == ["web"]
