@@ -19,6 +19,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo_ apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
+# critest's masked-paths test needs a busybox whose shell execs /bin/ls instead of running its
+# own applet: Debian's dynamic busybox (it conflicts with busybox-static, so it is unpacked into
+# .cache/ for the fixture images, never installed).
+if [ ! -x .cache/busybox/bin/busybox ]; then
+  d=$(mktemp -d)
+  (cd "$d" && { apt-get download busybox >/dev/null 2>&1 ||
+                { apt-get update -qq && apt-get download busybox >/dev/null; }; } &&
+     dpkg-deb -x busybox_*.deb unpacked)
+  mkdir -p .cache/busybox/bin
+  cp "$d/unpacked/bin/busybox" .cache/busybox/bin/busybox
+  rm -rf "$d"
+fi
 # The Debian packages start services of their own where an init system runs; crictld brings up
 # its own containerd and tests their own registry, so those must not hold the standard ports.
 for svc in docker-registry; do
