@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="repeatable; plain HTTP allowed (always for loopback)",
     )
+    serve.add_argument(
+        "--image-pull-progress-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="fail a pull that moves no byte for this long (default 60)",
+    )
     serve.add_argument("--log-level", help="default INFO")
 
     migrate = sub.add_parser("migrate", help="migrate the database to the newest schema")
@@ -93,6 +99,7 @@ def load_config(args: argparse.Namespace) -> Config:
             "netns_dir": args.netns_dir,
             "pause_image": args.pause_image,
             "log_level": args.log_level,
+            "image_pull_progress_timeout": args.image_pull_progress_timeout,
         }
         if args.registry_mirror:
             mirrors = dict(config.registry_mirrors)

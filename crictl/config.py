@@ -35,6 +35,10 @@ class Config:
     # host -> mirror endpoints tried in order before the host itself
     registry_mirrors: dict[str, list[str]] = field(default_factory=dict)
     insecure_registries: list[str] = field(default_factory=list)
+    # host -> {"username", "password"} or {"auth"} (base64 user:pass) or {"identity_token"}
+    registry_auths: dict[str, dict[str, str]] = field(default_factory=dict)
+    # a pull that moves no byte for this long fails, naming the stalled blob
+    image_pull_progress_timeout: float = 60.0
     log_level: str = "INFO"
 
     @property
@@ -89,6 +93,24 @@ def parse_settings(raw: dict[str, Any], source: str) -> dict[str, Any]:
             out[name] = [Path(v) for v in value]
         elif name == "insecure_registries" and _is_str_list(value):
             out[name] = list(value)
+        elif name == "image_pull_progress_timeout" and isinstance(value, int | float):
+            if value <= 0:
+                raise InvalidArgument(f"{source}: {key} must be positive")
+            out[name] = float(value)
+        elif name == "registry_auths" and isinstance(value, dict):
+            auths: dict[str, dict[str, str]] = {}
+            for host, entry in value.items():
+                allowed = {"username", "password", "auth", "identity_token"}
+                if (
+                    not isinstance(entry, dict)
+                    or not set(entry) <= allowed
+                    or not all(isinstance(v, str) for v in entry.values())
+                ):
+                    raise InvalidArgument(
+                        f"{source}: registry_auths.{host} takes strings: {sorted(allowed)}"
+                    )
+                auths[host] = dict(entry)
+            out[name] = auths
         elif name == "registry_mirrors" and isinstance(value, dict):
             mirrors: dict[str, list[str]] = {}
             for host, endpoints in value.items():

@@ -25,12 +25,15 @@ from pathlib import Path
 import grpc.aio
 
 from crictl import __version__, errors
+from crictl.api.images import Images
 from crictl.api.runtime_info import RuntimeInfo
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
 from crictl.config import DEFAULT_CONTAINERD_SOCKET, MANAGED, Config
 from crictl.containerd.client import ContainerdClient
 from crictl.containerd.managed import ManagedContainerd
+from crictl.images.registry import Credentials, RegistryClient
 from crictl.reconciler.health import Health
+from crictl.reconciler.images import ImageManager
 from crictl.store.engine import Store, make_engine
 from crictl.store.events import record_event
 from crictl.store.migrate import upgrade_to_head
@@ -112,6 +115,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         state_lock.release()
         raise
     store: Store | None = None
+    images: ImageManager | None = None
     conn: ContainerdConnection | None = None
     server: grpc.aio.Server | None = None
     try:
@@ -133,6 +137,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             )
         )
 
+        images = ImageManager(
+            store, conn.client, registry_client(config), pause_image=config.pause_image
+        )
+        await images.start()
         health = Health(conn.client, config.cni_conf_dir, config.cni_bin_dirs)
         runtime_info = RuntimeInfo(
             health,
@@ -151,7 +159,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         server.add_generic_rpc_handlers(
             (
                 generic_handler(RUNTIME_SERVICE, runtime_info),
-                generic_handler(IMAGE_SERVICE),
+                generic_handler(IMAGE_SERVICE, Images(images)),
             )
         )
         _bind(server, config.socket)
@@ -172,6 +180,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             await server.stop(SHUTDOWN_GRACE)
         with contextlib.suppress(FileNotFoundError):
             config.socket.unlink()
+        if images is not None:
+            await images.stop()
         if conn is not None:
             await conn.client.close()
             if conn.managed is not None:
@@ -182,6 +192,20 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         state_lock.release()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def registry_client(config: Config) -> RegistryClient:
+    auths = {}
+    for host, entry in config.registry_auths.items():
+        creds = Credentials.from_auth_config(**entry)
+        if creds is not None:
+            auths[host] = creds
+    return RegistryClient(
+        mirrors=config.registry_mirrors,
+        insecure=config.insecure_registries,
+        auths=auths,
+        progress_timeout=config.image_pull_progress_timeout,
+    )
 
 
 def _bind(server: grpc.aio.Server, socket: Path) -> None:

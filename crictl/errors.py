@@ -42,3 +42,7 @@ class Unimplemented(CrictlError):
 
 class Internal(CrictlError):
     """A bug or an inconsistency that is not the caller's fault."""
+
+
+class PermissionDenied(CrictlError):
+    """Credentials were missing or refused (a registry's 401 or 403)."""

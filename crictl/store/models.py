@@ -199,6 +199,43 @@ class ContainerLabel(Base):
     container: Mapped[Container] = relationship(back_populates="labels", lazy="raise")
 
 
+class Image(Base):
+    """An image in containerd's image store (which stays authoritative): a cache, refreshed from
+    containerd at start and from its image events, so that ImageStatus and ListImages are SQL
+    reads and operators can query images like everything else."""
+
+    __tablename__ = "image"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)  # config digest, sha256:...
+    size: Mapped[int] = mapped_column(Integer)
+    uid: Mapped[int | None] = mapped_column(Integer)  # from the config's numeric USER
+    username: Mapped[str] = mapped_column(Text, default="")  # from a named USER
+    config: Mapped[str] = mapped_column(Text)  # the image config JSON (OCI image spec)
+    manifest_digest: Mapped[str] = mapped_column(Text)  # the platform's manifest
+    chain_id: Mapped[str | None] = mapped_column(Text)  # top snapshot (NULL: no layers)
+    updated_at: Mapped[int] = mapped_column(Integer)
+
+    names: Mapped[list[ImageName]] = relationship(
+        back_populates="image", cascade="all, delete-orphan", lazy="raise"
+    )
+
+
+class ImageName(Base):
+    """One image record name in containerd: a tag (repo:tag) or a digest (repo@sha256:...)."""
+
+    __tablename__ = "image_name"
+    __table_args__ = (CheckConstraint("kind IN ('tag', 'digest')", name="kind"),)
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("image.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    target_digest: Mapped[str] = mapped_column(Text)  # what the name points at in containerd
+    target_media_type: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[int] = mapped_column(Integer)
+
+    image: Mapped[Image] = relationship(back_populates="names", lazy="raise")
+
+
 class Event(Base):
     """Append-only log of every transition and every cleanup: "why did this pod die?" in SQL.
 

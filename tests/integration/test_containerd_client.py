@@ -39,7 +39,7 @@ async def test_errors_are_translated(containerd: ContainerdClient) -> None:
     from crictl.gen.containerd.api.services.containers.v1 import containers_pb2
 
     with pytest.raises(errors.NotFound, match="containerd get container"):
-        await containerd._call(
+        await containerd.call(
             "get container",
             containerd.containers.Get(
                 containers_pb2.GetContainerRequest(id="no-such-container"),

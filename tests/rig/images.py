@@ -807,18 +807,27 @@ def build_images(
     ]
 
     pause_layer = layer([file("pause", tc.helpers["pause"].read_bytes(), 0o755)])
-    specs.append(
-        _Spec(
-            "pause",
-            ("3.10", "3.9", "3.6", "latest"),
-            "the sandbox pause binary (pause/pause.c)",
-            (pause_layer,),
-            ImageConfig(cmd=None, entrypoint=("/pause",), user="65535:65535", working_dir="/"),
-            "docker",
-            ("pause (pause/pause.c)",),
-            index="docker",
+    # One image per version (same binary, a label telling them apart), as upstream: a pinned
+    # sandbox image must not share its id with the pause:3.9 that critest pulls and removes.
+    for tags in (("3.10", "latest"), ("3.9",), ("3.6",)):
+        specs.append(
+            _Spec(
+                "pause",
+                tags,
+                f"the sandbox pause binary (pause/pause.c), version {tags[0]}",
+                (pause_layer,),
+                ImageConfig(
+                    cmd=None,
+                    entrypoint=("/pause",),
+                    user="65535:65535",
+                    working_dir="/",
+                    labels={"io.crictld.fixture.pause-version": tags[0]},
+                ),
+                "docker",
+                ("pause (pause/pause.c)",),
+                index="docker",
+            )
         )
-    )
 
     images: list[FixtureImage] = []
     for spec in specs:

@@ -8,7 +8,7 @@ import pytest
 from alembic import command
 from crictl.store.migrate import alembic_config, current_revision, head_revision, upgrade_to_head
 
-VIEWS = {"pods", "containers", "events"}
+VIEWS = {"pods", "containers", "events", "images"}
 
 
 def _objects(db: Path, kind: str) -> set[str]:

@@ -279,7 +279,13 @@ def test_nonewprivs_and_pause_images(images: list[FixtureImage]) -> None:
     assert runtime_config(nnp)["Entrypoint"] == ["/usr/local/bin/nnp"]
 
     pause = refs["pause:3.10"]
-    assert refs["pause:3.9"].digest == pause.digest
+    # Distinct images (so a pinned sandbox image never shares an id with a test's pause:3.9),
+    # one pause layer.
+    assert refs["pause:3.9"].digest != pause.digest
+    assert [m.config.digest for m in refs["pause:3.9"].manifests] != [
+        m.config.digest for m in pause.manifests
+    ]
+    assert refs["pause:3.9"].manifest_for().layers == pause.manifest_for().layers
     assert list(tar_members(pause)) == ["pause"]
     cfg = runtime_config(pause)
     assert cfg["Entrypoint"] == ["/pause"]

@@ -1,0 +1,655 @@
+"""Pulling an image into containerd the way containerd's own client lays it out, so that an
+image pulled by crictld runs with `ctr run` in the same namespace:
+
+  * every blob goes into the content store with its expected digest and size (containerd verifies
+    both at commit, so a corrupt download never becomes content), under a lease that protects
+    it until the image record exists;
+  * parents carry containerd's GC reference labels (index -> manifest, manifest -> config and
+    layers, config -> the top snapshot), so nothing is collected once the lease ends;
+  * layers are unpacked into the snapshotter as committed snapshots named by their chain ID
+    (Snapshots.Prepare, Diff.Apply, Snapshots.Commit), each applied as soon as it is downloaded
+    while later layers are still downloading;
+  * image records are created for the tag and for repo@digest.
+
+A failed pull aborts its partial writes and deletes its lease synchronously (containerd then
+collects whatever the pull wrote), so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc.aio
+from google.protobuf.field_mask_pb2 import FieldMask
+
+from crictl import errors
+from crictl.containerd.client import ContainerdClient, translate
+from crictl.gen.containerd.api.services.content.v1 import content_pb2
+from crictl.gen.containerd.api.services.diff.v1 import diff_pb2
+from crictl.gen.containerd.api.services.images.v1 import images_pb2
+from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
+from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
+from crictl.gen.containerd.api.types import descriptor_pb2
+from crictl.images import mediatypes
+from crictl.images.reference import Reference
+from crictl.images.registry import (
+    BlobStalled,
+    Credentials,
+    Descriptor,
+    Endpoint,
+    RegistryClient,
+    sha256_digest,
+)
+
+log = logging.getLogger(__name__)
+
+LEASE_HEADER = "containerd-lease"
+PULL_LEASE_LABEL = "crictld.io/pull"
+MANAGED_LABEL = "crictld.io/managed"
+INGEST_PREFIX = "crictld-"
+GC_EXPIRE = "containerd.io/gc.expire"
+UNCOMPRESSED = "containerd.io/uncompressed"
+SNAPSHOT_REF = "containerd.io/snapshot.ref"
+WRITE_CHUNK = 1 << 20
+RESUME_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str = "linux"
+    architecture: str = "amd64"
+
+    def matches(self, p: Mapping[str, Any] | None) -> bool:
+        return (
+            p is not None and p.get("os") == self.os and p.get("architecture") == self.architecture
+        )
+
+
+@dataclass(frozen=True)
+class ImageContent:
+    """What an image is made of, for one platform."""
+
+    target: Descriptor  # what the name points at: an index or a manifest
+    manifest: Descriptor
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    diff_ids: tuple[str, ...]
+    config_json: Mapping[str, Any]
+
+    @property
+    def id(self) -> str:
+        return self.config.digest
+
+    @property
+    def size(self) -> int:
+        """As containerd counts it: the target (and manifest), the config and the layers."""
+        total = self.target.size + self.config.size + sum(layer.size for layer in self.layers)
+        if self.manifest.digest != self.target.digest:
+            total += self.manifest.size
+        return total
+
+    @property
+    def chain_id(self) -> str | None:
+        chain = chain_ids(self.diff_ids)
+        return chain[-1] if chain else None
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """The OCI chain IDs: chain[0] = diff[0]; chain[i] = sha256(chain[i-1] + " " + diff[i])."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        if not out:
+            out.append(diff_id)
+        else:
+            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
+    return out
+
+
+def select_manifest(
+    index: Mapping[str, Any], platform: Platform, where: str
+) -> tuple[int, Descriptor]:
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list):
+        raise errors.FailedPrecondition(f"{where}: index without manifests")
+    seen = []
+    for i, m in enumerate(manifests):
+        desc = Descriptor.from_json(m, where)
+        if desc.media_type in mediatypes.MANIFESTS and platform.matches(desc.platform):
+            return i, desc
+        if desc.platform:
+            seen.append(f"{desc.platform.get('os')}/{desc.platform.get('architecture')}")
+    raise errors.NotFound(
+        f"{where}: no manifest for {platform.os}/{platform.architecture} in the index "
+        f"(it has: {', '.join(seen) or 'none'})"
+    )
+
+
+def parse_manifest(body: bytes, where: str) -> tuple[Descriptor, tuple[Descriptor, ...]]:
+    try:
+        doc = json.loads(body)
+        config = Descriptor.from_json(doc["config"], where)
+        layers = tuple(Descriptor.from_json(layer, where) for layer in doc.get("layers") or [])
+    except (ValueError, KeyError, TypeError) as e:
+        raise errors.FailedPrecondition(f"{where}: malformed manifest: {e}") from e
+    for layer in layers:
+        if layer.media_type not in mediatypes.LAYERS:
+            raise errors.FailedPrecondition(
+                f"{where}: unsupported layer media type {layer.media_type!r} ({layer.digest})"
+            )
+    return config, layers
+
+
+def parse_config(body: bytes, layers: int, where: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    try:
+        doc = json.loads(body)
+        diff_ids = tuple(str(d) for d in doc["rootfs"]["diff_ids"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise errors.FailedPrecondition(f"{where}: malformed image config: {e}") from e
+    if len(diff_ids) != layers:
+        raise errors.FailedPrecondition(
+            f"{where}: image config has {len(diff_ids)} diff_ids for {layers} layers"
+        )
+    return doc, diff_ids
+
+
+async def _response(call: Any) -> content_pb2.WriteContentResponse:
+    """The next answer on a Content.Write stream (containerd answers every request)."""
+    resp = await call.read()
+    if resp is grpc.aio.EOF or not isinstance(resp, content_pb2.WriteContentResponse):
+        raise errors.Unavailable("containerd closed the content write stream")
+    return resp
+
+
+def _pb_descriptor(d: Descriptor) -> descriptor_pb2.Descriptor:
+    return descriptor_pb2.Descriptor(media_type=d.media_type, digest=d.digest, size=d.size)
+
+
+class Puller:
+    def __init__(
+        self,
+        containerd: ContainerdClient,
+        registry: RegistryClient,
+        snapshotter: str = "overlayfs",
+        platform: Platform | None = None,
+        max_concurrent_downloads: int = 3,
+    ) -> None:
+        self.containerd = containerd
+        self.registry = registry
+        self.snapshotter = snapshotter
+        self.platform = platform or Platform()
+        self._downloads = asyncio.Semaphore(max_concurrent_downloads)
+        # One writer per blob and one unpacker per chain ID in this process; a second pull of
+        # the same blob waits for the first instead of fighting over containerd's ingest lock.
+        # (Weak: a lock lives while some pull holds it, then its entry goes.)
+        self._blob_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._snapshot_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    # -- the pull --------------------------------------------------------------------------
+
+    async def pull(
+        self, ref: Reference, creds: Credentials | None = None
+    ) -> tuple[ImageContent, list[str]]:
+        """Pulls `ref`; returns its content and the image names created in containerd."""
+        started = time.perf_counter()
+        lease = f"crictld-pull-{secrets.token_hex(8)}"
+        await self.containerd.call(
+            "create lease",
+            self.containerd.leases.Create(
+                leases_pb2.CreateRequest(
+                    id=lease,
+                    labels={
+                        GC_EXPIRE: (datetime.now(UTC) + timedelta(hours=1)).strftime(
+                            "%Y-%m-%dT%H:%M:%SZ"
+                        ),
+                        PULL_LEASE_LABEL: str(ref)[:1024],
+                    },
+                ),
+                metadata=self.containerd.metadata,
+            ),
+        )
+        md = (*self.containerd.metadata, (LEASE_HEADER, lease))
+        ok = False
+        try:
+            endpoint, target, body = await self.registry.resolve(ref, creds)
+            content = await self._fetch_and_unpack(ref, creds, endpoint, target, body, lease, md)
+            names = [n for n in (ref.tagged_name, ref.with_digest(target.digest)) if n]
+            for name in names:
+                await self.put_image(name, target)
+            ok = True
+            log.info(
+                "pulled image",
+                extra={
+                    "ref": str(ref),
+                    "id": content.id,
+                    "ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
+            return content, names
+        finally:
+            await self._end_lease(lease, collect=not ok)
+
+    async def _end_lease(self, lease: str, collect: bool) -> None:
+        with contextlib.suppress(errors.NotFound):
+            await self.containerd.call(
+                "delete lease",
+                self.containerd.leases.Delete(
+                    leases_pb2.DeleteRequest(id=lease, sync=collect),
+                    metadata=self.containerd.metadata,
+                ),
+            )
+
+    async def _fetch_and_unpack(
+        self,
+        ref: Reference,
+        creds: Credentials | None,
+        endpoint: Endpoint,
+        target: Descriptor,
+        target_body: bytes,
+        lease: str,
+        md: Sequence[tuple[str, str]],
+    ) -> ImageContent:
+        where = f"pull {ref}: registry {endpoint}"
+        manifest, manifest_body = target, target_body
+        if target.media_type in mediatypes.INDEXES:
+            i, manifest = select_manifest(json.loads(target_body), self.platform, where)
+            await self._put_small(
+                target,
+                target_body,
+                md,
+                lease,
+                {f"containerd.io/gc.ref.content.m.{i}": manifest.digest},
+            )
+            manifest_body = await self._small_blob(
+                manifest, lambda: self.registry.fetch_manifest(endpoint, ref, manifest, creds)
+            )
+        config, layers = parse_manifest(manifest_body, where)
+        manifest_labels = {"containerd.io/gc.ref.content.config": config.digest}
+        manifest_labels |= {
+            f"containerd.io/gc.ref.content.l.{i}": layer.digest for i, layer in enumerate(layers)
+        }
+        await self._put_small(manifest, manifest_body, md, lease, manifest_labels)
+        config_body = await self._small_blob(
+            config, lambda: self.registry.fetch_blob(endpoint, ref, config, creds)
+        )
+        config_json, diff_ids = parse_config(config_body, len(layers), where)
+        chains = chain_ids(diff_ids)
+        config_labels = (
+            {f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chains[-1]} if chains else {}
+        )
+        await self._put_small(config, config_body, md, lease, config_labels)
+
+        # Protect what already exists before relying on it: a blob or snapshot that another
+        # pull is writing, or that nothing references yet, joins this pull's lease.
+        await asyncio.gather(
+            *(self._add_to_lease(lease, layer.digest, "content") for layer in layers),
+            *(self._add_to_lease(lease, c, f"snapshots/{self.snapshotter}") for c in chains),
+        )
+        downloads = [
+            asyncio.ensure_future(
+                self._ensure_blob(ref, creds, endpoint, layer, md, {UNCOMPRESSED: diff_id})
+            )
+            for layer, diff_id in zip(layers, diff_ids, strict=True)
+        ]
+        try:
+            parent = ""
+            for i, layer in enumerate(layers):
+                await downloads[i]
+                await self._unpack_layer(layer, diff_ids[i], chains[i], parent, md)
+                parent = chains[i]
+        except BaseException:
+            for d in downloads:
+                d.cancel()
+            await asyncio.gather(*downloads, return_exceptions=True)
+            raise
+        return ImageContent(target, manifest, config, layers, diff_ids, config_json)
+
+    async def describe(self, target: Descriptor) -> ImageContent:
+        """What an image record in containerd is made of, read from the content store (for
+        images pulled by anyone: crictld, ctr, another client)."""
+        where = f"image {target.digest}"
+        manifest, body = target, await self._local_blob(target)
+        if target.media_type in mediatypes.INDEXES:
+            _, manifest = select_manifest(json.loads(body), self.platform, where)
+            body = await self._local_blob(manifest)
+        elif target.media_type not in mediatypes.MANIFESTS:
+            raise errors.FailedPrecondition(f"{where}: unsupported media type {target.media_type}")
+        config, layers = parse_manifest(body, where)
+        config_json, diff_ids = parse_config(await self._local_blob(config), len(layers), where)
+        return ImageContent(target, manifest, config, layers, diff_ids, config_json)
+
+    async def _local_blob(self, desc: Descriptor) -> bytes:
+        data = await self.read_blob(desc.digest)
+        if sha256_digest(data) != desc.digest:
+            raise errors.FailedPrecondition(f"content {desc.digest} is corrupt in containerd")
+        return data
+
+    # -- content ---------------------------------------------------------------------------
+
+    async def _add_to_lease(self, lease: str, resource: str, kind: str) -> None:
+        await self.containerd.call(
+            "add lease resource",
+            self.containerd.leases.AddResource(
+                leases_pb2.AddResourceRequest(
+                    id=lease, resource=leases_pb2.Resource(id=resource, type=kind)
+                ),
+                metadata=self.containerd.metadata,
+            ),
+        )
+
+    async def content_info(self, digest: str) -> content_pb2.Info | None:
+        try:
+            resp = await self.containerd.call(
+                "content info",
+                self.containerd.content.Info(
+                    content_pb2.InfoRequest(digest=digest), metadata=self.containerd.metadata
+                ),
+            )
+        except errors.NotFound:
+            return None
+        return resp.info
+
+    async def read_blob(self, digest: str) -> bytes:
+        chunks = []
+        try:
+            async for resp in self.containerd.content.Read(
+                content_pb2.ReadContentRequest(digest=digest), metadata=self.containerd.metadata
+            ):
+                chunks.append(resp.data)
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, f"read {digest}") from e
+        return b"".join(chunks)
+
+    async def _small_blob(self, desc: Descriptor, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
+        """A manifest or config: from the content store if it is there, else the registry."""
+        if await self.content_info(desc.digest) is not None:
+            data = await self.read_blob(desc.digest)
+            if sha256_digest(data) == desc.digest:
+                return data
+        return await fetch()
+
+    async def _put_small(
+        self,
+        desc: Descriptor,
+        data: bytes,
+        md: Sequence[tuple[str, str]],
+        lease: str,
+        labels: Mapping[str, str],
+    ) -> None:
+        """Writes a small blob in one round trip (commit with data), or, if it is there
+        already, adds it to the lease and makes sure it carries `labels`."""
+        info = await self.content_info(desc.digest)
+        if info is None:
+            try:
+                await self._write_once(desc, data, md, labels)
+                return
+            except errors.AlreadyExists:
+                info = await self.content_info(desc.digest)
+        await self._add_to_lease(lease, desc.digest, "content")
+        if info is not None and any(info.labels.get(k) != v for k, v in labels.items()):
+            await self._update_labels(desc.digest, labels)
+
+    async def _update_labels(self, digest: str, labels: Mapping[str, str]) -> None:
+        await self.containerd.call(
+            "update content labels",
+            self.containerd.content.Update(
+                content_pb2.UpdateRequest(
+                    info=content_pb2.Info(digest=digest, labels=dict(labels)),
+                    update_mask=FieldMask(paths=[f"labels.{k}" for k in labels]),
+                ),
+                metadata=self.containerd.metadata,
+            ),
+        )
+
+    async def _write_once(
+        self,
+        desc: Descriptor,
+        data: bytes,
+        md: Sequence[tuple[str, str]],
+        labels: Mapping[str, str],
+    ) -> None:
+        call = self.containerd.content.Write(metadata=md)
+        try:
+            await call.write(
+                content_pb2.WriteContentRequest(
+                    action=content_pb2.COMMIT,
+                    ref=f"{INGEST_PREFIX}{desc.digest}",
+                    total=desc.size,
+                    expected=desc.digest,
+                    offset=0,
+                    data=data,
+                    labels=dict(labels),
+                )
+            )
+            await _response(call)
+            await call.done_writing()
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, f"write {desc.digest}") from e
+
+    async def _ensure_blob(
+        self,
+        ref: Reference,
+        creds: Credentials | None,
+        endpoint: Endpoint,
+        desc: Descriptor,
+        md: Sequence[tuple[str, str]],
+        labels: Mapping[str, str],
+    ) -> None:
+        lock = self._blob_locks.setdefault(desc.digest, asyncio.Lock())
+        async with lock:
+            if await self.content_info(desc.digest) is not None:
+                return
+            async with self._downloads:
+                await self._download(ref, creds, endpoint, desc, md, labels)
+
+    async def _download(
+        self,
+        ref: Reference,
+        creds: Credentials | None,
+        endpoint: Endpoint,
+        desc: Descriptor,
+        md: Sequence[tuple[str, str]],
+        labels: Mapping[str, str],
+    ) -> None:
+        """Streams a layer into containerd; a broken connection resumes where the content
+        store's ingest stands (HTTP Range); a stall or a digest mismatch fails the pull."""
+        ingest = f"{INGEST_PREFIX}{desc.digest}"
+        call = self.containerd.content.Write(metadata=md)
+        committed = False
+        try:
+            await call.write(
+                content_pb2.WriteContentRequest(
+                    action=content_pb2.STAT, ref=ingest, total=desc.size, expected=desc.digest
+                )
+            )
+            offset = (await _response(call)).offset
+            failures = 0
+            while offset < desc.size:
+                try:
+                    async for chunk in self.registry.stream_blob(
+                        endpoint, ref, desc, offset, creds
+                    ):
+                        for start in range(0, len(chunk), WRITE_CHUNK):
+                            piece = chunk[start : start + WRITE_CHUNK]
+                            await call.write(
+                                content_pb2.WriteContentRequest(
+                                    action=content_pb2.WRITE, ref=ingest, offset=offset, data=piece
+                                )
+                            )
+                            offset = (await _response(call)).offset
+                    if offset < desc.size:
+                        raise errors.Unavailable(
+                            f"pull {ref}: registry {endpoint}: blob {desc.digest} ended at "
+                            f"{offset} of {desc.size} bytes"
+                        )
+                except BlobStalled:
+                    raise
+                except errors.Unavailable:
+                    failures += 1
+                    if failures > RESUME_ATTEMPTS:
+                        raise
+                    log.info(
+                        "blob download broke off, resuming",
+                        extra={"ref": str(ref), "digest": desc.digest, "offset": offset},
+                    )
+                    await asyncio.sleep(0.2 * failures)
+            await call.write(
+                content_pb2.WriteContentRequest(
+                    action=content_pb2.COMMIT,
+                    ref=ingest,
+                    offset=offset,
+                    total=desc.size,
+                    expected=desc.digest,
+                    labels=dict(labels),
+                )
+            )
+            await _response(call)
+            committed = True
+            await call.done_writing()
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.ALREADY_EXISTS:
+                return
+            err = translate(e, f"write blob {desc.digest}")
+            if e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+                err = errors.Unavailable(
+                    f"pull {ref}: registry {endpoint}: blob {desc.digest} failed verification "
+                    f"({e.details()}); the download was discarded"
+                )
+            raise err from e
+        finally:
+            if not committed:
+                call.cancel()
+                await self._abort_ingest(ingest)
+
+    async def _abort_ingest(self, ingest: str) -> None:
+        try:
+            await self.containerd.call(
+                "abort ingest",
+                self.containerd.content.Abort(
+                    content_pb2.AbortRequest(ref=ingest), metadata=self.containerd.metadata
+                ),
+            )
+        except errors.NotFound:
+            pass
+        except errors.CrictlError as e:
+            log.warning("could not abort ingest", extra={"ingest": ingest, "error": str(e)})
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    async def _unpack_layer(
+        self,
+        layer: Descriptor,
+        diff_id: str,
+        chain_id: str,
+        parent: str,
+        md: Sequence[tuple[str, str]],
+    ) -> None:
+        lock = self._snapshot_locks.setdefault(chain_id, asyncio.Lock())
+        async with lock:
+            if await self._snapshot_exists(chain_id):
+                return
+            key = f"extract-{secrets.token_hex(8)} {chain_id}"
+            labels = {SNAPSHOT_REF: chain_id}
+            prepared = await self.containerd.call(
+                "prepare snapshot",
+                self.containerd.snapshots.Prepare(
+                    snapshots_pb2.PrepareSnapshotRequest(
+                        snapshotter=self.snapshotter, key=key, parent=parent, labels=labels
+                    ),
+                    metadata=md,
+                ),
+            )
+            try:
+                applied = await self.containerd.call(
+                    "apply layer",
+                    self.containerd.diff.Apply(
+                        diff_pb2.ApplyRequest(
+                            diff=_pb_descriptor(layer), mounts=list(prepared.mounts)
+                        ),
+                        metadata=md,
+                    ),
+                )
+                if applied.applied.digest != diff_id:
+                    raise errors.Unavailable(
+                        f"layer {layer.digest} unpacked to {applied.applied.digest}, but the image "
+                        f"config says {diff_id}"
+                    )
+                await self.containerd.call(
+                    "commit snapshot",
+                    self.containerd.snapshots.Commit(
+                        snapshots_pb2.CommitSnapshotRequest(
+                            snapshotter=self.snapshotter, name=chain_id, key=key, labels=labels
+                        ),
+                        metadata=md,
+                    ),
+                )
+            except errors.AlreadyExists:
+                await self._remove_snapshot(key)
+            except BaseException:
+                await self._remove_snapshot(key)
+                raise
+
+    async def _snapshot_exists(self, key: str) -> bool:
+        try:
+            await self.containerd.call(
+                "stat snapshot",
+                self.containerd.snapshots.Stat(
+                    snapshots_pb2.StatSnapshotRequest(snapshotter=self.snapshotter, key=key),
+                    metadata=self.containerd.metadata,
+                ),
+            )
+            return True
+        except errors.NotFound:
+            return False
+
+    async def _remove_snapshot(self, key: str) -> None:
+        try:
+            await self.containerd.call(
+                "remove snapshot",
+                self.containerd.snapshots.Remove(
+                    snapshots_pb2.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=key),
+                    metadata=self.containerd.metadata,
+                ),
+            )
+        except errors.CrictlError as e:
+            log.warning("could not remove snapshot", extra={"key": key, "error": str(e)})
+
+    # -- image records ---------------------------------------------------------------------
+
+    async def put_image(self, name: str, target: Descriptor) -> None:
+        """Creates or re-points the image record `name`."""
+        image = images_pb2.Image(
+            name=name, target=_pb_descriptor(target), labels={MANAGED_LABEL: "true"}
+        )
+        try:
+            await self.containerd.call(
+                "create image",
+                self.containerd.images.Create(
+                    images_pb2.CreateImageRequest(image=image), metadata=self.containerd.metadata
+                ),
+            )
+        except errors.AlreadyExists:
+            await self.containerd.call(
+                "update image",
+                self.containerd.images.Update(
+                    images_pb2.UpdateImageRequest(
+                        image=image,
+                        update_mask=FieldMask(paths=["target", f"labels.{MANAGED_LABEL}"]),
+                    ),
+                    metadata=self.containerd.metadata,
+                ),
+            )

@@ -1,0 +1,382 @@
+"""Images: pulls (shared between concurrent callers of the same reference), removals, the
+image cache in the store (refreshed from containerd at start and from its image events, since
+containerd's image store is authoritative), and the image filesystem's usage.
+
+A pull is not desired state kept across restarts: kubelet retries a pull that failed, and a pull
+cut short by a crash leaves only a lease and ingests, which `collect_pull_leftovers()` removes
+at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from crictl import errors
+from crictl.containerd.client import ContainerdClient
+from crictl.gen.containerd.api.events import image_pb2 as image_events
+from crictl.gen.containerd.api.services.content.v1 import content_pb2
+from crictl.gen.containerd.api.services.images.v1 import images_pb2
+from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
+from crictl.images import reference
+from crictl.images.pull import INGEST_PREFIX, PULL_LEASE_LABEL, ImageContent, Puller
+from crictl.images.registry import Credentials, Descriptor, RegistryClient
+from crictl.store.engine import Store
+from crictl.store.events import record_event
+from crictl.store.images import (
+    ImageLookup,
+    ImageRecord,
+    NameRecord,
+    delete_image_names,
+    digests_of,
+    find_image,
+    get_name,
+    list_images,
+    put_image,
+    replace_all_images,
+    tags_of,
+)
+from crictl.store.models import Image
+
+log = logging.getLogger(__name__)
+
+FS_USAGE_PERIOD = 10.0
+_HEX = re.compile(r"^(sha256:)?[0-9a-f]+$")
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    timestamp: int
+    mountpoint: str
+    used_bytes: int
+    inodes_used: int
+
+
+def lookup_for(spec: str) -> ImageLookup:
+    """How to find the image a CRI ImageSpec names: id, reference, or id prefix."""
+    if not spec:
+        raise errors.InvalidArgument("image is empty")
+    if reference.is_image_id(spec):
+        return ImageLookup(image_id=reference.normalize_id(spec))
+    names: tuple[str, ...] = ()
+    with contextlib.suppress(errors.InvalidArgument):
+        ref = reference.parse(spec)
+        names = (ref.with_digest(ref.digest),) if ref.digest else (ref.tagged_name or "",)
+    prefix = reference.normalize_id(spec) if _HEX.match(spec) else None
+    if not names and prefix is None:
+        raise errors.InvalidArgument(f"image {spec!r} is neither a reference nor an image id")
+    return ImageLookup(names=names, id_prefix=prefix)
+
+
+def credentials_from(auth: Any) -> Credentials | None:
+    """Registry credentials from a CRI AuthConfig."""
+    return Credentials.from_auth_config(
+        username=auth.username,
+        password=auth.password,
+        auth=auth.auth,
+        identity_token=auth.identity_token,
+        registry_token=auth.registry_token,
+    )
+
+
+def user_of(config: dict[str, object]) -> tuple[int | None, str]:
+    """(uid, username) from the image config's USER, as containerd's CRI reports them."""
+    inner = config.get("config")
+    user = inner.get("User") if isinstance(inner, dict) else None
+    if not isinstance(user, str) or not user:
+        return None, ""
+    name = user.split(":", 1)[0]
+    if name.isdigit():
+        return int(name), ""
+    return None, name
+
+
+def _descriptor(d: images_pb2.Image) -> Descriptor:
+    return Descriptor(d.target.media_type, d.target.digest, d.target.size)
+
+
+def _record(content: ImageContent) -> ImageRecord:
+    uid, username = user_of(dict(content.config_json))
+    return ImageRecord(
+        id=content.id,
+        size=content.size,
+        uid=uid,
+        username=username,
+        config=json.dumps(content.config_json, sort_keys=True),
+        manifest_digest=content.manifest.digest,
+        chain_id=content.chain_id,
+    )
+
+
+def _name_record(name: str, target: Descriptor) -> NameRecord:
+    kind = "digest" if "@" in name else "tag"
+    return NameRecord(name, kind, target.digest, target.media_type)
+
+
+class ImageManager:
+    def __init__(
+        self,
+        store: Store,
+        containerd: ContainerdClient,
+        registry: RegistryClient,
+        pause_image: str,
+        snapshotter: str = "overlayfs",
+    ) -> None:
+        self.store = store
+        self.containerd = containerd
+        self.registry = registry
+        self.snapshotter = snapshotter
+        self.puller = Puller(containerd, registry, snapshotter)
+        pause = reference.parse(pause_image)
+        self.pinned_names = {n for n in (pause.tagged_name,) if n}
+        if pause.digest:
+            self.pinned_names.add(pause.with_digest(pause.digest))
+        self._pulls: dict[str, asyncio.Task[str]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._fs_usage: FsUsage | None = None
+        self._fs_root: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.collect_pull_leftovers()
+        await self.resync()
+        self._tasks.append(asyncio.create_task(self._watch_events(), name="image-events"))
+        self._tasks.append(asyncio.create_task(self._measure_fs(), name="image-fs-usage"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for pull in list(self._pulls.values()):
+            pull.cancel()
+        await self.registry.close()
+
+    async def collect_pull_leftovers(self) -> None:
+        """Removes what pulls cut short by a crash left: their leases and partial ingests.
+        After a start no pull is in flight, so every crictld pull lease is a leftover."""
+        md = self.containerd.metadata
+        leases = await self.containerd.call(
+            "list leases",
+            self.containerd.leases.List(
+                leases_pb2.ListRequest(filters=[f'labels."{PULL_LEASE_LABEL}"']), metadata=md
+            ),
+        )
+        for lease in leases.leases:
+            await self.containerd.call(
+                "delete lease",
+                self.containerd.leases.Delete(
+                    leases_pb2.DeleteRequest(id=lease.id, sync=True), metadata=md
+                ),
+            )
+            await self._cleanup_event(lease.id, "lease of a pull cut short by a restart")
+        statuses = await self.containerd.call(
+            "list ingests",
+            self.containerd.content.ListStatuses(
+                content_pb2.ListStatusesRequest(filters=[f"ref~=^{INGEST_PREFIX}"]), metadata=md
+            ),
+        )
+        for st in statuses.statuses:
+            with contextlib.suppress(errors.NotFound):
+                await self.containerd.call(
+                    "abort ingest",
+                    self.containerd.content.Abort(
+                        content_pb2.AbortRequest(ref=st.ref), metadata=md
+                    ),
+                )
+            await self._cleanup_event(st.ref, "partial download of a pull cut short")
+
+    async def _cleanup_event(self, what: str, message: str) -> None:
+        def write(session: Session) -> None:
+            record_event(session, "gc", what, "cleanup", reason="PullInterrupted", message=message)
+
+        await self.store.write(write)
+
+    # -- the cache -------------------------------------------------------------------------
+
+    async def resync(self) -> None:
+        """Rebuilds the image cache from containerd's image store."""
+        started = time.perf_counter()
+        images = await self.containerd.list_images()
+        described: dict[str, ImageContent] = {}
+        entries: dict[str, tuple[ImageRecord, list[NameRecord]]] = {}
+        for image in images:
+            target = _descriptor(image)
+            if target.digest not in described:
+                try:
+                    described[target.digest] = await self.puller.describe(target)
+                except errors.CrictlError as e:
+                    log.warning(
+                        "skipping an image containerd holds but crictld cannot read",
+                        extra={"image": image.name, "error": str(e)},
+                    )
+                    continue
+            content = described[target.digest]
+            entry = entries.setdefault(content.id, (_record(content), []))
+            if _looks_like_reference(image.name):
+                entry[1].append(_name_record(image.name, target))
+        await self.store.write(lambda s: replace_all_images(s, list(entries.values())))
+        log.info(
+            "image cache resynced",
+            extra={"images": len(entries), "ms": round((time.perf_counter() - started) * 1000, 1)},
+        )
+
+    async def refresh(self, name: str) -> None:
+        """Brings one image name in the cache up to date with containerd."""
+        image = await self.containerd.get_image(name)
+        if image is None:
+            await self.store.write(lambda s: delete_image_names(s, [name]))
+            return
+        target = _descriptor(image)
+        known = await self.store.read(lambda s: get_name(s, name))
+        if known is not None and known.target_digest == target.digest:
+            return
+        if not _looks_like_reference(name):
+            return
+        content = await self.puller.describe(target)
+        await self.store.write(
+            lambda s: put_image(s, _record(content), [_name_record(name, target)])
+        )
+
+    async def _watch_events(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async for envelope in self.containerd.subscribe('topic~="/images/"'):
+                    delay = 0.5
+                    name = _event_image_name(envelope.event.type_url, envelope.event.value)
+                    if name:
+                        try:
+                            await self.refresh(name)
+                        except errors.CrictlError as e:
+                            log.warning(
+                                "image refresh failed", extra={"image": name, "error": str(e)}
+                            )
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("image event stream broke; resyncing", extra={"error": str(e)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            with contextlib.suppress(errors.CrictlError):
+                await self.resync()
+
+    # -- pull and remove -------------------------------------------------------------------
+
+    async def pull(self, spec: str, creds: Credentials | None = None) -> str:
+        """Pulls `spec`; returns the image id. Callers pulling the same reference at the same
+        time share one pull and all get its result; a caller that gives up (its deadline
+        passed) does not stop the pull for the others, or for its own retry."""
+        ref = reference.parse(spec)
+        key = str(ref)
+        task = self._pulls.get(key)
+        if task is None:
+            task = asyncio.create_task(self._pull(ref, creds), name=f"pull {key}")
+            self._pulls[key] = task
+            task.add_done_callback(lambda t: self._pull_done(key, t))
+        return await asyncio.shield(task)
+
+    def _pull_done(self, key: str, task: asyncio.Task[str]) -> None:
+        if self._pulls.get(key) is task:
+            del self._pulls[key]
+        if not task.cancelled():
+            task.exception()  # retrieved, so an unawaited failure is not reported as lost
+
+    async def _pull(self, ref: reference.Reference, creds: Credentials | None) -> str:
+        content, names = await self.puller.pull(ref, creds)
+        records = [_name_record(n, content.target) for n in names]
+        await self.store.write(lambda s: put_image(s, _record(content), records))
+        self._fs_usage = None  # measure again on the next ImageFsInfo
+        return content.id
+
+    async def remove(self, spec: str) -> None:
+        """RemoveImage: by a tag, that tag (and the image with it when it was the last tag); by
+        id or digest, every name. Missing image: nothing to do."""
+        lookup = lookup_for(spec)
+        image = await self.store.read(lambda s: find_image(s, lookup))
+        if image is None:
+            await self._remove_uncached(lookup)
+            return
+        tags = tags_of(image)
+        by_tag = [n for n in lookup.names if n in tags and lookup.image_id is None]
+        if by_tag and len(tags) > 1 and image.id != lookup.image_id:
+            names = by_tag
+        else:
+            names = tags + digests_of(image)
+        for i, name in enumerate(names):
+            # containerd collects garbage before answering the last delete, as its CRI does.
+            await self.containerd.delete_image(name, sync=i == len(names) - 1)
+        await self.store.write(lambda s: delete_image_names(s, names))
+        self._fs_usage = None
+
+    async def _remove_uncached(self, lookup: ImageLookup) -> None:
+        """An image containerd has but the cache missed (an event not yet seen)."""
+        for name in lookup.names:
+            if await self.containerd.delete_image(name, sync=True):
+                await self.store.write(partial(delete_image_names, names=[name]))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def list(self) -> list[Image]:
+        return await self.store.read(list_images)
+
+    async def status(self, spec: str) -> Image | None:
+        lookup = lookup_for(spec)
+        return await self.store.read(lambda s: find_image(s, lookup))
+
+    def is_pinned(self, image: Image) -> bool:
+        return any(n.name in self.pinned_names for n in image.names)
+
+    async def fs_usage(self) -> FsUsage:
+        if self._fs_usage is None:
+            await self._measure_fs_once()
+        assert self._fs_usage is not None
+        return self._fs_usage
+
+    async def _measure_fs(self) -> None:
+        while True:
+            try:
+                await self._measure_fs_once()
+            except errors.CrictlError as e:
+                log.warning("image fs usage failed", extra={"error": str(e)})
+            await asyncio.sleep(FS_USAGE_PERIOD)
+
+    async def _measure_fs_once(self) -> None:
+        if self._fs_root is None:
+            self._fs_root = await self.containerd.snapshotter_root(self.snapshotter) or ""
+        size, inodes = await self.containerd.snapshots_usage(self.snapshotter)
+        self._fs_usage = FsUsage(time.time_ns(), self._fs_root, size, inodes)
+
+
+def _looks_like_reference(name: str) -> bool:
+    """containerd image names crictld reports: references, not bare ids (sha256:...)."""
+    try:
+        reference.parse(name, default_tag=False)
+    except errors.InvalidArgument:
+        return False
+    return not reference.is_image_id(name)
+
+
+def _event_image_name(type_url: str, value: bytes) -> str | None:
+    kind = type_url.rsplit("/", 1)[-1]
+    if kind == "containerd.services.images.v1.ImageCreate":
+        return image_events.ImageCreate.FromString(value).name
+    if kind == "containerd.services.images.v1.ImageUpdate":
+        return image_events.ImageUpdate.FromString(value).name
+    if kind == "containerd.services.images.v1.ImageDelete":
+        return image_events.ImageDelete.FromString(value).name
+    return None
+
+
+__all__: Sequence[str] = ["FsUsage", "ImageManager", "credentials_from", "lookup_for", "user_of"]
