@@ -41,6 +41,7 @@ class Failing:
             "precondition": errors.FailedPrecondition,
             "unavailable": errors.Unavailable,
             "deadline": errors.DeadlineExceeded,
+            "denied": errors.PermissionDenied,
             "bug": ZeroDivisionError,
         }
         raise kinds[request.pod_sandbox_id](f"because {request.pod_sandbox_id}")
@@ -101,6 +102,7 @@ async def test_status_reports_conditions_with_reasons(stub: Any) -> None:
         ("precondition", grpc.StatusCode.FAILED_PRECONDITION),
         ("unavailable", grpc.StatusCode.UNAVAILABLE),
         ("deadline", grpc.StatusCode.DEADLINE_EXCEEDED),
+        ("denied", grpc.StatusCode.PERMISSION_DENIED),
         ("bug", grpc.StatusCode.INTERNAL),
     ],
 )
