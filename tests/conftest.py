@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +18,13 @@ import pytest
 from crictl.containerd.client import ContainerdClient
 from crictl.containerd.managed import ManagedContainerd
 from tests.rig.cni import CniNetwork, make_network
-from tests.rig.daemon import Daemon, crictl_bin
+from tests.rig.daemon import REPO, Daemon, crictl_bin
+from tests.rig.images import FixtureImage, build_images, push_images, random_layer_image
+from tests.rig.inventory import purge_namespace
+from tests.rig.registry import Registry
+
+# A layer large enough that a pull can be interrupted in the middle of it.
+BIG_IMAGE = ("crictld-test/big", "1", 48 << 20)
 
 
 def _require_root() -> None:
@@ -121,3 +128,50 @@ def managed_daemon(short_tmp: Path, crictl_path: Path, cni_network: CniNetwork) 
         d.stop()
         # A daemon killed by a test leaves its containerd behind on purpose; end it here.
         asyncio.run(ManagedContainerd(d.state_dir / "containerd").stop_recorded())
+
+
+@pytest.fixture(scope="session")
+def fixture_images() -> list[FixtureImage]:
+    """Every fixture image (critest's set), built offline; blobs are cached in .cache/."""
+    work = REPO / ".cache" / "rig-images"
+    images = build_images(work)
+    repo, tag, size = BIG_IMAGE
+    return [*images, random_layer_image(work, repo, tag, size)]
+
+
+@pytest.fixture(scope="session")
+def registry(fixture_images: list[FixtureImage]) -> Iterator[Registry]:
+    """A private docker-registry on loopback holding every fixture image."""
+    _require_root()
+    with Registry() as reg:
+        push_images(reg.host, fixture_images)
+        yield reg
+
+
+@pytest.fixture
+def image_daemon(
+    short_tmp: Path,
+    crictl_path: Path,
+    cni_network: CniNetwork,
+    containerd_address: str,
+    registry: Registry,
+) -> Iterator[Daemon]:
+    """A crictld whose pause image is the local registry's, in a containerd namespace of its
+    own that is emptied and deleted afterwards."""
+    namespace = f"crictld-test-{secrets.token_hex(4)}"
+    d = Daemon(
+        state_dir=short_tmp / "state",
+        socket=short_tmp / "crictld.sock",
+        crictl_bin=crictl_path,
+        cni_conf_dir=cni_network.conf_dir,
+        cni_bin_dirs=cni_network.bin_dirs,
+        containerd=containerd_address,
+        namespace=namespace,
+        extra_args=["--pause-image", f"{registry.host}/pause:3.10"],
+    )
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        asyncio.run(purge_namespace(containerd_address, namespace))

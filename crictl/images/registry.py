@@ -206,12 +206,12 @@ class RegistryClient:
                 resp = await self._http().request(method, url, headers=h, allow_redirects=True)
             except TimeoutError as e:
                 raise errors.Unavailable(
-                    f"pull {ref}: registry {endpoint}: no answer within "
-                    f"{self.progress_timeout:.0f}s ({method} {path})"
+                    f"pull {ref}: registry {endpoint}: {path}: no answer within "
+                    f"{self.progress_timeout:g}s"
                 ) from e
             except aiohttp.ClientConnectorCertificateError as e:
                 raise errors.Unavailable(
-                    f"pull {ref}: registry {endpoint}: TLS certificate not trusted: {e}"
+                    f"pull {ref}: registry {endpoint}: {path}: TLS certificate not trusted: {e}"
                 ) from e
             except (aiohttp.ClientSSLError, ssl.SSLError) as e:
                 raise errors.Unavailable(
@@ -220,10 +220,10 @@ class RegistryClient:
                 ) from e
             except aiohttp.ClientConnectorError as e:
                 raise errors.Unavailable(
-                    f"pull {ref}: registry {endpoint}: cannot connect: {e.os_error or e}"
+                    f"pull {ref}: registry {endpoint}: {path}: cannot connect: {e.os_error or e}"
                 ) from e
             except aiohttp.ClientError as e:
-                raise errors.Unavailable(f"pull {ref}: registry {endpoint}: {e}") from e
+                raise errors.Unavailable(f"pull {ref}: registry {endpoint}: {path}: {e}") from e
             if resp.status != 401 or attempt == 2:
                 return resp
             challenge = resp.headers.get("WWW-Authenticate", "")

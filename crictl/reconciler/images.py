@@ -164,23 +164,10 @@ class ImageManager:
         await self.registry.close()
 
     async def collect_pull_leftovers(self) -> None:
-        """Removes what pulls cut short by a crash left: their leases and partial ingests.
-        After a start no pull is in flight, so every crictld pull lease is a leftover."""
+        """Removes what pulls cut short by a crash left: their partial ingests and their leases
+        (containerd then collects the content and snapshots only those leases held). After a
+        start no pull is in flight, so every crictld pull lease and ingest is a leftover."""
         md = self.containerd.metadata
-        leases = await self.containerd.call(
-            "list leases",
-            self.containerd.leases.List(
-                leases_pb2.ListRequest(filters=[f'labels."{PULL_LEASE_LABEL}"']), metadata=md
-            ),
-        )
-        for lease in leases.leases:
-            await self.containerd.call(
-                "delete lease",
-                self.containerd.leases.Delete(
-                    leases_pb2.DeleteRequest(id=lease.id, sync=True), metadata=md
-                ),
-            )
-            await self._cleanup_event(lease.id, "lease of a pull cut short by a restart")
         statuses = await self.containerd.call(
             "list ingests",
             self.containerd.content.ListStatuses(
@@ -196,6 +183,21 @@ class ImageManager:
                     ),
                 )
             await self._cleanup_event(st.ref, "partial download of a pull cut short")
+        leases = await self.containerd.call(
+            "list leases",
+            self.containerd.leases.List(
+                leases_pb2.ListRequest(filters=[f'labels."{PULL_LEASE_LABEL}"']), metadata=md
+            ),
+        )
+        for lease in leases.leases:
+            with contextlib.suppress(errors.NotFound):
+                await self.containerd.call(
+                    "delete lease",
+                    self.containerd.leases.Delete(
+                        leases_pb2.DeleteRequest(id=lease.id, sync=True), metadata=md
+                    ),
+                )
+            await self._cleanup_event(lease.id, "lease of a pull cut short by a restart")
 
     async def _cleanup_event(self, what: str, message: str) -> None:
         def write(session: Session) -> None:

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -38,6 +39,7 @@ class Daemon:
     cni_conf_dir: Path
     cni_bin_dirs: list[Path]
     containerd: str  # an address, or "managed"
+    namespace: str = "crictld"
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -58,6 +60,8 @@ class Daemon:
             str(self.socket),
             "--containerd",
             self.containerd,
+            "--containerd-namespace",
+            self.namespace,
             "--cni-conf-dir",
             str(self.cni_conf_dir),
             "--netns-dir",
@@ -108,6 +112,17 @@ class Daemon:
         with grpc.insecure_channel(self.endpoint) as channel:
             stub = api_pb2_grpc.RuntimeServiceStub(channel)
             return stub.Status(api_pb2.StatusRequest(verbose=True), timeout=timeout)
+
+    def image_call(self, method: str, request: Any, timeout: float = 120.0) -> Any:
+        """One ImageService RPC, e.g. image_call("PullImage", api_pb2.PullImageRequest(...))."""
+        with grpc.insecure_channel(self.endpoint) as channel:
+            stub = api_pb2_grpc.ImageServiceStub(channel)
+            return getattr(stub, method)(request, timeout=timeout)
+
+    def runtime_call(self, method: str, request: Any, timeout: float = 120.0) -> Any:
+        with grpc.insecure_channel(self.endpoint) as channel:
+            stub = api_pb2_grpc.RuntimeServiceStub(channel)
+            return getattr(stub, method)(request, timeout=timeout)
 
     def crictl(self, *args: str, timeout: float = 60.0) -> CrictlResult:
         proc = subprocess.run(

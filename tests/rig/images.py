@@ -1075,3 +1075,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def random_layer_image(
+    workdir: Path, repository: str, tag: str, size: int, seed: int = 0
+) -> FixtureImage:
+    """An image with one layer of `size` incompressible bytes (a file /blob), for tests that
+    need a transfer long enough to interrupt."""
+    import random
+
+    store = BlobStore(workdir / "blobs")
+    data = random.Random(seed).randbytes(size)
+    big = store.layer([file("blob", data)], "docker")
+    m = make_manifest(
+        store, [big], ImageConfig(cmd=("/blob",)), "docker", Platform("amd64"), ("random bytes",)
+    )
+    return FixtureImage(
+        repository, (tag,), m.descriptor, m.data, (m,), store.root, f"{size} random bytes"
+    )

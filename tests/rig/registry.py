@@ -77,14 +77,14 @@ def _binary() -> str:
 
 
 def api_ready(host: str, timeout: float = 2.0) -> bool:
-    """True when GET /v2/ on HOST ("ip:port") answers 200."""
+    """True when GET /v2/ on HOST ("ip:port") answers (200, or 401 with auth on)."""
     address, _, port = host.partition(":")
     conn = http.client.HTTPConnection(address, int(port), timeout=timeout)
     try:
         conn.request("GET", "/v2/")
         resp = conn.getresponse()
         resp.read()
-        return resp.status == 200
+        return resp.status in (200, 401)
     except OSError:
         return False
     finally:
@@ -98,7 +98,12 @@ class Registry:
     on exit. PORT 0 (the default) picks a free port.
     """
 
-    def __init__(self, root: Path | None = None, port: int = 0) -> None:
+    def __init__(
+        self, root: Path | None = None, port: int = 0, htpasswd: Path | None = None
+    ) -> None:
+        """With `htpasswd` (a bcrypt file, `htpasswd -Bbn user pass`) every request needs
+        basic auth: start once without it to push, then again with it on the same root."""
+        self.htpasswd = htpasswd
         self._own_root = root is None
         self.root = root if root is not None else Path(tempfile.mkdtemp(prefix="crictld-registry-"))
         self.requested_port = port
@@ -133,7 +138,10 @@ class Registry:
         for attempt in range(attempts):
             self.port = self.requested_port or free_port()
             config = self.root / "config.yml"
-            config.write_text(CONFIG_TEMPLATE.format(storage=self.storage, port=self.port))
+            text = CONFIG_TEMPLATE.format(storage=self.storage, port=self.port)
+            if self.htpasswd is not None:
+                text += f"auth:\n  htpasswd:\n    realm: crictld-test\n    path: {self.htpasswd}\n"
+            config.write_text(text)
             with self.log_path.open("ab") as log:
                 self.proc = subprocess.Popen(
                     [binary, "serve", str(config)],
