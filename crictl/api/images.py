@@ -1,6 +1,7 @@
 """ImageService: PullImage, ImageStatus, ListImages, RemoveImage, ImageFsInfo.
 
-Status and List are answered from the store's image cache; pulls and removals go through the
+Status and List are answered from the image cache (SQLite, read through its in-memory index);
+pulls and removals go through the
 reconciler's image manager, which talks to the registry and containerd.
 """
 
@@ -10,23 +11,21 @@ import json
 
 from crictl.api.interceptor import Context
 from crictl.gen.cri.runtime.v1 import api_pb2
-from crictl.reconciler.images import ImageManager, credentials_from
-from crictl.store.images import digests_of, tags_of
-from crictl.store.models import Image
+from crictl.reconciler.images import ImageManager, ImageView, credentials_from
 
 
 class Images:
     def __init__(self, images: ImageManager) -> None:
         self.images = images
 
-    def _to_cri(self, image: Image) -> api_pb2.Image:
+    def _to_cri(self, image: ImageView) -> api_pb2.Image:
         out = api_pb2.Image(
             id=image.id,
-            repo_tags=tags_of(image),
-            repo_digests=digests_of(image),
+            repo_tags=image.repo_tags,
+            repo_digests=image.repo_digests,
             size=image.size,
             username=image.username,
-            pinned=self.images.is_pinned(image),
+            pinned=image.pinned,
         )
         if image.uid is not None:
             out.uid.CopyFrom(api_pb2.Int64Value(value=image.uid))
@@ -43,7 +42,7 @@ class Images:
     async def image_status(
         self, request: api_pb2.ImageStatusRequest, context: Context
     ) -> api_pb2.ImageStatusResponse:
-        image = await self.images.status(request.image.image)
+        image = self.images.status(request.image.image)
         if image is None:
             return api_pb2.ImageStatusResponse()  # the CRI's "not present": no error
         response = api_pb2.ImageStatusResponse(image=self._to_cri(image))
@@ -62,10 +61,10 @@ class Images:
     ) -> api_pb2.ListImagesResponse:
         wanted = request.filter.image.image if request.HasField("filter") else ""
         if wanted:
-            image = await self.images.status(wanted)
+            image = self.images.status(wanted)
             found = [image] if image is not None else []
         else:
-            found = await self.images.list()
+            found = self.images.list()
         return api_pb2.ListImagesResponse(images=[self._to_cri(i) for i in found])
 
     async def remove_image(

@@ -55,9 +55,12 @@ class Credentials:
     ) -> Credentials | None:
         if auth and not username:
             try:
-                username, _, password = base64.b64decode(auth).decode().partition(":")
+                decoded = base64.b64decode(auth, validate=True).decode()
             except (ValueError, UnicodeDecodeError) as e:
                 raise errors.InvalidArgument("auth: not base64 of user:password") from e
+            if ":" not in decoded:
+                raise errors.InvalidArgument("auth: not base64 of user:password (no ':')")
+            username, _, password = decoded.partition(":")
         if not (username or identity_token or registry_token):
             return None
         return cls(username, password, identity_token, registry_token)
@@ -72,7 +75,9 @@ class Descriptor:
     annotations: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], where: str) -> Descriptor:
+    def from_json(cls, d: object, where: str) -> Descriptor:
+        if not isinstance(d, Mapping):
+            raise errors.FailedPrecondition(f"{where}: malformed descriptor {d!r}")
         try:
             return cls(
                 media_type=str(d.get("mediaType", "")),
@@ -300,10 +305,11 @@ class RegistryClient:
                 query = {"scope": scope}
                 if service:
                     query["service"] = service
-                auth = None
+                headers = {}
                 if creds is not None and creds.username:
-                    auth = aiohttp.BasicAuth(creds.username, creds.password)
-                resp = await self._http().get(realm, params=query, auth=auth)
+                    raw = f"{creds.username}:{creds.password}".encode()
+                    headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+                resp = await self._http().get(realm, params=query, headers=headers)
             async with resp:
                 if resp.status in (401, 403):
                     raise errors.PermissionDenied(
@@ -316,6 +322,10 @@ class RegistryClient:
                         f"{resp.status}"
                     )
                 body = await resp.json(content_type=None)
+        except ValueError as e:
+            raise errors.Unavailable(
+                f"pull {ref}: registry {endpoint}: token service {realm} answered non-JSON"
+            ) from e
         except aiohttp.ClientError as e:
             raise errors.Unavailable(
                 f"pull {ref}: registry {endpoint}: token service {realm}: {e}"
@@ -381,11 +391,19 @@ class RegistryClient:
                 raise errors.Unavailable(
                     f"pull {ref}: registry {endpoint}: manifest {obj}: HTTP {resp.status} {text}"
                 )
+            too_big = errors.FailedPrecondition(
+                f"pull {ref}: registry {endpoint}: manifest larger than {MAX_MANIFEST} bytes"
+            )
             if (resp.content_length or 0) > MAX_MANIFEST:
-                raise errors.FailedPrecondition(
-                    f"pull {ref}: registry {endpoint}: manifest larger than {MAX_MANIFEST} bytes"
-                )
-            body = await resp.read()
+                raise too_big
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(1 << 16):  # capped: chunked bodies too
+                size += len(chunk)
+                if size > MAX_MANIFEST:
+                    raise too_big
+                chunks.append(chunk)
+            body = b"".join(chunks)
             media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         digest = sha256_digest(body)
         if obj.startswith("sha256:") and digest != obj:

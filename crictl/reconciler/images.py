@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -34,12 +34,10 @@ from crictl.images.registry import Credentials, Descriptor, RegistryClient
 from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.images import (
-    ImageLookup,
     ImageRecord,
     NameRecord,
     delete_image_names,
     digests_of,
-    find_image,
     get_name,
     list_images,
     put_image,
@@ -60,6 +58,87 @@ class FsUsage:
     mountpoint: str
     used_bytes: int
     inodes_used: int
+
+
+@dataclass(frozen=True)
+class ImageLookup:
+    """How a CRI ImageSpec may name an image: its full id, one of its names, or an id prefix.
+    Tried in that order, as containerd does."""
+
+    image_id: str | None = None
+    names: tuple[str, ...] = ()
+    id_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """One image as CRI reports it, held in memory."""
+
+    id: str
+    size: int
+    uid: int | None
+    username: str
+    config: str
+    manifest_digest: str
+    chain_id: str | None
+    repo_tags: tuple[str, ...]
+    repo_digests: tuple[str, ...]
+    pinned: bool
+
+
+class ImageIndex:
+    """The image cache's in-memory read model, so ImageStatus and ListImages (kubelet asks
+    before every container start and for every GC pass) cost no SQL and no thread hop.
+
+    It is derived, never written on its own: every change goes to SQLite first, and the index
+    is rebuilt from the rows that same transaction read back (`ImageManager._write`). A
+    sequence number taken in the writer thread keeps an older rebuild from landing last.
+    """
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, ImageView] = {}
+        self.by_name: dict[str, str] = {}
+        self.seq = -1
+
+    def rebuild(self, seq: int, images: Sequence[Image], pinned_names: set[str]) -> None:
+        if seq <= self.seq:
+            return
+        by_id: dict[str, ImageView] = {}
+        by_name: dict[str, str] = {}
+        for image in images:
+            names = [n.name for n in image.names]
+            by_id[image.id] = ImageView(
+                id=image.id,
+                size=image.size,
+                uid=image.uid,
+                username=image.username,
+                config=image.config,
+                manifest_digest=image.manifest_digest,
+                chain_id=image.chain_id,
+                repo_tags=tuple(tags_of(image)),
+                repo_digests=tuple(digests_of(image)),
+                pinned=any(n in pinned_names for n in names),
+            )
+            by_name.update((n, image.id) for n in names)
+        self.by_id, self.by_name, self.seq = by_id, by_name, seq
+
+    def find(self, lookup: ImageLookup) -> ImageView | None:
+        """The full id, then a name, then a unique id prefix (containerd's order)."""
+        if lookup.image_id is not None and lookup.image_id in self.by_id:
+            return self.by_id[lookup.image_id]
+        for name in lookup.names:
+            if name in self.by_name:
+                return self.by_id[self.by_name[name]]
+        if lookup.id_prefix:
+            found = [v for k, v in self.by_id.items() if k.startswith(lookup.id_prefix)]
+            if len(found) > 1:
+                raise errors.InvalidArgument(f"image id prefix {lookup.id_prefix!r} is ambiguous")
+            if found:
+                return found[0]
+        return None
+
+    def all(self) -> list[ImageView]:
+        return sorted(self.by_id.values(), key=lambda v: v.id)
 
 
 def lookup_for(spec: str) -> ImageLookup:
@@ -96,7 +175,7 @@ def user_of(config: dict[str, object]) -> tuple[int | None, str]:
     if not isinstance(user, str) or not user:
         return None, ""
     name = user.split(":", 1)[0]
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         return int(name), ""
     return None, name
 
@@ -141,6 +220,8 @@ class ImageManager:
         self.pinned_names = {n for n in (pause.tagged_name,) if n}
         if pause.digest:
             self.pinned_names.add(pause.with_digest(pause.digest))
+        self.index = ImageIndex()
+        self._write_seq = 0
         self._pulls: dict[str, asyncio.Task[str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._fs_usage: FsUsage | None = None
@@ -199,6 +280,19 @@ class ImageManager:
                 )
             await self._cleanup_event(lease.id, "lease of a pull cut short by a restart")
 
+    async def _write(self, change: Callable[[Session], None]) -> None:
+        """Applies a change to the image tables and rebuilds the index from what the same
+        transaction then reads back."""
+
+        def txn(session: Session) -> tuple[int, list[Image]]:
+            change(session)
+            session.flush()
+            self._write_seq += 1  # the writer thread is the only one that counts
+            return self._write_seq, list_images(session)
+
+        seq, images = await self.store.write(txn)
+        self.index.rebuild(seq, images, self.pinned_names)
+
     async def _cleanup_event(self, what: str, message: str) -> None:
         def write(session: Session) -> None:
             record_event(session, "gc", what, "cleanup", reason="PullInterrupted", message=message)
@@ -228,7 +322,7 @@ class ImageManager:
             entry = entries.setdefault(content.id, (_record(content), []))
             if _looks_like_reference(image.name):
                 entry[1].append(_name_record(image.name, target))
-        await self.store.write(lambda s: replace_all_images(s, list(entries.values())))
+        await self._write(lambda s: replace_all_images(s, list(entries.values())))
         log.info(
             "image cache resynced",
             extra={"images": len(entries), "ms": round((time.perf_counter() - started) * 1000, 1)},
@@ -238,18 +332,17 @@ class ImageManager:
         """Brings one image name in the cache up to date with containerd."""
         image = await self.containerd.get_image(name)
         if image is None:
-            await self.store.write(lambda s: delete_image_names(s, [name]))
+            if name in self.index.by_name:
+                await self._write(lambda s: delete_image_names(s, [name]))
             return
         target = _descriptor(image)
         known = await self.store.read(lambda s: get_name(s, name))
         if known is not None and known.target_digest == target.digest:
-            return
+            return  # our own write, echoed back by containerd
         if not _looks_like_reference(name):
             return
         content = await self.puller.describe(target)
-        await self.store.write(
-            lambda s: put_image(s, _record(content), [_name_record(name, target)])
-        )
+        await self._write(lambda s: put_image(s, _record(content), [_name_record(name, target)]))
 
     async def _watch_events(self) -> None:
         delay = 0.5
@@ -258,6 +351,7 @@ class ImageManager:
                 async for envelope in self.containerd.subscribe('topic~="/images/"'):
                     delay = 0.5
                     name = _event_image_name(envelope.event.type_url, envelope.event.value)
+                    log.debug("image event", extra={"topic": envelope.topic, "image": name})
                     if name:
                         try:
                             await self.refresh(name)
@@ -298,7 +392,7 @@ class ImageManager:
     async def _pull(self, ref: reference.Reference, creds: Credentials | None) -> str:
         content, names = await self.puller.pull(ref, creds)
         records = [_name_record(n, content.target) for n in names]
-        await self.store.write(lambda s: put_image(s, _record(content), records))
+        await self._write(lambda s: put_image(s, _record(content), records))
         self._fs_usage = None  # measure again on the next ImageFsInfo
         return content.id
 
@@ -306,39 +400,35 @@ class ImageManager:
         """RemoveImage: by a tag, that tag (and the image with it when it was the last tag); by
         id or digest, every name. Missing image: nothing to do."""
         lookup = lookup_for(spec)
-        image = await self.store.read(lambda s: find_image(s, lookup))
+        image = self.index.find(lookup)
         if image is None:
             await self._remove_uncached(lookup)
             return
-        tags = tags_of(image)
+        tags = list(image.repo_tags)
         by_tag = [n for n in lookup.names if n in tags and lookup.image_id is None]
         if by_tag and len(tags) > 1 and image.id != lookup.image_id:
             names = by_tag
         else:
-            names = tags + digests_of(image)
+            names = tags + list(image.repo_digests)
         for i, name in enumerate(names):
             # containerd collects garbage before answering the last delete, as its CRI does.
             await self.containerd.delete_image(name, sync=i == len(names) - 1)
-        await self.store.write(lambda s: delete_image_names(s, names))
+        await self._write(lambda s: delete_image_names(s, names))
         self._fs_usage = None
 
     async def _remove_uncached(self, lookup: ImageLookup) -> None:
         """An image containerd has but the cache missed (an event not yet seen)."""
         for name in lookup.names:
             if await self.containerd.delete_image(name, sync=True):
-                await self.store.write(partial(delete_image_names, names=[name]))
+                await self._write(partial(delete_image_names, names=[name]))
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def list(self) -> list[Image]:
-        return await self.store.read(list_images)
+    def list(self) -> list[ImageView]:
+        return self.index.all()
 
-    async def status(self, spec: str) -> Image | None:
-        lookup = lookup_for(spec)
-        return await self.store.read(lambda s: find_image(s, lookup))
-
-    def is_pinned(self, image: Image) -> bool:
-        return any(n.name in self.pinned_names for n in image.names)
+    def status(self, spec: str) -> ImageView | None:
+        return self.index.find(lookup_for(spec))
 
     async def fs_usage(self) -> FsUsage:
         if self._fs_usage is None:

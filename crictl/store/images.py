@@ -9,7 +9,6 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, selectinload
 
-from crictl.errors import InvalidArgument
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import Image, ImageName
 
@@ -31,16 +30,6 @@ class NameRecord:
     kind: str  # "tag" | "digest"
     target_digest: str
     target_media_type: str
-
-
-@dataclass(frozen=True)
-class ImageLookup:
-    """How a CRI ImageSpec may name an image: its full id, one of its names, or an id prefix.
-    Tried in that order, as containerd does."""
-
-    image_id: str | None = None
-    names: tuple[str, ...] = ()
-    id_prefix: str | None = None
 
 
 def put_image(session: Session, image: ImageRecord, names: Sequence[NameRecord]) -> None:
@@ -101,29 +90,6 @@ def drop_unnamed_images(session: Session) -> None:
         session.execute(delete(Image).where(Image.id.in_(gone)))
         for image_id in gone:
             record_event(session, "image", image_id, "removed")
-
-
-def find_image(session: Session, lookup: ImageLookup) -> Image | None:
-    query = select(Image).options(selectinload(Image.names))
-    if lookup.image_id is not None:
-        found = session.scalars(query.where(Image.id == lookup.image_id)).one_or_none()
-        if found is not None:
-            return found
-    if lookup.names:
-        image_id = session.scalars(
-            select(ImageName.image_id).where(ImageName.name.in_(lookup.names)).limit(1)
-        ).first()
-        if image_id is not None:
-            return session.scalars(query.where(Image.id == image_id)).one()
-    if lookup.id_prefix:
-        ids = list(
-            session.scalars(select(Image.id).where(Image.id.startswith(lookup.id_prefix)).limit(2))
-        )
-        if len(ids) > 1:
-            raise InvalidArgument(f"image id prefix {lookup.id_prefix!r} is ambiguous")
-        if ids:
-            return session.scalars(query.where(Image.id == ids[0])).one()
-    return None
 
 
 def get_name(session: Session, name: str) -> ImageName | None:

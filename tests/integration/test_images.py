@@ -268,7 +268,7 @@ def test_images_added_and_removed_with_ctr_are_seen(
     )
     deadline = time.monotonic() + 10
     while "example.test/retagged:v1" not in status(d, image_id).image.repo_tags:
-        assert time.monotonic() < deadline, "the ctr tag never showed up"
+        assert time.monotonic() < deadline, "the ctr tag never showed up\n" + d.log()[-3000:]
         time.sleep(0.05)
     subprocess.run(
         [
