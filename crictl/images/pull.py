@@ -28,6 +28,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import grpc.aio
@@ -282,36 +283,49 @@ class Puller:
         manifest_labels |= {
             f"containerd.io/gc.ref.content.l.{i}": layer.digest for i, layer in enumerate(layers)
         }
-        await self._put_small(manifest, manifest_body, md, lease, manifest_labels)
-        config_body = await self._small_blob(
-            config, lambda: self.registry.fetch_blob(endpoint, ref, config, creds)
-        )
-        config_json, diff_ids = parse_config(config_body, len(layers), where)
-        chains = chain_ids(diff_ids)
-        config_labels = (
-            {f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chains[-1]} if chains else {}
-        )
-        await self._put_small(config, config_body, md, lease, config_labels)
-
-        # Protect what already exists before relying on it: a blob or snapshot that another
-        # pull is writing, or that nothing references yet, joins this pull's lease.
+        # Protect what already exists before relying on it: a blob that another pull is
+        # writing, or that nothing references yet, joins this pull's lease.
         await asyncio.gather(
-            *(self._add_to_lease(lease, layer.digest, "content") for layer in layers),
-            *(self._add_to_lease(lease, c, f"snapshots/{self.snapshotter}") for c in chains),
+            *(self._add_to_lease(lease, layer.digest, "content") for layer in layers)
         )
+        # Layers start downloading at once. The config, which names their diff IDs (needed
+        # only when a layer is committed and unpacked), and the manifest are written meanwhile.
+        diff_ids_ready: asyncio.Future[tuple[str, ...]] = asyncio.get_running_loop().create_future()
+
+        async def layer_labels(i: int) -> dict[str, str]:
+            return {UNCOMPRESSED: (await asyncio.shield(diff_ids_ready))[i]}
+
         downloads = [
             asyncio.ensure_future(
-                self._ensure_blob(ref, creds, endpoint, layer, md, {UNCOMPRESSED: diff_id})
+                self._ensure_blob(ref, creds, endpoint, layer, md, partial(layer_labels, i))
             )
-            for layer, diff_id in zip(layers, diff_ids, strict=True)
+            for i, layer in enumerate(layers)
         ]
         try:
+            _, config_body = await asyncio.gather(
+                self._put_small(manifest, manifest_body, md, lease, manifest_labels),
+                self._small_blob(
+                    config, lambda: self.registry.fetch_blob(endpoint, ref, config, creds)
+                ),
+            )
+            config_json, diff_ids = parse_config(config_body, len(layers), where)
+            diff_ids_ready.set_result(diff_ids)
+            chains = chain_ids(diff_ids)
+            config_labels = (
+                {f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chains[-1]} if chains else {}
+            )
+            await asyncio.gather(
+                self._put_small(config, config_body, md, lease, config_labels),
+                *(self._add_to_lease(lease, c, f"snapshots/{self.snapshotter}") for c in chains),
+            )
             parent = ""
             for i, layer in enumerate(layers):
                 await downloads[i]
                 await self._unpack_layer(layer, diff_ids[i], chains[i], parent, md)
                 parent = chains[i]
         except BaseException:
+            if not diff_ids_ready.done():
+                diff_ids_ready.cancel()
             for d in downloads:
                 d.cancel()
             await asyncio.gather(*downloads, return_exceptions=True)
@@ -447,7 +461,7 @@ class Puller:
         endpoint: Endpoint,
         desc: Descriptor,
         md: Sequence[tuple[str, str]],
-        labels: Mapping[str, str],
+        labels: Callable[[], Awaitable[Mapping[str, str]]],
     ) -> None:
         lock = self._blob_locks.setdefault(desc.digest, asyncio.Lock())
         async with lock:
@@ -463,7 +477,7 @@ class Puller:
         endpoint: Endpoint,
         desc: Descriptor,
         md: Sequence[tuple[str, str]],
-        labels: Mapping[str, str],
+        labels: Callable[[], Awaitable[Mapping[str, str]]],
     ) -> None:
         """Streams a layer into containerd; a broken connection resumes where the content
         store's ingest stands (HTTP Range); a stall or a digest mismatch fails the pull."""
@@ -514,7 +528,7 @@ class Puller:
                     offset=offset,
                     total=desc.size,
                     expected=desc.digest,
-                    labels=dict(labels),
+                    labels=dict(await labels()),
                 )
             )
             await _response(call)

@@ -38,7 +38,6 @@ from crictl.store.images import (
     NameRecord,
     delete_image_names,
     digests_of,
-    get_name,
     list_images,
     put_image,
     replace_all_images,
@@ -98,6 +97,7 @@ class ImageIndex:
     def __init__(self) -> None:
         self.by_id: dict[str, ImageView] = {}
         self.by_name: dict[str, str] = {}
+        self.targets: dict[str, str] = {}  # name -> the digest it points at in containerd
         self.seq = -1
 
     def rebuild(self, seq: int, images: Sequence[Image], pinned_names: set[str]) -> None:
@@ -105,6 +105,7 @@ class ImageIndex:
             return
         by_id: dict[str, ImageView] = {}
         by_name: dict[str, str] = {}
+        targets: dict[str, str] = {}
         for image in images:
             names = [n.name for n in image.names]
             by_id[image.id] = ImageView(
@@ -120,7 +121,8 @@ class ImageIndex:
                 pinned=any(n in pinned_names for n in names),
             )
             by_name.update((n, image.id) for n in names)
-        self.by_id, self.by_name, self.seq = by_id, by_name, seq
+            targets.update((n.name, n.target_digest) for n in image.names)
+        self.by_id, self.by_name, self.targets, self.seq = by_id, by_name, targets, seq
 
     def find(self, lookup: ImageLookup) -> ImageView | None:
         """The full id, then a name, then a unique id prefix (containerd's order)."""
@@ -336,9 +338,8 @@ class ImageManager:
                 await self._write(lambda s: delete_image_names(s, [name]))
             return
         target = _descriptor(image)
-        known = await self.store.read(lambda s: get_name(s, name))
-        if known is not None and known.target_digest == target.digest:
-            return  # our own write, echoed back by containerd
+        if self.index.targets.get(name) == target.digest:
+            return  # already known: most often our own write, echoed back by containerd
         if not _looks_like_reference(name):
             return
         content = await self.puller.describe(target)

@@ -92,10 +92,6 @@ def drop_unnamed_images(session: Session) -> None:
             record_event(session, "image", image_id, "removed")
 
 
-def get_name(session: Session, name: str) -> ImageName | None:
-    return session.get(ImageName, name)
-
-
 def list_images(session: Session) -> list[Image]:
     return list(
         session.scalars(select(Image).options(selectinload(Image.names)).order_by(Image.id))
