@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail a pull that moves no byte for this long (default 60)",
     )
     serve.add_argument("--log-level", help="default INFO")
+    serve.add_argument("--fault-point", help=argparse.SUPPRESS)  # crash tests only
 
     migrate = sub.add_parser("migrate", help="migrate the database to the newest schema")
     _add_state_args(migrate)
@@ -100,6 +101,7 @@ def load_config(args: argparse.Namespace) -> Config:
             "pause_image": args.pause_image,
             "log_level": args.log_level,
             "image_pull_progress_timeout": args.image_pull_progress_timeout,
+            "fault_point": args.fault_point,
         }
         if args.registry_mirror:
             mirrors = dict(config.registry_mirrors)

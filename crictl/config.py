@@ -40,6 +40,8 @@ class Config:
     # a pull that moves no byte for this long fails, naming the stalled blob
     image_pull_progress_timeout: float = 60.0
     log_level: str = "INFO"
+    # crash tests only: die as SIGKILL would at this named point (crictl/reconciler/faults.py)
+    fault_point: str | None = None
 
     @property
     def db_path(self) -> Path:

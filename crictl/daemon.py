@@ -27,13 +27,16 @@ import grpc.aio
 from crictl import __version__, errors
 from crictl.api.images import Images
 from crictl.api.runtime_info import RuntimeInfo
+from crictl.api.sandboxes import PodSandboxes
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
 from crictl.config import DEFAULT_CONTAINERD_SOCKET, MANAGED, Config
 from crictl.containerd.client import ContainerdClient
 from crictl.containerd.managed import ManagedContainerd
 from crictl.images.registry import Credentials, RegistryClient
+from crictl.reconciler import faults
 from crictl.reconciler.health import Health
 from crictl.reconciler.images import ImageManager
+from crictl.reconciler.sandboxes import SandboxReconciler, SandboxSettings
 from crictl.store.engine import Store, make_engine
 from crictl.store.events import record_event
 from crictl.store.migrate import upgrade_to_head
@@ -108,6 +111,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     socket_lock = Lock(
         config.socket.with_name(config.socket.name + ".lock"), f"socket {config.socket}"
     )
+    faults.arm(config.fault_point)
     state_lock.acquire()
     try:
         socket_lock.acquire()
@@ -116,6 +120,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         raise
     store: Store | None = None
     images: ImageManager | None = None
+    sandboxes: SandboxReconciler | None = None
     conn: ContainerdConnection | None = None
     server: grpc.aio.Server | None = None
     try:
@@ -141,6 +146,19 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             store, conn.client, registry_client(config), pause_image=config.pause_image
         )
         await images.start()
+        sandboxes = SandboxReconciler(
+            store,
+            conn.client,
+            images,
+            SandboxSettings(
+                state_dir=config.state_dir,
+                netns_dir=config.netns_dir,
+                cni_conf_dir=config.cni_conf_dir,
+                cni_bin_dirs=config.cni_bin_dirs,
+                pause_image=config.pause_image,
+            ),
+        )
+        await sandboxes.start()
         health = Health(conn.client, config.cni_conf_dir, config.cni_bin_dirs)
         runtime_info = RuntimeInfo(
             health,
@@ -158,7 +176,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         server = grpc.aio.server()
         server.add_generic_rpc_handlers(
             (
-                generic_handler(RUNTIME_SERVICE, runtime_info),
+                generic_handler(RUNTIME_SERVICE, runtime_info, PodSandboxes(store, sandboxes)),
                 generic_handler(IMAGE_SERVICE, Images(images)),
             )
         )
@@ -180,6 +198,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             await server.stop(SHUTDOWN_GRACE)
         with contextlib.suppress(FileNotFoundError):
             config.socket.unlink()
+        if sandboxes is not None:
+            await sandboxes.stop()
         if images is not None:
             await images.stop()
         if conn is not None:

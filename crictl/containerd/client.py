@@ -7,12 +7,14 @@ crictld's error vocabulary here, so callers never see a grpc.StatusCode.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.any_pb2 import Any as AnyPb
 from google.protobuf.empty_pb2 import Empty
 
 from crictl import errors
@@ -28,8 +30,10 @@ from crictl.gen.containerd.api.services.introspection.v1 import (
 from crictl.gen.containerd.api.services.leases.v1 import leases_pb2_grpc
 from crictl.gen.containerd.api.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
 from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
-from crictl.gen.containerd.api.services.tasks.v1 import tasks_pb2_grpc
+from crictl.gen.containerd.api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from crictl.gen.containerd.api.services.version.v1 import version_pb2_grpc
+from crictl.gen.containerd.api.types import mount_pb2
+from crictl.gen.containerd.api.types.task import task_pb2
 
 T = TypeVar("T")
 
@@ -51,6 +55,18 @@ _CODES: Mapping[grpc.StatusCode, type[errors.CrictlError]] = {
 def translate(e: grpc.aio.AioRpcError, what: str) -> errors.CrictlError:
     kind = _CODES.get(e.code(), errors.Internal)
     return kind(f"containerd {what}: {e.details()}")
+
+
+SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+RUNC_RUNTIME = "io.containerd.runc.v2"
+
+
+@dataclass(frozen=True)
+class TaskState:
+    status: str  # CREATED | RUNNING | STOPPED | PAUSED | UNKNOWN
+    pid: int
+    exit_status: int
+    exited_at_ns: int
 
 
 @dataclass(frozen=True)
@@ -232,3 +248,195 @@ class ContainerdClient:
             size += usage.size
             inodes += usage.inodes
         return size, inodes
+
+    # -- containers, snapshots and tasks -----------------------------------------------------
+    # Every call is idempotent: creating what exists returns what exists, deleting what is gone
+    # succeeds. Callers rely on that to repeat any step after a crash.
+
+    async def create_container(
+        self,
+        container_id: str,
+        image: str,
+        spec: Mapping[str, object],
+        snapshotter: str,
+        labels: Mapping[str, str],
+    ) -> bool:
+        """Creates the container record (its snapshot key is its id); False if it existed."""
+        container = containers_pb2.Container(
+            id=container_id,
+            image=image,
+            labels=dict(labels),
+            runtime=containers_pb2.Container.Runtime(name=RUNC_RUNTIME),
+            spec=AnyPb(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode()),
+            snapshotter=snapshotter,
+            snapshot_key=container_id,
+        )
+        try:
+            await self.call(
+                "create container",
+                self.containers.Create(
+                    containers_pb2.CreateContainerRequest(container=container),
+                    metadata=self.metadata,
+                ),
+            )
+        except errors.AlreadyExists:
+            return False
+        return True
+
+    async def delete_container(self, container_id: str) -> bool:
+        try:
+            await self.call(
+                "delete container",
+                self.containers.Delete(
+                    containers_pb2.DeleteContainerRequest(id=container_id), metadata=self.metadata
+                ),
+            )
+        except errors.NotFound:
+            return False
+        return True
+
+    async def prepare_snapshot(
+        self, snapshotter: str, key: str, parent: str
+    ) -> list[mount_pb2.Mount]:
+        """The writable snapshot `key` on top of `parent`; its mounts if it exists already."""
+        try:
+            resp = await self.call(
+                "prepare snapshot",
+                self.snapshots.Prepare(
+                    snapshots_pb2.PrepareSnapshotRequest(
+                        snapshotter=snapshotter, key=key, parent=parent
+                    ),
+                    metadata=self.metadata,
+                ),
+            )
+            return list(resp.mounts)
+        except errors.AlreadyExists:
+            mounts = await self.call(
+                "snapshot mounts",
+                self.snapshots.Mounts(
+                    snapshots_pb2.MountsRequest(snapshotter=snapshotter, key=key),
+                    metadata=self.metadata,
+                ),
+            )
+            return list(mounts.mounts)
+
+    async def remove_snapshot(self, snapshotter: str, key: str) -> bool:
+        try:
+            await self.call(
+                "remove snapshot",
+                self.snapshots.Remove(
+                    snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key),
+                    metadata=self.metadata,
+                ),
+            )
+        except errors.NotFound:
+            return False
+        return True
+
+    async def create_task(
+        self,
+        container_id: str,
+        rootfs: list[mount_pb2.Mount],
+        stdout: str = "",
+        stderr: str = "",
+        stdin: str = "",
+        terminal: bool = False,
+    ) -> int:
+        """Creates the task (runc create); returns its pid, also when it existed already."""
+        try:
+            resp = await self.call(
+                "create task",
+                self.tasks.Create(
+                    tasks_pb2.CreateTaskRequest(
+                        container_id=container_id,
+                        rootfs=rootfs,
+                        stdin=stdin,
+                        stdout=stdout,
+                        stderr=stderr,
+                        terminal=terminal,
+                    ),
+                    metadata=self.metadata,
+                ),
+            )
+            return resp.pid
+        except errors.AlreadyExists:
+            state = await self.task_state(container_id)
+            if state is None:
+                raise
+            return state.pid
+
+    async def start_task(self, container_id: str) -> int:
+        try:
+            resp = await self.call(
+                "start task",
+                self.tasks.Start(
+                    tasks_pb2.StartRequest(container_id=container_id), metadata=self.metadata
+                ),
+            )
+            return resp.pid
+        except errors.FailedPrecondition:
+            state = await self.task_state(container_id)
+            if state is not None and state.status == "RUNNING":
+                return state.pid  # started already (a repeated step)
+            raise
+
+    async def task_state(self, container_id: str) -> TaskState | None:
+        try:
+            resp = await self.call(
+                "get task",
+                self.tasks.Get(
+                    tasks_pb2.GetRequest(container_id=container_id), metadata=self.metadata
+                ),
+            )
+        except errors.NotFound:
+            return None
+        p = resp.process
+        return TaskState(
+            task_pb2.Status.Name(p.status),
+            p.pid,
+            p.exit_status,
+            p.exited_at.seconds * 1_000_000_000 + p.exited_at.nanos,
+        )
+
+    async def kill_task(self, container_id: str, signal: int, all_processes: bool = True) -> bool:
+        try:
+            await self.call(
+                "kill task",
+                self.tasks.Kill(
+                    tasks_pb2.KillRequest(
+                        container_id=container_id, signal=signal, all=all_processes
+                    ),
+                    metadata=self.metadata,
+                ),
+            )
+        except errors.NotFound:
+            return False
+        return True
+
+    async def wait_task(self, container_id: str, timeout: float | None = None) -> int | None:
+        """Waits for the task to exit; its exit status, or None if there is no task."""
+        try:
+            resp = await self.call(
+                "wait task",
+                self.tasks.Wait(
+                    tasks_pb2.WaitRequest(container_id=container_id),
+                    metadata=self.metadata,
+                    timeout=timeout,
+                ),
+            )
+        except errors.NotFound:
+            return None
+        return resp.exit_status
+
+    async def delete_task(self, container_id: str) -> int | None:
+        """Deletes a stopped task; its exit status, or None if there was no task."""
+        try:
+            resp = await self.call(
+                "delete task",
+                self.tasks.Delete(
+                    tasks_pb2.DeleteTaskRequest(container_id=container_id), metadata=self.metadata
+                ),
+            )
+        except errors.NotFound:
+            return None
+        return resp.exit_status

@@ -7,6 +7,8 @@ a network and a cniVersion, and every plugin's binary is found in one of the bin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,3 +85,147 @@ def load_network_config(conf_dir: Path, bin_dirs: list[Path]) -> NetworkConfig:
             )
         paths[plugin_type] = found
     return NetworkConfig(path, name, version, plugins, raw, paths)
+
+
+# -- executing plugins (CNI spec 1.0) ---------------------------------------------------------
+
+PLUGIN_TIMEOUT = 60.0
+IFNAME = "eth0"
+
+
+@dataclass(frozen=True)
+class CniResult:
+    raw: dict[str, Any]
+    ip: str | None
+    additional_ips: list[str]
+
+
+def parse_result(raw: dict[str, Any]) -> CniResult:
+    """The pod IPs of a CNI result: addresses on interfaces inside the pod (`sandbox` set), or
+    all addresses when the result does not say; IPv4 first, as kubelet expects."""
+    interfaces = raw.get("interfaces") or []
+    in_pod = {i for i, itf in enumerate(interfaces) if isinstance(itf, dict) and itf.get("sandbox")}
+    ips: list[str] = []
+    for entry in raw.get("ips") or []:
+        if not isinstance(entry, dict) or "address" not in entry:
+            continue
+        itf = entry.get("interface")
+        if in_pod and isinstance(itf, int) and itf not in in_pod:
+            continue
+        ips.append(str(entry["address"]).split("/")[0])
+    ips.sort(key=lambda a: ":" in a)  # IPv4 before IPv6
+    return CniResult(raw, ips[0] if ips else None, ips[1:])
+
+
+def _plugin_config(
+    net: NetworkConfig,
+    plugin: dict[str, Any],
+    prev: dict[str, Any] | None,
+    capability_args: dict[str, Any],
+) -> bytes:
+    conf = dict(plugin)
+    conf["name"] = net.name
+    conf["cniVersion"] = net.cni_version
+    if prev is not None:
+        conf["prevResult"] = prev
+    caps = plugin.get("capabilities") or {}
+    runtime = {k: v for k, v in capability_args.items() if caps.get(k) and v}
+    if runtime:
+        conf["runtimeConfig"] = runtime
+    return json.dumps(conf).encode()
+
+
+class CniError(errors.Unavailable):
+    """A CNI plugin failed; the message names the plugin, the command and the container."""
+
+
+async def _exec(
+    net: NetworkConfig,
+    plugin: dict[str, Any],
+    command: str,
+    container_id: str,
+    netns: str,
+    cni_args: str,
+    stdin: bytes,
+    bin_dirs: list[Path],
+) -> dict[str, Any] | None:
+    plugin_type = str(plugin.get("type"))
+    binary = net.plugin_paths.get(plugin_type) or find_plugin(plugin_type, bin_dirs)
+    if binary is None:
+        raise CniError(f"CNI {command} {container_id}: plugin {plugin_type!r} not found")
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": IFNAME,
+        "CNI_ARGS": cni_args,
+        "CNI_PATH": ":".join(str(d) for d in bin_dirs),
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        str(binary),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), PLUGIN_TIMEOUT)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        detail = err.decode(errors="replace").strip()
+        with contextlib.suppress(ValueError):
+            doc = json.loads(out)
+            detail = f"{doc.get('msg', '')} {doc.get('details', '')}".strip() or detail
+        raise CniError(
+            f"CNI {command} {container_id}: plugin {plugin_type} failed "
+            f"(exit {proc.returncode}): {detail}"
+        )
+    if command != "ADD" or not out.strip():
+        return None
+    try:
+        result = json.loads(out)
+    except ValueError as e:
+        raise CniError(f"CNI ADD {container_id}: plugin {plugin_type} answered non-JSON") from e
+    if not isinstance(result, dict):
+        raise CniError(f"CNI ADD {container_id}: plugin {plugin_type} answered {result!r}")
+    return result
+
+
+async def add(
+    net: NetworkConfig,
+    container_id: str,
+    netns: str,
+    cni_args: str,
+    capability_args: dict[str, Any],
+    bin_dirs: list[Path],
+) -> CniResult:
+    prev: dict[str, Any] | None = None
+    for plugin in net.plugins:
+        stdin = _plugin_config(net, plugin, prev, capability_args)
+        result = await _exec(net, plugin, "ADD", container_id, netns, cni_args, stdin, bin_dirs)
+        if result is not None:
+            prev = result
+    if prev is None:
+        raise CniError(f"CNI ADD {container_id}: the network {net.name} gave no result")
+    return parse_result(prev)
+
+
+async def delete(
+    net: NetworkConfig,
+    container_id: str,
+    netns: str,
+    cni_args: str,
+    capability_args: dict[str, Any],
+    prev: dict[str, Any] | None,
+    bin_dirs: list[Path],
+) -> None:
+    """DEL in reverse plugin order. The spec makes DEL succeed for what is already gone, so it
+    is run whenever a pod's network may exist, even with its netns gone ("" is passed then)."""
+    for plugin in reversed(net.plugins):
+        stdin = _plugin_config(net, plugin, prev, capability_args)
+        await _exec(net, plugin, "DEL", container_id, netns, cni_args, stdin, bin_dirs)

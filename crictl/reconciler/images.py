@@ -425,6 +425,16 @@ class ImageManager:
 
     # -- reads -----------------------------------------------------------------------------
 
+    async def ensure(self, spec: str) -> ImageView:
+        """The image, pulled first if it is not here (the pause image on first need)."""
+        image = self.status(spec)
+        if image is None:
+            await self.pull(spec)
+            image = self.status(spec)
+        if image is None:
+            raise errors.Unavailable(f"image {spec} vanished right after its pull")
+        return image
+
     def list(self) -> list[ImageView]:
         return self.index.all()
 

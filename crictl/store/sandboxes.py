@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, exists, select
+from sqlalchemy import delete as sa_delete
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, selectinload
 
@@ -20,6 +22,7 @@ from crictl.store.models import (
     SandboxDesired,
     SandboxPhase,
 )
+from crictl.store.transitions import switch_sandbox_phase
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -34,6 +37,7 @@ class NewSandbox:
     config: str
     config_digest: str
     runtime_handler: str = ""
+    netns_path: str | None = None  # recorded before the netns is made; None: host network
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
 
@@ -69,6 +73,7 @@ def create_sandbox(session: Session, new: NewSandbox) -> tuple[PodSandbox, bool]
             message="",
             generation=1,
             observed_generation=0,
+            netns_path=new.netns_path,
             additional_ips="[]",
             created_at=now,
             updated_at=now,
@@ -151,3 +156,94 @@ def list_sandboxes(session: Session, flt: SandboxFilter | None = None) -> list[P
 
 def labels_of(sandbox: PodSandbox, kind: LabelKind) -> dict[str, str]:
     return {label.key: label.value for label in sandbox.labels if label.kind == kind}
+
+
+def load_sandbox(session: Session, sandbox_id: str) -> PodSandbox | None:
+    return session.get(PodSandbox, sandbox_id)
+
+
+def set_sandbox_desired(session: Session, sandbox_id: str, desired: SandboxDesired) -> PodSandbox:
+    """Records what CRI asked; a change bumps the generation the reconciler must observe."""
+    sandbox = session.get(PodSandbox, sandbox_id)
+    if sandbox is None:
+        raise NotFound(f"pod sandbox {sandbox_id} not found")
+    order = [SandboxDesired.READY, SandboxDesired.NOTREADY, SandboxDesired.REMOVED]
+    if order.index(SandboxDesired(desired)) > order.index(SandboxDesired(sandbox.desired)):
+        record_event(
+            session,
+            "sandbox",
+            sandbox_id,
+            "desired",
+            reason=str(desired),
+            message=f"{sandbox.desired} -> {desired}",
+        )
+        sandbox.desired = desired
+        sandbox.generation += 1
+        sandbox.updated_at = now_ns()
+    return sandbox
+
+
+def record_sandbox_network(
+    session: Session,
+    sandbox_id: str,
+    cni_result: str | None,
+    ip: str | None,
+    additional_ips: list[str],
+) -> None:
+    sandbox = _must(session, sandbox_id)
+    sandbox.cni_result = cni_result
+    sandbox.ip = ip
+    sandbox.additional_ips = json.dumps(additional_ips)
+    sandbox.updated_at = now_ns()
+    record_event(session, "sandbox", sandbox_id, "network", message=f"ip {ip}")
+
+
+def record_sandbox_started(session: Session, sandbox_id: str, container_id: str, pid: int) -> None:
+    sandbox = _must(session, sandbox_id)
+    sandbox.pause_container_id = container_id
+    sandbox.task_pid = pid
+    sandbox.started_at = now_ns()
+    switch_sandbox_phase(
+        session, sandbox, SandboxPhase.READY, reason="Started", message=f"pause pid {pid}"
+    )
+    sandbox.observed_generation = sandbox.generation
+
+
+def record_sandbox_not_ready(
+    session: Session, sandbox_id: str, reason: str, message: str = ""
+) -> None:
+    """The sandbox stopped being ready (stopped, or its pause task or netns vanished)."""
+    sandbox = _must(session, sandbox_id)
+    if sandbox.phase in (SandboxPhase.PENDING, SandboxPhase.READY):
+        switch_sandbox_phase(session, sandbox, SandboxPhase.NOTREADY, reason, message)
+        sandbox.finished_at = sandbox.finished_at or now_ns()
+
+
+def mark_sandbox_observed(session: Session, sandbox_id: str, generation: int) -> None:
+    sandbox = session.get(PodSandbox, sandbox_id)
+    if sandbox is not None:
+        sandbox.observed_generation = max(sandbox.observed_generation, generation)
+
+
+def delete_sandbox(session: Session, sandbox_id: str, reason: str, message: str = "") -> None:
+    sandbox = session.get(PodSandbox, sandbox_id)
+    if sandbox is None:
+        return
+    # Core DELETE: the database cascades to the labels (foreign keys are enforced).
+    session.execute(sa_delete(PodSandbox).where(PodSandbox.id == sandbox_id))
+    record_event(
+        session,
+        "sandbox",
+        sandbox_id,
+        "removed",
+        from_phase=sandbox.phase,
+        reason=reason,
+        message=message,
+    )
+
+
+def _must(session: Session, sandbox_id: str) -> PodSandbox:
+    sandbox = session.get(PodSandbox, sandbox_id)
+    if sandbox is None:
+        raise NotFound(f"pod sandbox {sandbox_id} not found")
+    return sandbox

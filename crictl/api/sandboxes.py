@@ -1,0 +1,197 @@
+"""RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
+
+Mutations: validate, write the desired state in one transaction, wake the reconciler for that
+sandbox and wait for its pass (bounded by the call's deadline: past it the work goes on, and a
+retry of the same request attaches to it). Reads come from the store alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import secrets
+
+from google.protobuf import json_format
+
+from crictl import errors
+from crictl.api.interceptor import Context
+from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.reconciler import faults
+from crictl.reconciler.sandboxes import SandboxReconciler, config_of, host_network
+from crictl.store.engine import Store
+from crictl.store.models import LabelKind, PodSandbox, SandboxDesired, SandboxPhase
+from crictl.store.sandboxes import (
+    NewSandbox,
+    SandboxFilter,
+    create_sandbox,
+    get_sandbox,
+    labels_of,
+    list_sandboxes,
+    resolve_sandbox_id,
+    set_sandbox_desired,
+)
+
+RUNTIME_HANDLERS = ("", "runc")
+
+
+def _state(row: PodSandbox) -> api_pb2.PodSandboxState.ValueType:
+    return api_pb2.SANDBOX_READY if row.phase == SandboxPhase.READY else api_pb2.SANDBOX_NOTREADY
+
+
+def validate_sandbox_config(config: api_pb2.PodSandboxConfig, handler: str) -> None:
+    if not config.HasField("metadata"):
+        raise errors.InvalidArgument("config.metadata is required")
+    for field in ("name", "namespace", "uid"):
+        if not getattr(config.metadata, field):
+            raise errors.InvalidArgument(f"config.metadata.{field} is empty")
+    if handler not in RUNTIME_HANDLERS:
+        raise errors.InvalidArgument(
+            f"runtime_handler {handler!r} is not configured (crictld runs: runc)"
+        )
+    for p in config.port_mappings:
+        if not 0 <= p.host_port <= 65535 or not 0 < p.container_port <= 65535:
+            raise errors.InvalidArgument(
+                f"config.port_mappings: bad port {p.host_port}->{p.container_port}"
+            )
+
+
+def config_digest(config: api_pb2.PodSandboxConfig, handler: str) -> str:
+    h = hashlib.sha256(config.SerializeToString(deterministic=True))
+    h.update(b"\0" + handler.encode())
+    return h.hexdigest()
+
+
+class PodSandboxes:
+    def __init__(self, store: Store, reconciler: SandboxReconciler) -> None:
+        self.store = store
+        self.reconciler = reconciler
+
+    async def run_pod_sandbox(
+        self, request: api_pb2.RunPodSandboxRequest, context: Context
+    ) -> api_pb2.RunPodSandboxResponse:
+        config, handler = request.config, request.runtime_handler
+        validate_sandbox_config(config, handler)
+        m = config.metadata
+        new = NewSandbox(
+            id=secrets.token_hex(32),
+            name=m.name,
+            namespace=m.namespace,
+            uid=m.uid,
+            attempt=m.attempt,
+            runtime_handler=handler,
+            config=json_format.MessageToJson(
+                config, preserving_proto_field_name=True, sort_keys=True, indent=None
+            ),
+            config_digest=config_digest(config, handler),
+            labels=dict(config.labels),
+            annotations=dict(config.annotations),
+        )
+        if not host_network(config):
+            new = dataclasses.replace(new, netns_path=str(self.reconciler.netns_path(new.id)))
+        row, created = await self.store.write(lambda s: create_sandbox(s, new))
+        if created:
+            faults.point("sandbox-run:after-insert")
+        await self.reconciler.queue.wait(row.id)
+        return api_pb2.RunPodSandboxResponse(pod_sandbox_id=row.id)
+
+    async def _change(self, sandbox_id: str, desired: SandboxDesired, fault: str) -> None:
+        try:
+            row = await self.store.write(
+                lambda s: set_sandbox_desired(s, resolve_sandbox_id(s, sandbox_id), desired)
+            )
+        except errors.NotFound:
+            # CRI: stopping or removing what does not exist succeeds (kubelet relies on it).
+            return
+        faults.point(fault)
+        await self.reconciler.queue.wait(row.id)
+
+    async def stop_pod_sandbox(
+        self, request: api_pb2.StopPodSandboxRequest, context: Context
+    ) -> api_pb2.StopPodSandboxResponse:
+        await self._change(
+            request.pod_sandbox_id, SandboxDesired.NOTREADY, "sandbox-stop:after-desired"
+        )
+        return api_pb2.StopPodSandboxResponse()
+
+    async def remove_pod_sandbox(
+        self, request: api_pb2.RemovePodSandboxRequest, context: Context
+    ) -> api_pb2.RemovePodSandboxResponse:
+        await self._change(
+            request.pod_sandbox_id, SandboxDesired.REMOVED, "sandbox-remove:after-desired"
+        )
+        return api_pb2.RemovePodSandboxResponse()
+
+    async def pod_sandbox_status(
+        self, request: api_pb2.PodSandboxStatusRequest, context: Context
+    ) -> api_pb2.PodSandboxStatusResponse:
+        if not request.pod_sandbox_id:
+            raise errors.InvalidArgument("pod_sandbox_id is empty")
+        row = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id))
+        config = config_of(row)
+        status = api_pb2.PodSandboxStatus(
+            id=row.id,
+            metadata=config.metadata,
+            state=_state(row),
+            created_at=row.created_at,
+            labels=labels_of(row, LabelKind.LABEL),
+            annotations=labels_of(row, LabelKind.ANNOTATION),
+            runtime_handler=row.runtime_handler,
+        )
+        if row.ip:
+            status.network.ip = row.ip
+            status.network.additional_ips.extend(
+                api_pb2.PodIP(ip=ip) for ip in json.loads(row.additional_ips)
+            )
+        status.linux.namespaces.options.CopyFrom(config.linux.security_context.namespace_options)
+        response = api_pb2.PodSandboxStatusResponse(status=status)
+        if request.verbose:
+            response.info["info"] = json.dumps(
+                {
+                    "id": row.id,
+                    "phase": row.phase,
+                    "desired": row.desired,
+                    "reason": row.reason,
+                    "message": row.message,
+                    "pid": row.task_pid,
+                    "netnsPath": row.netns_path or str(self.reconciler.netns_path(row.id)),
+                    "cniResult": json.loads(row.cni_result) if row.cni_result else None,
+                    "config": json.loads(row.config),
+                    "runtimeHandler": row.runtime_handler,
+                }
+            )
+        return response
+
+    async def list_pod_sandbox(
+        self, request: api_pb2.ListPodSandboxRequest, context: Context
+    ) -> api_pb2.ListPodSandboxResponse:
+        f = request.filter
+        flt = SandboxFilter(
+            id_prefix=f.id or None,
+            phases=(
+                frozenset({SandboxPhase.READY})
+                if f.state.state == api_pb2.SANDBOX_READY
+                else frozenset({SandboxPhase.PENDING, SandboxPhase.NOTREADY, SandboxPhase.REMOVING})
+            )
+            if f.HasField("state")
+            else None,
+            labels=dict(f.label_selector),
+        )
+        rows = await self.store.read(lambda s: list_sandboxes(s, flt))
+        items = []
+        for row in rows:
+            if row.phase == SandboxPhase.PENDING and row.desired == SandboxDesired.READY:
+                continue  # not created yet, as far as CRI is concerned
+            config = config_of(row)
+            items.append(
+                api_pb2.PodSandbox(
+                    id=row.id,
+                    metadata=config.metadata,
+                    state=_state(row),
+                    created_at=row.created_at,
+                    labels=labels_of(row, LabelKind.LABEL),
+                    annotations=labels_of(row, LabelKind.ANNOTATION),
+                    runtime_handler=row.runtime_handler,
+                )
+            )
+        return api_pb2.ListPodSandboxResponse(items=items)

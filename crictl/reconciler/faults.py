@@ -1,0 +1,57 @@
+"""Named fault-injection points: with `fault_point` set (crictld serve --fault-point NAME, for
+crash tests only), reaching that point kills the daemon as SIGKILL would, between two steps.
+
+Every point a test may name is listed in POINTS, so a typo fails at start, not silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+log = logging.getLogger(__name__)
+
+POINTS = frozenset(
+    {
+        # RunPodSandbox
+        "sandbox-run:after-insert",
+        "sandbox-run:after-netns",
+        "sandbox-run:after-cni-add",
+        "sandbox-run:after-cni-recorded",
+        "sandbox-run:after-container-create",
+        "sandbox-run:after-snapshot",
+        "sandbox-run:after-task-create",
+        "sandbox-run:after-task-start",
+        # StopPodSandbox
+        "sandbox-stop:after-desired",
+        "sandbox-stop:after-task-kill",
+        "sandbox-stop:after-task-delete",
+        "sandbox-stop:after-cni-del",
+        "sandbox-stop:after-netns-remove",
+        # RemovePodSandbox
+        "sandbox-remove:after-desired",
+        "sandbox-remove:after-container-delete",
+        "sandbox-remove:after-snapshot-remove",
+        "sandbox-remove:after-files-remove",
+    }
+)
+
+_armed: str | None = None
+
+
+def arm(point: str | None) -> None:
+    global _armed
+    if point is not None and point not in POINTS:
+        raise ValueError(f"unknown fault point {point!r}; known: {', '.join(sorted(POINTS))}")
+    _armed = point
+
+
+def point(name: str) -> None:
+    """Dies here if this point is armed."""
+    assert name in POINTS, name
+    if _armed == name:
+        log.warning("fault point reached: dying as SIGKILL would", extra={"point": name})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,424 @@
+"""Pod sandboxes: from the row CRI wrote to a running pod (netns + CNI + pause task) and back.
+
+Level-triggered and idempotent: each pass reads the row, looks at what exists, and takes the
+steps still missing. Every name is deterministic (netns file = sandbox id, CNI container id =
+sandbox id, containerd container, snapshot and task = sandbox id), so a step interrupted by a
+crash is found, finished or undone by the next pass without any intent having to be written
+first. Results are written right after the side effect that produced them (the CNI result, the
+pause pid), so that DEL gets the same prevResult and the pid survives a restart.
+
+Setup that fails is undone whole (CNI DEL, netns, containerd objects, files) and the row is
+removed with an event saying why: a retry of RunPodSandbox then starts afresh, as with
+containerd. Teardown (stop, remove) is retried until it succeeds: CNI DEL always runs, with the
+netns gone or no result stored, because the IP must be released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import logging
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from sqlalchemy.orm import Session
+
+from crictl import errors
+from crictl.containerd.client import ContainerdClient
+from crictl.gen.containerd.api.events import task_pb2 as task_events
+from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.network import cni, netns
+from crictl.oci.spec import (
+    DEFAULT_SHM_SIZE,
+    SANDBOX_OOM_SCORE_ADJ,
+    SandboxFiles,
+    hosts_file,
+    resolv_conf,
+    sandbox_spec,
+)
+from crictl.reconciler import faults
+from crictl.reconciler.images import ImageManager
+from crictl.reconciler.queue import KeyedQueue
+from crictl.store.engine import Store
+from crictl.store.events import record_event
+from crictl.store.models import PodSandbox, SandboxDesired, SandboxPhase
+from crictl.store.sandboxes import (
+    delete_sandbox,
+    list_sandboxes,
+    load_sandbox,
+    mark_sandbox_observed,
+    record_sandbox_network,
+    record_sandbox_not_ready,
+    record_sandbox_started,
+)
+
+log = logging.getLogger(__name__)
+
+SNAPSHOTTER = "overlayfs"
+STOP_WAIT = 10.0
+KIND_LABEL = "crictld.io/kind"
+SANDBOX_LABEL = "crictld.io/sandbox-id"
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    state_dir: Path
+    netns_dir: Path
+    cni_conf_dir: Path
+    cni_bin_dirs: list[Path]
+    pause_image: str
+
+
+def config_of(row: PodSandbox) -> api_pb2.PodSandboxConfig:
+    return json_format.Parse(row.config, api_pb2.PodSandboxConfig())
+
+
+def host_network(config: api_pb2.PodSandboxConfig) -> bool:
+    return config.linux.security_context.namespace_options.network == api_pb2.NODE
+
+
+def host_ipc(config: api_pb2.PodSandboxConfig) -> bool:
+    return config.linux.security_context.namespace_options.ipc == api_pb2.NODE
+
+
+def cni_args(sandbox_id: str, config: api_pb2.PodSandboxConfig) -> str:
+    m = config.metadata
+    return (
+        f"IgnoreUnknown=1;K8S_POD_NAMESPACE={m.namespace};K8S_POD_NAME={m.name};"
+        f"K8S_POD_INFRA_CONTAINER_ID={sandbox_id};K8S_POD_UID={m.uid}"
+    )
+
+
+def capability_args(config: api_pb2.PodSandboxConfig) -> dict[str, Any]:
+    protocols = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
+    ports = [
+        {
+            "hostPort": p.host_port,
+            "containerPort": p.container_port,
+            "protocol": protocols.get(p.protocol, "tcp"),
+            "hostIP": p.host_ip,
+        }
+        for p in config.port_mappings
+        if p.host_port > 0
+    ]
+    args: dict[str, Any] = {}
+    if ports:
+        args["portMappings"] = ports
+    dns = config.dns_config
+    if dns.servers or dns.searches or dns.options:
+        args["dns"] = {
+            "servers": list(dns.servers),
+            "searches": list(dns.searches),
+            "options": list(dns.options),
+        }
+    return args
+
+
+def clamp_oom_score_adj(wanted: int) -> int:
+    """Without CAP_SYS_RESOURCE nothing may go below the daemon's own score (runc would fail
+    with "can't get final child's PID from pipe"): as containerd's restrict_oom_score_adj."""
+    try:
+        own = int(Path("/proc/self/oom_score_adj").read_text())
+    except (OSError, ValueError):
+        return wanted
+    return max(wanted, own)
+
+
+class SandboxReconciler:
+    def __init__(
+        self,
+        store: Store,
+        containerd: ContainerdClient,
+        images: ImageManager,
+        settings: SandboxSettings,
+    ) -> None:
+        self.store = store
+        self.containerd = containerd
+        self.images = images
+        self.settings = settings
+        self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.recover()
+        self._tasks.append(asyncio.create_task(self._watch_exits(), name="sandbox-exits"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.queue.drain()
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def netns_path(self, sandbox_id: str) -> Path:
+        return self.settings.netns_dir / sandbox_id
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        return self.settings.state_dir / "sandboxes" / sandbox_id
+
+    # -- the reconcile function ------------------------------------------------------------
+
+    async def reconcile(self, sandbox_id: str) -> None:
+        row = await self.store.read(lambda s: load_sandbox(s, sandbox_id))
+        if row is None:
+            return
+        if row.desired == SandboxDesired.REMOVED:
+            await self._teardown(row, remove=True)
+        elif row.desired == SandboxDesired.NOTREADY:
+            await self._teardown(row, remove=False)
+        elif row.phase == SandboxPhase.PENDING:
+            try:
+                await self._setup(row)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                await self._undo_failed_setup(row, e)
+                raise
+
+    async def _setup(self, row: PodSandbox) -> None:
+        sid = row.id
+        config = config_of(row)
+        pause = await self.images.ensure(self.settings.pause_image)
+        network = None if host_network(config) else self.netns_path(sid)
+        if network is not None and row.cni_result is None:
+            net = await asyncio.to_thread(
+                cni.load_network_config, self.settings.cni_conf_dir, self.settings.cni_bin_dirs
+            )
+            created = await asyncio.to_thread(netns.create, network)
+            faults.point("sandbox-run:after-netns")
+            if not created:
+                # A previous daemon got this far and may have died inside CNI ADD: release
+                # whatever it added before adding again (DEL of nothing succeeds).
+                await cni.delete(
+                    net,
+                    sid,
+                    str(network),
+                    cni_args(sid, config),
+                    capability_args(config),
+                    None,
+                    self.settings.cni_bin_dirs,
+                )
+            result = await cni.add(
+                net,
+                sid,
+                str(network),
+                cni_args(sid, config),
+                capability_args(config),
+                self.settings.cni_bin_dirs,
+            )
+            faults.point("sandbox-run:after-cni-add")
+            raw = json.dumps(result.raw)
+            await self.store.write(
+                lambda s: record_sandbox_network(s, sid, raw, result.ip, result.additional_ips)
+            )
+            faults.point("sandbox-run:after-cni-recorded")
+            row.ip = result.ip
+        files = await asyncio.to_thread(self._write_files, sid, config, row.ip)
+        spec = sandbox_spec(
+            sid,
+            config,
+            json.loads(pause.config),
+            str(network) if network else None,
+            files,
+            clamp_oom_score_adj(SANDBOX_OOM_SCORE_ADJ),
+        )
+        labels = {KIND_LABEL: "sandbox", SANDBOX_LABEL: sid, "io.cri-containerd.kind": "sandbox"}
+        image_name = pause.repo_tags[0] if pause.repo_tags else pause.id
+        await self.containerd.create_container(sid, image_name, spec, SNAPSHOTTER, labels)
+        faults.point("sandbox-run:after-container-create")
+        mounts = await self.containerd.prepare_snapshot(SNAPSHOTTER, sid, pause.chain_id or "")
+        faults.point("sandbox-run:after-snapshot")
+        await self.containerd.create_task(sid, mounts)
+        faults.point("sandbox-run:after-task-create")
+        pid = await self.containerd.start_task(sid)
+        await self.store.write(lambda s: record_sandbox_started(s, sid, sid, pid))
+        faults.point("sandbox-run:after-task-start")
+
+    def _write_files(
+        self, sandbox_id: str, config: api_pb2.PodSandboxConfig, ip: str | None
+    ) -> SandboxFiles:
+        d = self.sandbox_dir(sandbox_id)
+        d.mkdir(parents=True, exist_ok=True, mode=0o711)
+        hostname = config.hostname or os.uname().nodename
+        if host_network(config):
+            hostname = os.uname().nodename
+        (d / "hostname").write_text(hostname + "\n")
+        (d / "hosts").write_text(
+            Path("/etc/hosts").read_text() if host_network(config) else hosts_file(hostname, ip)
+        )
+        resolv = resolv_conf(config.dns_config)
+        resolv_path = None
+        if resolv is not None:
+            resolv_path = d / "resolv.conf"
+            resolv_path.write_text(resolv)
+        shm = None
+        if not host_ipc(config):
+            shm = d / "shm"
+            shm.mkdir(exist_ok=True)
+            if not os.path.ismount(shm):
+                opts = f"mode=1777,size={DEFAULT_SHM_SIZE}".encode()
+                if (
+                    _libc.mount(b"shm", os.fsencode(shm), b"tmpfs", 0x2 | 0x4 | 0x8, opts) != 0
+                ):  # nosuid, nodev, noexec
+                    err = ctypes.get_errno()
+                    raise errors.Unavailable(
+                        f"cannot mount the pod's /dev/shm at {shm}: {os.strerror(err)}"
+                    )
+        return SandboxFiles(d / "hostname", d / "hosts", resolv_path, shm)
+
+    async def _undo_failed_setup(self, row: PodSandbox, error: Exception) -> None:
+        log.warning(
+            "sandbox setup failed; undoing it", extra={"sandbox": row.id, "error": str(error)}
+        )
+        try:
+            fresh = await self.store.read(lambda s: load_sandbox(s, row.id))
+            await self._teardown(
+                fresh or row, remove=True, reason="SetupFailed", message=str(error)
+            )
+        except Exception as e:  # the next start's recovery finishes the teardown
+            log.error(
+                "undoing a failed sandbox setup failed", extra={"sandbox": row.id, "error": str(e)}
+            )
+
+    async def _teardown(
+        self, row: PodSandbox, remove: bool, reason: str = "", message: str = ""
+    ) -> None:
+        sid = row.id
+        config = config_of(row)
+        await self._stop_task(sid)
+        if not host_network(config):
+            net = await asyncio.to_thread(
+                cni.load_network_config, self.settings.cni_conf_dir, self.settings.cni_bin_dirs
+            )
+            path = self.netns_path(sid)
+            netns_arg = str(path) if await asyncio.to_thread(netns.is_netns, path) else ""
+            prev = json.loads(row.cni_result) if row.cni_result else None
+            await cni.delete(
+                net,
+                sid,
+                netns_arg,
+                cni_args(sid, config),
+                capability_args(config),
+                prev,
+                self.settings.cni_bin_dirs,
+            )
+            faults.point("sandbox-stop:after-cni-del")
+            await asyncio.to_thread(netns.remove, path)
+            faults.point("sandbox-stop:after-netns-remove")
+        await asyncio.to_thread(self._unmount_shm, sid)
+        if not remove:
+            gen = row.generation
+
+            def stopped(session: Session) -> None:
+                record_sandbox_not_ready(session, sid, "Stopped", "StopPodSandbox")
+                mark_sandbox_observed(session, sid, gen)
+
+            await self.store.write(stopped)
+            return
+        await self.containerd.delete_container(sid)
+        faults.point("sandbox-remove:after-container-delete")
+        await self.containerd.remove_snapshot(SNAPSHOTTER, sid)
+        faults.point("sandbox-remove:after-snapshot-remove")
+        await asyncio.to_thread(shutil.rmtree, self.sandbox_dir(sid), True)
+        faults.point("sandbox-remove:after-files-remove")
+        await self.store.write(
+            lambda s: delete_sandbox(s, sid, reason or "Removed", message or "RemovePodSandbox")
+        )
+
+    async def _stop_task(self, sid: str) -> None:
+        state = await self.containerd.task_state(sid)
+        if state is None:
+            return
+        if state.status in ("RUNNING", "CREATED", "PAUSED", "UNKNOWN"):
+            await self.containerd.kill_task(sid, signal.SIGKILL)
+            faults.point("sandbox-stop:after-task-kill")
+            with contextlib.suppress(errors.DeadlineExceeded):
+                await self.containerd.wait_task(sid, timeout=STOP_WAIT)
+        await self.containerd.delete_task(sid)
+        faults.point("sandbox-stop:after-task-delete")
+
+    def _unmount_shm(self, sid: str) -> None:
+        shm = self.sandbox_dir(sid) / "shm"
+        if os.path.ismount(shm) and _libc.umount2(os.fsencode(shm), 2) != 0:
+            err = ctypes.get_errno()
+            raise errors.Unavailable(f"cannot unmount {shm}: {os.strerror(err)}")
+
+    # -- observed changes ------------------------------------------------------------------
+
+    async def _watch_exits(self) -> None:
+        while True:
+            try:
+                async for env in self.containerd.subscribe('topic=="/tasks/exit"'):
+                    event = task_events.TaskExit.FromString(env.event.value)
+                    if event.id != event.container_id:
+                        continue  # an exec'd process, not the task itself
+                    await self.on_task_exit(event.container_id, event.exit_status)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("task event stream broke", extra={"error": str(e)})
+            await asyncio.sleep(1.0)
+
+    async def on_task_exit(self, container_id: str, exit_status: int) -> None:
+        row = await self.store.read(lambda s: load_sandbox(s, container_id))
+        if row is None or row.phase != SandboxPhase.READY or row.desired != SandboxDesired.READY:
+            return  # not ours to report: a stop or remove in progress killed it
+        await self.store.write(
+            lambda s: record_sandbox_not_ready(
+                s, container_id, "PauseExited", f"the pause task exited with {exit_status}"
+            )
+        )
+
+    # -- restart recovery ------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a restart. What recovery relies on:
+
+        * containerd is the truth for tasks: a task it still runs is re-adopted as is (never
+          restarted because crictld restarted); one that stopped, or that containerd no longer
+          knows (it restarted, the node rebooted), makes the sandbox NOTREADY, never PENDING;
+        * every name is the sandbox id, so a half-made step is found by name;
+        * rows in flight (PENDING, or a stop or remove not yet observed) get a pass, which
+          finishes the setup or the teardown; nothing is resurrected.
+        """
+        rows = await self.store.read(lambda s: list_sandboxes(s))
+        for row in rows:
+            if row.desired != SandboxDesired.READY or row.phase == SandboxPhase.PENDING:
+                self.queue.wake(row.id)  # finish or undo what was in flight
+            elif row.phase == SandboxPhase.READY:
+                await self._readopt(row)
+
+    async def _readopt(self, row: PodSandbox) -> None:
+        state = await self.containerd.task_state(row.id)
+        config = config_of(row)
+        reason = ""
+        if state is None:
+            reason, message = "TaskVanished", "the pause task is gone (containerd restarted?)"
+        elif state.status != "RUNNING":
+            reason = "PauseExited"
+            message = f"the pause task exited with {state.exit_status} while crictld was down"
+        elif not host_network(config) and not netns.is_netns(self.netns_path(row.id)):
+            reason, message = "NetnsVanished", "the pod's network namespace is gone"
+        if reason:
+            await self.store.write(lambda s: record_sandbox_not_ready(s, row.id, reason, message))
+        else:
+            log.info(
+                "re-adopted sandbox", extra={"sandbox": row.id, "pid": state.pid if state else None}
+            )
+            await self.store.write(
+                lambda s: record_event(
+                    s, "sandbox", row.id, "readopted", message=f"pid {state.pid if state else ''}"
+                )
+            )
