@@ -1,6 +1,6 @@
-"""Network namespaces, bind-mounted as files in the daemon's own netns directory (pyroute2 makes
-that directory a shared mount point, as iproute2 does for /run/netns, so another tool re-mounting
-/run/netns cannot strand ours).
+"""Network namespaces, bind-mounted as files in the daemon's own netns directory, which is made
+a shared mount point as iproute2 does for /run/netns (so another tool re-mounting /run/netns
+cannot strand ours). Interfaces inside are the CNI plugins' business.
 
 Every operation is idempotent and safe after a crash at any point: `create` finishes or redoes a
 half-made namespace (the file exists but nothing is mounted on it), `remove` of what is gone
@@ -13,14 +13,17 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import threading
 from pathlib import Path
-
-from pyroute2 import netns as pyroute2_netns
 
 from crictl import errors
 
 NSFS_MAGIC = 0x6E736673
 MNT_DETACH = 2
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MS_REC = 16384
+MS_SHARED = 1 << 20
 
 
 class _Statfs(ctypes.Structure):
@@ -38,19 +41,55 @@ def is_netns(path: Path) -> bool:
     return bool(buf.f_type == NSFS_MAGIC)
 
 
+def prepare_dir(directory: Path) -> None:
+    """Makes the netns directory a shared mount point (bind-mounted onto itself first if it is
+    not a mount point yet), as iproute2 does for /run/netns."""
+    directory.mkdir(parents=True, exist_ok=True)
+    d = os.fsencode(directory)
+    if _libc.mount(b"", d, b"none", MS_SHARED | MS_REC, None) == 0:
+        return
+    if _libc.mount(d, d, b"none", MS_BIND | MS_REC, None) != 0:
+        err = ctypes.get_errno()
+        raise errors.Unavailable(f"cannot bind-mount {directory}: {os.strerror(err)}")
+    if _libc.mount(b"", d, b"none", MS_SHARED | MS_REC, None) != 0:
+        err = ctypes.get_errno()
+        raise errors.Unavailable(f"cannot make {directory} shared: {os.strerror(err)}")
+
+
 def create(path: Path) -> bool:
-    """Creates the namespace at `path`; returns False if it was already there."""
+    """Creates the namespace at `path`; returns False if it was already there.
+
+    The namespace is made in a thread of its own (unshare(CLONE_NEWNET) acts on the calling
+    thread only), bind-mounted from that thread's /proc entry, and the thread then ends. No
+    fork: forking a process that runs gRPC's threads (as pyroute2's netns.create does) crashed
+    the child with SIGSEGV under load.
+    """
     if is_netns(path):
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    prepare_dir(path.parent)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a mount point file left by a crash before the bind mount
-    try:
-        pyroute2_netns.create(str(path))
-    except OSError as e:
-        raise errors.Unavailable(f"cannot create network namespace {path}: {e}") from e
-    if not is_netns(path):
-        raise errors.Internal(f"network namespace {path} was created but is not mounted")
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    os.close(fd)
+    failure: list[str] = []
+
+    def in_new_netns() -> None:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            failure.append(f"unshare: {os.strerror(ctypes.get_errno())}")
+            return
+        source = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+        if _libc.mount(source, os.fsencode(path), b"none", MS_BIND, None) != 0:
+            failure.append(f"bind mount: {os.strerror(ctypes.get_errno())}")
+
+    thread = threading.Thread(target=in_new_netns, name="netns-create")
+    thread.start()
+    thread.join()
+    if failure or not is_netns(path):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise errors.Unavailable(
+            f"cannot create network namespace {path}: {failure[0] if failure else 'not mounted'}"
+        )
     return True
 
 

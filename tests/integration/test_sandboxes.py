@@ -1,0 +1,305 @@
+"""Pod sandboxes for real: netns + CNI (bridge, host-local, portmap, loopback) + pause task on
+a private containerd, driven with crictl and the CRI API, with leak counts after each."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from crictl.gen.cri.runtime.v1 import api_pb2
+from tests.integration.test_images import failure
+from tests.rig.cni import CniNetwork
+from tests.rig.daemon import Daemon
+from tests.rig.leaks import Holdings, holdings
+
+pytestmark = pytest.mark.integration
+
+
+def pod_config(
+    name: str = "web", uid: str = "uid-1", attempt: int = 0, **extra: object
+) -> api_pb2.PodSandboxConfig:
+    config = api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(
+            name=name, namespace="default", uid=uid, attempt=attempt
+        ),
+        hostname=name,
+        labels={"app": name, "io.kubernetes.pod.uid": uid},
+        annotations={"note": "crictld-test"},
+    )
+    for key, value in extra.items():
+        setattr(config, key, value)
+    return config
+
+
+def run(d: Daemon, config: api_pb2.PodSandboxConfig, timeout: float = 60) -> str:
+    resp = d.runtime_call(
+        "RunPodSandbox", api_pb2.RunPodSandboxRequest(config=config), timeout=timeout
+    )
+    return str(resp.pod_sandbox_id)
+
+
+def status(d: Daemon, sid: str) -> api_pb2.PodSandboxStatusResponse:
+    resp: api_pb2.PodSandboxStatusResponse = d.runtime_call(
+        "PodSandboxStatus", api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=True)
+    )
+    return resp
+
+
+def stop(d: Daemon, sid: str) -> None:
+    d.runtime_call("StopPodSandbox", api_pb2.StopPodSandboxRequest(pod_sandbox_id=sid))
+
+
+def remove(d: Daemon, sid: str) -> None:
+    d.runtime_call("RemovePodSandbox", api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sid))
+
+
+def held(d: Daemon, net: CniNetwork) -> Holdings:
+    return holdings(d.containerd, d.namespace, d.state_dir.parent / "netns", net)
+
+
+def assert_holds_exactly(d: Daemon, net: CniNetwork, sids: list[str]) -> None:
+    """Each live sandbox: one netns, one IP, one container and task, one rw snapshot, one
+    cgroup, one veth; nothing else."""
+    h = held(d, net)
+    ids = frozenset(sids)
+    assert h.netns == ids, h
+    assert h.containers == ids and h.tasks == ids and h.rw_snapshots == ids, h
+    assert len(h.ips) == len(sids) and len(h.veths) == len(sids), h
+    assert h.leases == frozenset(), h
+    assert ids <= h.cgroups, h
+
+
+def assert_nothing_held(d: Daemon, net: CniNetwork, sids: list[str]) -> None:
+    h = held(d, net)
+    assert (h.netns, h.ips, h.containers, h.tasks, h.rw_snapshots, h.leases, h.veths) == (
+        frozenset(),
+    ) * 7, h
+    assert not (frozenset(sids) & h.cgroups), h
+
+
+def ping(ip: str) -> bool:
+    return subprocess.run(["ping", "-c", "1", "-W", "2", ip], capture_output=True).returncode == 0
+
+
+def test_crictl_runp_pods_inspectp_stopp_rmp(
+    image_daemon: Daemon, cni_network: CniNetwork, short_tmp: Path
+) -> None:
+    d = image_daemon
+    pod = short_tmp / "pod.json"
+    pod.write_text(
+        json.dumps(
+            {
+                "metadata": {"name": "crictl-pod", "namespace": "default", "uid": "u-crictl"},
+                "hostname": "crictl-pod",
+                "labels": {"app": "crictl"},
+                "dns_config": {"servers": ["10.0.0.10"], "searches": ["svc.local"]},
+                "linux": {"sysctls": {"net.ipv4.ip_local_port_range": "20000 30000"}},
+            }
+        )
+    )
+    r = d.crictl("runp", str(pod))
+    assert r.returncode == 0, r.stderr + d.log()[-3000:]
+    sid = r.stdout.strip()
+    pods = json.loads(d.crictl("pods", "-o", "json").stdout)["items"]
+    assert [(p["id"], p["state"]) for p in pods] == [(sid, "SANDBOX_READY")]
+    info = json.loads(d.crictl("inspectp", sid).stdout)
+    ip = info["status"]["network"]["ip"]
+    assert ip and ping(ip), ip
+    assert info["status"]["labels"] == {"app": "crictl"}
+    assert info["info"]["cniResult"]["ips"][0]["address"].startswith(ip + "/")
+    pid = info["info"]["pid"]
+    ns_sysctl = subprocess.run(
+        ["nsenter", "-t", str(pid), "-n", "cat", "/proc/sys/net/ipv4/ip_local_port_range"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert ns_sysctl == ["20000", "30000"]
+    hostname = subprocess.run(
+        ["nsenter", "-t", str(pid), "-u", "hostname"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert hostname == "crictl-pod"
+    resolv = (d.state_dir / "sandboxes" / sid / "resolv.conf").read_text()
+    assert "nameserver 10.0.0.10" in resolv and "search svc.local" in resolv
+    assert_holds_exactly(d, cni_network, [sid])
+
+    assert d.crictl("stopp", sid).returncode == 0
+    pods = json.loads(d.crictl("pods", "-o", "json").stdout)["items"]
+    assert [(p["id"], p["state"]) for p in pods] == [(sid, "SANDBOX_NOTREADY")]
+    assert not ping(ip)
+    h = held(d, cni_network)
+    assert h.ips == frozenset() and h.netns == frozenset() and h.tasks == frozenset()
+    assert d.crictl("rmp", sid).returncode == 0
+    assert json.loads(d.crictl("pods", "-o", "json").stdout)["items"] == []
+    assert_nothing_held(d, cni_network, [sid])
+    events = json.loads(
+        d.sql(
+            "--json",
+            f"SELECT action, to_phase, reason FROM events WHERE object_id = '{sid}' ORDER BY id",
+        ).stdout
+    )
+    assert [e["action"] for e in events] == [
+        "created",
+        "network",
+        "transition",
+        "desired",
+        "transition",
+        "desired",
+        "removed",
+    ]
+    assert events[4]["reason"] == "Stopped"
+
+
+def test_run_is_idempotent_and_conflicts_are_named(
+    image_daemon: Daemon, cni_network: CniNetwork
+) -> None:
+    d = image_daemon
+    sid = run(d, pod_config())
+    assert run(d, pod_config()) == sid  # the same request again: the same sandbox
+    code, message = failure(run, d, pod_config(hostname="other"))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    assert sid in message and "default/web" in message
+    assert_holds_exactly(d, cni_network, [sid])
+    for _ in range(2):  # stop and remove twice: idempotent
+        stop(d, sid)
+    for _ in range(2):
+        remove(d, sid)
+    stop(d, "f" * 64)  # missing: OK, as the CRI says
+    remove(d, "f" * 64)
+    code, message = failure(status, d, sid)
+    assert code == grpc.StatusCode.NOT_FOUND and sid in message
+    assert_nothing_held(d, cni_network, [sid])
+
+
+def test_bad_input_changes_nothing(image_daemon: Daemon, cni_network: CniNetwork) -> None:
+    d = image_daemon
+    bad = pod_config()
+    bad.metadata.uid = ""
+    code, message = failure(run, d, bad)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "metadata.uid" in message
+    code, message = failure(
+        lambda: d.runtime_call(
+            "RunPodSandbox",
+            api_pb2.RunPodSandboxRequest(config=pod_config(), runtime_handler="kata"),
+        )
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "kata" in message
+    code, _ = failure(status, d, "")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    rows = json.loads(d.sql("--json", "SELECT count(*) AS n FROM pods").stdout)
+    assert rows == [{"n": 0}]
+    assert_nothing_held(d, cni_network, [])
+
+
+def test_list_filters_and_prefixes(image_daemon: Daemon, cni_network: CniNetwork) -> None:
+    d = image_daemon
+    a = run(d, pod_config("a", "ua"))
+    b = run(d, pod_config("b", "ub"))
+    stop(d, b)
+
+    def ids(flt: api_pb2.PodSandboxFilter) -> list[str]:
+        resp = d.runtime_call("ListPodSandbox", api_pb2.ListPodSandboxRequest(filter=flt))
+        return [i.id for i in resp.items]
+
+    assert sorted(ids(api_pb2.PodSandboxFilter())) == sorted([a, b])
+    assert ids(api_pb2.PodSandboxFilter(label_selector={"app": "b"})) == [b]
+    assert ids(
+        api_pb2.PodSandboxFilter(state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY))
+    ) == [a]
+    assert ids(
+        api_pb2.PodSandboxFilter(state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_NOTREADY))
+    ) == [b]
+    assert ids(api_pb2.PodSandboxFilter(id=a[:12])) == [a]
+    assert status(d, a[:10]).status.id == a  # a unique prefix is enough
+    for sid in (a, b):
+        remove(d, sid)
+    assert_nothing_held(d, cni_network, [a, b])
+
+
+def test_host_network_pod_has_no_netns_and_no_ip(
+    image_daemon: Daemon, cni_network: CniNetwork
+) -> None:
+    d = image_daemon
+    config = pod_config("hostnet", "uh")
+    config.linux.security_context.namespace_options.network = api_pb2.NODE
+    sid = run(d, config)
+    st = status(d, sid)
+    assert st.status.state == api_pb2.SANDBOX_READY
+    assert st.status.network.ip == ""
+    h = held(d, cni_network)
+    assert h.netns == frozenset() and h.ips == frozenset() and h.tasks == frozenset({sid})
+    remove(d, sid)
+    assert_nothing_held(d, cni_network, [sid])
+
+
+def test_a_pause_task_that_dies_makes_the_sandbox_notready(
+    image_daemon: Daemon, cni_network: CniNetwork
+) -> None:
+    d = image_daemon
+    sid = run(d, pod_config())
+    pid = json.loads(status(d, sid).info["info"])["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while status(d, sid).status.state != api_pb2.SANDBOX_NOTREADY:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    info = json.loads(status(d, sid).info["info"])
+    assert info["reason"] == "PauseExited"
+    stop(d, sid)
+    remove(d, sid)
+    assert_nothing_held(d, cni_network, [sid])
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_restart_keeps_states_ips_and_created_at(
+    image_daemon: Daemon, cni_network: CniNetwork, how: signal.Signals
+) -> None:
+    d = image_daemon
+    ready = run(d, pod_config("ready", "u1"))
+    notready = run(d, pod_config("notready", "u2"))
+    stop(d, notready)
+    before = {sid: status(d, sid).status for sid in (ready, notready)}
+    pid = json.loads(status(d, ready).info["info"])["pid"]
+    d.signal(how)
+    d.start()
+    after = {sid: status(d, sid).status for sid in (ready, notready)}
+    assert after == before
+    assert json.loads(status(d, ready).info["info"])["pid"] == pid  # re-adopted, not restarted
+    assert ping(after[ready].network.ip)
+    for sid in (ready, notready):
+        stop(d, sid)
+        remove(d, sid)
+    assert_nothing_held(d, cni_network, [ready, notready])
+
+
+def test_what_vanished_while_down_is_notready_and_still_cleaned(
+    image_daemon: Daemon, cni_network: CniNetwork
+) -> None:
+    from crictl.network import netns
+
+    d = image_daemon
+    killed = run(d, pod_config("killed", "u1"))
+    lost_netns = run(d, pod_config("lostns", "u2"))
+    pid = json.loads(status(d, killed).info["info"])["pid"]
+    d.signal(signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+    netns.remove(d.state_dir.parent / "netns" / lost_netns)
+    d.start()
+    for sid, reason in ((killed, "PauseExited"), (lost_netns, "NetnsVanished")):
+        st = status(d, sid)
+        assert st.status.state == api_pb2.SANDBOX_NOTREADY, sid
+        assert json.loads(st.info["info"])["reason"] == reason
+    assert len(held(d, cni_network).ips) == 2  # both IPs are still allocated...
+    for sid in (killed, lost_netns):
+        stop(d, sid)
+    assert held(d, cni_network).ips == frozenset()  # ...until Stop released them
+    for sid in (killed, lost_netns):
+        remove(d, sid)
+    assert_nothing_held(d, cni_network, [killed, lost_netns])
