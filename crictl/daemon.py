@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc.aio
 
 from crictl import __version__, errors
+from crictl.api.containers import Containers
 from crictl.api.images import Images
 from crictl.api.runtime_info import RuntimeInfo
 from crictl.api.sandboxes import PodSandboxes
@@ -34,6 +35,7 @@ from crictl.containerd.client import ContainerdClient
 from crictl.containerd.managed import ManagedContainerd
 from crictl.images.registry import Credentials, RegistryClient
 from crictl.reconciler import faults
+from crictl.reconciler.containers import ContainerReconciler
 from crictl.reconciler.health import Health
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.sandboxes import SandboxReconciler, SandboxSettings
@@ -121,6 +123,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     store: Store | None = None
     images: ImageManager | None = None
     sandboxes: SandboxReconciler | None = None
+    containers: ContainerReconciler | None = None
     conn: ContainerdConnection | None = None
     server: grpc.aio.Server | None = None
     try:
@@ -158,7 +161,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 pause_image=config.pause_image,
             ),
         )
+        containers = ContainerReconciler(store, conn.client, images, sandboxes, config.state_dir)
         await sandboxes.start()
+        await containers.start()
         health = Health(conn.client, config.cni_conf_dir, config.cni_bin_dirs)
         runtime_info = RuntimeInfo(
             health,
@@ -176,7 +181,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         server = grpc.aio.server()
         server.add_generic_rpc_handlers(
             (
-                generic_handler(RUNTIME_SERVICE, runtime_info, PodSandboxes(store, sandboxes)),
+                generic_handler(
+                    RUNTIME_SERVICE,
+                    runtime_info,
+                    PodSandboxes(store, sandboxes),
+                    Containers(store, containers),
+                ),
                 generic_handler(IMAGE_SERVICE, Images(images)),
             )
         )
@@ -198,6 +208,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             await server.stop(SHUTDOWN_GRACE)
         with contextlib.suppress(FileNotFoundError):
             config.socket.unlink()
+        if containers is not None:
+            await containers.stop()
         if sandboxes is not None:
             await sandboxes.stop()
         if images is not None:

@@ -7,6 +7,7 @@ crictld's error vocabulary here, so callers never see a grpc.StatusCode.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
@@ -440,3 +441,87 @@ class ContainerdClient:
         except errors.NotFound:
             return None
         return resp.exit_status
+
+    # -- exec'd processes --------------------------------------------------------------------
+
+    async def container_spec(self, container_id: str) -> dict[str, object]:
+        resp = await self.call(
+            "get container",
+            self.containers.Get(
+                containers_pb2.GetContainerRequest(id=container_id), metadata=self.metadata
+            ),
+        )
+        spec = json.loads(resp.container.spec.value)
+        assert isinstance(spec, dict)
+        return spec
+
+    async def exec_process(
+        self,
+        container_id: str,
+        exec_id: str,
+        process: Mapping[str, object],
+        stdout: str,
+        stderr: str,
+        stdin: str = "",
+        terminal: bool = False,
+    ) -> None:
+        await self.call(
+            "exec",
+            self.tasks.Exec(
+                tasks_pb2.ExecProcessRequest(
+                    container_id=container_id,
+                    exec_id=exec_id,
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                    terminal=terminal,
+                    spec=AnyPb(
+                        type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+                        value=json.dumps(process).encode(),
+                    ),
+                ),
+                metadata=self.metadata,
+            ),
+        )
+
+    async def start_process(self, container_id: str, exec_id: str) -> int:
+        resp = await self.call(
+            "start exec",
+            self.tasks.Start(
+                tasks_pb2.StartRequest(container_id=container_id, exec_id=exec_id),
+                metadata=self.metadata,
+            ),
+        )
+        return resp.pid
+
+    async def wait_process(self, container_id: str, exec_id: str) -> int:
+        resp = await self.call(
+            "wait exec",
+            self.tasks.Wait(
+                tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id),
+                metadata=self.metadata,
+            ),
+        )
+        return resp.exit_status
+
+    async def kill_process(self, container_id: str, exec_id: str, signal: int) -> None:
+        with contextlib.suppress(errors.NotFound, errors.FailedPrecondition):
+            await self.call(
+                "kill exec",
+                self.tasks.Kill(
+                    tasks_pb2.KillRequest(
+                        container_id=container_id, exec_id=exec_id, signal=signal
+                    ),
+                    metadata=self.metadata,
+                ),
+            )
+
+    async def delete_process(self, container_id: str, exec_id: str) -> None:
+        with contextlib.suppress(errors.NotFound):
+            await self.call(
+                "delete exec",
+                self.tasks.DeleteProcess(
+                    tasks_pb2.DeleteProcessRequest(container_id=container_id, exec_id=exec_id),
+                    metadata=self.metadata,
+                ),
+            )

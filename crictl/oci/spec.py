@@ -296,3 +296,232 @@ def hosts_file(hostname: str, ip: str | None) -> str:
     if ip and hostname:
         lines.append(f"{ip}\t{hostname}")
     return "\n".join(lines) + "\n"
+
+
+# -- app containers ---------------------------------------------------------------------------
+
+PROPAGATION = {
+    api_pb2.PROPAGATION_PRIVATE: "rprivate",
+    api_pb2.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+    api_pb2.PROPAGATION_BIDIRECTIONAL: "rshared",
+}
+
+
+@dataclass(frozen=True)
+class SandboxRef:
+    """What an app container joins: the pause task's namespaces and the pod's files."""
+
+    sandbox_id: str
+    config: api_pb2.PodSandboxConfig
+    pause_pid: int
+    netns_path: str | None  # None: host network
+    files: SandboxFiles
+
+
+@dataclass(frozen=True)
+class User:
+    uid: int
+    gid: int
+    additional_gids: list[int]
+
+
+def process_args(config: api_pb2.ContainerConfig, image_config: dict[str, Any]) -> list[str]:
+    """CRI command/args merged with the image's ENTRYPOINT/CMD, as docker and containerd do."""
+    cfg = image_config.get("config") or {}
+    command, args = list(config.command), list(config.args)
+    if not command:
+        if not args:
+            args = list(cfg.get("Cmd") or [])
+        command = list(cfg.get("Entrypoint") or [])
+    return command + args
+
+
+def merge_env(image_env: list[str], config: api_pb2.ContainerConfig) -> list[str]:
+    env: dict[str, str] = {}
+    for item in image_env:
+        key, _, value = item.partition("=")
+        env[key] = value
+    for kv in config.envs:
+        env[kv.key] = kv.value.decode(errors="replace")  # bytes since cri-api 0.37
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def container_spec(
+    container_id: str,
+    config: api_pb2.ContainerConfig,
+    sandbox: SandboxRef,
+    image_config: dict[str, Any],
+    user: User,
+    oom_score_adj: int,
+    target_pid: int | None = None,
+) -> dict[str, Any]:
+    linux = config.linux
+    sc = linux.security_context
+    opts = sc.namespace_options
+    privileged = sc.privileged
+    pod_opts = sandbox.config.linux.security_context.namespace_options
+    args = process_args(config, image_config)
+    _, image_env, image_cwd, _ = image_process(image_config)
+
+    ns_base = f"/proc/{sandbox.pause_pid}/ns"
+    namespaces: list[dict[str, str]] = [{"type": "mount"}]
+    if sandbox.netns_path is not None:
+        namespaces.append({"type": "network", "path": sandbox.netns_path})
+    if pod_opts.ipc != api_pb2.NODE:
+        namespaces.append({"type": "ipc", "path": f"{ns_base}/ipc"})
+    if pod_opts.network != api_pb2.NODE:
+        namespaces.append({"type": "uts", "path": f"{ns_base}/uts"})
+    if opts.pid == api_pb2.POD:
+        namespaces.append({"type": "pid", "path": f"{ns_base}/pid"})
+    elif opts.pid == api_pb2.TARGET and target_pid:
+        namespaces.append({"type": "pid", "path": f"/proc/{target_pid}/ns/pid"})
+    elif opts.pid != api_pb2.NODE:
+        namespaces.append({"type": "pid"})
+
+    f = sandbox.files
+    mounts = default_mounts()
+    if privileged:
+        for m in mounts:
+            if m["destination"] in ("/sys", "/sys/fs/cgroup"):
+                m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
+    taken = {m.container_path for m in config.mounts}
+    pod_files = [
+        ("/etc/hostname", str(f.hostname)),
+        ("/etc/hosts", str(f.hosts)),
+        ("/etc/resolv.conf", str(f.resolv_conf) if f.resolv_conf else "/etc/resolv.conf"),
+        ("/dev/shm", str(f.shm) if f.shm else "/dev/shm"),
+    ]
+    for dest, source in pod_files:
+        if dest not in taken:
+            mounts.append(
+                {
+                    "destination": dest,
+                    "type": "bind",
+                    "source": source,
+                    "options": ["rbind", "rw" if dest == "/dev/shm" else "ro"],
+                }
+            )
+    for cm in config.mounts:
+        options = [
+            "rbind",
+            "ro" if cm.readonly else "rw",
+            PROPAGATION.get(cm.propagation, "rprivate"),
+        ]
+        mounts.append(
+            {
+                "destination": cm.container_path,
+                "type": "bind",
+                "source": cm.host_path,
+                "options": options,
+            }
+        )
+
+    caps = set(_all_caps() if privileged else DEFAULT_CAPS)
+    if not privileged:
+        for c in sc.capabilities.add_capabilities:
+            caps |= set(_all_caps()) if c.upper() == "ALL" else {_cap(c)}
+        for c in sc.capabilities.drop_capabilities:
+            caps = set() if c.upper() == "ALL" else caps - {_cap(c)}
+    cap_list = sorted(caps)
+    process: dict[str, Any] = {
+        "terminal": config.tty,
+        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
+        "args": args,
+        "env": merge_env(image_env, config),
+        "cwd": config.working_dir or image_cwd,
+        "capabilities": {k: cap_list for k in ("bounding", "effective", "permitted")},
+        # No rlimits: the process inherits the shim's, as with containerd's CRI (raising
+        # RLIMIT_NOFILE would need CAP_SYS_RESOURCE, which the daemon lacks here).
+        "noNewPrivileges": sc.no_new_privs,
+        "oomScoreAdj": oom_score_adj,
+    }
+    res = linux.resources
+    resources: dict[str, Any] = {"devices": [{"allow": privileged, "access": "rwm"}]}
+    cpu: dict[str, Any] = {}
+    if res.cpu_shares:
+        cpu["shares"] = res.cpu_shares
+    if res.cpu_quota:
+        cpu["quota"] = res.cpu_quota
+    if res.cpu_period:
+        cpu["period"] = res.cpu_period
+    if res.cpuset_cpus:
+        cpu["cpus"] = res.cpuset_cpus
+    if res.cpuset_mems:
+        cpu["mems"] = res.cpuset_mems
+    if cpu:
+        resources["cpu"] = cpu
+    if res.memory_limit_in_bytes:
+        resources["memory"] = {"limit": res.memory_limit_in_bytes}
+    parent = sandbox.config.linux.cgroup_parent
+    spec: dict[str, Any] = {
+        "ociVersion": OCI_VERSION,
+        "process": process,
+        "root": {"path": "rootfs", "readonly": sc.readonly_rootfs},
+        "mounts": mounts,
+        "annotations": {
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": config.metadata.name,
+            "io.kubernetes.cri.sandbox-id": sandbox.sandbox_id,
+            "io.kubernetes.cri.image-name": config.image.image,
+        },
+        "linux": {
+            "namespaces": namespaces,
+            "resources": resources,
+            "cgroupsPath": cgroups_path(parent, container_id),
+        },
+    }
+    if not privileged:
+        spec["linux"]["maskedPaths"] = (
+            list(sc.masked_paths) if sc.masked_paths else list(MASKED_PATHS)
+        )
+        spec["linux"]["readonlyPaths"] = (
+            list(sc.readonly_paths) if sc.readonly_paths else list(READONLY_PATHS)
+        )
+    return spec
+
+
+def _cap(name: str) -> str:
+    name = name.upper()
+    return name if name.startswith("CAP_") else f"CAP_{name}"
+
+
+def resolve_user(config: api_pb2.ContainerConfig, image_user: str, passwd: str, group: str) -> User:
+    """uid, gid and additional groups, from the security context or the image's USER, with
+    names looked up in the image's /etc/passwd and /etc/group."""
+    sc = config.linux.security_context
+    users = [line.split(":") for line in passwd.splitlines() if line.count(":") >= 6]
+    groups = [line.split(":") for line in group.splitlines() if line.count(":") >= 3]
+    name_part, _, group_part = image_user.partition(":")
+    if sc.HasField("run_as_user"):
+        uid: int | None = sc.run_as_user.value
+        username = None
+    elif sc.run_as_username:
+        uid, username = None, sc.run_as_username
+    elif name_part.isascii() and name_part.isdigit():
+        uid, username = int(name_part), None
+    else:
+        uid, username = (None, name_part) if name_part else (0, None)
+    gid: int | None = None
+    if username is not None:
+        entry = next((u for u in users if u[0] == username), None)
+        if entry is None:
+            raise ValueError(f"user {username!r} is not in the image's /etc/passwd")
+        uid, gid = int(entry[2]), int(entry[3])
+    assert uid is not None
+    if gid is None:
+        entry = next((u for u in users if u[2] == str(uid)), None)
+        gid = int(entry[3]) if entry is not None else 0
+    if sc.HasField("run_as_group"):
+        gid = sc.run_as_group.value
+    elif group_part:
+        if group_part.isascii() and group_part.isdigit():
+            gid = int(group_part)
+        else:
+            g = next((x for x in groups if x[0] == group_part), None)
+            if g is None:
+                raise ValueError(f"group {group_part!r} is not in the image's /etc/group")
+            gid = int(g[2])
+    names = {u[0] for u in users if u[2] == str(uid)}
+    extra = [int(g[2]) for g in groups if names & set(g[3].split(","))]
+    extra += list(sc.supplemental_groups)
+    return User(uid, gid, sorted({gid, *extra}))

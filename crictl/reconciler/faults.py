@@ -34,6 +34,17 @@ POINTS = frozenset(
         "sandbox-remove:after-container-delete",
         "sandbox-remove:after-snapshot-remove",
         "sandbox-remove:after-files-remove",
+        # CreateContainer, StartContainer, StopContainer, RemoveContainer
+        "container-create:after-insert",
+        "container-create:after-container-create",
+        "container-start:after-desired",
+        "container-start:after-task-create",
+        "container-start:after-task-start",
+        "container-stop:after-desired",
+        "container-stop:after-signal",
+        "container-remove:after-desired",
+        "container-remove:after-task-delete",
+        "container-remove:after-container-delete",
     }
 )
 

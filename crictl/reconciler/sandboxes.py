@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,9 @@ class SandboxReconciler:
         self.settings = settings
         self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile)
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by the container reconciler: stops (False) or removes (True) every container of
+        # a sandbox; a sandbox's teardown runs it first.
+        self.containers_hook: Callable[[str, bool], Awaitable[None]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -246,6 +250,17 @@ class SandboxReconciler:
         await self.store.write(lambda s: record_sandbox_started(s, sid, sid, pid))
         faults.point("sandbox-run:after-task-start")
 
+    def files_for(self, sandbox_id: str, config: api_pb2.PodSandboxConfig) -> SandboxFiles:
+        """The pod's files, as `_write_files` made them (for app containers to mount)."""
+        d = self.sandbox_dir(sandbox_id)
+        resolv = d / "resolv.conf"
+        return SandboxFiles(
+            d / "hostname",
+            d / "hosts",
+            resolv if resolv.exists() else None,
+            None if host_ipc(config) else d / "shm",
+        )
+
     def _write_files(
         self, sandbox_id: str, config: api_pb2.PodSandboxConfig, ip: str | None
     ) -> SandboxFiles:
@@ -297,6 +312,8 @@ class SandboxReconciler:
     ) -> None:
         sid = row.id
         config = config_of(row)
+        if self.containers_hook is not None:
+            await self.containers_hook(sid, remove)
         await self._stop_task(sid)
         if not host_network(config):
             net = await asyncio.to_thread(

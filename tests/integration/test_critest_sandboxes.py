@@ -1,8 +1,5 @@
-"""critest's runtime-info, PodSandbox and Idempotence groups against crictld.
-
-The specs that need containers (the two sysctl specs start a container and exec `cat` in it,
-and the StopContainer/RemoveContainer idempotence specs) wait for container support and are
-skipped by name here, so that the count below is exact and a regression anywhere else fails."""
+"""critest's runtime-info, PodSandbox (run, stop, remove, attributes, sysctls) and Idempotence
+groups against crictld: all 15 specs."""
 
 from __future__ import annotations
 
@@ -17,13 +14,7 @@ from tests.rig.registry import Registry
 pytestmark = pytest.mark.integration
 
 FOCUS = "Runtime info|PodSandbox|Idempotence"
-NEEDS_CONTAINERS = (
-    "should support safe sysctls",
-    "should support unsafe sysctls",
-    "Idempotence StopContainer",
-    "Idempotence RemoveContainer",
-)
-EXPECTED = 10  # 15 specs in these groups less the 5 that need containers
+EXPECTED = 15
 
 
 def test_critest_sandbox_groups_on_crictld(
@@ -33,8 +24,6 @@ def test_critest_sandbox_groups_on_crictld(
     d.stop()
     d.extra_args += [*mirror_args(registry.host), "--pause-image", "registry.k8s.io/pause:3.10"]
     d.start()
-    result = run_critest(
-        crictl_path.with_name("critest"), d.endpoint, FOCUS, NEEDS_CONTAINERS, workdir=short_tmp
-    )
+    result = run_critest(crictl_path.with_name("critest"), d.endpoint, FOCUS, workdir=short_tmp)
     assert result.failures == [], result.output[-4000:]
     assert (result.ran, result.passed, result.failed) == (EXPECTED, EXPECTED, 0)

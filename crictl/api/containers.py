@@ -1,0 +1,243 @@
+"""CreateContainer, StartContainer, StopContainer, RemoveContainer, ContainerStatus,
+ListContainers, ExecSync, ReopenContainerLog.
+
+Mutations write desired state and wait for the container's reconcile pass; reads come from the
+store alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+
+from google.protobuf import json_format
+
+from crictl import errors
+from crictl.api.interceptor import Context
+from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.reconciler import faults
+from crictl.reconciler.containers import ContainerReconciler, container_config_of
+from crictl.store.containers import (
+    ContainerFilter,
+    NewContainer,
+    container_labels,
+    create_container,
+    get_container,
+    list_containers,
+    resolve_container_id,
+    set_container_desired,
+)
+from crictl.store.engine import Store
+from crictl.store.models import Container, ContainerDesired, ContainerPhase, LabelKind
+from crictl.store.sandboxes import get_sandbox
+
+STATES = {
+    ContainerPhase.CREATED: api_pb2.CONTAINER_CREATED,
+    ContainerPhase.RUNNING: api_pb2.CONTAINER_RUNNING,
+    ContainerPhase.EXITED: api_pb2.CONTAINER_EXITED,
+}
+
+
+def _state(row: Container) -> api_pb2.ContainerState.ValueType:
+    return STATES.get(ContainerPhase(row.phase), api_pb2.CONTAINER_UNKNOWN)
+
+
+class Containers:
+    def __init__(self, store: Store, reconciler: ContainerReconciler) -> None:
+        self.store = store
+        self.reconciler = reconciler
+
+    async def create_container(
+        self, request: api_pb2.CreateContainerRequest, context: Context
+    ) -> api_pb2.CreateContainerResponse:
+        config = request.config
+        if not config.HasField("metadata") or not config.metadata.name:
+            raise errors.InvalidArgument("config.metadata.name is empty")
+        if not config.image.image:
+            raise errors.InvalidArgument("config.image.image is empty")
+        if not request.pod_sandbox_id:
+            raise errors.InvalidArgument("pod_sandbox_id is empty")
+        sandbox = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id))
+        image = self.reconciler.images.status(config.image.image)
+        log_path = None
+        if request.sandbox_config.log_directory and config.log_path:
+            log_path = os.path.join(request.sandbox_config.log_directory, config.log_path)
+        digest = hashlib.sha256(config.SerializeToString(deterministic=True)).hexdigest()
+        new = NewContainer(
+            id=secrets.token_hex(32),
+            sandbox_id=sandbox.id,
+            name=config.metadata.name,
+            attempt=config.metadata.attempt,
+            config=json_format.MessageToJson(
+                config, preserving_proto_field_name=True, sort_keys=True, indent=None
+            ),
+            config_digest=digest,
+            image=config.image.image,
+            image_ref=(
+                image.repo_digests[0]
+                if image and image.repo_digests
+                else image.id
+                if image
+                else None
+            ),
+            image_id=image.id if image else None,
+            log_path=log_path,
+            labels=dict(config.labels),
+            annotations=dict(config.annotations),
+        )
+        row, created = await self.store.write(lambda s: create_container(s, new))
+        if created:
+            faults.point("container-create:after-insert")
+        await self.reconciler.queue.wait(row.id)
+        return api_pb2.CreateContainerResponse(container_id=row.id)
+
+    async def _change(
+        self, container_id: str, desired: ContainerDesired, fault: str, missing_ok: bool
+    ) -> str | None:
+        try:
+            row = await self.store.write(
+                lambda s: set_container_desired(s, resolve_container_id(s, container_id), desired)
+            )
+        except errors.NotFound:
+            if missing_ok:
+                return None  # CRI: stopping or removing what does not exist succeeds
+            raise
+        faults.point(fault)
+        await self.reconciler.queue.wait(row.id)
+        return row.id
+
+    async def start_container(
+        self, request: api_pb2.StartContainerRequest, context: Context
+    ) -> api_pb2.StartContainerResponse:
+        row = await self.store.read(lambda s: get_container(s, request.container_id))
+        if row.phase not in (ContainerPhase.CREATED, ContainerPhase.RUNNING):
+            raise errors.FailedPrecondition(
+                f"container {row.id} is {row.phase}, not CREATED: it cannot be started"
+            )
+        await self._change(
+            row.id, ContainerDesired.RUNNING, "container-start:after-desired", missing_ok=False
+        )
+        row = await self.store.read(lambda s: get_container(s, request.container_id))
+        if row.phase != ContainerPhase.RUNNING and row.reason == "StartError":
+            raise errors.FailedPrecondition(f"container {row.id} failed to start: {row.message}")
+        return api_pb2.StartContainerResponse()
+
+    async def stop_container(
+        self, request: api_pb2.StopContainerRequest, context: Context
+    ) -> api_pb2.StopContainerResponse:
+        try:
+            cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
+        except errors.NotFound:
+            return api_pb2.StopContainerResponse()
+        self.reconciler.stop_timeouts[cid] = int(request.timeout)
+        await self._change(
+            cid, ContainerDesired.EXITED, "container-stop:after-desired", missing_ok=True
+        )
+        return api_pb2.StopContainerResponse()
+
+    async def remove_container(
+        self, request: api_pb2.RemoveContainerRequest, context: Context
+    ) -> api_pb2.RemoveContainerResponse:
+        await self._change(
+            request.container_id,
+            ContainerDesired.REMOVED,
+            "container-remove:after-desired",
+            missing_ok=True,
+        )
+        return api_pb2.RemoveContainerResponse()
+
+    async def container_status(
+        self, request: api_pb2.ContainerStatusRequest, context: Context
+    ) -> api_pb2.ContainerStatusResponse:
+        row = await self.store.read(lambda s: get_container(s, request.container_id))
+        config = container_config_of(row)
+        status = api_pb2.ContainerStatus(
+            id=row.id,
+            metadata=config.metadata,
+            state=_state(row),
+            created_at=row.created_at,
+            started_at=row.started_at or 0,
+            finished_at=row.finished_at or 0,
+            exit_code=row.exit_code or 0,
+            image=config.image,
+            image_ref=row.image_ref or "",
+            image_id=row.image_id or "",
+            reason=row.reason if row.phase == ContainerPhase.EXITED else "",
+            message=row.message if row.phase == ContainerPhase.EXITED else "",
+            labels=container_labels(row, LabelKind.LABEL),
+            annotations=container_labels(row, LabelKind.ANNOTATION),
+            mounts=list(config.mounts),
+            log_path=row.log_path or "",
+        )
+        if config.linux.HasField("resources"):
+            status.resources.linux.CopyFrom(config.linux.resources)
+        response = api_pb2.ContainerStatusResponse(status=status)
+        if request.verbose:
+            response.info["info"] = json.dumps(
+                {
+                    "id": row.id,
+                    "sandboxID": row.sandbox_id,
+                    "pid": row.task_pid,
+                    "phase": row.phase,
+                    "desired": row.desired,
+                    "config": json.loads(row.config),
+                }
+            )
+        return response
+
+    async def list_containers(
+        self, request: api_pb2.ListContainersRequest, context: Context
+    ) -> api_pb2.ListContainersResponse:
+        f = request.filter
+        phases = None
+        if f.HasField("state"):
+            wanted = {v: k for k, v in STATES.items()}.get(f.state.state)
+            phases = (
+                frozenset({wanted})
+                if wanted
+                else frozenset({ContainerPhase.UNKNOWN, ContainerPhase.REMOVING})
+            )
+        flt = ContainerFilter(
+            id_prefix=f.id or None,
+            sandbox_id=f.pod_sandbox_id or None,
+            phases=phases,
+            labels=dict(f.label_selector),
+        )
+        rows = await self.store.read(lambda s: list_containers(s, flt))
+        out = []
+        for row in rows:
+            if row.phase == ContainerPhase.PENDING:
+                continue
+            config = container_config_of(row)
+            out.append(
+                api_pb2.Container(
+                    id=row.id,
+                    pod_sandbox_id=row.sandbox_id,
+                    metadata=config.metadata,
+                    image=config.image,
+                    image_ref=row.image_ref or "",
+                    image_id=row.image_id or "",
+                    state=_state(row),
+                    created_at=row.created_at,
+                    labels=container_labels(row, LabelKind.LABEL),
+                    annotations=container_labels(row, LabelKind.ANNOTATION),
+                )
+            )
+        return api_pb2.ListContainersResponse(containers=out)
+
+    async def exec_sync(
+        self, request: api_pb2.ExecSyncRequest, context: Context
+    ) -> api_pb2.ExecSyncResponse:
+        cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
+        result = await self.reconciler.exec_sync(cid, list(request.cmd), int(request.timeout))
+        return api_pb2.ExecSyncResponse(
+            stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
+        )
+
+    async def reopen_container_log(
+        self, request: api_pb2.ReopenContainerLogRequest, context: Context
+    ) -> api_pb2.ReopenContainerLogResponse:
+        cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
+        await self.reconciler.reopen_log(cid)
+        return api_pb2.ReopenContainerLogResponse()

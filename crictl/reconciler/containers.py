@@ -1,0 +1,530 @@
+"""Containers: from the row CRI wrote to a created, running, exited and removed container.
+
+Level-triggered like sandboxes, with the container id as every name (containerd container,
+snapshot, task), so a step cut short by a crash is found by name and finished. Create makes the
+containerd container and its writable snapshot (under a short lease, so garbage collection
+cannot take the snapshot before the container record holds it); Start creates the task with
+its output going to `crictld-logger` (started by the shim, so logs do not depend on crictld
+being up) and starts it; an exit seen on containerd's event stream, or found at restart,
+records the real exit code; Stop sends the image's stop signal, then SIGKILL at the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from sqlalchemy.orm import Session
+
+from crictl import errors
+from crictl.containerd.client import ContainerdClient
+from crictl.containerd.rootfs import read_text
+from crictl.gen.containerd.api.events import task_pb2 as task_events
+from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
+from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.oci.spec import SandboxRef, container_spec, image_process, resolve_user
+from crictl.reconciler import faults
+from crictl.reconciler.images import ImageManager
+from crictl.reconciler.queue import KeyedQueue
+from crictl.reconciler.sandboxes import (
+    SNAPSHOTTER,
+    SandboxReconciler,
+    clamp_oom_score_adj,
+    config_of,
+    host_network,
+)
+from crictl.store.containers import (
+    ContainerFilter,
+    delete_container,
+    list_containers,
+    load_container,
+    mark_container_observed,
+    record_container_created,
+    record_container_exited,
+    record_container_started,
+)
+from crictl.store.engine import Store
+from crictl.store.models import Container, ContainerDesired, ContainerPhase, SandboxPhase
+from crictl.store.sandboxes import load_sandbox
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STOP_TIMEOUT = 2  # seconds; when a stop's own timeout was lost to a restart
+EXEC_OUTPUT_CAP = 16 << 20
+KIND_LABEL = "crictld.io/kind"
+SANDBOX_LABEL = "crictld.io/sandbox-id"
+
+
+def container_config_of(row: Container) -> api_pb2.ContainerConfig:
+    return json_format.Parse(row.config, api_pb2.ContainerConfig())
+
+
+def exit_reason(code: int, oom: bool) -> str:
+    if oom:
+        return "OOMKilled"
+    return "Completed" if code == 0 else "Error"
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+
+
+class ContainerReconciler:
+    def __init__(
+        self,
+        store: Store,
+        containerd: ContainerdClient,
+        images: ImageManager,
+        sandboxes: SandboxReconciler,
+        state_dir: Path,
+        logger: str | None = None,
+    ) -> None:
+        self.store = store
+        self.containerd = containerd
+        self.images = images
+        self.sandboxes = sandboxes
+        self.state_dir = state_dir
+        self.logger = logger or str(Path(sys.executable).with_name("crictld-logger"))
+        self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile)
+        self.stop_timeouts: dict[str, int] = {}
+        self._oom: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        sandboxes.containers_hook = self.teardown_sandbox_containers
+
+    async def start(self) -> None:
+        await self.recover()
+        self._tasks.append(asyncio.create_task(self._watch_events(), name="container-events"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.queue.drain()
+
+    def container_dir(self, container_id: str) -> Path:
+        return self.state_dir / "containers" / container_id
+
+    # -- the reconcile function ------------------------------------------------------------
+
+    async def reconcile(self, container_id: str) -> None:
+        row = await self.store.read(lambda s: load_container(s, container_id))
+        if row is None:
+            return
+        if row.desired == ContainerDesired.REMOVED:
+            await self._remove(row)
+        elif row.desired == ContainerDesired.EXITED:
+            await self._stop(row)
+        elif row.phase == ContainerPhase.PENDING:
+            try:
+                await self._create(row)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await self._remove(row, reason="CreateFailed")
+                raise
+        elif row.desired == ContainerDesired.RUNNING and row.phase == ContainerPhase.CREATED:
+            await self._start(row)
+
+    async def _sandbox(self, sandbox_id: str) -> tuple[Any, api_pb2.PodSandboxConfig]:
+        sandbox = await self.store.read(lambda s: load_sandbox(s, sandbox_id))
+        if sandbox is None:
+            raise errors.NotFound(f"pod sandbox {sandbox_id} not found")
+        if sandbox.phase != SandboxPhase.READY:
+            raise errors.FailedPrecondition(
+                f"pod sandbox {sandbox_id} is not ready ({sandbox.phase})"
+            )
+        return sandbox, config_of(sandbox)
+
+    async def _create(self, row: Container) -> None:
+        cid = row.id
+        config = container_config_of(row)
+        sandbox, sandbox_config = await self._sandbox(row.sandbox_id)
+        image = self.images.status(config.image.image)
+        if image is None:
+            raise errors.NotFound(f"image {config.image.image!r} not found: pull it first")
+        lease = f"crictld-create-{secrets.token_hex(6)}"
+        md = (*self.containerd.metadata, ("containerd-lease", lease))
+        await self.containerd.call(
+            "create lease",
+            self.containerd.leases.Create(
+                leases_pb2.CreateRequest(
+                    id=lease,
+                    labels={
+                        "containerd.io/gc.expire": (
+                            datetime.now(UTC) + timedelta(minutes=10)
+                        ).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    },
+                ),
+                metadata=self.containerd.metadata,
+            ),
+        )
+        try:
+            mounts = await self._prepare(cid, image.chain_id or "", md)
+            image_config = json.loads(image.config)
+            _, _, _, image_user = image_process(image_config)
+            try:
+                user = resolve_user(
+                    config,
+                    image_user,
+                    read_text(mounts, "/etc/passwd"),
+                    read_text(mounts, "/etc/group"),
+                )
+            except ValueError as e:
+                raise errors.InvalidArgument(f"container {config.metadata.name}: {e}") from e
+            ref = SandboxRef(
+                sandbox.id,
+                sandbox_config,
+                sandbox.task_pid or 0,
+                None
+                if host_network(sandbox_config)
+                else str(self.sandboxes.netns_path(sandbox.id)),
+                self.sandboxes.files_for(sandbox.id, sandbox_config),
+            )
+            target_pid = None
+            if config.linux.security_context.namespace_options.target_id:
+                target = await self.store.read(
+                    lambda s: load_container(
+                        s, config.linux.security_context.namespace_options.target_id
+                    )
+                )
+                target_pid = target.task_pid if target is not None else None
+            spec = container_spec(
+                cid,
+                config,
+                ref,
+                image_config,
+                user,
+                clamp_oom_score_adj(config.linux.resources.oom_score_adj),
+                target_pid,
+            )
+            labels = {
+                KIND_LABEL: "container",
+                SANDBOX_LABEL: row.sandbox_id,
+                "io.cri-containerd.kind": "container",
+            }
+            name = image.repo_tags[0] if image.repo_tags else image.id
+            await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels)
+            faults.point("container-create:after-container-create")
+        finally:
+            with contextlib.suppress(errors.CrictlError):
+                await self.containerd.call(
+                    "delete lease",
+                    self.containerd.leases.Delete(
+                        leases_pb2.DeleteRequest(id=lease), metadata=self.containerd.metadata
+                    ),
+                )
+        await self.store.write(lambda s: record_container_created(s, cid))
+
+    async def _prepare(self, cid: str, parent: str, md: Any) -> list[Any]:
+        from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
+
+        try:
+            resp = await self.containerd.call(
+                "prepare snapshot",
+                self.containerd.snapshots.Prepare(
+                    snapshots_pb2.PrepareSnapshotRequest(
+                        snapshotter=SNAPSHOTTER, key=cid, parent=parent
+                    ),
+                    metadata=md,
+                ),
+            )
+            return list(resp.mounts)
+        except errors.AlreadyExists:
+            return await self.containerd.prepare_snapshot(SNAPSHOTTER, cid, parent)
+
+    def _log_uri(self, row: Container) -> str:
+        if not row.log_path:
+            return ""
+        d = self.container_dir(row.id)
+        d.mkdir(parents=True, exist_ok=True)
+        query = urllib.parse.urlencode({"--log": row.log_path, "--pidfile": str(d / "logger.pid")})
+        return f"binary://{self.logger}?{query}"
+
+    async def _start(self, row: Container) -> None:
+        cid = row.id
+        try:
+            await self._sandbox(row.sandbox_id)
+            mounts = await self.containerd.prepare_snapshot(SNAPSHOTTER, cid, "")
+            uri = await asyncio.to_thread(self._log_uri, row)
+            await self.containerd.create_task(cid, mounts, stdout=uri, stderr=uri)
+            faults.point("container-start:after-task-create")
+            pid = await self.containerd.start_task(cid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # StartError, as kubelet expects: exit code 128 and the reason in the message.
+            with contextlib.suppress(errors.CrictlError):
+                await self.containerd.delete_task(cid)
+            message = str(e)
+            await self.store.write(
+                lambda s: record_container_exited(s, cid, 128, "StartError", message)
+            )
+            raise
+        await self.store.write(lambda s: record_container_started(s, cid, pid))
+        faults.point("container-start:after-task-start")
+
+    async def _stop(self, row: Container) -> None:
+        cid = row.id
+        timeout = self.stop_timeouts.pop(cid, DEFAULT_STOP_TIMEOUT)
+        state = await self.containerd.task_state(cid)
+        if state is not None and state.status in ("RUNNING", "PAUSED", "CREATED", "UNKNOWN"):
+            sig = await self._stop_signal(row)
+            if timeout > 0 and sig != signal.SIGKILL:
+                await self.containerd.kill_task(cid, sig, all_processes=False)
+                faults.point("container-stop:after-signal")
+                with contextlib.suppress(errors.DeadlineExceeded):
+                    await self.containerd.wait_task(cid, timeout=timeout)
+            state = await self.containerd.task_state(cid)
+            if state is not None and state.status != "STOPPED":
+                await self.containerd.kill_task(cid, signal.SIGKILL)
+                await self.containerd.wait_task(cid, timeout=30)
+        state = await self.containerd.task_state(cid)
+        if state is not None:
+            await self._harvest(cid, state.exit_status, state.exited_at_ns)
+        gen = row.generation
+
+        def observed(session: Session) -> None:
+            mark_container_observed(session, cid, gen)
+
+        await self.store.write(observed)
+
+    async def _stop_signal(self, row: Container) -> int:
+        config = container_config_of(row)
+        image = self.images.status(config.image.image) if config.image.image else None
+        name = ""
+        if image is not None:
+            name = (json.loads(image.config).get("config") or {}).get("StopSignal") or ""
+        try:
+            if name.isdigit():
+                return int(name)
+            return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+        except KeyError:
+            return int(signal.SIGTERM)
+
+    async def _harvest(self, cid: str, exit_status: int, exited_at_ns: int) -> None:
+        """Records an exit and deletes the task (its shim and logger then end)."""
+        reason = exit_reason(exit_status, cid in self._oom)
+        self._oom.discard(cid)
+        await self.store.write(
+            lambda s: record_container_exited(
+                s, cid, exit_status, reason, finished_at=exited_at_ns or None
+            )
+        )
+        await self.containerd.delete_task(cid)
+
+    async def _remove(self, row: Container, reason: str = "Removed") -> None:
+        cid = row.id
+        state = await self.containerd.task_state(cid)
+        if state is not None:
+            if state.status != "STOPPED":
+                await self.containerd.kill_task(cid, signal.SIGKILL)
+                with contextlib.suppress(errors.DeadlineExceeded):
+                    await self.containerd.wait_task(cid, timeout=30)
+            state = await self.containerd.task_state(cid)
+            if state is not None:
+                await self._harvest(cid, state.exit_status, state.exited_at_ns)
+        faults.point("container-remove:after-task-delete")
+        await self.containerd.delete_container(cid)
+        faults.point("container-remove:after-container-delete")
+        await self.containerd.remove_snapshot(SNAPSHOTTER, cid)
+        await asyncio.to_thread(shutil.rmtree, self.container_dir(cid), True)
+        await self.store.write(lambda s: delete_container(s, cid, reason))
+
+    # -- the sandbox's containers ----------------------------------------------------------
+
+    async def teardown_sandbox_containers(self, sandbox_id: str, remove: bool) -> None:
+        rows = await self.store.read(
+            lambda s: list_containers(s, ContainerFilter(sandbox_id=sandbox_id))
+        )
+        for row in rows:
+            if row.sandbox_id != sandbox_id:
+                continue
+            if remove:
+                await self._remove(row)
+            else:
+                self.stop_timeouts.setdefault(row.id, 0)
+                await self._stop(row)
+
+    # -- exec ------------------------------------------------------------------------------
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> ExecResult:
+        row = await self.store.read(lambda s: load_container(s, container_id))
+        if row is None:
+            raise errors.NotFound(f"container {container_id} not found")
+        if row.phase != ContainerPhase.RUNNING:
+            raise errors.FailedPrecondition(f"container {container_id} is not running")
+        if not cmd:
+            raise errors.InvalidArgument("cmd is empty")
+        spec = await self.containerd.container_spec(container_id)
+        process = dict(spec.get("process") or {})  # type: ignore[call-overload]
+        process["args"] = cmd
+        process["terminal"] = False
+        exec_id = f"exec-{secrets.token_hex(8)}"
+        d = self.state_dir / "exec" / exec_id
+        await asyncio.to_thread(d.mkdir, parents=True)
+        out_path, err_path = d / "stdout", d / "stderr"
+        os.mkfifo(out_path)
+        os.mkfifo(err_path)
+        readers = [_FifoReader(out_path), _FifoReader(err_path)]
+        try:
+            await self.containerd.exec_process(
+                container_id, exec_id, process, str(out_path), str(err_path)
+            )
+            await self.containerd.start_process(container_id, exec_id)
+            for r in readers:
+                r.release_writer()  # the shim holds the write ends now
+            try:
+                async with asyncio.timeout(timeout if timeout > 0 else None):
+                    code = await self.containerd.wait_process(container_id, exec_id)
+                    out, err = await asyncio.gather(readers[0].done, readers[1].done)
+            except TimeoutError:
+                await self.containerd.kill_process(container_id, exec_id, signal.SIGKILL)
+                with contextlib.suppress(errors.CrictlError):
+                    await asyncio.wait_for(self.containerd.wait_process(container_id, exec_id), 10)
+                raise errors.DeadlineExceeded(
+                    f"ExecSync {cmd!r} in {container_id}: timed out after {timeout}s; "
+                    "the process was killed"
+                ) from None
+            return ExecResult(out, err, code)
+        finally:
+            for r in readers:
+                r.close()
+            await self.containerd.delete_process(container_id, exec_id)
+            await asyncio.to_thread(shutil.rmtree, d, True)
+
+    # -- logs ------------------------------------------------------------------------------
+
+    async def reopen_log(self, container_id: str) -> None:
+        row = await self.store.read(lambda s: load_container(s, container_id))
+        if row is None:
+            raise errors.NotFound(f"container {container_id} not found")
+        if row.phase != ContainerPhase.RUNNING or not row.log_path:
+            raise errors.FailedPrecondition(f"container {container_id} is not running")
+        pidfile = self.container_dir(container_id) / "logger.pid"
+        try:
+            pid = int(pidfile.read_text())
+            os.kill(pid, signal.SIGUSR1)
+        except (OSError, ValueError) as e:
+            raise errors.FailedPrecondition(
+                f"container {container_id}: its log writer is gone ({e})"
+            ) from e
+        deadline = time.monotonic() + 5
+        while not os.path.exists(row.log_path):
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(f"container {container_id}: log not reopened")
+            await asyncio.sleep(0.005)
+
+    # -- observed changes ------------------------------------------------------------------
+
+    async def _watch_events(self) -> None:
+        while True:
+            try:
+                async for env in self.containerd.subscribe(
+                    'topic=="/tasks/exit"', 'topic=="/tasks/oom"'
+                ):
+                    if env.topic == "/tasks/oom":
+                        self._oom.add(task_events.TaskOOM.FromString(env.event.value).container_id)
+                        continue
+                    event = task_events.TaskExit.FromString(env.event.value)
+                    if event.id == event.container_id:
+                        await self.on_exit(
+                            event.container_id, event.exit_status, event.exited_at.ToNanoseconds()
+                        )
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("container event stream broke", extra={"error": str(e)})
+            await asyncio.sleep(1.0)
+
+    async def on_exit(self, cid: str, exit_status: int, exited_at_ns: int) -> None:
+        row = await self.store.read(lambda s: load_container(s, cid))
+        if row is None or row.phase != ContainerPhase.RUNNING:
+            return
+        await self._harvest(cid, exit_status, exited_at_ns)
+
+    # -- restart recovery ------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Running containers keep running (re-adopted, same pid); exits that happened while
+        crictld was down are harvested with their real codes; a task containerd no longer
+        knows is EXITED 255, Unknown; work in flight gets a pass."""
+        rows = await self.store.read(lambda s: list_containers(s))
+        for row in rows:
+            in_flight = row.observed_generation < row.generation and (
+                row.desired != ContainerDesired.CREATED or row.phase == ContainerPhase.PENDING
+            )
+            if row.phase == ContainerPhase.RUNNING:
+                state = await self.containerd.task_state(row.id)
+                if state is None:
+                    await self.store.write(
+                        partial(
+                            record_container_exited,
+                            container_id=row.id,
+                            exit_code=255,
+                            reason="Unknown",
+                            message="the task vanished while crictld was down",
+                        )
+                    )
+                elif state.status == "STOPPED":
+                    await self._harvest(row.id, state.exit_status, state.exited_at_ns)
+            if in_flight or row.desired == ContainerDesired.REMOVED:
+                self.queue.wake(row.id)
+
+
+class _FifoReader:
+    """Reads one exec stream from a FIFO without blocking the loop. A writer end is held until
+    the shim has opened its own, so an early read does not see end-of-file."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.writer: int | None = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.buffer = bytearray()
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[bytes] = loop.create_future()
+        loop.add_reader(self.fd, self._readable)
+        self._loop = loop
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        if data:
+            room = EXEC_OUTPUT_CAP - len(self.buffer)
+            self.buffer += data[:room]
+            return
+        self._loop.remove_reader(self.fd)
+        if not self.done.done():
+            self.done.set_result(bytes(self.buffer))
+
+    def release_writer(self) -> None:
+        if self.writer is not None:
+            os.close(self.writer)
+            self.writer = None
+
+    def close(self) -> None:
+        self.release_writer()
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self.fd)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        if not self.done.done():
+            self.done.cancel()
