@@ -11,19 +11,15 @@ ImageStatus by tag, ImageStatus by id (the id PullImage answered), ListImages, R
 Without `--endpoint` it starts, and tears down at the end: a local registry with the fixture
 images (tests.rig.registry / tests.rig.images), containerd's CRI plugin as the reference
 (tests.rig.reference) and a crictld daemon owning a private managed containerd
-(tests.rig.daemon), each on its own CNI network. With `--endpoint` it only runs against those
-(and starts a registry unless `--registry` names one they can pull from).
+(tests.rig.daemon), each on its own CNI network (all in benchmarks.setup). With `--endpoint` it
+only runs against those (and starts a registry unless `--registry` names one they can pull from).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import os
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +32,8 @@ from benchmarks.cri_bench import (
     run_workload,
     write_json,
 )
+from benchmarks.setup import local_registry as local_registry  # cri_bench imports it from here
+from benchmarks.setup import local_runtimes as local_runtimes
 from crictl.gen.cri.runtime.v1 import api_pb2
 
 PULL_TIMEOUT = 300.0
@@ -144,81 +142,6 @@ class ImageWorkload:
                 api_pb2.RemoveImageRequest(image=spec),
                 label=image.label,
             )
-
-
-# ------------------------------------------------------------------------------------------
-# Bringing the runtimes up
-
-
-def _cri_tools_dir() -> Path:
-    cache = os.environ.get("CRICTLD_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "crictld"
-    )
-    return Path(cache) / "cri-tools-v1.37.0"
-
-
-@contextlib.contextmanager
-def local_registry(registry: str | None, workdir: Path | None) -> Iterator[str]:
-    """REGISTRY as given, or a fresh local registry holding the fixture images."""
-    if registry:
-        yield registry
-        return
-    from tests.rig.images import DEFAULT_WORKDIR, build_images, push_images
-    from tests.rig.registry import Registry
-
-    with Registry() as reg:
-        print(f"registry {reg.host}: pushing the fixture images", file=sys.stderr)
-        push_images(reg.host, build_images(workdir or DEFAULT_WORKDIR))
-        yield reg.host
-
-
-@contextlib.contextmanager
-def local_runtimes(registry: str) -> Iterator[list[Runtime]]:
-    """crictld (with a private managed containerd) and containerd's CRI plugin, both pulling
-    from REGISTRY, each on its own CNI network; everything is removed on exit."""
-    from crictl.containerd.managed import ManagedContainerd
-    from tests.rig.cni import make_network
-    from tests.rig.daemon import Daemon
-    from tests.rig.reference import ReferenceContainerd, remove_tree
-
-    if os.geteuid() != 0:
-        raise BenchError("starting the runtimes needs root (containerd, runc, CNI)")
-    with contextlib.ExitStack() as stack:
-        tmp = Path(tempfile.mkdtemp(prefix="crd-bench-", dir="/tmp"))
-        stack.callback(remove_tree, tmp)
-
-        ref_net = make_network(tmp / "cni-ref")
-        stack.callback(ref_net.remove)
-        reference = stack.enter_context(ReferenceContainerd(ref_net, registry))
-        print(f"containerd CRI at {reference.endpoint}", file=sys.stderr)
-
-        net = make_network(tmp / "cni-crictld")
-        stack.callback(net.remove)
-        daemon = Daemon(
-            state_dir=tmp / "state",
-            socket=tmp / "crictld.sock",
-            crictl_bin=_cri_tools_dir() / "crictl",
-            cni_conf_dir=net.conf_dir,
-            cni_bin_dirs=net.bin_dirs,
-            containerd="managed",
-            extra_args=[
-                "--insecure-registry",
-                registry,
-                "--pause-image",
-                f"{registry}/pause:3.10",
-                "--log-level",
-                "INFO",  # the default: one line per CRI call, as operators run it
-            ],
-        )
-
-        def stop_daemon() -> None:
-            daemon.stop()
-            asyncio.run(ManagedContainerd(daemon.state_dir / "containerd").stop_recorded())
-
-        stack.callback(stop_daemon)
-        daemon.start()
-        print(f"crictld at {daemon.endpoint} (log {daemon.log_path})", file=sys.stderr)
-        yield [Runtime("crictld", daemon.endpoint), Runtime("containerd", reference.endpoint)]
 
 
 # ------------------------------------------------------------------------------------------

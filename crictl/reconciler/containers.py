@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 DEFAULT_STOP_TIMEOUT = 2  # seconds; when a stop's own timeout was lost to a restart
 EXEC_OUTPUT_CAP = 16 << 20
 KIND_LABEL = "crictld.io/kind"
+CREATE_LEASE_LABEL = "crictld.io/create"
 SANDBOX_LABEL = "crictld.io/sandbox-id"
 
 
@@ -170,7 +171,8 @@ class ContainerReconciler:
                     labels={
                         "containerd.io/gc.expire": (
                             datetime.now(UTC) + timedelta(minutes=10)
-                        ).strftime("%Y-%m-%dT%H:%M:%SZ")
+                        ).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        CREATE_LEASE_LABEL: cid,
                     },
                 ),
                 metadata=self.containerd.metadata,
@@ -466,6 +468,22 @@ class ContainerReconciler:
         """Running containers keep running (re-adopted, same pid); exits that happened while
         crictld was down are harvested with their real codes; a task containerd no longer
         knows is EXITED 255, Unknown; work in flight gets a pass."""
+        # Leases of creates cut short: the next pass of that create makes its own.
+        leases = await self.containerd.call(
+            "list leases",
+            self.containerd.leases.List(
+                leases_pb2.ListRequest(filters=[f'labels."{CREATE_LEASE_LABEL}"']),
+                metadata=self.containerd.metadata,
+            ),
+        )
+        for lease in leases.leases:
+            with contextlib.suppress(errors.NotFound):
+                await self.containerd.call(
+                    "delete lease",
+                    self.containerd.leases.Delete(
+                        leases_pb2.DeleteRequest(id=lease.id), metadata=self.containerd.metadata
+                    ),
+                )
         rows = await self.store.read(lambda s: list_containers(s))
         for row in rows:
             in_flight = row.observed_generation < row.generation and (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from crictl import errors
@@ -68,6 +69,20 @@ async def purge_namespace(address: str, namespace: str) -> None:
                 "delete lease",
                 c.leases.Delete(leases_pb2.DeleteRequest(id=lease.id, sync=False), metadata=md),
             )
+        for container in await c.list_containers():
+            if await c.task_state(container.id) is not None:
+                await c.kill_task(container.id, 9)
+                with contextlib.suppress(errors.CrictlError):
+                    await c.wait_task(container.id, timeout=10)
+                await c.delete_task(container.id)
+            await c.delete_container(container.id)
+        snapshots: list[str] = []
+        async for s in c.snapshots.List(
+            snapshots_pb2.ListSnapshotsRequest(snapshotter="overlayfs"), metadata=md
+        ):
+            snapshots += [i.name for i in s.info if i.kind != snapshots_pb2.COMMITTED]
+        for key in snapshots:
+            await c.remove_snapshot("overlayfs", key)
         images = await c.list_images()
         for i, image in enumerate(images):
             await c.delete_image(image.name, sync=i == len(images) - 1)

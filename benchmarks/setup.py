@@ -1,0 +1,266 @@
+"""Bringing the benchmarked runtimes up, and down, for one run (shared by every workload).
+
+    with local_registry(None, None) as registry:       # fixture images on a free port
+        with local_node(registry) as node:              # crictld + containerd's CRI
+            run_workload(workload, node.runtimes, rounds)
+    print(leftovers(node))                              # what teardown left on the machine
+
+- `local_registry`: a docker-registry on a free 127.0.0.1 port with the fixture images pushed
+  (tests.rig.registry / tests.rig.images), or the registry given.
+- `local_node`: containerd's CRI plugin as the reference (tests.rig.reference) and a crictld
+  daemon owning a private managed containerd (tests.rig.daemon), each on its own CNI network
+  (tests.rig.cni), both with the registry's `pause:3.10` as their pause image. Everything lives
+  under temp dirs in /tmp that are removed on exit, after the logs were copied to LOGS_DIR if
+  one is given. The yielded `Node` names, for each runtime, its containerd (address and
+  namespace), netns dir, CNI network and logs, so a workload can count what pods hold.
+- `local_runtimes`: the same, yielding just the `Runtime`s (what benchmarks.images uses).
+- `leftovers(node)`: after `local_node` exited, what is still on the machine from the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from benchmarks.cri_bench import BenchError, Runtime
+
+if TYPE_CHECKING:
+    from tests.rig.cni import CniNetwork
+
+PAUSE_IMAGE = "pause:3.10"  # repository:tag in the registry
+REFERENCE_NAMESPACE = "k8s.io"  # containerd's CRI plugin keeps everything there
+
+
+def pause_image(registry: str) -> str:
+    return f"{registry}/{PAUSE_IMAGE}"
+
+
+def cri_tools_dir() -> Path:
+    cache = os.environ.get("CRICTLD_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "crictld"
+    )
+    return Path(cache) / "cri-tools-v1.37.0"
+
+
+@contextlib.contextmanager
+def local_registry(registry: str | None, workdir: Path | None) -> Iterator[str]:
+    """REGISTRY as given, or a fresh local registry holding the fixture images."""
+    if registry:
+        yield registry
+        return
+    from tests.rig.images import DEFAULT_WORKDIR, build_images, push_images
+    from tests.rig.registry import Registry
+
+    with Registry() as reg:
+        print(f"registry {reg.host}: pushing the fixture images", file=sys.stderr)
+        push_images(reg.host, build_images(workdir or DEFAULT_WORKDIR))
+        yield reg.host
+
+
+@dataclass
+class Target:
+    """One runtime brought up by `local_node`, and where what its pods hold lives."""
+
+    runtime: Runtime
+    containerd_address: str  # containerd's own gRPC socket (a path)
+    namespace: str  # the containerd namespace its containers live in
+    netns_dir: Path  # where it mounts pod network namespaces
+    network: CniNetwork  # its private CNI network (bridge, subnet, IPAM dir)
+    root: Path  # every file of this runtime lives under here (removed on exit)
+    logs: dict[str, Path] = field(default_factory=dict)  # name in LOGS_DIR -> live path
+    crictld_log: Path | None = None  # crictld's own log (one JSON line per CRI call)
+
+
+@dataclass
+class Node:
+    """What `local_node` brought up."""
+
+    registry: str
+    pause_image: str
+    workdir: Path
+    targets: list[Target] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # met while tearing down
+    logs_dir: Path | None = None
+
+    @property
+    def runtimes(self) -> list[Runtime]:
+        return [t.runtime for t in self.targets]
+
+    def target(self, name: str) -> Target:
+        for t in self.targets:
+            if t.runtime.name == name:
+                return t
+        raise KeyError(name)
+
+
+def _copy_logs(target: Target, logs_dir: Path | None) -> None:
+    if logs_dir is None:
+        return
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    for name, path in target.logs.items():
+        with contextlib.suppress(OSError):
+            shutil.copyfile(path, logs_dir / name)
+
+
+@contextlib.contextmanager
+def local_node(registry: str, logs_dir: Path | None = None) -> Iterator[Node]:
+    """crictld (with a private managed containerd) and containerd's CRI plugin, both pulling
+    from REGISTRY, each on its own CNI network; everything is removed on exit, the runtimes'
+    logs first copied to LOGS_DIR if given."""
+    from crictl.containerd.managed import ManagedContainerd
+    from tests.rig.cni import make_network
+    from tests.rig.daemon import Daemon
+    from tests.rig.reference import ReferenceContainerd, remove_tree
+
+    if os.geteuid() != 0:
+        raise BenchError("starting the runtimes needs root (containerd, runc, CNI)")
+    with contextlib.ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix="crd-bench-", dir="/tmp"))
+        stack.callback(remove_tree, tmp)
+        node = Node(registry, pause_image(registry), tmp, logs_dir=logs_dir)
+
+        ref_net = make_network(tmp / "cni-ref")
+        stack.callback(ref_net.remove)
+        reference = ReferenceContainerd(ref_net, registry)
+        try:
+            reference.start()
+        except BaseException:
+            reference.stop()
+            raise
+        ref_dir = reference.directory
+        assert ref_dir is not None
+        ref_target = Target(
+            runtime=Runtime("containerd", reference.endpoint),
+            containerd_address=reference.address,
+            namespace=REFERENCE_NAMESPACE,
+            # netns_mounts_under_state_dir: <state>/<CRI plugin>/netns
+            netns_dir=ref_dir / "state" / "io.containerd.grpc.v1.cri" / "netns",
+            network=ref_net,
+            root=ref_dir,
+            logs={"containerd-reference.log": reference.log_path},
+        )
+
+        def stop_reference() -> None:
+            _copy_logs(ref_target, logs_dir)
+            problems = reference.stop()
+            if problems:
+                node.problems += [f"containerd: {p}" for p in problems]
+                print("reference containerd teardown: " + "; ".join(problems), file=sys.stderr)
+
+        stack.callback(stop_reference)
+        print(f"containerd CRI at {reference.endpoint}", file=sys.stderr)
+
+        net = make_network(tmp / "cni-crictld")
+        stack.callback(net.remove)
+        daemon = Daemon(
+            state_dir=tmp / "state",
+            socket=tmp / "crictld.sock",
+            crictl_bin=cri_tools_dir() / "crictl",
+            cni_conf_dir=net.conf_dir,
+            cni_bin_dirs=net.bin_dirs,
+            containerd="managed",
+            extra_args=[
+                "--insecure-registry",
+                registry,
+                "--pause-image",
+                node.pause_image,
+                "--log-level",
+                "INFO",  # the default: one line per CRI call, as operators run it
+            ],
+        )
+        managed = ManagedContainerd(daemon.state_dir / "containerd")
+        crictld_target = Target(
+            runtime=Runtime("crictld", daemon.endpoint),
+            containerd_address=managed.address,
+            namespace=daemon.namespace,
+            netns_dir=daemon.state_dir.parent / "netns",  # Daemon's --netns-dir
+            network=net,
+            root=tmp,
+            logs={"containerd-managed.log": managed.log_path},
+        )
+
+        def stop_daemon() -> None:
+            code = daemon.stop()
+            asyncio.run(ManagedContainerd(daemon.state_dir / "containerd").stop_recorded())
+            _copy_logs(crictld_target, logs_dir)
+            if code not in (None, 0):
+                node.problems.append(f"crictld exited with {code} on SIGTERM")
+
+        stack.callback(stop_daemon)
+        daemon.start()
+        assert daemon.log_path is not None
+        crictld_target.crictld_log = daemon.log_path
+        crictld_target.logs[daemon.log_path.name] = daemon.log_path
+        print(f"crictld at {daemon.endpoint} (log {daemon.log_path})", file=sys.stderr)
+        node.targets = [crictld_target, ref_target]
+        yield node
+
+
+@contextlib.contextmanager
+def local_runtimes(registry: str) -> Iterator[list[Runtime]]:
+    """crictld (with a private managed containerd) and containerd's CRI plugin, both pulling
+    from REGISTRY, each on its own CNI network; everything is removed on exit."""
+    with local_node(registry) as node:
+        yield node.runtimes
+
+
+# ------------------------------------------------------------------------------------------
+# What a run left behind
+
+
+def _mountpoints_under(path: Path) -> list[str]:
+    prefix = str(path).rstrip("/") + "/"
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mountpoint = line.split()[4].replace("\\040", " ")
+        if mountpoint == str(path) or mountpoint.startswith(prefix):
+            found.append(mountpoint)
+    return found
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """'pid name' of every process with TEXT in its command line (shims name their socket)."""
+    needle = text.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline:
+            program = cmdline.split(b"\0")[0].decode(errors="replace")
+            found.append(f"{entry.name} {program}")
+    return found
+
+
+def link_exists(name: str) -> bool:
+    return Path("/sys/class/net", name).exists()
+
+
+def leftovers(node: Node) -> dict[str, list[str]]:
+    """After `local_node` exited: per runtime name, what is still on the machine (its bridge,
+    mounts such as netns under its dirs, processes naming its dirs such as shims, the dirs),
+    plus the teardown problems met. Empty lists everywhere: nothing was left."""
+    out: dict[str, list[str]] = {}
+    for t in node.targets:
+        found: list[str] = []
+        if link_exists(t.network.bridge):
+            found.append(f"bridge {t.network.bridge} still exists")
+        found += [f"mount {m}" for m in _mountpoints_under(t.root)]
+        found += [f"process {p}" for p in _processes_mentioning(str(t.root) + "/")]
+        if t.root.exists():
+            found.append(f"dir {t.root} still exists")
+        out[t.runtime.name] = found
+    if node.problems:
+        out["teardown"] = list(node.problems)
+    return out

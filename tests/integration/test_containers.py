@@ -1,0 +1,312 @@
+"""Containers for real on crictld: lifecycle, logs, exits, ExecSync, restarts, and a crash at
+every container fault point."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import grpc
+import pytest
+
+from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.reconciler.faults import POINTS
+from tests.integration.test_images import failure, pull
+from tests.integration.test_sandbox_crashes import arm, restart_after_fault
+from tests.integration.test_sandboxes import assert_nothing_held, held, pod_config, remove, run
+from tests.rig.cni import CniNetwork
+from tests.rig.daemon import Daemon
+from tests.rig.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+BUSYBOX = "e2e-test-images/busybox:1.29-2"
+
+
+class Pod:
+    def __init__(self, d: Daemon, registry: Registry, logs: Path, name: str = "web") -> None:
+        self.d = d
+        self.image = f"{registry.host}/{BUSYBOX}"
+        pull(d, self.image)
+        self.config = pod_config(name)
+        self.config.log_directory = str(logs)
+        self.id = run(d, self.config)
+
+    def create(self, name: str, command: list[str], attempt: int = 0, **linux: object) -> str:
+        config = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name=name, attempt=attempt),
+            image=api_pb2.ImageSpec(image=self.image),
+            command=command,
+            log_path=f"{name}_{attempt}.log",
+            labels={"c": name},
+        )
+        for k, v in linux.items():
+            setattr(config.linux.resources, k, v)
+        resp = self.d.runtime_call(
+            "CreateContainer",
+            api_pb2.CreateContainerRequest(
+                pod_sandbox_id=self.id, config=config, sandbox_config=self.config
+            ),
+        )
+        return str(resp.container_id)
+
+    def start(self, cid: str) -> None:
+        self.d.runtime_call("StartContainer", api_pb2.StartContainerRequest(container_id=cid))
+
+    def status(self, cid: str) -> api_pb2.ContainerStatus:
+        resp: api_pb2.ContainerStatusResponse = self.d.runtime_call(
+            "ContainerStatus", api_pb2.ContainerStatusRequest(container_id=cid, verbose=True)
+        )
+        return resp.status
+
+    def pid(self, cid: str) -> int:
+        resp = self.d.runtime_call(
+            "ContainerStatus", api_pb2.ContainerStatusRequest(container_id=cid, verbose=True)
+        )
+        return int(json.loads(resp.info["info"])["pid"])
+
+    def exec(self, cid: str, cmd: list[str], timeout: int = 10) -> api_pb2.ExecSyncResponse:
+        resp: api_pb2.ExecSyncResponse = self.d.runtime_call(
+            "ExecSync",
+            api_pb2.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=timeout),
+            timeout=timeout + 30,
+        )
+        return resp
+
+    def stop(self, cid: str, timeout: int = 0) -> None:
+        self.d.runtime_call(
+            "StopContainer", api_pb2.StopContainerRequest(container_id=cid, timeout=timeout)
+        )
+
+    def remove(self, cid: str) -> None:
+        self.d.runtime_call("RemoveContainer", api_pb2.RemoveContainerRequest(container_id=cid))
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def exited(pod: Pod, cid: str) -> bool:
+    return pod.status(cid).state == api_pb2.CONTAINER_EXITED
+
+
+def log_lines(path: Path) -> list[tuple[str, str, str]]:
+    out = []
+    for line in path.read_text().splitlines():
+        ts, stream, tag, content = (
+            line.split(" ", 3) if line.count(" ") >= 3 else (*line.split(" ", 2), "")
+        )
+        assert ts.endswith("Z") and "T" in ts
+        out.append((stream, tag, content))
+    return out
+
+
+def test_lifecycle_logs_and_exec(
+    image_daemon: Daemon, registry: Registry, cni_network: CniNetwork, short_tmp: Path
+) -> None:
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    long_line = "y" * 20000
+    printer = pod.create(
+        "printer", ["sh", "-c", f"echo out; echo err >&2; echo {long_line}; printf no-newline"]
+    )
+    pod.start(printer)
+    wait_for("printer exits", partial(exited, pod, printer))
+    log = short_tmp / "logs" / "printer_0.log"
+    assert pod.status(printer).log_path == str(log)
+    lines = log_lines(log)
+    assert ("stdout", "F", "out") in lines and ("stderr", "F", "err") in lines
+    chunks = [(t, c) for s, t, c in lines if c and set(c) == {"y"}]
+    assert [t for t, _ in chunks] == ["P", "F"] and sum(len(c) for _, c in chunks) == 20000
+    assert lines[-1] == ("stdout", "P", "no-newline")  # output that ends without a newline
+
+    cid = pod.create("app", ["sh", "-c", "echo out; sleep 3600"])
+    assert pod.status(cid).state == api_pb2.CONTAINER_CREATED
+    pod.start(cid)
+    st = pod.status(cid)
+    assert st.state == api_pb2.CONTAINER_RUNNING and st.started_at > 0
+    app_log = short_tmp / "logs" / "app_0.log"
+    wait_for("app log", lambda: app_log.exists() and "out" in app_log.read_text())
+
+    r = d.crictl("logs", cid)
+    assert r.returncode == 0 and "out" in r.stdout
+
+    res = pod.exec(cid, ["sh", "-c", "echo hi; echo oops >&2; exit 7"])
+    assert (res.stdout, res.stderr, res.exit_code) == (b"hi\n", b"oops\n", 7)
+    assert pod.exec(cid, ["hostname"]).stdout == b"web\n"  # the pod's UTS namespace
+
+    r = d.crictl("exec", "-s", cid, "echo", "via-crictl")
+    assert r.returncode == 0 and "via-crictl" in r.stdout
+
+    listed = d.runtime_call(
+        "ListContainers",
+        api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(label_selector={"c": "app"})),
+    )
+    assert [c.id for c in listed.containers] == [cid]
+    pod.stop(cid, timeout=1)
+    st = pod.status(cid)
+    # The pod shares one PID namespace (NamespaceMode POD), so sh is not PID 1 and TERM ends it.
+    assert st.state == api_pb2.CONTAINER_EXITED and st.exit_code == 143
+    pod.remove(cid)
+    code, _ = failure(pod.status, cid)
+    assert code == grpc.StatusCode.NOT_FOUND
+    for _ in range(2):  # idempotent
+        pod.stop(cid)
+        pod.remove(cid)
+    remove(d, pod.id)
+    assert_nothing_held(d, cni_network, [pod.id])
+
+
+def test_exit_reasons(
+    image_daemon: Daemon, registry: Registry, cni_network: CniNetwork, short_tmp: Path
+) -> None:
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    ok = pod.create("ok", ["true"])
+    bad = pod.create("bad", ["sh", "-c", "exit 3"])
+    oom = pod.create(
+        "oom",
+        ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        memory_limit_in_bytes=16 << 20,
+    )
+    missing = pod.create("missing", ["/no/such/binary"])
+    for cid in (ok, bad, oom):
+        pod.start(cid)
+    code, message = failure(pod.start, missing)
+    assert code != grpc.StatusCode.OK and "no/such/binary" in message
+    expected = {
+        ok: (0, "Completed"),
+        bad: (3, "Error"),
+        oom: (137, "OOMKilled"),
+        missing: (128, "StartError"),
+    }
+    for cid, (exit_code, reason) in expected.items():
+        wait_for(f"{reason} exit", partial(exited, pod, cid))
+        st = pod.status(cid)
+        assert (st.exit_code, st.reason) == (exit_code, reason), cid
+        assert st.finished_at >= st.created_at
+    remove(d, pod.id)
+    assert_nothing_held(d, cni_network, [pod.id])
+
+
+def test_exec_timeout_kills_the_process(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"])
+    pod.start(cid)
+    started = time.monotonic()
+    code, message = failure(pod.exec, cid, ["sleep", "77"], 1)
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "timed out" in message
+    assert time.monotonic() - started < 10
+    ps = pod.exec(cid, ["ps", "-o", "args"]).stdout.decode()
+    assert "sleep 77" not in ps
+    remove(d, pod.id)
+
+
+def test_restart_keeps_running_containers_exit_codes_and_logs(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    ticker = pod.create(
+        "ticker", ["sh", "-c", "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done"]
+    )
+    dies = pod.create("dies", ["sleep", "3600"])
+    pod.start(ticker)
+    pod.start(dies)
+    pid = pod.pid(ticker)
+    dies_pid = pod.pid(dies)
+    d.signal(signal.SIGKILL)
+    os.kill(dies_pid, signal.SIGTERM)  # exits with 143 while crictld is down
+    time.sleep(1.5)
+    d.start()
+    assert pod.status(ticker).state == api_pb2.CONTAINER_RUNNING
+    assert pod.pid(ticker) == pid  # re-adopted, never restarted
+    st = pod.status(dies)
+    assert (st.state, st.exit_code) == (api_pb2.CONTAINER_EXITED, 143)
+    pod.stop(ticker)
+    counts = [int(c) for s, t, c in log_lines(short_tmp / "logs" / "ticker_0.log") if c]
+    assert counts == list(range(len(counts))) and len(counts) > 15  # no gap across restart
+    remove(d, pod.id)
+
+
+def test_reopen_container_log(image_daemon: Daemon, registry: Registry, short_tmp: Path) -> None:
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("rot", ["sh", "-c", "while true; do echo line; sleep 0.05; done"])
+    pod.start(cid)
+    log = short_tmp / "logs" / "rot_0.log"
+    wait_for("first lines", lambda: log.exists() and log.stat().st_size > 0)
+    rotated = log.with_suffix(".log.1")
+    log.rename(rotated)
+    d.runtime_call("ReopenContainerLog", api_pb2.ReopenContainerLogRequest(container_id=cid))
+    assert log.exists()  # exists when the call returns
+    size = rotated.stat().st_size
+    wait_for("new lines in the new file", lambda: log.stat().st_size > 0)
+    time.sleep(0.3)
+    assert rotated.stat().st_size == size  # the old name stopped growing
+    remove(d, pod.id)
+
+
+CONTAINER_POINTS = sorted(p for p in POINTS if p.startswith("container-"))
+
+
+@pytest.mark.parametrize("point", CONTAINER_POINTS)
+def test_container_calls_survive_a_crash_at(
+    image_daemon: Daemon,
+    registry: Registry,
+    cni_network: CniNetwork,
+    short_tmp: Path,
+    point: str,
+) -> None:
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    arm(d, point)
+    command = ["sleep", "3600"]
+    step = point.split(":")[0]
+    cid = "" if step == "container-create" else pod.create("app", command)
+    if step in ("container-stop", "container-remove"):
+        pod.start(cid)
+
+    def call() -> None:
+        if step == "container-create":
+            pod.create("app", command)
+        elif step == "container-start":
+            pod.start(cid)
+        elif step == "container-stop":
+            pod.stop(cid, timeout=1)
+        else:
+            pod.remove(cid)
+
+    code, _ = failure(call)
+    assert code == grpc.StatusCode.UNAVAILABLE
+    restart_after_fault(d)
+    if step == "container-create":
+        cid = pod.create("app", command)
+        assert pod.create("app", command) == cid
+        pod.start(cid)
+    elif step == "container-start":
+        pod.start(cid)
+        assert pod.status(cid).state == api_pb2.CONTAINER_RUNNING
+    elif step == "container-stop":
+        pod.stop(cid, timeout=1)
+        assert pod.status(cid).state == api_pb2.CONTAINER_EXITED
+    else:
+        pod.remove(cid)
+        assert failure(pod.status, cid)[0] == grpc.StatusCode.NOT_FOUND
+    rows = json.loads(d.sql("--json", "SELECT id FROM containers").stdout)
+    assert len(rows) <= 1  # never two containers for one request
+    h = held(d, cni_network)
+    assert h.containers <= {pod.id, cid}, h
+    remove(d, pod.id)
+    assert_nothing_held(d, cni_network, [pod.id, cid])
