@@ -24,7 +24,7 @@ from crictl.store.containers import (
     container_labels,
     create_container,
     get_container,
-    list_containers,
+    list_container_summaries,
     resolve_container_id,
     set_container_desired,
 )
@@ -204,26 +204,23 @@ class Containers:
             phases=phases,
             labels=dict(f.label_selector),
         )
-        rows = await self.store.read(lambda s: list_containers(s, flt))
-        out = []
-        for row in rows:
-            if row.phase == ContainerPhase.PENDING:
-                continue
-            config = container_config_of(row)
-            out.append(
-                api_pb2.Container(
-                    id=row.id,
-                    pod_sandbox_id=row.sandbox_id,
-                    metadata=config.metadata,
-                    image=config.image,
-                    image_ref=row.image_ref or "",
-                    image_id=row.image_id or "",
-                    state=_state(row),
-                    created_at=row.created_at,
-                    labels=container_labels(row, LabelKind.LABEL),
-                    annotations=container_labels(row, LabelKind.ANNOTATION),
-                )
+        rows = await self.store.read(lambda s: list_container_summaries(s, flt))
+        out = [
+            api_pb2.Container(
+                id=r.id,
+                pod_sandbox_id=r.sandbox_id,
+                metadata=api_pb2.ContainerMetadata(name=r.name, attempt=r.attempt),
+                image=api_pb2.ImageSpec(image=r.image),
+                image_ref=r.image_ref or "",
+                image_id=r.image_id or "",
+                state=STATES.get(ContainerPhase(r.phase), api_pb2.CONTAINER_UNKNOWN),
+                created_at=r.created_at,
+                labels=r.labels,
+                annotations=r.annotations,
             )
+            for r in rows
+            if r.phase != ContainerPhase.PENDING
+        ]
         return api_pb2.ListContainersResponse(containers=out)
 
     async def exec_sync(

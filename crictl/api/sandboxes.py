@@ -27,7 +27,7 @@ from crictl.store.sandboxes import (
     create_sandbox,
     get_sandbox,
     labels_of,
-    list_sandboxes,
+    list_sandbox_summaries,
     resolve_sandbox_id,
     set_sandbox_desired,
 )
@@ -37,6 +37,13 @@ RUNTIME_HANDLERS = ("", "runc")
 
 def _state(row: PodSandbox) -> api_pb2.PodSandboxState.ValueType:
     return api_pb2.SANDBOX_READY if row.phase == SandboxPhase.READY else api_pb2.SANDBOX_NOTREADY
+
+
+def metadata_of(row: PodSandbox) -> api_pb2.PodSandboxMetadata:
+    """From the row's columns: cheaper than parsing the stored config (List is hot: PLEG)."""
+    return api_pb2.PodSandboxMetadata(
+        name=row.name, namespace=row.namespace, uid=row.uid, attempt=row.attempt
+    )
 
 
 def validate_sandbox_config(config: api_pb2.PodSandboxConfig, handler: str) -> None:
@@ -177,21 +184,23 @@ class PodSandboxes:
             else None,
             labels=dict(f.label_selector),
         )
-        rows = await self.store.read(lambda s: list_sandboxes(s, flt))
-        items = []
-        for row in rows:
-            if row.phase == SandboxPhase.PENDING and row.desired == SandboxDesired.READY:
-                continue  # not created yet, as far as CRI is concerned
-            config = config_of(row)
-            items.append(
-                api_pb2.PodSandbox(
-                    id=row.id,
-                    metadata=config.metadata,
-                    state=_state(row),
-                    created_at=row.created_at,
-                    labels=labels_of(row, LabelKind.LABEL),
-                    annotations=labels_of(row, LabelKind.ANNOTATION),
-                    runtime_handler=row.runtime_handler,
-                )
+        rows = await self.store.read(lambda s: list_sandbox_summaries(s, flt))
+        items = [
+            api_pb2.PodSandbox(
+                id=r.id,
+                metadata=api_pb2.PodSandboxMetadata(
+                    name=r.name, namespace=r.namespace, uid=r.uid, attempt=r.attempt
+                ),
+                state=api_pb2.SANDBOX_READY
+                if r.phase == SandboxPhase.READY
+                else api_pb2.SANDBOX_NOTREADY,
+                created_at=r.created_at,
+                labels=r.labels,
+                annotations=r.annotations,
+                runtime_handler=r.runtime_handler,
             )
+            for r in rows
+            # still being set up: not created yet, as far as CRI is concerned
+            if not (r.phase == SandboxPhase.PENDING and r.desired == SandboxDesired.READY)
+        ]
         return api_pb2.ListPodSandboxResponse(items=items)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -72,7 +73,13 @@ SANDBOX_LABEL = "crictld.io/sandbox-id"
 
 
 def container_config_of(row: Container) -> api_pb2.ContainerConfig:
-    return json_format.Parse(row.config, api_pb2.ContainerConfig())
+    """The container's config (shared and cached: configs never change; do not modify it)."""
+    return _parse_container_config(row.config)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_container_config(text: str) -> api_pb2.ContainerConfig:
+    return json_format.Parse(text, api_pb2.ContainerConfig())
 
 
 def exit_reason(code: int, oom: bool) -> str:
@@ -330,7 +337,7 @@ class ContainerReconciler:
                 s, cid, exit_status, reason, finished_at=exited_at_ns or None
             )
         )
-        await self.containerd.delete_task(cid)
+        await delete_stopped_task(self.containerd, cid)
 
     async def _remove(self, row: Container, reason: str = "Removed") -> None:
         cid = row.id
@@ -505,6 +512,16 @@ class ContainerReconciler:
                     await self._harvest(row.id, state.exit_status, state.exited_at_ns)
             if in_flight or row.desired == ContainerDesired.REMOVED:
                 self.queue.wake(row.id)
+
+
+async def delete_stopped_task(containerd: ContainerdClient, cid: str) -> None:
+    """Deletes a stopped task. The exit-event watcher and a Stop or Remove may both get here
+    at once; the loser sees the shim already gone ("ttrpc: closed"), which is success."""
+    try:
+        await containerd.delete_task(cid)
+    except errors.CrictlError:
+        if await containerd.task_state(cid) is not None:
+            raise
 
 
 class _FifoReader:

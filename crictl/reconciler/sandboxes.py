@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import json
 import logging
 import os
@@ -80,7 +81,13 @@ class SandboxSettings:
 
 
 def config_of(row: PodSandbox) -> api_pb2.PodSandboxConfig:
-    return json_format.Parse(row.config, api_pb2.PodSandboxConfig())
+    """The sandbox's config (shared and cached: configs never change; do not modify it)."""
+    return _parse_sandbox_config(row.config)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_sandbox_config(text: str) -> api_pb2.PodSandboxConfig:
+    return json_format.Parse(text, api_pb2.PodSandboxConfig())
 
 
 def host_network(config: api_pb2.PodSandboxConfig) -> bool:

@@ -233,3 +233,65 @@ def delete_container(session: Session, container_id: str, reason: str = "Removed
         return
     session.execute(sa_delete(Container).where(Container.id == container_id))
     record_event(session, "container", container_id, "removed", from_phase=c.phase, reason=reason)
+
+
+@dataclass(frozen=True)
+class ContainerSummary:
+    """What ListContainers reports, read with plain SQL (PLEG's hot path)."""
+
+    id: str
+    sandbox_id: str
+    name: str
+    attempt: int
+    image: str
+    image_ref: str | None
+    image_id: str | None
+    phase: str
+    created_at: int
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+def list_container_summaries(
+    session: Session, flt: ContainerFilter | None = None
+) -> list[ContainerSummary]:
+    t = Container.__table__
+    lt = ContainerLabel.__table__
+    query = select(
+        t.c.id,
+        t.c.sandbox_id,
+        t.c.name,
+        t.c.attempt,
+        t.c.image,
+        t.c.image_ref,
+        t.c.image_id,
+        t.c.phase,
+        t.c.created_at,
+    )
+    if flt is not None:
+        if flt.id_prefix:
+            query = query.where(t.c.id.startswith(flt.id_prefix))
+        if flt.sandbox_id:
+            query = query.where(t.c.sandbox_id.startswith(flt.sandbox_id))
+        if flt.phases is not None:
+            query = query.where(t.c.phase.in_(flt.phases))
+        for key, value in flt.labels.items():
+            query = query.where(
+                exists().where(
+                    lt.c.container_id == t.c.id,
+                    lt.c.kind == LabelKind.LABEL,
+                    lt.c.key == key,
+                    lt.c.value == value,
+                )
+            )
+    rows = session.execute(query.order_by(t.c.created_at)).all()
+    if not rows:
+        return []
+    labels: dict[str, tuple[dict[str, str], dict[str, str]]] = {r[0]: ({}, {}) for r in rows}
+    for cid, kind, key, value in session.execute(
+        select(lt.c.container_id, lt.c.kind, lt.c.key, lt.c.value).where(
+            lt.c.container_id.in_(list(labels))
+        )
+    ):
+        labels[cid][0 if kind == LabelKind.LABEL else 1][key] = value
+    return [ContainerSummary(*r, *labels[r[0]]) for r in rows]
