@@ -1,4 +1,4 @@
-"""Driver: the pod network (network namespaces via pyroute2, CNI plugins per the CNI spec).
+"""Driver: the pod network (network namespaces, CNI plugins executed per the CNI spec).
 
 Imports neither store, api nor reconciler.
 """
