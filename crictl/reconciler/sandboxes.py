@@ -57,6 +57,7 @@ from crictl.store.sandboxes import (
     list_sandboxes,
     load_sandbox,
     mark_sandbox_observed,
+    record_network_released,
     record_sandbox_network,
     record_sandbox_not_ready,
     record_sandbox_started,
@@ -199,58 +200,69 @@ class SandboxReconciler:
                 raise
 
     async def _setup(self, row: PodSandbox) -> None:
+        """The network (netns, CNI ADD) and the pause container (files, spec, containerd
+        container, snapshot) are independent until the task starts, so they are made
+        concurrently; the task is created once both are done."""
         sid = row.id
         config = config_of(row)
         pause = await self.images.ensure(self.settings.pause_image)
         network = None if host_network(config) else self.netns_path(sid)
-        if network is not None and row.cni_result is None:
+        ip = row.ip
+        mounts: list[Any] = []
+
+        async def setup_network() -> None:
+            nonlocal ip
+            if network is None or row.cni_result is not None:
+                return
             net = await asyncio.to_thread(
                 cni.load_network_config, self.settings.cni_conf_dir, self.settings.cni_bin_dirs
             )
             created = await asyncio.to_thread(netns.create, network)
             faults.point("sandbox-run:after-netns")
+            args = (sid, str(network), cni_args(sid, config), capability_args(config))
             if not created:
                 # A previous daemon got this far and may have died inside CNI ADD: release
                 # whatever it added before adding again (DEL of nothing succeeds).
-                await cni.delete(
-                    net,
-                    sid,
-                    str(network),
-                    cni_args(sid, config),
-                    capability_args(config),
-                    None,
-                    self.settings.cni_bin_dirs,
-                )
-            result = await cni.add(
-                net,
-                sid,
-                str(network),
-                cni_args(sid, config),
-                capability_args(config),
-                self.settings.cni_bin_dirs,
-            )
+                await cni.delete(net, *args, None, self.settings.cni_bin_dirs)
+            result = await cni.add(net, *args, self.settings.cni_bin_dirs)
             faults.point("sandbox-run:after-cni-add")
             raw = json.dumps(result.raw)
             await self.store.write(
                 lambda s: record_sandbox_network(s, sid, raw, result.ip, result.additional_ips)
             )
             faults.point("sandbox-run:after-cni-recorded")
-            row.ip = result.ip
-        files = await asyncio.to_thread(self._write_files, sid, config, row.ip)
-        spec = sandbox_spec(
-            sid,
-            config,
-            json.loads(pause.config),
-            str(network) if network else None,
-            files,
-            clamp_oom_score_adj(SANDBOX_OOM_SCORE_ADJ),
-        )
-        labels = {KIND_LABEL: "sandbox", SANDBOX_LABEL: sid, "io.cri-containerd.kind": "sandbox"}
-        image_name = pause.repo_tags[0] if pause.repo_tags else pause.id
-        await self.containerd.create_container(sid, image_name, spec, SNAPSHOTTER, labels)
-        faults.point("sandbox-run:after-container-create")
-        mounts = await self.containerd.prepare_snapshot(SNAPSHOTTER, sid, pause.chain_id or "")
-        faults.point("sandbox-run:after-snapshot")
+            ip = result.ip
+
+        async def setup_container() -> None:
+            nonlocal mounts
+            files = await asyncio.to_thread(self._write_files, sid, config, ip)
+            spec = sandbox_spec(
+                sid,
+                config,
+                json.loads(pause.config),
+                str(network) if network else None,
+                files,
+                clamp_oom_score_adj(SANDBOX_OOM_SCORE_ADJ),
+            )
+            labels = {
+                KIND_LABEL: "sandbox",
+                SANDBOX_LABEL: sid,
+                "io.cri-containerd.kind": "sandbox",
+            }
+            image_name = pause.repo_tags[0] if pause.repo_tags else pause.id
+            await self.containerd.create_container(sid, image_name, spec, SNAPSHOTTER, labels)
+            faults.point("sandbox-run:after-container-create")
+            mounts = await self.containerd.prepare_snapshot(SNAPSHOTTER, sid, pause.chain_id or "")
+            faults.point("sandbox-run:after-snapshot")
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(setup_network())
+                group.create_task(setup_container())
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None  # the first failure, with its own message
+        if ip:
+            await asyncio.to_thread(self._write_hosts, sid, config, ip)
         await self.containerd.create_task(sid, mounts)
         faults.point("sandbox-run:after-task-create")
         pid = await self.containerd.start_task(sid)
@@ -268,6 +280,15 @@ class SandboxReconciler:
             None if host_ipc(config) else d / "shm",
         )
 
+    def _write_hosts(
+        self, sandbox_id: str, config: api_pb2.PodSandboxConfig, ip: str | None
+    ) -> None:
+        """In place (same inode): the file is bind-mounted into the pod's containers."""
+        hostname = config.hostname or os.uname().nodename
+        text = Path("/etc/hosts").read_text() if host_network(config) else hosts_file(hostname, ip)
+        with (self.sandbox_dir(sandbox_id) / "hosts").open("w") as f:
+            f.write(text)
+
     def _write_files(
         self, sandbox_id: str, config: api_pb2.PodSandboxConfig, ip: str | None
     ) -> SandboxFiles:
@@ -277,9 +298,7 @@ class SandboxReconciler:
         if host_network(config):
             hostname = os.uname().nodename
         (d / "hostname").write_text(hostname + "\n")
-        (d / "hosts").write_text(
-            Path("/etc/hosts").read_text() if host_network(config) else hosts_file(hostname, ip)
-        )
+        self._write_hosts(sandbox_id, config, ip)
         resolv = resolv_conf(config.dns_config)
         resolv_path = None
         if resolv is not None:
@@ -322,7 +341,7 @@ class SandboxReconciler:
         if self.containers_hook is not None:
             await self.containers_hook(sid, remove)
         await self._stop_task(sid)
-        if not host_network(config):
+        if not host_network(config) and not row.network_released:
             net = await asyncio.to_thread(
                 cni.load_network_config, self.settings.cni_conf_dir, self.settings.cni_bin_dirs
             )
@@ -341,6 +360,7 @@ class SandboxReconciler:
             faults.point("sandbox-stop:after-cni-del")
             await asyncio.to_thread(netns.remove, path)
             faults.point("sandbox-stop:after-netns-remove")
+            await self.store.write(lambda s: record_network_released(s, sid))
         await asyncio.to_thread(self._unmount_shm, sid)
         if not remove:
             gen = row.generation

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -109,6 +111,8 @@ class PodSandbox(Base):
     additional_ips: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
     pause_container_id: Mapped[str | None] = mapped_column(String(64))
     task_pid: Mapped[int | None] = mapped_column(Integer)
+    # Set once CNI DEL succeeded and the netns is gone: Remove after Stop needs no second DEL.
+    network_released: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     created_at: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[int | None] = mapped_column(Integer)

@@ -219,6 +219,19 @@ def record_sandbox_not_ready(
         sandbox.finished_at = sandbox.finished_at or now_ns()
 
 
+def record_network_released(session: Session, sandbox_id: str) -> None:
+    sandbox = _must(session, sandbox_id)
+    if not sandbox.network_released:
+        sandbox.network_released = True
+        record_event(
+            session,
+            "sandbox",
+            sandbox_id,
+            "network-released",
+            message=f"CNI DEL done; ip {sandbox.ip} released",
+        )
+
+
 def mark_sandbox_observed(session: Session, sandbox_id: str, generation: int) -> None:
     sandbox = session.get(PodSandbox, sandbox_id)
     if sandbox is not None:

@@ -150,11 +150,12 @@ def test_crictl_runp_pods_inspectp_stopp_rmp(
         "network",
         "transition",
         "desired",
+        "network-released",
         "transition",
         "desired",
         "removed",
     ]
-    assert events[4]["reason"] == "Stopped"
+    assert events[5]["reason"] == "Stopped"
 
 
 def test_run_is_idempotent_and_conflicts_are_named(
