@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, exists, select
+from sqlalchemy import CursorResult, select
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, selectinload
 
-from crictl.errors import AlreadyExists, InvalidArgument, NotFound
+from crictl.errors import AlreadyExists, NotFound
+from crictl.store.common import label_maps, resolve_id, with_labels
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import (
     Container,
@@ -105,18 +106,7 @@ def create_container(session: Session, new: NewContainer) -> tuple[Container, bo
 
 
 def resolve_container_id(session: Session, id_or_prefix: str) -> str:
-    if not id_or_prefix:
-        raise InvalidArgument("container id is empty")
-    if not _HEX.match(id_or_prefix):
-        raise NotFound(f"container {id_or_prefix!r} not found")
-    ids = list(
-        session.scalars(select(Container.id).where(Container.id.startswith(id_or_prefix)).limit(2))
-    )
-    if not ids:
-        raise NotFound(f"container {id_or_prefix!r} not found")
-    if len(ids) > 1:
-        raise InvalidArgument(f"container id prefix {id_or_prefix!r} is ambiguous")
-    return ids[0]
+    return resolve_id(session, Container.id, id_or_prefix, "container")
 
 
 def get_container(session: Session, id_or_prefix: str) -> Container:
@@ -139,15 +129,9 @@ def list_containers(session: Session, flt: ContainerFilter | None = None) -> lis
             query = query.where(Container.sandbox_id.startswith(flt.sandbox_id))
         if flt.phases is not None:
             query = query.where(Container.phase.in_(flt.phases))
-        for key, value in flt.labels.items():
-            query = query.where(
-                exists().where(
-                    ContainerLabel.container_id == Container.id,
-                    ContainerLabel.kind == LabelKind.LABEL,
-                    ContainerLabel.key == key,
-                    ContainerLabel.value == value,
-                )
-            )
+        query = with_labels(
+            query, ContainerLabel.__table__, "container_id", Container.id, flt.labels
+        )
     return list(session.scalars(query.order_by(Container.created_at)))
 
 
@@ -275,23 +259,9 @@ def list_container_summaries(
             query = query.where(t.c.sandbox_id.startswith(flt.sandbox_id))
         if flt.phases is not None:
             query = query.where(t.c.phase.in_(flt.phases))
-        for key, value in flt.labels.items():
-            query = query.where(
-                exists().where(
-                    lt.c.container_id == t.c.id,
-                    lt.c.kind == LabelKind.LABEL,
-                    lt.c.key == key,
-                    lt.c.value == value,
-                )
-            )
+        query = with_labels(query, lt, "container_id", t.c.id, flt.labels)
     rows = session.execute(query.order_by(t.c.created_at)).all()
     if not rows:
         return []
-    labels: dict[str, tuple[dict[str, str], dict[str, str]]] = {r[0]: ({}, {}) for r in rows}
-    for cid, kind, key, value in session.execute(
-        select(lt.c.container_id, lt.c.kind, lt.c.key, lt.c.value).where(
-            lt.c.container_id.in_(list(labels))
-        )
-    ):
-        labels[cid][0 if kind == LabelKind.LABEL else 1][key] = value
+    labels = label_maps(session, lt, "container_id", [r[0] for r in rows])
     return [ContainerSummary(*r, *labels[r[0]]) for r in rows]

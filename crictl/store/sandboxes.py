@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, exists, select
+from sqlalchemy import CursorResult, select
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, selectinload
 
-from crictl.errors import AlreadyExists, InvalidArgument, NotFound
+from crictl.errors import AlreadyExists, NotFound
+from crictl.store.common import label_maps, resolve_id, with_labels
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import (
     LabelKind,
@@ -110,20 +111,7 @@ def _label_rows(new: NewSandbox) -> list[PodSandboxLabel]:
 
 def resolve_sandbox_id(session: Session, id_or_prefix: str) -> str:
     """The full id of the one sandbox whose id starts with `id_or_prefix`."""
-    if not id_or_prefix:
-        raise InvalidArgument("pod sandbox id is empty")
-    if not _HEX.match(id_or_prefix):
-        raise NotFound(f"pod sandbox {id_or_prefix!r} not found")
-    ids = list(
-        session.scalars(
-            select(PodSandbox.id).where(PodSandbox.id.startswith(id_or_prefix)).limit(2)
-        )
-    )
-    if not ids:
-        raise NotFound(f"pod sandbox {id_or_prefix!r} not found")
-    if len(ids) > 1:
-        raise InvalidArgument(f"pod sandbox id prefix {id_or_prefix!r} is ambiguous")
-    return ids[0]
+    return resolve_id(session, PodSandbox.id, id_or_prefix, "pod sandbox")
 
 
 def get_sandbox(session: Session, id_or_prefix: str) -> PodSandbox:
@@ -142,15 +130,9 @@ def list_sandboxes(session: Session, flt: SandboxFilter | None = None) -> list[P
             query = query.where(PodSandbox.id.startswith(flt.id_prefix))
         if flt.phases is not None:
             query = query.where(PodSandbox.phase.in_(flt.phases))
-        for key, value in flt.labels.items():
-            query = query.where(
-                exists().where(
-                    PodSandboxLabel.sandbox_id == PodSandbox.id,
-                    PodSandboxLabel.kind == LabelKind.LABEL,
-                    PodSandboxLabel.key == key,
-                    PodSandboxLabel.value == value,
-                )
-            )
+        query = with_labels(
+            query, PodSandboxLabel.__table__, "sandbox_id", PodSandbox.id, flt.labels
+        )
     return list(session.scalars(query.order_by(PodSandbox.created_at)))
 
 
@@ -301,23 +283,9 @@ def list_sandbox_summaries(
             query = query.where(t.c.id.startswith(flt.id_prefix))
         if flt.phases is not None:
             query = query.where(t.c.phase.in_(flt.phases))
-        for key, value in flt.labels.items():
-            query = query.where(
-                exists().where(
-                    lt.c.sandbox_id == t.c.id,
-                    lt.c.kind == LabelKind.LABEL,
-                    lt.c.key == key,
-                    lt.c.value == value,
-                )
-            )
+        query = with_labels(query, lt, "sandbox_id", t.c.id, flt.labels)
     rows = session.execute(query.order_by(t.c.created_at)).all()
     if not rows:
         return []
-    labels: dict[str, tuple[dict[str, str], dict[str, str]]] = {r[0]: ({}, {}) for r in rows}
-    for sid, kind, key, value in session.execute(
-        select(lt.c.sandbox_id, lt.c.kind, lt.c.key, lt.c.value).where(
-            lt.c.sandbox_id.in_(list(labels))
-        )
-    ):
-        labels[sid][0 if kind == LabelKind.LABEL else 1][key] = value
+    labels = label_maps(session, lt, "sandbox_id", [r[0] for r in rows])
     return [SandboxSummary(*r, *labels[r[0]]) for r in rows]

@@ -1,0 +1,70 @@
+"""Query pieces shared by sandboxes and containers: id prefixes and label selectors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import ColumnElement, FromClause, Select, exists, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from crictl.errors import InvalidArgument, NotFound
+from crictl.store.models import LabelKind
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+LabelMaps = dict[str, tuple[dict[str, str], dict[str, str]]]
+
+
+def resolve_id(
+    session: Session, id_column: InstrumentedAttribute[str], id_or_prefix: str, what: str
+) -> str:
+    """The full id of the one row whose id starts with `id_or_prefix` (CRI lets clients use
+    unique prefixes); `what` names the kind of object in errors."""
+    if not id_or_prefix:
+        raise InvalidArgument(f"{what} id is empty")
+    if not _HEX.match(id_or_prefix):
+        raise NotFound(f"{what} {id_or_prefix!r} not found")
+    ids = list(
+        session.scalars(select(id_column).where(id_column.startswith(id_or_prefix)).limit(2))
+    )
+    if not ids:
+        raise NotFound(f"{what} {id_or_prefix!r} not found")
+    if len(ids) > 1:
+        raise InvalidArgument(f"{what} id prefix {id_or_prefix!r} is ambiguous")
+    return ids[0]
+
+
+def with_labels(
+    query: Select[Any],
+    labels_table: FromClause,
+    owner_column: str,
+    owner_id: ColumnElement[str] | InstrumentedAttribute[str],
+    selector: Mapping[str, str],
+) -> Select[Any]:
+    """Restricts `query` to owners carrying every label of `selector`."""
+    lt = labels_table.c
+    for key, value in selector.items():
+        query = query.where(
+            exists().where(
+                lt[owner_column] == owner_id,
+                lt.kind == LabelKind.LABEL,
+                lt.key == key,
+                lt.value == value,
+            )
+        )
+    return query
+
+
+def label_maps(
+    session: Session, labels_table: FromClause, owner_column: str, ids: list[str]
+) -> LabelMaps:
+    """{owner id: (labels, annotations)} for `ids`, in one query."""
+    out: LabelMaps = {i: ({}, {}) for i in ids}
+    lt = labels_table.c
+    for owner, kind, key, value in session.execute(
+        select(lt[owner_column], lt.kind, lt.key, lt.value).where(lt[owner_column].in_(ids))
+    ):
+        out[owner][0 if kind == LabelKind.LABEL else 1][key] = value
+    return out
