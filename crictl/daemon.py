@@ -39,6 +39,7 @@ from crictl.reconciler.containers import ContainerReconciler
 from crictl.reconciler.health import Health
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.sandboxes import SandboxReconciler, SandboxSettings
+from crictl.reconciler.stats import StatsCollector
 from crictl.store.engine import Store, make_engine
 from crictl.store.events import record_event
 from crictl.store.migrate import upgrade_to_head
@@ -124,6 +125,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     images: ImageManager | None = None
     sandboxes: SandboxReconciler | None = None
     containers: ContainerReconciler | None = None
+    stats: StatsCollector | None = None
     conn: ContainerdConnection | None = None
     server: grpc.aio.Server | None = None
     try:
@@ -164,6 +166,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         containers = ContainerReconciler(store, conn.client, images, sandboxes, config.state_dir)
         await sandboxes.start()
         await containers.start()
+        stats = StatsCollector(store, conn.client)
+        await stats.start()
         health = Health(conn.client, config.cni_conf_dir, config.cni_bin_dirs)
         runtime_info = RuntimeInfo(
             health,
@@ -185,7 +189,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                     RUNTIME_SERVICE,
                     runtime_info,
                     PodSandboxes(store, sandboxes),
-                    Containers(store, containers),
+                    Containers(store, containers, stats),
                 ),
                 generic_handler(IMAGE_SERVICE, Images(images)),
             )
@@ -208,6 +212,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             await server.stop(SHUTDOWN_GRACE)
         with contextlib.suppress(FileNotFoundError):
             config.socket.unlink()
+        if stats is not None:
+            await stats.stop()
         if containers is not None:
             await containers.stop()
         if sandboxes is not None:

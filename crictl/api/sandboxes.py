@@ -18,7 +18,12 @@ from crictl import errors
 from crictl.api.interceptor import Context
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler import faults
-from crictl.reconciler.sandboxes import SandboxReconciler, config_of, host_network
+from crictl.reconciler.sandboxes import (
+    SandboxReconciler,
+    capability_args,
+    config_of,
+    host_network,
+)
 from crictl.store.engine import Store
 from crictl.store.models import LabelKind, PodSandbox, SandboxDesired, SandboxPhase
 from crictl.store.sandboxes import (
@@ -56,6 +61,7 @@ def validate_sandbox_config(config: api_pb2.PodSandboxConfig, handler: str) -> N
         raise errors.InvalidArgument(
             f"runtime_handler {handler!r} is not configured (crictld runs: runc)"
         )
+    capability_args(config)  # bandwidth annotations must parse
     for p in config.port_mappings:
         if not 0 <= p.host_port <= 65535 or not 0 < p.container_port <= 65535:
             raise errors.InvalidArgument(

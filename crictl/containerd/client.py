@@ -525,3 +525,21 @@ class ContainerdClient:
                     metadata=self.metadata,
                 ),
             )
+
+    async def update_task_resources(
+        self, container_id: str, resources: Mapping[str, object]
+    ) -> None:
+        """Applies new cgroup limits to a running task (runc update)."""
+        await self.call(
+            "update task",
+            self.tasks.Update(
+                tasks_pb2.UpdateTaskRequest(
+                    container_id=container_id,
+                    resources=AnyPb(
+                        type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+                        value=json.dumps(resources).encode(),
+                    ),
+                ),
+                metadata=self.metadata,
+            ),
+        )

@@ -215,6 +215,27 @@ async def add(
     return parse_result(prev)
 
 
+async def check(
+    net: NetworkConfig,
+    container_id: str,
+    netns: str,
+    cni_args: str,
+    capability_args: dict[str, Any],
+    prev: dict[str, Any],
+    bin_dirs: list[Path],
+) -> bool:
+    """CHECK in plugin order with the stored result; False when the network's cniVersion
+    predates CHECK (0.4.0), in which case nothing was checked."""
+    major, _, rest = net.cni_version.partition(".")
+    minor = rest.partition(".")[0]
+    if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < (0, 4):
+        return False
+    for plugin in net.plugins:
+        stdin = _plugin_config(net, plugin, prev, capability_args)
+        await _exec(net, plugin, "CHECK", container_id, netns, cni_args, stdin, bin_dirs)
+    return True
+
+
 async def delete(
     net: NetworkConfig,
     container_id: str,

@@ -435,23 +435,8 @@ def container_spec(
         "noNewPrivileges": sc.no_new_privs,
         "oomScoreAdj": oom_score_adj,
     }
-    res = linux.resources
     resources: dict[str, Any] = {"devices": [{"allow": privileged, "access": "rwm"}]}
-    cpu: dict[str, Any] = {}
-    if res.cpu_shares:
-        cpu["shares"] = res.cpu_shares
-    if res.cpu_quota:
-        cpu["quota"] = res.cpu_quota
-    if res.cpu_period:
-        cpu["period"] = res.cpu_period
-    if res.cpuset_cpus:
-        cpu["cpus"] = res.cpuset_cpus
-    if res.cpuset_mems:
-        cpu["mems"] = res.cpuset_mems
-    if cpu:
-        resources["cpu"] = cpu
-    if res.memory_limit_in_bytes:
-        resources["memory"] = {"limit": res.memory_limit_in_bytes}
+    resources.update(linux_resources(linux.resources))
     parent = sandbox.config.linux.cgroup_parent
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
@@ -478,6 +463,27 @@ def container_spec(
             list(sc.readonly_paths) if sc.readonly_paths else list(READONLY_PATHS)
         )
     return spec
+
+
+def linux_resources(res: api_pb2.LinuxContainerResources) -> dict[str, Any]:
+    """The OCI `linux.resources` cpu and memory parts of CRI container resources."""
+    out: dict[str, Any] = {}
+    cpu: dict[str, Any] = {}
+    if res.cpu_shares:
+        cpu["shares"] = res.cpu_shares
+    if res.cpu_quota:
+        cpu["quota"] = res.cpu_quota
+    if res.cpu_period:
+        cpu["period"] = res.cpu_period
+    if res.cpuset_cpus:
+        cpu["cpus"] = res.cpuset_cpus
+    if res.cpuset_mems:
+        cpu["mems"] = res.cpuset_mems
+    if cpu:
+        out["cpu"] = cpu
+    if res.memory_limit_in_bytes:
+        out["memory"] = {"limit": res.memory_limit_in_bytes}
+    return out
 
 
 def _cap(name: str) -> str:

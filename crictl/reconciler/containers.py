@@ -38,7 +38,13 @@ from crictl.containerd.rootfs import read_text
 from crictl.gen.containerd.api.events import task_pb2 as task_events
 from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
 from crictl.gen.cri.runtime.v1 import api_pb2
-from crictl.oci.spec import SandboxRef, container_spec, image_process, resolve_user
+from crictl.oci.spec import (
+    SandboxRef,
+    container_spec,
+    image_process,
+    linux_resources,
+    resolve_user,
+)
 from crictl.reconciler import faults
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.queue import KeyedQueue
@@ -58,6 +64,7 @@ from crictl.store.containers import (
     record_container_created,
     record_container_exited,
     record_container_started,
+    update_container_config,
 )
 from crictl.store.engine import Store
 from crictl.store.models import Container, ContainerDesired, ContainerPhase, SandboxPhase
@@ -371,6 +378,28 @@ class ContainerReconciler:
             else:
                 self.stop_timeouts.setdefault(row.id, 0)
                 await self._stop(row)
+
+    # -- resources -------------------------------------------------------------------------
+
+    async def update_resources(
+        self, container_id: str, resources: api_pb2.LinuxContainerResources
+    ) -> None:
+        row = await self.store.read(lambda s: load_container(s, container_id))
+        if row is None:
+            raise errors.NotFound(f"container {container_id} not found")
+        if row.phase not in (ContainerPhase.CREATED, ContainerPhase.RUNNING):
+            raise errors.FailedPrecondition(
+                f"container {container_id} is {row.phase}: its resources cannot change"
+            )
+        config = api_pb2.ContainerConfig()
+        config.CopyFrom(container_config_of(row))
+        config.linux.resources.CopyFrom(resources)
+        if row.phase == ContainerPhase.RUNNING:
+            await self.containerd.update_task_resources(container_id, linux_resources(resources))
+        text = json_format.MessageToJson(
+            config, preserving_proto_field_name=True, sort_keys=True, indent=None
+        )
+        await self.store.write(lambda s: update_container_config(s, container_id, text))
 
     # -- exec ------------------------------------------------------------------------------
 

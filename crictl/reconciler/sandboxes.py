@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,9 @@ def capability_args(config: api_pb2.PodSandboxConfig) -> dict[str, Any]:
     args: dict[str, Any] = {}
     if ports:
         args["portMappings"] = ports
+    bandwidth = _bandwidth(config.annotations)
+    if bandwidth:
+        args["bandwidth"] = bandwidth
     dns = config.dns_config
     if dns.servers or dns.searches or dns.options:
         args["dns"] = {
@@ -130,6 +133,39 @@ def capability_args(config: api_pb2.PodSandboxConfig) -> dict[str, Any]:
             "options": list(dns.options),
         }
     return args
+
+
+_QUANTITY = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def _bandwidth(annotations: Mapping[str, str]) -> dict[str, int]:
+    """The bandwidth plugin's capability args from kubelet's pod annotations
+    (kubernetes.io/ingress-bandwidth, kubernetes.io/egress-bandwidth: quantities in bits/s),
+    with the burst the bandwidth plugin's authors suggest (effectively unlimited)."""
+    out: dict[str, int] = {}
+    for direction in ("ingress", "egress"):
+        text = annotations.get(f"kubernetes.io/{direction}-bandwidth", "").strip()
+        if not text:
+            continue
+        number = text.rstrip("kMGTi")
+        suffix = text[len(number) :]
+        if suffix not in _QUANTITY or not number.replace(".", "", 1).isdigit():
+            raise errors.InvalidArgument(
+                f"annotation kubernetes.io/{direction}-bandwidth: bad quantity {text!r}"
+            )
+        out[f"{direction}Rate"] = int(float(number) * _QUANTITY[suffix])
+        out[f"{direction}Burst"] = 2**31 - 1
+    return out
 
 
 def clamp_oom_score_adj(wanted: int) -> int:
@@ -455,6 +491,22 @@ class SandboxReconciler:
             message = f"the pause task exited with {state.exit_status} while crictld was down"
         elif not host_network(config) and not netns.is_netns(self.netns_path(row.id)):
             reason, message = "NetnsVanished", "the pod's network namespace is gone"
+        elif not host_network(config) and row.cni_result:
+            try:  # the pod's network as CNI set it up: interfaces, addresses, routes
+                net = await asyncio.to_thread(
+                    cni.load_network_config, self.settings.cni_conf_dir, self.settings.cni_bin_dirs
+                )
+                await cni.check(
+                    net,
+                    row.id,
+                    str(self.netns_path(row.id)),
+                    cni_args(row.id, config),
+                    capability_args(config),
+                    json.loads(row.cni_result),
+                    self.settings.cni_bin_dirs,
+                )
+            except errors.CrictlError as e:
+                reason, message = "NetworkCheckFailed", str(e)
         if reason:
             await self.store.write(lambda s: record_sandbox_not_ready(s, row.id, reason, message))
         else:

@@ -205,6 +205,15 @@ def record_container_exited(
     switch_container_phase(session, c, ContainerPhase.EXITED, reason, message)
 
 
+def update_container_config(session: Session, container_id: str, config: str) -> None:
+    """A new config after UpdateContainerResources; its digest (the container's identity
+    for retried creates) stays that of the create request."""
+    c = _must(session, container_id)
+    c.config = config
+    c.updated_at = now_ns()
+    record_event(session, "container", container_id, "resources-updated")
+
+
 def mark_container_observed(session: Session, container_id: str, generation: int) -> None:
     c = session.get(Container, container_id)
     if c is not None:

@@ -310,3 +310,52 @@ def test_container_calls_survive_a_crash_at(
     assert h.containers <= {pod.id, cid}, h
     remove(d, pod.id)
     assert_nothing_held(d, cni_network, [pod.id, cid])
+
+
+def test_stats_from_the_cache(image_daemon: Daemon, registry: Registry, short_tmp: Path) -> None:
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    busy = pod.create("busy", ["sh", "-c", "echo data > /written; while true; do :; done"])
+    idle = pod.create("idle", ["sleep", "3600"])
+    pod.start(busy)
+    time.sleep(1.0)
+    resp = d.runtime_call("ContainerStats", api_pb2.ContainerStatsRequest(container_id=busy))
+    st = resp.stats
+    assert st.attributes.id == busy and st.attributes.metadata.name == "busy"
+    assert st.cpu.timestamp > 0 and st.cpu.usage_core_nano_seconds.value > 0
+    assert st.memory.timestamp > 0 and st.memory.working_set_bytes.value > 0
+    assert st.writable_layer.used_bytes.value > 0
+    listed = d.runtime_call("ListContainerStats", api_pb2.ListContainerStatsRequest())
+    assert {s.attributes.id for s in listed.stats} == {busy, idle}  # created ones too
+    by_label = d.runtime_call(
+        "ListContainerStats",
+        api_pb2.ListContainerStatsRequest(
+            filter=api_pb2.ContainerStatsFilter(label_selector={"c": "idle"})
+        ),
+    )
+    assert [s.attributes.id for s in by_label.stats] == [idle]
+    remove(d, pod.id)
+
+
+def test_update_container_resources(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"], memory_limit_in_bytes=64 << 20)
+    pod.start(cid)
+    limit = Path(f"/sys/fs/cgroup/memory/crictld/{cid}/memory.limit_in_bytes")
+    assert int(limit.read_text()) == 64 << 20
+    d.runtime_call(
+        "UpdateContainerResources",
+        api_pb2.UpdateContainerResourcesRequest(
+            container_id=cid,
+            linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_shares=512),
+        ),
+    )
+    assert int(limit.read_text()) == 96 << 20
+    shares = Path(f"/sys/fs/cgroup/cpu/crictld/{cid}/cpu.shares")
+    assert int(shares.read_text()) == 512
+    st = pod.status(cid)
+    assert st.resources.linux.memory_limit_in_bytes == 96 << 20  # reported back
+    remove(d, pod.id)

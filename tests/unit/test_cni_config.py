@@ -83,3 +83,44 @@ def test_missing_conf_dir(tmp_path: Path, bin_dir: Path) -> None:
     with pytest.raises(NetworkNotReady) as info:
         load_network_config(tmp_path / "absent", [bin_dir])
     assert info.value.reason == "NoCNIConfig"
+
+
+def test_bandwidth_annotations_become_capability_args() -> None:
+    from crictl.errors import InvalidArgument
+    from crictl.gen.cri.runtime.v1 import api_pb2
+    from crictl.reconciler.sandboxes import capability_args
+
+    config = api_pb2.PodSandboxConfig(
+        annotations={
+            "kubernetes.io/ingress-bandwidth": "10M",
+            "kubernetes.io/egress-bandwidth": "1Mi",
+        }
+    )
+    config.port_mappings.add(host_port=8080, container_port=80, protocol=api_pb2.UDP)
+    config.port_mappings.add(container_port=81)  # no host port: not mapped
+    args = capability_args(config)
+    assert args["bandwidth"]["ingressRate"] == 10_000_000
+    assert args["bandwidth"]["egressRate"] == 1 << 20
+    assert args["portMappings"] == [
+        {"hostPort": 8080, "containerPort": 80, "protocol": "udp", "hostIP": ""}
+    ]
+    bad = api_pb2.PodSandboxConfig(annotations={"kubernetes.io/ingress-bandwidth": "fast"})
+    with pytest.raises(InvalidArgument, match="ingress-bandwidth"):
+        capability_args(bad)
+
+
+def test_pod_ips_come_from_interfaces_inside_the_pod() -> None:
+    from crictl.network.cni import parse_result
+
+    raw = {
+        "interfaces": [{"name": "cni0"}, {"name": "veth1"}, {"name": "eth0", "sandbox": "/ns"}],
+        "ips": [
+            {"address": "fd00::5/64", "interface": 2},
+            {"address": "10.1.0.1/24", "interface": 0},  # the bridge's: not the pod's
+            {"address": "10.1.0.5/24", "interface": 2},
+        ],
+    }
+    r = parse_result(raw)
+    assert (r.ip, r.additional_ips) == ("10.1.0.5", ["fd00::5"])
+    assert parse_result({"ips": [{"address": "10.2.0.9/16"}]}).ip == "10.2.0.9"
+    assert parse_result({}).ip is None
