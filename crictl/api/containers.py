@@ -63,6 +63,11 @@ class Containers:
             raise errors.InvalidArgument("config.image.image is empty")
         if not request.pod_sandbox_id:
             raise errors.InvalidArgument("pod_sandbox_id is empty")
+        sc = config.linux.security_context
+        if sc.HasField("run_as_group") and not (sc.HasField("run_as_user") or sc.run_as_username):
+            raise errors.InvalidArgument(
+                "config.linux.security_context.run_as_group needs run_as_user or run_as_username"
+            )
         sandbox = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id))
         image = self.reconciler.images.status(config.image.image)
         log_path = None

@@ -121,6 +121,8 @@ class ContainerReconciler:
         self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile)
         self.stop_timeouts: dict[str, int] = {}
         self._oom: set[str] = set()
+        # Exits seen while the start that caused them had not yet recorded RUNNING.
+        self._early_exits: dict[str, tuple[int, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         sandboxes.containers_hook = self.teardown_sandbox_containers
 
@@ -296,6 +298,9 @@ class ContainerReconciler:
             raise
         await self.store.write(lambda s: record_container_started(s, cid, pid))
         faults.point("container-start:after-task-start")
+        early = self._early_exits.pop(cid, None)
+        if early is not None:  # it exited before RUNNING was recorded
+            await self._harvest(cid, *early)
 
     async def _stop(self, row: Container) -> None:
         cid = row.id
@@ -494,7 +499,22 @@ class ContainerReconciler:
 
     async def on_exit(self, cid: str, exit_status: int, exited_at_ns: int) -> None:
         row = await self.store.read(lambda s: load_container(s, cid))
-        if row is None or row.phase != ContainerPhase.RUNNING:
+        if row is None:
+            return
+        if row.phase == ContainerPhase.CREATED and row.desired == ContainerDesired.RUNNING:
+            # A process that exits at once can beat its own start's write of RUNNING: leave the
+            # exit for that start to harvest, unless it finished meanwhile (whoever pops it,
+            # harvests it).
+            self._early_exits[cid] = (exit_status, exited_at_ns)
+            again = await self.store.read(lambda s: load_container(s, cid))
+            if (
+                again is not None
+                and again.phase == ContainerPhase.RUNNING
+                and (self._early_exits.pop(cid, None) is not None)
+            ):
+                await self._harvest(cid, exit_status, exited_at_ns)
+            return
+        if row.phase != ContainerPhase.RUNNING:
             return
         await self._harvest(cid, exit_status, exited_at_ns)
 
