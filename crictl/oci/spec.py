@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,34 +243,64 @@ def sandbox_spec(
     return spec
 
 
+# Linux capabilities by bit number (include/uapi/linux/capability.h).
+CAPS_BY_BIT = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+]
+
+
+@functools.cache
 def _all_caps() -> list[str]:
-    return [
-        *DEFAULT_CAPS,
-        "CAP_DAC_READ_SEARCH",
-        "CAP_LINUX_IMMUTABLE",
-        "CAP_NET_BROADCAST",
-        "CAP_NET_ADMIN",
-        "CAP_IPC_LOCK",
-        "CAP_IPC_OWNER",
-        "CAP_SYS_MODULE",
-        "CAP_SYS_RAWIO",
-        "CAP_SYS_PTRACE",
-        "CAP_SYS_PACCT",
-        "CAP_SYS_ADMIN",
-        "CAP_SYS_BOOT",
-        "CAP_SYS_NICE",
-        "CAP_SYS_RESOURCE",
-        "CAP_SYS_TIME",
-        "CAP_SYS_TTY_CONFIG",
-        "CAP_LEASE",
-        "CAP_AUDIT_CONTROL",
-        "CAP_MAC_OVERRIDE",
-        "CAP_MAC_ADMIN",
-        "CAP_SYSLOG",
-        "CAP_WAKE_ALARM",
-        "CAP_BLOCK_SUSPEND",
-        "CAP_AUDIT_READ",
-    ]
+    """Every capability the daemon itself may hand on (its bounding set), as containerd's
+    WithAllCurrentCapabilities: asking runc for one outside it (CAP_SYS_RESOURCE here) fails."""
+    try:
+        line = next(
+            x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("CapBnd:")
+        )
+        bounding = int(line.split()[1], 16)
+    except (OSError, StopIteration, ValueError):
+        return list(DEFAULT_CAPS)
+    return [name for bit, name in enumerate(CAPS_BY_BIT) if bounding >> bit & 1]
 
 
 def resolv_conf(dns: api_pb2.DNSConfig) -> str | None:
@@ -462,6 +493,12 @@ def container_spec(
         spec["linux"]["readonlyPaths"] = (
             list(sc.readonly_paths) if sc.readonly_paths else list(READONLY_PATHS)
         )
+    # Propagation into and out of the container needs the rootfs to propagate too.
+    modes = {cm.propagation for cm in config.mounts}
+    if api_pb2.PROPAGATION_BIDIRECTIONAL in modes:
+        spec["linux"]["rootfsPropagation"] = "rshared"
+    elif api_pb2.PROPAGATION_HOST_TO_CONTAINER in modes:
+        spec["linux"]["rootfsPropagation"] = "rslave"
     return spec
 
 
