@@ -51,10 +51,10 @@ def run_critest(
         endpoint,
         "-image-endpoint",
         endpoint,
-        "-ginkgo.focus",
-        focus,
         "-ginkgo.no-color",
     ]
+    if focus:
+        cmd += ["-ginkgo.focus", focus]
     if skip:
         cmd += ["-ginkgo.skip", "|".join(re.escape(s) for s in skip)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
