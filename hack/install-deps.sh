@@ -54,4 +54,11 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "$want" > "$stamp"
 fi
 
+# crictld-logger, the per-container log writer the shim starts: a small C program next to the
+# venv's python (where crictld looks for it).
+if [ ! -x .venv/bin/crictld-logger ] || [ logger/crictld-logger.c -nt .venv/bin/crictld-logger ]; then
+  gcc -O2 -Wall -Wextra -Werror -o .venv/bin/crictld-logger.tmp logger/crictld-logger.c
+  mv .venv/bin/crictld-logger.tmp .venv/bin/crictld-logger
+fi
+
 bash hack/install-cri-tools.sh >/dev/null
