@@ -122,7 +122,8 @@ class ContainerReconciler:
         self.logger = logger or str(Path(sys.executable).with_name("crictld-logger"))
         if not os.access(self.logger, os.X_OK):
             raise errors.FailedPrecondition(
-                f"{self.logger} is missing: build it with hack/install-deps.sh (make deps)")
+                f"{self.logger} is missing: build it with hack/install-deps.sh (make deps)"
+            )
         self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile)
         self.stop_timeouts: dict[str, int] = {}
         self._oom: set[str] = set()
