@@ -5,9 +5,11 @@ each removes everything it created."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -44,6 +46,28 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _kill_shims(address: str) -> None:
+    """Shims outlive their containerd by design; a test that failed halfway can leave some,
+    with their containers and loggers. End every shim still serving `address`, and its
+    children first (a shim is its containers' subreaper)."""
+    shims: set[int] = set()
+    parents: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        if b"-address" in argv and address.encode() in argv:
+            shims.add(int(proc.name))
+    for pid in [p for p, parent in parents.items() if parent in shims] + sorted(shims):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temp dir with a short path: unix socket paths must stay under 108 bytes."""
@@ -68,6 +92,7 @@ def containerd_address() -> Iterator[str]:
         yield managed.address
     finally:
         asyncio.run(managed.stop())
+        _kill_shims(managed.address)
         _remove_tree(root)
 
 
