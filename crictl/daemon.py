@@ -30,6 +30,7 @@ from crictl.api.images import Images
 from crictl.api.runtime_info import RuntimeInfo
 from crictl.api.sandboxes import PodSandboxes
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
+from crictl.api.stats import Stats
 from crictl.config import DEFAULT_CONTAINERD_SOCKET, MANAGED, Config
 from crictl.containerd.client import ContainerdClient
 from crictl.containerd.managed import ManagedContainerd
@@ -189,7 +190,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                     RUNTIME_SERVICE,
                     runtime_info,
                     PodSandboxes(store, sandboxes),
-                    Containers(store, containers, stats),
+                    Containers(store, containers),
+                    Stats(store, stats),
                 ),
                 generic_handler(IMAGE_SERVICE, Images(images)),
             )

@@ -18,7 +18,6 @@ from crictl.api.interceptor import Context
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler import faults
 from crictl.reconciler.containers import ContainerReconciler, container_config_of
-from crictl.reconciler.stats import StatsCollector
 from crictl.store.containers import (
     ContainerFilter,
     NewContainer,
@@ -26,7 +25,6 @@ from crictl.store.containers import (
     create_container,
     get_container,
     list_container_summaries,
-    list_containers,
     resolve_container_id,
     set_container_desired,
 )
@@ -46,12 +44,9 @@ def _state(row: Container) -> api_pb2.ContainerState.ValueType:
 
 
 class Containers:
-    def __init__(
-        self, store: Store, reconciler: ContainerReconciler, stats: StatsCollector
-    ) -> None:
+    def __init__(self, store: Store, reconciler: ContainerReconciler) -> None:
         self.store = store
         self.reconciler = reconciler
-        self.stats = stats
 
     async def create_container(
         self, request: api_pb2.CreateContainerRequest, context: Context
@@ -255,57 +250,3 @@ class Containers:
         cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
         await self.reconciler.reopen_log(cid)
         return api_pb2.ReopenContainerLogResponse()
-
-    async def _stats(self, row: Container) -> api_pb2.ContainerStats:
-        u = await self.stats.usage(row)
-
-        def u64(v: int | None) -> api_pb2.UInt64Value | None:
-            return api_pb2.UInt64Value(value=v) if v is not None else None
-
-        return api_pb2.ContainerStats(
-            attributes=api_pb2.ContainerAttributes(
-                id=row.id,
-                metadata=api_pb2.ContainerMetadata(name=row.name, attempt=row.attempt),
-                labels=container_labels(row, LabelKind.LABEL),
-                annotations=container_labels(row, LabelKind.ANNOTATION),
-            ),
-            cpu=api_pb2.CpuUsage(
-                timestamp=u.timestamp,
-                usage_core_nano_seconds=u64(u.cpu_ns),
-                usage_nano_cores=u64(u.nano_cores),
-            ),
-            memory=api_pb2.MemoryUsage(
-                timestamp=u.timestamp,
-                working_set_bytes=u64(u.working_set),
-                usage_bytes=u64(u.memory_usage),
-                rss_bytes=u64(u.rss),
-                page_faults=u64(u.page_faults),
-                major_page_faults=u64(u.major_page_faults),
-            ),
-            writable_layer=api_pb2.FilesystemUsage(
-                timestamp=u.timestamp,
-                fs_id=api_pb2.FilesystemIdentifier(mountpoint=self.stats.mountpoint),
-                used_bytes=u64(u.writable_bytes),
-                inodes_used=u64(u.writable_inodes),
-            ),
-        )
-
-    async def container_stats(
-        self, request: api_pb2.ContainerStatsRequest, context: Context
-    ) -> api_pb2.ContainerStatsResponse:
-        row = await self.store.read(lambda s: get_container(s, request.container_id))
-        return api_pb2.ContainerStatsResponse(stats=await self._stats(row))
-
-    async def list_container_stats(
-        self, request: api_pb2.ListContainerStatsRequest, context: Context
-    ) -> api_pb2.ListContainerStatsResponse:
-        f = request.filter
-        flt = ContainerFilter(
-            id_prefix=f.id or None,
-            sandbox_id=f.pod_sandbox_id or None,
-            labels=dict(f.label_selector),
-        )
-        rows = await self.store.read(lambda s: list_containers(s, flt))
-        return api_pb2.ListContainerStatsResponse(
-            stats=[await self._stats(r) for r in rows if r.phase != ContainerPhase.PENDING]
-        )

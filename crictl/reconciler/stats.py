@@ -42,6 +42,32 @@ class Usage:
     major_page_faults: int | None
     writable_bytes: int | None
     writable_inodes: int | None
+    processes: int | None = None
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    rx_bytes: int
+    rx_errors: int
+    tx_bytes: int
+    tx_errors: int
+
+
+def network_usage(pid: int) -> list[Interface]:
+    """The interfaces of `pid`'s network namespace, from /proc/<pid>/net/dev (loopback out)."""
+    try:
+        lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        name, _, rest = line.partition(":")
+        f = rest.split()
+        if name.strip() == "lo" or len(f) < 11:
+            continue
+        out.append(Interface(name.strip(), int(f[0]), int(f[2]), int(f[8]), int(f[10])))
+    return out
 
 
 def _read_int(path: Path) -> int | None:
@@ -58,14 +84,15 @@ def _memory_stat(path: Path) -> dict[str, int]:
         return {}
 
 
-def read_cgroup(cgroup: str) -> tuple[int, int | None, int | None, dict[str, int]]:
-    """(timestamp, cpu ns, memory usage, memory.stat) of a cgroup v1 path."""
+def read_cgroup(cgroup: str) -> tuple[int, int | None, int | None, dict[str, int], int | None]:
+    """(timestamp, cpu ns, memory usage, memory.stat, processes) of a cgroup v1 path."""
     rel = cgroup.lstrip("/")
     now = time.time_ns()
     cpu = _read_int(CGROUP_ROOT / "cpuacct" / rel / "cpuacct.usage")
     mem = _read_int(CGROUP_ROOT / "memory" / rel / "memory.usage_in_bytes")
     stat = _memory_stat(CGROUP_ROOT / "memory" / rel / "memory.stat")
-    return now, cpu, mem, stat
+    pids = _read_int(CGROUP_ROOT / "pids" / rel / "pids.current")
+    return now, cpu, mem, stat, pids
 
 
 class StatsCollector:
@@ -102,7 +129,9 @@ class StatsCollector:
 
         def read(session: Session) -> dict[str, str]:
             parents = {s.id: config_of(s).linux.cgroup_parent for s in list_sandboxes(session)}
-            return {
+            # The pause task's cgroup counts too (as "sandbox:<id>"), for pod stats.
+            pause = {f"sandbox:{sid}": cgroups_path(parent, sid) for sid, parent in parents.items()}
+            return pause | {
                 c.id: cgroups_path(parents.get(c.sandbox_id, ""), c.id)
                 for c in list_containers(session)
             }
@@ -117,7 +146,7 @@ class StatsCollector:
             lambda: {cid: read_cgroup(path) for cid, path in paths.items()}
         )
         fresh: dict[str, Usage] = {}
-        for cid, (ts, cpu, mem, stat) in samples.items():
+        for cid, (ts, cpu, mem, stat, pids) in samples.items():
             prev = self.cache.get(cid)
             nano = None
             if (
@@ -129,7 +158,7 @@ class StatsCollector:
                 nano = (cpu - prev.cpu_ns) * 1_000_000_000 // (ts - prev.timestamp)
             inactive = stat.get("total_inactive_file", 0)
             working = max(mem - inactive, 0) if mem is not None else None
-            size, inodes = await self._writable(cid)
+            size, inodes = (None, None) if cid.startswith("sandbox:") else await self._writable(cid)
             fresh[cid] = Usage(
                 ts,
                 cpu,
@@ -141,6 +170,7 @@ class StatsCollector:
                 stat.get("total_pgmajfault"),
                 size,
                 inodes,
+                pids,
             )
         if only is None:
             self.cache = fresh
@@ -159,6 +189,31 @@ class StatsCollector:
         except errors.CrictlError:
             return None, None
         return usage.size, usage.inodes
+
+    def pod_usage(self, sandbox_id: str, container_ids: list[str]) -> Usage:
+        """The pod's usage: its pause task and its containers, summed (without a pod-level
+        cgroup parent each has a cgroup of its own)."""
+        parts = [
+            self.cache[k] for k in (f"sandbox:{sandbox_id}", *container_ids) if k in self.cache
+        ]
+
+        def total(field: str) -> int | None:
+            values = [getattr(u, field) for u in parts if getattr(u, field) is not None]
+            return sum(values) if values else None
+
+        return Usage(
+            max((u.timestamp for u in parts), default=time.time_ns()),
+            total("cpu_ns"),
+            total("nano_cores"),
+            total("memory_usage"),
+            total("working_set"),
+            total("rss"),
+            total("page_faults"),
+            total("major_page_faults"),
+            None,
+            None,
+            total("processes"),
+        )
 
     async def usage(self, row: Container) -> Usage:
         if row.id not in self.cache:

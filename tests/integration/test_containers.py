@@ -334,6 +334,19 @@ def test_stats_from_the_cache(image_daemon: Daemon, registry: Registry, short_tm
         ),
     )
     assert [s.attributes.id for s in by_label.stats] == [idle]
+
+    pod_stats = d.runtime_call(
+        "PodSandboxStats", api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod.id)
+    ).stats
+    assert pod_stats.attributes.id == pod.id and pod_stats.attributes.metadata.name == "web"
+    linux = pod_stats.linux
+    assert {c.attributes.id for c in linux.containers} == {busy, idle}
+    assert linux.cpu.usage_core_nano_seconds.value >= st.cpu.usage_core_nano_seconds.value
+    assert linux.memory.working_set_bytes.value > 0
+    assert linux.process.process_count.value >= 2  # pause and the busy shell
+    assert linux.network.default_interface.name == "eth0"
+    listed_pods = d.runtime_call("ListPodSandboxStats", api_pb2.ListPodSandboxStatsRequest())
+    assert [p.attributes.id for p in listed_pods.stats] == [pod.id]
     remove(d, pod.id)
 
 
