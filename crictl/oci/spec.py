@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.oci.seccomp import profile_for
 
 OCI_VERSION = "1.0.2-dev"
 SANDBOX_OOM_SCORE_ADJ = -998  # containerd's defaultSandboxOOMAdj
@@ -493,6 +494,9 @@ def container_spec(
         spec["linux"]["readonlyPaths"] = (
             list(sc.readonly_paths) if sc.readonly_paths else list(READONLY_PATHS)
         )
+    seccomp = profile_for(sc, caps)
+    if seccomp is not None:
+        spec["linux"]["seccomp"] = seccomp
     # Propagation into and out of the container needs the rootfs to propagate too.
     modes = {cm.propagation for cm in config.mounts}
     if api_pb2.PROPAGATION_BIDIRECTIONAL in modes:

@@ -1,8 +1,7 @@
 """critest as a whole (every group but Streaming, the next issue's) against crictld.
 
 Skipped by name, each for a stated reason: the digest-pinned upstream image (cannot be made
-offline), the benchmarks (not conformance), and the three seccomp-profile specs (crictld does
-not apply seccomp profiles yet). Everything else must pass."""
+offline) and the benchmarks (not conformance). Everything else must pass."""
 
 from __future__ import annotations
 
@@ -20,9 +19,6 @@ SKIP = (
     "Streaming",
     "digest",
     "benchmark",
-    "should support seccomp localhost profile on the container",
-    "should support seccomp default on the container",
-    "runtime should support an seccomp profile that blocks setting hostname with SYS_ADMIN",
 )
 
 
@@ -37,7 +33,7 @@ def test_critest_everything_but_streaming(
         crictl_path.with_name("critest"), d.endpoint, "", SKIP, workdir=short_tmp, timeout=1500
     )
     assert result.failures == [], result.output[-6000:]
-    assert result.failed == 0 and result.passed == result.ran and result.ran >= 87, (
+    assert result.failed == 0 and result.passed == result.ran and result.ran >= 90, (
         result.ran,
         result.passed,
     )
