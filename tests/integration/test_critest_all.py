@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 SKIP = (
     "Streaming",
-    "digest",
+    "public image with digest should be pulled and removed",
     "benchmark",
 )
 
