@@ -177,6 +177,14 @@ class Containers:
         )
         if config.linux.HasField("resources"):
             status.resources.linux.CopyFrom(config.linux.resources)
+        if row.uid is not None:
+            status.user.linux.CopyFrom(
+                api_pb2.LinuxContainerUser(
+                    uid=row.uid,
+                    gid=row.gid or 0,
+                    supplemental_groups=json.loads(row.supplemental_groups),
+                )
+            )
         response = api_pb2.ContainerStatusResponse(status=status)
         if request.verbose:
             response.info["info"] = json.dumps(

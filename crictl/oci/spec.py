@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crictl.errors import InvalidArgument
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.oci.seccomp import profile_for
 
@@ -469,6 +472,17 @@ def container_spec(
     }
     resources: dict[str, Any] = {"devices": [{"allow": privileged, "access": "rwm"}]}
     resources.update(linux_resources(linux.resources))
+    devices = [device_entry(d) for d in config.devices]
+    resources["devices"] += [
+        {
+            "allow": True,
+            "type": d["type"],
+            "major": d["major"],
+            "minor": d["minor"],
+            "access": perms,
+        }
+        for d, perms in zip(devices, (d.permissions or "rwm" for d in config.devices), strict=True)
+    ]
     parent = sandbox.config.linux.cgroup_parent
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
@@ -487,6 +501,8 @@ def container_spec(
             "cgroupsPath": cgroups_path(parent, container_id),
         },
     }
+    if devices:
+        spec["linux"]["devices"] = devices
     if not privileged:
         spec["linux"]["maskedPaths"] = (
             list(sc.masked_paths) if sc.masked_paths else list(MASKED_PATHS)
@@ -504,6 +520,29 @@ def container_spec(
     elif api_pb2.PROPAGATION_HOST_TO_CONTAINER in modes:
         spec["linux"]["rootfsPropagation"] = "rslave"
     return spec
+
+
+def device_entry(device: api_pb2.Device) -> dict[str, Any]:
+    """An OCI linux.devices entry for a host device node (character or block)."""
+    try:
+        st = os.stat(device.host_path)
+    except OSError as e:
+        raise InvalidArgument(f"device {device.host_path}: {e.strerror}") from e
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        raise InvalidArgument(f"device {device.host_path} is not a device node")
+    return {
+        "path": device.container_path or device.host_path,
+        "type": kind,
+        "major": os.major(st.st_rdev),
+        "minor": os.minor(st.st_rdev),
+        "fileMode": stat.S_IMODE(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+    }
 
 
 def linux_resources(res: api_pb2.LinuxContainerResources) -> dict[str, Any]:

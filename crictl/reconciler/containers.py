@@ -255,7 +255,9 @@ class ContainerReconciler:
                         leases_pb2.DeleteRequest(id=lease), metadata=self.containerd.metadata
                     ),
                 )
-        await self.store.write(lambda s: record_container_created(s, cid))
+        await self.store.write(
+            lambda s: record_container_created(s, cid, user.uid, user.gid, user.additional_gids)
+        )
 
     async def _prepare(self, cid: str, parent: str, md: Any) -> list[Any]:
         from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -174,8 +175,11 @@ def set_container_desired(
     return c
 
 
-def record_container_created(session: Session, container_id: str) -> None:
+def record_container_created(
+    session: Session, container_id: str, uid: int, gid: int, groups: list[int]
+) -> None:
     c = _must(session, container_id)
+    c.uid, c.gid, c.supplemental_groups = uid, gid, json.dumps(groups)
     if c.phase == ContainerPhase.PENDING:
         switch_container_phase(session, c, ContainerPhase.CREATED, reason="Created")
 

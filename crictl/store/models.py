@@ -175,6 +175,13 @@ class Container(Base):
     observed_generation: Mapped[int] = mapped_column(Integer, default=0)
 
     task_pid: Mapped[int | None] = mapped_column(Integer)
+    # The user the process runs as, resolved at create (image USER, /etc/passwd, security
+    # context): what ContainerStatus reports.
+    uid: Mapped[int | None] = mapped_column(Integer)
+    gid: Mapped[int | None] = mapped_column(Integer)
+    supplemental_groups: Mapped[str] = mapped_column(
+        Text, default="[]", server_default="[]"
+    )  # JSON list
     created_at: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[int | None] = mapped_column(Integer)
     finished_at: Mapped[int | None] = mapped_column(Integer)

@@ -372,3 +372,41 @@ def test_update_container_resources(
     st = pod.status(cid)
     assert st.resources.linux.memory_limit_in_bytes == 96 << 20  # reported back
     remove(d, pod.id)
+
+
+def test_user_devices_and_crictl_stats_update(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    image = f"{registry.host}/k8s-staging-cri-tools/test-image-user-uid-group:latest"
+    pull(d, image)
+    config = api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name="dev"),
+        image=api_pb2.ImageSpec(image=image),
+        command=["sleep", "3600"],
+        devices=[
+            api_pb2.Device(host_path="/dev/null", container_path="/dev/mynull", permissions="rw")
+        ],
+    )
+    config.linux.security_context.supplemental_groups.append(2000)
+    cid = d.runtime_call(
+        "CreateContainer",
+        api_pb2.CreateContainerRequest(
+            pod_sandbox_id=pod.id, config=config, sandbox_config=pod.config
+        ),
+    ).container_id
+    pod.start(cid)
+    user = pod.status(cid).user.linux
+    assert (user.uid, user.gid) == (1003, 1004) and 2000 in user.supplemental_groups
+    assert pod.exec(cid, ["id", "-u"]).stdout == b"1003\n"
+    assert pod.exec(cid, ["sh", "-c", "echo x > /dev/mynull && echo ok"]).stdout == b"ok\n"
+
+    r = d.crictl("stats", "-o", "json", "--id", cid)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stats"][0]["attributes"]["id"] == cid
+    r = d.crictl("update", "--memory", str(80 << 20), cid)
+    assert r.returncode == 0, r.stderr
+    limit = Path(f"/sys/fs/cgroup/memory/crictld/{cid}/memory.limit_in_bytes")
+    assert int(limit.read_text()) == 80 << 20
+    remove(d, pod.id)
