@@ -290,7 +290,11 @@ class ContainerReconciler:
             await self._sandbox(row.sandbox_id)
             mounts = await self.containerd.prepare_snapshot(SNAPSHOTTER, cid, "")
             uri = await asyncio.to_thread(self._log_uri, row)
-            await self.containerd.create_task(cid, mounts, stdout=uri, stderr=uri)
+            tty = container_config_of(row).tty
+            # With a tty the shim copies the console to stdout; stderr is the same stream.
+            await self.containerd.create_task(
+                cid, mounts, stdout=uri, stderr="" if tty else uri, terminal=tty
+            )
             faults.point("container-start:after-task-create")
             pid = await self.containerd.start_task(cid)
         except asyncio.CancelledError:

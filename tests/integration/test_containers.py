@@ -410,3 +410,46 @@ def test_user_devices_and_crictl_stats_update(
     limit = Path(f"/sys/fs/cgroup/memory/crictld/{cid}/memory.limit_in_bytes")
     assert int(limit.read_text()) == 80 << 20
     remove(d, pod.id)
+
+
+def test_crictl_container_commands_and_a_tty_container(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    d = image_daemon
+    pull(d, f"{registry.host}/{BUSYBOX}")
+    logs = short_tmp / "logs"
+    pod_json, ctr_json = short_tmp / "pod.json", short_tmp / "ctr.json"
+    pod_json.write_text(
+        json.dumps(
+            {
+                "metadata": {"name": "cli", "namespace": "default", "uid": "u-cli"},
+                "log_directory": str(logs),
+            }
+        )
+    )
+    ctr_json.write_text(
+        json.dumps(
+            {
+                "metadata": {"name": "tty"},
+                "image": {"image": f"{registry.host}/{BUSYBOX}"},
+                "command": ["sh", "-c", "tty; echo on-a-tty; sleep 3600"],
+                "tty": True,
+                "log_path": "tty.log",
+            }
+        )
+    )
+    r = d.crictl("run", str(ctr_json), str(pod_json))  # runp + create + start
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip().splitlines()[-1]
+    ps = json.loads(d.crictl("ps", "-o", "json").stdout)["containers"]
+    assert [(c["id"], c["state"]) for c in ps] == [(cid, "CONTAINER_RUNNING")]
+    inspect = json.loads(d.crictl("inspect", cid).stdout)
+    assert inspect["status"]["state"] == "CONTAINER_RUNNING"
+    wait_for("tty output", lambda: "on-a-tty" in d.crictl("logs", cid).stdout)
+    assert "/dev/pts/" in d.crictl("logs", cid).stdout  # a real terminal
+    assert d.crictl("stop", cid).returncode == 0
+    assert d.crictl("rm", cid).returncode == 0
+    assert json.loads(d.crictl("ps", "-a", "-o", "json").stdout)["containers"] == []
+    pods = d.crictl("pods", "-q").stdout.split()
+    for p in pods:
+        assert d.crictl("rmp", "-f", p).returncode == 0
