@@ -297,9 +297,14 @@ class ContainerdClient:
         return True
 
     async def prepare_snapshot(
-        self, snapshotter: str, key: str, parent: str
+        self,
+        snapshotter: str,
+        key: str,
+        parent: str,
+        metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> list[mount_pb2.Mount]:
-        """The writable snapshot `key` on top of `parent`; its mounts if it exists already."""
+        """The writable snapshot `key` on top of `parent`; its mounts if it exists already.
+        `metadata` may carry a lease header, to hold the snapshot until something owns it."""
         try:
             resp = await self.call(
                 "prepare snapshot",
@@ -307,19 +312,23 @@ class ContainerdClient:
                     snapshots_pb2.PrepareSnapshotRequest(
                         snapshotter=snapshotter, key=key, parent=parent
                     ),
-                    metadata=self.metadata,
+                    metadata=metadata or self.metadata,
                 ),
             )
             return list(resp.mounts)
         except errors.AlreadyExists:
-            mounts = await self.call(
-                "snapshot mounts",
-                self.snapshots.Mounts(
-                    snapshots_pb2.MountsRequest(snapshotter=snapshotter, key=key),
-                    metadata=self.metadata,
-                ),
-            )
-            return list(mounts.mounts)
+            return await self.snapshot_mounts(snapshotter, key)
+
+    async def snapshot_mounts(self, snapshotter: str, key: str) -> list[mount_pb2.Mount]:
+        """The mounts of an existing active snapshot (NotFound if there is none)."""
+        resp = await self.call(
+            "snapshot mounts",
+            self.snapshots.Mounts(
+                snapshots_pb2.MountsRequest(snapshotter=snapshotter, key=key),
+                metadata=self.metadata,
+            ),
+        )
+        return list(resp.mounts)
 
     async def remove_snapshot(self, snapshotter: str, key: str) -> bool:
         try:

@@ -201,7 +201,9 @@ class ContainerReconciler:
             ),
         )
         try:
-            mounts = await self._prepare(cid, image.chain_id or "", md)
+            mounts = await self.containerd.prepare_snapshot(
+                SNAPSHOTTER, cid, image.chain_id or "", metadata=md
+            )
             image_config = json.loads(image.config)
             _, _, _, image_user = image_process(image_config)
             try:
@@ -259,23 +261,6 @@ class ContainerReconciler:
             lambda s: record_container_created(s, cid, user.uid, user.gid, user.additional_gids)
         )
 
-    async def _prepare(self, cid: str, parent: str, md: Any) -> list[Any]:
-        from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
-
-        try:
-            resp = await self.containerd.call(
-                "prepare snapshot",
-                self.containerd.snapshots.Prepare(
-                    snapshots_pb2.PrepareSnapshotRequest(
-                        snapshotter=SNAPSHOTTER, key=cid, parent=parent
-                    ),
-                    metadata=md,
-                ),
-            )
-            return list(resp.mounts)
-        except errors.AlreadyExists:
-            return await self.containerd.prepare_snapshot(SNAPSHOTTER, cid, parent)
-
     def _log_uri(self, row: Container) -> str:
         if not row.log_path:
             return ""
@@ -288,7 +273,8 @@ class ContainerReconciler:
         cid = row.id
         try:
             await self._sandbox(row.sandbox_id)
-            mounts = await self.containerd.prepare_snapshot(SNAPSHOTTER, cid, "")
+            # Made by CreateContainer; never prepared here (it would lack the image's layers).
+            mounts = await self.containerd.snapshot_mounts(SNAPSHOTTER, cid)
             uri = await asyncio.to_thread(self._log_uri, row)
             tty = container_config_of(row).tty
             # With a tty the shim copies the console to stdout; stderr is the same stream.
