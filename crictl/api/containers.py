@@ -12,6 +12,7 @@ import os
 import secrets
 
 from google.protobuf import json_format
+from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.api.interceptor import Context
@@ -20,11 +21,13 @@ from crictl.reconciler import faults
 from crictl.reconciler.containers import ContainerReconciler, container_config_of
 from crictl.store.containers import (
     ContainerFilter,
+    ContainerSummary,
     NewContainer,
     container_labels,
+    container_summaries,
     create_container,
     get_container,
-    list_container_summaries,
+    list_container_phases,
     resolve_container_id,
     set_container_desired,
 )
@@ -43,10 +46,27 @@ def _state(row: Container) -> api_pb2.ContainerState.ValueType:
     return STATES.get(ContainerPhase(row.phase), api_pb2.CONTAINER_UNKNOWN)
 
 
+def _static_container(r: ContainerSummary) -> api_pb2.Container:
+    return api_pb2.Container(
+        id=r.id,
+        pod_sandbox_id=r.sandbox_id,
+        metadata=api_pb2.ContainerMetadata(name=r.name, attempt=r.attempt),
+        image=api_pb2.ImageSpec(image=r.image),
+        image_ref=r.image_ref or "",
+        image_id=r.image_id or "",
+        created_at=r.created_at,
+        labels=r.labels,
+        annotations=r.annotations,
+    )
+
+
 class Containers:
     def __init__(self, store: Store, reconciler: ContainerReconciler) -> None:
         self.store = store
         self.reconciler = reconciler
+        # ListContainers (PLEG, every second): everything but the state of a container never
+        # changes, so it is read and built once; each call reads only ids and phases.
+        self._listed: dict[str, tuple[api_pb2.Container, dict[str, str]]] = {}
 
     async def create_container(
         self, request: api_pb2.CreateContainerRequest, context: Context
@@ -217,23 +237,26 @@ class Containers:
             phases=phases,
             labels=dict(f.label_selector),
         )
-        rows = await self.store.read(lambda s: list_container_summaries(s, flt))
-        out = [
-            api_pb2.Container(
-                id=r.id,
-                pod_sandbox_id=r.sandbox_id,
-                metadata=api_pb2.ContainerMetadata(name=r.name, attempt=r.attempt),
-                image=api_pb2.ImageSpec(image=r.image),
-                image_ref=r.image_ref or "",
-                image_id=r.image_id or "",
-                state=STATES.get(ContainerPhase(r.phase), api_pb2.CONTAINER_UNKNOWN),
-                created_at=r.created_at,
-                labels=r.labels,
-                annotations=r.annotations,
-            )
-            for r in rows
-            if r.phase != ContainerPhase.PENDING
-        ]
+        known = self._listed
+
+        def read(session: Session) -> tuple[list[tuple[str, str]], list[ContainerSummary]]:
+            rows = list_container_phases(session, flt)
+            return rows, container_summaries(session, [i for i, _ in rows if i not in known])
+
+        rows, fresh = await self.store.read(read)
+        for r in fresh:
+            known[r.id] = (_static_container(r), r.labels)
+        self._listed = known = {i: known[i] for i, _ in rows}  # forget removed containers
+        selector = flt.labels.items()
+        out = []
+        for cid, phase in rows:
+            static, labels = known[cid]
+            if phase == ContainerPhase.PENDING or not selector <= labels.items():
+                continue
+            c = api_pb2.Container()
+            c.CopyFrom(static)
+            c.state = STATES.get(ContainerPhase(phase), api_pb2.CONTAINER_UNKNOWN)
+            out.append(c)
         return api_pb2.ListContainersResponse(containers=out)
 
     async def update_container_resources(

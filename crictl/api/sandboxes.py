@@ -13,6 +13,7 @@ import json
 import secrets
 
 from google.protobuf import json_format
+from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.api.interceptor import Context
@@ -29,11 +30,13 @@ from crictl.store.models import LabelKind, PodSandbox, SandboxDesired, SandboxPh
 from crictl.store.sandboxes import (
     NewSandbox,
     SandboxFilter,
+    SandboxSummary,
     create_sandbox,
     get_sandbox,
     labels_of,
-    list_sandbox_summaries,
+    list_sandbox_states,
     resolve_sandbox_id,
+    sandbox_summaries,
     set_sandbox_desired,
 )
 
@@ -75,10 +78,26 @@ def config_digest(config: api_pb2.PodSandboxConfig, handler: str) -> str:
     return h.hexdigest()
 
 
+def _static_sandbox(r: SandboxSummary) -> api_pb2.PodSandbox:
+    return api_pb2.PodSandbox(
+        id=r.id,
+        metadata=api_pb2.PodSandboxMetadata(
+            name=r.name, namespace=r.namespace, uid=r.uid, attempt=r.attempt
+        ),
+        created_at=r.created_at,
+        labels=r.labels,
+        annotations=r.annotations,
+        runtime_handler=r.runtime_handler,
+    )
+
+
 class PodSandboxes:
     def __init__(self, store: Store, reconciler: SandboxReconciler) -> None:
         self.store = store
         self.reconciler = reconciler
+        # ListPodSandbox (PLEG, every second): all but a sandbox's state never changes, so it
+        # is read and built once; each call reads only ids, phases and desired states.
+        self._listed: dict[str, tuple[api_pb2.PodSandbox, dict[str, str]]] = {}
 
     async def run_pod_sandbox(
         self, request: api_pb2.RunPodSandboxRequest, context: Context
@@ -190,23 +209,29 @@ class PodSandboxes:
             else None,
             labels=dict(f.label_selector),
         )
-        rows = await self.store.read(lambda s: list_sandbox_summaries(s, flt))
-        items = [
-            api_pb2.PodSandbox(
-                id=r.id,
-                metadata=api_pb2.PodSandboxMetadata(
-                    name=r.name, namespace=r.namespace, uid=r.uid, attempt=r.attempt
-                ),
-                state=api_pb2.SANDBOX_READY
-                if r.phase == SandboxPhase.READY
-                else api_pb2.SANDBOX_NOTREADY,
-                created_at=r.created_at,
-                labels=r.labels,
-                annotations=r.annotations,
-                runtime_handler=r.runtime_handler,
-            )
-            for r in rows
+        known = self._listed
+
+        def read(session: Session) -> tuple[list[tuple[str, str, str]], list[SandboxSummary]]:
+            rows = list_sandbox_states(session, flt)
+            return rows, sandbox_summaries(session, [i for i, _, _ in rows if i not in known])
+
+        rows, fresh = await self.store.read(read)
+        for r in fresh:
+            known[r.id] = (_static_sandbox(r), r.labels)
+        self._listed = known = {i: known[i] for i, _, _ in rows}  # forget removed sandboxes
+        selector = flt.labels.items()
+        items = []
+        for sid, phase, desired in rows:
+            static, labels = known[sid]
             # still being set up: not created yet, as far as CRI is concerned
-            if not (r.phase == SandboxPhase.PENDING and r.desired == SandboxDesired.READY)
-        ]
+            if (phase == SandboxPhase.PENDING and desired == SandboxDesired.READY) or not (
+                selector <= labels.items()
+            ):
+                continue
+            item = api_pb2.PodSandbox()
+            item.CopyFrom(static)
+            item.state = (
+                api_pb2.SANDBOX_READY if phase == SandboxPhase.READY else api_pb2.SANDBOX_NOTREADY
+            )
+            items.append(item)
         return api_pb2.ListPodSandboxResponse(items=items)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select
+from sqlalchemy import ColumnElement, CursorResult, Select, select
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, selectinload
@@ -254,7 +254,21 @@ def list_container_summaries(
 ) -> list[ContainerSummary]:
     t = Container.__table__
     lt = ContainerLabel.__table__
-    query = select(
+    query = _summary_query()
+    if flt is not None:
+        if flt.id_prefix:
+            query = query.where(t.c.id.startswith(flt.id_prefix))
+        if flt.sandbox_id:
+            query = query.where(t.c.sandbox_id.startswith(flt.sandbox_id))
+        if flt.phases is not None:
+            query = query.where(t.c.phase.in_(flt.phases))
+        query = with_labels(query, lt, "container_id", t.c.id, flt.labels)
+    return _summaries(session, query.order_by(t.c.created_at))
+
+
+def _summary_query() -> Select[Any]:
+    t = Container.__table__
+    return select(
         t.c.id,
         t.c.sandbox_id,
         t.c.name,
@@ -265,6 +279,43 @@ def list_container_summaries(
         t.c.phase,
         t.c.created_at,
     )
+
+
+def _summaries(session: Session, query: Select[Any]) -> list[ContainerSummary]:
+    rows = session.execute(query).all()
+    if not rows:
+        return []
+    labels = label_maps(session, ContainerLabel.__table__, "container_id", [r[0] for r in rows])
+    return [
+        ContainerSummary(
+            r.id,
+            r.sandbox_id,
+            r.name,
+            r.attempt,
+            r.image,
+            r.image_ref,
+            r.image_id,
+            r.phase,
+            r.created_at,
+            *labels[r.id],
+        )
+        for r in rows
+    ]
+
+
+def list_container_summaries_where(
+    session: Session, condition: ColumnElement[bool]
+) -> list[ContainerSummary]:
+    return _summaries(session, _summary_query().where(condition))
+
+
+def list_container_phases(
+    session: Session, flt: ContainerFilter | None = None
+) -> list[tuple[str, str]]:
+    """(id, phase) of the containers a filter selects (label selectors aside), oldest first:
+    the only columns of a container that change, for callers that cache the rest."""
+    t = Container.__table__
+    query = select(t.c.id, t.c.phase)
     if flt is not None:
         if flt.id_prefix:
             query = query.where(t.c.id.startswith(flt.id_prefix))
@@ -272,9 +323,10 @@ def list_container_summaries(
             query = query.where(t.c.sandbox_id.startswith(flt.sandbox_id))
         if flt.phases is not None:
             query = query.where(t.c.phase.in_(flt.phases))
-        query = with_labels(query, lt, "container_id", t.c.id, flt.labels)
-    rows = session.execute(query.order_by(t.c.created_at)).all()
-    if not rows:
+    return [(r[0], r[1]) for r in session.execute(query.order_by(t.c.created_at))]
+
+
+def container_summaries(session: Session, ids: list[str]) -> list[ContainerSummary]:
+    if not ids:
         return []
-    labels = label_maps(session, lt, "container_id", [r[0] for r in rows])
-    return [ContainerSummary(*r, *labels[r[0]]) for r in rows]
+    return list_container_summaries_where(session, Container.__table__.c.id.in_(ids))

@@ -263,7 +263,7 @@ class SandboxSummary:
 
 
 def list_sandbox_summaries(
-    session: Session, flt: SandboxFilter | None = None
+    session: Session, flt: SandboxFilter | None = None, ids: list[str] | None = None
 ) -> list[SandboxSummary]:
     t = PodSandbox.__table__
     lt = PodSandboxLabel.__table__
@@ -284,8 +284,32 @@ def list_sandbox_summaries(
         if flt.phases is not None:
             query = query.where(t.c.phase.in_(flt.phases))
         query = with_labels(query, lt, "sandbox_id", t.c.id, flt.labels)
+    if ids is not None:
+        query = query.where(t.c.id.in_(ids))
     rows = session.execute(query.order_by(t.c.created_at)).all()
     if not rows:
         return []
     labels = label_maps(session, lt, "sandbox_id", [r[0] for r in rows])
     return [SandboxSummary(*r, *labels[r[0]]) for r in rows]
+
+
+def list_sandbox_states(
+    session: Session, flt: SandboxFilter | None = None
+) -> list[tuple[str, str, str]]:
+    """(id, phase, desired) of the sandboxes a filter selects (label selectors aside), oldest
+    first: the only columns of a sandbox a list shows that change, for callers that cache
+    the rest."""
+    t = PodSandbox.__table__
+    query = select(t.c.id, t.c.phase, t.c.desired)
+    if flt is not None:
+        if flt.id_prefix:
+            query = query.where(t.c.id.startswith(flt.id_prefix))
+        if flt.phases is not None:
+            query = query.where(t.c.phase.in_(flt.phases))
+    return [(r[0], r[1], r[2]) for r in session.execute(query.order_by(t.c.created_at))]
+
+
+def sandbox_summaries(session: Session, ids: list[str]) -> list[SandboxSummary]:
+    if not ids:
+        return []
+    return list_sandbox_summaries(session, SandboxFilter(), ids=ids)
