@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Select, select
+from sqlalchemy import CursorResult, Select, select
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, selectinload
@@ -24,8 +23,6 @@ from crictl.store.models import (
     LabelKind,
 )
 from crictl.store.transitions import switch_container_phase
-
-_HEX = re.compile(r"^[0-9a-f]+$")
 
 
 @dataclass(frozen=True)
@@ -121,19 +118,26 @@ def load_container(session: Session, container_id: str) -> Container | None:
     return session.get(Container, container_id)
 
 
-def list_containers(session: Session, flt: ContainerFilter | None = None) -> list[Container]:
-    query = select(Container).options(selectinload(Container.labels))
-    if flt is not None:
-        if flt.id_prefix:
-            query = query.where(Container.id.startswith(flt.id_prefix))
-        if flt.sandbox_id:
-            query = query.where(Container.sandbox_id.startswith(flt.sandbox_id))
-        if flt.phases is not None:
-            query = query.where(Container.phase.in_(flt.phases))
+def _filtered(query: Any, flt: ContainerFilter | None, labels: bool) -> Any:
+    """`query` (a select over container columns or rows) narrowed by `flt`."""
+    if flt is None:
+        return query
+    if flt.id_prefix:
+        query = query.where(Container.id.startswith(flt.id_prefix))
+    if flt.sandbox_id:
+        query = query.where(Container.sandbox_id.startswith(flt.sandbox_id))
+    if flt.phases is not None:
+        query = query.where(Container.phase.in_(flt.phases))
+    if labels:
         query = with_labels(
             query, ContainerLabel.__table__, "container_id", Container.id, flt.labels
         )
-    return list(session.scalars(query.order_by(Container.created_at)))
+    return query
+
+
+def list_containers(session: Session, flt: ContainerFilter | None = None) -> list[Container]:
+    query = select(Container).options(selectinload(Container.labels))
+    return list(session.scalars(_filtered(query, flt, labels=True).order_by(Container.created_at)))
 
 
 def container_labels(container: Container, kind: LabelKind) -> dict[str, str]:
@@ -249,23 +253,6 @@ class ContainerSummary:
     annotations: dict[str, str]
 
 
-def list_container_summaries(
-    session: Session, flt: ContainerFilter | None = None
-) -> list[ContainerSummary]:
-    t = Container.__table__
-    lt = ContainerLabel.__table__
-    query = _summary_query()
-    if flt is not None:
-        if flt.id_prefix:
-            query = query.where(t.c.id.startswith(flt.id_prefix))
-        if flt.sandbox_id:
-            query = query.where(t.c.sandbox_id.startswith(flt.sandbox_id))
-        if flt.phases is not None:
-            query = query.where(t.c.phase.in_(flt.phases))
-        query = with_labels(query, lt, "container_id", t.c.id, flt.labels)
-    return _summaries(session, query.order_by(t.c.created_at))
-
-
 def _summary_query() -> Select[Any]:
     t = Container.__table__
     return select(
@@ -303,30 +290,21 @@ def _summaries(session: Session, query: Select[Any]) -> list[ContainerSummary]:
     ]
 
 
-def list_container_summaries_where(
-    session: Session, condition: ColumnElement[bool]
-) -> list[ContainerSummary]:
-    return _summaries(session, _summary_query().where(condition))
-
-
 def list_container_phases(
     session: Session, flt: ContainerFilter | None = None
 ) -> list[tuple[str, str]]:
     """(id, phase) of the containers a filter selects (label selectors aside), oldest first:
     the only columns of a container that change, for callers that cache the rest."""
-    t = Container.__table__
-    query = select(t.c.id, t.c.phase)
-    if flt is not None:
-        if flt.id_prefix:
-            query = query.where(t.c.id.startswith(flt.id_prefix))
-        if flt.sandbox_id:
-            query = query.where(t.c.sandbox_id.startswith(flt.sandbox_id))
-        if flt.phases is not None:
-            query = query.where(t.c.phase.in_(flt.phases))
-    return [(r[0], r[1]) for r in session.execute(query.order_by(t.c.created_at))]
+    query = _filtered(select(Container.id, Container.phase), flt, labels=False)
+    return [(r[0], r[1]) for r in session.execute(query.order_by(Container.created_at))]
 
 
 def container_summaries(session: Session, ids: list[str]) -> list[ContainerSummary]:
     if not ids:
         return []
-    return list_container_summaries_where(session, Container.__table__.c.id.in_(ids))
+    return _summaries(
+        session,
+        _summary_query()
+        .where(Container.__table__.c.id.in_(ids))
+        .order_by(Container.__table__.c.created_at),
+    )

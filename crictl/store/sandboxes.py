@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -24,8 +23,6 @@ from crictl.store.models import (
     SandboxPhase,
 )
 from crictl.store.transitions import switch_sandbox_phase
-
-_HEX = re.compile(r"^[0-9a-f]+$")
 
 
 @dataclass(frozen=True)
@@ -262,11 +259,11 @@ class SandboxSummary:
     annotations: dict[str, str]
 
 
-def list_sandbox_summaries(
-    session: Session, flt: SandboxFilter | None = None, ids: list[str] | None = None
-) -> list[SandboxSummary]:
+def sandbox_summaries(session: Session, ids: list[str]) -> list[SandboxSummary]:
+    """What a list shows about these sandboxes, oldest first."""
+    if not ids:
+        return []
     t = PodSandbox.__table__
-    lt = PodSandboxLabel.__table__
     query = select(
         t.c.id,
         t.c.name,
@@ -277,19 +274,9 @@ def list_sandbox_summaries(
         t.c.desired,
         t.c.created_at,
         t.c.runtime_handler,
-    )
-    if flt is not None:
-        if flt.id_prefix:
-            query = query.where(t.c.id.startswith(flt.id_prefix))
-        if flt.phases is not None:
-            query = query.where(t.c.phase.in_(flt.phases))
-        query = with_labels(query, lt, "sandbox_id", t.c.id, flt.labels)
-    if ids is not None:
-        query = query.where(t.c.id.in_(ids))
+    ).where(t.c.id.in_(ids))
     rows = session.execute(query.order_by(t.c.created_at)).all()
-    if not rows:
-        return []
-    labels = label_maps(session, lt, "sandbox_id", [r[0] for r in rows])
+    labels = label_maps(session, PodSandboxLabel.__table__, "sandbox_id", [r[0] for r in rows])
     return [SandboxSummary(*r, *labels[r[0]]) for r in rows]
 
 
@@ -307,9 +294,3 @@ def list_sandbox_states(
         if flt.phases is not None:
             query = query.where(t.c.phase.in_(flt.phases))
     return [(r[0], r[1], r[2]) for r in session.execute(query.order_by(t.c.created_at))]
-
-
-def sandbox_summaries(session: Session, ids: list[str]) -> list[SandboxSummary]:
-    if not ids:
-        return []
-    return list_sandbox_summaries(session, SandboxFilter(), ids=ids)
