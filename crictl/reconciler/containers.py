@@ -307,14 +307,8 @@ class ContainerReconciler:
         if state is not None and state.status in ("RUNNING", "PAUSED", "CREATED", "UNKNOWN"):
             sig = await self._stop_signal(row)
             if timeout > 0 and sig != signal.SIGKILL:
-                await self.containerd.kill_task(cid, sig, all_processes=False)
-                faults.point("container-stop:after-signal")
-                with contextlib.suppress(errors.DeadlineExceeded):
-                    await self.containerd.wait_task(cid, timeout=timeout)
-            state = await self.containerd.task_state(cid)
-            if state is not None and state.status != "STOPPED":
-                await self.containerd.kill_task(cid, signal.SIGKILL)
-                await self.containerd.wait_task(cid, timeout=30)
+                await self._signal_and_wait(cid, sig, timeout, all_processes=False)
+            await self._signal_and_wait(cid, signal.SIGKILL, 30)
         state = await self.containerd.task_state(cid)
         if state is not None:
             await self._harvest(cid, state.exit_status, state.exited_at_ns)
@@ -324,6 +318,27 @@ class ContainerReconciler:
             mark_container_observed(session, cid, gen)
 
         await self.store.write(observed)
+
+    async def _signal_and_wait(
+        self, cid: str, sig: int, timeout: float, all_processes: bool = True
+    ) -> None:
+        """Signals the task unless it already stopped, and waits up to `timeout` for it to
+        stop. The exit-event watcher may harvest and delete the task meanwhile (its shim then
+        answers "ttrpc: closed"): a task that is gone or stopped is what was wanted."""
+        state = await self.containerd.task_state(cid)
+        if state is None or state.status == "STOPPED":
+            return
+        try:
+            await self.containerd.kill_task(cid, sig, all_processes=all_processes)
+            if sig != signal.SIGKILL:
+                faults.point("container-stop:after-signal")
+            await self.containerd.wait_task(cid, timeout=timeout)
+        except errors.DeadlineExceeded:
+            return
+        except errors.CrictlError:
+            state = await self.containerd.task_state(cid)
+            if state is not None and state.status != "STOPPED":
+                raise
 
     async def _stop_signal(self, row: Container) -> int:
         config = container_config_of(row)
@@ -354,9 +369,7 @@ class ContainerReconciler:
         state = await self.containerd.task_state(cid)
         if state is not None:
             if state.status != "STOPPED":
-                await self.containerd.kill_task(cid, signal.SIGKILL)
-                with contextlib.suppress(errors.DeadlineExceeded):
-                    await self.containerd.wait_task(cid, timeout=30)
+                await self._signal_and_wait(cid, signal.SIGKILL, 30)
             state = await self.containerd.task_state(cid)
             if state is not None:
                 await self._harvest(cid, state.exit_status, state.exited_at_ns)

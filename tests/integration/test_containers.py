@@ -122,6 +122,9 @@ def test_lifecycle_logs_and_exec(
     wait_for("printer exits", partial(exited, pod, printer))
     log = short_tmp / "logs" / "printer_0.log"
     assert pod.status(printer).log_path == str(log)
+    # The logger writes an unterminated last line when the output ends, which may be a
+    # moment after the exit is recorded.
+    wait_for("the last, unterminated line", lambda: "no-newline" in log.read_text())
     lines = log_lines(log)
     assert ("stdout", "F", "out") in lines and ("stderr", "F", "err") in lines
     chunks = [(t, c) for s, t, c in lines if c and set(c) == {"y"}]
