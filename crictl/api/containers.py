@@ -246,7 +246,9 @@ class Containers:
         rows, fresh = await self.store.read(read)
         for r in fresh:
             known[r.id] = (_static_container(r), r.labels)
-        self._listed = known = {i: known[i] for i, _ in rows}  # forget removed containers
+        if not (flt.id_prefix or flt.sandbox_id or flt.phases):
+            # An unfiltered list sees every container: forget the removed ones.
+            self._listed = known = {i: known[i] for i, _ in rows}
         selector = flt.labels.items()
         out = []
         for cid, phase in rows:

@@ -218,7 +218,9 @@ class PodSandboxes:
         rows, fresh = await self.store.read(read)
         for r in fresh:
             known[r.id] = (_static_sandbox(r), r.labels)
-        self._listed = known = {i: known[i] for i, _, _ in rows}  # forget removed sandboxes
+        if not (flt.id_prefix or flt.phases):
+            # An unfiltered list sees every sandbox: forget the removed ones.
+            self._listed = known = {i: known[i] for i, _, _ in rows}
         selector = flt.labels.items()
         items = []
         for sid, phase, desired in rows:
