@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from crictl import __version__, errors
-from crictl.config import Config, load_config_file, parse_mirror_flags
+from crictl.config import Config, load_config_file, parse_mirror_flags, parse_port
 from crictl.log import setup_logging
 
 DEFAULT_CONFIG_FILE = Path("/etc/crictld/config.toml")
@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="fail a pull that moves no byte for this long (default 60)",
     )
+    serve.add_argument(
+        "--stream-server-address",
+        help="address the Exec/Attach/PortForward server listens on (default 127.0.0.1)",
+    )
+    serve.add_argument("--stream-server-port", type=int, help="its port (default 0: a free one)")
     serve.add_argument("--log-level", help="default INFO")
     serve.add_argument("--fault-point", help=argparse.SUPPRESS)  # crash tests only
 
@@ -102,6 +107,12 @@ def load_config(args: argparse.Namespace) -> Config:
             "log_level": args.log_level,
             "image_pull_progress_timeout": args.image_pull_progress_timeout,
             "fault_point": args.fault_point,
+            "stream_server_address": args.stream_server_address,
+            "stream_server_port": (
+                None
+                if args.stream_server_port is None
+                else parse_port(args.stream_server_port, "--stream-server-port")
+            ),
         }
         if args.registry_mirror:
             mirrors = dict(config.registry_mirrors)

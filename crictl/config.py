@@ -39,6 +39,10 @@ class Config:
     registry_auths: dict[str, dict[str, str]] = field(default_factory=dict)
     # a pull that moves no byte for this long fails, naming the stalled blob
     image_pull_progress_timeout: float = 60.0
+    # The streaming server (Exec/Attach/PortForward URLs): loopback and a random port by
+    # default, as containerd's; kubelet proxies to it, so it need not be reachable from outside.
+    stream_server_address: str = "127.0.0.1"
+    stream_server_port: int = 0
     log_level: str = "INFO"
     # crash tests only: die as SIGKILL would at this named point (crictl/reconciler/faults.py)
     fault_point: str | None = None
@@ -64,7 +68,14 @@ class Config:
 
 
 _PATH_KEYS = {"socket", "state_dir", "cni_conf_dir", "netns_dir"}
-_STR_KEYS = {"containerd", "containerd_namespace", "containerd_bin", "pause_image", "log_level"}
+_STR_KEYS = {
+    "containerd",
+    "containerd_namespace",
+    "containerd_bin",
+    "pause_image",
+    "log_level",
+    "stream_server_address",
+}
 
 
 def load_config_file(path: Path) -> Config:
@@ -95,6 +106,8 @@ def parse_settings(raw: dict[str, Any], source: str) -> dict[str, Any]:
             out[name] = [Path(v) for v in value]
         elif name == "insecure_registries" and _is_str_list(value):
             out[name] = list(value)
+        elif name == "stream_server_port" and isinstance(value, int | str):
+            out[name] = parse_port(value, f"{source}: {key}")
         elif name == "image_pull_progress_timeout" and isinstance(value, int | float):
             if value <= 0:
                 raise InvalidArgument(f"{source}: {key} must be positive")
@@ -125,6 +138,17 @@ def parse_settings(raw: dict[str, Any], source: str) -> dict[str, Any]:
         else:
             raise InvalidArgument(f"{source}: unknown setting or wrong type: {key} = {value!r}")
     return out
+
+
+def parse_port(value: int | str, what: str) -> int:
+    """A TCP port, 0 meaning "any free one"."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise InvalidArgument(f"{what}: {value!r} is no port number") from None
+    if not 0 <= port < 65536:
+        raise InvalidArgument(f"{what}: {port} is out of range 0-65535")
+    return port
 
 
 def parse_mirror_flags(flags: list[str]) -> dict[str, list[str]]:

@@ -31,6 +31,7 @@ from crictl.api.runtime_info import RuntimeInfo
 from crictl.api.sandboxes import PodSandboxes
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
 from crictl.api.stats import Stats
+from crictl.api.streaming import Streaming
 from crictl.config import DEFAULT_CONTAINERD_SOCKET, MANAGED, Config
 from crictl.containerd.client import ContainerdClient
 from crictl.containerd.managed import ManagedContainerd
@@ -41,9 +42,11 @@ from crictl.reconciler.health import Health
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.sandboxes import SandboxReconciler, SandboxSettings
 from crictl.reconciler.stats import StatsCollector
+from crictl.reconciler.streams import StreamBackend
 from crictl.store.engine import Store, make_engine
 from crictl.store.events import record_event
 from crictl.store.migrate import upgrade_to_head
+from crictl.streaming.server import StreamServer
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     stats: StatsCollector | None = None
     conn: ContainerdConnection | None = None
     server: grpc.aio.Server | None = None
+    streams: StreamServer | None = None
     try:
         before, after = await asyncio.to_thread(upgrade_to_head, config.db_path)
         if before != after:
@@ -169,6 +173,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         await containers.start()
         stats = StatsCollector(store, conn.client)
         await stats.start()
+        streams = StreamServer(
+            StreamBackend(store, containers),
+            config.stream_server_address,
+            config.stream_server_port,
+        )
+        await streams.start()
         health = Health(conn.client, config.cni_conf_dir, config.cni_bin_dirs)
         runtime_info = RuntimeInfo(
             health,
@@ -181,6 +191,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 "cniBinDirs": ":".join(str(d) for d in config.cni_bin_dirs),
                 "netnsDir": str(config.netns_dir),
                 "pauseImage": config.pause_image,
+                "streamServer": streams.base_url,
             },
         )
         server = grpc.aio.server()
@@ -192,6 +203,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                     PodSandboxes(store, sandboxes),
                     Containers(store, containers),
                     Stats(store, stats),
+                    Streaming(store, streams),
                 ),
                 generic_handler(IMAGE_SERVICE, Images(images)),
             )
@@ -204,6 +216,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 "socket": str(config.socket),
                 "containerd": conn.client.address,
                 "containerd_mode": conn.how,
+                "stream_server": streams.base_url,
                 "pid": os.getpid(),
             },
         )
@@ -214,6 +227,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             await server.stop(SHUTDOWN_GRACE)
         with contextlib.suppress(FileNotFoundError):
             config.socket.unlink()
+        if streams is not None:
+            await streams.stop()
         if stats is not None:
             await stats.stop()
         if containers is not None:

@@ -36,6 +36,10 @@ class DeadlineExceeded(CrictlError):
     """The work did not finish within the call's deadline (it may go on in the background)."""
 
 
+class ResourceExhausted(CrictlError):
+    """A bounded resource (e.g. streaming sessions in flight) is full; retry later."""
+
+
 class Unimplemented(CrictlError):
     """The RPC is not served by this version of crictld."""
 

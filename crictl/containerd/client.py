@@ -535,6 +535,32 @@ class ContainerdClient:
                 ),
             )
 
+    async def resize_pty(self, container_id: str, exec_id: str, width: int, height: int) -> None:
+        """Resizes the terminal of the task (exec_id "") or of one exec'd process."""
+        await self.call(
+            "resize pty",
+            self.tasks.ResizePty(
+                tasks_pb2.ResizePtyRequest(
+                    container_id=container_id, exec_id=exec_id, width=width, height=height
+                ),
+                metadata=self.metadata,
+            ),
+        )
+
+    async def close_stdin(self, container_id: str, exec_id: str = "") -> None:
+        """Closes the stdin of the task or of an exec'd process. The shim holds its stdin
+        FIFO open itself, so closing our end is not enough for the process to see EOF."""
+        with contextlib.suppress(errors.NotFound):
+            await self.call(
+                "close stdin",
+                self.tasks.CloseIO(
+                    tasks_pb2.CloseIORequest(
+                        container_id=container_id, exec_id=exec_id, stdin=True
+                    ),
+                    metadata=self.metadata,
+                ),
+            )
+
     async def update_task_resources(
         self, container_id: str, resources: Mapping[str, object]
     ) -> None:

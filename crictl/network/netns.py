@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import socket
 import threading
 from pathlib import Path
 
@@ -109,3 +110,47 @@ def list_dir(directory: Path) -> list[Path]:
         return sorted(p for p in directory.iterdir() if p.is_file())
     except FileNotFoundError:
         return []
+
+
+def connect(path: Path | None, port: int, timeout: float = 5.0) -> socket.socket:
+    """A TCP connection to `port` on the loopback of the namespace at `path` (None: the
+    daemon's own), 127.0.0.1 first, then ::1, as containerd dials for port-forward. The socket
+    belongs to the namespace it was made in, so it is made in a thread of its own that enters
+    the namespace and then ends (a pool thread must never change namespace). Blocks the caller:
+    run it with asyncio.to_thread. Returns the socket in non-blocking mode."""
+    result: list[socket.socket] = []
+    failures: list[str] = []
+
+    def dial() -> None:
+        if path is not None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                failures.append(f"network namespace {path}: {e.strerror}")
+                return
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    failures.append(f"setns {path}: {os.strerror(err)}")
+                    return
+            finally:
+                os.close(fd)
+        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect((host, port))
+            except OSError as e:
+                sock.close()
+                failures.append(f"{host}: {e.strerror or e}")
+                continue
+            sock.setblocking(False)
+            result.append(sock)
+            return
+
+    thread = threading.Thread(target=dial, name="netns-dial")
+    thread.start()
+    thread.join()
+    if result:
+        return result[0]
+    raise errors.Unavailable(f"cannot connect to port {port} in the pod: {'; '.join(failures)}")

@@ -55,6 +55,7 @@ from crictl.reconciler.sandboxes import (
     config_of,
     host_network,
 )
+from crictl.reconciler.stdio import ExecProcess
 from crictl.store.containers import (
     ContainerFilter,
     delete_container,
@@ -69,6 +70,7 @@ from crictl.store.containers import (
 from crictl.store.engine import Store
 from crictl.store.models import Container, ContainerDesired, ContainerPhase, SandboxPhase
 from crictl.store.sandboxes import load_sandbox
+from crictl.streaming.backend import STDERR, STDOUT
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,35 @@ def exit_reason(code: int, oom: bool) -> str:
     if oom:
         return "OOMKilled"
     return "Completed" if code == 0 else "Error"
+
+
+@dataclass(frozen=True)
+class TaskIO:
+    stdin: str
+    stdout: str
+    stderr: str
+
+
+def _live_logger(pidfile: Path) -> int | None:
+    """The pid of the crictld-logger named by `pidfile`, if it still runs."""
+    try:
+        pid = int(pidfile.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"crictld-logger" in cmdline.split(b"\0", 1)[0] else None
+
+
+async def _end_logger(pidfile: Path, grace: float = 0.0) -> None:
+    """Ends a logger crictld started whose task is gone or never came to be (it would wait
+    for a FIFO writer forever), after `grace` seconds to finish writing on its own."""
+    deadline = time.monotonic() + grace
+    while (pid := _live_logger(pidfile)) is not None:
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            return
+        await asyncio.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -261,25 +292,58 @@ class ContainerReconciler:
             lambda s: record_container_created(s, cid, user.uid, user.gid, user.additional_gids)
         )
 
-    def _log_uri(self, row: Container) -> str:
-        if not row.log_path:
-            return ""
+    def _logger_args(self, row: Container) -> dict[str, str]:
         d = self.container_dir(row.id)
         d.mkdir(parents=True, exist_ok=True)
-        query = urllib.parse.urlencode({"--log": row.log_path, "--pidfile": str(d / "logger.pid")})
-        return f"binary://{self.logger}?{query}"
+        return {
+            # Without a log path the logger still runs: it serves attach.
+            "--log": row.log_path or os.devnull,
+            "--pidfile": str(d / "logger.pid"),
+            "--attach": str(d),
+        }
+
+    async def _container_io(self, row: Container, config: api_pb2.ContainerConfig) -> TaskIO:
+        """Where the task's stdio goes. Without stdin: a `binary://` URI, so the shim starts
+        crictld-logger with the output pipes. With stdin: FIFOs, because the shim gives a
+        `binary://` container no stdin; crictld starts the logger on them (once: a logger
+        left by an interrupted start is reused), and it holds stdin open between attaches."""
+        args = await asyncio.to_thread(self._logger_args, row)
+        if not config.stdin:
+            uri = f"binary://{self.logger}?{urllib.parse.urlencode(args)}"
+            # With a tty the shim copies the console to stdout; stderr is the same stream.
+            return TaskIO("", uri, "" if config.tty else uri)
+        d = self.container_dir(row.id)
+        paths = {n: d / n for n in ("stdin", "stdout", "stderr") if n != "stderr" or not config.tty}
+        for path in paths.values():
+            if not path.exists():
+                os.mkfifo(path, 0o600)
+        if _live_logger(d / "logger.pid") is None:
+            args |= {f"--{n}-fifo": str(p) for n, p in paths.items()}
+            args |= {"--stdin-once": "1" if config.stdin_once else "0", "--daemonize": "1"}
+            proc = await asyncio.create_subprocess_exec(
+                self.logger,
+                *(x for kv in args.items() for x in kv),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await proc.communicate()
+            if proc.returncode != 0:
+                raise errors.Unavailable(
+                    f"crictld-logger did not start: {err.decode(errors='replace').strip()}"
+                )
+        return TaskIO(*(str(paths[n]) if n in paths else "" for n in ("stdin", "stdout", "stderr")))
 
     async def _start(self, row: Container) -> None:
         cid = row.id
+        config = container_config_of(row)
         try:
             await self._sandbox(row.sandbox_id)
             # Made by CreateContainer; never prepared here (it would lack the image's layers).
             mounts = await self.containerd.snapshot_mounts(SNAPSHOTTER, cid)
-            uri = await asyncio.to_thread(self._log_uri, row)
-            tty = container_config_of(row).tty
-            # With a tty the shim copies the console to stdout; stderr is the same stream.
+            io = await self._container_io(row, config)
             await self.containerd.create_task(
-                cid, mounts, stdout=uri, stderr="" if tty else uri, terminal=tty
+                cid, mounts, stdin=io.stdin, stdout=io.stdout, stderr=io.stderr, terminal=config.tty
             )
             faults.point("container-start:after-task-create")
             pid = await self.containerd.start_task(cid)
@@ -289,6 +353,7 @@ class ContainerReconciler:
             # StartError, as kubelet expects: exit code 128 and the reason in the message.
             with contextlib.suppress(errors.CrictlError):
                 await self.containerd.delete_task(cid)
+            await _end_logger(self.container_dir(cid) / "logger.pid")
             message = str(e)
             await self.store.write(
                 lambda s: record_container_exited(s, cid, 128, "StartError", message)
@@ -374,6 +439,10 @@ class ContainerReconciler:
             if state is not None:
                 await self._harvest(cid, state.exit_status, state.exited_at_ns)
         faults.point("container-remove:after-task-delete")
+        if container_config_of(row).stdin:
+            # A logger crictld started for a task that never came to be waits for its FIFO
+            # writers forever (one the shim started ends with the task's pipes).
+            await _end_logger(self.container_dir(cid) / "logger.pid", grace=1.0)
         await self.containerd.delete_container(cid)
         faults.point("container-remove:after-container-delete")
         await self.containerd.remove_snapshot(SNAPSHOTTER, cid)
@@ -419,50 +488,59 @@ class ContainerReconciler:
 
     # -- exec ------------------------------------------------------------------------------
 
+    async def start_exec(
+        self,
+        container_id: str,
+        cmd: list[str],
+        tty: bool = False,
+        stdin: bool = False,
+        stdout: bool = True,
+        stderr: bool = True,
+    ) -> ExecProcess:
+        """Starts `cmd` in the running container with the container's own process settings."""
+        if not cmd:
+            raise errors.InvalidArgument("cmd is empty")
+        spec = await self.containerd.container_spec(container_id)
+        process = dict(spec.get("process") or {})  # type: ignore[call-overload]
+        process["args"] = cmd
+        process["terminal"] = tty
+        if tty:
+            env = list(process.get("env") or [])
+            if not any(str(e).startswith("TERM=") for e in env):
+                process["env"] = [*env, "TERM=xterm"]
+        return await ExecProcess.start(
+            self.containerd,
+            container_id,
+            process,
+            self.state_dir / "exec",
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
+
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> ExecResult:
         row = await self.store.read(lambda s: load_container(s, container_id))
         if row is None:
             raise errors.NotFound(f"container {container_id} not found")
         if row.phase != ContainerPhase.RUNNING:
             raise errors.FailedPrecondition(f"container {container_id} is not running")
-        if not cmd:
-            raise errors.InvalidArgument("cmd is empty")
-        spec = await self.containerd.container_spec(container_id)
-        process = dict(spec.get("process") or {})  # type: ignore[call-overload]
-        process["args"] = cmd
-        process["terminal"] = False
-        exec_id = f"exec-{secrets.token_hex(8)}"
-        d = self.state_dir / "exec" / exec_id
-        await asyncio.to_thread(d.mkdir, parents=True)
-        out_path, err_path = d / "stdout", d / "stderr"
-        os.mkfifo(out_path)
-        os.mkfifo(err_path)
-        readers = [_FifoReader(out_path), _FifoReader(err_path)]
+        process = await self.start_exec(container_id, cmd)
+        out = {STDOUT: bytearray(), STDERR: bytearray()}
         try:
-            await self.containerd.exec_process(
-                container_id, exec_id, process, str(out_path), str(err_path)
-            )
-            await self.containerd.start_process(container_id, exec_id)
-            for r in readers:
-                r.release_writer()  # the shim holds the write ends now
-            try:
-                async with asyncio.timeout(timeout if timeout > 0 else None):
-                    code = await self.containerd.wait_process(container_id, exec_id)
-                    out, err = await asyncio.gather(readers[0].done, readers[1].done)
-            except TimeoutError:
-                await self.containerd.kill_process(container_id, exec_id, signal.SIGKILL)
-                with contextlib.suppress(errors.CrictlError):
-                    await asyncio.wait_for(self.containerd.wait_process(container_id, exec_id), 10)
-                raise errors.DeadlineExceeded(
-                    f"ExecSync {cmd!r} in {container_id}: timed out after {timeout}s; "
-                    "the process was killed"
-                ) from None
-            return ExecResult(out, err, code)
+            async with asyncio.timeout(timeout if timeout > 0 else None):
+                while (chunk := await process.read_output()) is not None:
+                    kind, data = chunk
+                    out[kind] += data[: EXEC_OUTPUT_CAP - len(out[kind])]
+                code = await process.wait()
+        except TimeoutError:
+            await process.kill()
+            raise errors.DeadlineExceeded(
+                f"ExecSync {cmd!r} in {container_id}: timed out after {timeout}s; "
+                "the process was killed"
+            ) from None
         finally:
-            for r in readers:
-                r.close()
-            await self.containerd.delete_process(container_id, exec_id)
-            await asyncio.to_thread(shutil.rmtree, d, True)
+            await process.close()
+        return ExecResult(bytes(out[STDOUT]), bytes(out[STDERR]), code)
 
     # -- logs ------------------------------------------------------------------------------
 
@@ -582,44 +660,3 @@ async def delete_stopped_task(containerd: ContainerdClient, cid: str) -> None:
     except errors.CrictlError:
         if await containerd.task_state(cid) is not None:
             raise
-
-
-class _FifoReader:
-    """Reads one exec stream from a FIFO without blocking the loop. A writer end is held until
-    the shim has opened its own, so an early read does not see end-of-file."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self.writer: int | None = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self.buffer = bytearray()
-        loop = asyncio.get_running_loop()
-        self.done: asyncio.Future[bytes] = loop.create_future()
-        loop.add_reader(self.fd, self._readable)
-        self._loop = loop
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return
-        if data:
-            room = EXEC_OUTPUT_CAP - len(self.buffer)
-            self.buffer += data[:room]
-            return
-        self._loop.remove_reader(self.fd)
-        if not self.done.done():
-            self.done.set_result(bytes(self.buffer))
-
-    def release_writer(self) -> None:
-        if self.writer is not None:
-            os.close(self.writer)
-            self.writer = None
-
-    def close(self) -> None:
-        self.release_writer()
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(self.fd)
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-        if not self.done.done():
-            self.done.cancel()

@@ -1,4 +1,5 @@
-"""critest as a whole (every group but Streaming, the next issue's) against crictld.
+"""critest as a whole against crictld, but for Streaming, which test_critest_streaming.py runs
+over both transports.
 
 Skipped by name, each for a stated reason: the digest-pinned upstream image (cannot be made
 offline) and the benchmarks (not conformance). Everything else must pass."""

@@ -44,6 +44,7 @@ def run_critest(
     skip: tuple[str, ...] = (),
     timeout: float = 1200,
     workdir: Path | None = None,
+    extra: tuple[str, ...] = (),
 ) -> CritestResult:
     cmd = [
         str(critest),
@@ -52,12 +53,18 @@ def run_critest(
         "-image-endpoint",
         endpoint,
         "-ginkgo.no-color",
+        *extra,
     ]
     if focus:
         cmd += ["-ginkgo.focus", focus]
     if skip:
         cmd += ["-ginkgo.skip", "|".join(re.escape(s) for s in skip)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+    except subprocess.TimeoutExpired as e:
+        partial = (e.stdout or b"") + (e.stderr or b"")
+        text = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+        return CritestResult(-1, 0, 0, 0, [f"critest timed out after {timeout}s"], text)
     out = proc.stdout + proc.stderr
     ran = re.search(r"Ran (\d+) of \d+ Specs", out)
     counts = re.search(r"(\d+) Passed \| (\d+) Failed", out)
