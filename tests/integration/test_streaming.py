@@ -3,11 +3,16 @@ over SPDY (crictl's default) and WebSocket (`-r websocket`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import IO
 
 import grpc
 import pytest
@@ -18,6 +23,7 @@ from tests.integration.test_images import pull
 from tests.rig.cni import CniNetwork
 from tests.rig.daemon import Daemon
 from tests.rig.registry import Registry
+from tests.rig.spdy import SpdyClient
 
 pytestmark = pytest.mark.integration
 
@@ -249,3 +255,119 @@ def free_port() -> int:
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_attach_after_a_daemon_kill(
+    image_daemon: Daemon, registry: Registry, cni_network: CniNetwork, short_tmp: Path
+) -> None:
+    """A container started before a kill -9 of crictld is attached to after the restart:
+    a line sent to its stdin comes back, and the container never noticed (same pid, its log
+    has everything)."""
+    pod = Pod(image_daemon, registry, short_tmp / "logs")
+    cid = stdin_container(pod, "cat", ["cat"])
+    talker = pod.create(
+        "talker", ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]
+    )
+    pod.start(talker)
+    pids = pod.pid(cid), pod.pid(talker)
+    d = pod.d
+    d.signal(signal.SIGKILL)
+    d.start()
+    assert (pod.pid(cid), pod.pid(talker)) == pids
+
+    proc = subprocess.Popen(
+        [str(d.crictl_bin), "--runtime-endpoint", d.endpoint, "attach", "-i", cid],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"after the restart\n")
+        proc.stdin.flush()
+        assert read_line(proc.stdout, 20) == b"after the restart\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    # The same for a container without stdin, whose logger the shim started.
+    proc = subprocess.Popen(
+        [str(d.crictl_bin), "--runtime-endpoint", d.endpoint, "attach", talker],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        assert read_line(proc.stdout, 20).startswith(b"tick ")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert pod.status(cid).state == api_pb2.CONTAINER_RUNNING and pod.pid(cid) == pids[0]
+    log = (short_tmp / "logs" / "cat.log").read_text()
+    assert "stdout F after the restart" in log, log
+
+
+def read_line(stream: IO[bytes], timeout: float) -> bytes:
+    """One line from a pipe, or a failure after `timeout` seconds."""
+    result: list[bytes] = []
+    reader = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert result, f"no line within {timeout}s"
+    return result[0]
+
+
+def exec_url(d: Daemon, cid: str, cmd: list[str]) -> str:
+    resp = d.runtime_call(
+        "Exec", api_pb2.ExecRequest(container_id=cid, cmd=cmd, stdout=True, stderr=True)
+    )
+    return str(resp.url)
+
+
+def daemon_fds(d: Daemon) -> int:
+    assert d.process is not None
+    return len(os.listdir(f"/proc/{d.process.pid}/fd"))
+
+
+def processes_named(needle: bytes) -> int:
+    count = 0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                count += needle in (proc / "cmdline").read_bytes()
+    return count
+
+
+def test_aborted_sessions_leak_nothing(sleeper: tuple[Pod, str]) -> None:
+    """200 sessions cut short by their clients (mid-exec, mid-handshake, never used): no exec'd
+    process, FIFO or daemon fd is left."""
+    pod, cid = sleeper
+    d = pod.d
+    marker = b"sleep 4242"
+    exec_dir = d.state_dir / "exec"
+    pod.exec(cid, ["true"])  # the first exec makes the exec dir; count fds after it
+    fds_before = daemon_fds(d)
+    for i in range(200):
+        url = exec_url(d, cid, ["sh", "-c", f"echo started; exec {marker.decode()}"])
+        if i % 4 == 3:  # a handshake that fails: no protocol in common
+            client = SpdyClient(url, protocol="v9.nonsense")
+            assert client.status == 403
+            client.close()
+            continue
+        client = SpdyClient(url)
+        assert client.status == 101
+        client.open(streamtype="error")
+        stdout = client.open(streamtype="stdout")
+        client.open(streamtype="stderr")
+        assert b"started" in client.read_until(stdout, b"started")
+        client.close()  # gone mid-session: the process must go with it
+    for _ in range(50):  # tokens never used: they expire; the cache is bounded meanwhile
+        exec_url(d, cid, ["true"])
+    wait_for("aborted exec processes are killed", lambda: processes_named(marker) == 0, 30)
+    wait_for("exec FIFOs are removed", lambda: not any(exec_dir.iterdir()), 30)
+    wait_for(
+        "the daemon's fds are back",
+        lambda: daemon_fds(d) <= fds_before + 2,
+        30,
+    )
+    r = d.crictl("exec", cid, "echo", "still fine")
+    assert r.stdout == "still fine\n", r
