@@ -88,11 +88,14 @@ class TcpTransport:
                 self.writer.write_eof()
             async with asyncio.timeout(5):
                 await self.writer.drain()
-                if self._reading:  # a session's read loop will see the end
-                    await self._eof.wait()
-                else:
-                    while await self.read():
-                        pass
+                while not self._eof.is_set():
+                    if self._reading:
+                        # A session's read loop may see the end, or stop reading first (it
+                        # got what it wanted): look again shortly.
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._eof.wait(), 0.05)
+                    else:
+                        await self.read()
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
