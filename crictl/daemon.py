@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc.aio
@@ -38,6 +39,7 @@ from crictl.containerd.managed import ManagedContainerd
 from crictl.images.registry import Credentials, RegistryClient
 from crictl.reconciler import faults
 from crictl.reconciler.containers import ContainerReconciler
+from crictl.reconciler.events import Supervisor, TaskEventHandlers, TaskEvents
 from crictl.reconciler.health import Health
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.sandboxes import SandboxReconciler, SandboxSettings
@@ -51,6 +53,7 @@ from crictl.streaming.server import StreamServer
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 5.0
+RECOVERY_WAIT = 30.0  # serve anyway after this: containerd may be away; resync follows it
 
 
 class Lock:
@@ -133,6 +136,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     conn: ContainerdConnection | None = None
     server: grpc.aio.Server | None = None
     streams: StreamServer | None = None
+    events: TaskEvents | None = None
+    supervisor: Supervisor | None = None
     try:
         before, after = await asyncio.to_thread(upgrade_to_head, config.db_path)
         if before != after:
@@ -171,6 +176,21 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         containers = ContainerReconciler(store, conn.client, images, sandboxes, config.state_dir)
         await sandboxes.start()
         await containers.start()
+        # Subscribe, then resync: the first resync is start-up recovery; later ones follow
+        # every reconnection to containerd.
+        events = TaskEvents(
+            conn.client,
+            TaskEventHandlers(
+                on_exit=[sandboxes.on_task_exit, containers.on_exit],
+                on_oom=[containers.on_oom],
+                resync=[sandboxes.resync, containers.resync, images.resync],
+            ),
+        )
+        events.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(events.synced.wait(), RECOVERY_WAIT)
+        supervisor = Supervisor(conn.client, conn.managed)
+        supervisor.start()
         stats = StatsCollector(store, conn.client)
         await stats.start()
         streams = StreamServer(
@@ -182,6 +202,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         health = Health(conn.client, config.cni_conf_dir, config.cni_bin_dirs)
         runtime_info = RuntimeInfo(
             health,
+            live_info=partial(live_info, supervisor, events, sandboxes, containers),
             verbose_info={
                 "stateDir": str(config.state_dir),
                 "containerd": conn.client.address,
@@ -229,6 +250,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             config.socket.unlink()
         if streams is not None:
             await streams.stop()
+        if supervisor is not None:
+            await supervisor.stop()
+        if events is not None:
+            await events.stop()
         if stats is not None:
             await stats.stop()
         if containers is not None:
@@ -247,6 +272,30 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         state_lock.release()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def live_info(
+    supervisor: Supervisor,
+    events: TaskEvents,
+    sandboxes: SandboxReconciler,
+    containers: ContainerReconciler,
+) -> dict[str, object]:
+    """What verbose Status shows of the daemon's own state: containerd's connection, the
+    event stream, and every reconcile pass that keeps failing, with its last error."""
+    failing = [
+        {"kind": kind, "id": key, "attempts": f.attempts, "error": f.error, "since": f.since}
+        for kind, queue in (("sandbox", sandboxes.queue), ("container", containers.queue))
+        for key, f in queue.failures.items()
+    ]
+    return {
+        "containerdConnected": supervisor.connected,
+        "containerdOutages": supervisor.outages,
+        "containerdRestarts": supervisor.restarts,
+        "containerdLastError": supervisor.last_error,
+        "eventSubscriptions": events.subscriptions,
+        "lastResyncAt": events.last_resync_at,
+        "failingPasses": failing,
+    }
 
 
 def registry_client(config: Config) -> RegistryClient:

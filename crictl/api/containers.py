@@ -155,7 +155,7 @@ class Containers:
             cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
         except errors.NotFound:
             return api_pb2.StopContainerResponse()
-        self.reconciler.stop_timeouts[cid] = int(request.timeout)
+        self.reconciler.request_stop(cid, int(request.timeout))
         await self._change(
             cid, ContainerDesired.EXITED, "container-stop:after-desired", missing_ok=True
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from crictl import __version__
 from crictl.api.interceptor import Context
@@ -15,9 +16,15 @@ RUNTIME_NAME = "crictld"
 
 
 class RuntimeInfo:
-    def __init__(self, health: Health, verbose_info: dict[str, str]) -> None:
+    def __init__(
+        self,
+        health: Health,
+        verbose_info: dict[str, str],
+        live_info: Callable[[], dict[str, object]] | None = None,
+    ) -> None:
         self.health = health
         self.verbose_info = verbose_info
+        self.live_info = live_info
 
     async def version(
         self, request: api_pb2.VersionRequest, context: Context
@@ -45,6 +52,8 @@ class RuntimeInfo:
         )
         if request.verbose:
             response.info["config"] = json.dumps(self.verbose_info, sort_keys=True)
+            if self.live_info is not None:
+                response.info["daemon"] = json.dumps(self.live_info(), sort_keys=True)
         return response
 
     async def runtime_config(

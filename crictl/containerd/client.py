@@ -90,6 +90,11 @@ class ContainerdClient:
             options=[
                 ("grpc.max_receive_message_length", 64 << 20),
                 ("grpc.max_send_message_length", 64 << 20),
+                # containerd restarts (a crash, an upgrade) should cost seconds, not gRPC's
+                # default reconnect backoff of up to two minutes.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
             ],
         )
         self.metadata = ((NAMESPACE_HEADER, namespace),)
@@ -112,7 +117,25 @@ class ContainerdClient:
         try:
             return await call
         except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                raise errors.Unavailable(
+                    f"containerd at {self.address} is unreachable ({what}): {e.details()}"
+                ) from e
             raise translate(e, what) from e
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publishes an event of crictld's own on containerd's exchange (a marker in the
+        event stream: see crictl.reconciler.events)."""
+        await self.call(
+            "publish event",
+            self.events.Publish(
+                events_pb2.PublishRequest(
+                    topic=topic,
+                    event=AnyPb(type_url="types.crictld.io/marker", value=payload),
+                ),
+                metadata=self.metadata,
+            ),
+        )
 
     async def version(self, timeout: float | None = None) -> VersionInfo:
         resp = await self.call("version", self.version_service.Version(Empty(), timeout=timeout))
@@ -384,10 +407,13 @@ class ContainerdClient:
                 ),
             )
             return resp.pid
-        except errors.FailedPrecondition:
+        except errors.CrictlError:
+            # A repeated step: the task was started by a pass a crash cut short. containerd
+            # answers "cannot start a running process" with one code or another (UNKNOWN,
+            # FAILED_PRECONDITION): what it runs is the truth.
             state = await self.task_state(container_id)
             if state is not None and state.status == "RUNNING":
-                return state.pid  # started already (a repeated step)
+                return state.pid
             raise
 
     async def task_state(self, container_id: str) -> TaskState | None:

@@ -89,6 +89,13 @@ class ManagedContainerd:
             await asyncio.sleep(0.1)
         raise errors.Unavailable(f"managed containerd did not answer in {START_TIMEOUT:.0f}s")
 
+    def alive(self) -> bool:
+        """Whether the containerd we run (or adopted) is still a live process."""
+        if self._process is not None:
+            return self._process.poll() is None  # also reaps it once it died
+        pid = self.pid
+        return pid is not None and self._recorded_pid() == pid and not _is_zombie(pid)
+
     def _start(self) -> None:
         self.config_path.write_text(containerd_config(self.directory))
         with contextlib.suppress(FileNotFoundError):

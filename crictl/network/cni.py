@@ -224,11 +224,14 @@ async def check(
     prev: dict[str, Any],
     bin_dirs: list[Path],
 ) -> bool:
-    """CHECK in plugin order with the stored result; False when the network's cniVersion
-    predates CHECK (0.4.0), in which case nothing was checked."""
+    """CHECK in plugin order with the stored result; False when nothing was checked: the
+    network's cniVersion predates CHECK (0.4.0), or its config says `disableCheck` (the spec
+    then forbids running it)."""
     major, _, rest = net.cni_version.partition(".")
     minor = rest.partition(".")[0]
     if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < (0, 4):
+        return False
+    if net.raw.get("disableCheck") is True:
         return False
     for plugin in net.plugins:
         stdin = _plugin_config(net, plugin, prev, capability_args)

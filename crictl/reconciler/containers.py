@@ -35,7 +35,6 @@ from sqlalchemy.orm import Session
 from crictl import errors
 from crictl.containerd.client import ContainerdClient
 from crictl.containerd.rootfs import read_text
-from crictl.gen.containerd.api.events import task_pb2 as task_events
 from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.oci.spec import (
@@ -46,6 +45,7 @@ from crictl.oci.spec import (
     resolve_user,
 )
 from crictl.reconciler import faults
+from crictl.reconciler.events import TaskExit
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.queue import KeyedQueue
 from crictl.reconciler.sandboxes import (
@@ -65,9 +65,11 @@ from crictl.store.containers import (
     record_container_created,
     record_container_exited,
     record_container_started,
+    set_container_desired,
     update_container_config,
 )
 from crictl.store.engine import Store
+from crictl.store.events import record_event
 from crictl.store.models import Container, ContainerDesired, ContainerPhase, SandboxPhase
 from crictl.store.sandboxes import load_sandbox
 from crictl.streaming.backend import STDERR, STDOUT
@@ -155,23 +157,37 @@ class ContainerReconciler:
             raise errors.FailedPrecondition(
                 f"{self.logger} is missing: build it with hack/install-deps.sh (make deps)"
             )
-        self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile)
-        self.stop_timeouts: dict[str, int] = {}
+        self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile, self._record_failure)
+        # When a stop escalates to SIGKILL (monotonic time): the earliest deadline any
+        # StopContainer asked for wins, also while a stop with a longer one already waits.
+        self._kill_at: dict[str, float] = {}
+        self._kill_at_changed: dict[str, asyncio.Event] = {}
         self._oom: set[str] = set()
         # Exits seen while the start that caused them had not yet recorded RUNNING.
         self._early_exits: dict[str, tuple[int, int]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
         sandboxes.containers_hook = self.teardown_sandbox_containers
 
     async def start(self) -> None:
         await self.recover()
-        self._tasks.append(asyncio.create_task(self._watch_events(), name="container-events"))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.queue.drain()
+
+    async def _record_failure(self, container_id: str, error: Exception) -> None:
+        await self.store.write(
+            lambda s: record_event(s, "container", container_id, "pass-failed", message=str(error))
+        )
+
+    def request_stop(self, container_id: str, timeout: float) -> None:
+        """StopContainer's grace period: SIGKILL at now + timeout, or sooner if an earlier
+        request asked for sooner; a pass already waiting on a longer one is woken."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        current = self._kill_at.get(container_id)
+        if current is None or deadline < current:
+            self._kill_at[container_id] = deadline
+            event = self._kill_at_changed.get(container_id)
+            if event is not None:
+                event.set()
 
     def container_dir(self, container_id: str) -> Path:
         return self.state_dir / "containers" / container_id
@@ -192,6 +208,11 @@ class ContainerReconciler:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                # The undo is recorded before it starts: a crash in it is finished by the
+                # next pass (desired REMOVED), never turned into a second create.
+                row = await self.store.write(
+                    lambda s: set_container_desired(s, container_id, ContainerDesired.REMOVED)
+                )
                 await self._remove(row, reason="CreateFailed")
                 raise
         elif row.desired == ContainerDesired.RUNNING and row.phase == ContainerPhase.CREATED:
@@ -347,6 +368,7 @@ class ContainerReconciler:
             )
             faults.point("container-start:after-task-create")
             pid = await self.containerd.start_task(cid)
+            faults.point("container-start:after-task-started")
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -367,16 +389,22 @@ class ContainerReconciler:
 
     async def _stop(self, row: Container) -> None:
         cid = row.id
-        timeout = self.stop_timeouts.pop(cid, DEFAULT_STOP_TIMEOUT)
-        state = await self.containerd.task_state(cid)
-        if state is not None and state.status in ("RUNNING", "PAUSED", "CREATED", "UNKNOWN"):
-            sig = await self._stop_signal(row)
-            if timeout > 0 and sig != signal.SIGKILL:
-                await self._signal_and_wait(cid, sig, timeout, all_processes=False)
-            await self._signal_and_wait(cid, signal.SIGKILL, 30)
-        state = await self.containerd.task_state(cid)
-        if state is not None:
-            await self._harvest(cid, state.exit_status, state.exited_at_ns)
+        deadline = self._kill_at.get(cid)
+        if deadline is None:  # the stop's own timeout was lost to a restart
+            deadline = time.monotonic() + DEFAULT_STOP_TIMEOUT
+            self._kill_at[cid] = deadline
+        try:
+            state = await self.containerd.task_state(cid)
+            if state is not None and state.status in ("RUNNING", "PAUSED", "CREATED", "UNKNOWN"):
+                sig = await self._stop_signal(row)
+                if sig != signal.SIGKILL and self._kill_at[cid] > time.monotonic():
+                    await self._signal(cid, sig, all_processes=False)
+                    await self._wait_until_kill_deadline(cid)
+                await self._signal_and_wait(cid, signal.SIGKILL, 30)
+            await self._harvest_or_vanished(row)
+        finally:
+            self._kill_at.pop(cid, None)
+            self._kill_at_changed.pop(cid, None)
         gen = row.generation
 
         def observed(session: Session) -> None:
@@ -384,19 +412,45 @@ class ContainerReconciler:
 
         await self.store.write(observed)
 
-    async def _signal_and_wait(
-        self, cid: str, sig: int, timeout: float, all_processes: bool = True
-    ) -> None:
+    async def _wait_until_kill_deadline(self, cid: str) -> None:
+        """Waits for the task to stop, or for the SIGKILL deadline, which a later
+        StopContainer may bring forward while this waits."""
+        changed = self._kill_at_changed.setdefault(cid, asyncio.Event())
+        exited = asyncio.create_task(self.containerd.wait_task(cid))
+        try:
+            while not exited.done():
+                remaining = self._kill_at[cid] - time.monotonic()
+                if remaining <= 0:
+                    return
+                changed.clear()
+                woken = asyncio.create_task(changed.wait())
+                await asyncio.wait(
+                    [exited, woken], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                woken.cancel()
+        finally:
+            exited.cancel()
+            await asyncio.gather(exited, return_exceptions=True)
+
+    async def _signal(self, cid: str, sig: int, all_processes: bool = True) -> None:
+        try:
+            await self.containerd.kill_task(cid, sig, all_processes=all_processes)
+        except errors.CrictlError:
+            state = await self.containerd.task_state(cid)
+            if state is not None and state.status != "STOPPED":
+                raise
+        if sig != signal.SIGKILL:
+            faults.point("container-stop:after-signal")
+
+    async def _signal_and_wait(self, cid: str, sig: int, timeout: float) -> None:
         """Signals the task unless it already stopped, and waits up to `timeout` for it to
         stop. The exit-event watcher may harvest and delete the task meanwhile (its shim then
         answers "ttrpc: closed"): a task that is gone or stopped is what was wanted."""
         state = await self.containerd.task_state(cid)
         if state is None or state.status == "STOPPED":
             return
+        await self._signal(cid, sig)
         try:
-            await self.containerd.kill_task(cid, sig, all_processes=all_processes)
-            if sig != signal.SIGKILL:
-                faults.point("container-stop:after-signal")
             await self.containerd.wait_task(cid, timeout=timeout)
         except errors.DeadlineExceeded:
             return
@@ -404,6 +458,23 @@ class ContainerReconciler:
             state = await self.containerd.task_state(cid)
             if state is not None and state.status != "STOPPED":
                 raise
+
+    async def _harvest_or_vanished(self, row: Container) -> None:
+        """Records the exit of a stopped task (and deletes it); a task that is gone without
+        its exit having been recorded is EXITED 255 Unknown, never a made-up 0."""
+        state = await self.containerd.task_state(row.id)
+        if state is not None:
+            await self._harvest(row.id, state.exit_status, state.exited_at_ns)
+        elif row.phase == ContainerPhase.RUNNING:
+            await self.store.write(
+                partial(
+                    record_container_exited,
+                    container_id=row.id,
+                    exit_code=255,
+                    reason="Unknown",
+                    message="the task vanished without an exit being seen",
+                )
+            )
 
     async def _stop_signal(self, row: Container) -> int:
         config = container_config_of(row)
@@ -431,13 +502,8 @@ class ContainerReconciler:
 
     async def _remove(self, row: Container, reason: str = "Removed") -> None:
         cid = row.id
-        state = await self.containerd.task_state(cid)
-        if state is not None:
-            if state.status != "STOPPED":
-                await self._signal_and_wait(cid, signal.SIGKILL, 30)
-            state = await self.containerd.task_state(cid)
-            if state is not None:
-                await self._harvest(cid, state.exit_status, state.exited_at_ns)
+        await self._signal_and_wait(cid, signal.SIGKILL, 30)
+        await self._harvest_or_vanished(row)
         faults.point("container-remove:after-task-delete")
         if container_config_of(row).stdin:
             # A logger crictld started for a task that never came to be waits for its FIFO
@@ -452,17 +518,27 @@ class ContainerReconciler:
     # -- the sandbox's containers ----------------------------------------------------------
 
     async def teardown_sandbox_containers(self, sandbox_id: str, remove: bool) -> None:
+        """A sandbox's stop (or removal) stops (or removes) its containers through their own
+        queue, so it never runs at once with another pass on the same container; a pod stop
+        gives them no grace period, as containerd's StopPodSandbox."""
+        desired = ContainerDesired.REMOVED if remove else ContainerDesired.EXITED
         rows = await self.store.read(
             lambda s: list_containers(s, ContainerFilter(sandbox_id=sandbox_id))
         )
-        for row in rows:
-            if row.sandbox_id != sandbox_id:
-                continue
-            if remove:
-                await self._remove(row)
-            else:
-                self.stop_timeouts.setdefault(row.id, 0)
-                await self._stop(row)
+        ids = [row.id for row in rows if row.sandbox_id == sandbox_id]
+        for cid in ids:
+            with contextlib.suppress(errors.NotFound):
+                await self.store.write(
+                    partial(set_container_desired, container_id=cid, desired=desired)
+                )
+            if not remove:
+                self.request_stop(cid, 0)
+        results = await asyncio.gather(
+            *(self.queue.wait(cid) for cid in ids), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
 
     # -- resources -------------------------------------------------------------------------
 
@@ -566,27 +642,11 @@ class ContainerReconciler:
 
     # -- observed changes ------------------------------------------------------------------
 
-    async def _watch_events(self) -> None:
-        while True:
-            try:
-                async for env in self.containerd.subscribe(
-                    'topic=="/tasks/exit"', 'topic=="/tasks/oom"'
-                ):
-                    if env.topic == "/tasks/oom":
-                        self._oom.add(task_events.TaskOOM.FromString(env.event.value).container_id)
-                        continue
-                    event = task_events.TaskExit.FromString(env.event.value)
-                    if event.id == event.container_id:
-                        await self.on_exit(
-                            event.container_id, event.exit_status, event.exited_at.ToNanoseconds()
-                        )
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("container event stream broke", extra={"error": str(e)})
-            await asyncio.sleep(1.0)
+    async def on_oom(self, container_id: str) -> None:
+        self._oom.add(container_id)
 
-    async def on_exit(self, cid: str, exit_status: int, exited_at_ns: int) -> None:
+    async def on_exit(self, event: TaskExit) -> None:
+        cid, exit_status, exited_at_ns = event.container_id, event.exit_status, event.exited_at_ns
         row = await self.store.read(lambda s: load_container(s, cid))
         if row is None:
             return
@@ -610,9 +670,9 @@ class ContainerReconciler:
     # -- restart recovery ------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Running containers keep running (re-adopted, same pid); exits that happened while
-        crictld was down are harvested with their real codes; a task containerd no longer
-        knows is EXITED 255, Unknown; work in flight gets a pass."""
+        """Once per start: what a fresh process must clean up. The task truth comes from
+        `resync`, which runs after every subscription to containerd's events, the first one
+        included (crictl/reconciler/events.py says what recovery relies on)."""
         # Leases of creates cut short: the next pass of that create makes its own.
         leases = await self.containerd.call(
             "list leases",
@@ -629,6 +689,11 @@ class ContainerReconciler:
                         leases_pb2.DeleteRequest(id=lease.id), metadata=self.containerd.metadata
                     ),
                 )
+
+    async def resync(self) -> None:
+        """Running containers keep running (re-adopted, same pid); exits that happened while
+        nobody listened are harvested with their real codes and times; a task containerd no
+        longer knows is EXITED 255, Unknown; work in flight gets a pass."""
         rows = await self.store.read(lambda s: list_containers(s))
         for row in rows:
             in_flight = row.observed_generation < row.generation and (
@@ -643,7 +708,7 @@ class ContainerReconciler:
                             container_id=row.id,
                             exit_code=255,
                             reason="Unknown",
-                            message="the task vanished while crictld was down",
+                            message="the task vanished while nobody watched",
                         )
                     )
                 elif state.status == "STOPPED":

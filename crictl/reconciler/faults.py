@@ -22,7 +22,10 @@ POINTS = frozenset(
         "sandbox-run:after-container-create",
         "sandbox-run:after-snapshot",
         "sandbox-run:after-task-create",
+        "sandbox-run:after-task-started",  # the task runs, READY is not yet recorded
         "sandbox-run:after-task-start",
+        # the undo of a RunPodSandbox whose setup failed
+        "sandbox-undo:after-desired",
         # StopPodSandbox
         "sandbox-stop:after-desired",
         "sandbox-stop:after-task-kill",
@@ -39,6 +42,7 @@ POINTS = frozenset(
         "container-create:after-container-create",
         "container-start:after-desired",
         "container-start:after-task-create",
+        "container-start:after-task-started",  # the task runs, RUNNING is not yet recorded
         "container-start:after-task-start",
         "container-stop:after-desired",
         "container-stop:after-signal",

@@ -1,27 +1,62 @@
 """A keyed work queue: one worker per key at a time, repeated wake-ups collapse into one more
 pass, and a caller can wait for the pass its wake-up caused (shielded: a caller that gives up,
-its deadline passed, never cancels the work; a retry attaches to the same pass)."""
+its deadline passed, never cancels the work; a retry attaches to the same pass).
+
+A pass that fails is retried, level-triggered, after a backoff that doubles from RETRY_FIRST
+to RETRY_CAP (the caller that woke it still gets its error at once); the key's failure count
+and last error stay readable (`failures`) until a pass succeeds, and `on_failure` is told of
+each new failure (the first, or one with another error) so it can be recorded where operators
+look.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 
+RETRY_FIRST = 0.5
+RETRY_CAP = 30.0
+
+
+@dataclass
+class Failure:
+    attempts: int
+    error: str
+    since: float  # wall clock of the first failure in this run of failures
+    retry_at: float  # monotonic
+
 
 class KeyedQueue(Generic[K]):
-    def __init__(self, reconcile: Callable[[K], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        reconcile: Callable[[K], Awaitable[None]],
+        on_failure: Callable[[K, Exception], Awaitable[None]] | None = None,
+        retry_first: float = RETRY_FIRST,
+        retry_cap: float = RETRY_CAP,
+    ) -> None:
         self._reconcile = reconcile
+        self._on_failure = on_failure
         self._running: dict[K, asyncio.Task[None]] = {}
         self._again: set[K] = set()
+        self._retries: dict[K, asyncio.TimerHandle] = {}
+        self.failures: dict[K, Failure] = {}
+        self.retry_first = retry_first
+        self.retry_cap = retry_cap
+        self.passes_failed = 0
 
     def wake(self, key: K) -> asyncio.Task[None]:
         """Makes sure a pass for `key` starts after now; returns the task that will run it."""
+        retry = self._retries.pop(key, None)
+        if retry is not None:
+            retry.cancel()
         task = self._running.get(key)
         if task is not None and not task.done():
             self._again.add(key)
@@ -36,25 +71,61 @@ class KeyedQueue(Generic[K]):
         exception, if any, is raised here."""
         await asyncio.shield(self.wake(key))
 
+    def depth(self) -> int:
+        """Keys with a pass running or a retry pending."""
+        return len(self._running) + len(self._retries)
+
     async def _run(self, key: K) -> None:
         while True:
             self._again.discard(key)
             try:
                 await self._reconcile(key)
-            except Exception:
+            except Exception as e:
                 if key in self._again:
                     continue  # a newer wake-up gets its own pass; report that one's outcome
+                await self._failed(key, e)
                 raise
+            self.failures.pop(key, None)
             if key not in self._again:
                 return
+
+    async def _failed(self, key: K, error: Exception) -> None:
+        self.passes_failed += 1
+        previous = self.failures.get(key)
+        attempts = previous.attempts + 1 if previous else 1
+        delay = min(self.retry_cap, self.retry_first * 2 ** (attempts - 1))
+        self.failures[key] = Failure(
+            attempts,
+            str(error) or type(error).__name__,
+            previous.since if previous else time.time(),
+            time.monotonic() + delay,
+        )
+        log.info(
+            "reconcile pass failed; retrying",
+            extra={"key": str(key), "attempt": attempts, "in": delay, "error": str(error)},
+        )
+        if self._on_failure is not None and (previous is None or previous.error != str(error)):
+            try:
+                await self._on_failure(key, error)
+            except Exception as e:  # recording the failure must not hide it
+                log.warning("recording a failed pass failed", extra={"error": str(e)})
+        loop = asyncio.get_running_loop()
+        self._retries[key] = loop.call_later(delay, self._retry, key)
+
+    def _retry(self, key: K) -> None:
+        if self._retries.pop(key, None) is not None:
+            self.wake(key)
 
     def _done(self, key: K, task: asyncio.Task[None]) -> None:
         if self._running.get(key) is task:
             del self._running[key]
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("reconcile pass failed", extra={"key": str(key)})
+        if not task.cancelled():
+            task.exception()  # retrieved: the error was logged, recorded and is retried
 
     async def drain(self) -> None:
+        for handle in self._retries.values():
+            handle.cancel()
+        self._retries.clear()
         tasks = list(self._running.values())
         for t in tasks:
             t.cancel()

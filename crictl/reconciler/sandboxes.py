@@ -27,6 +27,7 @@ import shutil
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,6 @@ from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.containerd.client import ContainerdClient
-from crictl.gen.containerd.api.events import task_pb2 as task_events
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.network import cni, netns
 from crictl.oci.spec import (
@@ -47,20 +47,24 @@ from crictl.oci.spec import (
     sandbox_spec,
 )
 from crictl.reconciler import faults
+from crictl.reconciler.events import TaskExit
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.queue import KeyedQueue
 from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.models import PodSandbox, SandboxDesired, SandboxPhase
 from crictl.store.sandboxes import (
+    SETUP_FAILED,
     delete_sandbox,
     list_sandboxes,
     load_sandbox,
     mark_sandbox_observed,
     record_network_released,
+    record_sandbox_error,
     record_sandbox_network,
     record_sandbox_not_ready,
     record_sandbox_started,
+    record_setup_failed,
 )
 
 log = logging.getLogger(__name__)
@@ -190,8 +194,7 @@ class SandboxReconciler:
         self.containerd = containerd
         self.images = images
         self.settings = settings
-        self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile)
-        self._tasks: list[asyncio.Task[None]] = []
+        self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile, self._record_failure)
         # Set by the container reconciler: stops (False) or removes (True) every container of
         # a sandbox; a sandbox's teardown runs it first.
         self.containers_hook: Callable[[str, bool], Awaitable[None]] | None = None
@@ -200,13 +203,19 @@ class SandboxReconciler:
 
     async def start(self) -> None:
         await self.recover()
-        self._tasks.append(asyncio.create_task(self._watch_exits(), name="sandbox-exits"))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.queue.drain()
+
+    async def _record_failure(self, sandbox_id: str, error: Exception) -> None:
+        """A failed pass, where operators look: the event log (and the row's message while it
+        is being stopped or removed, so a failed StopPodSandbox shows why)."""
+
+        def record(session: Session) -> None:
+            record_event(session, "sandbox", sandbox_id, "pass-failed", message=str(error))
+            record_sandbox_error(session, sandbox_id, str(error))
+
+        await self.store.write(record)
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -302,6 +311,7 @@ class SandboxReconciler:
         await self.containerd.create_task(sid, mounts)
         faults.point("sandbox-run:after-task-create")
         pid = await self.containerd.start_task(sid)
+        faults.point("sandbox-run:after-task-started")
         await self.store.write(lambda s: record_sandbox_started(s, sid, sid, pid))
         faults.point("sandbox-run:after-task-start")
 
@@ -360,20 +370,25 @@ class SandboxReconciler:
             "sandbox setup failed; undoing it", extra={"sandbox": row.id, "error": str(error)}
         )
         try:
-            fresh = await self.store.read(lambda s: load_sandbox(s, row.id))
-            await self._teardown(
-                fresh or row, remove=True, reason="SetupFailed", message=str(error)
-            )
+            # Recorded before it starts: a crash mid-undo leaves a row whose desired state
+            # (REMOVED) makes the next pass finish the undo, never redo the setup.
+            fresh = await self.store.write(lambda s: record_setup_failed(s, row.id, str(error)))
+            faults.point("sandbox-undo:after-desired")
+            await self._teardown(fresh, remove=True)
         except Exception as e:  # the next start's recovery finishes the teardown
             log.error(
                 "undoing a failed sandbox setup failed", extra={"sandbox": row.id, "error": str(e)}
             )
 
-    async def _teardown(
-        self, row: PodSandbox, remove: bool, reason: str = "", message: str = ""
-    ) -> None:
+    async def _teardown(self, row: PodSandbox, remove: bool) -> None:
         sid = row.id
         config = config_of(row)
+        if row.phase == SandboxPhase.READY:
+            # Not ready from the first step of a stop on: a stop that fails halfway leaves a
+            # NOTREADY pod (with the error recorded) that the retry finishes.
+            await self.store.write(
+                lambda s: record_sandbox_not_ready(s, sid, "Stopped", "StopPodSandbox")
+            )
         if self.containers_hook is not None:
             await self.containers_hook(sid, remove)
         await self._stop_task(sid)
@@ -413,9 +428,10 @@ class SandboxReconciler:
         faults.point("sandbox-remove:after-snapshot-remove")
         await asyncio.to_thread(shutil.rmtree, self.sandbox_dir(sid), True)
         faults.point("sandbox-remove:after-files-remove")
-        await self.store.write(
-            lambda s: delete_sandbox(s, sid, reason or "Removed", message or "RemovePodSandbox")
-        )
+        reason, message = "Removed", "RemovePodSandbox"
+        if row.reason == SETUP_FAILED:  # an undo, maybe resumed after a crash
+            reason, message = SETUP_FAILED, row.message
+        await self.store.write(lambda s: delete_sandbox(s, sid, reason, message))
 
     async def _stop_task(self, sid: str) -> None:
         state = await self.containerd.task_state(sid)
@@ -437,29 +453,40 @@ class SandboxReconciler:
 
     # -- observed changes ------------------------------------------------------------------
 
-    async def _watch_exits(self) -> None:
-        while True:
-            try:
-                async for env in self.containerd.subscribe('topic=="/tasks/exit"'):
-                    event = task_events.TaskExit.FromString(env.event.value)
-                    if event.id != event.container_id:
-                        continue  # an exec'd process, not the task itself
-                    await self.on_task_exit(event.container_id, event.exit_status)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("task event stream broke", extra={"error": str(e)})
-            await asyncio.sleep(1.0)
-
-    async def on_task_exit(self, container_id: str, exit_status: int) -> None:
-        row = await self.store.read(lambda s: load_sandbox(s, container_id))
+    async def on_task_exit(self, event: TaskExit) -> None:
+        row = await self.store.read(lambda s: load_sandbox(s, event.container_id))
         if row is None or row.phase != SandboxPhase.READY or row.desired != SandboxDesired.READY:
             return  # not ours to report: a stop or remove in progress killed it
         await self.store.write(
             lambda s: record_sandbox_not_ready(
-                s, container_id, "PauseExited", f"the pause task exited with {exit_status}"
+                s,
+                event.container_id,
+                "PauseExited",
+                f"the pause task exited with {event.exit_status}",
             )
         )
+
+    async def resync(self) -> None:
+        """After every (re)subscription to containerd's events: a ready pod whose pause task
+        stopped or vanished while nobody listened is NOTREADY; rows in flight get a pass."""
+        rows = await self.store.read(lambda s: list_sandboxes(s))
+        for row in rows:
+            if row.desired != SandboxDesired.READY or row.phase == SandboxPhase.PENDING:
+                self.queue.wake(row.id)
+            elif row.phase == SandboxPhase.READY:
+                state = await self.containerd.task_state(row.id)
+                if state is None:
+                    reason, message = "TaskVanished", "the pause task is gone"
+                elif state.status == "STOPPED":
+                    reason = "PauseExited"
+                    message = f"the pause task exited with {state.exit_status}"
+                else:
+                    continue
+                await self.store.write(
+                    partial(
+                        record_sandbox_not_ready, sandbox_id=row.id, reason=reason, message=message
+                    )
+                )
 
     # -- restart recovery ------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ from crictl.store.models import (
 )
 from crictl.store.transitions import switch_sandbox_phase
 
+SETUP_FAILED = "SetupFailed"
+
 
 @dataclass(frozen=True)
 class NewSandbox:
@@ -196,6 +198,24 @@ def record_sandbox_not_ready(
     if sandbox.phase in (SandboxPhase.PENDING, SandboxPhase.READY):
         switch_sandbox_phase(session, sandbox, SandboxPhase.NOTREADY, reason, message)
         sandbox.finished_at = sandbox.finished_at or now_ns()
+
+
+def record_setup_failed(session: Session, sandbox_id: str, error: str) -> PodSandbox:
+    """A setup failed: its undo (a removal) is recorded before it starts, with the reason, so
+    a crash in the undo is finished by the next pass and still says why."""
+    sandbox = set_sandbox_desired(session, sandbox_id, SandboxDesired.REMOVED)
+    sandbox.reason = SETUP_FAILED
+    sandbox.message = error
+    return sandbox
+
+
+def record_sandbox_error(session: Session, sandbox_id: str, error: str) -> None:
+    """A stop or remove that failed: its error on the row (the pass is retried)."""
+    sandbox = session.get(PodSandbox, sandbox_id)
+    if sandbox is not None and sandbox.desired != SandboxDesired.READY:
+        sandbox.reason = "TeardownFailed"
+        sandbox.message = error
+        sandbox.updated_at = now_ns()
 
 
 def record_network_released(session: Session, sandbox_id: str) -> None:

@@ -61,7 +61,7 @@ def remove(d: Daemon, sid: str) -> None:
 
 
 def held(d: Daemon, net: CniNetwork) -> Holdings:
-    return holdings(d.containerd, d.namespace, d.state_dir.parent / "netns", net)
+    return holdings(d.containerd_address, d.namespace, d.state_dir.parent / "netns", net)
 
 
 def assert_holds_exactly(d: Daemon, net: CniNetwork, sids: list[str]) -> None:
@@ -150,12 +150,12 @@ def test_crictl_runp_pods_inspectp_stopp_rmp(
         "network",
         "transition",
         "desired",
+        "transition",  # NOTREADY from the first step of the stop on
         "network-released",
-        "transition",
         "desired",
         "removed",
     ]
-    assert events[5]["reason"] == "Stopped"
+    assert events[4]["reason"] == "Stopped"
 
 
 def test_run_is_idempotent_and_conflicts_are_named(

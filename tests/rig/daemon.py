@@ -45,6 +45,13 @@ class Daemon:
     log_path: Path | None = None
 
     @property
+    def containerd_address(self) -> str:
+        """The socket the daemon talks to (a managed containerd's lives in the state dir)."""
+        if self.containerd == "managed":
+            return str(self.state_dir / "containerd" / "containerd.sock")
+        return self.containerd
+
+    @property
     def endpoint(self) -> str:
         return f"unix://{self.socket}"
 

@@ -1,0 +1,218 @@
+"""containerd's task events, the resync that follows every (re)subscription, and the
+supervision of a managed containerd.
+
+What recovery and resync rely on (what crictld trusts containerd for, and what it checks
+itself):
+
+* containerd is the truth for tasks. A task it runs is re-adopted as is (never restarted
+  because crictld or containerd restarted: shims outlive both); a task that stopped yields its
+  real exit code and time (containerd keeps a stopped task until it is deleted); a task it no
+  longer knows (the node rebooted, its state was wiped) is EXITED with code 255 and reason
+  `Unknown` for a container, NOTREADY `TaskVanished` for a sandbox, never a made-up 0.
+* Events are a hint, never the only record: an exit sent while nobody listened (crictld down,
+  containerd restarting, the stream broken) is found by the resync that follows the next
+  subscription. The order matters and is enforced: subscribe, see our own marker event come
+  back through the stream (so the subscription is live), then resync; an exit after that point
+  arrives as an event, one before it is seen by the resync, and handling both is harmless
+  (every handler is idempotent).
+* crictld checks itself what containerd cannot know: the pod's network namespace still being
+  mounted (at start, with CNI CHECK unless the network disables it), and rows in flight, which
+  get a pass that finishes or undoes them.
+* Start-up recovery is just the first resync, plus the one-time work of a fresh process
+  (leases and ingests of operations cut short, rows in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from crictl import errors
+from crictl.containerd.client import ContainerdClient
+from crictl.containerd.managed import ManagedContainerd
+from crictl.gen.containerd.api.events import task_pb2 as task_events
+
+log = logging.getLogger(__name__)
+
+MARKER_TOPIC = "/crictld/subscribed"
+RETRY_FIRST = 0.2
+RETRY_CAP = 5.0
+MARKER_REPEAT = 0.5
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class TaskExit:
+    container_id: str
+    exit_status: int
+    exited_at_ns: int
+
+
+@dataclass
+class TaskEventHandlers:
+    on_exit: list[Callable[[TaskExit], Awaitable[None]]] = field(default_factory=list)
+    on_oom: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
+    resync: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+class TaskEvents:
+    """One subscription to containerd's task events, kept alive across outages; after each
+    (re)subscription the resync handlers run (the first one is start-up recovery)."""
+
+    def __init__(self, containerd: ContainerdClient, handlers: TaskEventHandlers) -> None:
+        self.containerd = containerd
+        self.handlers = handlers
+        self.synced = asyncio.Event()  # set after the first resync (recovery) finished
+        self.subscribed = False
+        self.subscriptions = 0
+        self.last_error = ""
+        self.last_resync_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="task-events")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        delay = RETRY_FIRST
+        while True:
+            before = self.subscriptions
+            try:
+                await self._subscription()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.last_error = str(e)
+                if self.subscribed:
+                    log.warning("task event stream broke", extra={"error": str(e)})
+            self.subscribed = False
+            if self.subscriptions > before:
+                delay = RETRY_FIRST  # it worked for a while: come back quickly
+            await asyncio.sleep(delay)
+            delay = min(RETRY_CAP, delay * 2)
+
+    async def _subscription(self) -> None:
+        marker = secrets.token_hex(8).encode()
+        announcer = asyncio.create_task(self._announce(marker))
+        try:
+            async for env in self.containerd.subscribe(
+                'topic=="/tasks/exit"', 'topic=="/tasks/oom"', f'topic=="{MARKER_TOPIC}"'
+            ):
+                if env.topic == MARKER_TOPIC:
+                    if env.event.value == marker and not self.subscribed:
+                        announcer.cancel()
+                        self.subscribed = True
+                        self.subscriptions += 1
+                        await self._resync()
+                elif env.topic == "/tasks/oom":
+                    oom = task_events.TaskOOM.FromString(env.event.value)
+                    for handle_oom in self.handlers.on_oom:
+                        await handle_oom(oom.container_id)
+                else:
+                    event = task_events.TaskExit.FromString(env.event.value)
+                    if event.id != event.container_id:
+                        continue  # an exec'd process, not the task itself
+                    exit_ = TaskExit(
+                        event.container_id, event.exit_status, event.exited_at.ToNanoseconds()
+                    )
+                    for handle_exit in self.handlers.on_exit:
+                        await handle_exit(exit_)
+        finally:
+            announcer.cancel()
+            await asyncio.gather(announcer, return_exceptions=True)
+
+    async def _announce(self, marker: bytes) -> None:
+        """Publishes our marker until it comes back through the stream: the subscription is
+        then registered, and nothing that happens after the resync can be missed."""
+        while True:
+            with contextlib.suppress(errors.CrictlError):
+                await self.containerd.publish(MARKER_TOPIC, marker)
+            await asyncio.sleep(MARKER_REPEAT)
+
+    async def _resync(self) -> None:
+        started = time.monotonic()
+        for resync in self.handlers.resync:
+            try:
+                await resync()
+            except errors.CrictlError as e:
+                # containerd went away again: the next subscription resyncs once more
+                log.warning("resync failed", extra={"error": str(e)})
+                raise
+        self.last_resync_at = time.time()
+        self.synced.set()
+        log.info(
+            "resynced with containerd",
+            extra={"subscription": self.subscriptions, "ms": (time.monotonic() - started) * 1e3},
+        )
+
+
+class Supervisor:
+    """Restarts a managed containerd that exited (with backoff; its shims and containers
+    survive it) and tracks whether containerd answers. An external containerd is only
+    watched: the gRPC channel reconnects by itself and the task events resubscribe."""
+
+    def __init__(self, containerd: ContainerdClient, managed: ManagedContainerd | None) -> None:
+        self.containerd = containerd
+        self.managed = managed
+        self.connected = True
+        self.restarts = 0
+        self.outages = 0
+        self.last_error = ""
+        self.down_since: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="containerd-supervisor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        backoff = RETRY_FIRST
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            if self.managed is not None and not self.managed.alive():
+                self._down("the managed containerd exited")
+                try:
+                    await self.managed.ensure_running()
+                    self.restarts += 1
+                    backoff = RETRY_FIRST
+                    log.warning("restarted the managed containerd", extra={"pid": self.managed.pid})
+                except errors.CrictlError as e:
+                    self.last_error = str(e)
+                    log.error("managed containerd does not start", extra={"error": str(e)})
+                    await asyncio.sleep(backoff)
+                    backoff = min(RETRY_CAP * 6, backoff * 2)
+                    continue
+            try:
+                await self.containerd.version(timeout=PROBE_TIMEOUT)
+            except errors.CrictlError as e:
+                self._down(str(e))
+                continue
+            if not self.connected:
+                log.warning(
+                    "containerd is back",
+                    extra={"down_s": round(time.monotonic() - (self.down_since or 0), 1)},
+                )
+            self.connected = True
+            self.down_since = None
+
+    def _down(self, why: str) -> None:
+        if self.connected:
+            self.outages += 1
+            self.down_since = time.monotonic()
+            log.warning("containerd is unreachable", extra={"error": why})
+        self.connected = False
+        self.last_error = why

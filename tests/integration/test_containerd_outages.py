@@ -1,0 +1,182 @@
+"""containerd is a dependency that fails: kill -9 of the managed containerd (crictld restarts
+it) and of an external one (the test restarts it), with a container that keeps running and one
+that exits during the outage; plus the undo of a failed setup cut short by a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from crictl.containerd.managed import ManagedContainerd
+from crictl.gen.cri.runtime.v1 import api_pb2
+from tests.integration.test_containers import Pod, wait_for
+from tests.integration.test_images import failure
+from tests.integration.test_sandbox_crashes import arm, restart_after_fault
+from tests.integration.test_sandboxes import assert_nothing_held, pod_config, remove, run
+from tests.rig.cni import CniNetwork
+from tests.rig.daemon import Daemon
+from tests.rig.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+# Waits for a file that the test creates from the host (through /proc/PID/root) while
+# containerd is down, then exits 42: an exit nobody can hear at that moment.
+EXIT_ON_SIGNAL = ["sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.05; done; exit 42"]
+
+
+def containerd_processes(config: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"containerd") and str(config).encode() in argv:
+                pids.append(int(proc.name))
+    return pids
+
+
+def daemon_info(d: Daemon) -> dict[str, object]:
+    info: dict[str, object] = json.loads(d.status().info["daemon"])
+    return info
+
+
+def runtime_condition(d: Daemon) -> api_pb2.RuntimeCondition:
+    conditions = {c.type: c for c in d.status().status.conditions}
+    return conditions["RuntimeReady"]
+
+
+def _two_containers(pod: Pod) -> tuple[str, str, int, int]:
+    sleeper = pod.create("sleeper", ["sleep", "3600"])
+    exiter = pod.create("exiter", EXIT_ON_SIGNAL)
+    pod.start(sleeper)
+    pod.start(exiter)
+    return sleeper, exiter, pod.pid(sleeper), pod.pid(exiter)
+
+
+def _after_outage(pod: Pod, sleeper: str, exiter: str, sleeper_pid: int) -> None:
+    wait_for(
+        "the exit during the outage is harvested",
+        lambda: pod.status(exiter).state == api_pb2.CONTAINER_EXITED,
+        30,
+    )
+    status = pod.status(exiter)
+    assert (status.exit_code, status.reason) == (42, "Error"), status
+    assert pod.status(sleeper).state == api_pb2.CONTAINER_RUNNING
+    assert pod.pid(sleeper) == sleeper_pid
+
+
+@pytest.fixture
+def managed_image_daemon(managed_daemon: Daemon, registry: Registry) -> Iterator[Daemon]:
+    managed_daemon.extra_args += ["--pause-image", f"{registry.host}/pause:3.10"]
+    managed_daemon.start()
+    yield managed_daemon
+
+
+def test_managed_containerd_killed(
+    managed_image_daemon: Daemon, registry: Registry, cni_network: CniNetwork, short_tmp: Path
+) -> None:
+    d = managed_image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    sleeper, exiter, sleeper_pid, exiter_pid = _two_containers(pod)
+    config = d.state_dir / "containerd" / "config.toml"
+    [old] = containerd_processes(config)
+    started = time.monotonic()
+    os.kill(old, signal.SIGKILL)
+    Path(f"/proc/{exiter_pid}/root/tmp/go").touch()  # exits while containerd is gone
+    wait_for("a new managed containerd", lambda: containerd_processes(config) not in ([], [old]))
+    _after_outage(pod, sleeper, exiter, sleeper_pid)
+    assert time.monotonic() - started < 30
+    assert len(containerd_processes(config)) == 1
+    assert runtime_condition(d).status
+    info = daemon_info(d)
+    assert info["containerdRestarts"] == 1 and info["containerdConnected"] is True, info
+    assert int(str(info["eventSubscriptions"])) >= 2, info
+    # The node goes on working: the pod stops and is removed cleanly.
+    remove(d, pod.id)
+    assert_nothing_held(d, cni_network, [pod.id, sleeper, exiter])
+
+
+def test_external_containerd_restarted(
+    short_tmp: Path,
+    crictl_path: Path,
+    cni_network: CniNetwork,
+    registry: Registry,
+) -> None:
+    external = ManagedContainerd(short_tmp / "external")  # started and stopped by the test
+    asyncio.run(external.ensure_running())
+    d = Daemon(
+        state_dir=short_tmp / "state",
+        socket=short_tmp / "crictld.sock",
+        crictl_bin=crictl_path,
+        cni_conf_dir=cni_network.conf_dir,
+        cni_bin_dirs=cni_network.bin_dirs,
+        containerd=external.address,
+        extra_args=["--pause-image", f"{registry.host}/pause:3.10"],
+    )
+    try:
+        d.start()
+        pod = Pod(d, registry, short_tmp / "logs")
+        sleeper, exiter, sleeper_pid, exiter_pid = _two_containers(pod)
+        assert external.pid is not None
+        os.kill(external.pid, signal.SIGKILL)
+        Path(f"/proc/{exiter_pid}/root/tmp/go").touch()
+        # While it is away: the node is NotReady with a reason, calls that need containerd
+        # say it is unreachable, reads of the store go on.
+        wait_for("RuntimeReady=false", lambda: not runtime_condition(d).status, 10)
+        condition = runtime_condition(d)
+        assert condition.reason == "ContainerdUnreachable", condition
+        code, message = failure(pod.create, "later", ["true"])
+        assert code == grpc.StatusCode.UNAVAILABLE and "unreachable" in message, message
+        assert [
+            p.id for p in d.runtime_call("ListPodSandbox", api_pb2.ListPodSandboxRequest()).items
+        ] == [pod.id]
+        wait_for("the outage is seen", lambda: daemon_info(d)["containerdConnected"] is False, 10)
+        external.pid = None
+        asyncio.run(external.ensure_running())  # what an operator's init system would do
+        wait_for("RuntimeReady=true", lambda: runtime_condition(d).status, 30)
+        _after_outage(pod, sleeper, exiter, sleeper_pid)
+        remove(d, pod.id)
+        assert_nothing_held(d, cni_network, [pod.id, sleeper, exiter])
+    finally:
+        d.stop()
+        asyncio.run(external.stop_recorded())
+
+
+def test_undo_of_a_failed_setup_survives_a_crash(
+    image_daemon: Daemon, registry: Registry, cni_network: CniNetwork
+) -> None:
+    """A RunPodSandbox whose setup fails (here: a pause image no registry has) is undone; the
+    undo is recorded before it starts, so a crash in it is finished by the next start."""
+    d = image_daemon
+    good = d.extra_args[d.extra_args.index("--pause-image") + 1]
+    d.extra_args[d.extra_args.index("--pause-image") + 1] = f"{registry.host}/no-such-pause:1"
+    arm(d, "sandbox-undo:after-desired")
+    code, _ = failure(run, d, pod_config())
+    assert code == grpc.StatusCode.UNAVAILABLE  # the daemon died in the undo
+    d.extra_args[d.extra_args.index("--pause-image") + 1] = good
+    restart_after_fault(d)
+    wait_for(
+        "the undo is finished",
+        lambda: (
+            not d.runtime_call("ListPodSandbox", api_pb2.ListPodSandboxRequest()).items
+            and json.loads(d.sql("--json", "SELECT id FROM pods").stdout) == []
+        ),
+        30,
+    )
+    events = json.loads(
+        d.sql("--json", "SELECT action, reason FROM events WHERE action = 'removed'").stdout
+    )
+    assert [e["reason"] for e in events] == ["SetupFailed"], events
+    sid = run(d, pod_config())  # a retry starts afresh and works
+    remove(d, sid)
+    assert_nothing_held(d, cni_network, [sid])
