@@ -1,4 +1,4 @@
-"""The `crictld` command: serve | migrate | sql | version."""
+"""The `crictld` command: serve | migrate | sql | doctor | version."""
 
 from __future__ import annotations
 
@@ -84,6 +84,50 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--schema", action="store_true", help="print the views and tables")
     sql.add_argument("query", nargs="?")
 
+    doctor = sub.add_parser(
+        "doctor",
+        help="compare the store with containerd, netns, IPAM and loggers; list every mismatch",
+        description="Exit status: 0 nothing amiss, 1 findings, 2 the database or containerd "
+        "cannot be read.",
+    )
+    _add_state_args(doctor)
+    doctor.add_argument(
+        "--containerd",
+        metavar="ADDRESS|managed",
+        help="default: the standard socket if it answers, else the managed one under the "
+        "state dir (nothing is started)",
+    )
+    doctor.add_argument("--containerd-namespace", help="default crictld")
+    doctor.add_argument("--netns-dir", type=Path, help="default /run/crictld/netns")
+    doctor.add_argument("--cni-conf-dir", type=Path, help="default /etc/cni/net.d")
+    doctor.add_argument(
+        "--cni-bin-dir",
+        type=Path,
+        action="append",
+        dest="cni_bin_dirs",
+        help="repeatable; default /opt/cni/bin and /usr/lib/cni",
+    )
+    doctor.add_argument(
+        "--stuck-after",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="a row not where it should be for this long is stuck (default 120)",
+    )
+    doctor.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="objects younger than this are being made, not orphans (default 60)",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument(
+        "--sweep",
+        action="store_true",
+        help="remove the orphans found (as the daemon's sweep does), then look again",
+    )
+
     sub.add_parser("version", help="print crictld's version")
     return parser
 
@@ -146,6 +190,25 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from crictl import doctor
+
+    setup_logging("WARNING")  # a removal --sweep could not make is logged, as the daemon's
+    config = load_config(args).with_overrides(
+        {
+            "containerd": args.containerd,
+            "containerd_namespace": args.containerd_namespace,
+            "netns_dir": args.netns_dir,
+            "cni_conf_dir": args.cni_conf_dir,
+            "cni_bin_dirs": args.cni_bin_dirs,
+        }
+    )
+    if args.grace < 0 or args.stuck_after < 0:
+        raise errors.InvalidArgument("--grace and --stuck-after must not be negative")
+    options = doctor.DoctorOptions(stuck_after=args.stuck_after, grace=args.grace, sweep=args.sweep)
+    return doctor.run(config, options, as_json=args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -154,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sql":
             return _sql(args)
+        if args.command == "doctor":
+            return _doctor(args)
         config = load_config(args)
         setup_logging(config.log_level)
         if args.command == "migrate":

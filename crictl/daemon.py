@@ -42,6 +42,7 @@ from crictl.reconciler.containers import ContainerReconciler
 from crictl.reconciler.events import Supervisor, TaskEventHandlers, TaskEvents
 from crictl.reconciler.health import Health
 from crictl.reconciler.images import ImageManager
+from crictl.reconciler.orphans import OrphanSweeper, SweepSettings
 from crictl.reconciler.sandboxes import SandboxReconciler, SandboxSettings
 from crictl.reconciler.stats import StatsCollector
 from crictl.reconciler.streams import StreamBackend
@@ -138,6 +139,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     streams: StreamServer | None = None
     events: TaskEvents | None = None
     supervisor: Supervisor | None = None
+    sweeper: OrphanSweeper | None = None
     try:
         before, after = await asyncio.to_thread(upgrade_to_head, config.db_path)
         if before != after:
@@ -191,6 +193,19 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             await asyncio.wait_for(events.synced.wait(), RECOVERY_WAIT)
         supervisor = Supervisor(conn.client, conn.managed)
         supervisor.start()
+        # What no row owns (left by crashes) is removed now, before serving (every exec
+        # session and pull lease is a leftover then), and every few minutes after.
+        sweeper = OrphanSweeper(
+            store,
+            conn.client,
+            SweepSettings(
+                state_dir=config.state_dir,
+                netns_dir=config.netns_dir,
+                cni_conf_dir=config.cni_conf_dir,
+                cni_bin_dirs=config.cni_bin_dirs,
+            ),
+        )
+        await sweeper.start()
         stats = StatsCollector(store, conn.client)
         await stats.start()
         streams = StreamServer(
@@ -250,6 +265,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             config.socket.unlink()
         if streams is not None:
             await streams.stop()
+        if sweeper is not None:
+            await sweeper.stop()
         if supervisor is not None:
             await supervisor.stop()
         if events is not None:

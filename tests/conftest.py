@@ -5,11 +5,9 @@ each removes everything it created."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +22,7 @@ from tests.rig.daemon import REPO, Daemon, crictl_bin
 from tests.rig.images import FixtureImage, build_images, push_images, random_layer_image
 from tests.rig.inventory import purge_namespace
 from tests.rig.registry import Registry
+from tests.rig.shims import kill_shims
 
 # A layer large enough that a pull can be interrupted in the middle of it.
 BIG_IMAGE = ("crictld-test/big", "1", 48 << 20)
@@ -44,28 +43,6 @@ def _remove_tree(path: Path) -> None:
     for mountpoint in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _kill_shims(address: str) -> None:
-    """Shims outlive their containerd by design; a test that failed halfway can leave some,
-    with their containers and loggers. End every shim still serving `address`, and its
-    children first (a shim is its containers' subreaper)."""
-    shims: set[int] = set()
-    parents: dict[int, int] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        if b"-address" in argv and address.encode() in argv:
-            shims.add(int(proc.name))
-    for pid in [p for p, parent in parents.items() if parent in shims] + sorted(shims):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -92,7 +69,7 @@ def containerd_address() -> Iterator[str]:
         yield managed.address
     finally:
         asyncio.run(managed.stop())
-        _kill_shims(managed.address)
+        kill_shims(managed.address)
         _remove_tree(root)
 
 
@@ -151,8 +128,11 @@ def managed_daemon(short_tmp: Path, crictl_path: Path, cni_network: CniNetwork) 
         yield d
     finally:
         d.stop()
-        # A daemon killed by a test leaves its containerd behind on purpose; end it here.
-        asyncio.run(ManagedContainerd(d.state_dir / "containerd").stop_recorded())
+        # A daemon killed by a test leaves its containerd behind on purpose; end it here,
+        # and the shims (with their containers) of a test that failed halfway.
+        managed = ManagedContainerd(d.state_dir / "containerd")
+        asyncio.run(managed.stop_recorded())
+        kill_shims(managed.address)
 
 
 @pytest.fixture(scope="session")

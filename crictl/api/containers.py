@@ -28,6 +28,7 @@ from crictl.store.containers import (
     create_container,
     get_container,
     list_container_phases,
+    load_container,
     resolve_container_id,
     set_container_desired,
 )
@@ -57,6 +58,13 @@ def _static_container(r: ContainerSummary) -> api_pb2.Container:
         created_at=r.created_at,
         labels=r.labels,
         annotations=r.annotations,
+    )
+
+
+def _torn_down(row: Container) -> errors.CrictlError:
+    why = f"{row.reason}: {row.message}" if row.reason else "it is being removed"
+    return errors.Unavailable(
+        f"container {row.id} with this name is being torn down ({why}); retry once it is gone"
     )
 
 
@@ -114,7 +122,14 @@ class Containers:
         row, created = await self.store.write(lambda s: create_container(s, new))
         if created:
             faults.point("container-create:after-insert")
+        if row.desired == ContainerDesired.REMOVED:
+            raise _torn_down(row)
         await self.reconciler.queue.wait(row.id)
+        # A retry may have attached to a create that then failed and is being undone: never
+        # answer OK with an id that is going away.
+        after = await self.store.read(lambda s: load_container(s, row.id))
+        if after is None or after.desired == ContainerDesired.REMOVED:
+            raise _torn_down(after or row)
         return api_pb2.CreateContainerResponse(container_id=row.id)
 
     async def _change(

@@ -35,6 +35,7 @@ from crictl.store.sandboxes import (
     get_sandbox,
     labels_of,
     list_sandbox_states,
+    load_sandbox,
     resolve_sandbox_id,
     sandbox_summaries,
     set_sandbox_desired,
@@ -124,8 +125,22 @@ class PodSandboxes:
         row, created = await self.store.write(lambda s: create_sandbox(s, new))
         if created:
             faults.point("sandbox-run:after-insert")
+        if row.desired == SandboxDesired.REMOVED:
+            raise self._torn_down(row)
         await self.reconciler.queue.wait(row.id)
+        # A retry may have attached to a setup that then failed and is being undone: never
+        # answer OK with an id that is going away (the caller would lose its pod).
+        after = await self.store.read(lambda s: load_sandbox(s, row.id))
+        if after is None or after.desired == SandboxDesired.REMOVED:
+            raise self._torn_down(after or row)
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=row.id)
+
+    @staticmethod
+    def _torn_down(row: PodSandbox) -> errors.CrictlError:
+        why = f"{row.reason}: {row.message}" if row.reason else "it is being removed"
+        return errors.Unavailable(
+            f"pod sandbox {row.id} with this name is being torn down ({why}); retry once it is gone"
+        )
 
     async def _change(self, sandbox_id: str, desired: SandboxDesired, fault: str) -> None:
         try:

@@ -392,11 +392,19 @@ class ContainerdClient:
                 ),
             )
             return resp.pid
-        except errors.AlreadyExists:
-            state = await self.task_state(container_id)
-            if state is None:
+        except (errors.AlreadyExists, errors.FailedPrecondition) as e:
+            # The task exists (a repeated step), or an earlier create of it whose caller died
+            # is still under way or being cleaned up in containerd ("already exists" with no
+            # task to get yet, or "...task/<ns>/<id>: file exists"): a passing state, so the
+            # step is retried rather than failed for good.
+            if isinstance(e, errors.FailedPrecondition) and "file exists" not in str(e):
                 raise
-            return state.pid
+            state = await self.task_state(container_id)
+            if state is not None:
+                return state.pid
+            raise errors.Unavailable(
+                f"an earlier create of task {container_id} is still in containerd: {e}"
+            ) from e
 
     async def start_task(self, container_id: str) -> int:
         try:

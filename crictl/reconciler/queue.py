@@ -93,7 +93,7 @@ class KeyedQueue(Generic[K]):
         self.passes_failed += 1
         previous = self.failures.get(key)
         attempts = previous.attempts + 1 if previous else 1
-        delay = min(self.retry_cap, self.retry_first * 2 ** (attempts - 1))
+        delay = min(self.retry_cap, self.retry_first * 2 ** min(attempts - 1, 32))
         self.failures[key] = Failure(
             attempts,
             str(error) or type(error).__name__,

@@ -213,8 +213,9 @@ def record_sandbox_error(session: Session, sandbox_id: str, error: str) -> None:
     """A stop or remove that failed: its error on the row (the pass is retried)."""
     sandbox = session.get(PodSandbox, sandbox_id)
     if sandbox is not None and sandbox.desired != SandboxDesired.READY:
-        sandbox.reason = "TeardownFailed"
-        sandbox.message = error
+        if sandbox.reason != SETUP_FAILED:  # an undo keeps saying why it undoes
+            sandbox.reason = "TeardownFailed"
+            sandbox.message = error
         sandbox.updated_at = now_ns()
 
 

@@ -24,6 +24,7 @@ from tests.integration.test_sandboxes import assert_nothing_held, pod_config, re
 from tests.rig.cni import CniNetwork
 from tests.rig.daemon import Daemon
 from tests.rig.registry import Registry
+from tests.rig.shims import kill_shims
 
 pytestmark = pytest.mark.integration
 
@@ -150,6 +151,7 @@ def test_external_containerd_restarted(
     finally:
         d.stop()
         asyncio.run(external.stop_recorded())
+        kill_shims(external.address)
 
 
 def test_undo_of_a_failed_setup_survives_a_crash(

@@ -1,0 +1,326 @@
+"""`crictld doctor` and the orphan sweep on a real node: a clean node is clean, one orphan of
+each kind is named, `--sweep` removes exactly those (one event each) and leaves the pod and its
+running container alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crictl.containerd.client import ContainerdClient
+from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
+from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
+from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.network import cni, netns
+from crictl.reconciler.orphans import OrphanSweeper, SweepSettings
+from crictl.store.engine import Store, make_engine
+from tests.integration.test_containers import Pod
+from tests.integration.test_sandboxes import assert_nothing_held, remove, status
+from tests.rig.cni import CniNetwork
+from tests.rig.daemon import REPO, Daemon
+from tests.rig.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+LOGGER = Path(sys.executable).with_name("crictld-logger")
+
+
+def doctor(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "crictl.cli",
+        "doctor",
+        "--state-dir",
+        str(d.state_dir),
+        "--containerd",
+        d.containerd,
+        "--containerd-namespace",
+        d.namespace,
+        "--netns-dir",
+        str(d.state_dir.parent / "netns"),
+        "--cni-conf-dir",
+        str(d.cni_conf_dir),
+    ]
+    for b in d.cni_bin_dirs:
+        cmd += ["--cni-bin-dir", str(b)]
+    return subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, cwd=REPO, timeout=120, check=False
+    )
+
+
+def report(d: Daemon, *args: str) -> tuple[int, dict[str, Any]]:
+    done = doctor(d, "--json", *args)
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    doc: dict[str, Any] = json.loads(done.stdout)
+    return done.returncode, doc
+
+
+def kinds_and_names(findings: list[dict[str, str]]) -> set[tuple[str, str]]:
+    return {(f["kind"], f["name"]) for f in findings}
+
+
+@dataclass
+class Planted:
+    expected: set[tuple[str, str]]
+    logger_pid: int
+    paths: list[Path]
+    containerd_ids: list[str]
+
+
+async def _plant_containerd(d: Daemon, pod_id: str, app_id: str) -> tuple[str, str, str]:
+    """A running task in a crictld-labelled container no row owns (made from the app
+    container's own spec and image), and the lease and snapshot of a create cut short."""
+    c = ContainerdClient(d.containerd, d.namespace)
+    try:
+        md = c.metadata
+        ghost = secrets.token_hex(32)
+        spec: dict[str, Any] = await c.container_spec(app_id)
+        spec["process"]["args"] = ["sleep", "3600"]
+        linux = spec["linux"]
+        linux["cgroupsPath"] = linux["cgroupsPath"].replace(app_id, ghost)
+        info = await c.call(
+            "stat",
+            c.snapshots.Stat(
+                snapshots_pb2.StatSnapshotRequest(snapshotter="overlayfs", key=app_id),
+                metadata=md,
+            ),
+        )
+        labels = {"crictld.io/kind": "container", "crictld.io/sandbox-id": pod_id}
+        await c.create_container(ghost, "ghost", spec, "overlayfs", labels)
+        mounts = await c.prepare_snapshot("overlayfs", ghost, info.info.parent)
+        await c.create_task(ghost, mounts)
+        await c.start_task(ghost)
+
+        lease, cut_short = f"crictld-create-{secrets.token_hex(6)}", secrets.token_hex(32)
+        await c.call(
+            "create lease",
+            c.leases.Create(
+                leases_pb2.CreateRequest(id=lease, labels={"crictld.io/create": cut_short}),
+                metadata=md,
+            ),
+        )
+        await c.prepare_snapshot(
+            "overlayfs", cut_short, info.info.parent, metadata=(*md, ("containerd-lease", lease))
+        )
+        return ghost, lease, cut_short
+    finally:
+        await c.close()
+
+
+async def _plant_network(d: Daemon) -> tuple[Path, str]:
+    """A netns and an IP (CNI ADD through crictld's own code) for a sandbox id no row has."""
+    sid = secrets.token_hex(32)
+    path = d.state_dir.parent / "netns" / sid
+    await asyncio.to_thread(netns.create, path)
+    net = cni.load_network_config(d.cni_conf_dir, d.cni_bin_dirs)
+    result = await cni.add(net, sid, str(path), "IgnoreUnknown=1", {}, d.cni_bin_dirs)
+    assert result.ip is not None
+    return path, result.ip
+
+
+def _plant_logger(d: Daemon, short_tmp: Path) -> tuple[int, Path]:
+    cid = secrets.token_hex(32)
+    directory = d.state_dir / "containers" / cid
+    directory.mkdir(parents=True)
+    fifo = directory / "stdout"
+    os.mkfifo(fifo)
+    pidfile = directory / "logger.pid"
+    done = subprocess.run(
+        [
+            str(LOGGER),
+            "--log",
+            str(short_tmp / "orphan.log"),
+            "--pidfile",
+            str(pidfile),
+            "--stdout-fifo",
+            str(fifo),
+            "--daemonize",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return int(pidfile.read_text()), directory
+
+
+def plant(d: Daemon, pod: Pod, app_id: str, short_tmp: Path) -> Planted:
+    ghost, lease, cut_short = asyncio.run(_plant_containerd(d, pod.id, app_id))
+    netns_path, ip = asyncio.run(_plant_network(d))
+    sandbox_dir = d.state_dir / "sandboxes" / secrets.token_hex(32)
+    sandbox_dir.mkdir(parents=True)
+    (sandbox_dir / "hostname").write_text("ghost\n")
+    (sandbox_dir / "shm").mkdir()  # the pod's /dev/shm, mounted as the daemon mounts it
+    subprocess.run(["mount", "-t", "tmpfs", "shm", str(sandbox_dir / "shm")], check=True)
+    logger_pid, logger_dir = _plant_logger(d, short_tmp)
+    # The empty task cgroup runc leaves when a create is cut short.
+    cgroup = secrets.token_hex(32)
+    cgroup_dirs = [Path(f"/sys/fs/cgroup/{c}/crictld/{cgroup}") for c in ("memory", "pids")]
+    for path in cgroup_dirs:
+        path.mkdir(parents=True)
+    return Planted(
+        expected={
+            ("orphan-container", ghost),
+            ("orphan-task", ghost),
+            ("orphan-lease", lease),
+            ("orphan-snapshot", cut_short),
+            ("orphan-netns", str(netns_path)),
+            ("orphan-ip", ip),
+            ("orphan-state-dir", str(sandbox_dir)),
+            ("orphan-state-dir", str(logger_dir)),
+            ("orphan-logger", str(logger_pid)),
+            ("orphan-cgroup", cgroup),
+        },
+        logger_pid=logger_pid,
+        paths=[netns_path, sandbox_dir, logger_dir, *cgroup_dirs],
+        containerd_ids=[ghost, cut_short],
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_doctor_names_each_orphan_and_the_sweep_removes_only_them(
+    image_daemon: Daemon, registry: Registry, cni_network: CniNetwork, short_tmp: Path
+) -> None:
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"])
+    pod.start(cid)
+    pid = pod.pid(cid)
+
+    # a clean node
+    done = doctor(d)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "connected" in done.stdout and "findings    none" in done.stdout
+    code, doc = report(d)
+    assert code == 0 and doc["ok"] and doc["findings"] == [], doc
+    assert doc["daemon"]["running"] is True
+    assert doc["store"]["pods_by_phase"] == {"READY": 1}
+    assert doc["store"]["containers_by_phase"] == {"RUNNING": 1}
+    node = doc["node"]
+    assert node["containerd_containers_by_kind"] == {"container": 1, "sandbox": 1}
+    assert node["tasks_by_status"] == {"RUNNING": 2}
+    assert (node["netns"], node["ips"], node["loggers"]) == (1, 1, 1)
+
+    planted = plant(d, pod, cid, short_tmp)
+    try:
+        # all young: being made, as far as a 60 s grace can tell
+        code, doc = report(d)
+        assert code == 0, doc["findings"]
+
+        code, doc = report(d, "--grace", "0")
+        assert code == 1
+        assert kinds_and_names(doc["findings"]) == planted.expected
+        human = doctor(d, "--grace", "0")
+        assert human.returncode == 1
+        for kind, name in planted.expected:
+            assert any(kind in line and name in line for line in human.stdout.splitlines())
+
+        code, doc = report(d, "--sweep", "--grace", "0")
+        assert kinds_and_names(doc["swept"]) == planted.expected
+        assert code == 0 and doc["findings"] == [], doc["findings"]
+        code, doc = report(d)
+        assert code == 0 and doc["findings"] == []
+    finally:
+        if alive(planted.logger_pid):
+            os.kill(planted.logger_pid, 9)
+
+    assert not alive(planted.logger_pid)
+    assert not any(p.exists() for p in planted.paths)
+    assert not (
+        cni_network.ipam_dir
+        / cni_network.name
+        / next(n for k, n in planted.expected if k == "orphan-ip")
+    ).exists()
+    events = json.loads(
+        d.sql(
+            "--json", "SELECT object_id, action, reason FROM events WHERE object_kind = 'orphan'"
+        ).stdout
+    )
+    assert {(e["reason"], e["object_id"]) for e in events} == planted.expected
+    assert {e["action"] for e in events} == {"swept"}
+
+    # the pod and its container never noticed
+    assert status(d, pod.id).status.state == api_pb2.SANDBOX_READY
+    assert pod.status(cid).state == api_pb2.CONTAINER_RUNNING and pod.pid(cid) == pid
+    time.sleep(0.2)
+    assert pod.exec(cid, ["true"]).exit_code == 0
+
+    pod.stop(cid)
+    pod.remove(cid)
+    remove(d, pod.id)
+    assert_nothing_held(d, cni_network, [pod.id])
+
+
+def test_the_daemons_sweeper_sweeps_at_start_and_then_periodically(
+    image_daemon: Daemon, short_tmp: Path
+) -> None:
+    """OrphanSweeper as the daemon runs it, beside a live daemon: its first sweep takes every
+    exec dir for a leftover, later ones leave young exec dirs alone."""
+    d = image_daemon
+    settings = SweepSettings(
+        state_dir=d.state_dir,
+        netns_dir=d.state_dir.parent / "netns",
+        cni_conf_dir=d.cni_conf_dir,
+        cni_bin_dirs=d.cni_bin_dirs,
+    )
+
+    def dirs(*names: str) -> list[Path]:
+        made = [d.state_dir / name for name in names]
+        for path in made:
+            path.mkdir(parents=True)
+        return made
+
+    async def go() -> None:
+        store = Store(make_engine(d.state_dir / "crictld.db"))
+        client = ContainerdClient(d.containerd, d.namespace)
+        ghost = secrets.token_hex(32)
+        await client.create_container(
+            ghost, "ghost", {"ociVersion": "1.0.2"}, "overlayfs", {"crictld.io/kind": "sandbox"}
+        )
+        at_start = dirs(f"sandboxes/{secrets.token_hex(32)}", "exec/exec-0123456789abcdef")
+        sweeper = OrphanSweeper(store, client, settings, grace=0.0, interval=0.1)
+        try:
+            await sweeper.start()
+            assert not any(p.exists() for p in at_start)
+            assert [c.id for c in await client.list_containers()] == []
+            later = dirs(f"containers/{secrets.token_hex(32)}", "exec/exec-fedcba9876543210")
+            for _ in range(100):
+                if not later[0].exists():
+                    break
+                await asyncio.sleep(0.05)
+            assert not later[0].exists() and later[1].exists()  # a session may hold that one
+        finally:
+            await sweeper.stop()
+            await client.close()
+            store.close()
+
+    asyncio.run(go())
+    events = json.loads(
+        d.sql("--json", "SELECT object_id, reason FROM events WHERE object_kind = 'orphan'").stdout
+    )
+    assert sorted(e["reason"] for e in events) == [
+        "orphan-container",
+        "orphan-state-dir",
+        "orphan-state-dir",
+        "orphan-state-dir",
+    ]
