@@ -11,6 +11,11 @@
  * chunk, and output that ends without a newline is written with P. SIGUSR1 reopens the log
  * path (kubelet renamed the file and called ReopenContainerLog).
  *
+ * No torn records: a record is one write() (readers never see half of one), a write that
+ * fails part-way is truncated away, and a tail an earlier writer left without its '\n' (it
+ * was killed mid-write) is dropped when the log is opened, so a new record is never glued
+ * onto half of an old one. This assumes one logger writes a log file at a time.
+ *
  * Usage: crictld-logger --log PATH [--pidfile PATH] [--attach DIR]
  *            [--stdout-fifo PATH] [--stderr-fifo PATH] [--stdin-fifo PATH]
  *            [--stdin-once 1|0] [--daemonize 1|0]
@@ -68,10 +73,14 @@
 #define MAX_CLIENTS 64
 #define MSG_PAYLOAD 8192                /* conmon's limit per attach message */
 #define CLIENT_SNDBUF (1024 * 1024)     /* slack before a slow client is dropped */
+#define TAIL_SCAN (64 * 1024)           /* > any record: MAX_LINE + a ~45-byte header */
 
 static volatile sig_atomic_t reopen_requested;
 static const char *log_path;
 static int log_fd = -1;
+/* The log may end inside a record (repairing it failed): nothing is appended until
+ * repair_tail() succeeds, since a record written now would be glued onto the torn one. */
+static int log_torn;
 
 struct stream {
     int fd;
@@ -97,8 +106,33 @@ static size_t in_off, in_len, in_cap;
 
 static void on_usr1(int sig) { (void)sig; reopen_requested = 1; }
 
+/* Makes the log end on a record boundary; 0 once it does. A tail with no final '\n' is a
+ * record whose writer died mid-write (SIGKILL can cut even one write() short, between pages):
+ * it is dropped, by truncating to just after the last '\n' (or to empty). */
+static int repair_tail(int fd) {
+    struct stat st;
+    char buf[4096];
+    if (fstat(fd, &st) < 0) return -1;
+    if (!S_ISREG(st.st_mode)) return 0; /* /dev/null when the container has no log path */
+    off_t end = st.st_size, pos = end;
+    while (pos > 0 && end - pos < TAIL_SCAN) {
+        size_t k = pos < (off_t)sizeof buf ? (size_t)pos : sizeof buf;
+        if (pread(fd, buf, k, pos - (off_t)k) != (ssize_t)k) return -1;
+        pos -= (off_t)k;
+        for (size_t i = k; i-- > 0;)
+            if (buf[i] == '\n')
+                return pos + (off_t)i + 1 == end ? 0 : ftruncate(fd, pos + (off_t)i + 1);
+    }
+    if (pos == 0) return end == 0 ? 0 : ftruncate(fd, 0); /* a torn record and nothing else */
+    /* No '\n' in the last TAIL_SCAN bytes: longer than any record we write, so this is not
+     * one of our torn records but something else's data. End its line rather than destroy
+     * it; the next record still starts on a line of its own. */
+    return write(fd, "\n", 1) == 1 ? 0 : -1;
+}
+
 static int open_log(void) {
-    int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    /* O_RDWR: repair_tail() reads the tail */
+    int fd = open(log_path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (fd < 0) {
         /* the directory may not exist yet */
         char dir[4096];
@@ -110,20 +144,28 @@ static int open_log(void) {
                 if (*p == '/') { *p = '\0'; mkdir(dir, 0755); *p = '/'; }
             mkdir(dir, 0755);
         }
-        fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        fd = open(log_path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     }
+    if (fd >= 0) log_torn = repair_tail(fd) < 0; /* fd becomes log_fd */
     return fd;
 }
 
-static void write_all(const char *data, size_t n) {
-    while (n > 0) {
-        ssize_t w = write(log_fd, data, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return; /* nowhere to report it; keep draining the container's output */
+/* Appends one whole record, or nothing. */
+static void write_record(const char *data, size_t n) {
+    if (log_torn && (log_torn = repair_tail(log_fd) < 0)) return; /* drop it: never glue */
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(log_fd, data + done, n - done);
+        if (w > 0) { done += (size_t)w; continue; } /* short (a signal, or ENOSPC next) */
+        if (w < 0 && errno == EINTR) continue;
+        /* The rest cannot be written (nowhere to report it; keep draining the container's
+         * output): take back the part that was, so the file ends on a record boundary. The
+         * O_APPEND writes left the offset just past that part: no lseek/fstat per record. */
+        if (done > 0) {
+            off_t cur = lseek(log_fd, 0, SEEK_CUR);
+            if (cur < (off_t)done || ftruncate(log_fd, cur - (off_t)done) < 0) log_torn = 1;
         }
-        data += w;
-        n -= (size_t)w;
+        return;
     }
 }
 
@@ -141,7 +183,7 @@ static void record(const struct stream *s, char tag, const char *content, size_t
     memcpy(out, head, k);
     memcpy(out + k, content, n);
     out[k + n] = '\n';
-    write_all(out, k + n + 1);
+    write_record(out, k + n + 1);
     free(out);
 }
 
