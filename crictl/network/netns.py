@@ -17,6 +17,8 @@ import socket
 import threading
 from pathlib import Path
 
+from pyroute2 import IPRoute
+
 from crictl import errors
 
 NSFS_MAGIC = 0x6E736673
@@ -154,3 +156,43 @@ def connect(path: Path | None, port: int, timeout: float = 5.0) -> socket.socket
     if result:
         return result[0]
     raise errors.Unavailable(f"cannot connect to port {port} in the pod: {'; '.join(failures)}")
+
+
+def addresses(path: Path) -> dict[str, list[str]]:
+    """The addresses of every interface inside the namespace at `path`, by interface name,
+    read over netlink with pyroute2. The socket must be made inside the namespace, so this
+    runs in a thread of its own that enters it with setns and then ends (nothing forks, and no
+    pool thread changes namespace). Blocks the caller: run it with asyncio.to_thread."""
+    result: dict[str, list[str]] = {}
+    failures: list[str] = []
+
+    def read() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            failures.append(f"network namespace {path}: {e.strerror}")
+            return
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                failures.append(f"setns {path}: {os.strerror(ctypes.get_errno())}")
+                return
+        finally:
+            os.close(fd)
+        try:
+            with IPRoute() as ipr:
+                names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+                for name in names.values():
+                    result[name] = []
+                for addr in ipr.get_addr():
+                    result.setdefault(names.get(addr["index"], "?"), []).append(
+                        addr.get_attr("IFA_ADDRESS")
+                    )
+        except Exception as e:  # netlink errors come in many types
+            failures.append(f"netlink in {path}: {e}")
+
+    thread = threading.Thread(target=read, name="netns-netlink")
+    thread.start()
+    thread.join()
+    if failures:
+        raise errors.Unavailable(failures[0])
+    return result

@@ -481,12 +481,32 @@ class SandboxReconciler:
                     reason = "PauseExited"
                     message = f"the pause task exited with {state.exit_status}"
                 else:
-                    continue
+                    problem = await self._network_problem(row)
+                    if problem is None:
+                        continue
+                    reason, message = problem
                 await self.store.write(
                     partial(
                         record_sandbox_not_ready, sandbox_id=row.id, reason=reason, message=message
                     )
                 )
+
+    async def _network_problem(self, row: PodSandbox) -> tuple[str, str] | None:
+        """What is wrong with a ready pod's network as the kernel holds it (netlink, inside
+        its netns): the netns gone, or the pod's IP on no interface any more."""
+        if host_network(config_of(row)):
+            return None
+        path = self.netns_path(row.id)
+        if not await asyncio.to_thread(netns.is_netns, path):
+            return "NetnsVanished", "the pod's network namespace is gone"
+        try:
+            interfaces = await asyncio.to_thread(netns.addresses, path)
+        except errors.CrictlError as e:
+            return "NetworkCheckFailed", str(e)
+        if row.ip and not any(row.ip in addrs for addrs in interfaces.values()):
+            held = {name: addrs for name, addrs in interfaces.items() if name != "lo"}
+            return "NetworkLost", f"the pod's IP {row.ip} is on no interface (found {held})"
+        return None
 
     # -- restart recovery ------------------------------------------------------------------
 

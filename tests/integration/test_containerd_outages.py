@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,3 +183,34 @@ def test_undo_of_a_failed_setup_survives_a_crash(
     sid = run(d, pod_config())  # a retry starts afresh and works
     remove(d, sid)
     assert_nothing_held(d, cni_network, [sid])
+
+
+def test_resync_checks_the_pod_network_over_netlink(
+    managed_image_daemon: Daemon, registry: Registry, cni_network: CniNetwork, short_tmp: Path
+) -> None:
+    """The resync after a containerd restart reads each ready pod's interfaces inside its
+    netns (pyroute2, no fork): a pod whose IP went away is NOTREADY with the reason."""
+    d = managed_image_daemon
+    healthy = run(d, pod_config("healthy", uid="u-healthy"))
+    broken = run(d, pod_config("broken", uid="u-broken"))
+    netns_path = d.state_dir.parent / "netns" / broken
+    subprocess.run(["nsenter", f"--net={netns_path}", "ip", "link", "del", "eth0"], check=True)
+    config = d.state_dir / "containerd" / "config.toml"
+    [old] = containerd_processes(config)
+    os.kill(old, signal.SIGKILL)
+
+    def state(sid: str) -> api_pb2.PodSandboxStatus:
+        resp = d.runtime_call(
+            "PodSandboxStatus", api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sid)
+        )
+        return resp.status
+
+    wait_for("the lost network is seen", lambda: state(broken).state == api_pb2.SANDBOX_NOTREADY)
+    reason = json.loads(
+        d.sql("--json", f"SELECT reason, message FROM pods WHERE id = '{broken}'").stdout
+    )[0]
+    assert reason["reason"] == "NetworkLost", reason
+    assert state(healthy).state == api_pb2.SANDBOX_READY
+    remove(d, healthy)
+    remove(d, broken)
+    assert_nothing_held(d, cni_network, [healthy, broken])
