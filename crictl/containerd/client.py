@@ -375,36 +375,41 @@ class ContainerdClient:
         stdin: str = "",
         terminal: bool = False,
     ) -> int:
-        """Creates the task (runc create); returns its pid, also when it existed already."""
-        try:
-            resp = await self.call(
-                "create task",
-                self.tasks.Create(
-                    tasks_pb2.CreateTaskRequest(
-                        container_id=container_id,
-                        rootfs=rootfs,
-                        stdin=stdin,
-                        stdout=stdout,
-                        stderr=stderr,
-                        terminal=terminal,
-                    ),
-                    metadata=self.metadata,
-                ),
-            )
-            return resp.pid
-        except (errors.AlreadyExists, errors.FailedPrecondition) as e:
-            # The task exists (a repeated step), or an earlier create of it whose caller died
-            # is still under way or being cleaned up in containerd ("already exists" with no
-            # task to get yet, or "...task/<ns>/<id>: file exists"): a passing state, so the
-            # step is retried rather than failed for good.
-            if isinstance(e, errors.FailedPrecondition) and "file exists" not in str(e):
-                raise
-            state = await self.task_state(container_id)
-            if state is not None:
-                return state.pid
-            raise errors.Unavailable(
-                f"an earlier create of task {container_id} is still in containerd: {e}"
-            ) from e
+        """Creates the task (runc create); returns its pid, also when it existed already.
+
+        A create whose caller died (crictld was killed) can leave containerd half done: a task
+        it lists but whose shim holds no container ("already exists", yet Get answers not
+        found), or its bundle directory ("file exists"). The first is cleared by deleting the
+        task (containerd tolerates the shim's not-found) and the create is tried again; what
+        still stands in the way then is reported as a passing state (UNAVAILABLE), so the
+        step is retried rather than failed for good."""
+        request = tasks_pb2.CreateTaskRequest(
+            container_id=container_id,
+            rootfs=rootfs,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            terminal=terminal,
+        )
+        for attempt in (1, 2):
+            try:
+                resp = await self.call(
+                    "create task", self.tasks.Create(request, metadata=self.metadata)
+                )
+                return resp.pid
+            except (errors.AlreadyExists, errors.FailedPrecondition) as e:
+                if isinstance(e, errors.FailedPrecondition) and "file exists" not in str(e):
+                    raise
+                state = await self.task_state(container_id)
+                if state is not None:
+                    return state.pid  # a repeated step
+                if attempt == 2:
+                    raise errors.Unavailable(
+                        f"an earlier create of task {container_id} is still in containerd: {e}"
+                    ) from e
+                with contextlib.suppress(errors.CrictlError):
+                    await self.delete_task(container_id)
+        raise AssertionError("unreachable")
 
     async def start_task(self, container_id: str) -> int:
         try:

@@ -369,7 +369,9 @@ class ContainerReconciler:
             faults.point("container-start:after-task-create")
             pid = await self.containerd.start_task(cid)
             faults.point("container-start:after-task-started")
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, errors.Unavailable):
+            # containerd is away: not the container's failure. The pass is retried (and so
+            # is kubelet's StartContainer); every step of it is safe to repeat.
             raise
         except Exception as e:
             # StartError, as kubelet expects: exit code 128 and the reason in the message.
