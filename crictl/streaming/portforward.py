@@ -57,17 +57,21 @@ async def forward(
 ) -> None:
     """Copies both ways until both ends are done, or one is and the other lingers past
     LINGER (as containerd does), then closes the pod's socket."""
+    up = asyncio.create_task(_copy_to_pod(read, sock))
+    down = asyncio.create_task(_copy_from_pod(sock, write))
     try:
-        up = asyncio.create_task(_copy_to_pod(read, sock))
-        down = asyncio.create_task(_copy_from_pod(sock, write))
         _, pending = await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
         if pending:
-            _, pending = await asyncio.wait(pending, timeout=LINGER)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(up, down, return_exceptions=True)
+            await asyncio.wait(pending, timeout=LINGER)
     finally:
-        sock.close()
+        # Also when forward() itself is cancelled (its session ended): a copy task left
+        # running keeps a reader registered on the fd that sock.close() frees for reuse.
+        up.cancel()
+        down.cancel()
+        try:
+            await asyncio.gather(up, down, return_exceptions=True)
+        finally:
+            sock.close()
 
 
 # -- SPDY -----------------------------------------------------------------------------------
@@ -92,13 +96,13 @@ class SpdyPortForward:
     async def _add(self, stream: SpdyStream) -> None:
         kind = stream.header("streamtype")
         port = stream.header("port")
-        if kind not in ("error", "data") or not port.isdigit() or not 0 < int(port) < 65536:
+        if kind not in ("error", "data") or not _valid_port(port):
             await stream.reset(1)  # PROTOCOL_ERROR: as kubelet, a stream it cannot use
             return
-        # Pairing by request id; old clients send none: the error stream's id is then the
-        # data stream's id + 2.
+        # Pairing by request id; old clients send none: they open the error stream first,
+        # so its id is the data stream's id - 2 (kubelet's rule).
         request_id = stream.header("requestid") or str(
-            stream.id if kind == "error" else stream.id + 2
+            stream.id if kind == "error" else stream.id - 2
         )
         pair = self.pairs.setdefault(request_id, {})
         if kind in pair:
@@ -148,6 +152,11 @@ class SpdyPortForward:
                 await error.close()
         finally:
             drain.cancel()
+
+
+def _valid_port(text: str) -> bool:
+    """1-65535 in ASCII digits (str.isdigit() also accepts '²', which int() refuses)."""
+    return text.isascii() and text.isdigit() and 0 < int(text) < 65536
 
 
 async def _drain(stream: SpdyStream) -> None:

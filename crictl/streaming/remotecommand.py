@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -79,30 +80,39 @@ class ResizeDecoder:
         self._json = json.JSONDecoder()
 
     def feed(self, data: bytes) -> list[tuple[int, int]]:
-        self.buffer += data.decode(errors="replace")
-        if len(self.buffer) > 4096:
-            raise ValueError("resize message too long")
+        buffer = self.buffer + data.decode(errors="replace")
         sizes: list[tuple[int, int]] = []
+        pos = 0
         while True:
-            text = self.buffer.lstrip()
-            if not text:
+            space = _SPACE.match(buffer, pos)
+            assert space is not None  # \s* always matches
+            pos = space.end()
+            if pos == len(buffer):
                 self.buffer = ""
                 return sizes
             try:
-                obj, end = self._json.raw_decode(text)
+                obj, pos = self._json.raw_decode(buffer, pos)
+            except RecursionError:
+                raise ValueError("bad resize message: nested too deeply") from None
             except json.JSONDecodeError:
-                self.buffer = text
-                if text.count("}"):  # a whole object that is no JSON: drop it
-                    raise ValueError(f"bad resize message {text[:80]!r}") from None
+                self.buffer = buffer[pos:]
+                if "}" in self.buffer:  # a whole object that is no JSON
+                    raise ValueError(f"bad resize message {self.buffer[:80]!r}") from None
+                if len(self.buffer) > 4096:
+                    raise ValueError("resize message too long") from None
                 return sizes
-            self.buffer = text[end:]
             if not isinstance(obj, dict):
                 raise ValueError(f"bad resize message {obj!r}")
-            w, h = obj.get("Width"), obj.get("Height")
-            if isinstance(w, int) and isinstance(h, int) and 0 <= w < 1 << 16 and 0 <= h < 1 << 16:
+            # encoding/json (kubelet) matches field names case-insensitively.
+            fields = {str(k).lower(): v for k, v in obj.items()}
+            w, h = fields.get("width"), fields.get("height")
+            if type(w) is int and type(h) is int and 0 <= w < 1 << 16 and 0 <= h < 1 << 16:
                 sizes.append((w, h))
             else:
                 raise ValueError(f"bad terminal size {obj!r}")
+
+
+_SPACE = re.compile(r"\s*")
 
 
 # -- channels: what the session runner reads and writes ---------------------------------------
@@ -128,6 +138,9 @@ class SpdyChannels:
         self.streams = streams
         self.structured = version == SPDY_V4
         self.gone = asyncio.Event()
+        for name in ("error", "stdout", "stderr"):  # written only: never read
+            if name in streams:
+                streams[name].discard_input()
 
     @classmethod
     async def accept(
@@ -206,7 +219,7 @@ class WebSocketChannels:
 
     async def pump(self) -> None:
         """Reads the client's messages until it goes away."""
-        stdin_open = True
+        stdin_open = self._opened[0]  # without stdin its messages are dropped
         try:
             while (message := await self.ws.receive()) is not None:
                 channel, payload = self.protocol.decode(message)
@@ -217,7 +230,9 @@ class WebSocketChannels:
                 elif channel == ch.STDIN and stdin_open and payload:
                     await self.stdin.put(payload)
                 elif channel == ch.RESIZE and payload:
-                    await self.resize.put(payload)
+                    # Nobody reads them without a TTY (or after a bad one): drop, never block.
+                    with contextlib.suppress(asyncio.QueueFull):
+                        self.resize.put_nowait(payload)
         except ch.ChannelError as e:
             log.info("closing WebSocket stream", extra={"error": str(e)})
             await self.ws.close(1002, str(e)[:100])
@@ -308,6 +323,8 @@ async def _pump_resize(process: Process, channels: Channels) -> None:
             sizes = decoder.feed(data)
         except ValueError as e:
             log.info("ignoring the rest of a resize stream", extra={"error": str(e)})
+            while await channels.read_resize():  # drained, so it never stalls the session
+                pass
             return
         for width, height in sizes:
             with contextlib.suppress(errors.CrictlError):

@@ -37,7 +37,7 @@ from crictl.streaming.requests import (
     StreamRequest,
 )
 from crictl.streaming.session import SpdySession
-from crictl.streaming.transport import TcpTransport, TunnelTransport, WebSocket
+from crictl.streaming.transport import TcpTransport, TransportClosed, TunnelTransport, WebSocket
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class StreamServer:
         self.backend = backend
         self.host = host
         self.port = port
-        self.cache = cache or RequestCache()
+        self.cache = cache if cache is not None else RequestCache()  # an empty one is falsy
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
 
@@ -122,6 +122,12 @@ class StreamServer:
         self._sessions.add(task)
         try:
             await self._serve(reader, writer)
+        except (ConnectionError, TransportClosed) as e:
+            log.info("streaming client went away", extra={"error": str(e)})
+        except asyncio.CancelledError:
+            # stop(). Ends normally: Python 3.11's start_server callback calls
+            # task.exception(), which raises for a cancelled task.
+            pass
         except Exception:
             log.exception("streaming connection failed")
         finally:
@@ -197,7 +203,10 @@ class StreamServer:
     ) -> None:
         if request.method not in (b"GET", b"POST"):
             raise HttpError(405, f"method {request.method.decode()} not allowed")
-        target = urllib.parse.urlsplit(request.target.decode("latin-1"))
+        try:
+            target = urllib.parse.urlsplit(request.target.decode("latin-1"))
+        except ValueError as e:
+            raise HttpError(400, f"bad request target: {e}") from None
         parts = target.path.strip("/").split("/")
         if len(parts) != 2 or parts[0] not in ROUTES.values():
             raise HttpError(404, f"no such path: {target.path}")
@@ -362,6 +371,7 @@ def _query_ports(query: str) -> list[int]:
     ports = []
     for value in urllib.parse.parse_qs(query).get("ports", []):
         for p in value.split(","):
-            if p.strip().isdigit() and 0 < int(p) < 65536:
+            p = p.strip()
+            if p.isascii() and p.isdigit() and 0 < int(p) < 65536:
                 ports.append(int(p))
     return ports

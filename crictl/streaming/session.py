@@ -41,14 +41,23 @@ class SpdyStream:
         self.remote_closed = False  # FIN or RST from the client
         self.reset_by_peer = False
         self.local_closed = False  # FIN or RST from us
+        self._discard = False
 
     def header(self, name: str) -> str:
         return self.headers.get(name, "")
 
     # -- inbound ---------------------------------------------------------------------------
 
+    def discard_input(self) -> None:
+        """Drops what the client sends on this stream from now on (a stream we only write,
+        or one whose reader gave up), so that it can never stall the session's read loop."""
+        self._discard = True
+        self._chunks.clear()
+        self._buffered = 0
+        self._drained.set()
+
     def _receive(self, data: bytes, fin: bool) -> None:
-        if data:
+        if data and not self._discard:
             self._chunks.append(data)
             self._buffered += len(data)
             if self._buffered > STREAM_BUFFER_LIMIT:
@@ -117,6 +126,7 @@ class SpdySession:
         self._write_lock = asyncio.Lock()
         self.closed = False
         self.error: str | None = None
+        self._goaway_sent = False
 
     async def send(self, frame: spdy.Frame) -> None:
         # Encoding and writing under one lock: the header compression context must see frames
@@ -143,9 +153,7 @@ class SpdySession:
                     self.error = f"SPDY protocol error: {e}"
                     log.info("closing SPDY connection", extra={"error": self.error})
                     with contextlib.suppress(TransportClosed):
-                        await self.send(
-                            spdy.GoAway(self._last_client_id, spdy.GOAWAY_PROTOCOL_ERROR)
-                        )
+                        await self._goaway(spdy.GOAWAY_PROTOCOL_ERROR)
                     break
                 if not await self._dispatch(frames):
                     break
@@ -166,7 +174,7 @@ class SpdySession:
             elif isinstance(frame, spdy.SynStream):
                 if frame.stream_id % 2 == 0 or frame.stream_id <= self._last_client_id:
                     self.error = f"SPDY protocol error: bad stream id {frame.stream_id}"
-                    await self.send(spdy.GoAway(self._last_client_id, spdy.GOAWAY_PROTOCOL_ERROR))
+                    await self._goaway(spdy.GOAWAY_PROTOCOL_ERROR)
                     return False
                 self._last_client_id = frame.stream_id
                 stream = SpdyStream(self, frame.stream_id, frame.headers)
@@ -198,11 +206,17 @@ class SpdySession:
             stream._end(reset=True)
         self._new.put_nowait(None)
 
+    async def _goaway(self, status: int) -> None:
+        """One GOAWAY per connection: a later one would contradict the first."""
+        if not self._goaway_sent:
+            self._goaway_sent = True
+            await self.send(spdy.GoAway(self._last_client_id, status))
+
     async def close(self) -> None:
         """GOAWAY, then the connection: everything written so far reaches the client first."""
         if self.closed:
             return
         with contextlib.suppress(TransportClosed):
-            await self.send(spdy.GoAway(self._last_client_id, spdy.GOAWAY_OK))
+            await self._goaway(spdy.GOAWAY_OK)
         self.closed = True
         await self.transport.close()
