@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import signal
 from dataclasses import dataclass
 from functools import partial
@@ -38,7 +39,7 @@ from crictl.containerd.client import ContainerdClient
 from crictl.containerd.managed import ManagedContainerd
 from crictl.images.registry import Credentials, RegistryClient
 from crictl.reconciler import faults
-from crictl.reconciler.containers import ContainerReconciler
+from crictl.reconciler.containers import ContainerReconciler, find_logger
 from crictl.reconciler.events import Supervisor, TaskEventHandlers, TaskEvents
 from crictl.reconciler.health import Health
 from crictl.reconciler.images import ImageManager
@@ -111,6 +112,28 @@ async def connect_containerd(config: Config) -> ContainerdConnection:
     return ContainerdConnection(client, managed, how)
 
 
+def check_dependencies(config: Config) -> None:
+    """What crictld cannot run containers without, checked before anything starts, each
+    named when missing. (CNI plugins are the network's: Status reports them, since kubelet's
+    network add-on may install them after crictld starts.)"""
+    missing = []
+    try:
+        find_logger()
+    except errors.FailedPrecondition as e:
+        missing.append(str(e))
+    # The runc shim runs runc from PATH (ours is containerd's: the same environment).
+    for binary, why in (
+        ("runc", "the OCI runtime containerd's runc shim runs"),
+        ("containerd-shim-runc-v2", "containerd's runc shim"),
+    ):
+        if shutil.which(binary) is None:
+            missing.append(f"{binary} ({why}) is not on PATH")
+    if config.containerd == MANAGED and shutil.which(config.containerd_bin) is None:
+        missing.append(f"{config.containerd_bin} (to run a managed containerd) is not on PATH")
+    if missing:
+        raise errors.FailedPrecondition("cannot start: " + "; ".join(missing))
+
+
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -123,6 +146,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         config.socket.with_name(config.socket.name + ".lock"), f"socket {config.socket}"
     )
     faults.arm(config.fault_point)
+    check_dependencies(config)
     state_lock.acquire()
     try:
         socket_lock.acquire()

@@ -93,6 +93,28 @@ def _parse_container_config(text: str) -> api_pb2.ContainerConfig:
     return json_format.Parse(text, api_pb2.ContainerConfig())
 
 
+LOGGER_PLACES = (
+    Path(__file__).resolve().parent.parent / "_bin" / "crictld-logger",  # in a built wheel
+    Path(sys.executable).with_name("crictld-logger"),  # hack/install-deps.sh's
+)
+
+
+def find_logger() -> str:
+    """crictld-logger (logger/crictld-logger.c): the one a wheel ships inside the package, or
+    the one hack/install-deps.sh builds next to the interpreter, or one on PATH."""
+    for path in LOGGER_PLACES:
+        if os.access(path, os.X_OK):
+            return str(path)
+    found = shutil.which("crictld-logger")
+    if found is None:
+        places = ", ".join(str(p) for p in LOGGER_PLACES)
+        raise errors.FailedPrecondition(
+            f"crictld-logger is missing (looked in {places} and PATH): install crictld from "
+            "a wheel, or build it with hack/install-deps.sh (make deps)"
+        )
+    return found
+
+
 def exit_reason(code: int, oom: bool) -> str:
     if oom:
         return "OOMKilled"
@@ -150,13 +172,7 @@ class ContainerReconciler:
         self.images = images
         self.sandboxes = sandboxes
         self.state_dir = state_dir
-        # crictld-logger (logger/crictld-logger.c), built next to the interpreter by
-        # hack/install-deps.sh.
-        self.logger = logger or str(Path(sys.executable).with_name("crictld-logger"))
-        if not os.access(self.logger, os.X_OK):
-            raise errors.FailedPrecondition(
-                f"{self.logger} is missing: build it with hack/install-deps.sh (make deps)"
-            )
+        self.logger = logger or find_logger()
         self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile, self._record_failure)
         # When a stop escalates to SIGKILL (monotonic time): the earliest deadline any
         # StopContainer asked for wins, also while a stop with a longer one already waits.

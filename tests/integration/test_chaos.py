@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -66,6 +67,17 @@ def doctor(d: Daemon, *args: str) -> dict[str, Any]:
     return result
 
 
+def history(d: Daemon, object_id: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(
+        d.sql(
+            "--json",
+            "SELECT action, to_phase, reason, message FROM events "
+            f"WHERE object_id = '{object_id}' ORDER BY id",
+        ).stdout
+    )
+    return rows
+
+
 def mounts_under(*dirs: Path) -> list[str]:
     out = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -97,23 +109,13 @@ def test_chaos(
         f"lifecycles: {stats.lifecycles}, retried calls: {stats.retries}"
     )
     print(report)
-    lost_ids = [x.split("'")[1] for x in stats.lost if "'" in x]
-    history = [
-        d.sql(
-            "--json",
-            "SELECT action, to_phase, reason, message FROM events "
-            f"WHERE object_id = '{i}' ORDER BY id",
-        ).stdout
-        for i in lost_ids
-    ]
-    assert not stats.lost, (report, stats.lost, history)
-    exits = d.sql(
-        "--json",
-        "SELECT object_id, action, to_phase, reason, message FROM events "
-        "WHERE object_kind = 'container' AND to_phase = 'EXITED' AND reason != 'Error'",
-    ).stdout
+    lost_ids = {m for e in stats.lost for m in re.findall(r"[0-9a-f]{64}", e)}
+    history_of_lost = {i: history(d, i) for i in lost_ids}
+    assert not stats.lost, (report, stats.lost, history_of_lost)
     failing = json.loads(d.status().info["daemon"])["failingPasses"]
-    assert not stats.errors, (report, stats.errors, exits, failing)
+    ids = {m for e in stats.errors for m in re.findall(r"[0-9a-f]{64}", e)}
+    histories = {i: history(d, i) for i in ids}
+    assert not stats.errors, (report, stats.errors, histories, failing)
     assert stats.lifecycles >= stats.kills // 4, report
     # Nothing stuck. What the crashes left that no row owns is the orphan sweep's to remove
     # (the daemon runs it at start and every few minutes; here at once, with no grace): it

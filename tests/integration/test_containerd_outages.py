@@ -200,7 +200,7 @@ def test_resync_checks_the_pod_network_over_netlink(
     os.kill(old, signal.SIGKILL)
 
     def state(sid: str) -> api_pb2.PodSandboxStatus:
-        resp = d.runtime_call(
+        resp: api_pb2.PodSandboxStatusResponse = d.runtime_call(
             "PodSandboxStatus", api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sid)
         )
         return resp.status

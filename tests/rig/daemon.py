@@ -41,6 +41,9 @@ class Daemon:
     containerd: str  # an address, or "managed"
     namespace: str = "crictld"
     extra_args: list[str] = field(default_factory=list)
+    # How crictld is started: the repo's code by default; a command such as an installed
+    # wheel's `crictld` (then run outside the repo, so the repo's package is not imported).
+    program: list[str] | None = None
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -57,9 +60,7 @@ class Daemon:
 
     def command(self) -> list[str]:
         cmd = [
-            sys.executable,
-            "-m",
-            "crictl.cli",
+            *(self.program or [sys.executable, "-m", "crictl.cli"]),
             "serve",
             "--state-dir",
             str(self.state_dir),
@@ -90,7 +91,7 @@ class Daemon:
                 self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=REPO,
+                cwd=REPO if self.program is None else self.state_dir.parent,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         if wait:
