@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="address the Exec/Attach/PortForward server listens on (default 127.0.0.1)",
     )
     serve.add_argument("--stream-server-port", type=int, help="its port (default 0: a free one)")
+    serve.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)",
+    )
     serve.add_argument("--log-level", help="default INFO")
     serve.add_argument("--fault-point", help=argparse.SUPPRESS)  # crash tests only
 
@@ -152,6 +157,7 @@ def load_config(args: argparse.Namespace) -> Config:
             "image_pull_progress_timeout": args.image_pull_progress_timeout,
             "fault_point": args.fault_point,
             "stream_server_address": args.stream_server_address,
+            "metrics_address": args.metrics_address,
             "stream_server_port": (
                 None
                 if args.stream_server_port is None

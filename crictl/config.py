@@ -43,6 +43,8 @@ class Config:
     # default, as containerd's; kubelet proxies to it, so it need not be reachable from outside.
     stream_server_address: str = "127.0.0.1"
     stream_server_port: int = 0
+    # HOST:PORT for Prometheus' /metrics; "" = off
+    metrics_address: str = ""
     log_level: str = "INFO"
     # crash tests only: die as SIGKILL would at this named point (crictl/reconciler/faults.py)
     fault_point: str | None = None
@@ -75,6 +77,7 @@ _STR_KEYS = {
     "pause_image",
     "log_level",
     "stream_server_address",
+    "metrics_address",
 }
 
 

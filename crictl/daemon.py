@@ -20,13 +20,15 @@ import logging
 import os
 import shutil
 import signal
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import grpc.aio
 
-from crictl import __version__, errors
+from crictl import __version__, errors, metrics
 from crictl.api.containers import Containers
 from crictl.api.images import Images
 from crictl.api.runtime_info import RuntimeInfo
@@ -49,6 +51,7 @@ from crictl.reconciler.stats import StatsCollector
 from crictl.reconciler.streams import StreamBackend
 from crictl.store.engine import Store, make_engine
 from crictl.store.events import record_event
+from crictl.store.inventory import count_by_phase
 from crictl.store.migrate import upgrade_to_head
 from crictl.streaming.server import StreamServer
 
@@ -164,6 +167,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     events: TaskEvents | None = None
     supervisor: Supervisor | None = None
     sweeper: OrphanSweeper | None = None
+    metrics_server: Any = None
     try:
         before, after = await asyncio.to_thread(upgrade_to_head, config.db_path)
         if before != after:
@@ -270,6 +274,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         )
         _bind(server, config.socket)
         await server.start()
+        if config.metrics_address:
+            register_gauges(store, supervisor, events, sandboxes, containers)
+            metrics_server = metrics.serve(config.metrics_address)
         log.info(
             "serving CRI",
             extra={
@@ -283,6 +290,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("shutting down")
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         if server is not None:
             await server.stop(SHUTDOWN_GRACE)
         with contextlib.suppress(FileNotFoundError):
@@ -337,6 +346,62 @@ def live_info(
         "lastResyncAt": events.last_resync_at,
         "failingPasses": failing,
     }
+
+
+def register_gauges(
+    store: Store,
+    supervisor: Supervisor,
+    events: TaskEvents,
+    sandboxes: SandboxReconciler,
+    containers: ContainerReconciler,
+) -> None:
+    """The gauges /metrics computes when scraped (from the scrape's thread: plain reads)."""
+    queues = {"sandbox": sandboxes.queue, "container": containers.queue}
+    metrics.GAUGES.add(
+        "crictld_reconcile_queue_depth",
+        "Objects with a reconcile pass running or a retry pending.",
+        ("kind",),
+        lambda: {(k,): q.depth() for k, q in queues.items()},
+    )
+    metrics.GAUGES.add(
+        "crictld_reconcile_failing_since_seconds",
+        "Age of the oldest run of failures of a pass still being retried (0: none).",
+        ("kind",),
+        lambda: {
+            (k,): max((time.time() - f.since for f in q.failures.values()), default=0.0)
+            for k, q in queues.items()
+        },
+    )
+    metrics.GAUGES.add(
+        "crictld_containerd_up",
+        "1 while containerd answers, 0 while it is unreachable.",
+        (),
+        lambda: {(): float(supervisor.connected)},
+    )
+    metrics.GAUGES.add(
+        "crictld_containerd_outages",
+        "Times containerd became unreachable since the daemon started.",
+        (),
+        lambda: {(): float(supervisor.outages)},
+    )
+    metrics.GAUGES.add(
+        "crictld_containerd_restarts",
+        "Times the daemon restarted its managed containerd.",
+        (),
+        lambda: {(): float(supervisor.restarts)},
+    )
+    metrics.GAUGES.add(
+        "crictld_containerd_event_subscriptions",
+        "Subscriptions to containerd's events (each followed by a resync); 1 + reconnects.",
+        (),
+        lambda: {(): float(events.subscriptions)},
+    )
+    metrics.GAUGES.add(
+        "crictld_objects",
+        "Pods and containers in the store, by phase.",
+        ("kind", "phase"),
+        lambda: {k: float(n) for k, n in store.read_sync(count_by_phase).items()},
+    )
 
 
 def registry_client(config: Config) -> RegistryClient:

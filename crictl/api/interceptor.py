@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 import grpc
 import grpc.aio
 
-from crictl import errors
+from crictl import errors, metrics
 
 log = logging.getLogger("crictl.api.calls")
 
@@ -59,14 +59,9 @@ async def _fail(method: str, error: BaseException, context: Context) -> grpc.Sta
 
 
 def _log_call(method: str, code: grpc.StatusCode, started: float) -> None:
-    log.info(
-        "cri call",
-        extra={
-            "rpc": method,
-            "code": code.name,
-            "ms": round((time.perf_counter() - started) * 1000, 3),
-        },
-    )
+    seconds = time.perf_counter() - started
+    log.info("cri call", extra={"rpc": method, "code": code.name, "ms": round(seconds * 1000, 3)})
+    metrics.CRI_CALLS.labels(method.rsplit("/", 1)[-1], code.name).observe(seconds)
 
 
 def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:

@@ -34,7 +34,7 @@ from typing import Any
 import grpc.aio
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from crictl import errors
+from crictl import errors, metrics
 from crictl.containerd.client import ContainerdClient, translate
 from crictl.gen.containerd.api.services.content.v1 import content_pb2
 from crictl.gen.containerd.api.services.diff.v1 import diff_pb2
@@ -505,6 +505,7 @@ class Puller:
                                 )
                             )
                             offset = (await _response(call)).offset
+                            metrics.IMAGE_PULL_BYTES.inc(len(piece))
                     if offset < desc.size:
                         raise errors.Unavailable(
                             f"pull {ref}: registry {endpoint}: blob {desc.digest} ended at "

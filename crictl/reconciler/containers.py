@@ -173,7 +173,9 @@ class ContainerReconciler:
         self.sandboxes = sandboxes
         self.state_dir = state_dir
         self.logger = logger or find_logger()
-        self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile, self._record_failure)
+        self.queue: KeyedQueue[str] = KeyedQueue(
+            self.reconcile, self._record_failure, kind="container"
+        )
         # When a stop escalates to SIGKILL (monotonic time): the earliest deadline any
         # StopContainer asked for wins, also while a stop with a longer one already waits.
         self._kill_at: dict[str, float] = {}

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from crictl import errors
+from crictl import errors, metrics
 from crictl.containerd.client import ContainerdClient
 from crictl.gen.containerd.api.events import image_pb2 as image_events
 from crictl.gen.containerd.api.services.content.v1 import content_pb2
@@ -391,7 +391,12 @@ class ImageManager:
             task.exception()  # retrieved, so an unawaited failure is not reported as lost
 
     async def _pull(self, ref: reference.Reference, creds: Credentials | None) -> str:
-        content, names = await self.puller.pull(ref, creds)
+        try:
+            content, names = await self.puller.pull(ref, creds)
+        except Exception:
+            metrics.IMAGE_PULLS.labels("error").inc()
+            raise
+        metrics.IMAGE_PULLS.labels("ok").inc()
         records = [_name_record(n, content.target) for n in names]
         await self._write(lambda s: put_image(s, _record(content), records))
         self._fs_usage = None  # measure again on the next ImageFsInfo

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from crictl import metrics
+
 log = logging.getLogger(__name__)
 
 K = TypeVar("K")
@@ -41,8 +43,11 @@ class KeyedQueue(Generic[K]):
         on_failure: Callable[[K, Exception], Awaitable[None]] | None = None,
         retry_first: float = RETRY_FIRST,
         retry_cap: float = RETRY_CAP,
+        kind: str = "",
     ) -> None:
         self._reconcile = reconcile
+        self.kind = kind  # what the keys name, for metrics
+        self._woken_at: dict[K, float] = {}
         self._on_failure = on_failure
         self._running: dict[K, asyncio.Task[None]] = {}
         self._again: set[K] = set()
@@ -57,6 +62,7 @@ class KeyedQueue(Generic[K]):
         retry = self._retries.pop(key, None)
         if retry is not None:
             retry.cancel()
+        self._woken_at.setdefault(key, time.monotonic())
         task = self._running.get(key)
         if task is not None and not task.done():
             self._again.add(key)
@@ -78,19 +84,28 @@ class KeyedQueue(Generic[K]):
     async def _run(self, key: K) -> None:
         while True:
             self._again.discard(key)
+            started = time.monotonic()
+            woken = self._woken_at.pop(key, None)
+            if woken is not None:
+                metrics.RECONCILE_WAIT.labels(self.kind).observe(started - woken)
             try:
                 await self._reconcile(key)
             except Exception as e:
+                metrics.RECONCILE_PASSES.labels(self.kind, "error").observe(
+                    time.monotonic() - started
+                )
                 if key in self._again:
                     continue  # a newer wake-up gets its own pass; report that one's outcome
                 await self._failed(key, e)
                 raise
+            metrics.RECONCILE_PASSES.labels(self.kind, "ok").observe(time.monotonic() - started)
             self.failures.pop(key, None)
             if key not in self._again:
                 return
 
     async def _failed(self, key: K, error: Exception) -> None:
         self.passes_failed += 1
+        metrics.RECONCILE_FAILURES.labels(self.kind).inc()
         previous = self.failures.get(key)
         attempts = previous.attempts + 1 if previous else 1
         delay = min(self.retry_cap, self.retry_first * 2 ** min(attempts - 1, 32))

@@ -194,7 +194,9 @@ class SandboxReconciler:
         self.containerd = containerd
         self.images = images
         self.settings = settings
-        self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile, self._record_failure)
+        self.queue: KeyedQueue[str] = KeyedQueue(
+            self.reconcile, self._record_failure, kind="sandbox"
+        )
         # Set by the container reconciler: stops (False) or removes (True) every container of
         # a sandbox; a sandbox's teardown runs it first.
         self.containers_hook: Callable[[str, bool], Awaitable[None]] | None = None

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from crictl import metrics
+
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
@@ -84,7 +86,10 @@ class Store:
             return fn(session)
 
     async def write(self, fn: Callable[[Session], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._writer, self.write_sync, fn)
+        with metrics.STORE_WRITES.time():
+            return await asyncio.get_running_loop().run_in_executor(
+                self._writer, self.write_sync, fn
+            )
 
     async def read(self, fn: Callable[[Session], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._readers, self.read_sync, fn)

@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -107,3 +107,13 @@ def readonly_engine(db_path: Path) -> Engine:
 
 def _query_only(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     dbapi_conn.execute("PRAGMA query_only=ON")
+
+
+def count_by_phase(session: Session) -> dict[tuple[str, str], int]:
+    """{("pod" | "container", phase): how many}: the metrics' pods and containers by phase."""
+    counts: dict[tuple[str, str], int] = {}
+    for kind, model in (("pod", PodSandbox), ("container", Container)):
+        rows = session.execute(select(model.phase, func.count()).group_by(model.phase))
+        for phase, n in rows:
+            counts[(kind, phase)] = n
+    return counts

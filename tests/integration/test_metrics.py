@@ -1,0 +1,85 @@
+"""Prometheus metrics: `crictld serve --metrics-address` serves /metrics in the text format,
+with CRI call latency by RPC and code, reconcile and store figures, containerd's state, and
+pods and containers by phase."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.test_sandboxes import pod_config, remove, run
+from tests.rig.daemon import Daemon
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(address: str) -> dict[str, list[tuple[dict[str, str], float, str]]]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as resp:
+        assert resp.status == 200
+        text = resp.read().decode()
+    out: dict[str, list[tuple[dict[str, str], float, str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(family.name, []).append((sample.labels, sample.value, sample.name))
+    return out
+
+
+def test_metrics_after_a_few_calls(image_daemon: Daemon) -> None:
+    d = image_daemon
+    address = f"127.0.0.1:{free_port()}"
+    d.stop()
+    d.extra_args += ["--metrics-address", address]
+    d.start()
+    for _ in range(3):
+        assert d.crictl("version").returncode == 0
+    assert d.crictl("pods").returncode == 0
+    assert d.crictl("inspectp", "no-such-pod").returncode != 0  # a NOT_FOUND
+    sid = run(d, pod_config())
+    m = scrape(address)
+
+    calls = m["crictld_cri_request_duration_seconds"]
+    counts = {
+        (labels["rpc"], labels["code"]): value
+        for labels, value, name in calls
+        if name.endswith("_count")
+    }
+    assert counts[("Version", "OK")] >= 3, counts
+    assert counts[("ListPodSandbox", "OK")] >= 1, counts
+    assert counts[("PodSandboxStatus", "NOT_FOUND")] >= 1, counts
+    assert counts[("RunPodSandbox", "OK")] == 1, counts
+    buckets = [
+        v for labels, v, name in calls if name.endswith("_bucket") and labels["rpc"] == "Version"
+    ]
+    assert buckets and max(buckets) >= 3
+
+    objects = {(labels["kind"], labels["phase"]): v for labels, v, _ in m["crictld_objects"]}
+    assert objects[("pod", "READY")] == 1, objects
+    assert [v for _, v, _ in m["crictld_containerd_up"]] == [1.0]
+    passes = m["crictld_reconcile_pass_duration_seconds"]
+    assert any(
+        labels["kind"] == "sandbox" and labels["outcome"] == "ok" and v >= 1
+        for labels, v, name in passes
+        if name.endswith("_count")
+    )
+    assert any(
+        name.endswith("_count") and v >= 1
+        for _, v, name in m["crictld_store_write_duration_seconds"]
+    )
+    assert "crictld_reconcile_queue_depth" in m
+    pulls = {
+        labels["outcome"]: v
+        for labels, v, name in m["crictld_image_pulls"]
+        if name.endswith("_total")
+    }
+    assert pulls.get("ok", 0) >= 1, pulls  # the pause image
+    assert next(v for _, v, name in m["crictld_image_pull_bytes"] if name.endswith("_total")) > 0
+    remove(d, sid)
