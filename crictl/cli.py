@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--stream-server-port", type=int, help="its port (default 0: a free one)")
     serve.add_argument(
+        "--cgroup-driver",
+        choices=("cgroupfs", "systemd"),
+        help="as kubelet's --cgroup-driver (default cgroupfs)",
+    )
+    serve.add_argument(
         "--metrics-address",
         metavar="HOST:PORT",
         help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)",
@@ -158,6 +163,7 @@ def load_config(args: argparse.Namespace) -> Config:
             "fault_point": args.fault_point,
             "stream_server_address": args.stream_server_address,
             "metrics_address": args.metrics_address,
+            "cgroup_driver": args.cgroup_driver,
             "stream_server_port": (
                 None
                 if args.stream_server_port is None

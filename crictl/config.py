@@ -16,6 +16,7 @@ DEFAULT_SOCKET = Path("/run/crictld/crictld.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/crictld")
 DEFAULT_CONTAINERD_SOCKET = Path("/run/containerd/containerd.sock")
 MANAGED = "managed"
+CGROUP_DRIVERS = ("cgroupfs", "systemd")
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Config:
     # default, as containerd's; kubelet proxies to it, so it need not be reachable from outside.
     stream_server_address: str = "127.0.0.1"
     stream_server_port: int = 0
+    # kubelet's --cgroup-driver: "cgroupfs" or "systemd" (runc's systemd cgroup manager)
+    cgroup_driver: str = "cgroupfs"
     # HOST:PORT for Prometheus' /metrics; "" = off
     metrics_address: str = ""
     log_level: str = "INFO"
@@ -57,6 +60,10 @@ class Config:
     def managed_containerd_dir(self) -> Path:
         return self.state_dir / "containerd"
 
+    @property
+    def systemd_cgroup(self) -> bool:
+        return self.cgroup_driver == "systemd"
+
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
         """A copy with the given settings replaced (None means "not given")."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -66,6 +73,10 @@ class Config:
             if key not in values:
                 raise InvalidArgument(f"unknown setting {key!r}")
             values[key] = value
+        if values["cgroup_driver"] not in CGROUP_DRIVERS:
+            raise InvalidArgument(
+                f"cgroup_driver {values['cgroup_driver']!r}: one of {', '.join(CGROUP_DRIVERS)}"
+            )
         return Config(**values)
 
 
@@ -78,6 +89,7 @@ _STR_KEYS = {
     "log_level",
     "stream_server_address",
     "metrics_address",
+    "cgroup_driver",
 }
 
 

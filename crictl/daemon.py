@@ -99,10 +99,14 @@ class ContainerdConnection:
 
 async def connect_containerd(config: Config) -> ContainerdConnection:
     if config.containerd not in ("", MANAGED):
-        client = ContainerdClient(config.containerd, config.containerd_namespace)
+        client = ContainerdClient(
+            config.containerd, config.containerd_namespace, config.systemd_cgroup
+        )
         return ContainerdConnection(client, None, "configured")
     if config.containerd == "" and DEFAULT_CONTAINERD_SOCKET.exists():
-        client = ContainerdClient(str(DEFAULT_CONTAINERD_SOCKET), config.containerd_namespace)
+        client = ContainerdClient(
+            str(DEFAULT_CONTAINERD_SOCKET), config.containerd_namespace, config.systemd_cgroup
+        )
         try:
             await client.version(timeout=2.0)
             return ContainerdConnection(client, None, "standard")
@@ -111,7 +115,7 @@ async def connect_containerd(config: Config) -> ContainerdConnection:
             await client.close()
     managed = ManagedContainerd(config.managed_containerd_dir, config.containerd_bin)
     how = await managed.ensure_running()
-    client = ContainerdClient(managed.address, config.containerd_namespace)
+    client = ContainerdClient(managed.address, config.containerd_namespace, config.systemd_cgroup)
     return ContainerdConnection(client, managed, how)
 
 
@@ -201,6 +205,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 cni_conf_dir=config.cni_conf_dir,
                 cni_bin_dirs=config.cni_bin_dirs,
                 pause_image=config.pause_image,
+                systemd_cgroup=config.systemd_cgroup,
             ),
         )
         containers = ContainerReconciler(store, conn.client, images, sandboxes, config.state_dir)
@@ -246,6 +251,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         runtime_info = RuntimeInfo(
             health,
             live_info=partial(live_info, supervisor, events, sandboxes, containers),
+            systemd_cgroup=config.systemd_cgroup,
             verbose_info={
                 "stateDir": str(config.state_dir),
                 "containerd": conn.client.address,
@@ -256,6 +262,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 "netnsDir": str(config.netns_dir),
                 "pauseImage": config.pause_image,
                 "streamServer": streams.base_url,
+                "cgroupDriver": config.cgroup_driver,
             },
         )
         server = grpc.aio.server()

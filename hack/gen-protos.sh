@@ -40,7 +40,7 @@ gen=$stage/crictl/gen
 mkdir -p "$gen/cri/runtime/v1" "$gen/gogoproto"
 cp "$cri/pkg/apis/runtime/v1/api.proto" "$gen/cri/runtime/v1/api.proto"
 cp "$gogo/gogoproto/gogo.proto" "$gen/gogoproto/gogo.proto"
-(cd "$ctd" && find api/events api/services/{containers,content,diff,events,images,introspection,leases,namespaces,snapshots,tasks,version} api/types protobuf/plugin -name '*.proto' -not -path '*/ttrpc/*') |
+(cd "$ctd" && find api/events api/services/{containers,content,diff,events,images,introspection,leases,namespaces,snapshots,tasks,version} api/types runtime/v2/runc/options protobuf/plugin -name '*.proto' -not -path '*/ttrpc/*') |
   while read -r rel; do
     mkdir -p "$gen/containerd/$(dirname "$rel")"
     sed -e 's#"github.com/containerd/containerd/#"crictl/gen/containerd/#' \

@@ -21,7 +21,9 @@ class RuntimeInfo:
         health: Health,
         verbose_info: dict[str, str],
         live_info: Callable[[], dict[str, object]] | None = None,
+        systemd_cgroup: bool = False,
     ) -> None:
+        self.cgroup_driver = api_pb2.SYSTEMD if systemd_cgroup else api_pb2.CGROUPFS
         self.health = health
         self.verbose_info = verbose_info
         self.live_info = live_info
@@ -59,7 +61,7 @@ class RuntimeInfo:
     async def runtime_config(
         self, request: api_pb2.RuntimeConfigRequest, context: Context
     ) -> api_pb2.RuntimeConfigResponse:
-        # This node runs cgroup v1 with the cgroupfs driver (no systemd cgroup manager).
+        # kubelet reads the driver here and uses the same one (config cgroup_driver).
         return api_pb2.RuntimeConfigResponse(
-            linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=api_pb2.CGROUPFS)
+            linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=self.cgroup_driver)
         )

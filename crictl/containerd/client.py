@@ -35,6 +35,7 @@ from crictl.gen.containerd.api.services.tasks.v1 import tasks_pb2, tasks_pb2_grp
 from crictl.gen.containerd.api.services.version.v1 import version_pb2_grpc
 from crictl.gen.containerd.api.types import mount_pb2
 from crictl.gen.containerd.api.types.task import task_pb2
+from crictl.gen.containerd.runtime.v2.runc.options import oci_pb2 as runc_options_pb2
 
 T = TypeVar("T")
 
@@ -79,11 +80,23 @@ class VersionInfo:
 class ContainerdClient:
     """One channel to one containerd, scoped to one namespace."""
 
-    def __init__(self, address: str, namespace: str = DEFAULT_NAMESPACE) -> None:
+    def __init__(
+        self, address: str, namespace: str = DEFAULT_NAMESPACE, systemd_cgroup: bool = False
+    ) -> None:
         if namespace == "k8s.io":
             raise errors.InvalidArgument("the k8s.io namespace belongs to containerd's CRI plugin")
         self.address = address
         self.namespace = namespace
+        # runc's cgroup manager for the containers we create: systemd or cgroupfs (the spec's
+        # cgroupsPath must be written for the same one).
+        self.runtime = containers_pb2.Container.Runtime(name=RUNC_RUNTIME)
+        if systemd_cgroup:
+            # The type URL as containerd itself writes it (its typeurl registry has no
+            # type.googleapis.com/ prefix for its own types).
+            self.runtime.options.type_url = "containerd.runc.v1.Options"
+            self.runtime.options.value = runc_options_pb2.Options(
+                systemd_cgroup=True
+            ).SerializeToString()
         target = address if address.startswith("unix:") else f"unix://{address}"
         self.channel = grpc.aio.insecure_channel(
             target,
@@ -290,7 +303,7 @@ class ContainerdClient:
             id=container_id,
             image=image,
             labels=dict(labels),
-            runtime=containers_pb2.Container.Runtime(name=RUNC_RUNTIME),
+            runtime=self.runtime,
             spec=AnyPb(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode()),
             snapshotter=snapshotter,
             snapshot_key=container_id,

@@ -123,7 +123,13 @@ def _numeric_user(user: str) -> tuple[int, int]:
     return uid, gid
 
 
-def cgroups_path(parent: str, sandbox_id: str) -> str:
+def cgroups_path(parent: str, sandbox_id: str, systemd: bool = False) -> str:
+    """The task's cgroup under kubelet's parent. cgroupfs: a path. systemd (runc's systemd
+    cgroup manager): `slice:prefix:name`, the slice being the parent's last element (kubelet
+    passes a path of slices), as containerd's CRI writes it."""
+    if systemd:
+        slice_ = parent.rstrip("/").rsplit("/", 1)[-1] if parent else "system.slice"
+        return f"{slice_}:crictld:{sandbox_id}"
     return f"{parent.rstrip('/')}/{sandbox_id}" if parent else f"/crictld/{sandbox_id}"
 
 
@@ -134,6 +140,7 @@ def sandbox_spec(
     netns_path: str | None,
     files: SandboxFiles,
     oom_score_adj: int,
+    systemd_cgroup: bool = False,
 ) -> dict[str, Any]:
     """The pause container's spec. `netns_path` None means the host's network namespace;
     `oom_score_adj` is already clamped to what the daemon may set."""
@@ -235,7 +242,7 @@ def sandbox_spec(
         "linux": {
             "namespaces": namespaces,
             "resources": resources,
-            "cgroupsPath": cgroups_path(linux.cgroup_parent, sandbox_id),
+            "cgroupsPath": cgroups_path(linux.cgroup_parent, sandbox_id, systemd_cgroup),
             "sysctl": dict(linux.sysctls),
         },
     }
@@ -389,6 +396,7 @@ def container_spec(
     user: User,
     oom_score_adj: int,
     target_pid: int | None = None,
+    systemd_cgroup: bool = False,
 ) -> dict[str, Any]:
     linux = config.linux
     sc = linux.security_context
@@ -498,7 +506,7 @@ def container_spec(
         "linux": {
             "namespaces": namespaces,
             "resources": resources,
-            "cgroupsPath": cgroups_path(parent, container_id),
+            "cgroupsPath": cgroups_path(parent, container_id, systemd_cgroup),
         },
     }
     if devices:

@@ -310,6 +310,7 @@ class ContainerReconciler:
                 user,
                 clamp_oom_score_adj(config.linux.resources.oom_score_adj),
                 target_pid,
+                systemd_cgroup=self.sandboxes.settings.systemd_cgroup,
             )
             labels = {
                 KIND_LABEL: "container",

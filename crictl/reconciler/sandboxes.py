@@ -83,6 +83,7 @@ class SandboxSettings:
     cni_conf_dir: Path
     cni_bin_dirs: list[Path]
     pause_image: str
+    systemd_cgroup: bool = False
 
 
 def config_of(row: PodSandbox) -> api_pb2.PodSandboxConfig:
@@ -290,6 +291,7 @@ class SandboxReconciler:
                 str(network) if network else None,
                 files,
                 clamp_oom_score_adj(SANDBOX_OOM_SCORE_ADJ),
+                systemd_cgroup=self.settings.systemd_cgroup,
             )
             labels = {
                 KIND_LABEL: "sandbox",
