@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -117,6 +118,25 @@ async def connect_containerd(config: Config) -> ContainerdConnection:
     how = await managed.ensure_running()
     client = ContainerdClient(managed.address, config.containerd_namespace, config.systemd_cgroup)
     return ContainerdConnection(client, managed, how)
+
+
+def sd_notify(state: str) -> bool:
+    """Tells systemd (Type=notify) about the daemon's state through $NOTIFY_SOCKET, when
+    started by it: READY=1 once the CRI socket serves. No libsystemd needed: it is one
+    datagram. False when there is no one to tell."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as e:
+        log.warning("sd_notify failed", extra={"socket": address, "error": str(e)})
+        return False
+    return True
 
 
 def check_dependencies(config: Config) -> None:
@@ -294,8 +314,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 "pid": os.getpid(),
             },
         )
+        sd_notify("READY=1\nSTATUS=serving CRI")
         await stop.wait()
         log.info("shutting down")
+        sd_notify("STOPPING=1")
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()

@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from alembic import command
+from crictl.errors import FailedPrecondition
 from crictl.store.engine import make_engine, sqlite_url
 
 
@@ -52,6 +53,18 @@ def upgrade_to_head(db_path: Path | str) -> tuple[str | None, str | None]:
     """
     before = current_revision(db_path)
     head = head_revision()
+    if before is not None and before != head and not _known(before):
+        # Written by a newer crictld (a downgrade of the binary): never touch it.
+        raise FailedPrecondition(
+            f"database {db_path} is at schema revision {before}, which this crictld does not "
+            f"know (its newest is {head}): it was written by a newer crictld; run that one, or "
+            "restore a backup made for this version"
+        )
     if before != head:
         command.upgrade(alembic_config(db_path), "head")
     return before, head
+
+
+def _known(revision: str) -> bool:
+    scripts = ScriptDirectory.from_config(alembic_config(":memory:"))
+    return any(s.revision == revision for s in scripts.walk_revisions())

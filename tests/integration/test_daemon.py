@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -183,3 +184,20 @@ def test_no_migration_errors_on_restart(managed_daemon: Daemon) -> None:
     log = d.log()
     assert "migrated database" not in log
     assert '"level": "error"' not in log
+
+
+def test_tells_systemd_when_it_serves(daemon: Daemon, short_tmp: Path) -> None:
+    """Type=notify: READY=1 through $NOTIFY_SOCKET once the CRI socket serves, STOPPING=1 at
+    shutdown (contrib/systemd/crictld.service)."""
+    notify = short_tmp / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(notify))
+        listener.settimeout(30)
+        daemon.stop()
+        daemon.env["NOTIFY_SOCKET"] = str(notify)
+        daemon.start(wait=False)
+        message = listener.recv(4096).decode()
+        assert message.startswith("READY=1"), message
+        assert daemon.crictl("version").returncode == 0  # it serves when it says so
+        daemon.stop()
+        assert listener.recv(4096).decode() == "STOPPING=1"

@@ -44,6 +44,7 @@ class Daemon:
     # How crictld is started: the repo's code by default; a command such as an installed
     # wheel's `crictld` (then run outside the repo, so the repo's package is not imported).
     program: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -92,7 +93,7 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO if self.program is None else self.state_dir.parent,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         if wait:
             self.wait_ready()

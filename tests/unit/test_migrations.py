@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from alembic import command
+from crictl.errors import FailedPrecondition
 from crictl.store.migrate import alembic_config, current_revision, head_revision, upgrade_to_head
 
 VIEWS = {"pods", "containers", "events", "images"}
@@ -62,3 +63,15 @@ def test_a_failing_migration_leaves_no_half_schema(tmp_path: Path) -> None:
         command.upgrade(cfg, "head")
     assert "first_half" not in _objects(db, "table")
     assert current_revision(db) is None
+
+
+def test_a_database_from_a_newer_crictld_is_refused_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    upgrade_to_head(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    before = db.read_bytes()
+    with pytest.raises(FailedPrecondition, match="written by a newer crictld"):
+        upgrade_to_head(db)
+    assert db.read_bytes() == before
+    assert current_revision(db) == "ffffffffffff"

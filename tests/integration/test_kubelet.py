@@ -1,0 +1,618 @@
+"""kubelet end to end: a real kubelet v1.34 (hack/install-kubelet.sh), standalone with static pods,
+drives a real crictld on the run's private containerd, with the local registry's images.
+
+One kubelet and one crictld serve the whole module (starting them is most of the cost); each
+check is its own test with its own pods, removed at its end, except the two long-lived pods
+(`steady`, a busybox that logs, and `web`, the nginx stand-in) that several checks share and
+that the kill -9 check requires to survive untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.rig.cni import CniNetwork, make_network
+from tests.rig.daemon import Daemon
+from tests.rig.inventory import purge_namespace
+from tests.rig.kubelet import Json, Kubelet, KubeletStream, kubelet_bin, unmount_below
+from tests.rig.leaks import Holdings, holdings
+from tests.rig.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+# Ends at once on SIGTERM (a shell as PID 1 has no default SIGTERM action).
+LOOP = "trap 'exit 0' TERM; while :; do sleep 1; done"
+GRACE = 2
+
+
+@dataclass
+class Node:
+    daemon: Daemon
+    kubelet: Kubelet
+    net: CniNetwork
+    registry: Registry
+    root: Path
+
+    def image(self, name: str) -> str:
+        return f"{self.registry.host}/e2e-test-images/{name}"
+
+    @property
+    def busybox(self) -> str:
+        return self.image("busybox:1.29-2")
+
+    @property
+    def nginx(self) -> str:
+        return self.image("nginx:1.14-2")
+
+    def container(self, name: str, script: str, **extra: Any) -> Json:
+        return {
+            "name": name,
+            "image": self.busybox,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["sh", "-c", script],
+            **extra,
+        }
+
+    def pod(self, name: str, containers: list[Json], **spec: Any) -> Json:
+        return {
+            "metadata": {"name": name, "labels": {"test": name}},
+            "spec": {
+                "terminationGracePeriodSeconds": GRACE,
+                "containers": containers,
+                **spec,
+            },
+        }
+
+    def crictl_json(self, *args: str) -> Any:
+        r = self.daemon.crictl(*args)
+        assert r.returncode == 0, f"crictl {' '.join(args)}: {r.stderr}"
+        return json.loads(r.stdout)
+
+    def sandbox_ids(self, pod: str) -> list[str]:
+        """Every sandbox crictld holds for the static pod `pod` (any state)."""
+        items = self.crictl_json(
+            "pods", "-o", "json", "--label", f"io.kubernetes.pod.name={self.kubelet.pod_name(pod)}"
+        )["items"]
+        return [str(p["id"]) for p in items]
+
+    def container_ids(self, pod: str) -> list[str]:
+        items = self.crictl_json(
+            "ps",
+            "-a",
+            "-o",
+            "json",
+            "--label",
+            f"io.kubernetes.pod.name={self.kubelet.pod_name(pod)}",
+        )["containers"]
+        return [str(c["id"]) for c in items]
+
+    def inspect(self, cid: str) -> Json:
+        info: Json = self.crictl_json("inspect", cid)
+        return info
+
+    def held(self) -> Holdings:
+        return holdings(
+            self.daemon.containerd_address, self.daemon.namespace, self.root / "netns", self.net
+        )
+
+    def daemon_log(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.root.glob("crictld*.log"))
+        )
+
+
+def cid_of(status: Json) -> str:
+    """The runtime's id in a containerStatus ("crictld://<id>" or "containerd://<id>")."""
+    return str(status["containerID"]).split("://", 1)[1]
+
+
+def statuses(pod: Json, init: bool = False) -> dict[str, Json]:
+    key = "initContainerStatuses" if init else "containerStatuses"
+    return {c["name"]: c for c in pod["status"].get(key) or []}
+
+
+def wait_for(
+    what: str, check: Callable[[], bool], timeout: float, detail: Callable[[], str]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s\n{detail()}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def node(containerd_address: str, registry: Registry, crictl_path: Path) -> Iterator[Node]:
+    started = time.monotonic()
+    binary = kubelet_bin()
+    root = Path(tempfile.mkdtemp(prefix="crk-", dir="/tmp"))
+    net = make_network(root / "cni")
+    namespace = f"crictld-kubelet-{secrets.token_hex(4)}"
+    d = Daemon(
+        state_dir=root / "state",
+        socket=root / "crictld.sock",
+        crictl_bin=crictl_path,
+        cni_conf_dir=net.conf_dir,
+        cni_bin_dirs=net.bin_dirs,
+        containerd=containerd_address,
+        namespace=namespace,
+        extra_args=["--pause-image", f"{registry.host}/pause:3.10"],
+    )
+    k = Kubelet(binary, root / "kubelet", d.endpoint)
+    n = Node(d, k, net, registry, root)
+    try:
+        d.start()
+        k.start()
+        print(f"\nkubelet up {time.monotonic() - started:.1f}s after the module started")
+        yield n
+    finally:
+        for name in k.manifest_names():
+            k.remove_manifest(name)
+        if k.process is not None and k.process.poll() is None and d.process is not None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                r = d.crictl("ps", "-q")
+                if r.returncode != 0 or not r.stdout.strip():
+                    break
+                time.sleep(0.5)
+        k.cleanup()
+        if d.process is not None and d.process.poll() is None:
+            d.crictl("rmp", "-fa", timeout=120)
+        d.stop()
+        asyncio.run(purge_namespace(containerd_address, namespace))
+        net.remove()
+        unmount_below(root)
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"\nkubelet module total {time.monotonic() - started:.1f}s")
+
+
+@pytest.fixture(scope="module")
+def steady(node: Node) -> Json:
+    """A busybox that logs to both streams, then a line a second (for logs, exec, attach, stats);
+    and the nginx stand-in (for networking and port-forward). Both live for the whole module."""
+    node.kubelet.write_manifest(
+        node.pod(
+            "steady",
+            [
+                node.container(
+                    "main",
+                    "echo hello-out; echo hello-err >&2; trap 'exit 0' TERM; "
+                    "i=0; while :; do i=$((i+1)); echo tick $i; sleep 1; done",
+                )
+            ],
+        )
+    )
+    node.kubelet.write_manifest(
+        node.pod(
+            "web",
+            [{"name": "nginx", "image": node.nginx, "imagePullPolicy": "IfNotPresent"}],
+        )
+    )
+    node.kubelet.wait_running("web")
+    return node.kubelet.wait_running("steady")
+
+
+@pytest.fixture
+def pods(node: Node) -> Iterator[list[str]]:
+    """Names of the static pods a test writes; their manifests are removed when it ends."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        node.kubelet.remove_manifest(name)
+
+
+def start(node: Node, names: list[str], manifest: Json) -> str:
+    name = str(manifest["metadata"]["name"])
+    names.append(name)
+    node.kubelet.write_manifest(manifest)
+    return name
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_pod_running_with_its_image_pulled(node: Node, steady: Json) -> None:
+    pod = steady
+    main = statuses(pod)["main"]
+    assert pod["status"]["phase"] == "Running", pod["status"]
+    assert main["ready"] is True and main["restartCount"] == 0, main
+    assert main["image"].endswith("e2e-test-images/busybox:1.29-2"), main
+    assert main["imageID"], f"no imageID: the image was not pulled/reported: {main}"
+    assert pod["status"].get("podIP"), f"no pod IP: {pod['status']}"
+    conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+    assert conditions.get("Ready") == "True", conditions
+    images = node.crictl_json("images", "-o", "json")["images"]
+    tags = [t for i in images for t in i.get("repoTags") or []]
+    assert node.busybox in tags and node.nginx in tags, f"kubelet's pulls not in crictld: {tags}"
+    ctr = node.inspect(cid_of(main))
+    assert ctr["status"]["state"] == "CONTAINER_RUNNING", ctr["status"]
+    assert ctr["status"]["labels"]["io.kubernetes.container.name"] == "main"
+
+
+def test_container_logs_through_kubelet(node: Node, steady: Json) -> None:
+    k = node.kubelet
+    wait_for(
+        "a few ticks logged",
+        lambda: "tick 2" in k.container_logs("steady", "main"),
+        15,
+        lambda: k.container_logs("steady", "main"),
+    )
+    logs = k.container_logs("steady", "main")
+    lines = logs.splitlines()
+    assert lines[:2] in (["hello-out", "hello-err"], ["hello-err", "hello-out"]), lines[:5]
+    assert "tick 1" in lines, lines[:5]
+    tail = k.container_logs("steady", "main", tailLines="1")
+    assert len(tail.splitlines()) == 1 and tail.startswith("tick "), repr(tail)
+    stamped = k.container_logs("steady", "main", timestamps="true").splitlines()[0]
+    stamp, _, text = stamped.partition(" ")
+    assert stamp[:4].isdigit() and "T" in stamp and stamp.endswith("Z"), stamped
+    assert text in ("hello-out", "hello-err"), stamped
+
+
+def test_crash_loop_restart_count_grows(node: Node, pods: list[str]) -> None:
+    k = node.kubelet
+    name = start(node, pods, node.pod("crash", [node.container("c", "echo attempt; exit 3")]))
+
+    def restarted_twice(p: Json) -> bool:
+        return int(statuses(p)["c"]["restartCount"]) >= 2
+
+    pod = k.wait_pod(name, "restartCount >= 2", restarted_twice, timeout=60)
+    c = statuses(pod)["c"]
+    last = c["lastState"].get("terminated")
+    assert last and last["exitCode"] == 3 and last["reason"] == "Error", c
+    # The attempts crictld holds are numbered by kubelet: the newest is the restart count or more.
+    attempts = sorted(
+        int(x["metadata"]["attempt"])
+        for x in node.crictl_json(
+            "ps", "-a", "-o", "json", "--label", f"io.kubernetes.pod.name={k.pod_name(name)}"
+        )["containers"]
+    )
+    assert attempts and attempts[-1] >= 2, attempts
+    assert "attempt" in k.container_logs(name, "c")
+    waiting = k.wait_pod(
+        name,
+        "waiting in CrashLoopBackOff",
+        lambda p: statuses(p)["c"]["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff",
+        timeout=30,
+    )
+    assert int(statuses(waiting)["c"]["restartCount"]) >= 2
+
+
+def test_exec_readiness_probe(node: Node, pods: list[str]) -> None:
+    k = node.kubelet
+    probe = {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1, "failureThreshold": 1}
+    script = "sleep 3; touch /tmp/ready; sleep 4; rm /tmp/ready; " + LOOP
+    name = start(node, pods, node.pod("ready", [node.container("c", script, readinessProbe=probe)]))
+    seen: list[bool] = []
+
+    def track(want: bool) -> Callable[[Json], bool]:
+        def check(p: Json) -> bool:
+            c = statuses(p)["c"]
+            if "running" in c["state"]:
+                seen.append(bool(c["ready"]))
+            return "running" in c["state"] and c["ready"] is want
+
+        return check
+
+    k.wait_pod(name, "running but not ready (probe failing)", track(False), timeout=30)
+    k.wait_pod(name, "ready once /tmp/ready exists", track(True), timeout=30)
+    pod = k.wait_pod(name, "not ready again once it is gone", track(False), timeout=30)
+    c = statuses(pod)["c"]
+    assert c["restartCount"] == 0, f"a readiness failure must not restart: {c}"
+    conditions = {x["type"]: x["status"] for x in pod["status"]["conditions"]}
+    assert conditions["Ready"] == "False", conditions
+
+
+def test_exec_liveness_probe_restarts_the_container(node: Node, pods: list[str]) -> None:
+    k = node.kubelet
+    probe = {
+        "exec": {"command": ["cat", "/tmp/healthy"]},
+        "periodSeconds": 1,
+        "failureThreshold": 1,
+    }
+    script = "echo started; touch /tmp/healthy; sleep 3; rm /tmp/healthy; " + LOOP
+    name = start(node, pods, node.pod("live", [node.container("c", script, livenessProbe=probe)]))
+    running = k.wait_running(name)
+    first = cid_of(statuses(running)["c"])
+    pod = k.wait_pod(
+        name,
+        "a restart after the liveness probe failed",
+        lambda p: statuses(p)["c"]["restartCount"] >= 1 and "running" in statuses(p)["c"]["state"],
+        timeout=40,
+    )
+    c = statuses(pod)["c"]
+    assert cid_of(c) != first, c
+    last = c["lastState"]["terminated"]
+    assert last["containerID"].endswith(first), c
+    # Killed by kubelet after the probe failed: SIGTERM ends the trap loop with 0 (or 137/143).
+    assert last["exitCode"] in (0, 137, 143), last
+
+
+def test_init_containers_run_in_order_with_a_shared_empty_dir(node: Node, pods: list[str]) -> None:
+    k = node.kubelet
+    mount = [{"name": "work", "mountPath": "/work"}]
+    manifest = node.pod(
+        "init",
+        [node.container("main", "cat /work/order; " + LOOP, volumeMounts=mount)],
+        initContainers=[
+            node.container("first", "echo first >> /work/order; sleep 1", volumeMounts=mount),
+            node.container("second", "echo second >> /work/order", volumeMounts=mount),
+        ],
+        volumes=[{"name": "work", "emptyDir": {}}],
+    )
+    name = start(node, pods, manifest)
+    pod = k.wait_running(name)
+    inits = statuses(pod, init=True)
+    for n in ("first", "second"):
+        t = inits[n]["state"].get("terminated")
+        assert t and t["exitCode"] == 0 and t["reason"] == "Completed", inits[n]
+    assert (
+        inits["first"]["state"]["terminated"]["finishedAt"]
+        <= (inits["second"]["state"]["terminated"]["startedAt"])
+    ), inits
+    wait_for(
+        "main's log shows both init writes",
+        lambda: k.container_logs(name, "main") == "first\nsecond\n",
+        15,
+        lambda: repr(k.container_logs(name, "main")),
+    )
+    conditions = {x["type"]: x["status"] for x in pod["status"]["conditions"]}
+    assert conditions["Initialized"] == "True", conditions
+
+
+def http_get(url: str, timeout: float = 3) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        body: bytes = r.read()
+        return body.decode(errors="replace")
+
+
+def test_host_to_pod_and_pod_to_pod_networking(node: Node, steady: Json, pods: list[str]) -> None:
+    k = node.kubelet
+    web = k.wait_running("web")
+    ip = web["status"]["podIP"]
+    assert ip, web["status"]
+    ping = subprocess.run(["ping", "-c", "1", "-W", "2", ip], capture_output=True, text=True)
+    assert ping.returncode == 0, f"host cannot ping pod {ip}: {ping.stdout}{ping.stderr}"
+    body = http_get(f"http://{ip}/")
+    assert "Welcome to nginx" in body, f"host -> pod http://{ip}/: {body[:300]}"
+    script = (
+        f"until wget -q -T 2 -O /tmp/page http://{ip}/; do sleep 0.5; done; "
+        "echo FETCHED; cat /tmp/page; " + LOOP
+    )
+    name = start(node, pods, node.pod("client", [node.container("c", script)]))
+    client = k.wait_running(name)
+    assert client["status"]["podIP"] != ip, client["status"]
+    wait_for(
+        f"pod -> pod wget http://{ip}/",
+        lambda: "Welcome to nginx" in k.container_logs(name, "c"),
+        20,
+        lambda: k.container_logs(name, "c"),
+    )
+
+
+def cgroup_dir(pid: int, controller: str) -> Path:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return Path("/sys/fs/cgroup") / controllers / path.lstrip("/")
+    raise AssertionError(f"no {controller} cgroup for pid {pid}")
+
+
+def test_resources_reach_the_cgroup(node: Node, pods: list[str]) -> None:
+    k = node.kubelet
+    resources = {
+        "limits": {"memory": "64Mi", "cpu": "250m"},
+        "requests": {"memory": "32Mi", "cpu": "100m"},
+    }
+    name = start(node, pods, node.pod("limits", [node.container("c", LOOP, resources=resources)]))
+    pod = k.wait_running(name)
+    cid = cid_of(statuses(pod)["c"])
+    pid = int(node.inspect(cid)["info"]["pid"])
+    memory = cgroup_dir(pid, "memory")
+    cpu = cgroup_dir(pid, "cpu")
+    limit = int((memory / "memory.limit_in_bytes").read_text())
+    quota = int((cpu / "cpu.cfs_quota_us").read_text())
+    period = int((cpu / "cpu.cfs_period_us").read_text())
+    shares = int((cpu / "cpu.shares").read_text())
+    assert limit == 64 << 20, f"memory.limit_in_bytes {limit} in {memory}"
+    assert (quota, period) == (25000, 100000), f"CFS quota/period {quota}/{period} in {cpu}"
+    assert shares == 102, f"cpu.shares {shares} (100m requested) in {cpu}"
+
+
+def test_stats_summary_has_the_pod(node: Node, steady: Json) -> None:
+    k = node.kubelet
+    full = k.pod_name("steady")
+    found: dict[str, Json] = {}
+
+    def complete() -> bool:
+        for p in k.stats_summary().get("pods") or []:
+            if p["podRef"]["name"] == full:
+                found["pod"] = p
+                c = {x["name"]: x for x in p.get("containers") or []}.get("main")
+                return bool(
+                    c
+                    and p.get("cpu", {}).get("usageCoreNanoSeconds")
+                    and p.get("memory", {}).get("workingSetBytes")
+                    and c.get("cpu", {}).get("usageCoreNanoSeconds")
+                    and c.get("cpu", {}).get("usageNanoCores") is not None
+                    and c.get("memory", {}).get("workingSetBytes")
+                    and c.get("rootfs", {}).get("usedBytes") is not None
+                    and c.get("logs", {}).get("usedBytes")
+                )
+        return False
+
+    wait_for(
+        f"/stats/summary with {full}'s cpu, memory, rootfs and logs",
+        complete,
+        40,
+        lambda: json.dumps(found.get("pod"), indent=1)[-3000:],
+    )
+    p = found["pod"]
+    main = {x["name"]: x for x in p["containers"]}["main"]
+    assert main["logs"]["usedBytes"] > 0 and main["rootfs"]["capacityBytes"] > 0, main
+    assert p.get("ephemeral-storage", {}).get("usedBytes") is not None, p
+
+
+def test_exec_through_kubelet(node: Node, steady: Json) -> None:
+    r = node.kubelet.exec("steady", "main", ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert r.status == 101, f"kubelet's /exec did not upgrade: {r.status} {r.error}"
+    assert (r.stdout, r.stderr) == (b"out\n", b"err\n"), r
+    assert r.exit_code == 3, r
+    ok = node.kubelet.exec("steady", "main", ["cat", "/etc/hostname"])
+    assert ok.exit_code == 0 and ok.stdout.strip() == b"steady", ok
+
+
+def test_attach_through_kubelet(node: Node, steady: Json) -> None:
+    k = node.kubelet
+    s = k.stream(
+        f"/attach/default/{k.pod_name('steady')}/main?output=1&error=1", "v4.channel.k8s.io"
+    )
+    try:
+        assert s.status == 101, f"kubelet's /attach did not upgrade: {s.head!r}"
+        s.open(streamtype="error")
+        stdout = s.open(streamtype="stdout")
+        s.open(streamtype="stderr")
+        got = s.collect({stdout}, until=lambda g: g[stdout].count(b"tick") >= 2)
+        assert got[stdout].count(b"tick") >= 2, got
+    finally:
+        s.close()
+
+
+def test_port_forward_through_kubelet(node: Node, steady: Json) -> None:
+    k = node.kubelet
+    k.wait_running("web")
+    s = KubeletStream(k.port, f"/portForward/default/{k.pod_name('web')}", "portforward.k8s.io")
+    try:
+        assert s.status == 101, f"kubelet's /portForward did not upgrade: {s.head!r}"
+        error = s.open(streamtype="error", port="80", requestid="0")
+        data = s.open(streamtype="data", port="80", requestid="0")
+        s.send(data, b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+        got = s.collect({error, data}, until_closed={data}, until=lambda g: b"</html>" in g[data])
+        assert b"200" in got[data].split(b"\r\n", 1)[0], got
+        assert b"Welcome to nginx" in got[data], got
+        assert got[error] == b"", got
+    finally:
+        s.close()
+
+
+def test_kill_9_of_crictld_restarts_no_container(node: Node, steady: Json) -> None:
+    k, d = node.kubelet, node.daemon
+    before = {}
+    for name in ("steady", "web"):
+        pod = k.wait_running(name)
+        for cname, c in statuses(pod).items():
+            cid = cid_of(c)
+            before[(name, cname)] = (cid, c["restartCount"], int(node.inspect(cid)["info"]["pid"]))
+    sandboxes = {name: node.sandbox_ids(name) for name in ("steady", "web")}
+    assert d.process is not None
+    d.process.kill()
+    d.process.wait(timeout=30)
+    time.sleep(3)  # kubelet notices: PLEG relists and Status fail while crictld is down
+    d.start()
+    time.sleep(8)  # several PLEG relists and pod syncs against the restarted daemon
+    after = {}
+    for name in ("steady", "web"):
+        pod = k.wait_running(name, timeout=30)
+        for cname, c in statuses(pod).items():
+            cid = cid_of(c)
+            after[(name, cname)] = (cid, c["restartCount"], int(node.inspect(cid)["info"]["pid"]))
+    assert after == before, f"(container id, restartCount, pid) changed: {before} -> {after}"
+    assert {name: node.sandbox_ids(name) for name in ("steady", "web")} == sandboxes
+    assert "tick" in k.container_logs("steady", "main", tailLines="1")
+
+
+def test_garbage_collection_after_manifest_removed(node: Node) -> None:
+    k = node.kubelet
+    mount = [{"name": "scratch", "mountPath": "/scratch"}]
+    manifest = node.pod(
+        "gc",
+        [
+            node.container("a", "echo a > /scratch/a; " + LOOP, volumeMounts=mount),
+            node.container("b", LOOP, volumeMounts=mount),
+        ],
+        volumes=[{"name": "scratch", "emptyDir": {}}],
+    )
+    k.write_manifest(manifest)
+    pod = k.wait_running("gc")
+    uid = pod["metadata"]["uid"]
+    ip = pod["status"]["podIP"]
+    sids = node.sandbox_ids("gc")
+    cids = node.container_ids("gc")
+    assert len(sids) == 1 and len(cids) == 2, (sids, cids)
+    pod_dir = k.root_dir / "pods" / uid
+    assert pod_dir.is_dir(), pod_dir
+    k.remove_manifest("gc")
+    k.wait_gone("gc", timeout=30)
+    ours = frozenset(sids + cids)
+
+    def released() -> bool:
+        h = node.held()
+        return not (
+            ours & (h.netns | h.containers | h.tasks | h.rw_snapshots) or ip in h.ips
+        ) and not (node.sandbox_ids("gc") or node.container_ids("gc"))
+
+    # kubelet stops the pod at once; its container GC removes the dead sandbox on its next
+    # pass (every minute).
+    wait_for(
+        "the pod's sandbox, containers, netns, IP and snapshots released",
+        released,
+        90,
+        lambda: (
+            f"{node.held()}\nsandboxes {node.sandbox_ids('gc')}\n"
+            f"containers {node.container_ids('gc')}\n" + "\n".join(k.errors()[-20:])
+        ),
+    )
+    h = node.held()
+    assert not ours & h.cgroups, f"cgroups left: {ours & h.cgroups}"
+    wait_for(
+        "kubelet removes the pod's dir", lambda: not pod_dir.exists(), 30, lambda: str(pod_dir)
+    )
+    # Nothing beyond what the pods still running hold.
+    live_pods = [p["id"] for p in node.crictl_json("pods", "-o", "json")["items"]]
+    live_ctrs = [c["id"] for c in node.crictl_json("ps", "-a", "-o", "json")["containers"]]
+    ready = [
+        p["id"]
+        for p in node.crictl_json("pods", "-o", "json")["items"]
+        if p["state"] == "SANDBOX_READY"
+    ]
+    assert h.netns <= frozenset(ready), h
+    assert h.containers <= frozenset(live_pods + live_ctrs), h
+    assert h.rw_snapshots <= frozenset(live_pods + live_ctrs), h
+    assert h.leases == frozenset(), h
+    assert len(h.ips) == len(ready) and len(h.veths) == len(ready), h
+
+
+def test_no_internal_or_unknown_error_from_crictld(node: Node) -> None:
+    """Runs last: everything the module did, as kubelet and crictld logged it."""
+    bad_calls = []
+    for line in node.daemon_log().splitlines():
+        if '"code"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("code") in ("INTERNAL", "UNKNOWN"):
+            bad_calls.append(line)
+    assert not bad_calls, "crictld answered INTERNAL/UNKNOWN:\n" + "\n".join(bad_calls[:20])
+    kubelet_bad = [
+        line
+        for line in node.kubelet.log().splitlines()
+        if "rpc error: code = Unknown" in line or "rpc error: code = Internal" in line
+    ]
+    assert not kubelet_bad, "kubelet got Unknown/Internal from crictld:\n" + "\n".join(
+        kubelet_bad[:20]
+    )
