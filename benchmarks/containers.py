@@ -27,14 +27,13 @@ containers, their cgroups, and shims or log helpers still running) and after the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +60,7 @@ from benchmarks.sandboxes import (
     format_leftovers,
     read_call_log,
 )
-from benchmarks.setup import Node, Target, local_node, local_registry, pause_image
+from benchmarks.setup import Node, Target, local_node, local_registry, pause_image, runtime_logs
 from crictl.gen.cri.runtime.v1 import api_pb2
 
 BUSYBOX = "e2e-test-images/busybox:1.29-2"  # repository:tag in the registry
@@ -641,24 +640,6 @@ def format_memory(workload: ContainerWorkload) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _logs_dir(keep: bool) -> Iterator[tuple[Path, list[bool]]]:
-    """A temp dir for the runtimes' logs (copied there at teardown): kept, if anything was
-    copied, when KEEP or when the caller flags a failure (or an exception leaves)."""
-    path = Path(tempfile.mkdtemp(prefix="crd-bench-containers-logs-", dir="/tmp"))
-    failed = [keep]
-    try:
-        yield path, failed
-    except BaseException:
-        failed[0] = True
-        raise
-    finally:
-        if failed[0] and any(path.iterdir()):
-            print(f"runtime logs kept in {path}", file=sys.stderr)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def parse_rss(text: str) -> tuple[str, int]:
     name, sep, pid = text.partition("=")
     if not sep or not name or not pid.isdigit():
@@ -720,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pod_logs = Path(tempfile.mkdtemp(prefix="crd-bench-podlogs-", dir="/tmp"))
     try:
         with (
-            _logs_dir(args.keep_logs) as (logs_dir, failed),
+            runtime_logs(args.keep_logs, "containers") as (logs_dir, failed),
             local_registry(args.registry, args.workdir) as registry,
         ):
             pause = args.pause_image or pause_image(registry)

@@ -23,15 +23,12 @@ snapshots and leases, veths on the bridges, cgroups), and again after the runtim
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +54,7 @@ from benchmarks.setup import (
     local_node,
     local_registry,
     pause_image,
+    runtime_logs,
 )
 from crictl.gen.containerd.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from crictl.gen.containerd.api.services.leases.v1 import leases_pb2, leases_pb2_grpc
@@ -608,24 +606,6 @@ def after_teardown(node: Node, workload: SandboxWorkload) -> dict[str, list[str]
     return found
 
 
-@contextlib.contextmanager
-def _logs_dir(keep: bool) -> Iterator[tuple[Path, list[bool]]]:
-    """A temp dir for the runtimes' logs (copied there at teardown): kept, if anything was
-    copied, when KEEP or when the caller flags a failure (or an exception leaves)."""
-    path = Path(tempfile.mkdtemp(prefix="crd-bench-sandboxes-logs-", dir="/tmp"))
-    failed = [keep]
-    try:
-        yield path, failed
-    except BaseException:
-        failed[0] = True
-        raise
-    finally:
-        if failed[0] and any(path.iterdir()):
-            print(f"runtime logs kept in {path}", file=sys.stderr)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.sandboxes",
@@ -666,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs: list[LogLine] = []
     try:
         with (
-            _logs_dir(args.keep_logs) as (logs_dir, failed),
+            runtime_logs(args.keep_logs, "sandboxes") as (logs_dir, failed),
             local_registry(args.registry, args.workdir) as registry,
         ):
             pause = args.pause_image or pause_image(registry)

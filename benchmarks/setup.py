@@ -264,3 +264,21 @@ def leftovers(node: Node) -> dict[str, list[str]]:
     if node.problems:
         out["teardown"] = list(node.problems)
     return out
+
+
+@contextlib.contextmanager
+def runtime_logs(keep: bool, workload: str) -> Iterator[tuple[Path, list[bool]]]:
+    """A temp dir for the runtimes' logs (copied there at teardown): kept, if anything was
+    copied, when KEEP or when the caller flags a failure (or an exception leaves)."""
+    path = Path(tempfile.mkdtemp(prefix=f"crd-bench-{workload}-logs-", dir="/tmp"))
+    failed = [keep]
+    try:
+        yield path, failed
+    except BaseException:
+        failed[0] = True
+        raise
+    finally:
+        if failed[0] and any(path.iterdir()):
+            print(f"runtime logs kept in {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)

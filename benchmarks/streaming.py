@@ -32,7 +32,6 @@ still on the machine after their teardown is checked (`benchmarks.setup.leftover
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import secrets
@@ -42,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -60,7 +59,15 @@ from benchmarks.cri_bench import (
     percentile,
 )
 from benchmarks.sandboxes import RUN_LABEL, SANDBOX_TIMEOUT, UID_LABEL
-from benchmarks.setup import Node, cri_tools_dir, leftovers, local_node, local_registry, pause_image
+from benchmarks.setup import (
+    Node,
+    cri_tools_dir,
+    leftovers,
+    local_node,
+    local_registry,
+    pause_image,
+    runtime_logs,
+)
 from crictl.gen.cri.runtime.v1 import api_pb2
 
 PULL_TIMEOUT = 300.0
@@ -676,24 +683,6 @@ def format_tables(result: Result, workload: StreamingWorkload) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _logs_dir(keep: bool) -> Iterator[tuple[Path, list[bool]]]:
-    """A temp dir for the runtimes' logs (copied there at teardown): kept, if anything was
-    copied, when KEEP or when the caller flags a failure (or an exception leaves)."""
-    path = Path(tempfile.mkdtemp(prefix="crd-bench-streaming-logs-", dir="/tmp"))
-    failed = [keep]
-    try:
-        yield path, failed
-    except BaseException:
-        failed[0] = True
-        raise
-    finally:
-        if failed[0] and any(path.iterdir()):
-            print(f"runtime logs kept in {path}", file=sys.stderr)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.streaming",
@@ -746,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pod_logs = Path(tempfile.mkdtemp(prefix="crd-bench-podlogs-", dir="/tmp"))
     try:
         with (
-            _logs_dir(args.keep_logs) as (logs_dir, failed),
+            runtime_logs(args.keep_logs, "streaming") as (logs_dir, failed),
             local_registry(args.registry, args.workdir) as registry,
         ):
             pause = args.pause_image or pause_image(registry)
