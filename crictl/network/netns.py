@@ -114,6 +114,23 @@ def list_dir(directory: Path) -> list[Path]:
         return []
 
 
+def _enter(path: Path, failures: list[str]) -> bool:
+    """Moves the calling thread into the network namespace at `path` (for good: only a thread
+    made for it may call this); False, with the reason in `failures`, when it cannot."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        failures.append(f"network namespace {path}: {e.strerror}")
+        return False
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            failures.append(f"setns {path}: {os.strerror(ctypes.get_errno())}")
+            return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def connect(path: Path | None, port: int, timeout: float = 5.0) -> socket.socket:
     """A TCP connection to `port` on the loopback of the namespace at `path` (None: the
     daemon's own), 127.0.0.1 first, then ::1, as containerd dials for port-forward. The socket
@@ -124,19 +141,8 @@ def connect(path: Path | None, port: int, timeout: float = 5.0) -> socket.socket
     failures: list[str] = []
 
     def dial() -> None:
-        if path is not None:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as e:
-                failures.append(f"network namespace {path}: {e.strerror}")
-                return
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    failures.append(f"setns {path}: {os.strerror(err)}")
-                    return
-            finally:
-                os.close(fd)
+        if path is not None and not _enter(path, failures):
+            return
         for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.settimeout(timeout)
@@ -167,17 +173,8 @@ def addresses(path: Path) -> dict[str, list[str]]:
     failures: list[str] = []
 
     def read() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            failures.append(f"network namespace {path}: {e.strerror}")
+        if not _enter(path, failures):
             return
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                failures.append(f"setns {path}: {os.strerror(ctypes.get_errno())}")
-                return
-        finally:
-            os.close(fd)
         try:
             with IPRoute() as ipr:
                 names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
