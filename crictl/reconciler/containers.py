@@ -181,6 +181,7 @@ class ContainerReconciler:
         self._kill_at: dict[str, float] = {}
         self._kill_at_changed: dict[str, asyncio.Event] = {}
         self._oom: set[str] = set()
+        self._processes: dict[str, dict[str, object]] = {}  # spec.process by container id
         # Exits seen while the start that caused them had not yet recorded RUNNING.
         self._early_exits: dict[str, tuple[int, int]] = {}
         sandboxes.containers_hook = self.teardown_sandbox_containers
@@ -534,6 +535,7 @@ class ContainerReconciler:
         faults.point("container-remove:after-container-delete")
         await self.containerd.remove_snapshot(SNAPSHOTTER, cid)
         await asyncio.to_thread(shutil.rmtree, self.container_dir(cid), True)
+        self._processes.pop(cid, None)
         await self.store.write(lambda s: delete_container(s, cid, reason))
 
     # -- the sandbox's containers ----------------------------------------------------------
@@ -597,8 +599,13 @@ class ContainerReconciler:
         """Starts `cmd` in the running container with the container's own process settings."""
         if not cmd:
             raise errors.InvalidArgument("cmd is empty")
-        spec = await self.containerd.container_spec(container_id)
-        process = dict(spec.get("process") or {})  # type: ignore[call-overload]
+        base = self._processes.get(container_id)
+        if base is None:
+            # The container's process settings never change (UpdateContainerResources
+            # touches only cgroups): one containerd round trip per container, not per exec.
+            spec = await self.containerd.container_spec(container_id)
+            base = self._processes[container_id] = dict(spec.get("process") or {})  # type: ignore[call-overload]
+        process = dict(base)
         process["args"] = cmd
         process["terminal"] = tty
         if tty:
