@@ -579,12 +579,27 @@ def _cap(name: str) -> str:
     return name if name.startswith("CAP_") else f"CAP_{name}"
 
 
+def _valid_id(text: str) -> bool:
+    """A uid or gid as /etc/passwd and /etc/group may hold one: decimal, below 2**32 - 1."""
+    return text.isascii() and text.isdigit() and int(text) < 0xFFFFFFFF
+
+
 def resolve_user(config: api_pb2.ContainerConfig, image_user: str, passwd: str, group: str) -> User:
     """uid, gid and additional groups, from the security context or the image's USER, with
     names looked up in the image's /etc/passwd and /etc/group."""
     sc = config.linux.security_context
-    users = [line.split(":") for line in passwd.splitlines() if line.count(":") >= 6]
-    groups = [line.split(":") for line in group.splitlines() if line.count(":") >= 3]
+    # Lines an image may have made up (ids not decimal, negative or out of range) are skipped,
+    # as glibc's files backend does: a numeric user must still work in spite of them.
+    users = [
+        f
+        for f in (line.split(":") for line in passwd.splitlines() if line.count(":") >= 6)
+        if _valid_id(f[2]) and _valid_id(f[3])
+    ]
+    groups = [
+        f
+        for f in (line.split(":") for line in group.splitlines() if line.count(":") >= 3)
+        if _valid_id(f[2])
+    ]
     name_part, _, group_part = image_user.partition(":")
     if sc.HasField("run_as_user"):
         uid: int | None = sc.run_as_user.value

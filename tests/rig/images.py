@@ -29,7 +29,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -639,6 +639,83 @@ class _Spec:
     index: Format | None = None  # also publish as an index with a linux/arm64 placeholder
 
 
+# Where tests/integration/test_hostile_images.py writes the host files that the hostile images'
+# links name (a user "probe" with uid 4242, a group "probe" with gid 4343).
+HOSTILE_DIR = "/tmp/crictld-hostile"
+
+
+def hostile_specs(
+    base: Layer, base_hist: str, layer: Callable[[Iterable[Entry]], Layer]
+) -> list[_Spec]:
+    """Images whose user database points outside the image, or is hidden by a whiteout: a
+    runtime must resolve /etc/passwd and /etc/group inside the image's root."""
+    probe = "probe:x:4242:4242::/:/bin/sh"
+
+    def spec(name: str, what: str, entries: list[Entry], user: str, *more: Layer) -> _Spec:
+        return _Spec(
+            f"crictld-test/{name}",
+            ("1", "latest"),
+            f"busybox, {what}, USER {user}",
+            (base, *more, layer(entries)),
+            ImageConfig(cmd=("sleep", "3600"), user=user),
+            "docker",
+            (base_hist, *(["add probe:x:4242"] if more else []), what),
+        )
+
+    probe_layer = layer(user_files([probe], ["probe:x:4343:probe"]))
+    # Enough `..` to reach the host's / from any snapshot directory, were the link followed there.
+    climb = "../" * 24
+    return [
+        spec(
+            "hostile-passwd",
+            f"/etc/passwd -> {HOSTILE_DIR}/passwd (a host file)",
+            [symlink("etc/passwd", f"{HOSTILE_DIR}/passwd")],
+            "probe",
+        ),
+        spec(
+            "hostile-group",
+            f"/etc/group -> {HOSTILE_DIR}/group (a host file)",
+            [symlink("etc/group", f"{HOSTILE_DIR}/group")],
+            "0:probe",
+        ),
+        spec(
+            "hostile-dotdot",
+            f"/etc/passwd and /etc/group -> ../../(24 times){HOSTILE_DIR}/...",
+            [
+                symlink("etc/passwd", f"{climb}{HOSTILE_DIR.lstrip('/')}/passwd"),
+                symlink("etc/group", f"{climb}{HOSTILE_DIR.lstrip('/')}/group"),
+            ],
+            "probe",
+        ),
+        spec(
+            "linked-passwd",
+            f"/etc/passwd -> {HOSTILE_DIR}/passwd, which the image has (probe is uid 2424)",
+            [
+                symlink("etc/passwd", f"{HOSTILE_DIR}/passwd"),
+                file(
+                    f"{HOSTILE_DIR.lstrip('/')}/passwd",
+                    "root:x:0:0:root:/root:/bin/sh\nprobe:x:2424:2525::/:/bin/sh\n",
+                ),
+            ],
+            "probe",
+        ),
+        spec(
+            "hidden-passwd",
+            "a layer adding probe (uid 4242) to /etc/passwd, then a whiteout of /etc/passwd",
+            [file("etc/.wh.passwd", "")],
+            "probe",
+            probe_layer,
+        ),
+        spec(
+            "opaque-etc",
+            "a layer adding probe (uid 4242) to /etc/passwd, then /etc made opaque",
+            [file("etc/.wh..wh..opq", ""), file("etc/group", "root:x:0:\n")],
+            "probe",
+            probe_layer,
+        ),
+    ]
+
+
 def build_images(
     workdir: Path, *, busybox: Path | None = None, cc: str = "gcc"
 ) -> list[FixtureImage]:
@@ -805,6 +882,8 @@ def build_images(
         marker("test-image-tag", ("test", "latest"), "test", "oci", index="oci"),
         marker("test-image-tag", ("all",), "all", "oci", index="oci"),
     ]
+
+    specs += hostile_specs(base, base_hist, layer)
 
     pause_layer = layer([file("pause", tc.helpers["pause"].read_bytes(), 0o755)])
     # One image per version (same binary, a label telling them apart), as upstream: a pinned
