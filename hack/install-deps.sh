@@ -62,3 +62,4 @@ if [ ! -x .venv/bin/crictld-logger ] || [ logger/crictld-logger.c -nt .venv/bin/
 fi
 
 bash hack/install-cri-tools.sh >/dev/null
+bash hack/install-kubelet.sh >/dev/null

@@ -16,9 +16,11 @@ from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.api.interceptor import Context
+from crictl.api.validation import validate_container_in_sandbox, validate_container_request
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler import faults
 from crictl.reconciler.containers import ContainerReconciler, container_config_of
+from crictl.reconciler.sandboxes import config_of
 from crictl.store.containers import (
     ContainerFilter,
     ContainerSummary,
@@ -80,18 +82,9 @@ class Containers:
         self, request: api_pb2.CreateContainerRequest, context: Context
     ) -> api_pb2.CreateContainerResponse:
         config = request.config
-        if not config.HasField("metadata") or not config.metadata.name:
-            raise errors.InvalidArgument("config.metadata.name is empty")
-        if not config.image.image:
-            raise errors.InvalidArgument("config.image.image is empty")
-        if not request.pod_sandbox_id:
-            raise errors.InvalidArgument("pod_sandbox_id is empty")
-        sc = config.linux.security_context
-        if sc.HasField("run_as_group") and not (sc.HasField("run_as_user") or sc.run_as_username):
-            raise errors.InvalidArgument(
-                "config.linux.security_context.run_as_group needs run_as_user or run_as_username"
-            )
+        validate_container_request(request)  # normalises config's mount paths in place
         sandbox = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id))
+        validate_container_in_sandbox(request, config_of(sandbox), sandbox.id)
         image = self.reconciler.images.status(config.image.image)
         log_path = None
         if request.sandbox_config.log_directory and config.log_path:
@@ -200,7 +193,7 @@ class Containers:
             started_at=row.started_at or 0,
             finished_at=row.finished_at or 0,
             exit_code=row.exit_code or 0,
-            image=config.image,
+            image=self._image_spec(config.image),
             image_ref=row.image_ref or "",
             image_id=row.image_id or "",
             reason=row.reason if row.phase == ContainerPhase.EXITED else "",
@@ -233,6 +226,20 @@ class Containers:
                 }
             )
         return response
+
+    def _image_spec(self, asked: api_pb2.ImageSpec) -> api_pb2.ImageSpec:
+        """The image as kubelet shows it in a pod's status: kubelet creates containers with
+        the resolved image id and the name the user wrote in `user_specified_image`; that
+        name, else (an id) the image's first tag as containerd answers, else what was asked."""
+        spec = api_pb2.ImageSpec()
+        spec.CopyFrom(asked)
+        if asked.user_specified_image:
+            spec.image = asked.user_specified_image
+        elif asked.image.startswith("sha256:"):
+            image = self.reconciler.images.status(asked.image)
+            if image is not None and image.repo_tags:
+                spec.image = image.repo_tags[0]
+        return spec
 
     async def list_containers(
         self, request: api_pb2.ListContainersRequest, context: Context

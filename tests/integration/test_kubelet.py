@@ -10,7 +10,9 @@ that the kill -9 check requires to survive untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -169,10 +171,17 @@ def node(containerd_address: str, registry: Registry, crictl_path: Path) -> Iter
                     break
                 time.sleep(0.5)
         k.cleanup()
+        keep = os.environ.get("CRICTLD_KEEP_KUBELET_LOGS")
+        if keep:  # a directory to copy kubelet's and crictld's logs to, for a post-mortem
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for log in [*k.root.glob("kubelet*.log"), *root.glob("crictld*.log")]:
+                shutil.copy(log, Path(keep) / log.name)
         if d.process is not None and d.process.poll() is None:
             d.crictl("rmp", "-fa", timeout=120)
         d.stop()
         asyncio.run(purge_namespace(containerd_address, namespace))
+        with contextlib.suppress(OSError):  # runc's state root for the namespace, now empty
+            Path("/run/containerd/runc", namespace).rmdir()
         net.remove()
         unmount_below(root)
         shutil.rmtree(root, ignore_errors=True)
@@ -229,8 +238,9 @@ def test_pod_running_with_its_image_pulled(node: Node, steady: Json) -> None:
     main = statuses(pod)["main"]
     assert pod["status"]["phase"] == "Running", pod["status"]
     assert main["ready"] is True and main["restartCount"] == 0, main
-    assert main["image"].endswith("e2e-test-images/busybox:1.29-2"), main
-    assert main["imageID"], f"no imageID: the image was not pulled/reported: {main}"
+    assert main["imageID"].startswith(f"{node.registry.host}/e2e-test-images/busybox@sha256:"), (
+        f"imageID is not the pulled image's repo digest: {main}"
+    )
     assert pod["status"].get("podIP"), f"no pod IP: {pod['status']}"
     conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
     assert conditions.get("Ready") == "True", conditions
@@ -240,6 +250,11 @@ def test_pod_running_with_its_image_pulled(node: Node, steady: Json) -> None:
     ctr = node.inspect(cid_of(main))
     assert ctr["status"]["state"] == "CONTAINER_RUNNING", ctr["status"]
     assert ctr["status"]["labels"]["io.kubernetes.container.name"] == "main"
+
+
+def test_pod_status_reports_the_image_name(node: Node, steady: Json) -> None:
+    main = statuses(steady)["main"]
+    assert main["image"] == node.busybox, f"containerStatuses[].image is {main['image']!r}"
 
 
 def test_container_logs_through_kubelet(node: Node, steady: Json) -> None:
@@ -252,8 +267,10 @@ def test_container_logs_through_kubelet(node: Node, steady: Json) -> None:
     )
     logs = k.container_logs("steady", "main")
     lines = logs.splitlines()
-    assert lines[:2] in (["hello-out", "hello-err"], ["hello-err", "hello-out"]), lines[:5]
-    assert "tick 1" in lines, lines[:5]
+    # Both streams in one log; across the two pipes the order is the logger's reads, not the
+    # writes' (as with containerd), within a stream it is the writes'.
+    assert {"hello-out", "hello-err", "tick 1", "tick 2"} <= set(lines), lines[:5]
+    assert lines.index("hello-out") < lines.index("tick 1") < lines.index("tick 2"), lines[:5]
     tail = k.container_logs("steady", "main", tailLines="1")
     assert len(tail.splitlines()) == 1 and tail.startswith("tick "), repr(tail)
     stamped = k.container_logs("steady", "main", timestamps="true").splitlines()[0]
@@ -266,10 +283,16 @@ def test_crash_loop_restart_count_grows(node: Node, pods: list[str]) -> None:
     k = node.kubelet
     name = start(node, pods, node.pod("crash", [node.container("c", "echo attempt; exit 3")]))
 
+    seen: list[tuple[int, str]] = []  # (restartCount, waiting reason) at each poll
+
     def restarted_twice(p: Json) -> bool:
-        return int(statuses(p)["c"]["restartCount"]) >= 2
+        c = statuses(p)["c"]
+        seen.append((int(c["restartCount"]), c["state"].get("waiting", {}).get("reason", "")))
+        return seen[-1][0] >= 2
 
     pod = k.wait_pod(name, "restartCount >= 2", restarted_twice, timeout=60)
+    counts = sorted({n for n, _ in seen})
+    assert counts[-1] >= 2 and len(counts) >= 2, f"restartCount did not grow: {seen}"
     c = statuses(pod)["c"]
     last = c["lastState"].get("terminated")
     assert last and last["exitCode"] == 3 and last["reason"] == "Error", c
@@ -282,13 +305,15 @@ def test_crash_loop_restart_count_grows(node: Node, pods: list[str]) -> None:
     )
     assert attempts and attempts[-1] >= 2, attempts
     assert "attempt" in k.container_logs(name, "c")
-    waiting = k.wait_pod(
-        name,
-        "waiting in CrashLoopBackOff",
-        lambda p: statuses(p)["c"]["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff",
-        timeout=30,
-    )
-    assert int(statuses(waiting)["c"]["restartCount"]) >= 2
+    if not any(reason == "CrashLoopBackOff" for _, reason in seen):
+        k.wait_pod(
+            name,
+            "waiting in CrashLoopBackOff",
+            lambda p: (
+                statuses(p)["c"]["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff"
+            ),
+            timeout=30,
+        )
 
 
 def test_exec_readiness_probe(node: Node, pods: list[str]) -> None:
@@ -389,7 +414,7 @@ def test_host_to_pod_and_pod_to_pod_networking(node: Node, steady: Json, pods: l
     body = http_get(f"http://{ip}/")
     assert "Welcome to nginx" in body, f"host -> pod http://{ip}/: {body[:300]}"
     script = (
-        f"until wget -q -T 2 -O /tmp/page http://{ip}/; do sleep 0.5; done; "
+        f"until wget -q -O /tmp/page http://{ip}/; do sleep 0.5; done; "
         "echo FETCHED; cat /tmp/page; " + LOOP
     )
     name = start(node, pods, node.pod("client", [node.container("c", script)]))
@@ -472,7 +497,7 @@ def test_exec_through_kubelet(node: Node, steady: Json) -> None:
     assert (r.stdout, r.stderr) == (b"out\n", b"err\n"), r
     assert r.exit_code == 3, r
     ok = node.kubelet.exec("steady", "main", ["cat", "/etc/hostname"])
-    assert ok.exit_code == 0 and ok.stdout.strip() == b"steady", ok
+    assert ok.exit_code == 0 and ok.stdout.decode().strip() == node.kubelet.pod_name("steady"), ok
 
 
 def test_attach_through_kubelet(node: Node, steady: Json) -> None:

@@ -3,9 +3,10 @@
 No API server: pods are static pods, manifests written into a directory kubelet watches, and
 their status is read from kubelet's own HTTPS server (`/pods` carries static pods' statuses in
 standalone mode). Everything kubelet keeps is under one directory (config, manifests, root dir,
-certificates, pod logs); ports are free ones on 127.0.0.1. kubelet sets host sysctls when it
-starts: they are saved before and restored after. kubelet adds iptables canary chains: the ones
-it added are removed when it stops.
+certificates, pod logs); ports are free ones on 127.0.0.1. What kubelet changes on the host
+besides is undone by cleanup(): the sysctls it sets at start (saved before), the iptables chains
+and rules it adds (KUBE-IPTABLES-HINT, KUBE-KUBELET-CANARY, KUBE-FIREWALL with INPUT and OUTPUT
+jumps to it), its device plugin socket under /var/lib/kubelet and its /var/log/containers links.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -80,8 +82,9 @@ def free_port() -> int:
         return port
 
 
-def _iptables_chains() -> set[tuple[str, str, str]]:
-    """(tool, table, chain) for every KUBE-* chain iptables and ip6tables hold."""
+def _iptables_rules() -> set[tuple[str, str, str]]:
+    """(tool, table, rule) for every chain and rule iptables and ip6tables hold that names a
+    KUBE-* chain (`iptables -S` form: "-N KUBE-X", "-A INPUT -j KUBE-X")."""
     found = set()
     for tool in ("iptables", "ip6tables"):
         if shutil.which(tool) is None:
@@ -89,10 +92,28 @@ def _iptables_chains() -> set[tuple[str, str, str]]:
         for table in ("mangle", "filter", "nat"):
             out = subprocess.run([tool, "-t", table, "-S"], capture_output=True, text=True)
             for line in out.stdout.splitlines():
-                parts = line.split()
-                if len(parts) == 2 and parts[0] == "-N" and parts[1].startswith("KUBE-"):
-                    found.add((tool, table, parts[1]))
+                if "KUBE-" in line and line.startswith(("-N ", "-A ")):
+                    found.add((tool, table, line))
     return found
+
+
+def _undo_iptables(added: set[tuple[str, str, str]]) -> None:
+    """Deletes the rules, then the chains, that kubelet added."""
+    for tool, table, line in sorted(added):
+        if line.startswith("-A "):
+            args = shlex.split(line)
+            subprocess.run([tool, "-t", table, "-D", *args[1:]], capture_output=True, check=False)
+    for tool, table, line in sorted(added):
+        if line.startswith("-N "):
+            chain = line.split()[1]
+            subprocess.run([tool, "-t", table, "-F", chain], capture_output=True, check=False)
+            subprocess.run([tool, "-t", table, "-X", chain], capture_output=True, check=False)
+
+
+# Host paths kubelet writes whatever its --root-dir: the device plugin socket's directory
+# (v1beta1.DevicePluginPath) and the /var/log/containers symlinks to its pods' logs.
+DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
 
 
 def unmount_below(path: Path) -> None:
@@ -120,7 +141,8 @@ class Kubelet:
     port: int = 0
     healthz_port: int = 0
     _saved_sysctls: dict[str, str] | None = None
-    _chains_before: set[tuple[str, str, str]] = field(default_factory=set)
+    _iptables_before: set[tuple[str, str, str]] = field(default_factory=set)
+    _dirs_before: set[Path] = field(default_factory=set)
     _log_paths: list[Path] = field(default_factory=list)
 
     @property
@@ -202,7 +224,12 @@ class Kubelet:
             d.mkdir(parents=True, exist_ok=True)
         if self._saved_sysctls is None:
             self._saved_sysctls = read_sysctls()
-            self._chains_before = _iptables_chains()
+            self._iptables_before = _iptables_rules()
+            self._dirs_before = {
+                p
+                for p in (DEVICE_PLUGINS.parent, DEVICE_PLUGINS, CONTAINER_LOG_LINKS)
+                if p.exists()
+            }
         if not self.port:
             self.port, self.healthz_port = free_port(), free_port()
         self.config_path.write_text(json.dumps(self.config(), indent=2))
@@ -252,14 +279,23 @@ class Kubelet:
         return code
 
     def cleanup(self) -> None:
-        """After stop(): restores the host's sysctls, removes the iptables chains kubelet
-        added and kubelet's mounts and files."""
+        """Stops kubelet, restores the host's sysctls, removes the iptables rules and chains
+        kubelet added, its device plugin socket, its /var/log/containers links (and those
+        directories if it made them), and its mounts and root dir."""
         self.stop()
         if self._saved_sysctls is not None:
             write_sysctls(self._saved_sysctls)
-        for tool, table, chain in sorted(_iptables_chains() - self._chains_before):
-            subprocess.run([tool, "-t", table, "-F", chain], capture_output=True, check=False)
-            subprocess.run([tool, "-t", table, "-X", chain], capture_output=True, check=False)
+        _undo_iptables(_iptables_rules() - self._iptables_before)
+        with contextlib.suppress(FileNotFoundError):
+            (DEVICE_PLUGINS / "kubelet.sock").unlink()
+        if CONTAINER_LOG_LINKS.is_dir():
+            for link in CONTAINER_LOG_LINKS.iterdir():
+                if link.is_symlink() and os.readlink(link).startswith(str(self.root) + "/"):
+                    link.unlink()
+        for d in (DEVICE_PLUGINS, DEVICE_PLUGINS.parent, CONTAINER_LOG_LINKS):
+            if d not in self._dirs_before:
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only if kubelet made it and left it empty
         unmount_below(self.root)
         shutil.rmtree(self.root_dir, ignore_errors=True)
 
