@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_state_args(serve)
     serve.add_argument("--socket", type=Path, help="default /run/crictld/crictld.sock")
     serve.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help="group (name or gid) that owns the socket, mode 0660 (default: root's group)",
+    )
+    serve.add_argument(
         "--containerd",
         metavar="ADDRESS|managed",
         help="a containerd socket, or 'managed' to start a private one "
@@ -92,6 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--db", type=Path, help="the database file (instead of --state-dir)")
     sql.add_argument("--json", action="store_true", help="print rows as JSON objects")
     sql.add_argument("--schema", action="store_true", help="print the views and tables")
+    sql.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="stop a query that runs longer (default 10; 0: no limit); exit status 2",
+    )
+    sql.add_argument(
+        "--max-rows",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="print at most N rows, then say so on stderr and exit with status 3 "
+        "(default 10000; 0: no limit)",
+    )
     sql.add_argument("query", nargs="?")
 
     doctor = sub.add_parser(
@@ -151,6 +171,7 @@ def load_config(args: argparse.Namespace) -> Config:
     if args.command == "serve":
         overrides |= {
             "socket": args.socket,
+            "socket_group": args.socket_group,
             "containerd": args.containerd,
             "containerd_namespace": args.containerd_namespace,
             "containerd_bin": args.containerd_bin,
@@ -183,12 +204,16 @@ def _sql(args: argparse.Namespace) -> int:
     from crictl.store import inspect
 
     db: Path = args.db or load_config(args).db_path
-    if args.schema:
-        print(inspect.schema(db))
-        return 0
-    if not args.query:
-        raise errors.InvalidArgument("give a query, or --schema")
-    result = inspect.run_query(db, args.query)
+    limits = inspect.Limits(timeout=args.timeout, max_rows=args.max_rows)
+    try:
+        if args.schema:
+            print(inspect.schema(db))
+            return 0
+        if not args.query:
+            raise errors.InvalidArgument("give a query, or --schema")
+        result = inspect.run_query(db, args.query, limits)
+    except PermissionError as e:  # the database is private to root: say so, no traceback
+        raise inspect.not_readable(db) from e
     if args.json:
         print(
             json.dumps(
@@ -199,6 +224,9 @@ def _sql(args: argparse.Namespace) -> int:
         )
     else:
         print(inspect.format_table(result))
+    if result.truncated:
+        print(f"crictld: stopped after {limits.max_rows} rows (--max-rows)", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -22,6 +22,9 @@ CGROUP_DRIVERS = ("cgroupfs", "systemd")
 @dataclass
 class Config:
     socket: Path = DEFAULT_SOCKET
+    # The CRI socket is 0660, owned by this group (a name or a gid); "" = the daemon's own
+    # group (root's): kubelet runs as root.
+    socket_group: str = ""
     state_dir: Path = DEFAULT_STATE_DIR
     # "" = the standard socket if it answers, else "managed"; "managed"; or a socket path.
     containerd: str = ""
@@ -82,6 +85,7 @@ class Config:
 
 _PATH_KEYS = {"socket", "state_dir", "cni_conf_dir", "netns_dir"}
 _STR_KEYS = {
+    "socket_group",
     "containerd",
     "containerd_namespace",
     "containerd_bin",

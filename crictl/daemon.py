@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import grp
 import logging
 import os
 import shutil
@@ -167,7 +168,13 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+    # Private state (the database holds every container's config, env values included): the
+    # state dir is 0700 from its first moment, and one left wider (by hand, or 0711 by an older
+    # crictld) is tightened before anything is written in it. Containers need no way through
+    # it: runc, as root, resolves the sources of their bind mounts.
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(config.state_dir, 0o700)
+    socket_gid = resolve_group(config.socket_group)
     state_lock = Lock(config.state_dir / "crictld.lock", f"state dir {config.state_dir}")
     socket_lock = Lock(
         config.socket.with_name(config.socket.name + ".lock"), f"socket {config.socket}"
@@ -299,7 +306,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 generic_handler(IMAGE_SERVICE, Images(images)),
             )
         )
-        _bind(server, config.socket)
+        _bind(server, config.socket, socket_gid)
         await server.start()
         if config.metrics_address:
             register_gauges(store, supervisor, events, sandboxes, containers)
@@ -447,7 +454,19 @@ def registry_client(config: Config) -> RegistryClient:
     )
 
 
-def _bind(server: grpc.aio.Server, socket: Path) -> None:
+def resolve_group(group: str) -> int:
+    """The gid of `socket_group`: a group name or a number; "" = the daemon's own group."""
+    if not group:
+        return os.getegid()
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise errors.InvalidArgument(f"socket_group {group!r}: no such group") from None
+
+
+def _bind(server: grpc.aio.Server, socket: Path, gid: int) -> None:
     socket.parent.mkdir(parents=True, exist_ok=True)
     # We hold the socket's lock, so a file here was left by a dead crictld.
     with contextlib.suppress(FileNotFoundError):
@@ -457,4 +476,6 @@ def _bind(server: grpc.aio.Server, socket: Path) -> None:
         server.add_insecure_port(f"unix:{socket}")
     finally:
         os.umask(old_umask)
+    # Born root:<our group> 0660; then handed to socket_group (only ever what was asked).
+    os.chown(socket, -1, gid)
     os.chmod(socket, 0o660)

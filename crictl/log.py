@@ -1,14 +1,69 @@
-"""Structured logging: one JSON object per line on stderr."""
+"""Structured logging: one JSON object per line on stderr.
+
+The daemon writes no log file of its own: stderr goes to whatever started it (journald under
+systemd). Secrets never belong in a log line; as a second line of defence the formatter
+redacts the values of secret-named fields given through `extra=` (at any depth), objects
+that carry credentials, and `Basic`/`Bearer` credentials in any text it writes.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
 # Attributes every LogRecord has; anything else came through `extra=` and is logged as a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+REDACTED = "[redacted]"
+# Field names whose values are secrets: registry credentials (CRI AuthConfig, the config file's
+# registry_auths) and a container's environment (kubelet puts secrets there).
+SECRET_FIELDS = frozenset(
+    {
+        "auth",
+        "authorization",
+        "password",
+        "identity_token",
+        "identitytoken",
+        "registry_token",
+        "registrytoken",
+        "token",
+        "credentials",
+        "creds",
+        "env",
+        "envs",
+    }
+)
+# Attributes that mark an object as holding credentials (crictl.images.registry.Credentials):
+# its repr would show them.
+_SECRET_ATTRIBUTES = ("password", "identity_token", "registry_token")
+_AUTH_HEADER = re.compile(r"\b(Basic|Bearer)\s+[A-Za-z0-9+/=._~-]+", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """`Basic dXNlcjpwYXNz` -> `Basic [redacted]` (and the same for Bearer tokens)."""
+    return _AUTH_HEADER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+
+def redact(value: object, depth: int = 0) -> object:
+    """A copy of a log field's value with whatever holds a secret replaced."""
+    if depth > 8:
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: REDACTED if _secret_name(k) else redact(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(v, depth + 1) for v in value]
+    if any(getattr(value, attr, None) for attr in _SECRET_ATTRIBUTES):
+        return REDACTED
+    return value
+
+
+def _secret_name(key: object) -> bool:
+    return isinstance(key, str) and key.lower().replace("-", "_") in SECRET_FIELDS
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,14 +73,14 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact_text(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = REDACTED if _secret_name(key) else redact(value)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+            entry["exception"] = redact_text(self.formatException(record.exc_info))
+        return json.dumps(entry, default=lambda v: redact_text(str(v)))
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -100,7 +100,9 @@ class ManagedContainerd:
         self.config_path.write_text(containerd_config(self.directory))
         with contextlib.suppress(FileNotFoundError):
             Path(self.address).unlink()
-        with self.log_path.open("ab") as logfile:
+        # The state dir is private; the log is too (0600), as the daemon's other files.
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "ab") as logfile:
             self._process = subprocess.Popen(
                 [self.binary, "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL,

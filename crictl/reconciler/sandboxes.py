@@ -70,6 +70,9 @@ from crictl.store.sandboxes import (
 log = logging.getLogger(__name__)
 
 SNAPSHOTTER = "overlayfs"
+# hostname, hosts, resolv.conf are bind-mounted into containers that may run as any user:
+# readable by all whatever the daemon's umask (a systemd UMask=0077 included).
+POD_FILE_MODE = 0o644
 STOP_WAIT = 10.0
 KIND_LABEL = "crictld.io/kind"
 SANDBOX_LABEL = "crictld.io/sandbox-id"
@@ -338,6 +341,7 @@ class SandboxReconciler:
         text = Path("/etc/hosts").read_text() if host_network(config) else hosts_file(hostname, ip)
         with (self.sandbox_dir(sandbox_id) / "hosts").open("w") as f:
             f.write(text)
+            os.fchmod(f.fileno(), POD_FILE_MODE)
 
     def _write_files(
         self, sandbox_id: str, config: api_pb2.PodSandboxConfig, ip: str | None
@@ -348,12 +352,14 @@ class SandboxReconciler:
         if host_network(config):
             hostname = os.uname().nodename
         (d / "hostname").write_text(hostname + "\n")
+        (d / "hostname").chmod(POD_FILE_MODE)
         self._write_hosts(sandbox_id, config, ip)
         resolv = resolv_conf(config.dns_config)
         resolv_path = None
         if resolv is not None:
             resolv_path = d / "resolv.conf"
             resolv_path.write_text(resolv)
+            resolv_path.chmod(POD_FILE_MODE)
         shm = None
         if not host_ipc(config):
             shm = d / "shm"

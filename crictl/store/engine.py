@@ -9,6 +9,8 @@ writer thread: SQLite has one writer at a time anyway) and `Store.read()` (a sma
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +34,7 @@ def sqlite_url(db_path: Path | str) -> str:
 def make_engine(db_path: Path | str) -> Engine:
     """An engine whose every connection has crictld's pragmas set."""
     if str(db_path) != ":memory:":
-        Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        create_private(Path(db_path))
     engine = create_engine(
         sqlite_url(db_path),
         connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
@@ -40,6 +42,23 @@ def make_engine(db_path: Path | str) -> Engine:
     event.listen(engine, "connect", _on_connect)
     event.listen(engine, "begin", _on_begin)
     return engine
+
+
+def create_private(db_path: Path) -> None:
+    """The database holds secrets (every container's config as sent, env values included):
+    it is 0600 from its first moment. SQLite would create it 0644 (less the umask), so it is
+    created here first, empty (SQLite takes an empty file as an empty database); SQLite gives
+    a new -wal and -shm the database's mode. Files an older crictld left wider are tightened
+    (by path: closing a descriptor of an open database would drop this process's SQLite locks
+    on it). A directory made for it (`crictld migrate` on a new state dir) is 0700."""
+    db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path = f"{db_path}{suffix}"
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
 
 
 def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
