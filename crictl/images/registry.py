@@ -37,12 +37,22 @@ class BlobStalled(errors.Unavailable):
     """A blob download moved no byte for the progress timeout."""
 
 
+def _who(creds: Credentials | None) -> str:
+    return creds.identity() if creds is not None else ""
+
+
 @dataclass(frozen=True)
 class Credentials:
     username: str = ""
-    password: str = ""
-    identity_token: str = ""  # an OAuth2 refresh token
-    registry_token: str = ""  # a bearer token used as is
+    password: str = field(default="", repr=False)
+    identity_token: str = field(default="", repr=False)  # an OAuth2 refresh token
+    registry_token: str = field(default="", repr=False)  # a bearer token used as is
+
+    def identity(self) -> str:
+        """Who these credentials are, for keying what a registry granted them (a digest:
+        the secrets themselves are never a key)."""
+        raw = "\0".join((self.username, self.password, self.identity_token, self.registry_token))
+        return hashlib.sha256(raw.encode()).hexdigest()
 
     @classmethod
     def from_auth_config(
@@ -144,8 +154,10 @@ class RegistryClient:
         self.progress_timeout = progress_timeout
         self.connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
-        self._tokens: dict[tuple[str, str, str, str], tuple[str, float]] = {}
-        self._basic: dict[str, str] = {}
+        # What a registry granted, by (endpoint, ..., who asked): a pull with other (or no)
+        # credentials must earn its own, never ride on another's.
+        self._tokens: dict[tuple[str, str, str, str, str], tuple[str, float]] = {}
+        self._basic: dict[tuple[str, str], str] = {}
 
     async def close(self) -> None:
         if self._session is not None:
@@ -204,7 +216,7 @@ class RegistryClient:
         creds = self._credentials(endpoint, creds)
         for attempt in (1, 2):
             h = dict(headers or {})
-            auth = self._cached_auth(endpoint, scope)
+            auth = self._cached_auth(endpoint, scope, _who(creds))
             if auth:
                 h["Authorization"] = auth
             try:
@@ -241,13 +253,13 @@ class RegistryClient:
             + ("" if creds else " (no credentials given)")
         )
 
-    def _cached_auth(self, endpoint: Endpoint, scope: str) -> str | None:
-        basic = self._basic.get(endpoint.url)
+    def _cached_auth(self, endpoint: Endpoint, scope: str, who: str) -> str | None:
+        basic = self._basic.get((endpoint.url, who))
         if basic:
             return basic
         now = time.monotonic()
-        for (url, _, _, sc), (token, expiry) in self._tokens.items():
-            if url == endpoint.url and sc == scope and expiry > now:
+        for (url, _, _, sc, holder), (token, expiry) in self._tokens.items():
+            if url == endpoint.url and sc == scope and holder == who and expiry > now:
                 return f"Bearer {token}"
         return None
 
@@ -267,7 +279,7 @@ class RegistryClient:
                     "were given"
                 )
             raw = f"{creds.username}:{creds.password}".encode()
-            self._basic[endpoint.url] = "Basic " + base64.b64encode(raw).decode()
+            self._basic[(endpoint.url, _who(creds))] = "Basic " + base64.b64encode(raw).decode()
             return
         if scheme != "bearer" or "realm" not in params:
             raise errors.PermissionDenied(
@@ -277,7 +289,7 @@ class RegistryClient:
             token, expires_in = creds.registry_token, 60.0
         else:
             token, expires_in = await self._fetch_token(endpoint, ref, params, scope, creds)
-        key = (endpoint.url, params["realm"], params.get("service", ""), scope)
+        key = (endpoint.url, params["realm"], params.get("service", ""), scope, _who(creds))
         self._tokens[key] = (token, time.monotonic() + max(expires_in - 5, 5))
 
     async def _fetch_token(

@@ -1224,3 +1224,24 @@ async def test_session_timeouts_follow_the_settings() -> None:
         assert (timeout.total, timeout.sock_connect, timeout.sock_read) == (None, 3.0, 7.0)
     finally:
         await c.close()
+
+
+def test_what_a_registry_granted_one_caller_is_not_reused_by_another() -> None:
+    """A pull with other or no credentials must earn its own grant, never ride on another's
+    cached basic auth or token."""
+    from crictl.images.registry import Credentials, Endpoint, RegistryClient, _who
+
+    async def run() -> None:
+        client = RegistryClient()
+        endpoint = Endpoint("http://127.0.0.1:1", "127.0.0.1:1", mirror=False)
+        alice = Credentials("alice", "secret")
+        ref = parse("127.0.0.1:1/private/app:1")
+        scope = "repository:private/app:pull"
+        await client._answer_challenge(endpoint, ref, scope, 'Basic realm="r"', alice)
+        assert client._cached_auth(endpoint, scope, _who(alice)) is not None
+        assert client._cached_auth(endpoint, scope, _who(None)) is None
+        assert client._cached_auth(endpoint, scope, _who(Credentials("alice", "wrong"))) is None
+        assert "secret" not in repr(alice)
+        await client.close()
+
+    asyncio.run(run())
