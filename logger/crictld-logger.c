@@ -132,7 +132,7 @@ static int repair_tail(int fd) {
 
 static int open_log(void) {
     /* O_RDWR: repair_tail() reads the tail */
-    int fd = open(log_path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    int fd = open(log_path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0640);
     if (fd < 0) {
         /* the directory may not exist yet */
         char dir[4096];
@@ -144,7 +144,7 @@ static int open_log(void) {
                 if (*p == '/') { *p = '\0'; mkdir(dir, 0755); *p = '/'; }
             mkdir(dir, 0755);
         }
-        fd = open(log_path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        fd = open(log_path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0640);
     }
     if (fd >= 0) log_torn = repair_tail(fd) < 0; /* fd becomes log_fd */
     return fd;

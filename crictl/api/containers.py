@@ -16,7 +16,11 @@ from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.api.interceptor import Context
-from crictl.api.validation import validate_container_in_sandbox, validate_container_request
+from crictl.api.validation import (
+    validate_container_in_sandbox,
+    validate_container_request,
+    validate_resources,
+)
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler import faults
 from crictl.reconciler.containers import ContainerReconciler, container_config_of
@@ -286,6 +290,7 @@ class Containers:
     async def update_container_resources(
         self, request: api_pb2.UpdateContainerResourcesRequest, context: Context
     ) -> api_pb2.UpdateContainerResourcesResponse:
+        validate_resources(request.linux, "linux")
         cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
         await self.reconciler.update_resources(cid, request.linux)
         return api_pb2.UpdateContainerResourcesResponse()

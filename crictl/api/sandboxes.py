@@ -17,11 +17,11 @@ from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.api.interceptor import Context
+from crictl.api.validation import validate_sandbox_config
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler import faults
 from crictl.reconciler.sandboxes import (
     SandboxReconciler,
-    capability_args,
     config_of,
     host_network,
 )
@@ -41,8 +41,6 @@ from crictl.store.sandboxes import (
     set_sandbox_desired,
 )
 
-RUNTIME_HANDLERS = ("", "runc")
-
 
 def _state(row: PodSandbox) -> api_pb2.PodSandboxState.ValueType:
     return api_pb2.SANDBOX_READY if row.phase == SandboxPhase.READY else api_pb2.SANDBOX_NOTREADY
@@ -53,24 +51,6 @@ def metadata_of(row: PodSandbox) -> api_pb2.PodSandboxMetadata:
     return api_pb2.PodSandboxMetadata(
         name=row.name, namespace=row.namespace, uid=row.uid, attempt=row.attempt
     )
-
-
-def validate_sandbox_config(config: api_pb2.PodSandboxConfig, handler: str) -> None:
-    if not config.HasField("metadata"):
-        raise errors.InvalidArgument("config.metadata is required")
-    for field in ("name", "namespace", "uid"):
-        if not getattr(config.metadata, field):
-            raise errors.InvalidArgument(f"config.metadata.{field} is empty")
-    if handler not in RUNTIME_HANDLERS:
-        raise errors.InvalidArgument(
-            f"runtime_handler {handler!r} is not configured (crictld runs: runc)"
-        )
-    capability_args(config)  # bandwidth annotations must parse
-    for p in config.port_mappings:
-        if not 0 <= p.host_port <= 65535 or not 0 < p.container_port <= 65535:
-            raise errors.InvalidArgument(
-                f"config.port_mappings: bad port {p.host_port}->{p.container_port}"
-            )
 
 
 def config_digest(config: api_pb2.PodSandboxConfig, handler: str) -> str:
