@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, exists, select
+from sqlalchemy import ColumnElement, FromClause, Select, exists, false, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from crictl.errors import InvalidArgument, NotFound
@@ -17,6 +17,18 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 LabelMaps = dict[str, tuple[dict[str, str], dict[str, str]]]
 
 
+ID_LENGTH = 64
+
+
+def id_prefix(column: ColumnElement[str] | InstrumentedAttribute[str], prefix: str) -> Any:
+    """`column` starts with `prefix`, for list filters. Ids are lowercase hex, so anything else
+    matches nothing, and is never handed to LIKE (where % and _ are wildcards and a very long
+    pattern is an SQLite error)."""
+    if not _HEX.match(prefix) or len(prefix) > ID_LENGTH:
+        return false()
+    return column.startswith(prefix)
+
+
 def resolve_id(
     session: Session, id_column: InstrumentedAttribute[str], id_or_prefix: str, what: str
 ) -> str:
@@ -24,8 +36,8 @@ def resolve_id(
     unique prefixes); `what` names the kind of object in errors."""
     if not id_or_prefix:
         raise InvalidArgument(f"{what} id is empty")
-    if not _HEX.match(id_or_prefix):
-        raise NotFound(f"{what} {id_or_prefix!r} not found")
+    if not _HEX.match(id_or_prefix) or len(id_or_prefix) > ID_LENGTH:
+        raise NotFound(f"{what} {id_or_prefix[:80]!r} not found")
     ids = list(
         session.scalars(select(id_column).where(id_column.startswith(id_or_prefix)).limit(2))
     )

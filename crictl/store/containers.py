@@ -13,7 +13,7 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, selectinload
 
 from crictl.errors import AlreadyExists, NotFound
-from crictl.store.common import label_maps, resolve_id, with_labels
+from crictl.store.common import id_prefix, label_maps, resolve_id, with_labels
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import (
     Container,
@@ -123,9 +123,9 @@ def _filtered(query: Any, flt: ContainerFilter | None, labels: bool) -> Any:
     if flt is None:
         return query
     if flt.id_prefix:
-        query = query.where(Container.id.startswith(flt.id_prefix))
+        query = query.where(id_prefix(Container.id, flt.id_prefix))
     if flt.sandbox_id:
-        query = query.where(Container.sandbox_id.startswith(flt.sandbox_id))
+        query = query.where(id_prefix(Container.sandbox_id, flt.sandbox_id))
     if flt.phases is not None:
         query = query.where(Container.phase.in_(flt.phases))
     if labels:

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, selectinload
 
 from crictl.errors import AlreadyExists, NotFound
-from crictl.store.common import label_maps, resolve_id, with_labels
+from crictl.store.common import id_prefix, label_maps, resolve_id, with_labels
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import (
     LabelKind,
@@ -126,7 +126,7 @@ def list_sandboxes(session: Session, flt: SandboxFilter | None = None) -> list[P
     query = select(PodSandbox).options(selectinload(PodSandbox.labels))
     if flt is not None:
         if flt.id_prefix:
-            query = query.where(PodSandbox.id.startswith(flt.id_prefix))
+            query = query.where(id_prefix(PodSandbox.id, flt.id_prefix))
         if flt.phases is not None:
             query = query.where(PodSandbox.phase.in_(flt.phases))
         query = with_labels(
@@ -311,7 +311,7 @@ def list_sandbox_states(
     query = select(t.c.id, t.c.phase, t.c.desired)
     if flt is not None:
         if flt.id_prefix:
-            query = query.where(t.c.id.startswith(flt.id_prefix))
+            query = query.where(id_prefix(t.c.id, flt.id_prefix))
         if flt.phases is not None:
             query = query.where(t.c.phase.in_(flt.phases))
     return [(r[0], r[1], r[2]) for r in session.execute(query.order_by(t.c.created_at))]

@@ -93,6 +93,12 @@ def test_labels_and_annotations_round_trip_and_filter(store: Store) -> None:
     assert ids(SandboxFilter(labels={"a": "1"})) == []  # annotations are not labels
     assert ids(SandboxFilter(id_prefix="bb")) == ["b" * 64]
     assert ids(SandboxFilter(phases=frozenset({SandboxPhase.READY}))) == []
+    # Ids are hex: LIKE's wildcards and patterns SQLite refuses as too long match nothing.
+    assert ids(SandboxFilter(id_prefix="%")) == []
+    assert ids(SandboxFilter(id_prefix="_")) == []
+    assert ids(SandboxFilter(id_prefix="a" * 100_000)) == []
+    with pytest.raises(NotFound):
+        store.read_sync(lambda s: get_sandbox(s, "a" * 100_000))
 
 
 def test_id_prefixes_resolve_uniquely(store: Store) -> None:
