@@ -7,6 +7,7 @@ structured line with its method, status code and duration.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -73,6 +74,11 @@ def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:
         except Exception as e:  # every error leaves through the one mapping
             code = await _fail(method, e, context)
             return None
+        except asyncio.CancelledError:
+            # The client went away or its deadline passed: the call did not answer OK (the
+            # work it woke goes on: the queue shields it).
+            code = grpc.StatusCode.CANCELLED
+            raise
         finally:
             _log_call(method, code, started)
 
@@ -88,6 +94,9 @@ def wrap_stream(method: str, handler: StreamHandler) -> StreamHandler:
                 yield item
         except Exception as e:
             code = await _fail(method, e, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         finally:
             _log_call(method, code, started)
 

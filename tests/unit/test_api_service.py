@@ -3,6 +3,7 @@ per-call log line. Real gRPC over a real unix socket; only the servicers behind 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,6 +45,8 @@ class Failing:
             "denied": errors.PermissionDenied,
             "bug": ZeroDivisionError,
         }
+        if request.pod_sandbox_id == "slow":
+            await asyncio.sleep(5)  # longer than the client waits
         raise kinds[request.pod_sandbox_id](f"because {request.pod_sandbox_id}")
 
 
@@ -138,6 +141,23 @@ async def test_every_call_logs_one_line(stub: Any, caplog: pytest.LogCaptureFixt
         ("PodSandboxStatus", "NOT_FOUND"),
     ]
     assert all(isinstance(r.__dict__["ms"], float) for r in records)
+
+
+async def test_a_call_its_client_gave_up_on_is_not_logged_ok(
+    stub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="crictl.api.calls"):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.PodSandboxStatus(
+                api_pb2.PodSandboxStatusRequest(pod_sandbox_id="slow"), timeout=0.2
+            )
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        for _ in range(50):
+            if any(r.name == "crictl.api.calls" for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+    [record] = [r for r in caplog.records if r.name == "crictl.api.calls"]
+    assert record.__dict__["code"] == "CANCELLED"
 
 
 def test_a_misnamed_handler_is_refused() -> None:
