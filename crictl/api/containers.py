@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from crictl import errors
 from crictl.api.interceptor import Context
 from crictl.api.validation import (
+    label_selector,
     validate_container_in_sandbox,
     validate_container_request,
     validate_resources,
@@ -261,7 +262,7 @@ class Containers:
             id_prefix=f.id or None,
             sandbox_id=f.pod_sandbox_id or None,
             phases=phases,
-            labels=dict(f.label_selector),
+            labels=label_selector(f.label_selector, "filter.label_selector"),
         )
         known = self._listed
 

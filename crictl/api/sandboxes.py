@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.api.interceptor import Context
-from crictl.api.validation import validate_sandbox_config
+from crictl.api.validation import label_selector, validate_sandbox_config
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler import faults
 from crictl.reconciler.sandboxes import (
@@ -202,7 +202,7 @@ class PodSandboxes:
             )
             if f.HasField("state")
             else None,
-            labels=dict(f.label_selector),
+            labels=label_selector(f.label_selector, "filter.label_selector"),
         )
         known = self._listed
 

@@ -4,6 +4,7 @@ stats collector's periodic cache (crictl/reconciler/stats.py), never a fan-out p
 from __future__ import annotations
 
 from crictl.api.interceptor import Context
+from crictl.api.validation import label_selector
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler.sandboxes import config_of
 from crictl.reconciler.stats import StatsCollector, Usage, network_usage
@@ -78,7 +79,7 @@ class Stats:
         flt = ContainerFilter(
             id_prefix=f.id or None,
             sandbox_id=f.pod_sandbox_id or None,
-            labels=dict(f.label_selector),
+            labels=label_selector(f.label_selector, "filter.label_selector"),
         )
         rows = await self.store.read(lambda s: list_containers(s, flt))
         return api_pb2.ListContainerStatsResponse(
@@ -144,6 +145,8 @@ class Stats:
         self, request: api_pb2.ListPodSandboxStatsRequest, context: Context
     ) -> api_pb2.ListPodSandboxStatsResponse:
         f = request.filter
-        flt = SandboxFilter(id_prefix=f.id or None, labels=dict(f.label_selector))
+        flt = SandboxFilter(
+            id_prefix=f.id or None, labels=label_selector(f.label_selector, "filter.label_selector")
+        )
         sandboxes = await self.store.read(lambda s: list_sandboxes(s, flt))
         return api_pb2.ListPodSandboxStatsResponse(stats=[await self._pod(sb) for sb in sandboxes])

@@ -600,3 +600,16 @@ def validate_container_in_sandbox(
                 f"{field}.namespace_options.{ns}",
                 f"NODE, but pod sandbox {sandbox_id} does not share the host's {label} namespace",
             )
+
+
+MAX_SELECTOR = 64
+
+
+def label_selector(selector: Mapping[str, str], field: str) -> dict[str, str]:
+    """A list filter's label selector, bounded: each entry is one more condition in the SQL
+    the store runs, and SQLite refuses expressions past ~1000 ("Expression tree is too large")."""
+    if len(selector) > MAX_SELECTOR:
+        raise errors.InvalidArgument(
+            f"{field}: {len(selector)} labels; at most {MAX_SELECTOR} may be selected on"
+        )
+    return dict(selector)

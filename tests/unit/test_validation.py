@@ -703,3 +703,12 @@ def test_log_path_through_a_symlink(tmp_path: Path) -> None:
     assert container_log_path(config, str(tmp_path / "alias")) == str(tmp_path / "alias/app/1.log")
     assert container_log_path(container(log_path="").config, str(logs)) is None
     assert container_log_path(config, "") is None
+
+
+def test_a_label_selector_is_bounded() -> None:
+    from crictl.api.validation import MAX_SELECTOR, label_selector
+
+    ok = {f"k{i}": "v" for i in range(MAX_SELECTOR)}
+    assert label_selector(ok, "filter.label_selector") == ok
+    with pytest.raises(errors.InvalidArgument, match="filter.label_selector: 1000 labels"):
+        label_selector({f"k{i}": "v" for i in range(1000)}, "filter.label_selector")
