@@ -28,7 +28,7 @@ from crictl.gen.containerd.api.services.introspection.v1 import (
     introspection_pb2,
     introspection_pb2_grpc,
 )
-from crictl.gen.containerd.api.services.leases.v1 import leases_pb2_grpc
+from crictl.gen.containerd.api.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from crictl.gen.containerd.api.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
 from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from crictl.gen.containerd.api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
@@ -353,6 +353,20 @@ class ContainerdClient:
             )
             return list(resp.mounts)
         except errors.AlreadyExists:
+            # Made by a pass a crash cut short, whose lease may be gone: the lease of this
+            # pass must hold it too, or containerd's GC can take it before a container owns it.
+            lease = dict(metadata or ()).get("containerd-lease")
+            if lease:
+                await self.call(
+                    "lease snapshot",
+                    self.leases.AddResource(
+                        leases_pb2.AddResourceRequest(
+                            id=lease,
+                            resource=leases_pb2.Resource(id=key, type=f"snapshots/{snapshotter}"),
+                        ),
+                        metadata=self.metadata,
+                    ),
+                )
             return await self.snapshot_mounts(snapshotter, key)
 
     async def snapshot_mounts(self, snapshotter: str, key: str) -> list[mount_pb2.Mount]:

@@ -275,6 +275,7 @@ class ContainerReconciler:
             mounts = await self.containerd.prepare_snapshot(
                 SNAPSHOTTER, cid, image.chain_id or "", metadata=md
             )
+            faults.point("container-create:after-snapshot")
             image_config = json.loads(image.config)
             _, _, _, image_user = image_process(image_config)
             try:

@@ -39,6 +39,7 @@ POINTS = frozenset(
         "sandbox-remove:after-files-remove",
         # CreateContainer, StartContainer, StopContainer, RemoveContainer
         "container-create:after-insert",
+        "container-create:after-snapshot",  # its lease alone holds the snapshot
         "container-create:after-container-create",
         "container-start:after-desired",
         "container-start:after-task-create",
