@@ -407,8 +407,8 @@ class ContainerReconciler:
         await self.store.write(lambda s: record_container_started(s, cid, pid))
         faults.point("container-start:after-task-start")
         early = self._early_exits.pop(cid, None)
-        if early is not None:  # it exited before RUNNING was recorded
-            await self._harvest(cid, *early)
+        if early is not None and not await self._stale_exit(cid):
+            await self._harvest(cid, *early)  # it exited before RUNNING was recorded
 
     async def _stop(self, row: Container) -> None:
         cid = row.id
@@ -694,7 +694,18 @@ class ContainerReconciler:
             return
         if row.phase != ContainerPhase.RUNNING:
             return
+        if await self._stale_exit(cid):
+            return
         await self._harvest(cid, exit_status, exited_at_ns)
+
+    async def _stale_exit(self, cid: str) -> bool:
+        """An exit event can belong to an earlier task of the same id (one a create cut short
+        left, deleted and made again): the task containerd runs now is the truth."""
+        state = await self.containerd.task_state(cid)
+        if state is not None and state.status == "RUNNING":
+            log.info("ignoring the exit of an earlier task", extra={"container": cid})
+            return True
+        return False
 
     # -- restart recovery ------------------------------------------------------------------
 

@@ -44,8 +44,16 @@ class Stats:
 
 
 class Chaos:
-    def __init__(self, d: Daemon, image: str, logs: Path, workers: int = 3) -> None:
+    def __init__(
+        self,
+        d: Daemon,
+        image: str,
+        logs: Path,
+        workers: int = 3,
+        containerd_share: float = 0.25,
+    ) -> None:
         self.d = d
+        self.containerd_share = containerd_share  # of the kills, those of containerd
         self.image = image
         self.logs = logs
         self.workers = workers
@@ -100,7 +108,10 @@ class Chaos:
                 # A kill between start and now may have found it exited for real: only a
                 # missing object is a loss; an exit is the truth being told.
                 with self.stats.lock:
-                    self.stats.errors.append(f"{uid}: container {status.state} {status.reason}")
+                    self.stats.errors.append(
+                        f"{uid}: container {cid} {status.state} {status.reason} "
+                        f"exit {status.exit_code}: {status.message}"
+                    )
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 raise Lost(f"{uid}: {e.details()}") from None
@@ -133,7 +144,7 @@ class Chaos:
             return None
 
     def kill_once(self, rng: random.Random) -> None:
-        if rng.random() < 0.75:
+        if rng.random() >= self.containerd_share:
             assert self.d.process is not None
             self.d.process.send_signal(signal.SIGKILL)
             self.d.process.wait(30)
