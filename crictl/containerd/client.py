@@ -70,6 +70,12 @@ class TaskState:
     exit_status: int
     exited_at_ns: int
 
+    @property
+    def half_created(self) -> bool:
+        """A task a create cut short left: containerd lists it, its shim runs no process
+        (UNKNOWN, pid 0). It cannot be signalled or waited for; it can only be deleted."""
+        return self.status == "UNKNOWN" and self.pid == 0
+
 
 @dataclass(frozen=True)
 class VersionInfo:
@@ -428,7 +434,7 @@ class ContainerdClient:
                 if isinstance(e, errors.FailedPrecondition) and "file exists" not in str(e):
                     raise
                 state = await self.task_state(container_id)
-                if state is not None:
+                if state is not None and not state.half_created:
                     return state.pid  # a repeated step
                 if attempt == 2:
                     raise errors.Unavailable(

@@ -418,7 +418,11 @@ class ContainerReconciler:
             self._kill_at[cid] = deadline
         try:
             state = await self.containerd.task_state(cid)
-            if state is not None and state.status in ("RUNNING", "PAUSED", "CREATED", "UNKNOWN"):
+            if (
+                state is not None
+                and state.status in ("RUNNING", "PAUSED", "CREATED", "UNKNOWN")
+                and not state.half_created
+            ):
                 sig = await self._stop_signal(row)
                 if sig != signal.SIGKILL and self._kill_at[cid] > time.monotonic():
                     await self._signal(cid, sig, all_processes=False)
@@ -470,8 +474,8 @@ class ContainerReconciler:
         stop. The exit-event watcher may harvest and delete the task meanwhile (its shim then
         answers "ttrpc: closed"): a task that is gone or stopped is what was wanted."""
         state = await self.containerd.task_state(cid)
-        if state is None or state.status == "STOPPED":
-            return
+        if state is None or state.status == "STOPPED" or state.half_created:
+            return  # a half-created task cannot be signalled: it is only deleted
         await self._signal(cid, sig)
         try:
             await self.containerd.wait_task(cid, timeout=timeout)
@@ -486,7 +490,20 @@ class ContainerReconciler:
         """Records the exit of a stopped task (and deletes it); a task that is gone without
         its exit having been recorded is EXITED 255 Unknown, never a made-up 0."""
         state = await self.containerd.task_state(row.id)
-        if state is not None:
+        if state is not None and state.half_created:
+            # Its process never ran: nothing to harvest; the task is only deleted.
+            if row.phase == ContainerPhase.RUNNING:
+                await self.store.write(
+                    partial(
+                        record_container_exited,
+                        container_id=row.id,
+                        exit_code=255,
+                        reason="Unknown",
+                        message="its task never ran (a create cut short)",
+                    )
+                )
+            await delete_stopped_task(self.containerd, row.id)
+        elif state is not None:
             await self._harvest(row.id, state.exit_status, state.exited_at_ns)
         elif row.phase == ContainerPhase.RUNNING:
             await self.store.write(

@@ -447,7 +447,8 @@ class SandboxReconciler:
         state = await self.containerd.task_state(sid)
         if state is None:
             return
-        if state.status in ("RUNNING", "CREATED", "PAUSED", "UNKNOWN"):
+        running = state.status in ("RUNNING", "CREATED", "PAUSED", "UNKNOWN")
+        if running and not state.half_created:  # a half-created one can only be deleted
             await self.containerd.kill_task(sid, signal.SIGKILL)
             faults.point("sandbox-stop:after-task-kill")
             with contextlib.suppress(errors.DeadlineExceeded):
