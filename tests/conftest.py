@@ -46,10 +46,19 @@ def _remove_tree(path: Path) -> None:
 
 
 @pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A temp dir with a short path: unix socket paths must stay under 108 bytes."""
+def short_tmp(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A temp dir with a short path: unix socket paths must stay under 108 bytes.
+    CRICTLD_KEEP_LOGS=<dir> copies its *.log files there first (the daemon's and managed
+    containerd's logs of a long run that failed are otherwise gone with it)."""
     path = Path(tempfile.mkdtemp(prefix="crd-", dir="/tmp"))
     yield path
+    keep = os.environ.get("CRICTLD_KEEP_LOGS")
+    if keep:
+        dest = Path(keep) / f"{request.node.name}-{path.name}"
+        for log in [*path.glob("*.log"), *path.glob("state/containerd/*.log")]:
+            target = dest / log.relative_to(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, target)
     _remove_tree(path)
 
 
