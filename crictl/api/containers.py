@@ -20,6 +20,7 @@ from crictl.api.validation import (
     label_selector,
     validate_container_in_sandbox,
     validate_container_request,
+    validate_exec_sync,
     validate_resources,
 )
 from crictl.gen.cri.runtime.v1 import api_pb2
@@ -299,6 +300,7 @@ class Containers:
     async def exec_sync(
         self, request: api_pb2.ExecSyncRequest, context: Context
     ) -> api_pb2.ExecSyncResponse:
+        validate_exec_sync(request)
         cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
         result = await self.reconciler.exec_sync(cid, list(request.cmd), int(request.timeout))
         return api_pb2.ExecSyncResponse(

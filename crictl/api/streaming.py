@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from crictl import errors
 from crictl.api.interceptor import Context
+from crictl.api.validation import validate_exec_command
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.store.containers import get_container
 from crictl.store.engine import Store
@@ -38,8 +39,7 @@ class Streaming:
         return row.id
 
     async def exec(self, request: api_pb2.ExecRequest, context: Context) -> api_pb2.ExecResponse:
-        if not request.cmd:
-            raise errors.InvalidArgument("cmd is empty")
+        validate_exec_command(request.cmd)
         _check_streams(request.tty, request.stdin, request.stdout, request.stderr)
         cid = await self._running_container(request.container_id)
         url = self.server.url_for(

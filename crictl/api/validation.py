@@ -26,7 +26,7 @@ import os
 import posixpath
 import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from crictl import errors
 from crictl.gen.cri.runtime.v1 import api_pb2
@@ -410,6 +410,28 @@ def validate_sandbox_config(config: api_pb2.PodSandboxConfig, handler: str) -> N
 
 
 # -- CreateContainer ---------------------------------------------------------------------------
+
+
+def validate_exec_command(cmd: Sequence[str]) -> None:
+    """An exec'd argv as execve(2) takes it: not empty, no NUL, each argument and the whole
+    within the kernel's limits (a longer one would fail inside runc, after the work began)."""
+    if not cmd:
+        raise _refuse("cmd", "is empty")
+    total = 0
+    for i, arg in enumerate(cmd):
+        _no_nul(f"cmd[{i}]", arg)
+        size = len(arg.encode())
+        if size > MAX_ARG:
+            raise _refuse(f"cmd[{i}]", f"{size} bytes, more than {MAX_ARG}")
+        total += size + 1
+    if total > MAX_ARGS_TOTAL:
+        raise _refuse("cmd", f"{total} bytes in all, more than {MAX_ARGS_TOTAL}")
+
+
+def validate_exec_sync(request: api_pb2.ExecSyncRequest) -> None:
+    validate_exec_command(request.cmd)
+    if request.timeout < 0:
+        raise _refuse("timeout", f"{request.timeout} is negative (0 means no time limit)")
 
 
 def _process(config: api_pb2.ContainerConfig) -> None:

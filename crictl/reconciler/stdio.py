@@ -184,7 +184,16 @@ class ExecProcess:
                 stdin=str(paths["stdin"]) if stdin else "",
                 terminal=tty,
             )
-            await containerd.start_process(container_id, self.exec_id)
+            try:
+                await containerd.start_process(container_id, self.exec_id)
+            except errors.Internal as e:
+                # runc could not start the command (not found, not executable, no such
+                # working dir): the request's fault as the container stands, not the daemon's.
+                if "OCI runtime exec failed" not in str(e):
+                    raise
+                raise errors.FailedPrecondition(
+                    f"cannot start {process.get('args')!r:.200} in container {container_id}: {e}"
+                ) from None
             self.output.release_writers()  # the shim holds the write ends now
             self._waiter = asyncio.create_task(self._wait())
         except BaseException:

@@ -216,6 +216,36 @@ def test_exec_timeout_kills_the_process(
     remove(d, pod.id)
 
 
+def test_exec_edge_cases_answer_and_leave_the_container_usable(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """What the CRI fuzzer found: a 100,000-character argument (the first fuzz run saw it hang
+    ExecSync and then Stop), a command that cannot be started (INTERNAL before), a negative
+    timeout, an over-long argument."""
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"])
+    pod.start(cid)
+    started = time.monotonic()
+    out = pod.exec(cid, ["sh", "-c", 'echo "${#0}"', "x" * 100_000], 2)
+    assert (out.exit_code, out.stdout) == (0, b"100000\n"), out
+    assert time.monotonic() - started < 10
+    code, message = failure(pod.exec, cid, ["/nonexistent/prog", "a"], 2)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION, (code, message)
+    assert "cannot start" in message and "/nonexistent/prog" in message, message
+    code, message = failure(pod.exec, cid, ["true"], -1)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "timeout" in message, message
+    code, message = failure(pod.exec, cid, ["echo", "x" * (128 * 1024)], 2)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "cmd[1]" in message, message
+    code, message = failure(pod.exec, cid, ["echo", "a\0b"], 2)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "cmd[1]" in message, message
+    assert pod.exec(cid, ["echo", "still"]).stdout == b"still\n"
+    started = time.monotonic()
+    pod.stop(cid, timeout=2)
+    assert time.monotonic() - started < 5
+    remove(d, pod.id)
+
+
 def test_restart_keeps_running_containers_exit_codes_and_logs(
     image_daemon: Daemon, registry: Registry, short_tmp: Path
 ) -> None:
