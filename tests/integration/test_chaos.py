@@ -40,12 +40,16 @@ CONTAINERD_SHARE = float(
 )
 
 
-def loggers() -> int:
+def loggers(under: Path | None = None) -> int:
+    """crictld-logger processes; with `under`, only those whose arguments name a path below it
+    (one daemon's, when other tests run theirs at the same time)."""
     count = 0
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             with contextlib.suppress(OSError):
-                count += b"crictld-logger" in (proc / "cmdline").read_bytes().split(b"\0")[0]
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if b"crictld-logger" in argv[0]:
+                    count += under is None or any(str(under).encode() + b"/" in a for a in argv)
     return count
 
 
