@@ -24,6 +24,7 @@ from crictl.api.validation import (
     validate_resources,
 )
 from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.oci import apparmor
 from crictl.reconciler import faults
 from crictl.reconciler.containers import ContainerReconciler, container_config_of
 from crictl.reconciler.sandboxes import config_of
@@ -229,6 +230,7 @@ class Containers:
                     "phase": row.phase,
                     "desired": row.desired,
                     "config": json.loads(row.config),
+                    "apparmor": _apparmor_reason(config.linux.security_context),
                 }
             )
         return response
@@ -313,3 +315,10 @@ class Containers:
         cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
         await self.reconciler.reopen_log(cid)
         return api_pb2.ReopenContainerLogResponse()
+
+
+def _apparmor_reason(sc: api_pb2.LinuxContainerSecurityContext) -> str:
+    try:
+        return apparmor.decide(sc, check_loaded=False).reason
+    except errors.CrictlError as e:  # a row written before the profile was validated
+        return f"not applied: {e}"

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from crictl import errors
 from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.oci import apparmor
 from crictl.oci.spec import CAPS_BY_BIT
 from crictl.reconciler.sandboxes import capability_args
 
@@ -548,6 +549,7 @@ def validate_container_request(request: api_pb2.CreateContainerRequest) -> None:
     if config.linux.HasField("resources"):
         validate_resources(config.linux.resources, "config.linux.resources")
     _container_security(config.linux.security_context)
+    apparmor.decide(config.linux.security_context)
     _mounts(config)
     _devices(config)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from crictl.errors import InvalidArgument
 from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.oci import apparmor
 from crictl.oci.seccomp import profile_for
 
 OCI_VERSION = "1.0.2-dev"
@@ -521,6 +522,9 @@ def container_spec(
     seccomp = profile_for(sc, caps)
     if seccomp is not None:
         spec["linux"]["seccomp"] = seccomp
+    armor = apparmor.decide(sc, check_loaded=False)
+    if armor.profile is not None:
+        process["apparmorProfile"] = armor.profile
     # Propagation into and out of the container needs the rootfs to propagate too.
     modes = {cm.propagation for cm in config.mounts}
     if api_pb2.PROPAGATION_BIDIRECTIONAL in modes:

@@ -132,6 +132,9 @@ def test_refused_containers_change_nothing(
     groups = container(pod, "groups")
     groups.linux.security_context.supplemental_groups.append(-1)
     invalid(create, pod, groups, field="supplemental_groups[0]")
+    armor = container(pod, "armor")
+    armor.linux.security_context.apparmor_profile = "docker-default"
+    invalid(create, pod, armor, field="config.linux.security_context.apparmor_profile")
 
     assert counts(d) == before
     assert list(outside.iterdir()) == []
