@@ -63,6 +63,7 @@ GC_EXPIRE = "containerd.io/gc.expire"
 UNCOMPRESSED = "containerd.io/uncompressed"
 SNAPSHOT_REF = "containerd.io/snapshot.ref"
 WRITE_CHUNK = 1 << 20
+MAX_CONFIG = 16 << 20  # an image config is held whole in memory: its size is bounded first
 RESUME_ATTEMPTS = 3
 
 
@@ -143,6 +144,10 @@ def parse_manifest(body: bytes, where: str) -> tuple[Descriptor, tuple[Descripto
         layers = tuple(Descriptor.from_json(layer, where) for layer in doc.get("layers") or [])
     except (ValueError, KeyError, TypeError) as e:
         raise errors.FailedPrecondition(f"{where}: malformed manifest: {e}") from e
+    if config.size > MAX_CONFIG or config.size < 0:
+        raise errors.FailedPrecondition(
+            f"{where}: image config of {config.size} bytes: over the {MAX_CONFIG} crictld reads"
+        )
     for layer in layers:
         if layer.media_type not in mediatypes.LAYERS:
             raise errors.FailedPrecondition(

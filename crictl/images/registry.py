@@ -496,6 +496,13 @@ class RegistryClient:
                 if not chunk:
                     break
                 position += len(chunk)
+                if position > desc.size:
+                    # what the manifest promised is all a pull takes: a registry that sends
+                    # more (or without end) cannot make the daemon hold or store it
+                    raise errors.Unavailable(
+                        f"pull {ref}: registry {endpoint}: blob {desc.digest} is longer than "
+                        f"the {desc.size} bytes its descriptor gives"
+                    )
                 if skip:
                     drop = min(skip, len(chunk))
                     chunk, skip = chunk[drop:], skip - drop

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crictl.reconciler.faults import POINTS
 from tests.integration.test_images import failure, pull
 from tests.integration.test_sandbox_crashes import arm, restart_after_fault
@@ -240,6 +240,15 @@ def test_exec_edge_cases_answer_and_leave_the_container_usable(
     code, message = failure(pod.exec, cid, ["echo", "a\0b"], 2)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "cmd[1]" in message, message
     assert pod.exec(cid, ["echo", "still"]).stdout == b"still\n"
+    # output is capped per stream at 16 MiB, as containerd's CRI caps it (the rest is drained)
+    big = ["sh", "-c", "head -c 20000000 /dev/zero; head -c 17000000 /dev/zero >&2; exit 3"]
+    with grpc.insecure_channel(
+        d.endpoint, options=[("grpc.max_receive_message_length", 64 << 20)]
+    ) as channel:
+        resp = api_pb2_grpc.RuntimeServiceStub(channel).ExecSync(
+            api_pb2.ExecSyncRequest(container_id=cid, cmd=big, timeout=30), timeout=60
+        )
+    assert (len(resp.stdout), len(resp.stderr), resp.exit_code) == (16 << 20, 16 << 20, 3)
     started = time.monotonic()
     pod.stop(cid, timeout=2)
     assert time.monotonic() - started < 5

@@ -219,6 +219,13 @@ def test_parse_manifest_without_layers(layers: Any) -> None:
     assert parse_manifest(_json({"config": CONFIG_DESC}), WHERE)[1] == ()
 
 
+def test_parse_manifest_bounds_the_config_it_will_read() -> None:
+    body = _json({"config": {**CONFIG_DESC, "size": (16 << 20) + 1}, "layers": []})
+    with pytest.raises(errors.FailedPrecondition, match="image config of 16777217 bytes"):
+        parse_manifest(body, WHERE)
+    assert parse_manifest(_json({"config": {**CONFIG_DESC, "size": 16 << 20}}), WHERE)
+
+
 @pytest.mark.parametrize(
     "media_type",
     [

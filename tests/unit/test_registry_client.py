@@ -1048,6 +1048,16 @@ async def test_fetch_blob_verifies_the_digest(reg: FakeRegistry, client: Registr
     )
 
 
+async def test_a_blob_longer_than_its_descriptor_is_cut_off(
+    reg: FakeRegistry, client: RegistryClient
+) -> None:
+    """A hostile registry cannot make the daemon read (and hold) more than the manifest says."""
+    desc = reg.put_blob(CONFIG)
+    short = Descriptor(desc.media_type, desc.digest, len(CONFIG) - 1)
+    with pytest.raises(errors.Unavailable, match=f"longer than the {len(CONFIG) - 1} bytes"):
+        await client.fetch_blob(upstream(reg), ref_at(reg), short)
+
+
 async def test_missing_blob_is_not_found(reg: FakeRegistry, client: RegistryClient) -> None:
     desc = Descriptor("x", "sha256:" + "2" * 64, 10)
     ref = ref_at(reg)
