@@ -42,6 +42,7 @@ from crictl.config import DEFAULT_CONTAINERD_SOCKET, MANAGED, Config
 from crictl.containerd.client import ContainerdClient
 from crictl.containerd.managed import ManagedContainerd
 from crictl.images.registry import Credentials, RegistryClient
+from crictl.oci import apparmor
 from crictl.reconciler import faults
 from crictl.reconciler.containers import ContainerReconciler, find_logger
 from crictl.reconciler.events import Supervisor, TaskEventHandlers, TaskEvents
@@ -206,6 +207,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 "migrated database", extra={"db": str(config.db_path), "from": before, "to": after}
             )
         store = Store(make_engine(config.db_path))
+        log.info(
+            "apparmor",
+            extra={"state": await asyncio.to_thread(apparmor.load_default, config.state_dir)},
+        )
         conn = await connect_containerd(config)
         await conn.client.ensure_namespace({"crictld.io/owner": "crictld"})
         await store.write(

@@ -8,14 +8,16 @@
   applied and the reason is kept for the verbose ContainerStatus: containerd does the same.
 * On a host with AppArmor: Localhost applies the named profile, which must be loaded (listed in
   `/sys/kernel/security/apparmor/profiles`), else FAILED_PRECONDITION naming it. RuntimeDefault
-  (and no profile, for a container that is not privileged) applies `crictld-default` when an
-  operator has loaded it; crictld does not yet generate and load a default profile itself
-  (containerd does, with apparmor_parser): without it, nothing is applied and the verbose
-  status says so. Privileged containers and Unconfined get no profile.
+  (and no profile, for a container that is not privileged) applies `crictld-default`, which the
+  daemon loads at start (`load_default`: `apparmor_default.profile` beside this module, through
+  apparmor_parser, as containerd loads its own); if that failed, nothing is applied and the
+  verbose status says so. Privileged containers and Unconfined get no profile.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from crictl.gen.cri.runtime.v1 import api_pb2
 ENABLED = Path("/sys/module/apparmor/parameters/enabled")
 PROFILES = Path("/sys/kernel/security/apparmor/profiles")
 DEFAULT_PROFILE = "crictld-default"
+DEFAULT_TEXT = Path(__file__).with_name("apparmor_default.profile")
 RUNTIME_DEFAULT, UNCONFINED, LOCALHOST = "runtime/default", "unconfined", "localhost/"
 
 
@@ -105,5 +108,27 @@ def decide(sc: api_pb2.LinuxContainerSecurityContext, *, check_loaded: bool = Tr
     return Decision(
         None,
         f"RuntimeDefault not applied: the {DEFAULT_PROFILE!r} AppArmor profile is not loaded "
-        "(crictld does not load one itself yet)",
+        "(see the daemon's log at start)",
     )
+
+
+def load_default(state_dir: Path) -> str:
+    """Loads (or replaces) crictld-default where the host has AppArmor; says what it did."""
+    if not host_enabled():
+        return "AppArmor is not enabled on this host"
+    parser = shutil.which("apparmor_parser")
+    if parser is None:
+        return "apparmor_parser is not installed: RuntimeDefault cannot be applied"
+    target = state_dir / "apparmor" / DEFAULT_PROFILE
+    target.parent.mkdir(mode=0o700, exist_ok=True)
+    target.write_text(DEFAULT_TEXT.read_text())
+    done = subprocess.run(
+        [parser, "--replace", "--skip-cache", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        return f"apparmor_parser failed ({done.returncode}): {done.stderr.strip()[:500]}"
+    return f"loaded {DEFAULT_PROFILE}"

@@ -37,7 +37,13 @@ def test_wheel_installs_a_daemon_that_logs(
         timeout=300,
     )
     [wheel] = dist.glob("crictld-*.whl")
-    assert "crictl/_bin/crictld-logger" in zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(wheel).namelist()
+    for data in (
+        "crictl/_bin/crictld-logger",
+        "crictl/oci/seccomp_default.json",
+        "crictl/oci/apparmor_default.profile",
+    ):
+        assert data in names, data
     venv = short_tmp / "v"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import cast
 
@@ -77,3 +79,45 @@ def test_bad_profiles_are_invalid_whatever_the_host(host: Path) -> None:
     ):
         with pytest.raises(errors.InvalidArgument, match=field):
             apparmor.decide(sc)
+
+
+def test_the_default_profile_parses() -> None:
+    """apparmor_parser (Debian's `apparmor`, installed by hack/install-deps.sh) compiles the
+    profile without loading it: this kernel has no AppArmor."""
+    parser = shutil.which("apparmor_parser")
+    assert parser, "apparmor_parser is missing: run hack/install-deps.sh"
+    done = subprocess.run(
+        [parser, "--skip-kernel-load", "--skip-cache", str(apparmor.DEFAULT_TEXT)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_load_default_runs_the_parser_only_where_apparmor_is(
+    host: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = host / "state"
+    state.mkdir()
+    assert apparmor.load_default(state) == "AppArmor is not enabled on this host"
+    assert not (state / "apparmor").exists()
+
+    (host / "enabled").write_text("Y\n")
+    (host / "profiles").write_text("")
+    bin_dir = host / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "apparmor_parser"  # records its arguments and "loads" the profile
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" > {host}/args\necho "crictld-default (enforce)" >> {host}/profiles\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert apparmor.decide(context()).profile is None
+    assert apparmor.load_default(state) == "loaded crictld-default"
+    loaded = state / "apparmor" / "crictld-default"
+    assert loaded.read_text() == apparmor.DEFAULT_TEXT.read_text()
+    assert (host / "args").read_text().split() == ["--replace", "--skip-cache", str(loaded)]
+    assert apparmor.decide(context()).profile == "crictld-default"
+
+    fake.write_text("#!/bin/sh\necho 'bad profile' >&2\nexit 3\n")
+    assert apparmor.load_default(state) == "apparmor_parser failed (3): bad profile"
