@@ -271,7 +271,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             ),
         )
         await sweeper.start()
-        stats = StatsCollector(store, conn.client)
+        stats = StatsCollector(store, conn.client, systemd_cgroup=config.systemd_cgroup)
         await stats.start()
         streams = StreamServer(
             StreamBackend(store, containers),

@@ -1,5 +1,7 @@
-"""ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: answered from the
-stats collector's periodic cache (crictl/reconciler/stats.py), never a fan-out per call."""
+"""ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: fresh cgroup
+samples per call (one thread hop for every container of the answer), the writable layers from
+the collector's periodic cache, pod network counters from the pod's netns
+(crictl/reconciler/stats.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,14 @@ from crictl.api.interceptor import Context
 from crictl.api.validation import label_selector
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler.sandboxes import config_of
-from crictl.reconciler.stats import StatsCollector, Usage, network_usage
+from crictl.reconciler.stats import (
+    StatsCollector,
+    Usage,
+    network,
+    pod_cgroup_key,
+    pod_key,
+    pod_total,
+)
 from crictl.store.containers import (
     ContainerFilter,
     container_labels,
@@ -26,19 +35,21 @@ def _u64(v: int | None) -> api_pb2.UInt64Value | None:
 def _cpu(u: Usage) -> api_pb2.CpuUsage:
     return api_pb2.CpuUsage(
         timestamp=u.timestamp,
-        usage_core_nano_seconds=_u64(u.cpu_ns),
+        usage_core_nano_seconds=_u64(u.sample.cpu_ns),
         usage_nano_cores=_u64(u.nano_cores),
     )
 
 
 def _memory(u: Usage) -> api_pb2.MemoryUsage:
+    s = u.sample
     return api_pb2.MemoryUsage(
         timestamp=u.timestamp,
-        working_set_bytes=_u64(u.working_set),
-        usage_bytes=_u64(u.memory_usage),
-        rss_bytes=_u64(u.rss),
-        page_faults=_u64(u.page_faults),
-        major_page_faults=_u64(u.major_page_faults),
+        working_set_bytes=_u64(s.working_set),
+        available_bytes=_u64(s.available),
+        usage_bytes=_u64(s.memory_usage),
+        rss_bytes=_u64(s.rss),
+        page_faults=_u64(s.page_faults),
+        major_page_faults=_u64(s.major_page_faults),
     )
 
 
@@ -47,9 +58,8 @@ class Stats:
         self.store = store
         self.stats = stats
 
-    async def _container(self, row: Container) -> api_pb2.ContainerStats:
-        u = await self.stats.usage(row)
-        return api_pb2.ContainerStats(
+    def _container(self, row: Container, u: Usage) -> api_pb2.ContainerStats:
+        stats = api_pb2.ContainerStats(
             attributes=api_pb2.ContainerAttributes(
                 id=row.id,
                 metadata=api_pb2.ContainerMetadata(name=row.name, attempt=row.attempt),
@@ -65,12 +75,25 @@ class Stats:
                 inodes_used=_u64(u.writable_inodes),
             ),
         )
+        if u.sample.swap is not None:
+            stats.swap.CopyFrom(
+                api_pb2.SwapUsage(timestamp=u.timestamp, swap_usage_bytes=_u64(u.sample.swap))
+            )
+        return stats
+
+    async def _containers(self, rows: list[Container]) -> list[api_pb2.ContainerStats]:
+        rows = [r for r in rows if r.phase != ContainerPhase.PENDING]
+        usage = await self.stats.usage([r.id for r in rows])
+        return [self._container(r, usage[r.id]) for r in rows if r.id in usage]
 
     async def container_stats(
         self, request: api_pb2.ContainerStatsRequest, context: Context
     ) -> api_pb2.ContainerStatsResponse:
         row = await self.store.read(lambda s: get_container(s, request.container_id))
-        return api_pb2.ContainerStatsResponse(stats=await self._container(row))
+        usage = await self.stats.usage([row.id])
+        if row.id not in usage:  # removed meanwhile
+            return api_pb2.ContainerStatsResponse()
+        return api_pb2.ContainerStatsResponse(stats=self._container(row, usage[row.id]))
 
     async def list_container_stats(
         self, request: api_pb2.ListContainerStatsRequest, context: Context
@@ -82,9 +105,7 @@ class Stats:
             labels=label_selector(f.label_selector, "filter.label_selector"),
         )
         rows = await self.store.read(lambda s: list_containers(s, flt))
-        return api_pb2.ListContainerStatsResponse(
-            stats=[await self._container(r) for r in rows if r.phase != ContainerPhase.PENDING]
-        )
+        return api_pb2.ListContainerStatsResponse(stats=await self._containers(list(rows)))
 
     async def _pod(self, sandbox: PodSandbox) -> api_pb2.PodSandboxStats:
         rows = await self.store.read(
@@ -93,19 +114,23 @@ class Stats:
         containers = [
             r for r in rows if r.sandbox_id == sandbox.id and r.phase != ContainerPhase.PENDING
         ]
-        if f"sandbox:{sandbox.id}" not in self.stats.cache:
-            await self.stats.collect(only=f"sandbox:{sandbox.id}")  # this pod alone
-        container_stats = [await self._container(c) for c in containers]
-        pod = self.stats.pod_usage(sandbox.id, [c.id for c in containers])
+        keys = [pod_key(sandbox.id), pod_cgroup_key(sandbox.id), *(c.id for c in containers)]
+        usage = await self.stats.usage(keys)
+        container_stats = [self._container(c, usage[c.id]) for c in containers if c.id in usage]
+        pod_cgroup = usage.get(pod_cgroup_key(sandbox.id))
+        if pod_cgroup is not None and pod_cgroup.sample.cpu_ns is not None:
+            pod = pod_cgroup  # kubelet's pod-level cgroup holds everything the pod runs
+        else:
+            pod = pod_total([u for k, u in usage.items() if k != pod_cgroup_key(sandbox.id)])
         linux = api_pb2.LinuxPodSandboxStats(
             cpu=_cpu(pod),
             memory=_memory(pod),
             process=api_pb2.ProcessUsage(
-                timestamp=pod.timestamp, process_count=_u64(pod.processes)
+                timestamp=pod.timestamp, process_count=_u64(pod.sample.processes)
             ),
             containers=container_stats,
         )
-        if sandbox.task_pid and sandbox.phase == SandboxPhase.READY:
+        if sandbox.phase == SandboxPhase.READY:
             interfaces = [
                 api_pb2.NetworkInterfaceUsage(
                     name=i.name,
@@ -114,7 +139,7 @@ class Stats:
                     tx_bytes=_u64(i.tx_bytes),
                     tx_errors=_u64(i.tx_errors),
                 )
-                for i in network_usage(sandbox.task_pid)
+                for i in await network(sandbox.netns_path)
             ]
             if interfaces:
                 default = next((i for i in interfaces if i.name == "eth0"), interfaces[0])

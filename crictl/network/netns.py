@@ -15,11 +15,16 @@ import ctypes.util
 import os
 import socket
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pyroute2 import IPRoute
 
 from crictl import errors
+
+T = TypeVar("T")
 
 NSFS_MAGIC = 0x6E736673
 MNT_DETACH = 2
@@ -164,32 +169,73 @@ def connect(path: Path | None, port: int, timeout: float = 5.0) -> socket.socket
     raise errors.Unavailable(f"cannot connect to port {port} in the pod: {'; '.join(failures)}")
 
 
-def addresses(path: Path) -> dict[str, list[str]]:
-    """The addresses of every interface inside the namespace at `path`, by interface name,
-    read over netlink with pyroute2. The socket must be made inside the namespace, so this
-    runs in a thread of its own that enters it with setns and then ends (nothing forks, and no
-    pool thread changes namespace). Blocks the caller: run it with asyncio.to_thread."""
-    result: dict[str, list[str]] = {}
+def _netlink(path: Path, work: Callable[[IPRoute], T], what: str) -> T:
+    """`work` on an IPRoute socket made inside the namespace at `path`: in a thread of its own
+    that enters it with setns and then ends (nothing forks, and no pool thread changes
+    namespace). Blocks the caller: run it with asyncio.to_thread."""
+    result: list[T] = []
     failures: list[str] = []
 
-    def read() -> None:
+    def run() -> None:
         if not _enter(path, failures):
             return
         try:
             with IPRoute() as ipr:
-                names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-                for name in names.values():
-                    result[name] = []
-                for addr in ipr.get_addr():
-                    result.setdefault(names.get(addr["index"], "?"), []).append(
-                        addr.get_attr("IFA_ADDRESS")
-                    )
+                result.append(work(ipr))
         except Exception as e:  # netlink errors come in many types
             failures.append(f"netlink in {path}: {e}")
 
-    thread = threading.Thread(target=read, name="netns-netlink")
+    thread = threading.Thread(target=run, name=f"netns-{what}")
     thread.start()
     thread.join()
     if failures:
         raise errors.Unavailable(failures[0])
-    return result
+    return result[0]
+
+
+def addresses(path: Path) -> dict[str, list[str]]:
+    """The addresses of every interface inside the namespace at `path`, by interface name,
+    read over netlink with pyroute2 (see _netlink)."""
+
+    def read(ipr: IPRoute) -> dict[str, list[str]]:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        result: dict[str, list[str]] = {name: [] for name in names.values()}
+        for addr in ipr.get_addr():
+            result.setdefault(names.get(addr["index"], "?"), []).append(
+                addr.get_attr("IFA_ADDRESS")
+            )
+        return result
+
+    return _netlink(path, read, "addresses")
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    name: str
+    rx_bytes: int
+    rx_errors: int
+    tx_bytes: int
+    tx_errors: int
+
+
+def link_stats(path: Path) -> list[LinkStats]:
+    """The counters of every interface inside the namespace at `path` but loopback, read over
+    netlink (IFLA_STATS64) with pyroute2 (see _netlink)."""
+
+    def read(ipr: IPRoute) -> list[LinkStats]:
+        out = []
+        for link in ipr.get_links():
+            name, stats = link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_STATS64")
+            if name != "lo" and stats is not None:
+                out.append(
+                    LinkStats(
+                        name,
+                        stats["rx_bytes"],
+                        stats["rx_errors"],
+                        stats["tx_bytes"],
+                        stats["tx_errors"],
+                    )
+                )
+        return out
+
+    return _netlink(path, read, "stats")

@@ -1,7 +1,12 @@
-"""Container resource usage, collected periodically from the cgroup tree (cgroup v1) into a
-cache that ContainerStats and ListContainerStats answer from: kubelet asks every ~10 s, and
-fanning out to every container per call is a known scaling bug. A container not yet in the
-cache (just started) is read on demand, alone."""
+"""Container and pod resource usage for the stats RPCs.
+
+CPU, memory and process counts are sampled fresh on every call from the cgroup filesystem
+(crictl/reconciler/cgroups.py: a few small file reads per container, no containerd round
+trip), and `usage_nano_cores` is computed from this sample and the previous one of the same
+cgroup, so two calls a second apart see a second of CPU time. The writable layer's usage is a
+walk of the snapshot by containerd's snapshotter, too slow per call: a periodic task refreshes
+it for every container (a container not yet seen is measured on demand, alone). A pod's
+network counters are read from its netns over netlink (crictl/network/netns.py)."""
 
 from __future__ import annotations
 
@@ -17,90 +22,56 @@ from sqlalchemy.orm import Session
 from crictl import errors
 from crictl.containerd.client import ContainerdClient
 from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
+from crictl.network import netns
 from crictl.oci.spec import cgroups_path
+from crictl.reconciler import cgroups
+from crictl.reconciler.cgroups import Sample
 from crictl.reconciler.sandboxes import SNAPSHOTTER, config_of
 from crictl.store.containers import list_containers
 from crictl.store.engine import Store
-from crictl.store.models import Container
 from crictl.store.sandboxes import list_sandboxes
 
 log = logging.getLogger(__name__)
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-PERIOD = 10.0
+PERIOD = 10.0  # the writable layers' refresh
 
 
 @dataclass(frozen=True)
 class Usage:
-    timestamp: int
-    cpu_ns: int | None
-    nano_cores: int | None
-    memory_usage: int | None
-    working_set: int | None
-    rss: int | None
-    page_faults: int | None
-    major_page_faults: int | None
-    writable_bytes: int | None
-    writable_inodes: int | None
-    processes: int | None = None
+    sample: Sample
+    nano_cores: int | None = None
+    writable_bytes: int | None = None
+    writable_inodes: int | None = None
+
+    @property
+    def timestamp(self) -> int:
+        return self.sample.timestamp
 
 
-@dataclass(frozen=True)
-class Interface:
-    name: str
-    rx_bytes: int
-    rx_errors: int
-    tx_bytes: int
-    tx_errors: int
+def pod_key(sandbox_id: str) -> str:
+    """The pause task's own cgroup."""
+    return f"sandbox:{sandbox_id}"
 
 
-def network_usage(pid: int) -> list[Interface]:
-    """The interfaces of `pid`'s network namespace, from /proc/<pid>/net/dev (loopback out)."""
-    try:
-        lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        name, _, rest = line.partition(":")
-        f = rest.split()
-        if name.strip() == "lo" or len(f) < 11:
-            continue
-        out.append(Interface(name.strip(), int(f[0]), int(f[2]), int(f[8]), int(f[10])))
-    return out
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _memory_stat(path: Path) -> dict[str, int]:
-    try:
-        return {k: int(v) for k, v in (line.split() for line in path.read_text().splitlines())}
-    except (OSError, ValueError):
-        return {}
-
-
-def read_cgroup(cgroup: str) -> tuple[int, int | None, int | None, dict[str, int], int | None]:
-    """(timestamp, cpu ns, memory usage, memory.stat, processes) of a cgroup v1 path."""
-    rel = cgroup.lstrip("/")
-    now = time.time_ns()
-    cpu = _read_int(CGROUP_ROOT / "cpuacct" / rel / "cpuacct.usage")
-    mem = _read_int(CGROUP_ROOT / "memory" / rel / "memory.usage_in_bytes")
-    stat = _memory_stat(CGROUP_ROOT / "memory" / rel / "memory.stat")
-    pids = _read_int(CGROUP_ROOT / "pids" / rel / "pids.current")
-    return now, cpu, mem, stat, pids
+def pod_cgroup_key(sandbox_id: str) -> str:
+    """The pod-level cgroup kubelet made (the sandbox's cgroup_parent), when there is one."""
+    return f"pod:{sandbox_id}"
 
 
 class StatsCollector:
-    def __init__(self, store: Store, containerd: ContainerdClient, period: float = PERIOD) -> None:
+    def __init__(
+        self,
+        store: Store,
+        containerd: ContainerdClient,
+        period: float = PERIOD,
+        systemd_cgroup: bool = False,
+    ) -> None:
         self.store = store
         self.containerd = containerd
         self.period = period
-        self.cache: dict[str, Usage] = {}
+        self.systemd_cgroup = systemd_cgroup
+        self.previous: dict[str, Sample] = {}  # the last sample of each cgroup, for nano cores
+        self.writable: dict[str, tuple[int | None, int | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self.mountpoint = ""
 
@@ -117,65 +88,61 @@ class StatsCollector:
     async def _loop(self) -> None:
         while True:
             try:
-                await self.collect()
+                await self.refresh_writable()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.warning("stats collection failed", extra={"error": str(e)})
             await asyncio.sleep(self.period)
 
-    async def _cgroups(self) -> dict[str, str]:
-        """Container id -> its cgroup path, for containers that may be running."""
+    async def refresh_writable(self) -> None:
+        ids, sandboxes = await self.store.read(
+            lambda s: ([c.id for c in list_containers(s)], {b.id for b in list_sandboxes(s)})
+        )
+        self.writable = {cid: await self._writable(cid) for cid in ids}
+        live = set(ids) | sandboxes
+        for key in list(self.previous):  # forget the samples of removed objects
+            if key.rsplit(":", 1)[-1] not in live:
+                del self.previous[key]
+
+    async def _cgroups(self, keys: set[str]) -> dict[str, str]:
+        """key -> cgroups path, for the keys asked (container ids, pod_key, pod_cgroup_key)."""
 
         def read(session: Session) -> dict[str, str]:
             parents = {s.id: config_of(s).linux.cgroup_parent for s in list_sandboxes(session)}
-            # The pause task's cgroup counts too (as "sandbox:<id>"), for pod stats.
-            pause = {f"sandbox:{sid}": cgroups_path(parent, sid) for sid, parent in parents.items()}
-            return pause | {
-                c.id: cgroups_path(parents.get(c.sandbox_id, ""), c.id)
-                for c in list_containers(session)
-            }
+            out: dict[str, str] = {}
+            for sid, parent in parents.items():
+                if pod_key(sid) in keys:
+                    out[pod_key(sid)] = cgroups_path(parent, sid, self.systemd_cgroup)
+                if pod_cgroup_key(sid) in keys and parent:
+                    out[pod_cgroup_key(sid)] = parent
+            for c in list_containers(session):
+                if c.id in keys:
+                    out[c.id] = cgroups_path(
+                        parents.get(c.sandbox_id, ""), c.id, self.systemd_cgroup
+                    )
+            return out
 
         return await self.store.read(read)
 
-    async def collect(self, only: str | None = None) -> None:
-        paths = await self._cgroups()
-        if only is not None:
-            paths = {only: paths[only]} if only in paths else {}
+    async def usage(self, keys: list[str]) -> dict[str, Usage]:
+        """Fresh samples of the keys' cgroups (one thread hop for all), with nano cores since
+        each one's previous sample and, for containers, the writable layer."""
+        paths = await self._cgroups(set(keys))
         samples = await asyncio.to_thread(
-            lambda: {cid: read_cgroup(path) for cid, path in paths.items()}
+            lambda: {key: cgroups.read(path) for key, path in paths.items()}
         )
-        fresh: dict[str, Usage] = {}
-        for cid, (ts, cpu, mem, stat, pids) in samples.items():
-            prev = self.cache.get(cid)
-            nano = None
-            if (
-                prev is not None
-                and prev.cpu_ns is not None
-                and cpu is not None
-                and ts > prev.timestamp
-            ):
-                nano = (cpu - prev.cpu_ns) * 1_000_000_000 // (ts - prev.timestamp)
-            inactive = stat.get("total_inactive_file", 0)
-            working = max(mem - inactive, 0) if mem is not None else None
-            size, inodes = (None, None) if cid.startswith("sandbox:") else await self._writable(cid)
-            fresh[cid] = Usage(
-                ts,
-                cpu,
-                nano,
-                mem,
-                working,
-                stat.get("total_rss"),
-                stat.get("total_pgfault"),
-                stat.get("total_pgmajfault"),
-                size,
-                inodes,
-                pids,
-            )
-        if only is None:
-            self.cache = fresh
-        else:
-            self.cache.update(fresh)
+        out: dict[str, Usage] = {}
+        for key, sample in samples.items():
+            nano = cgroups.nano_cores(self.previous.get(key), sample)
+            self.previous[key] = sample
+            size, inodes = (None, None)
+            if not key.startswith(("sandbox:", "pod:")):
+                if key not in self.writable:
+                    self.writable[key] = await self._writable(key)
+                size, inodes = self.writable[key]
+            out[key] = Usage(sample, nano, size, inodes)
+        return out
 
     async def _writable(self, cid: str) -> tuple[int | None, int | None]:
         try:
@@ -190,32 +157,40 @@ class StatsCollector:
             return None, None
         return usage.size, usage.inodes
 
-    def pod_usage(self, sandbox_id: str, container_ids: list[str]) -> Usage:
-        """The pod's usage: its pause task and its containers, summed (without a pod-level
-        cgroup parent each has a cgroup of its own)."""
-        parts = [
-            self.cache[k] for k in (f"sandbox:{sandbox_id}", *container_ids) if k in self.cache
-        ]
 
-        def total(field: str) -> int | None:
-            values = [getattr(u, field) for u in parts if getattr(u, field) is not None]
-            return sum(values) if values else None
+def pod_total(parts: list[Usage]) -> Usage:
+    """A pod without a pod-level cgroup: its pause task's and containers' usage, summed."""
 
-        return Usage(
-            max((u.timestamp for u in parts), default=time.time_ns()),
-            total("cpu_ns"),
-            total("nano_cores"),
-            total("memory_usage"),
-            total("working_set"),
-            total("rss"),
-            total("page_faults"),
-            total("major_page_faults"),
-            None,
-            None,
-            total("processes"),
-        )
+    def total(field: str) -> int | None:
+        values = [getattr(u.sample, field) for u in parts if getattr(u.sample, field) is not None]
+        return sum(values) if values else None
 
-    async def usage(self, row: Container) -> Usage:
-        if row.id not in self.cache:
-            await self.collect(only=row.id)
-        return self.cache.get(row.id) or Usage(time.time_ns(), *([None] * 9))
+    nanos = [u.nano_cores for u in parts if u.nano_cores is not None]
+    sample = Sample(
+        max((u.timestamp for u in parts), default=0) or time.time_ns(),
+        **{
+            f: total(f)
+            for f in (
+                "cpu_ns",
+                "memory_usage",
+                "working_set",
+                "rss",
+                "page_faults",
+                "major_page_faults",
+                "swap",
+                "processes",
+            )
+        },
+    )
+    return Usage(sample, sum(nanos) if nanos else None)
+
+
+async def network(netns_path: str | None) -> list[netns.LinkStats]:
+    """The pod's interfaces' counters; none for a host-network pod or a netns gone."""
+    if not netns_path:
+        return []
+    try:
+        return await asyncio.to_thread(netns.link_stats, Path(netns_path))
+    except errors.CrictlError as e:
+        log.info("pod network stats unreadable", extra={"netns": netns_path, "error": str(e)})
+        return []

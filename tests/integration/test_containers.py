@@ -354,44 +354,6 @@ def test_container_calls_survive_a_crash_at(
     assert_nothing_held(d, cni_network, [pod.id, cid])
 
 
-def test_stats_from_the_cache(image_daemon: Daemon, registry: Registry, short_tmp: Path) -> None:
-    d = image_daemon
-    pod = Pod(d, registry, short_tmp / "logs")
-    busy = pod.create("busy", ["sh", "-c", "echo data > /written; while true; do :; done"])
-    idle = pod.create("idle", ["sleep", "3600"])
-    pod.start(busy)
-    time.sleep(1.0)
-    resp = d.runtime_call("ContainerStats", api_pb2.ContainerStatsRequest(container_id=busy))
-    st = resp.stats
-    assert st.attributes.id == busy and st.attributes.metadata.name == "busy"
-    assert st.cpu.timestamp > 0 and st.cpu.usage_core_nano_seconds.value > 0
-    assert st.memory.timestamp > 0 and st.memory.working_set_bytes.value > 0
-    assert st.writable_layer.used_bytes.value > 0
-    listed = d.runtime_call("ListContainerStats", api_pb2.ListContainerStatsRequest())
-    assert {s.attributes.id for s in listed.stats} == {busy, idle}  # created ones too
-    by_label = d.runtime_call(
-        "ListContainerStats",
-        api_pb2.ListContainerStatsRequest(
-            filter=api_pb2.ContainerStatsFilter(label_selector={"c": "idle"})
-        ),
-    )
-    assert [s.attributes.id for s in by_label.stats] == [idle]
-
-    pod_stats = d.runtime_call(
-        "PodSandboxStats", api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod.id)
-    ).stats
-    assert pod_stats.attributes.id == pod.id and pod_stats.attributes.metadata.name == "web"
-    linux = pod_stats.linux
-    assert {c.attributes.id for c in linux.containers} == {busy, idle}
-    assert linux.cpu.usage_core_nano_seconds.value >= st.cpu.usage_core_nano_seconds.value
-    assert linux.memory.working_set_bytes.value > 0
-    assert linux.process.process_count.value >= 2  # pause and the busy shell
-    assert linux.network.default_interface.name == "eth0"
-    listed_pods = d.runtime_call("ListPodSandboxStats", api_pb2.ListPodSandboxStatsRequest())
-    assert [p.attributes.id for p in listed_pods.stats] == [pod.id]
-    remove(d, pod.id)
-
-
 def test_update_container_resources(
     image_daemon: Daemon, registry: Registry, short_tmp: Path
 ) -> None:

@@ -1,0 +1,135 @@
+"""Stats for real: crictl stats and statsp (and their JSON forms) on a spinning container and a
+pod that is pinged; fresh CPU samples per call, memory, the writable layer, processes, and the
+pod's network counters read from its netns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from crictl.gen.cri.runtime.v1 import api_pb2
+from tests.integration.test_containers import Pod
+from tests.integration.test_sandboxes import remove, status
+from tests.rig.daemon import Daemon
+from tests.rig.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+
+def container_stats(d: Daemon, cid: str) -> api_pb2.ContainerStats:
+    resp = d.runtime_call("ContainerStats", api_pb2.ContainerStatsRequest(container_id=cid))
+    stats: api_pb2.ContainerStats = resp.stats
+    return stats
+
+
+def pod_stats(d: Daemon, sid: str) -> api_pb2.PodSandboxStats:
+    resp = d.runtime_call("PodSandboxStats", api_pb2.PodSandboxStatsRequest(pod_sandbox_id=sid))
+    stats: api_pb2.PodSandboxStats = resp.stats
+    return stats
+
+
+def test_fresh_stats_of_containers_and_pods(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    busy = pod.create("busy", ["sh", "-c", "echo data > /written; while true; do :; done"])
+    idle = pod.create("idle", ["sleep", "3600"], memory_limit_in_bytes=64 << 20)
+    pod.start(busy)
+    pod.start(idle)
+
+    # two samples a second apart: the second carries a second more CPU time and a rate
+    first = container_stats(d, busy)
+    time.sleep(1.0)
+    st = container_stats(d, busy)
+    assert st.cpu.timestamp - first.cpu.timestamp >= 900_000_000
+    assert st.cpu.usage_core_nano_seconds.value > first.cpu.usage_core_nano_seconds.value
+    assert st.cpu.usage_nano_cores.value > 300_000_000, st.cpu  # a spinning shell
+    assert st.attributes.id == busy and st.attributes.metadata.name == "busy"
+    assert st.memory.working_set_bytes.value > 0 and st.memory.rss_bytes.value > 0
+    assert st.memory.usage_bytes.value >= st.memory.working_set_bytes.value
+    assert st.memory.page_faults.value > 0
+    assert st.writable_layer.used_bytes.value > 0  # /written
+    assert st.writable_layer.fs_id.mountpoint
+
+    idle_stats = container_stats(d, idle)
+    limited = idle_stats.memory
+    assert 0 < limited.available_bytes.value <= (64 << 20) - limited.working_set_bytes.value
+    assert not st.memory.HasField("available_bytes")  # no limit, nothing to be available against
+
+    listed = d.runtime_call("ListContainerStats", api_pb2.ListContainerStatsRequest())
+    assert {s.attributes.id for s in listed.stats} == {busy, idle}
+    by_label = d.runtime_call(
+        "ListContainerStats",
+        api_pb2.ListContainerStatsRequest(
+            filter=api_pb2.ContainerStatsFilter(label_selector={"c": "idle"})
+        ),
+    )
+    assert [s.attributes.id for s in by_label.stats] == [idle]
+    by_pod = d.runtime_call(
+        "ListContainerStats",
+        api_pb2.ListContainerStatsRequest(
+            filter=api_pb2.ContainerStatsFilter(pod_sandbox_id=pod.id, id=busy[:8])
+        ),
+    )
+    assert [s.attributes.id for s in by_pod.stats] == [busy]
+
+    ps = pod_stats(d, pod.id)
+    assert ps.attributes.id == pod.id and ps.attributes.metadata.name == "web"
+    linux = ps.linux
+    assert {c.attributes.id for c in linux.containers} == {busy, idle}
+    assert linux.cpu.usage_core_nano_seconds.value >= st.cpu.usage_core_nano_seconds.value
+    assert linux.memory.working_set_bytes.value > 0
+    assert linux.process.process_count.value >= 3  # pause, the busy shell, sleep
+
+    # network: 20 KB of pings to the pod's IP show in its default interface's rx bytes
+    ip = status(d, pod.id).status.network.ip
+    before = linux.network.default_interface
+    assert before.name == "eth0" and before.rx_bytes.value > 0
+    subprocess.run(
+        ["ping", "-c", "20", "-i", "0.05", "-s", "1000", "-W", "2", ip],
+        check=True,
+        capture_output=True,
+    )
+    after = pod_stats(d, pod.id).linux.network.default_interface
+    assert after.rx_bytes.value - before.rx_bytes.value >= 20 * 1000
+    assert after.tx_bytes.value - before.tx_bytes.value >= 20 * 1000  # the replies
+
+    listed_pods = d.runtime_call("ListPodSandboxStats", api_pb2.ListPodSandboxStatsRequest())
+    assert [p.attributes.id for p in listed_pods.stats] == [pod.id]
+    remove(d, pod.id)
+
+
+def test_crictl_stats_and_statsp(image_daemon: Daemon, registry: Registry, short_tmp: Path) -> None:
+    """The commands that failed with "cpu stat is not updated during sample"."""
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    busy = pod.create("busy", ["sh", "-c", "while true; do :; done"])
+    pod.start(busy)
+    time.sleep(0.5)
+
+    out = d.crictl("stats")
+    assert out.returncode == 0, out.stderr
+    [line] = [x for x in out.stdout.splitlines() if x.startswith(busy[:13])]
+    cpu_percent = float(line.split()[2])  # CONTAINER NAME CPU% MEM DISK INODES
+    assert cpu_percent > 30, line
+
+    out = d.crictl("stats", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    [entry] = json.loads(out.stdout)["stats"]
+    assert int(entry["cpu"]["usageCoreNanoSeconds"]["value"]) > 0
+    assert int(entry["memory"]["workingSetBytes"]["value"]) > 0
+
+    out = d.crictl("statsp")
+    assert out.returncode == 0, out.stderr
+    assert pod.id[:13] in out.stdout, out.stdout
+    out = d.crictl("statsp", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    [entry] = json.loads(out.stdout)["stats"]
+    assert entry["linux"]["network"]["defaultInterface"]["name"] == "eth0"
+    assert int(entry["linux"]["cpu"]["usageCoreNanoSeconds"]["value"]) > 0
+    remove(d, pod.id)

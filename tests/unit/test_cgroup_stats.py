@@ -1,0 +1,105 @@
+"""Decoding cgroup samples (crictl/reconciler/cgroups.py): v2 from files as a cgroup v2 kernel
+writes them (this machine is v1), v1 likewise, the systemd path form, nano cores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crictl.reconciler import cgroups
+from crictl.reconciler.cgroups import Sample
+
+# As a 6.1 kernel writes them for a container that spins and holds ~30 MiB (trimmed to the keys
+# the decoder reads and a few it must skip).
+V2_FILES = {
+    "cpu.stat": (
+        "usage_usec 2534017\nuser_usec 2101733\nsystem_usec 432284\n"
+        "nr_periods 0\nnr_throttled 0\nthrottled_usec 0\n"
+    ),
+    "memory.current": "31457280\n",
+    "memory.max": "67108864\n",
+    "memory.swap.current": "4096\n",
+    "memory.stat": (
+        "anon 20971520\nfile 10485760\nkernel_stack 49152\nshmem 0\n"
+        "active_anon 20971520\ninactive_anon 0\nactive_file 2097152\ninactive_file 8388608\n"
+        "pgfault 12345\npgmajfault 7\n"
+    ),
+    "pids.current": "3\n",
+}
+SCOPE = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/crictld-abc.scope"
+
+
+def write(root: Path, rel: str, files: dict[str, str]) -> None:
+    d = root / rel
+    d.mkdir(parents=True)
+    for name, text in files.items():
+        (d / name).write_text(text)
+
+
+def test_v2_decoding(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
+    write(tmp_path, SCOPE, V2_FILES)
+    assert cgroups.unified(tmp_path)
+    s = cgroups.read("kubepods-burstable-pod1234.slice:crictld:abc", tmp_path)
+    assert s.cpu_ns == 2_534_017_000
+    assert s.memory_usage == 31_457_280
+    assert s.working_set == 31_457_280 - 8_388_608
+    assert (s.rss, s.page_faults, s.major_page_faults) == (20_971_520, 12_345, 7)
+    assert s.memory_limit == 64 << 20 and s.available == (64 << 20) - s.working_set
+    assert (s.swap, s.processes) == (4096, 3)
+
+
+def test_v2_unlimited_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    write(tmp_path, "crictld/x", {"memory.max": "max\n", "memory.current": "100\n"})
+    s = cgroups.read("/crictld/x", tmp_path)
+    assert s.memory_limit is None and s.available is None
+    assert s.cpu_ns is None and s.processes is None and s.working_set == 100
+    gone = cgroups.read("/crictld/removed", tmp_path)  # a cgroup being removed: no fields
+    assert gone.cpu_ns is None and gone.memory_usage is None
+
+
+def test_v1_decoding(tmp_path: Path) -> None:
+    rel = "crictld/abc"
+    write(tmp_path, f"cpuacct/{rel}", {"cpuacct.usage": "987654321\n"})
+    write(
+        tmp_path,
+        f"memory/{rel}",
+        {
+            "memory.usage_in_bytes": "5000000\n",
+            "memory.memsw.usage_in_bytes": "5004096\n",
+            "memory.limit_in_bytes": "9223372036854771712\n",  # no limit
+            "memory.stat": (
+                "cache 1000\nrss 3000000\ntotal_cache 1000\ntotal_rss 3000000\n"
+                "total_inactive_file 1000000\ntotal_pgfault 77\ntotal_pgmajfault 1\n"
+            ),
+        },
+    )
+    write(tmp_path, f"pids/{rel}", {"pids.current": "2\n"})
+    s = cgroups.read("/crictld/abc", tmp_path)
+    assert (s.cpu_ns, s.memory_usage, s.working_set) == (987_654_321, 5_000_000, 4_000_000)
+    assert (s.rss, s.page_faults, s.major_page_faults) == (3_000_000, 77, 1)
+    assert s.memory_limit is None and s.swap == 4096 and s.processes == 2
+
+
+def test_working_set_never_below_zero(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "memory/x",
+        {"memory.usage_in_bytes": "10\n", "memory.stat": "total_inactive_file 99\n"},
+    )
+    assert cgroups.read("/x", tmp_path).working_set == 0
+
+
+def test_systemd_paths() -> None:
+    assert cgroups.fs_path("system.slice:crictld:abc") == "system.slice/crictld-abc.scope"
+    assert cgroups.fs_path("a-b-c.slice:p:x") == "a.slice/a-b.slice/a-b-c.slice/p-x.scope"
+    assert cgroups.fs_path("/crictld/abc") == "crictld/abc"
+
+
+def test_nano_cores() -> None:
+    a = Sample(timestamp=1_000_000_000, cpu_ns=5_000_000_000)
+    b = Sample(timestamp=2_000_000_000, cpu_ns=5_500_000_000)
+    assert cgroups.nano_cores(a, b) == 500_000_000  # half a core over a second
+    assert cgroups.nano_cores(None, b) is None
+    assert cgroups.nano_cores(b, a) is None  # time went backwards
+    assert cgroups.nano_cores(Sample(timestamp=0, cpu_ns=9 << 40), b) is None  # counter reset
