@@ -10,11 +10,13 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import AsyncIterator
 
 from google.protobuf import json_format
 from sqlalchemy.orm import Session
 
 from crictl import errors
+from crictl.api.chunks import chunks
 from crictl.api.interceptor import Context
 from crictl.api.validation import (
     label_selector,
@@ -290,6 +292,15 @@ class Containers:
             c.state = STATES.get(ContainerPhase(phase), api_pb2.CONTAINER_UNKNOWN)
             out.append(c)
         return api_pb2.ListContainersResponse(containers=out)
+
+    async def stream_containers(
+        self, request: api_pb2.StreamContainersRequest, context: Context
+    ) -> AsyncIterator[api_pb2.StreamContainersResponse]:
+        listed = await self.list_containers(
+            api_pb2.ListContainersRequest(filter=request.filter), context
+        )
+        for run in chunks(listed.containers):
+            yield api_pb2.StreamContainersResponse(containers=run)
 
     async def update_container_resources(
         self, request: api_pb2.UpdateContainerResourcesRequest, context: Context

@@ -8,7 +8,9 @@ reconciler's image manager, which talks to the registry and containerd.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
+from crictl.api.chunks import chunks
 from crictl.api.interceptor import Context
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler.images import ImageManager, ImageView, credentials_from
@@ -66,6 +68,13 @@ class Images:
         else:
             found = self.images.list()
         return api_pb2.ListImagesResponse(images=[self._to_cri(i) for i in found])
+
+    async def stream_images(
+        self, request: api_pb2.StreamImagesRequest, context: Context
+    ) -> AsyncIterator[api_pb2.StreamImagesResponse]:
+        listed = await self.list_images(api_pb2.ListImagesRequest(filter=request.filter), context)
+        for run in chunks(listed.images):
+            yield api_pb2.StreamImagesResponse(images=run)
 
     async def remove_image(
         self, request: api_pb2.RemoveImageRequest, context: Context

@@ -11,11 +11,13 @@ import dataclasses
 import hashlib
 import json
 import secrets
+from collections.abc import AsyncIterator
 
 from google.protobuf import json_format
 from sqlalchemy.orm import Session
 
 from crictl import errors
+from crictl.api.chunks import chunks
 from crictl.api.interceptor import Context
 from crictl.api.validation import label_selector, validate_sandbox_config
 from crictl.gen.cri.runtime.v1 import api_pb2
@@ -232,3 +234,12 @@ class PodSandboxes:
             )
             items.append(item)
         return api_pb2.ListPodSandboxResponse(items=items)
+
+    async def stream_pod_sandboxes(
+        self, request: api_pb2.StreamPodSandboxesRequest, context: Context
+    ) -> AsyncIterator[api_pb2.StreamPodSandboxesResponse]:
+        listed = await self.list_pod_sandbox(
+            api_pb2.ListPodSandboxRequest(filter=request.filter), context
+        )
+        for run in chunks(listed.items):
+            yield api_pb2.StreamPodSandboxesResponse(pod_sandboxes=run)

@@ -5,6 +5,9 @@ the collector's periodic cache, pod network counters from the pod's netns
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+from crictl.api.chunks import chunks
 from crictl.api.interceptor import Context
 from crictl.api.validation import label_selector
 from crictl.gen.cri.runtime.v1 import api_pb2
@@ -175,3 +178,21 @@ class Stats:
         )
         sandboxes = await self.store.read(lambda s: list_sandboxes(s, flt))
         return api_pb2.ListPodSandboxStatsResponse(stats=[await self._pod(sb) for sb in sandboxes])
+
+    async def stream_container_stats(
+        self, request: api_pb2.StreamContainerStatsRequest, context: Context
+    ) -> AsyncIterator[api_pb2.StreamContainerStatsResponse]:
+        listed = await self.list_container_stats(
+            api_pb2.ListContainerStatsRequest(filter=request.filter), context
+        )
+        for run in chunks(listed.stats):
+            yield api_pb2.StreamContainerStatsResponse(container_stats=run)
+
+    async def stream_pod_sandbox_stats(
+        self, request: api_pb2.StreamPodSandboxStatsRequest, context: Context
+    ) -> AsyncIterator[api_pb2.StreamPodSandboxStatsResponse]:
+        listed = await self.list_pod_sandbox_stats(
+            api_pb2.ListPodSandboxStatsRequest(filter=request.filter), context
+        )
+        for run in chunks(listed.stats):
+            yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=run)

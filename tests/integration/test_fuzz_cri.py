@@ -477,12 +477,7 @@ def test_the_unimplemented_rpcs_are_the_ones_left_to_build(image_daemon: Daemon)
     finally:
         client.close()
     assert missing == {
-        "StreamPodSandboxes",
-        "StreamContainers",
-        "StreamContainerStats",
-        "StreamPodSandboxStats",
         "StreamPodSandboxMetrics",
-        "StreamImages",
         "GetContainerEvents",
         "ListMetricDescriptors",
         "ListPodSandboxMetrics",
