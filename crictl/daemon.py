@@ -31,6 +31,7 @@ from typing import Any
 import grpc.aio
 
 from crictl import __version__, errors, metrics
+from crictl.api.container_events import ContainerEvents, EventHub, hub_for
 from crictl.api.containers import Containers
 from crictl.api.images import Images
 from crictl.api.runtime_info import RuntimeInfo
@@ -200,6 +201,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     supervisor: Supervisor | None = None
     sweeper: OrphanSweeper | None = None
     metrics_server: Any = None
+    hub: EventHub | None = None
     try:
         before, after = await asyncio.to_thread(upgrade_to_head, config.db_path)
         if before != after:
@@ -280,9 +282,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         )
         await streams.start()
         health = Health(conn.client, config.cni_conf_dir, config.cni_bin_dirs)
+        pod_api, container_api = PodSandboxes(store, sandboxes), Containers(store, containers)
+        hub = hub_for(store, pod_api, container_api)
         runtime_info = RuntimeInfo(
             health,
-            live_info=partial(live_info, supervisor, events, sandboxes, containers),
+            live_info=partial(live_info, supervisor, events, sandboxes, containers, hub),
             systemd_cgroup=config.systemd_cgroup,
             verbose_info={
                 "stateDir": str(config.state_dir),
@@ -303,10 +307,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 generic_handler(
                     RUNTIME_SERVICE,
                     runtime_info,
-                    PodSandboxes(store, sandboxes),
-                    Containers(store, containers),
+                    pod_api,
+                    container_api,
                     Stats(store, stats),
                     Streaming(store, streams),
+                    ContainerEvents(hub),
                 ),
                 generic_handler(IMAGE_SERVICE, Images(images)),
             )
@@ -337,6 +342,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             await server.stop(SHUTDOWN_GRACE)
         with contextlib.suppress(FileNotFoundError):
             config.socket.unlink()
+        if hub is not None:
+            await hub.close()
         if streams is not None:
             await streams.stop()
         if sweeper is not None:
@@ -370,9 +377,11 @@ def live_info(
     events: TaskEvents,
     sandboxes: SandboxReconciler,
     containers: ContainerReconciler,
+    hub: EventHub,
 ) -> dict[str, object]:
     """What verbose Status shows of the daemon's own state: containerd's connection, the
-    event stream, and every reconcile pass that keeps failing, with its last error."""
+    event stream, GetContainerEvents subscribers, and every reconcile pass that keeps
+    failing, with its last error."""
     failing = [
         {"kind": kind, "id": key, "attempts": f.attempts, "error": f.error, "since": f.since}
         for kind, queue in (("sandbox", sandboxes.queue), ("container", containers.queue))
@@ -385,6 +394,7 @@ def live_info(
         "containerdLastError": supervisor.last_error,
         "eventSubscriptions": events.subscriptions,
         "lastResyncAt": events.last_resync_at,
+        "containerEventSubscribers": hub.subscribers,
         "failingPasses": failing,
     }
 

@@ -21,6 +21,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from crictl import metrics
+from crictl.store.events import COMMITTED_EVENTS
+from crictl.store.models import Event
 
 T = TypeVar("T")
 
@@ -92,13 +94,24 @@ class Store:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-reader")
+        self._listeners: list[Callable[[list[Event]], None]] = []
 
     def session(self) -> Session:
         return self._sessions()
 
+    def add_listener(self, listener: Callable[[list[Event]], None]) -> None:
+        """`listener` gets the events each write recorded, after it committed (in the writer
+        thread: it must only hand them on)."""
+        self._listeners.append(listener)
+
     def write_sync(self, fn: Callable[[Session], T]) -> T:
         with self._sessions.begin() as session:
-            return fn(session)
+            result = fn(session)
+        recorded: list[Event] = session.info.pop(COMMITTED_EVENTS, [])
+        if recorded:
+            for listener in self._listeners:
+                listener(recorded)
+        return result
 
     def read_sync(self, fn: Callable[[Session], T]) -> T:
         with self._sessions() as session:

@@ -9,6 +9,9 @@ from sqlalchemy.orm import Session
 
 from crictl.store.models import Event
 
+# The events a transaction recorded, handed to the store's listeners once it committed.
+COMMITTED_EVENTS = "crictld.events"
+
 
 def now_ns() -> int:
     return time.time_ns()
@@ -36,6 +39,7 @@ def record_event(
         message=message,
     )
     session.add(event)
+    session.info.setdefault(COMMITTED_EVENTS, []).append(event)
     return event
 
 

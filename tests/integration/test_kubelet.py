@@ -136,8 +136,12 @@ def wait_for(
         time.sleep(0.25)
 
 
-@pytest.fixture(scope="module")
-def node(containerd_address: str, registry: Registry, crictl_path: Path) -> Iterator[Node]:
+@pytest.fixture(scope="module", params=["generic-pleg", "evented-pleg"])
+def node(
+    request: pytest.FixtureRequest, containerd_address: str, registry: Registry, crictl_path: Path
+) -> Iterator[Node]:
+    """Every check runs twice: with kubelet's generic PLEG (relisting every second) and with
+    the EventedPLEG feature gate (kubelet follows GetContainerEvents)."""
     started = time.monotonic()
     binary = kubelet_bin()
     root = Path(tempfile.mkdtemp(prefix="crk-", dir="/tmp"))
@@ -153,7 +157,8 @@ def node(containerd_address: str, registry: Registry, crictl_path: Path) -> Iter
         namespace=namespace,
         extra_args=["--pause-image", f"{registry.host}/pause:3.10"],
     )
-    k = Kubelet(binary, root / "kubelet", d.endpoint)
+    gates = {"EventedPLEG": True} if request.param == "evented-pleg" else {}
+    k = Kubelet(binary, root / "kubelet", d.endpoint, feature_gates=gates)
     n = Node(d, k, net, registry, root)
     try:
         d.start()
@@ -231,6 +236,13 @@ def start(node: Node, names: list[str], manifest: Json) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+def test_evented_pleg_follows_container_events(node: Node, steady: Json) -> None:
+    """With the gate, kubelet holds a GetContainerEvents stream on crictld; without, none."""
+    evented = bool(node.kubelet.feature_gates.get("EventedPLEG"))
+    info = json.loads(node.daemon.status().info["daemon"])
+    assert info["containerEventSubscribers"] == (1 if evented else 0), info
 
 
 def test_pod_running_with_its_image_pulled(node: Node, steady: Json) -> None:

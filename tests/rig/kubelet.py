@@ -137,6 +137,7 @@ class Kubelet:
     runtime_endpoint: str  # unix://... of the crictld it drives
     node_name: str = "crictld-node"
     verbosity: int = 2
+    feature_gates: dict[str, bool] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     healthz_port: int = 0
@@ -203,6 +204,7 @@ class Kubelet:
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
             "resolvConf": "/etc/resolv.conf",
+            **({"featureGates": self.feature_gates} if self.feature_gates else {}),
         }
 
     def command(self) -> list[str]:
