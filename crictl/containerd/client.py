@@ -7,10 +7,14 @@ crictld's error vocabulary here, so callers never see a grpc.StatusCode.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -36,8 +40,14 @@ from crictl.gen.containerd.api.services.version.v1 import version_pb2_grpc
 from crictl.gen.containerd.api.types import mount_pb2
 from crictl.gen.containerd.api.types.task import task_pb2
 from crictl.gen.containerd.runtime.v2.runc.options import oci_pb2 as runc_options_pb2
+from crictl.mounts import remove_dir
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+_STALE_BUNDLE = re.compile(r"failed to start shim: mkdir (/\S+): file exists")
+_TASK_STATE = "io.containerd.runtime.v2.task"
 
 NAMESPACE_HEADER = "containerd-namespace"
 DEFAULT_NAMESPACE = "crictld"
@@ -430,8 +440,8 @@ class ContainerdClient:
                     "create task", self.tasks.Create(request, metadata=self.metadata)
                 )
                 return resp.pid
-            except (errors.AlreadyExists, errors.FailedPrecondition) as e:
-                if isinstance(e, errors.FailedPrecondition) and "file exists" not in str(e):
+            except (errors.AlreadyExists, errors.FailedPrecondition, errors.Internal) as e:
+                if not isinstance(e, errors.AlreadyExists) and "file exists" not in str(e):
                     raise
                 state = await self.task_state(container_id)
                 if state is not None and not state.half_created:
@@ -442,7 +452,23 @@ class ContainerdClient:
                     ) from e
                 with contextlib.suppress(errors.CrictlError):
                     await self.delete_task(container_id)
+                if state is None:
+                    await asyncio.to_thread(self._remove_stale_bundle, container_id, str(e))
         raise AssertionError("unreachable")
+
+    def _remove_stale_bundle(self, container_id: str, error: str) -> None:
+        """containerd 1.6 killed while it made a task's bundle leaves the directory, and every
+        later create of that task fails on its mkdir ("failed to start shim: mkdir <bundle>:
+        file exists"), even across containerd restarts. With no task of that id in containerd,
+        the directory is garbage of containerd's own: its rootfs is unmounted and it goes."""
+        found = _STALE_BUNDLE.search(error)
+        if found is None:
+            return
+        bundle = Path(found.group(1))
+        if bundle.parts[-2:] != (self.namespace, container_id) or _TASK_STATE not in bundle.parts:
+            return
+        log.warning("removing a task bundle a crash left", extra={"bundle": str(bundle)})
+        remove_dir(bundle)
 
     async def start_task(self, container_id: str) -> int:
         try:
@@ -453,12 +479,23 @@ class ContainerdClient:
                 ),
             )
             return resp.pid
-        except errors.CrictlError:
+        except errors.CrictlError as e:
             # A repeated step: the task was started by a pass a crash cut short. containerd
             # answers "cannot start a running process" with one code or another (UNKNOWN,
             # FAILED_PRECONDITION): what it runs is the truth.
             state = await self.task_state(container_id)
             if state is not None and state.status == "RUNNING":
+                return state.pid
+            if (
+                state is not None
+                and state.status == "CREATED"
+                and state.pid > 0
+                and "already running" in str(e)
+            ):
+                # containerd killed during Start: the shim's `runc start` was cut off after it
+                # released the process, so runc runs it while the shim still says CREATED.
+                # The process is the task's init; the shim reaps it and reports its exit.
+                log.warning("a start cut short had started the task", extra={"task": container_id})
                 return state.pid
             raise
 

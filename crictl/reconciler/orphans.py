@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import ipaddress
 import logging
 import os
 import re
-import shutil
 import signal
 import time
 from collections.abc import Iterable
@@ -51,6 +48,7 @@ from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
 from crictl.gen.containerd.api.services.tasks.v1 import tasks_pb2
 from crictl.gen.containerd.api.types.task import task_pb2
 from crictl.images.pull import PULL_LEASE_LABEL
+from crictl.mounts import remove_dir
 from crictl.network import cni, netns
 from crictl.reconciler.containers import CREATE_LEASE_LABEL, KIND_LABEL
 from crictl.store.engine import Store
@@ -108,8 +106,6 @@ CGROUP_PARENT = "crictld"
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _SINGULAR = {"sandboxes": "sandbox", "containers": "container"}
 _NS = 1_000_000_000
-MNT_DETACH = 2
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -773,33 +769,6 @@ async def _end_task(containerd: ContainerdClient, task_id: str) -> bool:
     return True
 
 
-def _unmount_below(path: Path) -> None:
-    """Detaches every mount at or under `path` (a pod's shm tmpfs), deepest first."""
-    root = os.path.realpath(path)
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = _unescape(line.split()[4])
-        if point == root or point.startswith(root + "/"):
-            points.append(point)
-    for point in sorted(points, key=len, reverse=True):
-        if _libc.umount2(os.fsencode(point), MNT_DETACH) != 0:
-            err = ctypes.get_errno()
-            raise errors.Unavailable(f"cannot unmount {point}: {os.strerror(err)}")
-
-
-def _unescape(field_: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_)
-
-
-def _remove_dir(path: Path) -> bool:
-    if not path.exists():
-        return False
-    _unmount_below(path)
-    shutil.rmtree(path)
-    return True
-
-
 def _kill_logger(p: LoggerProcess) -> bool:
     """SIGKILLs the logger if that pid is still the same process, and waits for it to die
     (it ignores SIGTERM on purpose: it drains a container's output to the end)."""
@@ -896,7 +865,7 @@ class _Remover:
                 await self.cni_del(path.name)
             return await asyncio.to_thread(netns.remove, path)
         if f.kind == ORPHAN_STATE_DIR:
-            return await asyncio.to_thread(_remove_dir, Path(f.name))
+            return await asyncio.to_thread(remove_dir, Path(f.name))
         if f.kind == ORPHAN_CGROUP:
             paths = next((cg.paths for cg in self.world.cgroups if cg.name == f.name), ())
             return await asyncio.to_thread(_remove_cgroup, paths)

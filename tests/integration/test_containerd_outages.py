@@ -214,3 +214,24 @@ def test_resync_checks_the_pod_network_over_netlink(
     remove(d, healthy)
     remove(d, broken)
     assert_nothing_held(d, cni_network, [healthy, broken])
+
+
+def test_a_task_bundle_left_by_a_killed_containerd_is_cleared(
+    managed_image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """containerd 1.6 killed while it makes a task's bundle leaves the directory, and every
+    later create of that task failed on its mkdir ("file exists", seen in the long chaos run).
+    The bundle is planted as such a kill leaves it; the start goes through."""
+    d = managed_image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"])
+    bundle = (
+        d.state_dir / "containerd" / "state" / "io.containerd.runtime.v2.task" / d.namespace / cid
+    )
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "work").symlink_to(short_tmp / "nowhere")
+    pod.start(cid)
+    assert pod.status(cid).state == api_pb2.CONTAINER_RUNNING
+    assert pod.exec(cid, ["echo", "ok"]).stdout == b"ok\n"
+    assert "removing a task bundle a crash left" in d.log()
+    remove(d, pod.id)
