@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from crictl.api import cadvisor
 from crictl.api.chunks import chunks
 from crictl.api.interceptor import Context
 from crictl.api.validation import label_selector
@@ -110,7 +111,11 @@ class Stats:
         rows = await self.store.read(lambda s: list_containers(s, flt))
         return api_pb2.ListContainerStatsResponse(stats=await self._containers(list(rows)))
 
-    async def _pod(self, sandbox: PodSandbox) -> api_pb2.PodSandboxStats:
+    async def _pod_usage(
+        self, sandbox: PodSandbox
+    ) -> tuple[list[Container], dict[str, Usage], Usage]:
+        """The pod's containers, their usage, and the pod's own: kubelet's pod-level cgroup
+        when there is one (it holds everything the pod runs), else the parts summed."""
         rows = await self.store.read(
             lambda s: list_containers(s, ContainerFilter(sandbox_id=sandbox.id))
         )
@@ -119,12 +124,15 @@ class Stats:
         ]
         keys = [pod_key(sandbox.id), pod_cgroup_key(sandbox.id), *(c.id for c in containers)]
         usage = await self.stats.usage(keys)
-        container_stats = [self._container(c, usage[c.id]) for c in containers if c.id in usage]
         pod_cgroup = usage.get(pod_cgroup_key(sandbox.id))
         if pod_cgroup is not None and pod_cgroup.sample.cpu_ns is not None:
-            pod = pod_cgroup  # kubelet's pod-level cgroup holds everything the pod runs
-        else:
-            pod = pod_total([u for k, u in usage.items() if k != pod_cgroup_key(sandbox.id)])
+            return containers, usage, pod_cgroup
+        parts = [u for k, u in usage.items() if k != pod_cgroup_key(sandbox.id)]
+        return containers, usage, pod_total(parts)
+
+    async def _pod(self, sandbox: PodSandbox) -> api_pb2.PodSandboxStats:
+        containers, usage, pod = await self._pod_usage(sandbox)
+        container_stats = [self._container(c, usage[c.id]) for c in containers if c.id in usage]
         linux = api_pb2.LinuxPodSandboxStats(
             cpu=_cpu(pod),
             memory=_memory(pod),
@@ -196,3 +204,47 @@ class Stats:
         )
         for run in chunks(listed.stats):
             yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=run)
+
+    async def list_metric_descriptors(
+        self, request: api_pb2.ListMetricDescriptorsRequest, context: Context
+    ) -> api_pb2.ListMetricDescriptorsResponse:
+        return api_pb2.ListMetricDescriptorsResponse(descriptors=cadvisor.descriptors())
+
+    async def _pod_metrics(self, sandbox: PodSandbox) -> api_pb2.PodSandboxMetrics:
+        containers, usage, pod = await self._pod_usage(sandbox)
+        name = config_of(sandbox).metadata.name
+        metrics = cadvisor.usage_metrics(sandbox.id, name, pod)
+        if sandbox.phase == SandboxPhase.READY:
+            links = await network(sandbox.netns_path)
+            metrics += cadvisor.network_metrics(sandbox.id, name, links, pod.timestamp)
+        return api_pb2.PodSandboxMetrics(
+            pod_sandbox_id=sandbox.id,
+            metrics=metrics,
+            container_metrics=[
+                api_pb2.ContainerMetrics(
+                    container_id=c.id,
+                    metrics=cadvisor.usage_metrics(
+                        c.id, c.name, usage[c.id], self.stats.mountpoint
+                    ),
+                )
+                for c in containers
+                if c.id in usage
+            ],
+        )
+
+    async def list_pod_sandbox_metrics(
+        self, request: api_pb2.ListPodSandboxMetricsRequest, context: Context
+    ) -> api_pb2.ListPodSandboxMetricsResponse:
+        sandboxes = await self.store.read(lambda s: list_sandboxes(s, SandboxFilter()))
+        return api_pb2.ListPodSandboxMetricsResponse(
+            pod_metrics=[await self._pod_metrics(sb) for sb in sandboxes]
+        )
+
+    async def stream_pod_sandbox_metrics(
+        self, request: api_pb2.StreamPodSandboxMetricsRequest, context: Context
+    ) -> AsyncIterator[api_pb2.StreamPodSandboxMetricsResponse]:
+        listed = await self.list_pod_sandbox_metrics(
+            api_pb2.ListPodSandboxMetricsRequest(), context
+        )
+        for run in chunks(listed.pod_metrics):
+            yield api_pb2.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=run)

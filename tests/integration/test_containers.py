@@ -240,6 +240,11 @@ def test_exec_edge_cases_answer_and_leave_the_container_usable(
     code, message = failure(pod.exec, cid, ["echo", "a\0b"], 2)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "cmd[1]" in message, message
     assert pod.exec(cid, ["echo", "still"]).stdout == b"still\n"
+    # kubernetes#44371: the command's exit ends the call though a child still holds stdout
+    started = time.monotonic()
+    out = pod.exec(cid, ["sh", "-c", "sleep 30 & echo started; exit 4"], 20)
+    assert (out.stdout, out.exit_code) == (b"started\n", 4)
+    assert time.monotonic() - started < 6
     # output is capped per stream at 16 MiB, as containerd's CRI caps it (the rest is drained)
     big = ["sh", "-c", "head -c 20000000 /dev/zero; head -c 17000000 /dev/zero >&2; exit 3"]
     with grpc.insecure_channel(

@@ -4,6 +4,7 @@ pod's network counters read from its netns."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import time
@@ -132,4 +133,55 @@ def test_crictl_stats_and_statsp(image_daemon: Daemon, registry: Registry, short
     [entry] = json.loads(out.stdout)["stats"]
     assert entry["linux"]["network"]["defaultInterface"]["name"] == "eth0"
     assert int(entry["linux"]["cpu"]["usageCoreNanoSeconds"]["value"]) > 0
+    remove(d, pod.id)
+
+
+def test_cadvisor_metrics_from_the_cri(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """ListMetricDescriptors and ListPodSandboxMetrics (and the stream), as kubelet reads
+    them with PodAndContainerStatsFromCRI: cAdvisor's names, labels id and name (interface,
+    device), values that move."""
+    d = image_daemon
+    descriptors = {
+        m.name: list(m.label_keys)
+        for m in d.runtime_call(
+            "ListMetricDescriptors", api_pb2.ListMetricDescriptorsRequest()
+        ).descriptors
+    }
+    assert descriptors["container_cpu_usage_seconds_total"] == ["id", "name"]
+    assert descriptors["container_memory_working_set_bytes"] == ["id", "name"]
+    assert descriptors["container_network_receive_bytes_total"] == ["id", "name", "interface"]
+    assert descriptors["container_fs_usage_bytes"] == ["id", "name", "device"]
+
+    pod = Pod(d, registry, short_tmp / "logs")
+    busy = pod.create("busy", ["sh", "-c", "while true; do :; done"])
+    pod.start(busy)
+    time.sleep(1.5)
+    [pm] = d.runtime_call(
+        "ListPodSandboxMetrics", api_pb2.ListPodSandboxMetricsRequest()
+    ).pod_metrics
+    assert pm.pod_sandbox_id == pod.id
+    pod_metrics = {(m.name, tuple(m.label_values)): m for m in pm.metrics}
+    rx = pod_metrics[("container_network_receive_bytes_total", (pod.id, "web", "eth0"))]
+    assert rx.metric_type == api_pb2.COUNTER and rx.value.value > 0
+    [cm] = pm.container_metrics
+    assert cm.container_id == busy
+    by_name = {m.name: m for m in cm.metrics}
+    for m in cm.metrics:  # every metric's labels match its descriptor's keys
+        assert len(m.label_values) == len(descriptors[m.name]), m
+        assert m.label_values[:2] == [busy, "busy"] and m.timestamp > 0
+    assert by_name["container_cpu_usage_seconds_total"].value.value >= 1  # 1.5 s of spinning
+    assert by_name["container_memory_working_set_bytes"].metric_type == api_pb2.GAUGE
+    assert by_name["container_memory_working_set_bytes"].value.value > 0
+    assert by_name["container_processes"].value.value >= 1
+    streamed = list(
+        itertools.chain.from_iterable(
+            r.pod_sandbox_metrics
+            for r in d.runtime_stream(
+                "StreamPodSandboxMetrics", api_pb2.StreamPodSandboxMetricsRequest()
+            )
+        )
+    )
+    assert [p.pod_sandbox_id for p in streamed] == [pod.id]
     remove(d, pod.id)

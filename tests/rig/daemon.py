@@ -133,6 +133,12 @@ class Daemon:
             stub = api_pb2_grpc.RuntimeServiceStub(channel)
             return getattr(stub, method)(request, timeout=timeout)
 
+    def runtime_stream(self, method: str, request: Any, timeout: float = 120.0) -> list[Any]:
+        """Every message of a server-streaming RuntimeService RPC."""
+        with grpc.insecure_channel(self.endpoint) as channel:
+            stub = api_pb2_grpc.RuntimeServiceStub(channel)
+            return list(getattr(stub, method)(request, timeout=timeout))
+
     def crictl(self, *args: str, timeout: float = 60.0) -> CrictlResult:
         proc = subprocess.run(
             [
