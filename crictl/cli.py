@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--containerd-bin", help="containerd binary for managed mode")
     serve.add_argument("--cni-conf-dir", type=Path, help="default /etc/cni/net.d")
     serve.add_argument(
+        "--cni-conf-template",
+        type=Path,
+        help="CNI config template rendered with kubelet's pod CIDR into the conf dir",
+    )
+    serve.add_argument(
         "--cni-bin-dir",
         type=Path,
         action="append",
@@ -176,6 +181,7 @@ def load_config(args: argparse.Namespace) -> Config:
             "containerd_namespace": args.containerd_namespace,
             "containerd_bin": args.containerd_bin,
             "cni_conf_dir": args.cni_conf_dir,
+            "cni_conf_template": args.cni_conf_template,
             "cni_bin_dirs": args.cni_bin_dirs,
             "netns_dir": args.netns_dir,
             "pause_image": args.pause_image,

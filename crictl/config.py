@@ -31,6 +31,9 @@ class Config:
     containerd_namespace: str = "crictld"
     containerd_bin: str = "containerd"
     cni_conf_dir: Path = Path("/etc/cni/net.d")
+    # A CNI config template rendered with kubelet's pod CIDR (UpdateRuntimeConfig) into
+    # cni_conf_dir/10-crictld-net.conflist, as containerd's conf_template.
+    cni_conf_template: Path | None = None
     cni_bin_dirs: list[Path] = field(
         default_factory=lambda: [Path("/opt/cni/bin"), Path("/usr/lib/cni")]
     )
@@ -83,7 +86,7 @@ class Config:
         return Config(**values)
 
 
-_PATH_KEYS = {"socket", "state_dir", "cni_conf_dir", "netns_dir"}
+_PATH_KEYS = {"socket", "state_dir", "cni_conf_dir", "cni_conf_template", "netns_dir"}
 _STR_KEYS = {
     "socket_group",
     "containerd",

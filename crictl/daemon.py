@@ -49,6 +49,7 @@ from crictl.reconciler.containers import ContainerReconciler, find_logger
 from crictl.reconciler.events import Supervisor, TaskEventHandlers, TaskEvents
 from crictl.reconciler.health import Health
 from crictl.reconciler.images import ImageManager
+from crictl.reconciler.netconf import PodCidr
 from crictl.reconciler.orphans import OrphanSweeper, SweepSettings
 from crictl.reconciler.sandboxes import SandboxReconciler, SandboxSettings
 from crictl.reconciler.stats import StatsCollector
@@ -288,6 +289,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             health,
             live_info=partial(live_info, supervisor, events, sandboxes, containers, hub),
             systemd_cgroup=config.systemd_cgroup,
+            pod_cidr=PodCidr(store, config.cni_conf_dir, config.cni_conf_template),
             verbose_info={
                 "stateDir": str(config.state_dir),
                 "containerd": conn.client.address,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from crictl import __version__
+from crictl import __version__, errors
 from crictl.api.interceptor import Context
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler.health import Health
+from crictl.reconciler.netconf import PodCidr
 
 # The CRI API version kubelet checks for; not crictld's own version.
 CRI_VERSION = "0.1.0"
@@ -22,7 +23,9 @@ class RuntimeInfo:
         verbose_info: dict[str, str],
         live_info: Callable[[], dict[str, object]] | None = None,
         systemd_cgroup: bool = False,
+        pod_cidr: PodCidr | None = None,
     ) -> None:
+        self.pod_cidr = pod_cidr
         self.cgroup_driver = api_pb2.SYSTEMD if systemd_cgroup else api_pb2.CGROUPFS
         self.health = health
         self.verbose_info = verbose_info
@@ -65,3 +68,11 @@ class RuntimeInfo:
         return api_pb2.RuntimeConfigResponse(
             linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=self.cgroup_driver)
         )
+
+    async def update_runtime_config(
+        self, request: api_pb2.UpdateRuntimeConfigRequest, context: Context
+    ) -> api_pb2.UpdateRuntimeConfigResponse:
+        if self.pod_cidr is None:
+            raise errors.FailedPrecondition("UpdateRuntimeConfig: no CNI config dir to write to")
+        await self.pod_cidr.update(request.runtime_config.network_config.pod_cidr)
+        return api_pb2.UpdateRuntimeConfigResponse()
