@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from crictl import errors
 from crictl.api.chunks import chunks
 from crictl.api.interceptor import Context
-from crictl.api.validation import label_selector, validate_sandbox_config
+from crictl.api.validation import label_selector, validate_resources, validate_sandbox_config
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler import faults
 from crictl.reconciler.sandboxes import (
@@ -243,3 +243,14 @@ class PodSandboxes:
         )
         for run in chunks(listed.items):
             yield api_pb2.StreamPodSandboxesResponse(pod_sandboxes=run)
+
+    async def update_pod_sandbox_resources(
+        self, request: api_pb2.UpdatePodSandboxResourcesRequest, context: Context
+    ) -> api_pb2.UpdatePodSandboxResourcesResponse:
+        if not request.pod_sandbox_id:
+            raise errors.InvalidArgument("pod_sandbox_id is empty")
+        validate_resources(request.overhead, "overhead")
+        validate_resources(request.resources, "resources")
+        sid = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id).id)
+        await self.reconciler.update_resources(sid, request.overhead, request.resources)
+        return api_pb2.UpdatePodSandboxResourcesResponse()

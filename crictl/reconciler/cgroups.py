@@ -16,9 +16,13 @@ into the directory systemd makes (`a.slice/a-b.slice/.../prefix-name.scope`)."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from crictl import errors
+from crictl.gen.cri.runtime.v1 import api_pb2
 
 ROOT = Path("/sys/fs/cgroup")
 UNLIMITED = 1 << 62  # v1 reports "no limit" as a huge page-aligned number
@@ -149,3 +153,55 @@ def nano_cores(previous: Sample | None, current: Sample) -> int | None:
     if elapsed <= 0 or current.cpu_ns < previous.cpu_ns:
         return None
     return (current.cpu_ns - previous.cpu_ns) * 1_000_000_000 // elapsed
+
+
+def resource_files(res: api_pb2.LinuxContainerResources, v2: bool) -> list[tuple[str, str]]:
+    """(file below the cgroup, value) for every resource set, v1 paths relative to the
+    controller roots (`cpu/...`), v2 to the unified directory. Shares become v2's weight as
+    runc converts them; memory is written before anything that could need the room."""
+    out: list[tuple[str, str]] = []
+    if res.memory_limit_in_bytes:
+        limit = str(res.memory_limit_in_bytes)
+        out.append(("memory.max", limit) if v2 else ("memory/memory.limit_in_bytes", limit))
+    if res.cpu_shares:
+        if v2:
+            weight = 1 + ((res.cpu_shares - 2) * 9999) // 262142
+            out.append(("cpu.weight", str(max(1, min(weight, 10000)))))
+        else:
+            out.append(("cpu/cpu.shares", str(res.cpu_shares)))
+    if res.cpu_period or res.cpu_quota:
+        period = res.cpu_period or 100_000
+        if v2:
+            quota = str(res.cpu_quota) if res.cpu_quota > 0 else "max"
+            out.append(("cpu.max", f"{quota} {period}"))
+        else:
+            out.append(("cpu/cpu.cfs_period_us", str(period)))
+            if res.cpu_quota:
+                out.append(("cpu/cpu.cfs_quota_us", str(res.cpu_quota)))
+    if res.cpuset_cpus:
+        out.append(("cpuset.cpus" if v2 else "cpuset/cpuset.cpus", res.cpuset_cpus))
+    if res.cpuset_mems:
+        out.append(("cpuset.mems" if v2 else "cpuset/cpuset.mems", res.cpuset_mems))
+    return out
+
+
+def apply(cgroups_path: str, res: api_pb2.LinuxContainerResources, root: Path = ROOT) -> list[str]:
+    """Writes `res` to the cgroup (v1: each controller's directory); returns the files written.
+    A file that cannot be written is FAILED_PRECONDITION naming it and the value."""
+    rel = fs_path(cgroups_path)
+    v2 = unified(root)
+    written = []
+    for name, value in resource_files(res, v2):
+        if v2:
+            path = root / rel / name
+        else:
+            controller, leaf = name.split("/", 1)
+            path = root / controller / rel / leaf
+        try:
+            path.write_text(value)
+        except OSError as e:
+            raise errors.FailedPrecondition(
+                f"cannot write {value} to {path}: {os.strerror(e.errno or 0)}"
+            ) from None
+        written.append(str(path))
+    return written

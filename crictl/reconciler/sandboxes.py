@@ -46,7 +46,7 @@ from crictl.oci.spec import (
     resolv_conf,
     sandbox_spec,
 )
-from crictl.reconciler import faults
+from crictl.reconciler import cgroups, faults
 from crictl.reconciler.events import TaskExit
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.queue import KeyedQueue
@@ -65,6 +65,7 @@ from crictl.store.sandboxes import (
     record_sandbox_not_ready,
     record_sandbox_started,
     record_setup_failed,
+    update_sandbox_config,
 )
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,35 @@ class SandboxReconciler:
 
     async def start(self) -> None:
         await self.recover()
+
+    async def update_resources(
+        self,
+        sandbox_id: str,
+        overhead: api_pb2.LinuxContainerResources,
+        resources: api_pb2.LinuxContainerResources,
+    ) -> list[str]:
+        """UpdatePodSandboxResources: `resources` written to the pod's cgroup (kubelet's
+        cgroup_parent; none without one) and both recorded in the stored config; returns the
+        cgroup files written."""
+        row = await self.store.read(lambda s: load_sandbox(s, sandbox_id))
+        if row is None:
+            raise errors.NotFound(f"pod sandbox {sandbox_id} not found")
+        if row.phase != SandboxPhase.READY:
+            raise errors.FailedPrecondition(
+                f"pod sandbox {sandbox_id} is {row.phase}, not READY: its resources cannot change"
+            )
+        config = api_pb2.PodSandboxConfig()
+        config.CopyFrom(config_of(row))
+        parent = config.linux.cgroup_parent
+        written = await asyncio.to_thread(cgroups.apply, parent, resources) if parent else []
+        config.linux.overhead.CopyFrom(overhead)
+        config.linux.resources.CopyFrom(resources)
+        text = json_format.MessageToJson(
+            config, preserving_proto_field_name=True, sort_keys=True, indent=None
+        )
+        detail = ", ".join(written) if written else "no pod cgroup: recorded only"
+        await self.store.write(lambda s: update_sandbox_config(s, sandbox_id, text, detail))
+        return written
 
     async def stop(self) -> None:
         await self.queue.drain()

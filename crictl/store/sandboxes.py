@@ -315,3 +315,14 @@ def list_sandbox_states(
         if flt.phases is not None:
             query = query.where(t.c.phase.in_(flt.phases))
     return [(r[0], r[1], r[2]) for r in session.execute(query.order_by(t.c.created_at))]
+
+
+def update_sandbox_config(session: Session, sandbox_id: str, config: str, detail: str) -> None:
+    """A new config after UpdatePodSandboxResources; its digest (the sandbox's identity for
+    retried runs) stays that of the run request."""
+    sandbox = session.get(PodSandbox, sandbox_id)
+    if sandbox is None:
+        raise NotFound(f"pod sandbox {sandbox_id} not found")
+    sandbox.config = config
+    sandbox.updated_at = now_ns()
+    record_event(session, "sandbox", sandbox_id, "resources-updated", message=detail)

@@ -478,7 +478,6 @@ def test_the_unimplemented_rpcs_are_the_ones_left_to_build(image_daemon: Daemon)
     finally:
         client.close()
     assert missing == {
-        "UpdatePodSandboxResources",
         "CheckpointContainer",
         "CheckpointPod",
         "RestorePod",

@@ -3,6 +3,7 @@ conf_template), written whole into the conf dir and used by the next RunPodSandb
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import secrets
@@ -93,3 +94,63 @@ def test_pod_cidr_fills_the_template_and_the_next_pod_uses_it(
     finally:
         written.unlink(missing_ok=True)
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+
+
+def test_update_pod_sandbox_resources(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """Pod-level resources go to the pod's cgroup (its cgroup_parent) and into its stored config;
+    bad values and a pod that is not READY are refused with nothing written."""
+    d = image_daemon
+    pull(d, f"{registry.host}/pause:3.10")
+    parent = f"/crictld-podres-{secrets.token_hex(3)}"
+    config = pod_config("res", uid="uid-res")
+    config.linux.cgroup_parent = parent
+    sid = run(d, config)
+    cpu, memory = (
+        Path("/sys/fs/cgroup/cpu") / parent[1:],
+        Path("/sys/fs/cgroup/memory") / parent[1:],
+    )
+    try:
+        resources = api_pb2.LinuxContainerResources(
+            cpu_shares=512, cpu_period=100_000, cpu_quota=50_000, memory_limit_in_bytes=256 << 20
+        )
+
+        def call(r: api_pb2.LinuxContainerResources, pod: str = sid) -> None:
+            d.runtime_call(
+                "UpdatePodSandboxResources",
+                api_pb2.UpdatePodSandboxResourcesRequest(
+                    pod_sandbox_id=pod, resources=r, overhead=api_pb2.LinuxContainerResources()
+                ),
+            )
+
+        code, message = failure(call, api_pb2.LinuxContainerResources(memory_limit_in_bytes=-1))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "resources" in message, message
+        code, _ = failure(call, resources, "0" * 64)
+        assert code == grpc.StatusCode.NOT_FOUND
+        call(resources)
+        assert (cpu / "cpu.shares").read_text().strip() == "512"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(256 << 20)
+        rows = json.loads(
+            d.sql("--json", f"SELECT config FROM pod_sandbox WHERE id = '{sid}'").stdout
+        )
+        stored = json.loads(rows[0]["config"])["linux"]["resources"]
+        assert (stored["cpu_shares"], stored["memory_limit_in_bytes"]) == ("512", str(256 << 20))
+        d.runtime_call("StopPodSandbox", api_pb2.StopPodSandboxRequest(pod_sandbox_id=sid))
+        code, message = failure(call, resources)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "not READY" in message, message
+    finally:
+        remove(d, sid)
+        for controller in (
+            "cpu",
+            "cpuacct",
+            "memory",
+            "pids",
+            "cpuset",
+            "devices",
+            "freezer",
+            "blkio",
+        ):
+            with contextlib.suppress(OSError):
+                (Path("/sys/fs/cgroup") / controller / parent[1:]).rmdir()

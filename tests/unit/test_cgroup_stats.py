@@ -103,3 +103,23 @@ def test_nano_cores() -> None:
     assert cgroups.nano_cores(None, b) is None
     assert cgroups.nano_cores(b, a) is None  # time went backwards
     assert cgroups.nano_cores(Sample(timestamp=0, cpu_ns=9 << 40), b) is None  # counter reset
+
+
+def test_resource_files_v1_and_v2() -> None:
+    from crictl.gen.cri.runtime.v1 import api_pb2
+
+    res = api_pb2.LinuxContainerResources(
+        cpu_shares=1024, cpu_quota=50_000, cpu_period=100_000, memory_limit_in_bytes=1 << 28
+    )
+    assert cgroups.resource_files(res, v2=False) == [
+        ("memory/memory.limit_in_bytes", str(1 << 28)),
+        ("cpu/cpu.shares", "1024"),
+        ("cpu/cpu.cfs_period_us", "100000"),
+        ("cpu/cpu.cfs_quota_us", "50000"),
+    ]
+    assert cgroups.resource_files(res, v2=True) == [
+        ("memory.max", str(1 << 28)),
+        ("cpu.weight", "39"),  # runc's conversion of 1024 shares
+        ("cpu.max", "50000 100000"),
+    ]
+    assert cgroups.resource_files(api_pb2.LinuxContainerResources(), v2=True) == []
