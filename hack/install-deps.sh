@@ -7,7 +7,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-packages=(containerd runc containernetworking-plugins docker-registry busybox-static iproute2 apparmor
+packages=(containerd runc containernetworking-plugins docker-registry busybox-static iproute2 apparmor criu
           iptables sqlite3 gcc libc6-dev make procps util-linux apache2-utils iputils-ping)
 missing=()
 for p in "${packages[@]}"; do

@@ -27,7 +27,7 @@ from crictl.api.validation import (
 )
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.oci import apparmor
-from crictl.reconciler import faults
+from crictl.reconciler import checkpoint, faults
 from crictl.reconciler.containers import ContainerReconciler, container_config_of
 from crictl.reconciler.sandboxes import config_of
 from crictl.store.containers import (
@@ -326,6 +326,24 @@ class Containers:
         cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
         await self.reconciler.reopen_log(cid)
         return api_pb2.ReopenContainerLogResponse()
+
+    async def checkpoint_container(
+        self, request: api_pb2.CheckpointContainerRequest, context: Context
+    ) -> api_pb2.CheckpointContainerResponse:
+        if not request.location:
+            raise errors.InvalidArgument("location is empty: the checkpoint archive's path")
+        if not os.path.isabs(request.location) or "\0" in request.location:
+            raise errors.InvalidArgument(
+                f"location {request.location[:80]!r} is not an absolute path"
+            )
+        if request.timeout < 0:
+            raise errors.InvalidArgument(f"timeout {request.timeout} is negative")
+        row = await self.store.read(lambda s: get_container(s, request.container_id))
+        if row.phase != ContainerPhase.RUNNING:
+            raise errors.FailedPrecondition(
+                f"container {row.id} is {row.phase}, not RUNNING: nothing to checkpoint"
+            )
+        raise await checkpoint.refuse("CheckpointContainer")
 
 
 def _apparmor_reason(sc: api_pb2.LinuxContainerSecurityContext) -> str:

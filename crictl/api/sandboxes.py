@@ -7,9 +7,11 @@ retry of the same request attaches to it). Reads come from the store alone.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
+import os
 import secrets
 from collections.abc import AsyncIterator
 
@@ -21,7 +23,7 @@ from crictl.api.chunks import chunks
 from crictl.api.interceptor import Context
 from crictl.api.validation import label_selector, validate_resources, validate_sandbox_config
 from crictl.gen.cri.runtime.v1 import api_pb2
-from crictl.reconciler import faults
+from crictl.reconciler import checkpoint, faults
 from crictl.reconciler.sandboxes import (
     SandboxReconciler,
     config_of,
@@ -254,3 +256,27 @@ class PodSandboxes:
         sid = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id).id)
         await self.reconciler.update_resources(sid, request.overhead, request.resources)
         return api_pb2.UpdatePodSandboxResourcesResponse()
+
+    async def checkpoint_pod(
+        self, request: api_pb2.CheckpointPodRequest, context: Context
+    ) -> api_pb2.CheckpointPodResponse:
+        if not request.output_path or not os.path.isabs(request.output_path):
+            raise errors.InvalidArgument(
+                f"output_path {request.output_path[:80]!r} is not an absolute path"
+            )
+        row = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id))
+        if row.phase != SandboxPhase.READY:
+            raise errors.FailedPrecondition(
+                f"pod sandbox {row.id} is {row.phase}, not READY: nothing to checkpoint"
+            )
+        raise await checkpoint.refuse("CheckpointPod")
+
+    async def restore_pod(
+        self, request: api_pb2.RestorePodRequest, context: Context
+    ) -> api_pb2.RestorePodResponse:
+        path = request.checkpoint_path
+        if not path or not os.path.isabs(path) or "\0" in path:
+            raise errors.InvalidArgument(f"checkpoint_path {path[:80]!r} is not an absolute path")
+        if not await asyncio.to_thread(os.path.exists, path):
+            raise errors.NotFound(f"checkpoint_path {path[:80]!r}: no such archive")
+        raise await checkpoint.refuse("RestorePod")
