@@ -597,7 +597,18 @@ class ContainerReconciler:
         config.CopyFrom(container_config_of(row))
         config.linux.resources.CopyFrom(resources)
         if row.phase == ContainerPhase.RUNNING:
-            await self.containerd.update_task_resources(container_id, linux_resources(resources))
+            try:
+                await self.containerd.update_task_resources(
+                    container_id, linux_resources(resources)
+                )
+            except errors.Internal as e:
+                # runc refuses what the container's state rules out (a memory limit under
+                # what it uses now): the request's conflict with the container, not a fault.
+                if "unable to set" not in str(e):
+                    raise
+                raise errors.FailedPrecondition(
+                    f"container {container_id}: the resources cannot be applied: {e}"
+                ) from None
         text = json_format.MessageToJson(
             config, preserving_proto_field_name=True, sort_keys=True, indent=None
         )

@@ -380,6 +380,17 @@ def test_update_container_resources(
     assert int(shares.read_text()) == 512
     st = pod.status(cid)
     assert st.resources.linux.memory_limit_in_bytes == 96 << 20  # reported back
+    # a limit under what it uses now (the long fuzz run got INTERNAL): refused, unchanged
+    code, message = failure(
+        d.runtime_call,
+        "UpdateContainerResources",
+        api_pb2.UpdateContainerResourcesRequest(
+            container_id=cid, linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=13)
+        ),
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "cannot be applied" in message, message
+    assert int(limit.read_text()) == 96 << 20
+    assert pod.status(cid).resources.linux.memory_limit_in_bytes == 96 << 20
     remove(d, pod.id)
 
 
