@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.api.chunks import chunks
+from crictl.api.inspect_info import crictld_view
 from crictl.api.interceptor import Context
 from crictl.api.validation import (
     label_selector,
@@ -27,7 +28,7 @@ from crictl.api.validation import (
 )
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.oci import apparmor
-from crictl.reconciler import checkpoint, faults
+from crictl.reconciler import checkpoint, faults, inspect
 from crictl.reconciler.containers import ContainerReconciler, container_config_of
 from crictl.reconciler.sandboxes import config_of
 from crictl.store.containers import (
@@ -224,15 +225,27 @@ class Containers:
             )
         response = api_pb2.ContainerStatusResponse(status=status)
         if request.verbose:
+            containerd = self.reconciler.containerd
             response.info["info"] = json.dumps(
                 {
-                    "id": row.id,
                     "sandboxID": row.sandbox_id,
-                    "pid": row.task_pid,
-                    "phase": row.phase,
-                    "desired": row.desired,
+                    "pid": row.task_pid or 0,
+                    "image": row.image_ref or row.image,
+                    **inspect.runtime_keys(containerd, row.id),
                     "config": json.loads(row.config),
+                    "runtimeSpec": await inspect.runtime_spec(containerd, row.id),
                     "apparmor": _apparmor_reason(config.linux.security_context),
+                    "logPath": row.log_path or "",
+                    "crictld": await crictld_view(
+                        self.store,
+                        "container",
+                        row.id,
+                        row.desired,
+                        row.phase,
+                        row.generation,
+                        row.observed_generation,
+                        self.reconciler.queue.failures,
+                    ),
                 }
             )
         return response

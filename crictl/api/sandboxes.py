@@ -20,10 +20,11 @@ from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.api.chunks import chunks
+from crictl.api.inspect_info import crictld_view
 from crictl.api.interceptor import Context
 from crictl.api.validation import label_selector, validate_resources, validate_sandbox_config
 from crictl.gen.cri.runtime.v1 import api_pb2
-from crictl.reconciler import checkpoint, faults
+from crictl.reconciler import checkpoint, faults, inspect
 from crictl.reconciler.sandboxes import (
     SandboxReconciler,
     config_of,
@@ -177,18 +178,32 @@ class PodSandboxes:
         status.linux.namespaces.options.CopyFrom(config.linux.security_context.namespace_options)
         response = api_pb2.PodSandboxStatusResponse(status=status)
         if request.verbose:
+            containerd = self.reconciler.containerd
+            netns_path = row.netns_path or str(self.reconciler.netns_path(row.id))
             response.info["info"] = json.dumps(
                 {
-                    "id": row.id,
-                    "phase": row.phase,
-                    "desired": row.desired,
+                    "pid": row.task_pid or 0,
+                    "image": self.reconciler.settings.pause_image,
+                    **inspect.runtime_keys(containerd, row.id),
+                    "config": json.loads(row.config),
+                    "runtimeSpec": await inspect.runtime_spec(containerd, row.id),
+                    "runtimeHandler": row.runtime_handler,
+                    "netnsPath": netns_path,
+                    "netNamespaceClosed": bool(row.network_released)
+                    or not await asyncio.to_thread(os.path.exists, netns_path),
+                    "cniResult": json.loads(row.cni_result) if row.cni_result else None,
                     "reason": row.reason,
                     "message": row.message,
-                    "pid": row.task_pid,
-                    "netnsPath": row.netns_path or str(self.reconciler.netns_path(row.id)),
-                    "cniResult": json.loads(row.cni_result) if row.cni_result else None,
-                    "config": json.loads(row.config),
-                    "runtimeHandler": row.runtime_handler,
+                    "crictld": await crictld_view(
+                        self.store,
+                        "sandbox",
+                        row.id,
+                        row.desired,
+                        row.phase,
+                        row.generation,
+                        row.observed_generation,
+                        self.reconciler.queue.failures,
+                    ),
                 }
             )
         return response

@@ -103,6 +103,7 @@ class ContainerdClient:
             raise errors.InvalidArgument("the k8s.io namespace belongs to containerd's CRI plugin")
         self.address = address
         self.namespace = namespace
+        self.systemd_cgroup = systemd_cgroup
         # runc's cgroup manager for the containers we create: systemd or cgroupfs (the spec's
         # cgroupsPath must be written for the same one).
         self.runtime = containers_pb2.Container.Runtime(name=RUNC_RUNTIME)
