@@ -42,3 +42,18 @@ def remove_dir(path: Path) -> bool:
     unmount_below(path)
     shutil.rmtree(path)
     return True
+
+
+def mount_of(path: str) -> tuple[str, list[str]]:
+    """The mount point holding `path` (symlinks resolved) and that mount's optional fields
+    from mountinfo (`shared:N`, `master:N`...): its propagation."""
+    target = os.path.realpath(path)
+    best, fields = "/", []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        parts = line.split()
+        point = unescape(parts[4])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best = point
+            fields = parts[6 : parts.index("-")]
+    return best, fields

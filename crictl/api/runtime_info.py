@@ -7,7 +7,9 @@ from collections.abc import Callable
 
 from crictl import __version__, errors
 from crictl.api.interceptor import Context
+from crictl.api.validation import RUNTIME_HANDLERS
 from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.oci.spec import recursive_read_only_supported
 from crictl.reconciler.health import Health
 from crictl.reconciler.netconf import PodCidr
 
@@ -54,6 +56,12 @@ class RuntimeInfo:
                     for c in conditions
                 ]
             )
+        )
+        features = api_pb2.RuntimeHandlerFeatures(
+            recursive_read_only_mounts=recursive_read_only_supported(), user_namespaces=False
+        )
+        response.runtime_handlers.extend(
+            api_pb2.RuntimeHandler(name=name, features=features) for name in RUNTIME_HANDLERS
         )
         if request.verbose:
             response.info["config"] = json.dumps(self.verbose_info, sort_keys=True)

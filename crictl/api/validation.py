@@ -30,8 +30,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from crictl import errors
 from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.mounts import mount_of
 from crictl.oci import apparmor
-from crictl.oci.spec import CAPS_BY_BIT
+from crictl.oci.spec import CAPS_BY_BIT, recursive_read_only_supported
 from crictl.reconciler.sandboxes import capability_args
 
 RUNTIME_HANDLERS = ("", "runc")
@@ -478,8 +479,34 @@ def _mounts(config: api_pb2.ContainerConfig) -> None:
             m.readonly and m.propagation == api_pb2.PROPAGATION_PRIVATE
         ):
             raise _refuse(f"{field}.recursive_read_only", "needs readonly and PROPAGATION_PRIVATE")
+        if m.recursive_read_only and not recursive_read_only_supported():
+            raise errors.FailedPrecondition(
+                f"{field}.recursive_read_only: this kernel has no mount_setattr (Linux 5.12+)"
+            )
         m.container_path = normal_path(m.container_path)
         m.host_path = normal_path(m.host_path)
+
+
+def check_propagation(config: api_pb2.ContainerConfig) -> None:
+    """Propagation into or out of a container needs its source mount to propagate: rshared a
+    shared mount, rslave a shared or slave one (as runc and containerd require). Checked
+    against the host's mounts now, so the refusal comes before anything is made."""
+    for i, m in enumerate(config.mounts):
+        if m.propagation == api_pb2.PROPAGATION_PRIVATE or not os.path.exists(m.host_path):
+            continue
+        point, fields = mount_of(m.host_path)
+        shared = any(f.startswith("shared:") for f in fields)
+        slave = any(f.startswith("master:") for f in fields)
+        if m.propagation == api_pb2.PROPAGATION_BIDIRECTIONAL and not shared:
+            raise errors.FailedPrecondition(
+                f"config.mounts[{i}]: {_show(m.host_path)} is on mount {point}, which is not "
+                "shared: bidirectional propagation needs a shared mount"
+            )
+        if m.propagation == api_pb2.PROPAGATION_HOST_TO_CONTAINER and not (shared or slave):
+            raise errors.FailedPrecondition(
+                f"config.mounts[{i}]: {_show(m.host_path)} is on mount {point}, which is "
+                "neither shared nor slave: host-to-container propagation needs one"
+            )
 
 
 def _devices(config: api_pb2.ContainerConfig) -> None:
@@ -551,6 +578,7 @@ def validate_container_request(request: api_pb2.CreateContainerRequest) -> None:
     _container_security(config.linux.security_context)
     apparmor.decide(config.linux.security_context)
     _mounts(config)
+    check_propagation(config)
     _devices(config)
 
 

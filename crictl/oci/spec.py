@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -445,10 +446,11 @@ def container_spec(
                     "options": ["rbind", "rw" if dest == "/dev/shm" else "ro"],
                 }
             )
-    for cm in config.mounts:
+    # Parents before what is mounted below them, whatever order kubelet sent (as containerd).
+    for cm in sorted(config.mounts, key=lambda m: mount_depth(m.container_path)):
         options = [
             "rbind",
-            "ro" if cm.readonly else "rw",
+            "rro" if cm.recursive_read_only else "ro" if cm.readonly else "rw",
             PROPAGATION.get(cm.propagation, "rprivate"),
         ]
         mounts.append(
@@ -555,6 +557,22 @@ def device_entry(device: api_pb2.Device) -> dict[str, Any]:
         "uid": st.st_uid,
         "gid": st.st_gid,
     }
+
+
+@functools.cache
+def recursive_read_only_supported() -> bool:
+    """runc's "rro" mount option needs mount_setattr(2): Linux 5.12 or later (runc 1.1 has it)."""
+    release = os.uname().release.split("-", 1)[0].split(".")
+    try:
+        major, minor = int(release[0]), int(release[1])
+    except (ValueError, IndexError):
+        return False
+    return (major, minor) >= (5, 12)
+
+
+def mount_depth(path: str) -> int:
+    """How many components a destination has: "/" 0, "/a" 1, "/a/b/" 2."""
+    return len([p for p in posixpath.normpath(path).split("/") if p])
 
 
 def linux_resources(res: api_pb2.LinuxContainerResources) -> dict[str, Any]:
