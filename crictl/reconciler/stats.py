@@ -71,6 +71,7 @@ class StatsCollector:
         self.period = period
         self.systemd_cgroup = systemd_cgroup
         self.previous: dict[str, Sample] = {}  # the last sample of each cgroup, for nano cores
+        self._known: dict[str, str] = {}  # key -> cgroups path ("" for none)
         self.writable: dict[str, tuple[int | None, int | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self.mountpoint = ""
@@ -101,9 +102,10 @@ class StatsCollector:
         )
         self.writable = {cid: await self._writable(cid) for cid in ids}
         live = set(ids) | sandboxes
-        for key in list(self.previous):  # forget the samples of removed objects
-            if key.rsplit(":", 1)[-1] not in live:
-                del self.previous[key]
+        for cache in (self.previous, self._known):  # forget what removed objects left
+            for key in list(cache):
+                if key.rsplit(":", 1)[-1] not in live:
+                    del cache[key]
 
     async def _cgroups(self, keys: set[str]) -> dict[str, str]:
         """key -> cgroups path, for the keys asked (container ids, pod_key, pod_cgroup_key)."""
@@ -125,10 +127,20 @@ class StatsCollector:
 
         return await self.store.read(read)
 
+    async def _paths(self, keys: list[str]) -> dict[str, str]:
+        """The keys' cgroup paths: fixed for an object's life, so read from the store once
+        ("" remembered for a key with none, e.g. a pod without a pod-level cgroup)."""
+        missing = {k for k in keys if k not in self._known}
+        if missing:
+            found = await self._cgroups(missing)
+            for key in missing:
+                self._known[key] = found.get(key, "")
+        return {k: self._known[k] for k in keys if self._known.get(k)}
+
     async def usage(self, keys: list[str]) -> dict[str, Usage]:
         """Fresh samples of the keys' cgroups (one thread hop for all), with nano cores since
         each one's previous sample and, for containers, the writable layer."""
-        paths = await self._cgroups(set(keys))
+        paths = await self._paths(keys)
         samples = await asyncio.to_thread(
             lambda: {key: cgroups.read(path) for key, path in paths.items()}
         )
