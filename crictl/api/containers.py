@@ -96,6 +96,12 @@ class Containers:
         sandbox = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id))
         validate_container_in_sandbox(request, config_of(sandbox), sandbox.id)
         image = self.reconciler.images.status(config.image.image)
+        for i, m in enumerate(config.mounts):
+            if m.image.image and self.reconciler.images.status(m.image.image) is None:
+                raise errors.NotFound(
+                    f"config.mounts[{i}].image: image {m.image.image[:200]!r} not found: "
+                    "pull it first"
+                )
         log_path = None
         if request.sandbox_config.log_directory and config.log_path:
             log_path = os.path.join(request.sandbox_config.log_directory, config.log_path)

@@ -469,10 +469,16 @@ def _mounts(config: api_pb2.ContainerConfig) -> None:
     the spec compares destinations)."""
     for i, m in enumerate(config.mounts):
         field = f"config.mounts[{i}]"
-        if m.HasField("image") and m.image.image:
-            raise errors.Unimplemented(f"{field}.image: image volumes are not supported")
         _absolute(f"{field}.container_path", m.container_path)
-        _absolute(f"{field}.host_path", m.host_path)
+        if m.HasField("image") and m.image.image:
+            # an image volume: the image's read-only snapshot, no host path
+            _no_nul(f"{field}.image.image", m.image.image)
+            if m.host_path:
+                raise _refuse(f"{field}.host_path", "an image volume has no host path")
+            if m.propagation != api_pb2.PROPAGATION_PRIVATE:
+                raise _refuse(f"{field}.propagation", "an image volume is private")
+        else:
+            _absolute(f"{field}.host_path", m.host_path)
         if m.propagation not in _PROPAGATIONS:
             raise _refuse(f"{field}.propagation", f"{m.propagation} is not a propagation mode")
         if m.recursive_read_only and not (
@@ -484,7 +490,8 @@ def _mounts(config: api_pb2.ContainerConfig) -> None:
                 f"{field}.recursive_read_only: this kernel has no mount_setattr (Linux 5.12+)"
             )
         m.container_path = normal_path(m.container_path)
-        m.host_path = normal_path(m.host_path)
+        if m.host_path:
+            m.host_path = normal_path(m.host_path)
 
 
 def check_propagation(config: api_pb2.ContainerConfig) -> None:

@@ -355,11 +355,24 @@ class ContainerdClient:
         key: str,
         parent: str,
         metadata: tuple[tuple[str, str], ...] | None = None,
+        view: bool = False,
     ) -> list[mount_pb2.Mount]:
-        """The writable snapshot `key` on top of `parent`; its mounts if it exists already.
-        `metadata` may carry a lease header, to hold the snapshot until something owns it."""
+        """The writable snapshot `key` on top of `parent` (a read-only one with `view`); its
+        mounts if it exists already. `metadata` may carry a lease header, to hold the snapshot
+        until something owns it."""
         try:
-            resp = await self.call(
+            if view:
+                viewed = await self.call(
+                    "view snapshot",
+                    self.snapshots.View(
+                        snapshots_pb2.ViewSnapshotRequest(
+                            snapshotter=snapshotter, key=key, parent=parent
+                        ),
+                        metadata=metadata or self.metadata,
+                    ),
+                )
+                return list(viewed.mounts)
+            prepared = await self.call(
                 "prepare snapshot",
                 self.snapshots.Prepare(
                     snapshots_pb2.PrepareSnapshotRequest(
@@ -368,7 +381,7 @@ class ContainerdClient:
                     metadata=metadata or self.metadata,
                 ),
             )
-            return list(resp.mounts)
+            return list(prepared.mounts)
         except errors.AlreadyExists:
             # Made by a pass a crash cut short, whose lease may be gone: the lease of this
             # pass must hold it too, or containerd's GC can take it before a container owns it.

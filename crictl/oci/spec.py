@@ -6,6 +6,7 @@ import functools
 import os
 import posixpath
 import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -399,6 +400,7 @@ def container_spec(
     oom_score_adj: int,
     target_pid: int | None = None,
     systemd_cgroup: bool = False,
+    image_volumes: Mapping[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     linux = config.linux
     sc = linux.security_context
@@ -447,7 +449,13 @@ def container_spec(
                 }
             )
     # Parents before what is mounted below them, whatever order kubelet sent (as containerd).
-    for cm in sorted(config.mounts, key=lambda m: mount_depth(m.container_path)):
+    # An image volume (`image_volumes`, by the mount's index) is its image's read-only snapshot.
+    ordered = sorted(enumerate(config.mounts), key=lambda im: mount_depth(im[1].container_path))
+    for index, cm in ordered:
+        volume = (image_volumes or {}).get(index)
+        if volume is not None:
+            mounts.append({"destination": cm.container_path, **volume})
+            continue
         options = [
             "rbind",
             "rro" if cm.recursive_read_only else "ro" if cm.readonly else "rw",
@@ -656,3 +664,16 @@ def resolve_user(config: api_pb2.ContainerConfig, image_user: str, passwd: str, 
     extra = [int(g[2]) for g in groups if names & set(g[3].split(","))]
     extra += list(sc.supplemental_groups)
     return User(uid, gid, sorted({gid, *extra}))
+
+
+def image_volume_mount(snapshot_mounts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The spec mount (less its destination) of an image's read-only view snapshot, from the
+    mounts containerd answers: one layer is a read-only bind of it, several an overlay of
+    lower dirs only (read-only by construction)."""
+    if len(snapshot_mounts) != 1:
+        raise InvalidArgument(f"image volume: {len(snapshot_mounts)} mounts for one view")
+    m = snapshot_mounts[0]
+    options = [o for o in m["options"] if o not in ("rw", "ro")]
+    if m["type"] == "bind":
+        return {"type": "bind", "source": m["source"], "options": [*options, "ro", "rprivate"]}
+    return {"type": m["type"], "source": m["source"], "options": [*options, "ro"]}

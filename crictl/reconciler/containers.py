@@ -41,6 +41,7 @@ from crictl.oci.spec import (
     SandboxRef,
     container_spec,
     image_process,
+    image_volume_mount,
     linux_resources,
     resolve_user,
 )
@@ -155,6 +156,11 @@ class ExecResult:
     stdout: bytes
     stderr: bytes
     exit_code: int
+
+
+def volume_key(container_id: str, index: int) -> str:
+    """The view snapshot of a container's image volume (its mount's index)."""
+    return f"{container_id}-vol{index}"
 
 
 class ContainerReconciler:
@@ -296,6 +302,7 @@ class ContainerReconciler:
                 else str(self.sandboxes.netns_path(sandbox.id)),
                 self.sandboxes.files_for(sandbox.id, sandbox_config),
             )
+            volumes = await self._image_volumes(cid, config, md)
             target_pid = None
             if config.linux.security_context.namespace_options.target_id:
                 target = await self.store.read(
@@ -313,11 +320,17 @@ class ContainerReconciler:
                 clamp_oom_score_adj(config.linux.resources.oom_score_adj),
                 target_pid,
                 systemd_cgroup=self.sandboxes.settings.systemd_cgroup,
+                image_volumes={i: mount for i, (_, mount) in volumes.items()},
             )
             labels = {
                 KIND_LABEL: "container",
                 SANDBOX_LABEL: row.sandbox_id,
                 "io.cri-containerd.kind": "container",
+                # the container holds its image volumes' snapshots against containerd's GC
+                **{
+                    f"containerd.io/gc.ref.snapshot.{SNAPSHOTTER}/vol{i}": key
+                    for i, (key, _) in volumes.items()
+                },
             }
             name = image.repo_tags[0] if image.repo_tags else image.id
             await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels)
@@ -540,6 +553,33 @@ class ContainerReconciler:
         )
         await delete_stopped_task(self.containerd, cid)
 
+    async def _image_volumes(
+        self, cid: str, config: api_pb2.ContainerConfig, md: tuple[tuple[str, str], ...]
+    ) -> dict[int, tuple[str, dict[str, Any]]]:
+        """For each image volume (by mount index): its read-only view snapshot of the image,
+        made under the create's lease (or found, after a crash), and the spec mount for it."""
+        out: dict[int, tuple[str, dict[str, Any]]] = {}
+        for i, m in enumerate(config.mounts):
+            if not m.image.image:
+                continue
+            image = self.images.status(m.image.image)
+            if image is None:
+                raise errors.NotFound(f"image volume {m.image.image!r} not found: pull it first")
+            key = volume_key(cid, i)
+            mounts = await self.containerd.prepare_snapshot(
+                SNAPSHOTTER, key, image.chain_id or "", metadata=md, view=True
+            )
+            out[i] = (
+                key,
+                image_volume_mount(
+                    [
+                        {"type": x.type, "source": x.source, "options": list(x.options)}
+                        for x in mounts
+                    ]
+                ),
+            )
+        return out
+
     async def _remove(self, row: Container, reason: str = "Removed") -> None:
         cid = row.id
         await self._signal_and_wait(cid, signal.SIGKILL, 30)
@@ -552,6 +592,9 @@ class ContainerReconciler:
         await self.containerd.delete_container(cid)
         faults.point("container-remove:after-container-delete")
         await self.containerd.remove_snapshot(SNAPSHOTTER, cid)
+        for i, m in enumerate(container_config_of(row).mounts):
+            if m.image.image:
+                await self.containerd.remove_snapshot(SNAPSHOTTER, volume_key(cid, i))
         await asyncio.to_thread(shutil.rmtree, self.container_dir(cid), True)
         self._processes.pop(cid, None)
         await self.store.write(lambda s: delete_container(s, cid, reason))

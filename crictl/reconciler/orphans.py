@@ -4,7 +4,7 @@ What the sweep relies on (the same assumptions as recovery):
 
 * everything crictld makes is named by a row id (64 hex digits) or carries crictld's labels:
   containerd containers (`crictld.io/kind`) and their tasks and writable snapshots (key = the
-  id), leases (`crictld.io/create`, `crictld.io/pull`), netns files `<netns dir>/<sandbox id>`,
+  id; a container's image volumes are read-only views keyed `<id>-vol<N>`), leases (`crictld.io/create`, `crictld.io/pull`), netns files `<netns dir>/<sandbox id>`,
   state dirs `<state dir>/{sandboxes,containers}/<id>` and `<state dir>/exec/exec-*`,
   crictld-logger processes (`--pidfile <state dir>/containers/<id>/logger.pid`) and host-local
   IPAM allocations (a file per IP whose first line is the sandbox id);
@@ -104,6 +104,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "crictld"
 
 _ID = re.compile(r"^[0-9a-f]{64}$")
+_VOLUME = re.compile(r"^([0-9a-f]{64})-vol[0-9]+$")  # a container's image volume view
 _SINGULAR = {"sandboxes": "sandbox", "containers": "container"}
 _NS = 1_000_000_000
 
@@ -304,6 +305,14 @@ def classify(
             and _old(now, snap.created_at, grace)
         ):
             out.append(Finding(ORPHAN_SNAPSHOT, snap.key, "writable snapshot that no row owns"))
+        volume = _VOLUME.match(snap.key)
+        if (
+            volume is not None
+            and volume.group(1) not in row_ids
+            and volume.group(1) not in {x.id for x in world.containers}
+            and _old(now, snap.created_at, grace)
+        ):
+            out.append(Finding(ORPHAN_SNAPSHOT, snap.key, "image volume snapshot that no row owns"))
     for lease in world.leases:
         creating = lease.labels.get(CREATE_LEASE_LABEL)
         if creating is not None:

@@ -61,7 +61,6 @@ REFUSALS = {
 ALSO = {
     "PullImage": {C.UNAVAILABLE},
     "ExecSync": {C.DEADLINE_EXCEEDED},
-    "CreateContainer": {C.UNIMPLEMENTED},  # image volumes, not built yet
 }
 WRITES = {
     "RunPodSandbox",

@@ -165,6 +165,19 @@ def test_containerd_objects_no_row_owns() -> None:
     }
 
 
+def test_image_volume_views_go_with_their_container() -> None:
+    old = NOW - 120 * S
+    world = plus(
+        healthy_world(),
+        snapshots=(
+            Snapshot(f"{APP}-vol0", "VIEW", old),  # its container's row exists: kept
+            Snapshot(f"{'d' * 64}-vol1", "VIEW", old),  # no row, no container: an orphan
+            Snapshot(f"{'d' * 64}-vol2", "VIEW", NOW - 10 * S),  # young: being made
+        ),
+    )
+    assert find(HEALTHY, world) == {(ORPHAN_SNAPSHOT, f"{'d' * 64}-vol1")}
+
+
 def test_what_is_not_crictlds_or_not_writable_is_left_alone() -> None:
     old = NOW - 600 * S
     world = plus(

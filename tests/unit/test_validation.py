@@ -22,7 +22,7 @@ from crictl.api.validation import (
     validate_resources,
     validate_sandbox_config,
 )
-from crictl.errors import InvalidArgument, Unimplemented
+from crictl.errors import InvalidArgument
 from crictl.gen.cri.runtime.v1 import api_pb2
 
 SID = "a" * 64
@@ -562,13 +562,25 @@ def test_mount_propagation_and_rro() -> None:
     request_refused(request, "recursive_read_only: needs readonly")
 
 
-def test_image_volumes_unimplemented() -> None:
-    request = container()
-    request.config.mounts.append(
-        api_pb2.Mount(container_path="/d", image=api_pb2.ImageSpec(image="registry.local/data:1"))
+def test_image_volumes() -> None:
+    def volume(host_path: str = "", propagation: int = 0) -> api_pb2.CreateContainerRequest:
+        request = container()
+        mount = api_pb2.Mount(
+            container_path="/d",
+            image=api_pb2.ImageSpec(image="registry.local/data:1"),
+            readonly=True,
+            host_path=host_path,
+        )
+        mount.propagation = propagation  # type: ignore[assignment]
+        request.config.mounts.append(mount)
+        return request
+
+    validate_container_request(volume())  # no host path: none is needed
+    request_refused(volume(host_path="/s"), r"config.mounts\[0\].host_path: an image volume")
+    request_refused(
+        volume(propagation=api_pb2.PROPAGATION_BIDIRECTIONAL),
+        r"config.mounts\[0\].propagation: an image volume",
     )
-    with pytest.raises(Unimplemented, match="image volumes"):
-        validate_container_request(request)
 
 
 def test_devices() -> None:
