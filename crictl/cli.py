@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from crictl import __version__, errors
-from crictl.config import Config, load_config_file, parse_mirror_flags, parse_port
+from crictl.config import (
+    Config,
+    load_config_file,
+    parse_mirror_flags,
+    parse_port,
+    parse_settings,
+)
 from crictl.log import setup_logging
 
 DEFAULT_CONFIG_FILE = Path("/etc/crictld/config.toml")
@@ -46,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--containerd-namespace", help="default crictld")
     serve.add_argument("--containerd-bin", help="containerd binary for managed mode")
     serve.add_argument("--cni-conf-dir", type=Path, help="default /etc/cni/net.d")
+    serve.add_argument(
+        "--runtime-handler",
+        action="append",
+        metavar="NAME=BINARY",
+        help="a RuntimeClass handler run by a runc-compatible BINARY (repeatable)",
+    )
     serve.add_argument(
         "--cni-conf-template",
         type=Path,
@@ -182,6 +194,14 @@ def load_config(args: argparse.Namespace) -> Config:
             "containerd_bin": args.containerd_bin,
             "cni_conf_dir": args.cni_conf_dir,
             "cni_conf_template": args.cni_conf_template,
+            "runtime_handlers": (
+                parse_settings(
+                    {"runtime_handlers": _handler_flags(args.runtime_handler)},
+                    "--runtime-handler",
+                )["runtime_handlers"]
+                if args.runtime_handler
+                else None
+            ),
             "cni_bin_dirs": args.cni_bin_dirs,
             "netns_dir": args.netns_dir,
             "pause_image": args.pause_image,
@@ -286,3 +306,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _handler_flags(values: list[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, binary = value.partition("=")
+        if not sep:
+            raise errors.InvalidArgument(f"--runtime-handler {value!r}: expected NAME=BINARY")
+        out[name] = binary
+    return out

@@ -5,6 +5,8 @@ Every path and address is a setting so that tests can run many isolated daemons 
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -39,6 +41,9 @@ class Config:
     )
     netns_dir: Path = Path("/run/crictld/netns")
     pause_image: str = "registry.k8s.io/pause:3.10"
+    # RuntimeClass handlers beyond runc's own: name -> a runc-compatible binary
+    # (`[runtime_handlers] gvisor = "/usr/local/bin/runsc"`), given to containerd's runc shim.
+    runtime_handlers: dict[str, str] = field(default_factory=dict)
     # host -> mirror endpoints tried in order before the host itself
     registry_mirrors: dict[str, list[str]] = field(default_factory=dict)
     insecure_registries: list[str] = field(default_factory=list)
@@ -86,6 +91,7 @@ class Config:
         return Config(**values)
 
 
+_HANDLER = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _PATH_KEYS = {"socket", "state_dir", "cni_conf_dir", "cni_conf_template", "netns_dir"}
 _STR_KEYS = {
     "socket_group",
@@ -148,6 +154,20 @@ def parse_settings(raw: dict[str, Any], source: str) -> dict[str, Any]:
                     )
                 auths[host] = dict(entry)
             out[name] = auths
+        elif name == "runtime_handlers" and isinstance(value, dict):
+            handlers: dict[str, str] = {}
+            for handler, binary in value.items():
+                if not isinstance(binary, str) or not os.path.isabs(binary):
+                    raise InvalidArgument(
+                        f"{source}: runtime_handlers.{handler} must be an absolute path"
+                    )
+                if not _HANDLER.fullmatch(handler) or handler == "runc":
+                    raise InvalidArgument(
+                        f"{source}: runtime_handlers.{handler}: a handler is a DNS label "
+                        "(runc is built in)"
+                    )
+                handlers[handler] = binary
+            out[name] = handlers
         elif name == "registry_mirrors" and isinstance(value, dict):
             mirrors: dict[str, list[str]] = {}
             for host, endpoints in value.items():

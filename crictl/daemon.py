@@ -241,6 +241,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 cni_bin_dirs=config.cni_bin_dirs,
                 pause_image=config.pause_image,
                 systemd_cgroup=config.systemd_cgroup,
+                runtime_handlers=config.runtime_handlers,
             ),
         )
         containers = ContainerReconciler(store, conn.client, images, sandboxes, config.state_dir)
@@ -290,6 +291,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             live_info=partial(live_info, supervisor, events, sandboxes, containers, hub),
             systemd_cgroup=config.systemd_cgroup,
             pod_cidr=PodCidr(store, config.cni_conf_dir, config.cni_conf_template),
+            runtime_handlers=config.runtime_handlers,
             verbose_info={
                 "stateDir": str(config.state_dir),
                 "containerd": conn.client.address,

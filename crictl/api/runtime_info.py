@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from crictl import __version__, errors
 from crictl.api.interceptor import Context
@@ -26,7 +26,9 @@ class RuntimeInfo:
         live_info: Callable[[], dict[str, object]] | None = None,
         systemd_cgroup: bool = False,
         pod_cidr: PodCidr | None = None,
+        runtime_handlers: Iterable[str] = (),
     ) -> None:
+        self.handlers = [*RUNTIME_HANDLERS, *runtime_handlers]
         self.pod_cidr = pod_cidr
         self.cgroup_driver = api_pb2.SYSTEMD if systemd_cgroup else api_pb2.CGROUPFS
         self.health = health
@@ -61,7 +63,7 @@ class RuntimeInfo:
             recursive_read_only_mounts=recursive_read_only_supported(), user_namespaces=False
         )
         response.runtime_handlers.extend(
-            api_pb2.RuntimeHandler(name=name, features=features) for name in RUNTIME_HANDLERS
+            api_pb2.RuntimeHandler(name=name, features=features) for name in self.handlers
         )
         if request.verbose:
             response.info["config"] = json.dumps(self.verbose_info, sort_keys=True)

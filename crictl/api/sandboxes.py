@@ -89,7 +89,7 @@ class PodSandboxes:
         self, request: api_pb2.RunPodSandboxRequest, context: Context
     ) -> api_pb2.RunPodSandboxResponse:
         config, handler = request.config, request.runtime_handler
-        validate_sandbox_config(config, handler)
+        validate_sandbox_config(config, handler, self.reconciler.settings.runtime_handlers)
         m = config.metadata
         new = NewSandbox(
             id=secrets.token_hex(32),

@@ -379,14 +379,19 @@ def _sandbox_security(sc: api_pb2.LinuxSandboxSecurityContext) -> None:
         _id(f"{field}.supplemental_groups[{i}]", g)
 
 
-def validate_sandbox_config(config: api_pb2.PodSandboxConfig, handler: str) -> None:
-    """Everything RunPodSandbox takes from the request, checked before the row is written."""
+def validate_sandbox_config(
+    config: api_pb2.PodSandboxConfig, handler: str, configured: Iterable[str] = ()
+) -> None:
+    """Everything RunPodSandbox takes from the request, checked before the row is written.
+    `configured`: the RuntimeClass handlers of the config file, besides runc."""
     if not config.HasField("metadata"):
         raise errors.InvalidArgument("config.metadata is required")
     validate_metadata(config.metadata)
-    if handler not in RUNTIME_HANDLERS:
+    known = [*RUNTIME_HANDLERS, *configured]
+    if handler not in known:
         raise errors.InvalidArgument(
-            f"runtime_handler {_show(handler)} is not configured (crictld runs: runc)"
+            f"runtime_handler {_show(handler)} is not configured (crictld runs: "
+            f"{', '.join(h for h in known if h)})"
         )
     validate_hostname("config.hostname", config.hostname)
     if config.log_directory:

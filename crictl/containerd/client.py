@@ -106,14 +106,7 @@ class ContainerdClient:
         self.systemd_cgroup = systemd_cgroup
         # runc's cgroup manager for the containers we create: systemd or cgroupfs (the spec's
         # cgroupsPath must be written for the same one).
-        self.runtime = containers_pb2.Container.Runtime(name=RUNC_RUNTIME)
-        if systemd_cgroup:
-            # The type URL as containerd itself writes it (its typeurl registry has no
-            # type.googleapis.com/ prefix for its own types).
-            self.runtime.options.type_url = "containerd.runc.v1.Options"
-            self.runtime.options.value = runc_options_pb2.Options(
-                systemd_cgroup=True
-            ).SerializeToString()
+        self.runtime = self.runtime_for("")
         target = address if address.startswith("unix:") else f"unix://{address}"
         self.channel = grpc.aio.insecure_channel(
             target,
@@ -307,6 +300,19 @@ class ContainerdClient:
     # Every call is idempotent: creating what exists returns what exists, deleting what is gone
     # succeeds. Callers rely on that to repeat any step after a crash.
 
+    def runtime_for(self, binary: str) -> containers_pb2.Container.Runtime:
+        """runc's shim with its options: the cgroup manager, and `binary` (a RuntimeClass
+        handler's runc-compatible binary) in place of runc when given."""
+        runtime = containers_pb2.Container.Runtime(name=RUNC_RUNTIME)
+        if self.systemd_cgroup or binary:
+            # The type URL as containerd itself writes it (its typeurl registry has no
+            # type.googleapis.com/ prefix for its own types).
+            runtime.options.type_url = "containerd.runc.v1.Options"
+            runtime.options.value = runc_options_pb2.Options(
+                systemd_cgroup=self.systemd_cgroup, binary_name=binary
+            ).SerializeToString()
+        return runtime
+
     async def create_container(
         self,
         container_id: str,
@@ -314,13 +320,15 @@ class ContainerdClient:
         spec: Mapping[str, object],
         snapshotter: str,
         labels: Mapping[str, str],
+        binary: str = "",
     ) -> bool:
-        """Creates the container record (its snapshot key is its id); False if it existed."""
+        """Creates the container record (its snapshot key is its id); False if it existed.
+        `binary`: a RuntimeClass handler's runtime binary (runc when empty)."""
         container = containers_pb2.Container(
             id=container_id,
             image=image,
             labels=dict(labels),
-            runtime=self.runtime,
+            runtime=self.runtime_for(binary) if binary else self.runtime,
             spec=AnyPb(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode()),
             snapshotter=snapshotter,
             snapshot_key=container_id,

@@ -333,7 +333,8 @@ class ContainerReconciler:
                 },
             }
             name = image.repo_tags[0] if image.repo_tags else image.id
-            await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels)
+            binary = self.sandboxes.settings.runtime_handlers.get(sandbox.runtime_handler, "")
+            await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels, binary)
             faults.point("container-create:after-container-create")
         finally:
             with contextlib.suppress(errors.CrictlError):

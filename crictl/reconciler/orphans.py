@@ -4,7 +4,8 @@ What the sweep relies on (the same assumptions as recovery):
 
 * everything crictld makes is named by a row id (64 hex digits) or carries crictld's labels:
   containerd containers (`crictld.io/kind`) and their tasks and writable snapshots (key = the
-  id; a container's image volumes are read-only views keyed `<id>-vol<N>`), leases (`crictld.io/create`, `crictld.io/pull`), netns files `<netns dir>/<sandbox id>`,
+  id; a container's image volumes are read-only views keyed `<id>-vol<N>`), leases
+  (`crictld.io/create`, `crictld.io/pull`), netns files `<netns dir>/<sandbox id>`,
   state dirs `<state dir>/{sandboxes,containers}/<id>` and `<state dir>/exec/exec-*`,
   crictld-logger processes (`--pidfile <state dir>/containers/<id>/logger.pid`) and host-local
   IPAM allocations (a file per IP whose first line is the sandbox id);

@@ -27,6 +27,7 @@ import shutil
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclasses_field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ class SandboxSettings:
     cni_bin_dirs: list[Path]
     pause_image: str
     systemd_cgroup: bool = False
+    runtime_handlers: Mapping[str, str] = dataclasses_field(default_factory=dict)
 
 
 def config_of(row: PodSandbox) -> api_pb2.PodSandboxConfig:
@@ -332,7 +334,14 @@ class SandboxReconciler:
                 "io.cri-containerd.kind": "sandbox",
             }
             image_name = pause.repo_tags[0] if pause.repo_tags else pause.id
-            await self.containerd.create_container(sid, image_name, spec, SNAPSHOTTER, labels)
+            await self.containerd.create_container(
+                sid,
+                image_name,
+                spec,
+                SNAPSHOTTER,
+                labels,
+                self.settings.runtime_handlers.get(row.runtime_handler, ""),
+            )
             faults.point("sandbox-run:after-container-create")
             mounts = await self.containerd.prepare_snapshot(SNAPSHOTTER, sid, pause.chain_id or "")
             faults.point("sandbox-run:after-snapshot")

@@ -61,3 +61,17 @@ def test_mirror_flags_keep_order_per_host() -> None:
     }
     with pytest.raises(InvalidArgument, match="HOST=URL"):
         parse_mirror_flags(["docker.io"])
+
+
+def test_runtime_handlers(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[runtime_handlers]\ngvisor = "/usr/local/bin/runsc"\n')
+    assert load_config_file(f).runtime_handlers == {"gvisor": "/usr/local/bin/runsc"}
+    for body, match in (
+        ('[runtime_handlers]\nx = "relative/runsc"\n', "absolute path"),
+        ('[runtime_handlers]\nBad_Name = "/bin/x"\n', "DNS label"),
+        ('[runtime_handlers]\nrunc = "/bin/x"\n', "runc is built in"),
+    ):
+        f.write_text(body)
+        with pytest.raises(InvalidArgument, match=match):
+            load_config_file(f)
