@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-import posixpath
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,29 @@ from typing import Any
 from crictl.errors import InvalidArgument
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.oci import apparmor
+from crictl.oci.opts import (
+    SpecOpt,
+    compose,
+    when,
+    with_annotations,
+    with_bind,
+    with_capabilities,
+    with_cgroups_path,
+    with_cri_mounts,
+    with_devices,
+    with_hostname,
+    with_linux,
+    with_masked_paths,
+    with_mounts,
+    with_namespaces,
+    with_process,
+    with_readonly_rootfs,
+    with_resources,
+    with_rootfs_propagation,
+    with_writable_sysfs,
+)
 from crictl.oci.seccomp import profile_for
 
-OCI_VERSION = "1.0.2-dev"
 SANDBOX_OOM_SCORE_ADJ = -998  # containerd's defaultSandboxOOMAdj
 SANDBOX_CPU_SHARES = 2  # containerd's defaultSandboxCPUshares
 DEFAULT_SHM_SIZE = 64 << 20
@@ -136,127 +155,6 @@ def cgroups_path(parent: str, sandbox_id: str, systemd: bool = False) -> str:
     return f"{parent.rstrip('/')}/{sandbox_id}" if parent else f"/crictld/{sandbox_id}"
 
 
-def sandbox_spec(
-    sandbox_id: str,
-    config: api_pb2.PodSandboxConfig,
-    image_config: dict[str, Any],
-    netns_path: str | None,
-    files: SandboxFiles,
-    oom_score_adj: int,
-    systemd_cgroup: bool = False,
-) -> dict[str, Any]:
-    """The pause container's spec. `netns_path` None means the host's network namespace;
-    `oom_score_adj` is already clamped to what the daemon may set."""
-    args, env, cwd, image_user = image_process(image_config)
-    linux = config.linux
-    sc = linux.security_context
-    opts = sc.namespace_options
-    uid, gid = _numeric_user(image_user)
-    if sc.HasField("run_as_user"):
-        uid = sc.run_as_user.value
-    if sc.HasField("run_as_group"):
-        gid = sc.run_as_group.value
-    privileged = sc.privileged
-    host_network = opts.network == api_pb2.NODE
-
-    namespaces: list[dict[str, str]] = [{"type": "mount"}]
-    if opts.pid != api_pb2.NODE:
-        namespaces.append({"type": "pid"})
-    if opts.ipc != api_pb2.NODE:
-        namespaces.append({"type": "ipc"})
-    if not host_network:
-        namespaces.append({"type": "uts"})
-        namespaces.append({"type": "network", "path": netns_path or ""})
-
-    mounts = default_mounts()
-    mounts.append(
-        {
-            "destination": "/etc/hostname",
-            "type": "bind",
-            "source": str(files.hostname),
-            "options": ["rbind", "ro"],
-        }
-    )
-    mounts.append(
-        {
-            "destination": "/etc/hosts",
-            "type": "bind",
-            "source": str(files.hosts),
-            "options": ["rbind", "ro"],
-        }
-    )
-    resolv = str(files.resolv_conf) if files.resolv_conf else "/etc/resolv.conf"
-    mounts.append(
-        {
-            "destination": "/etc/resolv.conf",
-            "type": "bind",
-            "source": resolv,
-            "options": ["rbind", "ro"],
-        }
-    )
-    if files.shm is not None:
-        mounts.append(
-            {
-                "destination": "/dev/shm",
-                "type": "bind",
-                "source": str(files.shm),
-                "options": ["rbind", "rw"],
-            }
-        )
-    else:
-        mounts.append(
-            {
-                "destination": "/dev/shm",
-                "type": "bind",
-                "source": "/dev/shm",
-                "options": ["rbind", "rw"],
-            }
-        )
-
-    caps = DEFAULT_CAPS if not privileged else _all_caps()
-    process: dict[str, Any] = {
-        "terminal": False,
-        "user": {"uid": uid, "gid": gid, "additionalGids": list(sc.supplemental_groups)},
-        "args": args or ["/pause"],
-        "env": env,
-        "cwd": cwd,
-        "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-        "noNewPrivileges": not privileged,
-        "oomScoreAdj": oom_score_adj,
-    }
-    resources: dict[str, Any] = {
-        "devices": [{"allow": False, "access": "rwm"}],
-        "cpu": {"shares": SANDBOX_CPU_SHARES},
-    }
-    spec: dict[str, Any] = {
-        "ociVersion": OCI_VERSION,
-        "process": process,
-        "root": {"path": "rootfs", "readonly": sc.readonly_rootfs},
-        "mounts": mounts,
-        "annotations": {
-            "io.kubernetes.cri.container-type": "sandbox",
-            "io.kubernetes.cri.sandbox-id": sandbox_id,
-            "io.kubernetes.cri.sandbox-name": config.metadata.name,
-            "io.kubernetes.cri.sandbox-namespace": config.metadata.namespace,
-            "io.kubernetes.cri.sandbox-uid": config.metadata.uid,
-            "io.kubernetes.cri.sandbox-log-directory": config.log_directory,
-        },
-        "linux": {
-            "namespaces": namespaces,
-            "resources": resources,
-            "cgroupsPath": cgroups_path(linux.cgroup_parent, sandbox_id, systemd_cgroup),
-            "sysctl": dict(linux.sysctls),
-        },
-    }
-    if not host_network and config.hostname:
-        spec["hostname"] = config.hostname
-    if not privileged:
-        spec["linux"]["maskedPaths"] = list(MASKED_PATHS)
-        spec["linux"]["readonlyPaths"] = list(READONLY_PATHS)
-    return spec
-
-
 # Linux capabilities by bit number (include/uapi/linux/capability.h).
 CAPS_BY_BIT = [
     "CAP_CHOWN",
@@ -345,12 +243,6 @@ def hosts_file(hostname: str, ip: str | None) -> str:
 
 # -- app containers ---------------------------------------------------------------------------
 
-PROPAGATION = {
-    api_pb2.PROPAGATION_PRIVATE: "rprivate",
-    api_pb2.PROPAGATION_HOST_TO_CONTAINER: "rslave",
-    api_pb2.PROPAGATION_BIDIRECTIONAL: "rshared",
-}
-
 
 @dataclass(frozen=True)
 class SandboxRef:
@@ -391,26 +283,101 @@ def merge_env(image_env: list[str], config: api_pb2.ContainerConfig) -> list[str
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def container_spec(
-    container_id: str,
-    config: api_pb2.ContainerConfig,
-    sandbox: SandboxRef,
+def _pod_file_binds(files: SandboxFiles, taken: Iterable[str] = ()) -> list[SpecOpt]:
+    """The pod's /etc/hostname, /etc/hosts, /etc/resolv.conf and /dev/shm, read-only but
+    /dev/shm, each unless a CRI mount takes its place."""
+    resolv = str(files.resolv_conf) if files.resolv_conf else "/etc/resolv.conf"
+    shm = str(files.shm) if files.shm else "/dev/shm"
+    skip = set(taken)
+    return [
+        with_bind(dest, source, readonly=dest != "/dev/shm")
+        for dest, source in (
+            ("/etc/hostname", str(files.hostname)),
+            ("/etc/hosts", str(files.hosts)),
+            ("/etc/resolv.conf", resolv),
+            ("/dev/shm", shm),
+        )
+        if dest not in skip
+    ]
+
+
+def sandbox_spec(
+    sandbox_id: str,
+    config: api_pb2.PodSandboxConfig,
     image_config: dict[str, Any],
-    user: User,
+    netns_path: str | None,
+    files: SandboxFiles,
     oom_score_adj: int,
-    target_pid: int | None = None,
     systemd_cgroup: bool = False,
-    image_volumes: Mapping[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The pause container's spec. `netns_path` None means the host's network namespace;
+    `oom_score_adj` is already clamped to what the daemon may set."""
+    args, env, cwd, image_user = image_process(image_config)
     linux = config.linux
     sc = linux.security_context
     opts = sc.namespace_options
+    uid, gid = _numeric_user(image_user)
+    if sc.HasField("run_as_user"):
+        uid = sc.run_as_user.value
+    if sc.HasField("run_as_group"):
+        gid = sc.run_as_group.value
     privileged = sc.privileged
-    pod_opts = sandbox.config.linux.security_context.namespace_options
-    args = process_args(config, image_config)
-    _, image_env, image_cwd, _ = image_process(image_config)
+    host_network = opts.network == api_pb2.NODE
+    md = config.metadata
+    return compose(
+        with_process(
+            terminal=False,
+            user={"uid": uid, "gid": gid, "additionalGids": list(sc.supplemental_groups)},
+            args=args or ["/pause"],
+            env=env,
+            cwd=cwd,
+            rlimits=[{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            noNewPrivileges=not privileged,
+            oomScoreAdj=oom_score_adj,
+        ),
+        with_capabilities(_all_caps() if privileged else DEFAULT_CAPS),
+        with_readonly_rootfs(sc.readonly_rootfs),
+        with_mounts(default_mounts()),
+        *_pod_file_binds(files),
+        with_namespaces(
+            [
+                {"type": "mount"},
+                *([{"type": "pid"}] if opts.pid != api_pb2.NODE else []),
+                *([{"type": "ipc"}] if opts.ipc != api_pb2.NODE else []),
+                *(
+                    [{"type": "uts"}, {"type": "network", "path": netns_path or ""}]
+                    if not host_network
+                    else []
+                ),
+            ]
+        ),
+        with_resources(
+            {"devices": [{"allow": False, "access": "rwm"}], "cpu": {"shares": SANDBOX_CPU_SHARES}}
+        ),
+        with_cgroups_path(cgroups_path(linux.cgroup_parent, sandbox_id, systemd_cgroup)),
+        with_linux("sysctl", dict(linux.sysctls)),
+        with_annotations(
+            {
+                "io.kubernetes.cri.container-type": "sandbox",
+                "io.kubernetes.cri.sandbox-id": sandbox_id,
+                "io.kubernetes.cri.sandbox-name": md.name,
+                "io.kubernetes.cri.sandbox-namespace": md.namespace,
+                "io.kubernetes.cri.sandbox-uid": md.uid,
+                "io.kubernetes.cri.sandbox-log-directory": config.log_directory,
+            }
+        ),
+        when(not host_network and bool(config.hostname), with_hostname(config.hostname)),
+        when(not privileged, with_masked_paths(MASKED_PATHS, READONLY_PATHS)),
+    )
 
+
+def container_namespaces(
+    opts: api_pb2.NamespaceOption, sandbox: SandboxRef, target_pid: int | None
+) -> list[dict[str, str]]:
+    """The app container's namespaces: the pause task's network, IPC and UTS; PID the pod's,
+    a TARGET container's (kubectl debug --target), its own, or the node's."""
     ns_base = f"/proc/{sandbox.pause_pid}/ns"
+    pod_opts = sandbox.config.linux.security_context.namespace_options
     namespaces: list[dict[str, str]] = [{"type": "mount"}]
     if sandbox.netns_path is not None:
         namespaces.append({"type": "network", "path": sandbox.netns_path})
@@ -424,124 +391,84 @@ def container_spec(
         namespaces.append({"type": "pid", "path": f"/proc/{target_pid}/ns/pid"})
     elif opts.pid != api_pb2.NODE:
         namespaces.append({"type": "pid"})
+    return namespaces
 
-    f = sandbox.files
-    mounts = default_mounts()
-    if privileged:
-        for m in mounts:
-            if m["destination"] in ("/sys", "/sys/fs/cgroup"):
-                m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
-    taken = {m.container_path for m in config.mounts}
-    pod_files = [
-        ("/etc/hostname", str(f.hostname)),
-        ("/etc/hosts", str(f.hosts)),
-        ("/etc/resolv.conf", str(f.resolv_conf) if f.resolv_conf else "/etc/resolv.conf"),
-        ("/dev/shm", str(f.shm) if f.shm else "/dev/shm"),
-    ]
-    for dest, source in pod_files:
-        if dest not in taken:
-            mounts.append(
-                {
-                    "destination": dest,
-                    "type": "bind",
-                    "source": source,
-                    "options": ["rbind", "rw" if dest == "/dev/shm" else "ro"],
-                }
-            )
-    # Parents before what is mounted below them, whatever order kubelet sent (as containerd).
-    # An image volume (`image_volumes`, by the mount's index) is its image's read-only snapshot.
-    ordered = sorted(enumerate(config.mounts), key=lambda im: mount_depth(im[1].container_path))
-    for index, cm in ordered:
-        volume = (image_volumes or {}).get(index)
-        if volume is not None:
-            mounts.append({"destination": cm.container_path, **volume})
-            continue
-        options = [
-            "rbind",
-            "rro" if cm.recursive_read_only else "ro" if cm.readonly else "rw",
-            PROPAGATION.get(cm.propagation, "rprivate"),
-        ]
-        mounts.append(
-            {
-                "destination": cm.container_path,
-                "type": "bind",
-                "source": cm.host_path,
-                "options": options,
-            }
-        )
 
-    caps = set(_all_caps() if privileged else DEFAULT_CAPS)
-    if not privileged:
+def container_capabilities(sc: api_pb2.LinuxContainerSecurityContext) -> set[str]:
+    """The default set (all when privileged) with the context's additions and drops."""
+    caps = set(_all_caps() if sc.privileged else DEFAULT_CAPS)
+    if not sc.privileged:
         for c in sc.capabilities.add_capabilities:
             caps |= set(_all_caps()) if c.upper() == "ALL" else {_cap(c)}
         for c in sc.capabilities.drop_capabilities:
             caps = set() if c.upper() == "ALL" else caps - {_cap(c)}
-    cap_list = sorted(caps)
-    process: dict[str, Any] = {
-        "terminal": config.tty,
-        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
-        "args": args,
-        "env": merge_env(image_env, config),
-        "cwd": config.working_dir or image_cwd,
-        "capabilities": {k: cap_list for k in ("bounding", "effective", "permitted")},
-        # No rlimits: the process inherits the shim's, as with containerd's CRI (raising
-        # RLIMIT_NOFILE would need CAP_SYS_RESOURCE, which the daemon lacks here).
-        "noNewPrivileges": sc.no_new_privs,
-        "oomScoreAdj": oom_score_adj,
-    }
-    resources: dict[str, Any] = {"devices": [{"allow": privileged, "access": "rwm"}]}
-    resources.update(linux_resources(linux.resources))
+    return caps
+
+
+def container_spec(
+    container_id: str,
+    config: api_pb2.ContainerConfig,
+    sandbox: SandboxRef,
+    image_config: dict[str, Any],
+    user: User,
+    oom_score_adj: int,
+    target_pid: int | None = None,
+    systemd_cgroup: bool = False,
+    image_volumes: Mapping[int, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    linux = config.linux
+    sc = linux.security_context
+    privileged = sc.privileged
+    _, image_env, image_cwd, _ = image_process(image_config)
+    caps = container_capabilities(sc)
     devices = [device_entry(d) for d in config.devices]
-    resources["devices"] += [
-        {
-            "allow": True,
-            "type": d["type"],
-            "major": d["major"],
-            "minor": d["minor"],
-            "access": perms,
-        }
-        for d, perms in zip(devices, (d.permissions or "rwm" for d in config.devices), strict=True)
-    ]
-    parent = sandbox.config.linux.cgroup_parent
-    spec: dict[str, Any] = {
-        "ociVersion": OCI_VERSION,
-        "process": process,
-        "root": {"path": "rootfs", "readonly": sc.readonly_rootfs},
-        "mounts": mounts,
-        "annotations": {
-            "io.kubernetes.cri.container-type": "container",
-            "io.kubernetes.cri.container-name": config.metadata.name,
-            "io.kubernetes.cri.sandbox-id": sandbox.sandbox_id,
-            "io.kubernetes.cri.image-name": config.image.image,
-        },
-        "linux": {
-            "namespaces": namespaces,
-            "resources": resources,
-            "cgroupsPath": cgroups_path(parent, container_id, systemd_cgroup),
-        },
-    }
-    if devices:
-        spec["linux"]["devices"] = devices
-    if not privileged:
-        spec["linux"]["maskedPaths"] = (
-            list(sc.masked_paths) if sc.masked_paths else list(MASKED_PATHS)
-        )
-        spec["linux"]["readonlyPaths"] = (
-            list(sc.readonly_paths) if sc.readonly_paths else list(READONLY_PATHS)
-        )
     seccomp = profile_for(sc, caps)
-    if seccomp is not None:
-        spec["linux"]["seccomp"] = seccomp
     armor = apparmor.decide(sc, check_loaded=False)
-    if armor.profile is not None:
-        process["apparmorProfile"] = armor.profile
-    # Propagation into and out of the container needs the rootfs to propagate too.
-    modes = {cm.propagation for cm in config.mounts}
-    if api_pb2.PROPAGATION_BIDIRECTIONAL in modes:
-        spec["linux"]["rootfsPropagation"] = "rshared"
-    elif api_pb2.PROPAGATION_HOST_TO_CONTAINER in modes:
-        spec["linux"]["rootfsPropagation"] = "rslave"
-    return spec
+    return compose(
+        with_process(
+            terminal=config.tty,
+            user={"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
+            args=process_args(config, image_config),
+            env=merge_env(image_env, config),
+            cwd=config.working_dir or image_cwd,
+            # No rlimits: the process inherits the shim's, as with containerd's CRI (raising
+            # RLIMIT_NOFILE would need CAP_SYS_RESOURCE, which the daemon lacks here).
+            noNewPrivileges=sc.no_new_privs,
+            oomScoreAdj=oom_score_adj,
+        ),
+        with_capabilities(sorted(caps)),
+        when(armor.profile is not None, with_process(apparmorProfile=armor.profile)),
+        with_readonly_rootfs(sc.readonly_rootfs),
+        with_mounts(default_mounts()),
+        when(privileged, with_writable_sysfs()),
+        *_pod_file_binds(sandbox.files, (m.container_path for m in config.mounts)),
+        with_cri_mounts(config.mounts, image_volumes or {}),
+        with_rootfs_propagation(config.mounts),
+        with_namespaces(container_namespaces(sc.namespace_options, sandbox, target_pid)),
+        with_resources(
+            {
+                "devices": [{"allow": privileged, "access": "rwm"}],
+                **linux_resources(linux.resources),
+            }
+        ),
+        with_devices(devices, [d.permissions or "rwm" for d in config.devices]),
+        with_cgroups_path(
+            cgroups_path(sandbox.config.linux.cgroup_parent, container_id, systemd_cgroup)
+        ),
+        with_annotations(
+            {
+                "io.kubernetes.cri.container-type": "container",
+                "io.kubernetes.cri.container-name": config.metadata.name,
+                "io.kubernetes.cri.sandbox-id": sandbox.sandbox_id,
+                "io.kubernetes.cri.image-name": config.image.image,
+            }
+        ),
+        when(
+            not privileged,
+            with_masked_paths(sc.masked_paths or MASKED_PATHS, sc.readonly_paths or READONLY_PATHS),
+        ),
+        when(seccomp is not None, with_linux("seccomp", seccomp)),
+    )
 
 
 def device_entry(device: api_pb2.Device) -> dict[str, Any]:
@@ -576,11 +503,6 @@ def recursive_read_only_supported() -> bool:
     except (ValueError, IndexError):
         return False
     return (major, minor) >= (5, 12)
-
-
-def mount_depth(path: str) -> int:
-    """How many components a destination has: "/" 0, "/a" 1, "/a/b/" 2."""
-    return len([p for p in posixpath.normpath(path).split("/") if p])
 
 
 def linux_resources(res: api_pb2.LinuxContainerResources) -> dict[str, Any]:
