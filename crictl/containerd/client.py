@@ -570,17 +570,43 @@ class ContainerdClient:
         return resp.exit_status
 
     async def delete_task(self, container_id: str) -> int | None:
-        """Deletes a stopped task; its exit status, or None if there was no task."""
-        try:
-            resp = await self.call(
-                "delete task",
-                self.tasks.Delete(
-                    tasks_pb2.DeleteTaskRequest(container_id=container_id), metadata=self.metadata
-                ),
-            )
-        except errors.NotFound:
-            return None
-        return resp.exit_status
+        """Deletes a stopped task; its exit status, or None if there was no task.
+
+        A `runc kill --all` killed halfway (containerd killed during a stop) leaves the
+        container's cgroup frozen, so runc calls it paused and refuses to delete it, and the
+        SIGKILL it sent waits for a thaw. The task is resumed (the kill lands), killed again to
+        be sure, and the delete tried once more."""
+        for attempt in (1, 2):
+            try:
+                resp = await self.call(
+                    "delete task",
+                    self.tasks.Delete(
+                        tasks_pb2.DeleteTaskRequest(container_id=container_id),
+                        metadata=self.metadata,
+                    ),
+                )
+                return resp.exit_status
+            except errors.NotFound:
+                return None
+            except errors.CrictlError as e:
+                if attempt == 2 or "paused" not in str(e):
+                    raise
+                log.warning(
+                    "thawing a task a cut-short kill left frozen", extra={"task": container_id}
+                )
+                with contextlib.suppress(errors.CrictlError):
+                    await self.call(
+                        "resume task",
+                        self.tasks.Resume(
+                            tasks_pb2.ResumeTaskRequest(container_id=container_id),
+                            metadata=self.metadata,
+                        ),
+                    )
+                with contextlib.suppress(errors.CrictlError):
+                    await self.kill_task(container_id, 9)
+                with contextlib.suppress(errors.CrictlError):
+                    await self.wait_task(container_id, timeout=10)
+        raise AssertionError("unreachable")
 
     # -- exec'd processes --------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from google.protobuf import json_format
 from sqlalchemy.orm import Session
 
 from crictl import errors
+from crictl.containerd import runc
 from crictl.containerd.client import ContainerdClient
 from crictl.containerd.rootfs import read_text
 from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
@@ -390,9 +391,15 @@ class ContainerReconciler:
                 )
         return TaskIO(*(str(paths[n]) if n in paths else "" for n in ("stdin", "stdout", "stderr")))
 
+    async def _release_stale_start(self, cid: str) -> None:
+        """A start a crash cut short may have left runc blocking the task (crictl/containerd/
+        runc.py): cleared before anything else is asked of the task."""
+        await asyncio.to_thread(runc.release_stale_start, self.containerd.namespace, cid)
+
     async def _start(self, row: Container) -> None:
         cid = row.id
         config = container_config_of(row)
+        await self._release_stale_start(cid)
         try:
             await self._sandbox(row.sandbox_id)
             # Made by CreateContainer; never prepared here (it would lack the image's layers).
@@ -426,6 +433,7 @@ class ContainerReconciler:
 
     async def _stop(self, row: Container) -> None:
         cid = row.id
+        await self._release_stale_start(cid)
         deadline = self._kill_at.get(cid)
         if deadline is None:  # the stop's own timeout was lost to a restart
             deadline = time.monotonic() + DEFAULT_STOP_TIMEOUT
@@ -583,6 +591,7 @@ class ContainerReconciler:
 
     async def _remove(self, row: Container, reason: str = "Removed") -> None:
         cid = row.id
+        await self._release_stale_start(cid)
         await self._signal_and_wait(cid, signal.SIGKILL, 30)
         await self._harvest_or_vanished(row)
         faults.point("container-remove:after-task-delete")

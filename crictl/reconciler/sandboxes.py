@@ -36,6 +36,7 @@ from google.protobuf import json_format
 from sqlalchemy.orm import Session
 
 from crictl import errors
+from crictl.containerd import runc
 from crictl.containerd.client import ContainerdClient
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.network import cni, netns
@@ -354,6 +355,8 @@ class SandboxReconciler:
             raise group_error.exceptions[0] from None  # the first failure, with its own message
         if ip:
             await asyncio.to_thread(self._write_hosts, sid, config, ip)
+        # a start a crash cut short may have left runc blocking the task (containerd/runc.py)
+        await asyncio.to_thread(runc.release_stale_start, self.containerd.namespace, sid)
         await self.containerd.create_task(sid, mounts)
         faults.point("sandbox-run:after-task-create")
         pid = await self.containerd.start_task(sid)
@@ -431,6 +434,7 @@ class SandboxReconciler:
 
     async def _teardown(self, row: PodSandbox, remove: bool) -> None:
         sid = row.id
+        await asyncio.to_thread(runc.release_stale_start, self.containerd.namespace, sid)
         config = config_of(row)
         if row.phase == SandboxPhase.READY:
             # Not ready from the first step of a stop on: a stop that fails halfway leaves a

@@ -1,0 +1,66 @@
+"""A runc start cut short, recognised from runc's own state.
+
+`runc start` releases a created container by opening its `exec.fifo` for reading (the container's
+`runc init` waits on the write side), then removes the fifo; runc calls a container "created"
+while that fifo exists. containerd killed in between (its shim's `runc start` dies with its
+request) leaves the process released and running but the fifo in place, so the next `runc start`
+blocks forever opening a fifo nobody will write to, holding the shim's lock on the task: every
+later call on the task (state, kill, delete) then hangs too. Seen in the 1000-kill chaos run.
+
+`release_stale_start` finds that state (the fifo exists, and the init process runs but is no
+longer `runc init`: it is the container's own program) and ends it: a blocked reader is
+released by opening the fifo for writing and closing it at once (that `runc start` then fails
+"cannot start an already running container", which the start step takes as started), and the
+fifo is removed, so runc sees the container running, which it is.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Where containerd's runc shim keeps runc's state (runc's --root) when the runtime options set
+# none: <root>/<containerd namespace>/<container id>/{state.json,exec.fifo}.
+RUNC_ROOT = Path("/run/containerd/runc")
+RUNC_INIT_COMM = "runc:[2:INIT]"
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
+def release_stale_start(namespace: str, container_id: str, root: Path = RUNC_ROOT) -> bool:
+    """True if the container's process had been released by a start cut short and runc's
+    state is now made to say so (see the module's docstring); False when there is nothing to
+    do (no such container, a start never run, or one that finished)."""
+    d = root / namespace / container_id
+    fifo = d / "exec.fifo"
+    if not fifo.exists():
+        return False
+    try:
+        pid = int(json.loads((d / "state.json").read_text())["init_process_pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    comm = _comm(pid)
+    if comm is None or comm == RUNC_INIT_COMM:
+        return False  # not started yet (or gone): a start is still to be made
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.close(fd)  # a `runc start` blocked opening the fifo gets EOF and gives up
+    except OSError as e:
+        if e.errno != errno.ENXIO:  # ENXIO: no reader is blocked on it
+            raise
+    fifo.unlink(missing_ok=True)
+    log.warning(
+        "a start cut short had released the container's process; runc's state now says so",
+        extra={"container": container_id, "pid": pid, "comm": comm},
+    )
+    return True

@@ -1,0 +1,76 @@
+"""crictl/containerd/runc.py on a runc root made here: a start cut short is recognised from the
+fifo and the init process, a blocked `runc start` is released, nothing else is touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from crictl.containerd import runc
+
+NAMED = (
+    "import ctypes, sys, time; ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0);"
+    "print('ok', flush=True); time.sleep(60)"
+)
+
+
+def process(comm: str) -> subprocess.Popen[str]:
+    """A process whose comm is `comm` (as runc init's is `runc:[2:INIT]`)."""
+    p = subprocess.Popen([sys.executable, "-c", NAMED, comm], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline() == "ok\n"
+    return p
+
+
+def runc_dir(root: Path, pid: int) -> Path:
+    d = root / "ns" / "c1"
+    d.mkdir(parents=True)
+    (d / "state.json").write_text(json.dumps({"init_process_pid": pid}))
+    os.mkfifo(d / "exec.fifo")
+    return d
+
+
+def test_a_released_process_with_the_fifo_left_is_recognised_and_the_reader_freed(
+    tmp_path: Path,
+) -> None:
+    p = process("sleep")
+    try:
+        d = runc_dir(tmp_path, p.pid)
+        read: list[bytes] = []
+
+        def blocked_start() -> None:  # `runc start` opening the fifo for reading
+            with open(d / "exec.fifo", "rb") as f:
+                read.append(f.read())
+
+        t = threading.Thread(target=blocked_start)
+        t.start()
+        assert runc.release_stale_start("ns", "c1", tmp_path)
+        t.join(5)
+        assert not t.is_alive() and read == [b""]  # EOF: runc says "already running"
+        assert not (d / "exec.fifo").exists()
+        assert not runc.release_stale_start("ns", "c1", tmp_path)  # done once
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_container_still_in_runc_init_is_left_alone(tmp_path: Path) -> None:
+    p = process(runc.RUNC_INIT_COMM)
+    try:
+        d = runc_dir(tmp_path, p.pid)
+        assert not runc.release_stale_start("ns", "c1", tmp_path)
+        assert (d / "exec.fifo").exists()
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_nothing_to_do_without_state(tmp_path: Path) -> None:
+    assert not runc.release_stale_start("ns", "missing", tmp_path)
+    d = tmp_path / "ns" / "c2"
+    d.mkdir(parents=True)
+    os.mkfifo(d / "exec.fifo")
+    assert not runc.release_stale_start("ns", "c2", tmp_path)  # no state.json
