@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import os
@@ -82,6 +83,7 @@ ORPHAN_IP = "orphan-ip"
 ORPHAN_STATE_DIR = "orphan-state-dir"
 ORPHAN_LOGGER = "orphan-logger"
 ORPHAN_CGROUP = "orphan-cgroup"
+ORPHAN_SHIM = "orphan-shim"
 MISSING_TASK = "missing-task"
 MISSING_NETNS = "missing-netns"
 MISSING_CONTAINER = "missing-container"
@@ -99,6 +101,7 @@ ORPHAN_KINDS = (
     ORPHAN_NETNS,
     ORPHAN_STATE_DIR,
     ORPHAN_CGROUP,
+    ORPHAN_SHIM,
 )
 # Task cgroups under the default parent (crictl.oci.spec.cgroups_path) in every hierarchy.
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -191,6 +194,18 @@ class LoggerProcess:
 
 
 @dataclass(frozen=True)
+class ShimProcess:
+    """A runc shim of this containerd and namespace (its -id names the task it was started
+    for; with pod grouping it also serves that pod's other containers)."""
+
+    pid: int
+    task_id: str
+    children: int  # processes it is the parent of: runc, containers
+    started_at: int
+    socket: Path  # its ttrpc socket, which goes with it
+
+
+@dataclass(frozen=True)
 class CgroupDir:
     """One task cgroup, in each hierarchy that has it (cgroup v1) or the one (v2)."""
 
@@ -213,6 +228,7 @@ class World:
     state_dirs: tuple[StateDir, ...] = ()
     loggers: tuple[LoggerProcess, ...] = ()
     cgroups: tuple[CgroupDir, ...] = ()
+    shims: tuple[ShimProcess, ...] = ()
     # container ids of other containerd namespaces: an IP they hold is not ours
     foreign_ids: frozenset[str] = frozenset()
     network: str | None = None  # the CNI network whose IPAM was read
@@ -378,6 +394,14 @@ def classify(
                     str(p.pid),
                     f"logger of container {p.container_id}, which exited and has no task",
                 )
+            )
+
+    # A shim serving nothing that containerd does not know: containerd killed between a task's
+    # delete and the shim's shutdown leaves it running, and nothing else will end it.
+    for shim in world.shims:
+        if shim.children == 0 and shim.task_id not in tasks and _old(now, shim.started_at, grace):
+            out.append(
+                Finding(ORPHAN_SHIM, str(shim.pid), f"shim of task {shim.task_id}, which is gone")
             )
 
     # An empty task cgroup no row names: runc leaves one when a create is cut short.
@@ -658,6 +682,43 @@ def find_loggers(state_dir: Path) -> tuple[LoggerProcess, ...]:
     return tuple(sorted(out, key=lambda p: p.pid))
 
 
+def shim_socket(address: str, namespace: str, task_id: str) -> Path:
+    """Where containerd 1.6 puts a shim's ttrpc socket (its runtime/v2/shim SocketAddress)."""
+    digest = hashlib.sha256(os.path.join(address, namespace, task_id).encode()).hexdigest()
+    return Path("/run/containerd/s") / digest
+
+
+def find_shims(address: str, namespace: str) -> tuple[ShimProcess, ...]:
+    """containerd-shim-runc-v2 processes of the containerd at `address`, in `namespace`."""
+    address = address.removeprefix("unix://")
+    boot = _boot_time_ns()
+    parents: dict[int, int] = {}
+    shims: list[tuple[int, str]] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(stat[1])] = parents.get(int(stat[1]), 0) + 1
+            argv = [
+                a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")
+            ]
+        except (OSError, IndexError, ValueError):
+            continue
+        if not argv or not argv[0].endswith("containerd-shim-runc-v2"):
+            continue
+        flags = dict(zip(argv[1::2], argv[2::2], strict=False))
+        if flags.get("-address") == address and flags.get("-namespace") == namespace:
+            shims.append((int(proc.name), flags.get("-id", "")))
+    out = []
+    for pid, task_id in shims:
+        started = process_start_ns(pid, boot)
+        if started is not None and task_id:
+            socket = shim_socket(address, namespace, task_id)
+            out.append(ShimProcess(pid, task_id, parents.get(pid, 0), started, socket))
+    return tuple(sorted(out, key=lambda p: p.pid))
+
+
 def _node_world(
     settings: SweepSettings,
 ) -> tuple[
@@ -699,7 +760,9 @@ async def observe(containerd: ContainerdClient, settings: SweepSettings) -> Worl
         loggers,
         cgroups,
     ) = await asyncio.to_thread(_node_world, settings)
+    shims = await asyncio.to_thread(find_shims, containerd.address, containerd.namespace)
     return World(
+        shims=shims,
         containers=containers,
         tasks=tasks,
         snapshots=snapshots,
@@ -779,18 +842,31 @@ async def _end_task(containerd: ContainerdClient, task_id: str) -> bool:
     return True
 
 
-def _kill_logger(p: LoggerProcess) -> bool:
-    """SIGKILLs the logger if that pid is still the same process, and waits for it to die
-    (it ignores SIGTERM on purpose: it drains a container's output to the end)."""
-    if process_start_ns(p.pid) != p.started_at:
-        return False  # gone (or the pid was reused)
+def _kill(pid: int, started_at: int, what: str) -> bool:
+    """SIGKILLs `pid` if it is still the process that started at `started_at`, and waits for
+    it to die; False if it was gone (or the pid reused)."""
+    if process_start_ns(pid) != started_at:
+        return False
     with contextlib.suppress(ProcessLookupError):
-        os.kill(p.pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 2.0
-    while process_start_ns(p.pid) == p.started_at:
+    while process_start_ns(pid) == started_at:
         if time.monotonic() > deadline:
-            raise errors.Unavailable(f"logger {p.pid} outlived SIGKILL")
+            raise errors.Unavailable(f"{what} {pid} outlived SIGKILL")
         time.sleep(0.01)
+    return True
+
+
+def _kill_logger(p: LoggerProcess) -> bool:
+    """A logger ignores SIGTERM on purpose (it drains a container's output to the end)."""
+    return _kill(p.pid, p.started_at, "logger")
+
+
+def _end_shim(p: ShimProcess) -> bool:
+    """An idle shim goes with its socket."""
+    if not _kill(p.pid, p.started_at, "shim"):
+        return False
+    p.socket.unlink(missing_ok=True)
     return True
 
 
@@ -858,6 +934,9 @@ class _Remover:
         if f.kind == ORPHAN_LOGGER:
             loggers = [p for p in self.world.loggers if str(p.pid) == f.name]
             return any([await asyncio.to_thread(_kill_logger, p) for p in loggers])
+        if f.kind == ORPHAN_SHIM:
+            shims = [p for p in self.world.shims if str(p.pid) == f.name]
+            return any([await asyncio.to_thread(_end_shim, p) for p in shims])
         if f.kind == ORPHAN_IP:
             removed = False
             for ip in self.world.ips:

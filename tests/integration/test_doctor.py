@@ -22,6 +22,7 @@ from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
 from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.network import cni, netns
+from crictl.reconciler import orphans
 from crictl.reconciler.orphans import OrphanSweeper, SweepSettings
 from crictl.store.engine import Store, make_engine
 from tests.integration.test_containers import Pod
@@ -74,6 +75,7 @@ def kinds_and_names(findings: list[dict[str, str]]) -> set[tuple[str, str]]:
 class Planted:
     expected: set[tuple[str, str]]
     logger_pid: int
+    shim_pid: int
     paths: list[Path]
     containerd_ids: list[str]
 
@@ -157,6 +159,37 @@ def _plant_logger(d: Daemon, short_tmp: Path) -> tuple[int, Path]:
     return int(pidfile.read_text()), directory
 
 
+def _plant_shim(d: Daemon) -> tuple[int, Path]:
+    """A runc shim of the daemon's containerd and namespace serving nothing, for a task
+    containerd does not know (what containerd killed between a delete and the shim's shutdown
+    leaves); a stand-in process with the shim's name and flags, and its socket file."""
+    task = secrets.token_hex(32)
+    proc = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            'exec -a /usr/bin/containerd-shim-runc-v2 "$@"',
+            "shim",
+            sys.executable,
+            "-c",
+            "import time; time.sleep(600)",
+            "-namespace",
+            d.namespace,
+            "-id",
+            task,
+            "-address",
+            d.containerd,
+        ]
+    )
+    socket = orphans.shim_socket(d.containerd, d.namespace, task)
+    socket.write_bytes(b"")
+    for _ in range(100):
+        if any(s.pid == proc.pid for s in orphans.find_shims(d.containerd, d.namespace)):
+            break
+        time.sleep(0.02)
+    return proc.pid, socket
+
+
 def plant(d: Daemon, pod: Pod, app_id: str, short_tmp: Path) -> Planted:
     ghost, lease, cut_short = asyncio.run(_plant_containerd(d, pod.id, app_id))
     netns_path, ip = asyncio.run(_plant_network(d))
@@ -166,6 +199,7 @@ def plant(d: Daemon, pod: Pod, app_id: str, short_tmp: Path) -> Planted:
     (sandbox_dir / "shm").mkdir()  # the pod's /dev/shm, mounted as the daemon mounts it
     subprocess.run(["mount", "-t", "tmpfs", "shm", str(sandbox_dir / "shm")], check=True)
     logger_pid, logger_dir = _plant_logger(d, short_tmp)
+    shim_pid, shim_socket = _plant_shim(d)
     # The empty task cgroup runc leaves when a create is cut short.
     cgroup = secrets.token_hex(32)
     cgroup_dirs = [Path(f"/sys/fs/cgroup/{c}/crictld/{cgroup}") for c in ("memory", "pids")]
@@ -183,9 +217,11 @@ def plant(d: Daemon, pod: Pod, app_id: str, short_tmp: Path) -> Planted:
             ("orphan-state-dir", str(logger_dir)),
             ("orphan-logger", str(logger_pid)),
             ("orphan-cgroup", cgroup),
+            ("orphan-shim", str(shim_pid)),
         },
         logger_pid=logger_pid,
-        paths=[netns_path, sandbox_dir, logger_dir, *cgroup_dirs],
+        shim_pid=shim_pid,
+        paths=[netns_path, sandbox_dir, logger_dir, *cgroup_dirs, shim_socket],
         containerd_ids=[ghost, cut_short],
     )
 
@@ -241,10 +277,11 @@ def test_doctor_names_each_orphan_and_the_sweep_removes_only_them(
         code, doc = report(d)
         assert code == 0 and doc["findings"] == []
     finally:
-        if alive(planted.logger_pid):
-            os.kill(planted.logger_pid, 9)
+        for leftover in (planted.logger_pid, planted.shim_pid):
+            if alive(leftover):
+                os.kill(leftover, 9)
 
-    assert not alive(planted.logger_pid)
+    assert not alive(planted.logger_pid) and not alive(planted.shim_pid)
     assert not any(p.exists() for p in planted.paths)
     assert not (
         cni_network.ipam_dir

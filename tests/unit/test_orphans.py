@@ -580,3 +580,19 @@ def test_daemon_pid_reads_the_state_dirs_lock(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert daemon_pid(tmp_path) is None
+
+
+def test_an_idle_shim_of_a_task_containerd_forgot_is_an_orphan() -> None:
+    from crictl.reconciler.orphans import ORPHAN_SHIM, ShimProcess
+
+    old, sock = NOW - 120 * S, Path("/run/containerd/s/x")
+    world = plus(
+        healthy_world(),
+        shims=(
+            ShimProcess(101, "g" * 64, 0, old, sock),  # no task, no children: an orphan
+            ShimProcess(102, "h" * 64, 2, old, sock),  # still the parent of processes
+            ShimProcess(103, POD, 0, old, sock),  # its task is known
+            ShimProcess(104, "i" * 64, 0, NOW - 10 * S, sock),  # young: starting
+        ),
+    )
+    assert find(HEALTHY, world) == {(ORPHAN_SHIM, "101")}
