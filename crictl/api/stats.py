@@ -5,6 +5,8 @@ the collector's periodic cache, pod network counters from the pod's netns
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
 
 from crictl.api import cadvisor
@@ -12,6 +14,8 @@ from crictl.api.chunks import chunks
 from crictl.api.interceptor import Context
 from crictl.api.validation import label_selector
 from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.reconciler.cgroups import open_files
+from crictl.reconciler.containers import container_config_of
 from crictl.reconciler.sandboxes import config_of
 from crictl.reconciler.stats import (
     StatsCollector,
@@ -224,12 +228,24 @@ class Stats:
                 api_pb2.ContainerMetrics(
                     container_id=c.id,
                     metrics=cadvisor.usage_metrics(
-                        c.id, c.name, usage[c.id], self.stats.mountpoint
+                        c.id, c.name, usage[c.id], await self._extras(c, usage[c.id])
                     ),
                 )
                 for c in containers
                 if c.id in usage
             ],
+        )
+
+    async def _extras(self, row: Container, u: Usage) -> cadvisor.Extras:
+        files, fs = await asyncio.to_thread(
+            lambda: (open_files(u.sample.pids), filesystem(self.stats.mountpoint))
+        )
+        return cadvisor.Extras(
+            device=self.stats.mountpoint,
+            fs=fs,
+            files=files,
+            started_at_ns=row.started_at,
+            resources=container_config_of(row).linux.resources,
         )
 
     async def list_pod_sandbox_metrics(
@@ -248,3 +264,14 @@ class Stats:
         )
         for run in chunks(listed.pod_metrics):
             yield api_pb2.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=run)
+
+
+def filesystem(path: str) -> tuple[int, int, int] | None:
+    """(inodes free, inodes total, bytes) of the filesystem holding `path`."""
+    if not path:
+        return None
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_ffree, st.f_files, st.f_blocks * st.f_frsize

@@ -216,6 +216,10 @@ class LinkStats:
     rx_errors: int
     tx_bytes: int
     tx_errors: int
+    rx_packets: int = 0
+    rx_dropped: int = 0
+    tx_packets: int = 0
+    tx_dropped: int = 0
 
 
 def link_stats(path: Path) -> list[LinkStats]:
@@ -234,6 +238,10 @@ def link_stats(path: Path) -> list[LinkStats]:
                         stats["rx_errors"],
                         stats["tx_bytes"],
                         stats["tx_errors"],
+                        stats["rx_packets"],
+                        stats["rx_dropped"],
+                        stats["tx_packets"],
+                        stats["tx_dropped"],
                     )
                 )
         return out

@@ -40,6 +40,23 @@ class Sample:
     memory_limit: int | None = None
     swap: int | None = None
     processes: int | None = None
+    # what cAdvisor's metrics report besides (ListPodSandboxMetrics)
+    cpu_user_ns: int | None = None
+    cpu_system_ns: int | None = None
+    cfs_periods: int | None = None
+    cfs_throttled_periods: int | None = None
+    cfs_throttled_ns: int | None = None
+    memory_cache: int | None = None
+    memory_mapped_file: int | None = None
+    memory_kernel: int | None = None
+    memory_max_usage: int | None = None
+    memory_failcnt: int | None = None
+    oom_kills: int | None = None
+    threads: int | None = None
+    threads_max: int | None = None  # None: no limit
+    pids: tuple[int, ...] = ()  # the processes in the cgroup
+    # block I/O per device "MAJ:MIN": (read bytes, write bytes, reads, writes)
+    io: tuple[tuple[str, int, int, int, int], ...] = ()
 
     @property
     def available(self) -> int | None:
@@ -100,13 +117,69 @@ def _working_set(usage: int | None, inactive: int | None) -> int | None:
     return max(usage - (inactive or 0), 0)
 
 
+def _procs(path: Path) -> tuple[int, ...]:
+    text = _text(path) or ""
+    return tuple(int(x) for x in text.split() if x.isdigit())
+
+
+def _limit(path: Path) -> int | None:
+    text = (_text(path) or "").strip()
+    return int(text) if text.isdigit() else None
+
+
+def _io_v1(d: Path) -> tuple[tuple[str, int, int, int, int], ...]:
+    """blkio.throttle.io_service_bytes and io_serviced: "MAJ:MIN Read|Write N" lines."""
+    per: dict[str, list[int]] = {}
+    for name, offset in (("blkio.throttle.io_service_bytes", 0), ("blkio.throttle.io_serviced", 2)):
+        for line in (_text(d / name) or "").splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1] in ("Read", "Write") and parts[2].isdigit():
+                slot = per.setdefault(parts[0], [0, 0, 0, 0])
+                slot[offset + (parts[1] == "Write")] = int(parts[2])
+    return tuple((dev, *v) for dev, v in sorted(per.items()))  # type: ignore[misc]
+
+
+def _io_v2(d: Path) -> tuple[tuple[str, int, int, int, int], ...]:
+    """io.stat: "MAJ:MIN rbytes=N wbytes=N rios=N wios=N ..." lines."""
+    out = []
+    for line in (_text(d / "io.stat") or "").splitlines():
+        dev, *pairs = line.split()
+        kv = dict(p.split("=", 1) for p in pairs if "=" in p)
+        try:
+            out.append(
+                (dev, int(kv["rbytes"]), int(kv["wbytes"]), int(kv["rios"]), int(kv["wios"]))
+            )
+        except (KeyError, ValueError):
+            continue
+    return tuple(out)
+
+
 def read_v1(rel: str, root: Path = ROOT, now: int | None = None) -> Sample:
     mem = root / "memory" / rel
     usage = _int(mem / "memory.usage_in_bytes")
     stat = _keyed(mem / "memory.stat")
     limit = _int(mem / "memory.limit_in_bytes")
     memsw = _int(mem / "memory.memsw.usage_in_bytes")
+    cpu_stat = _keyed(root / "cpu" / rel / "cpu.stat")
+    ticks = _keyed(root / "cpuacct" / rel / "cpuacct.stat")
+    hz = os.sysconf("SC_CLK_TCK")
+    pids = _procs(root / "pids" / rel / "cgroup.procs") or _procs(mem / "cgroup.procs")
     return Sample(
+        cpu_user_ns=ticks["user"] * 1_000_000_000 // hz if "user" in ticks else None,
+        cpu_system_ns=ticks["system"] * 1_000_000_000 // hz if "system" in ticks else None,
+        cfs_periods=cpu_stat.get("nr_periods"),
+        cfs_throttled_periods=cpu_stat.get("nr_throttled"),
+        cfs_throttled_ns=cpu_stat.get("throttled_time"),
+        memory_cache=stat.get("total_cache"),
+        memory_mapped_file=stat.get("total_mapped_file"),
+        memory_kernel=_int(mem / "memory.kmem.usage_in_bytes"),
+        memory_max_usage=_int(mem / "memory.max_usage_in_bytes"),
+        memory_failcnt=_int(mem / "memory.failcnt"),
+        oom_kills=_keyed(mem / "memory.oom_control").get("oom_kill"),
+        threads=_int(root / "pids" / rel / "pids.current"),
+        threads_max=_limit(root / "pids" / rel / "pids.max"),
+        pids=pids,
+        io=_io_v1(root / "blkio" / rel),
         timestamp=now or time.time_ns(),
         cpu_ns=_int(root / "cpuacct" / rel / "cpuacct.usage"),
         memory_usage=usage,
@@ -116,7 +189,7 @@ def read_v1(rel: str, root: Path = ROOT, now: int | None = None) -> Sample:
         major_page_faults=stat.get("total_pgmajfault"),
         memory_limit=limit if limit is not None and limit < UNLIMITED else None,
         swap=max(memsw - usage, 0) if memsw is not None and usage is not None else None,
-        processes=_int(root / "pids" / rel / "pids.current"),
+        processes=len(pids) if pids else None,
     )
 
 
@@ -124,9 +197,31 @@ def read_v2(rel: str, root: Path = ROOT, now: int | None = None) -> Sample:
     d = root / rel
     usage = _int(d / "memory.current")
     stat = _keyed(d / "memory.stat")
-    cpu = _keyed(d / "cpu.stat").get("usage_usec")
+    cpu_stat = _keyed(d / "cpu.stat")
+    cpu = cpu_stat.get("usage_usec")
     limit_text = (_text(d / "memory.max") or "").strip()
+    events = _keyed(d / "memory.events")
+    pids = _procs(d / "cgroup.procs")
+
+    def usec(key: str) -> int | None:
+        return cpu_stat[key] * 1000 if key in cpu_stat else None
+
     return Sample(
+        cpu_user_ns=usec("user_usec"),
+        cpu_system_ns=usec("system_usec"),
+        cfs_periods=cpu_stat.get("nr_periods"),
+        cfs_throttled_periods=cpu_stat.get("nr_throttled"),
+        cfs_throttled_ns=usec("throttled_usec"),
+        memory_cache=stat.get("file"),
+        memory_mapped_file=stat.get("file_mapped"),
+        memory_kernel=stat.get("kernel"),
+        memory_max_usage=_int(d / "memory.peak"),
+        memory_failcnt=events.get("max"),
+        oom_kills=events.get("oom_kill"),
+        threads=_int(d / "pids.current"),
+        threads_max=_limit(d / "pids.max"),
+        pids=pids,
+        io=_io_v2(d),
         timestamp=now or time.time_ns(),
         cpu_ns=cpu * 1000 if cpu is not None else None,
         memory_usage=usage,
@@ -136,7 +231,7 @@ def read_v2(rel: str, root: Path = ROOT, now: int | None = None) -> Sample:
         major_page_faults=stat.get("pgmajfault"),
         memory_limit=int(limit_text) if limit_text.isdigit() else None,
         swap=_int(d / "memory.swap.current"),
-        processes=_int(d / "pids.current"),
+        processes=len(pids) if pids else None,
     )
 
 
@@ -205,3 +300,20 @@ def apply(cgroups_path: str, res: api_pb2.LinuxContainerResources, root: Path = 
             ) from None
         written.append(str(path))
     return written
+
+
+def open_files(pids: tuple[int, ...]) -> tuple[int, int]:
+    """(file descriptors, sockets) the processes hold, from /proc/<pid>/fd."""
+    fds = sockets = 0
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for name in names:
+            fds += 1
+            try:
+                sockets += os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:")
+            except OSError:
+                continue
+    return fds, sockets

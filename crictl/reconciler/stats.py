@@ -180,19 +180,14 @@ def pod_total(parts: list[Usage]) -> Usage:
     nanos = [u.nano_cores for u in parts if u.nano_cores is not None]
     sample = Sample(
         max((u.timestamp for u in parts), default=0) or time.time_ns(),
-        **{
-            f: total(f)
-            for f in (
-                "cpu_ns",
-                "memory_usage",
-                "working_set",
-                "rss",
-                "page_faults",
-                "major_page_faults",
-                "swap",
-                "processes",
-            )
-        },
+        cpu_ns=total("cpu_ns"),
+        memory_usage=total("memory_usage"),
+        working_set=total("working_set"),
+        rss=total("rss"),
+        page_faults=total("page_faults"),
+        major_page_faults=total("major_page_faults"),
+        swap=total("swap"),
+        processes=total("processes"),
     )
     return Usage(sample, sum(nanos) if nanos else None)
 

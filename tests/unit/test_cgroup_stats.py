@@ -23,7 +23,10 @@ V2_FILES = {
         "active_anon 20971520\ninactive_anon 0\nactive_file 2097152\ninactive_file 8388608\n"
         "pgfault 12345\npgmajfault 7\n"
     ),
-    "pids.current": "3\n",
+    "pids.current": "5\n",  # threads
+    "pids.max": "max\n",
+    "cgroup.procs": "101\n102\n103\n",
+    "memory.events": "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
 }
 SCOPE = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/crictld-abc.scope"
 
@@ -45,7 +48,9 @@ def test_v2_decoding(tmp_path: Path) -> None:
     assert s.working_set == 31_457_280 - 8_388_608
     assert (s.rss, s.page_faults, s.major_page_faults) == (20_971_520, 12_345, 7)
     assert s.memory_limit == 64 << 20 and s.available == (64 << 20) - s.working_set
-    assert (s.swap, s.processes) == (4096, 3)
+    assert (s.swap, s.processes, s.threads, s.threads_max) == (4096, 3, 5, None)
+    assert (s.pids, s.memory_failcnt, s.oom_kills) == ((101, 102, 103), 4, 1)
+    assert (s.cpu_user_ns, s.cpu_system_ns) == (2_101_733_000, 432_284_000)
 
 
 def test_v2_unlimited_and_missing_files(tmp_path: Path) -> None:
@@ -74,11 +79,14 @@ def test_v1_decoding(tmp_path: Path) -> None:
             ),
         },
     )
-    write(tmp_path, f"pids/{rel}", {"pids.current": "2\n"})
+    write(
+        tmp_path, f"pids/{rel}", {"pids.current": "2\n", "cgroup.procs": "7\n", "pids.max": "64\n"}
+    )
     s = cgroups.read("/crictld/abc", tmp_path)
     assert (s.cpu_ns, s.memory_usage, s.working_set) == (987_654_321, 5_000_000, 4_000_000)
     assert (s.rss, s.page_faults, s.major_page_faults) == (3_000_000, 77, 1)
-    assert s.memory_limit is None and s.swap == 4096 and s.processes == 2
+    assert s.memory_limit is None and s.swap == 4096
+    assert (s.processes, s.threads, s.threads_max, s.pids) == (1, 2, 64, (7,))
 
 
 def test_working_set_never_below_zero(tmp_path: Path) -> None:
