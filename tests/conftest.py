@@ -5,6 +5,7 @@ each removes everything it created."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -189,3 +190,5 @@ def image_daemon(
     finally:
         d.stop()
         asyncio.run(purge_namespace(containerd_address, namespace))
+        with contextlib.suppress(OSError):  # runc's state root for the namespace, now empty
+            Path("/run/containerd/runc", namespace).rmdir()

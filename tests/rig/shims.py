@@ -7,12 +7,15 @@ import os
 import signal
 from pathlib import Path
 
+from crictl.reconciler.orphans import shim_socket
+
 
 def kill_shims(address: str) -> None:
     """Shims outlive their containerd by design; a test that failed halfway can leave some,
     with their containers and loggers. End every shim still serving `address`, and its
     children first (a shim is its containers' subreaper)."""
     shims: set[int] = set()
+    sockets: list[Path] = []
     parents: dict[int, int] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -25,6 +28,12 @@ def kill_shims(address: str) -> None:
         parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
         if b"-address" in argv and address.encode() in argv:
             shims.add(int(proc.name))
+            flags = dict(zip(argv[1::2], argv[2::2], strict=False))
+            namespace, task = flags.get(b"-namespace"), flags.get(b"-id")
+            if namespace and task:  # the socket a killed shim cannot remove itself
+                sockets.append(shim_socket(address, namespace.decode(), task.decode()))
     for pid in [p for p, parent in parents.items() if parent in shims] + sorted(shims):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    for socket in sockets:
+        socket.unlink(missing_ok=True)
