@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 _STALE_BUNDLE = re.compile(r"failed to start shim: mkdir (/\S+): file exists")
 _TASK_STATE = "io.containerd.runtime.v2.task"
+_STALE_SNAPSHOT = re.compile(
+    r"(?:mkdir|rename \S+) (/\S+/io\.containerd\.snapshotter\.v1\.\w+/snapshots/[0-9]+): "
+    r"file exists"
+)
 
 NAMESPACE_HEADER = "containerd-namespace"
 DEFAULT_NAMESPACE = "crictld"
@@ -367,7 +371,36 @@ class ContainerdClient:
     ) -> list[mount_pb2.Mount]:
         """The writable snapshot `key` on top of `parent` (a read-only one with `view`); its
         mounts if it exists already. `metadata` may carry a lease header, to hold the snapshot
-        until something owns it."""
+        until something owns it.
+
+        containerd killed while its overlay snapshotter made a snapshot leaves the directory of
+        a snapshot id its metadata never recorded; the next snapshot gets that id again and
+        fails ("rename .../new-N .../snapshots/<n>: file exists"). No recorded snapshot can
+        have that id (containerd was allocating it as new), so the directory is removed and
+        the snapshot made again (containerd 1.6's snapshots service has no Cleanup for
+        overlayfs)."""
+        for attempt in range(1, 9):
+            try:
+                return await self._prepare_snapshot(snapshotter, key, parent, metadata, view)
+            except errors.CrictlError as e:
+                found = _STALE_SNAPSHOT.search(str(e))
+                if found is None or attempt == 8:
+                    raise
+                stale = Path(found.group(1))
+                log.warning(
+                    "removing a snapshot directory a crash left", extra={"path": str(stale)}
+                )
+                await asyncio.to_thread(remove_dir, stale)
+        raise AssertionError("unreachable")
+
+    async def _prepare_snapshot(
+        self,
+        snapshotter: str,
+        key: str,
+        parent: str,
+        metadata: tuple[tuple[str, str], ...] | None,
+        view: bool,
+    ) -> list[mount_pb2.Mount]:
         try:
             if view:
                 viewed = await self.call(
