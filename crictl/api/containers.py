@@ -243,14 +243,7 @@ class Containers:
                     "apparmor": _apparmor_reason(config.linux.security_context),
                     "logPath": row.log_path or "",
                     "crictld": await crictld_view(
-                        self.store,
-                        "container",
-                        row.id,
-                        row.desired,
-                        row.phase,
-                        row.generation,
-                        row.observed_generation,
-                        self.reconciler.queue.failures,
+                        self.store, "container", row, self.reconciler.queue.failures
                     ),
                 }
             )

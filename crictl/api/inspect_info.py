@@ -10,27 +10,21 @@ from typing import Any
 from crictl.reconciler.queue import Failure
 from crictl.store.engine import Store
 from crictl.store.events import list_events
+from crictl.store.models import Container, PodSandbox
 
 LAST_EVENTS = 10
 
 
 async def crictld_view(
-    store: Store,
-    kind: str,
-    object_id: str,
-    desired: str,
-    phase: str,
-    generation: int,
-    observed: int,
-    failures: Mapping[str, Failure],
+    store: Store, kind: str, row: Container | PodSandbox, failures: Mapping[str, Failure]
 ) -> dict[str, Any]:
-    events = await store.read(lambda s: list_events(s, kind, object_id)[-LAST_EVENTS:])
-    failure = failures.get(object_id)
+    events = await store.read(lambda s: list_events(s, kind, row.id)[-LAST_EVENTS:])
+    failure = failures.get(row.id)
     return {
-        "desired": desired,
-        "phase": phase,
-        "generation": generation,
-        "observedGeneration": observed,
+        "desired": row.desired,
+        "phase": row.phase,
+        "generation": row.generation,
+        "observedGeneration": row.observed_generation,
         "lastError": (
             {"error": failure.error, "attempts": failure.attempts, "since": failure.since}
             if failure is not None

@@ -195,14 +195,7 @@ class PodSandboxes:
                     "reason": row.reason,
                     "message": row.message,
                     "crictld": await crictld_view(
-                        self.store,
-                        "sandbox",
-                        row.id,
-                        row.desired,
-                        row.phase,
-                        row.generation,
-                        row.observed_generation,
-                        self.reconciler.queue.failures,
+                        self.store, "sandbox", row, self.reconciler.queue.failures
                     ),
                 }
             )
