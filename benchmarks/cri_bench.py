@@ -335,6 +335,54 @@ def format_table(result: Result) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(result: Result, floor: str | None = None) -> str:
+    """Per operation: each runtime's p50, the first runtime's over the second's, and (with
+    FLOOR, an operation every round makes, e.g. Version) each runtime's p50 above its FLOOR's."""
+    rts = result.runtimes
+    if len(rts) < 2:
+        return ""
+    first, second = rts[0], rts[1]
+
+    def p50(rt: Runtime, op: str) -> float | None:
+        stats = rt.ops.get(op)
+        if stats is None or not stats.samples:
+            return None
+        return percentile([s * 1000.0 for s in stats.samples], 0.5)
+
+    ops = result.operations()
+    width = max([len("operation"), *(len(op) for op in ops)])
+    head = [f"{first.name} p50", f"{second.name} p50", "ratio"]
+    if floor is not None:
+        head += [f"{first.name} -{floor}", f"{second.name} -{floor}"]
+    widths = [max(len(h), 9) for h in head]
+    lines = [
+        f"p50 side by side (ratio = {first.name} / {second.name}"
+        + (f"; -{floor}: p50 above the runtime's own {floor} p50" if floor else "")
+        + ")",
+        " | ".join(
+            ["operation".ljust(width), *(h.rjust(w) for h, w in zip(head, widths, strict=True))]
+        ),
+        "-+-".join(["-" * width, *("-" * w for w in widths)]),
+    ]
+    for op in ops:
+        a, b = p50(first, op), p50(second, op)
+        cells = [
+            f"{a:.3f}" if a is not None else "-",
+            f"{b:.3f}" if b is not None else "-",
+            f"{a / b:.2f}" if a is not None and b else "-",
+        ]
+        if floor is not None:
+            fa, fb = p50(first, floor), p50(second, floor)
+            cells += [
+                f"{a - fa:+.3f}" if a is not None and fa is not None else "-",
+                f"{b - fb:+.3f}" if b is not None and fb is not None else "-",
+            ]
+        lines.append(
+            " | ".join([op.ljust(width), *(c.rjust(w) for c, w in zip(cells, widths, strict=True))])
+        )
+    return "\n".join(lines)
+
+
 def write_json(results: Sequence[Result], path: Path) -> None:
     data: object = results[0].as_json() if len(results) == 1 else [r.as_json() for r in results]
     path.write_text(json.dumps(data, indent=2) + "\n")
