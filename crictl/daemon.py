@@ -210,6 +210,16 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 "migrated database", extra={"db": str(config.db_path), "from": before, "to": after}
             )
         store = Store(make_engine(config.db_path))
+        built = time.perf_counter()
+        snap = await asyncio.to_thread(store.build_model)
+        log.info(
+            "read model built",
+            extra={
+                "sandboxes": len(snap.sandboxes),
+                "containers": len(snap.containers),
+                "ms": round((time.perf_counter() - built) * 1000, 1),
+            },
+        )
         log.info(
             "apparmor",
             extra={"state": await asyncio.to_thread(apparmor.load_default, config.state_dir)},

@@ -13,7 +13,6 @@ import secrets
 from collections.abc import AsyncIterator
 
 from google.protobuf import json_format
-from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.api.chunks import chunks
@@ -33,20 +32,15 @@ from crictl.reconciler.containers import ContainerReconciler, container_config_o
 from crictl.reconciler.sandboxes import config_of
 from crictl.store.containers import (
     ContainerFilter,
-    ContainerSummary,
     NewContainer,
-    container_labels,
-    container_summaries,
     create_container,
-    get_container,
-    list_container_phases,
-    load_container,
     resolve_container_id,
+    select_containers,
     set_container_desired,
 )
 from crictl.store.engine import Store
-from crictl.store.models import Container, ContainerDesired, ContainerPhase, LabelKind
-from crictl.store.sandboxes import get_sandbox
+from crictl.store.models import Container, ContainerDesired, ContainerPhase
+from crictl.store.readmodel import ContainerView
 
 STATES = {
     ContainerPhase.CREATED: api_pb2.CONTAINER_CREATED,
@@ -55,11 +49,11 @@ STATES = {
 }
 
 
-def _state(row: Container) -> api_pb2.ContainerState.ValueType:
+def _state(row: ContainerView) -> api_pb2.ContainerState.ValueType:
     return STATES.get(ContainerPhase(row.phase), api_pb2.CONTAINER_UNKNOWN)
 
 
-def _static_container(r: ContainerSummary) -> api_pb2.Container:
+def _static_container(r: ContainerView) -> api_pb2.Container:
     return api_pb2.Container(
         id=r.id,
         pod_sandbox_id=r.sandbox_id,
@@ -73,7 +67,7 @@ def _static_container(r: ContainerSummary) -> api_pb2.Container:
     )
 
 
-def _torn_down(row: Container) -> errors.CrictlError:
+def _torn_down(row: Container | ContainerView) -> errors.CrictlError:
     why = f"{row.reason}: {row.message}" if row.reason else "it is being removed"
     return errors.Unavailable(
         f"container {row.id} with this name is being torn down ({why}); retry once it is gone"
@@ -85,15 +79,15 @@ class Containers:
         self.store = store
         self.reconciler = reconciler
         # ListContainers (PLEG, every second): everything but the state of a container never
-        # changes, so it is read and built once; each call reads only ids and phases.
-        self._listed: dict[str, tuple[api_pb2.Container, dict[str, str]]] = {}
+        # changes, so its entry is built once and copied with the phase of the moment.
+        self._listed: dict[str, api_pb2.Container] = {}
 
     async def create_container(
         self, request: api_pb2.CreateContainerRequest, context: Context
     ) -> api_pb2.CreateContainerResponse:
         config = request.config
         validate_container_request(request)  # normalises config's mount paths in place
-        sandbox = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id))
+        sandbox = self.store.snapshot.sandbox(request.pod_sandbox_id)
         validate_container_in_sandbox(request, config_of(sandbox), sandbox.id)
         image = self.reconciler.images.status(config.image.image)
         for i, m in enumerate(config.mounts):
@@ -136,7 +130,7 @@ class Containers:
         await self.reconciler.queue.wait(row.id)
         # A retry may have attached to a create that then failed and is being undone: never
         # answer OK with an id that is going away.
-        after = await self.store.read(lambda s: load_container(s, row.id))
+        after = self.store.snapshot.containers.get(row.id)
         if after is None or after.desired == ContainerDesired.REMOVED:
             raise _torn_down(after or row)
         return api_pb2.CreateContainerResponse(container_id=row.id)
@@ -159,7 +153,7 @@ class Containers:
     async def start_container(
         self, request: api_pb2.StartContainerRequest, context: Context
     ) -> api_pb2.StartContainerResponse:
-        row = await self.store.read(lambda s: get_container(s, request.container_id))
+        row = self.store.snapshot.container(request.container_id)
         if row.phase not in (ContainerPhase.CREATED, ContainerPhase.RUNNING):
             raise errors.FailedPrecondition(
                 f"container {row.id} is {row.phase}, not CREATED: it cannot be started"
@@ -167,7 +161,7 @@ class Containers:
         await self._change(
             row.id, ContainerDesired.RUNNING, "container-start:after-desired", missing_ok=False
         )
-        row = await self.store.read(lambda s: get_container(s, request.container_id))
+        row = self.store.snapshot.container(request.container_id)
         if row.phase != ContainerPhase.RUNNING and row.reason == "StartError":
             raise errors.FailedPrecondition(f"container {row.id} failed to start: {row.message}")
         return api_pb2.StartContainerResponse()
@@ -176,7 +170,7 @@ class Containers:
         self, request: api_pb2.StopContainerRequest, context: Context
     ) -> api_pb2.StopContainerResponse:
         try:
-            cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
+            cid = self.store.snapshot.container_id(request.container_id)
         except errors.NotFound:
             return api_pb2.StopContainerResponse()
         self.reconciler.request_stop(cid, int(request.timeout))
@@ -199,7 +193,7 @@ class Containers:
     async def container_status(
         self, request: api_pb2.ContainerStatusRequest, context: Context
     ) -> api_pb2.ContainerStatusResponse:
-        row = await self.store.read(lambda s: get_container(s, request.container_id))
+        row = self.store.snapshot.container(request.container_id)
         config = container_config_of(row)
         status = api_pb2.ContainerStatus(
             id=row.id,
@@ -214,8 +208,8 @@ class Containers:
             image_id=row.image_id or "",
             reason=row.reason if row.phase == ContainerPhase.EXITED else "",
             message=row.message if row.phase == ContainerPhase.EXITED else "",
-            labels=container_labels(row, LabelKind.LABEL),
-            annotations=container_labels(row, LabelKind.ANNOTATION),
+            labels=row.labels,
+            annotations=row.annotations,
             mounts=list(config.mounts),
             log_path=row.log_path or "",
         )
@@ -282,26 +276,20 @@ class Containers:
             labels=label_selector(f.label_selector, "filter.label_selector"),
         )
         known = self._listed
-
-        def read(session: Session) -> tuple[list[tuple[str, str]], list[ContainerSummary]]:
-            rows = list_container_phases(session, flt)
-            return rows, container_summaries(session, [i for i, _ in rows if i not in known])
-
-        rows, fresh = await self.store.read(read)
-        for r in fresh:
-            known[r.id] = (_static_container(r), r.labels)
-        if not (flt.id_prefix or flt.sandbox_id or flt.phases):
+        views = select_containers(self.store.snapshot, flt)
+        if not (flt.id_prefix or flt.sandbox_id or flt.phases or flt.labels):
             # An unfiltered list sees every container: forget the removed ones.
-            self._listed = known = {i: known[i] for i, _ in rows}
-        selector = flt.labels.items()
+            self._listed = known = {v.id: known[v.id] for v in views if v.id in known}
         out = []
-        for cid, phase in rows:
-            static, labels = known[cid]
-            if phase == ContainerPhase.PENDING or not selector <= labels.items():
+        for view in views:
+            if view.phase == ContainerPhase.PENDING:
                 continue
+            static = known.get(view.id)
+            if static is None:
+                static = known[view.id] = _static_container(view)
             c = api_pb2.Container()
             c.CopyFrom(static)
-            c.state = STATES.get(ContainerPhase(phase), api_pb2.CONTAINER_UNKNOWN)
+            c.state = STATES.get(ContainerPhase(view.phase), api_pb2.CONTAINER_UNKNOWN)
             out.append(c)
         return api_pb2.ListContainersResponse(containers=out)
 
@@ -318,7 +306,7 @@ class Containers:
         self, request: api_pb2.UpdateContainerResourcesRequest, context: Context
     ) -> api_pb2.UpdateContainerResourcesResponse:
         validate_resources(request.linux, "linux")
-        cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
+        cid = self.store.snapshot.container_id(request.container_id)
         await self.reconciler.update_resources(cid, request.linux)
         return api_pb2.UpdateContainerResourcesResponse()
 
@@ -326,7 +314,7 @@ class Containers:
         self, request: api_pb2.ExecSyncRequest, context: Context
     ) -> api_pb2.ExecSyncResponse:
         validate_exec_sync(request)
-        cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
+        cid = self.store.snapshot.container_id(request.container_id)
         result = await self.reconciler.exec_sync(cid, list(request.cmd), int(request.timeout))
         return api_pb2.ExecSyncResponse(
             stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
@@ -335,7 +323,7 @@ class Containers:
     async def reopen_container_log(
         self, request: api_pb2.ReopenContainerLogRequest, context: Context
     ) -> api_pb2.ReopenContainerLogResponse:
-        cid = await self.store.read(lambda s: resolve_container_id(s, request.container_id))
+        cid = self.store.snapshot.container_id(request.container_id)
         await self.reconciler.reopen_log(cid)
         return api_pb2.ReopenContainerLogResponse()
 
@@ -350,7 +338,7 @@ class Containers:
             )
         if request.timeout < 0:
             raise errors.InvalidArgument(f"timeout {request.timeout} is negative")
-        row = await self.store.read(lambda s: get_container(s, request.container_id))
+        row = self.store.snapshot.container(request.container_id)
         if row.phase != ContainerPhase.RUNNING:
             raise errors.FailedPrecondition(
                 f"container {row.id} is {row.phase}, not RUNNING: nothing to checkpoint"

@@ -16,7 +16,6 @@ import secrets
 from collections.abc import AsyncIterator
 
 from google.protobuf import json_format
-from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.api.chunks import chunks
@@ -31,31 +30,20 @@ from crictl.reconciler.sandboxes import (
     host_network,
 )
 from crictl.store.engine import Store
-from crictl.store.models import LabelKind, PodSandbox, SandboxDesired, SandboxPhase
+from crictl.store.models import PodSandbox, SandboxDesired, SandboxPhase
+from crictl.store.readmodel import SandboxView
 from crictl.store.sandboxes import (
     NewSandbox,
     SandboxFilter,
-    SandboxSummary,
     create_sandbox,
-    get_sandbox,
-    labels_of,
-    list_sandbox_states,
-    load_sandbox,
     resolve_sandbox_id,
-    sandbox_summaries,
+    select_sandboxes,
     set_sandbox_desired,
 )
 
 
-def _state(row: PodSandbox) -> api_pb2.PodSandboxState.ValueType:
+def _state(row: SandboxView) -> api_pb2.PodSandboxState.ValueType:
     return api_pb2.SANDBOX_READY if row.phase == SandboxPhase.READY else api_pb2.SANDBOX_NOTREADY
-
-
-def metadata_of(row: PodSandbox) -> api_pb2.PodSandboxMetadata:
-    """From the row's columns: cheaper than parsing the stored config (List is hot: PLEG)."""
-    return api_pb2.PodSandboxMetadata(
-        name=row.name, namespace=row.namespace, uid=row.uid, attempt=row.attempt
-    )
 
 
 def config_digest(config: api_pb2.PodSandboxConfig, handler: str) -> str:
@@ -64,7 +52,7 @@ def config_digest(config: api_pb2.PodSandboxConfig, handler: str) -> str:
     return h.hexdigest()
 
 
-def _static_sandbox(r: SandboxSummary) -> api_pb2.PodSandbox:
+def _static_sandbox(r: SandboxView) -> api_pb2.PodSandbox:
     return api_pb2.PodSandbox(
         id=r.id,
         metadata=api_pb2.PodSandboxMetadata(
@@ -81,9 +69,9 @@ class PodSandboxes:
     def __init__(self, store: Store, reconciler: SandboxReconciler) -> None:
         self.store = store
         self.reconciler = reconciler
-        # ListPodSandbox (PLEG, every second): all but a sandbox's state never changes, so it
-        # is read and built once; each call reads only ids, phases and desired states.
-        self._listed: dict[str, tuple[api_pb2.PodSandbox, dict[str, str]]] = {}
+        # ListPodSandbox (PLEG, every second): all but a sandbox's state never changes, so its
+        # entry is built once and copied with the state of the moment.
+        self._listed: dict[str, api_pb2.PodSandbox] = {}
 
     async def run_pod_sandbox(
         self, request: api_pb2.RunPodSandboxRequest, context: Context
@@ -115,13 +103,13 @@ class PodSandboxes:
         await self.reconciler.queue.wait(row.id)
         # A retry may have attached to a setup that then failed and is being undone: never
         # answer OK with an id that is going away (the caller would lose its pod).
-        after = await self.store.read(lambda s: load_sandbox(s, row.id))
+        after = self.store.snapshot.sandboxes.get(row.id)
         if after is None or after.desired == SandboxDesired.REMOVED:
             raise self._torn_down(after or row)
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=row.id)
 
     @staticmethod
-    def _torn_down(row: PodSandbox) -> errors.CrictlError:
+    def _torn_down(row: PodSandbox | SandboxView) -> errors.CrictlError:
         why = f"{row.reason}: {row.message}" if row.reason else "it is being removed"
         return errors.Unavailable(
             f"pod sandbox {row.id} with this name is being torn down ({why}); retry once it is gone"
@@ -159,15 +147,15 @@ class PodSandboxes:
     ) -> api_pb2.PodSandboxStatusResponse:
         if not request.pod_sandbox_id:
             raise errors.InvalidArgument("pod_sandbox_id is empty")
-        row = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id))
+        row = self.store.snapshot.sandbox(request.pod_sandbox_id)
         config = config_of(row)
         status = api_pb2.PodSandboxStatus(
             id=row.id,
             metadata=config.metadata,
             state=_state(row),
             created_at=row.created_at,
-            labels=labels_of(row, LabelKind.LABEL),
-            annotations=labels_of(row, LabelKind.ANNOTATION),
+            labels=row.labels,
+            annotations=row.annotations,
             runtime_handler=row.runtime_handler,
         )
         if row.ip:
@@ -217,31 +205,21 @@ class PodSandboxes:
             labels=label_selector(f.label_selector, "filter.label_selector"),
         )
         known = self._listed
-
-        def read(session: Session) -> tuple[list[tuple[str, str, str]], list[SandboxSummary]]:
-            rows = list_sandbox_states(session, flt)
-            return rows, sandbox_summaries(session, [i for i, _, _ in rows if i not in known])
-
-        rows, fresh = await self.store.read(read)
-        for r in fresh:
-            known[r.id] = (_static_sandbox(r), r.labels)
-        if not (flt.id_prefix or flt.phases):
+        views = select_sandboxes(self.store.snapshot, flt)
+        if not (flt.id_prefix or flt.phases or flt.labels):
             # An unfiltered list sees every sandbox: forget the removed ones.
-            self._listed = known = {i: known[i] for i, _, _ in rows}
-        selector = flt.labels.items()
+            self._listed = known = {v.id: known[v.id] for v in views if v.id in known}
         items = []
-        for sid, phase, desired in rows:
-            static, labels = known[sid]
+        for view in views:
             # still being set up: not created yet, as far as CRI is concerned
-            if (phase == SandboxPhase.PENDING and desired == SandboxDesired.READY) or not (
-                selector <= labels.items()
-            ):
+            if view.phase == SandboxPhase.PENDING and view.desired == SandboxDesired.READY:
                 continue
+            static = known.get(view.id)
+            if static is None:
+                static = known[view.id] = _static_sandbox(view)
             item = api_pb2.PodSandbox()
             item.CopyFrom(static)
-            item.state = (
-                api_pb2.SANDBOX_READY if phase == SandboxPhase.READY else api_pb2.SANDBOX_NOTREADY
-            )
+            item.state = _state(view)
             items.append(item)
         return api_pb2.ListPodSandboxResponse(items=items)
 
@@ -261,7 +239,7 @@ class PodSandboxes:
             raise errors.InvalidArgument("pod_sandbox_id is empty")
         validate_resources(request.overhead, "overhead")
         validate_resources(request.resources, "resources")
-        sid = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id).id)
+        sid = self.store.snapshot.sandbox_id(request.pod_sandbox_id)
         await self.reconciler.update_resources(sid, request.overhead, request.resources)
         return api_pb2.UpdatePodSandboxResourcesResponse()
 
@@ -272,7 +250,7 @@ class PodSandboxes:
             raise errors.InvalidArgument(
                 f"output_path {request.output_path[:80]!r} is not an absolute path"
             )
-        row = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id))
+        row = self.store.snapshot.sandbox(request.pod_sandbox_id)
         if row.phase != SandboxPhase.READY:
             raise errors.FailedPrecondition(
                 f"pod sandbox {row.id} is {row.phase}, not READY: nothing to checkpoint"

@@ -73,6 +73,7 @@ from crictl.store.containers import (
 from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.models import Container, ContainerDesired, ContainerPhase, SandboxPhase
+from crictl.store.readmodel import ContainerView
 from crictl.store.sandboxes import load_sandbox
 from crictl.streaming.backend import STDERR, STDOUT
 
@@ -85,7 +86,7 @@ CREATE_LEASE_LABEL = "crictld.io/create"
 SANDBOX_LABEL = "crictld.io/sandbox-id"
 
 
-def container_config_of(row: Container) -> api_pb2.ContainerConfig:
+def container_config_of(row: Container | ContainerView) -> api_pb2.ContainerConfig:
     """The container's config (shared and cached: configs never change; do not modify it)."""
     return _parse_container_config(row.config)
 

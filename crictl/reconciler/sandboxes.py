@@ -55,6 +55,7 @@ from crictl.reconciler.queue import KeyedQueue
 from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.models import PodSandbox, SandboxDesired, SandboxPhase
+from crictl.store.readmodel import SandboxView
 from crictl.store.sandboxes import (
     SETUP_FAILED,
     delete_sandbox,
@@ -93,7 +94,7 @@ class SandboxSettings:
     runtime_handlers: Mapping[str, str] = dataclasses_field(default_factory=dict)
 
 
-def config_of(row: PodSandbox) -> api_pb2.PodSandboxConfig:
+def config_of(row: PodSandbox | SandboxView) -> api_pb2.PodSandboxConfig:
     """The sandbox's config (shared and cached: configs never change; do not modify it)."""
     return _parse_sandbox_config(row.config)
 

@@ -20,11 +20,16 @@ LabelMaps = dict[str, tuple[dict[str, str], dict[str, str]]]
 ID_LENGTH = 64
 
 
+def is_id_text(text: str) -> bool:
+    """Could be an id or an id prefix: lowercase hex, no longer than an id."""
+    return len(text) <= ID_LENGTH and _HEX.fullmatch(text) is not None
+
+
 def id_prefix(column: ColumnElement[str] | InstrumentedAttribute[str], prefix: str) -> Any:
     """`column` starts with `prefix`, for list filters. Ids are lowercase hex, so anything else
     matches nothing, and is never handed to LIKE (where % and _ are wildcards and a very long
     pattern is an SQLite error)."""
-    if not _HEX.match(prefix) or len(prefix) > ID_LENGTH:
+    if not is_id_text(prefix):
         return false()
     return column.startswith(prefix)
 
@@ -36,7 +41,7 @@ def resolve_id(
     unique prefixes); `what` names the kind of object in errors."""
     if not id_or_prefix:
         raise InvalidArgument(f"{what} id is empty")
-    if not _HEX.match(id_or_prefix) or len(id_or_prefix) > ID_LENGTH:
+    if not is_id_text(id_or_prefix):
         raise NotFound(f"{what} {id_or_prefix[:80]!r} not found")
     ids = list(
         session.scalars(select(id_column).where(id_column.startswith(id_or_prefix)).limit(2))
@@ -70,13 +75,21 @@ def with_labels(
 
 
 def label_maps(
-    session: Session, labels_table: FromClause, owner_column: str, ids: list[str]
+    session: Session,
+    labels_table: FromClause,
+    owner_column: str,
+    ids: list[str],
+    every: bool = False,
 ) -> LabelMaps:
-    """{owner id: (labels, annotations)} for `ids`, in one query."""
+    """{owner id: (labels, annotations)} for `ids`, in one query (EVERY: `ids` are all the
+    owners, so the whole table is read, with no list of ids to bind)."""
     out: LabelMaps = {i: ({}, {}) for i in ids}
     lt = labels_table.c
-    for owner, kind, key, value in session.execute(
-        select(lt[owner_column], lt.kind, lt.key, lt.value).where(lt[owner_column].in_(ids))
-    ):
-        out[owner][0 if kind == LabelKind.LABEL else 1][key] = value
+    query = select(lt[owner_column], lt.kind, lt.key, lt.value)
+    if not every:
+        query = query.where(lt[owner_column].in_(ids))
+    for owner, kind, key, value in session.execute(query):
+        maps = out.get(owner)
+        if maps is not None:
+            maps[0 if kind == LabelKind.LABEL else 1][key] = value
     return out

@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, select
+from sqlalchemy import CursorResult, select
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, selectinload
 
 from crictl.errors import AlreadyExists, NotFound
-from crictl.store.common import id_prefix, label_maps, resolve_id, with_labels
+from crictl.store.common import id_prefix, is_id_text, resolve_id, with_labels
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import (
     Container,
@@ -22,6 +22,7 @@ from crictl.store.models import (
     ContainerPhase,
     LabelKind,
 )
+from crictl.store.readmodel import ContainerView, Snapshot, gone, touch
 from crictl.store.transitions import switch_container_phase
 
 
@@ -88,6 +89,7 @@ def create_container(session: Session, new: NewContainer) -> tuple[Container, bo
             for k, v in items.items()
         )
         record_event(session, "container", new.id, "created", to_phase=ContainerPhase.PENDING)
+        touch(session, "container", new.id)
     row = session.scalars(
         select(Container).where(
             Container.sandbox_id == new.sandbox_id,
@@ -233,78 +235,26 @@ def delete_container(session: Session, container_id: str, reason: str = "Removed
     if c is None:
         return
     session.execute(sa_delete(Container).where(Container.id == container_id))
+    gone(session, "container", container_id)
     record_event(session, "container", container_id, "removed", from_phase=c.phase, reason=reason)
 
 
-@dataclass(frozen=True)
-class ContainerSummary:
-    """What ListContainers reports, read with plain SQL (PLEG's hot path)."""
-
-    id: str
-    sandbox_id: str
-    name: str
-    attempt: int
-    image: str
-    image_ref: str | None
-    image_id: str | None
-    phase: str
-    created_at: int
-    labels: dict[str, str]
-    annotations: dict[str, str]
-
-
-def _summary_query() -> Select[Any]:
-    t = Container.__table__
-    return select(
-        t.c.id,
-        t.c.sandbox_id,
-        t.c.name,
-        t.c.attempt,
-        t.c.image,
-        t.c.image_ref,
-        t.c.image_id,
-        t.c.phase,
-        t.c.created_at,
-    )
-
-
-def _summaries(session: Session, query: Select[Any]) -> list[ContainerSummary]:
-    rows = session.execute(query).all()
-    if not rows:
+def select_containers(snap: Snapshot, flt: ContainerFilter | None = None) -> list[ContainerView]:
+    """The containers of the read model `flt` selects, oldest first: what `list_containers`
+    answers from SQL."""
+    views = snap.containers.values()
+    if flt is None:
+        return list(views)
+    if flt.id_prefix and not is_id_text(flt.id_prefix):
         return []
-    labels = label_maps(session, ContainerLabel.__table__, "container_id", [r[0] for r in rows])
+    if flt.sandbox_id and not is_id_text(flt.sandbox_id):
+        return []
+    selector = flt.labels.items()
     return [
-        ContainerSummary(
-            r.id,
-            r.sandbox_id,
-            r.name,
-            r.attempt,
-            r.image,
-            r.image_ref,
-            r.image_id,
-            r.phase,
-            r.created_at,
-            *labels[r.id],
-        )
-        for r in rows
+        c
+        for c in views
+        if (not flt.id_prefix or c.id.startswith(flt.id_prefix))
+        and (not flt.sandbox_id or c.sandbox_id.startswith(flt.sandbox_id))
+        and (flt.phases is None or c.phase in flt.phases)
+        and selector <= c.labels.items()
     ]
-
-
-def list_container_phases(
-    session: Session, flt: ContainerFilter | None = None
-) -> list[tuple[str, str]]:
-    """(id, phase) of the containers a filter selects (label selectors aside), oldest first:
-    the only columns of a container that change, for callers that cache the rest."""
-    query = _filtered(select(Container.id, Container.phase), flt, labels=False)
-    return [(r[0], r[1]) for r in session.execute(query.order_by(Container.created_at))]
-
-
-def container_summaries(session: Session, ids: list[str]) -> list[ContainerSummary]:
-    if not ids:
-        return []
-    return _summaries(
-        session,
-        _summary_query()
-        .where(Container.__table__.c.id.in_(ids))
-        .order_by(Container.__table__.c.created_at),
-    )

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,8 +25,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from crictl import metrics
 from crictl.store.events import COMMITTED_EVENTS
 from crictl.store.models import Event
+from crictl.store.readmodel import ReadModel, Snapshot, track
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -92,12 +97,30 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        event.listen(self._sessions, "after_flush", track)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-reader")
         self._listeners: list[Callable[[list[Event]], None]] = []
+        # One transaction at a time in this process (SQLite has one writer anyway), so that
+        # the read model's publishes land in commit order.
+        self._write_lock = threading.RLock()
+        self.model = ReadModel()
 
     def session(self) -> Session:
         return self._sessions()
+
+    def build_model(self) -> Snapshot:
+        """Loads the read model from the rows (at start, once the schema is at head)."""
+        with self._write_lock, self._sessions() as session:
+            return self.model.build(session)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The read model now: every sandbox and container as of the last commit. Built on
+        first use if the daemon did not build it yet (tools and tests)."""
+        if not self.model.built:
+            self.build_model()
+        return self.model.snapshot
 
     def add_listener(self, listener: Callable[[list[Event]], None]) -> None:
         """`listener` gets the events each write recorded, after it committed (in the writer
@@ -105,8 +128,15 @@ class Store:
         self._listeners.append(listener)
 
     def write_sync(self, fn: Callable[[Session], T]) -> T:
-        with self._sessions.begin() as session:
-            result = fn(session)
+        with self._write_lock, self._sessions() as session:
+            with session.begin():
+                result = fn(session)
+            # Committed: the read model takes the rows before the write returns.
+            try:
+                self.model.publish(session)
+            except Exception:  # a defect; the rows are right, so the model is made again
+                log.exception("read model publish failed: rebuilding it from the rows")
+                self.model.build(session)
         recorded: list[Event] = session.info.pop(COMMITTED_EVENTS, [])
         if recorded:
             for listener in self._listeners:

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, selectinload
 
 from crictl.errors import AlreadyExists, NotFound
-from crictl.store.common import id_prefix, label_maps, resolve_id, with_labels
+from crictl.store.common import id_prefix, is_id_text, resolve_id, with_labels
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import (
     LabelKind,
@@ -22,6 +22,7 @@ from crictl.store.models import (
     SandboxDesired,
     SandboxPhase,
 )
+from crictl.store.readmodel import SandboxView, Snapshot, gone, touch
 from crictl.store.transitions import switch_sandbox_phase
 
 SETUP_FAILED = "SetupFailed"
@@ -84,6 +85,7 @@ def create_sandbox(session: Session, new: NewSandbox) -> tuple[PodSandbox, bool]
     if created:
         session.add_all(_label_rows(new))
         record_event(session, "sandbox", new.id, "created", to_phase=SandboxPhase.PENDING)
+        touch(session, "sandbox", new.id)
     row = session.scalars(
         select(PodSandbox).where(
             PodSandbox.name == new.name,
@@ -244,6 +246,7 @@ def delete_sandbox(session: Session, sandbox_id: str, reason: str, message: str 
         return
     # Core DELETE: the database cascades to the labels (foreign keys are enforced).
     session.execute(sa_delete(PodSandbox).where(PodSandbox.id == sandbox_id))
+    gone(session, "sandbox", sandbox_id)
     record_event(
         session,
         "sandbox",
@@ -262,61 +265,6 @@ def _must(session: Session, sandbox_id: str) -> PodSandbox:
     return sandbox
 
 
-@dataclass(frozen=True)
-class SandboxSummary:
-    """What ListPodSandbox reports, read with plain SQL (no ORM objects: List is PLEG's hot
-    path, every second at a hundred pods)."""
-
-    id: str
-    name: str
-    namespace: str
-    uid: str
-    attempt: int
-    phase: str
-    desired: str
-    created_at: int
-    runtime_handler: str
-    labels: dict[str, str]
-    annotations: dict[str, str]
-
-
-def sandbox_summaries(session: Session, ids: list[str]) -> list[SandboxSummary]:
-    """What a list shows about these sandboxes, oldest first."""
-    if not ids:
-        return []
-    t = PodSandbox.__table__
-    query = select(
-        t.c.id,
-        t.c.name,
-        t.c.namespace,
-        t.c.uid,
-        t.c.attempt,
-        t.c.phase,
-        t.c.desired,
-        t.c.created_at,
-        t.c.runtime_handler,
-    ).where(t.c.id.in_(ids))
-    rows = session.execute(query.order_by(t.c.created_at)).all()
-    labels = label_maps(session, PodSandboxLabel.__table__, "sandbox_id", [r[0] for r in rows])
-    return [SandboxSummary(*r, *labels[r[0]]) for r in rows]
-
-
-def list_sandbox_states(
-    session: Session, flt: SandboxFilter | None = None
-) -> list[tuple[str, str, str]]:
-    """(id, phase, desired) of the sandboxes a filter selects (label selectors aside), oldest
-    first: the only columns of a sandbox a list shows that change, for callers that cache
-    the rest."""
-    t = PodSandbox.__table__
-    query = select(t.c.id, t.c.phase, t.c.desired)
-    if flt is not None:
-        if flt.id_prefix:
-            query = query.where(id_prefix(t.c.id, flt.id_prefix))
-        if flt.phases is not None:
-            query = query.where(t.c.phase.in_(flt.phases))
-    return [(r[0], r[1], r[2]) for r in session.execute(query.order_by(t.c.created_at))]
-
-
 def update_sandbox_config(session: Session, sandbox_id: str, config: str, detail: str) -> None:
     """A new config after UpdatePodSandboxResources; its digest (the sandbox's identity for
     retried runs) stays that of the run request."""
@@ -326,3 +274,21 @@ def update_sandbox_config(session: Session, sandbox_id: str, config: str, detail
     sandbox.config = config
     sandbox.updated_at = now_ns()
     record_event(session, "sandbox", sandbox_id, "resources-updated", message=detail)
+
+
+def select_sandboxes(snap: Snapshot, flt: SandboxFilter | None = None) -> list[SandboxView]:
+    """The sandboxes of the read model `flt` selects, oldest first: what `list_sandboxes`
+    answers from SQL."""
+    views = snap.sandboxes.values()
+    if flt is None:
+        return list(views)
+    if flt.id_prefix and not is_id_text(flt.id_prefix):
+        return []
+    selector = flt.labels.items()
+    return [
+        s
+        for s in views
+        if (not flt.id_prefix or s.id.startswith(flt.id_prefix))
+        and (flt.phases is None or s.phase in flt.phases)
+        and selector <= s.labels.items()
+    ]

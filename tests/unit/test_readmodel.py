@@ -1,0 +1,385 @@
+"""The read model against the rows: after any sequence of writes (committed or rolled back),
+the model equals a fresh build from the database; and it answers lookups and filters as SQL did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from crictl.errors import CrictlError, InvalidArgument, NotFound
+from crictl.store import containers as sc
+from crictl.store import sandboxes as ss
+from crictl.store.engine import Store, make_engine
+from crictl.store.migrate import upgrade_to_head
+from crictl.store.models import (
+    Container,
+    ContainerDesired,
+    ContainerPhase,
+    PodSandbox,
+    SandboxDesired,
+    SandboxPhase,
+)
+from crictl.store.readmodel import ContainerView, SandboxView, load_all
+from crictl.store.transitions import switch_container_phase, switch_sandbox_phase
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    db = tmp_path / "crictld.db"
+    upgrade_to_head(db)
+    s = Store(make_engine(db))
+    yield s
+    s.close()
+
+
+def fresh(store: Store) -> Any:
+    with store.session() as session:
+        return load_all(session)
+
+
+def new_sandbox(sid: str, name: str, labels: dict[str, str] | None = None) -> ss.NewSandbox:
+    return ss.NewSandbox(
+        id=sid,
+        name=name,
+        namespace="default",
+        uid=f"uid-{name}",
+        attempt=0,
+        config="{}",
+        config_digest="d",
+        netns_path=f"/run/netns/{sid[:8]}",
+        labels=labels if labels is not None else {"app": name},
+        annotations={"note": name},
+    )
+
+
+def new_container(cid: str, sandbox_id: str, name: str, labels: dict[str, str]) -> sc.NewContainer:
+    return sc.NewContainer(
+        id=cid,
+        sandbox_id=sandbox_id,
+        name=name,
+        attempt=0,
+        config="{}",
+        config_digest="d",
+        image="busybox",
+        image_ref=None,
+        image_id=None,
+        log_path=None,
+        labels=labels,
+        annotations={"a": "1"},
+    )
+
+
+def sandbox_writer(new: ss.NewSandbox) -> Callable[[Session], object]:
+    return lambda s: ss.create_sandbox(s, new)
+
+
+def container_writer(new: sc.NewContainer) -> Callable[[Session], object]:
+    return lambda s: sc.create_container(s, new)
+
+
+def sandbox_lister(flt: ss.SandboxFilter | None) -> Callable[[Session], list[PodSandbox]]:
+    return lambda s: ss.list_sandboxes(s, flt)
+
+
+def test_views_carry_every_column() -> None:
+    """A column added to a table must be added to its view (or the model would drop it)."""
+    for view, model in ((SandboxView, PodSandbox), (ContainerView, Container)):
+        fields = {f.name for f in dataclasses.fields(view)} - {"labels", "annotations"}
+        assert fields == {c.key for c in model.__table__.columns}
+
+
+def test_model_answers_as_sql_did(store: Store) -> None:
+    store.write_sync(lambda s: ss.create_sandbox(s, new_sandbox("ab" + "0" * 62, "web")))
+    store.write_sync(lambda s: ss.create_sandbox(s, new_sandbox("ac" + "0" * 62, "db")))
+    snap = store.snapshot
+    assert snap.sandbox("ab").id == "ab" + "0" * 62
+    assert snap.sandbox("ab" + "0" * 62).labels == {"app": "web"}
+    with pytest.raises(InvalidArgument, match="ambiguous"):
+        snap.sandbox("a")
+    with pytest.raises(NotFound):
+        snap.sandbox("ff")
+    with pytest.raises(NotFound):
+        snap.sandbox("a%")  # never a pattern
+    with pytest.raises(NotFound):
+        snap.sandbox("ab\n")
+    with pytest.raises(InvalidArgument, match="empty"):
+        snap.sandbox("")
+    with pytest.raises(NotFound):
+        snap.container("ab")
+    # the same selections as SQL
+    for flt in (
+        None,
+        ss.SandboxFilter(),
+        ss.SandboxFilter(id_prefix="ab"),
+        ss.SandboxFilter(id_prefix="zz"),
+        ss.SandboxFilter(phases=frozenset({SandboxPhase.PENDING})),
+        ss.SandboxFilter(phases=frozenset({SandboxPhase.READY})),
+        ss.SandboxFilter(labels={"app": "db"}),
+        ss.SandboxFilter(labels={"app": "db", "x": "y"}),
+    ):
+        from_sql = [r.id for r in store.read_sync(sandbox_lister(flt))]
+        assert [v.id for v in ss.select_sandboxes(store.snapshot, flt)] == from_sql, flt
+
+
+def test_a_rolled_back_write_changes_nothing(store: Store) -> None:
+    sid = "a" * 64
+    store.write_sync(lambda s: ss.create_sandbox(s, new_sandbox(sid, "web")))
+    before = store.snapshot
+
+    def fails(session: Session) -> None:
+        ss.set_sandbox_desired(session, sid, SandboxDesired.NOTREADY)
+        session.flush()
+        raise NotFound("no")
+
+    with pytest.raises(NotFound):
+        store.write_sync(fails)
+    assert store.snapshot is before
+    assert store.snapshot == fresh(store)
+
+
+def test_a_failed_publish_rebuilds_from_the_rows(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid = "a" * 64
+    store.write_sync(lambda s: ss.create_sandbox(s, new_sandbox(sid, "web")))
+
+    def broken(session: Session) -> None:
+        raise RuntimeError("defect")
+
+    monkeypatch.setattr(store.model, "publish", broken)
+    store.write_sync(lambda s: ss.set_sandbox_desired(s, sid, SandboxDesired.NOTREADY))
+    assert store.snapshot.sandboxes[sid].desired == SandboxDesired.NOTREADY
+    assert store.snapshot == fresh(store)
+
+
+# ------------------------------------------------------------------------------------------
+# Random writes
+
+
+prefixes = st.sampled_from(["a", "ab", "b"])
+names = st.sampled_from(["a", "b", "c", "d"])
+label_sets = st.dictionaries(st.sampled_from(["app", "tier", "x"]), names, max_size=2)
+
+
+class Writes(RuleBasedStateMachine):
+    """Every store function that writes a sandbox or container row, with any arguments, in
+    any order, some several in one transaction, some rolled back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(__import__("tempfile").mkdtemp(prefix="crd-readmodel-"))
+        db = self.dir / "crictld.db"
+        upgrade_to_head(db)
+        self.store = Store(make_engine(db))
+        self.store.build_model()
+        self.sandboxes: list[str] = []
+        self.containers: list[str] = []
+        self.n = 0
+
+    def teardown(self) -> None:
+        self.store.close()
+        __import__("shutil").rmtree(self.dir, ignore_errors=True)
+
+    def write(self, *fns: Callable[[Session], object], fail: bool = False) -> None:
+        def tx(session: Session) -> None:
+            for fn in fns:
+                fn(session)
+                session.flush()
+            if fail:
+                raise InvalidArgument("rolled back on purpose")
+
+        # a refused write (a CRI error, or a constraint: a container of a removed pod) rolls
+        # back, and the model must not have moved either
+        with contextlib.suppress(CrictlError, IntegrityError):
+            self.store.write_sync(tx)
+
+    def next_id(self, prefix: str) -> str:
+        self.n += 1
+        return (prefix + f"{self.n:x}").ljust(64, "0")
+
+    @rule(prefix=prefixes, name=names, labels=label_sets)
+    def create_sandbox(self, prefix: str, name: str, labels: dict[str, str]) -> None:
+        sid = self.next_id(prefix)
+        self.write(lambda s: ss.create_sandbox(s, new_sandbox(sid, name, labels)))
+        self.sandboxes.append(sid)
+
+    @precondition(lambda self: self.sandboxes)
+    @rule(data=st.data(), prefix=prefixes, name=names, labels=label_sets)
+    def create_container(self, data: Any, prefix: str, name: str, labels: dict[str, str]) -> None:
+        cid = self.next_id(prefix)
+        sid = data.draw(st.sampled_from(self.sandboxes))
+        self.write(lambda s: sc.create_container(s, new_container(cid, sid, name, labels)))
+        self.containers.append(cid)
+
+    @precondition(lambda self: self.sandboxes)
+    @rule(
+        data=st.data(),
+        action=st.sampled_from(
+            [
+                "desired",
+                "phase",
+                "network",
+                "started",
+                "notready",
+                "failed",
+                "error",
+                "released",
+                "observed",
+                "config",
+                "delete",
+            ]
+        ),
+        value=st.sampled_from(list(SandboxPhase) + list(SandboxDesired)),
+        fail=st.booleans(),
+    )
+    def change_sandbox(self, data: Any, action: str, value: str, fail: bool) -> None:
+        sid = data.draw(st.sampled_from(self.sandboxes))
+
+        def phase(s: Session) -> None:
+            row = s.get(PodSandbox, sid)
+            if row is None:
+                raise NotFound(sid)
+            switch_sandbox_phase(
+                s, row, SandboxPhase(value) if value in list(SandboxPhase) else SandboxPhase.READY
+            )
+
+        fns: dict[str, Callable[[Session], object]] = {
+            "desired": lambda s: ss.set_sandbox_desired(
+                s,
+                sid,
+                SandboxDesired(value) if value in list(SandboxDesired) else SandboxDesired.NOTREADY,
+            ),
+            "phase": phase,
+            "network": lambda s: ss.record_sandbox_network(
+                s, sid, '{"r": 1}', "10.0.0.2", ["fd00::2"]
+            ),
+            "started": lambda s: ss.record_sandbox_started(s, sid, "p" * 64, 42),
+            "notready": lambda s: ss.record_sandbox_not_ready(s, sid, "Exited", "gone"),
+            "failed": lambda s: ss.record_setup_failed(s, sid, "cni failed"),
+            "error": lambda s: ss.record_sandbox_error(s, sid, "containerd down"),
+            "released": lambda s: ss.record_network_released(s, sid),
+            "observed": lambda s: ss.mark_sandbox_observed(s, sid, 5),
+            "config": lambda s: ss.update_sandbox_config(s, sid, '{"x": 1}', "cpu"),
+            "delete": lambda s: ss.delete_sandbox(s, sid, "Removed"),
+        }
+        self.write(fns[action], fail=fail)
+
+    @precondition(lambda self: self.containers)
+    @rule(
+        data=st.data(),
+        action=st.sampled_from(
+            ["desired", "phase", "created", "started", "exited", "config", "observed", "delete"]
+        ),
+        value=st.sampled_from(list(ContainerPhase) + list(ContainerDesired)),
+        fail=st.booleans(),
+    )
+    def change_container(self, data: Any, action: str, value: str, fail: bool) -> None:
+        cid = data.draw(st.sampled_from(self.containers))
+
+        def phase(s: Session) -> None:
+            row = s.get(Container, cid)
+            if row is None:
+                raise NotFound(cid)
+            target = (
+                ContainerPhase(value) if value in list(ContainerPhase) else ContainerPhase.RUNNING
+            )
+            switch_container_phase(s, row, target)
+
+        fns: dict[str, Callable[[Session], object]] = {
+            "desired": lambda s: sc.set_container_desired(
+                s,
+                cid,
+                ContainerDesired(value)
+                if value in list(ContainerDesired)
+                else ContainerDesired.RUNNING,
+            ),
+            "phase": phase,
+            "created": lambda s: sc.record_container_created(s, cid, 1000, 1000, [1, 2]),
+            "started": lambda s: sc.record_container_started(s, cid, 77),
+            "exited": lambda s: sc.record_container_exited(s, cid, 137, "Killed", "oom"),
+            "config": lambda s: sc.update_container_config(s, cid, '{"y": 2}'),
+            "observed": lambda s: sc.mark_container_observed(s, cid, 9),
+            "delete": lambda s: sc.delete_container(s, cid),
+        }
+        self.write(fns[action], fail=fail)
+
+    @precondition(lambda self: self.sandboxes)
+    @rule(data=st.data())
+    def remove_pod(self, data: Any) -> None:
+        """What a pod's removal does: its containers and then the sandbox, one transaction."""
+        sid = data.draw(st.sampled_from(self.sandboxes))
+
+        def remove(s: Session) -> None:
+            for c in sc.list_containers(s, sc.ContainerFilter(sandbox_id=sid)):
+                sc.delete_container(s, c.id)
+            ss.delete_sandbox(s, sid, "Removed")
+
+        self.write(remove)
+
+    @invariant()
+    def model_equals_rows(self) -> None:
+        assert self.store.model.snapshot == fresh(self.store)
+        # and its order is the lists' order
+        assert list(self.store.model.snapshot.containers) == self.store.read_sync(
+            lambda s: [c.id for c in sc.list_containers(s)]
+        )
+
+
+TestWrites = Writes.TestCase
+TestWrites.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    prefix=st.one_of(st.text(alphabet="0123456789abcdefg%_\n", max_size=6), st.just("")),
+    phases=st.one_of(st.none(), st.frozensets(st.sampled_from(list(ContainerPhase)))),
+    labels=label_sets,
+    by_pod=st.booleans(),
+)
+def test_container_selections_equal_sql(
+    tmp_path_factory: pytest.TempPathFactory,
+    prefix: str,
+    phases: frozenset[str] | None,
+    labels: dict[str, str],
+    by_pod: bool,
+) -> None:
+    db = tmp_path_factory.mktemp("sel") / "crictld.db"
+    upgrade_to_head(db)
+    store = Store(make_engine(db))
+    try:
+        sids = ["ab" + "0" * 62, "ac" + "1" * 62]
+        for i, sid in enumerate(sids):
+            store.write_sync(sandbox_writer(new_sandbox(sid, f"p{i}")))
+        made = [
+            ("ab" + "2" * 62, {"app": "a"}),
+            ("b0" + "3" * 62, {"app": "b", "tier": "c"}),
+            ("ac" + "4" * 62, {}),
+        ]
+        for i, (cid, lab) in enumerate(made):
+            store.write_sync(container_writer(new_container(cid, sids[i % 2], f"c{i}", lab)))
+        flt = sc.ContainerFilter(
+            id_prefix=prefix or None,
+            sandbox_id=(prefix or None) if by_pod else None,
+            phases=phases,
+            labels=labels,
+        )
+        from_sql = store.read_sync(lambda s: [c.id for c in sc.list_containers(s, flt)])
+        assert [v.id for v in sc.select_containers(store.snapshot, flt)] == from_sql
+    finally:
+        store.close()
