@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 import grpc
 import grpc.aio
 
-from crictl import errors, metrics
+from crictl import errors, metrics, trace
 
 log = logging.getLogger("crictl.api.calls")
 
@@ -59,9 +59,12 @@ async def _fail(method: str, error: BaseException, context: Context) -> grpc.Sta
     return code
 
 
-def _log_call(method: str, code: grpc.StatusCode, started: float) -> None:
+def _log_call(method: str, code: grpc.StatusCode, started: float, spans: trace.Trace) -> None:
     seconds = time.perf_counter() - started
-    log.info("cri call", extra={"rpc": method, "code": code.name, "ms": round(seconds * 1000, 3)})
+    extra: dict[str, Any] = {"rpc": method, "code": code.name, "ms": round(seconds * 1000, 3)}
+    if spans.spans:
+        extra["spans"] = spans.summary()
+    log.info("cri call", extra=extra)
     metrics.CRI_CALLS.labels(method.rsplit("/", 1)[-1], code.name).observe(seconds)
 
 
@@ -69,6 +72,8 @@ def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:
     async def wrapped(request: Any, context: Context) -> Any:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        spans = trace.Trace()
+        token = trace.CURRENT.set(spans)
         try:
             return await handler(request, context)
         except Exception as e:  # every error leaves through the one mapping
@@ -80,7 +85,8 @@ def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            _log_call(method, code, started)
+            trace.CURRENT.reset(token)
+            _log_call(method, code, started, spans)
 
     return wrapped
 
@@ -89,6 +95,8 @@ def wrap_stream(method: str, handler: StreamHandler) -> StreamHandler:
     async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        spans = trace.Trace()
+        token = trace.CURRENT.set(spans)
         try:
             async for item in handler(request, context):
                 yield item
@@ -98,6 +106,7 @@ def wrap_stream(method: str, handler: StreamHandler) -> StreamHandler:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            _log_call(method, code, started)
+            trace.CURRENT.reset(token)
+            _log_call(method, code, started, spans)
 
     return wrapped

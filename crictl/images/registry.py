@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from crictl import errors
+from crictl import errors, trace
 from crictl.images import mediatypes
 from crictl.images.reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT, Reference
 
@@ -220,7 +220,8 @@ class RegistryClient:
             if auth:
                 h["Authorization"] = auth
             try:
-                resp = await self._http().request(method, url, headers=h, allow_redirects=True)
+                with trace.span(f"registry {method} {path.split('/', 1)[0]}"):
+                    resp = await self._http().request(method, url, headers=h, allow_redirects=True)
             except TimeoutError as e:
                 raise errors.Unavailable(
                     f"pull {ref}: registry {endpoint}: {path}: no answer within "

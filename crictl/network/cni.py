@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crictl import errors
+from crictl import errors, trace
 
 CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
 
@@ -162,20 +162,21 @@ async def _exec(
         "CNI_PATH": ":".join(str(d) for d in bin_dirs),
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
     }
-    proc = await asyncio.create_subprocess_exec(
-        str(binary),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), PLUGIN_TIMEOUT)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
+    with trace.span(f"cni {plugin_type} {command}"):
+        proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), PLUGIN_TIMEOUT)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
     if proc.returncode != 0:
         detail = err.decode(errors="replace").strip()
         with contextlib.suppress(ValueError):

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from crictl import metrics
+from crictl import metrics, trace
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class KeyedQueue(Generic[K]):
     async def wait(self, key: K) -> None:
         """Wakes `key` and waits for a pass that started after this call to finish; its
         exception, if any, is raised here."""
-        await asyncio.shield(self.wake(key))
+        with trace.span("queue wait"):
+            await asyncio.shield(self.wake(key))
 
     def depth(self) -> int:
         """Keys with a pass running or a retry pending."""
@@ -88,6 +89,7 @@ class KeyedQueue(Generic[K]):
             woken = self._woken_at.pop(key, None)
             if woken is not None:
                 metrics.RECONCILE_WAIT.labels(self.kind).observe(started - woken)
+                trace.record("queue lag", started - woken)
             try:
                 await self._reconcile(key)
             except Exception as e:
