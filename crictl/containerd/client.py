@@ -22,7 +22,7 @@ import grpc.aio
 from google.protobuf.any_pb2 import Any as AnyPb
 from google.protobuf.empty_pb2 import Empty
 
-from crictl import errors
+from crictl import errors, trace
 from crictl.gen.containerd.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from crictl.gen.containerd.api.services.content.v1 import content_pb2_grpc
 from crictl.gen.containerd.api.services.diff.v1 import diff_pb2_grpc
@@ -142,7 +142,8 @@ class ContainerdClient:
 
     async def call(self, what: str, call: Awaitable[T]) -> T:
         try:
-            return await call
+            with trace.span(f"containerd {what}"):
+                return await call
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
                 raise errors.Unavailable(
@@ -589,6 +590,12 @@ class ContainerdClient:
 
     async def wait_task(self, container_id: str, timeout: float | None = None) -> int | None:
         """Waits for the task to exit; its exit status, or None if there is no task."""
+        exited = await self.wait_exit(container_id, timeout)
+        return exited.exit_status if exited is not None else None
+
+    async def wait_exit(self, container_id: str, timeout: float | None = None) -> TaskState | None:
+        """Waits for the task to exit; its state then (STOPPED, with the exit status and time
+        the wait answered: no second round trip to ask), or None if there is no task."""
         try:
             resp = await self.call(
                 "wait task",
@@ -600,7 +607,8 @@ class ContainerdClient:
             )
         except errors.NotFound:
             return None
-        return resp.exit_status
+        at = resp.exited_at.seconds * 1_000_000_000 + resp.exited_at.nanos
+        return TaskState("STOPPED", 0, resp.exit_status, at)
 
     async def delete_task(self, container_id: str) -> int | None:
         """Deletes a stopped task; its exit status, or None if there was no task.

@@ -1,9 +1,19 @@
 """The SQLite engine and the session plumbing.
 
 SQLite runs in WAL mode (readers never wait for the writer), with foreign keys enforced and
-`synchronous=FULL` (a transaction that returned is on disk: a kill -9 or power loss right after a
-CRI call answered cannot lose it). Calls block, so async callers go through `Store.write()` (one
-writer thread: SQLite has one writer at a time anyway) and `Store.read()` (a small reader pool).
+`synchronous=NORMAL`: a commit appends to the WAL without an fsync (the WAL is synced at each
+checkpoint). A transaction that returned survives the daemon's death in any way (kill -9, a
+crash, OOM: the kernel holds its pages); after a power loss or a kernel crash the database is
+intact but its last transactions may be rolled back. That tail is absorbed by what runs after
+a machine restart anyway: every task is dead, so recovery re-reads the world; a sandbox or
+container whose row rolled back is an orphan to the sweep (its containerd records, snapshot,
+IP are labelled as crictld's and removed); a removal that rolled back is a row whose objects
+are gone, which recovery marks exited/not ready and kubelet removes again. docs/architecture.md
+("Durability") has the argument; tests/integration/test_power_loss.py plays it.
+
+Calls block, so async callers go through `Store.write()` (one writer thread: SQLite has one
+writer at a time anyway) and `Store.read()` (a small reader pool); most reads need neither,
+and take the read model's `snapshot` (crictl/store/readmodel.py).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +33,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from crictl import metrics
+from crictl import metrics, trace
 from crictl.store.events import COMMITTED_EVENTS
 from crictl.store.models import Event
 from crictl.store.readmodel import ReadModel, Snapshot, track
@@ -77,7 +88,7 @@ def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
     try:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     finally:
         cur.close()
@@ -127,16 +138,21 @@ class Store:
         thread: it must only hand them on)."""
         self._listeners.append(listener)
 
-    def write_sync(self, fn: Callable[[Session], T]) -> T:
+    def write_sync(self, fn: Callable[[Session], T], spans: trace.Trace | None = None) -> T:
         with self._write_lock, self._sessions() as session:
+            started = time.perf_counter()
             with session.begin():
                 result = fn(session)
+            committed = time.perf_counter()
             # Committed: the read model takes the rows before the write returns.
             try:
                 self.model.publish(session)
             except Exception:  # a defect; the rows are right, so the model is made again
                 log.exception("read model publish failed: rebuilding it from the rows")
                 self.model.build(session)
+            if spans is not None:
+                spans.add("store commit", committed - started)
+                spans.add("store publish", time.perf_counter() - committed)
         recorded: list[Event] = session.info.pop(COMMITTED_EVENTS, [])
         if recorded:
             for listener in self._listeners:
@@ -148,13 +164,16 @@ class Store:
             return fn(session)
 
     async def write(self, fn: Callable[[Session], T]) -> T:
-        with metrics.STORE_WRITES.time():
+        with metrics.STORE_WRITES.time(), trace.span("store write"):
             return await asyncio.get_running_loop().run_in_executor(
-                self._writer, self.write_sync, fn
+                self._writer, self.write_sync, fn, trace.CURRENT.get()
             )
 
     async def read(self, fn: Callable[[Session], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._readers, self.read_sync, fn)
+        with trace.span("store read"):
+            return await asyncio.get_running_loop().run_in_executor(
+                self._readers, self.read_sync, fn
+            )
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)

@@ -53,7 +53,9 @@ def test_pragmas_are_crash_safe(store: Store) -> None:
     with store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
-        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+        # NORMAL: durable across any death of the process; the tail a power loss may roll back
+        # is absorbed by recovery and the sweep (crictl/store/engine.py, test_power_loss.py)
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 1
 
 
 def test_create_is_idempotent_for_the_same_request(store: Store) -> None:
