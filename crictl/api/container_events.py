@@ -30,7 +30,6 @@ from crictl.api.containers import Containers
 from crictl.api.interceptor import Context
 from crictl.api.sandboxes import PodSandboxes
 from crictl.gen.cri.runtime.v1 import api_pb2
-from crictl.store.containers import load_container
 from crictl.store.engine import Store
 from crictl.store.events import now_ns
 from crictl.store.models import ContainerPhase, Event, SandboxPhase
@@ -218,7 +217,7 @@ def hub_for(store: Store, pods: PodSandboxes, containers: Containers) -> EventHu
     """A hub fed by `store`'s commits, building statuses as the status RPCs answer them."""
 
     async def sandbox_of(container_id: str) -> str | None:
-        row = await store.read(lambda s: load_container(s, container_id))
+        row = store.snapshot.containers.get(container_id)
         return row.sandbox_id if row is not None else None
 
     async def pod_status(sandbox_id: str) -> api_pb2.PodSandboxStatus | None:

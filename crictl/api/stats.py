@@ -25,15 +25,11 @@ from crictl.reconciler.stats import (
     pod_key,
     pod_total,
 )
-from crictl.store.containers import (
-    ContainerFilter,
-    container_labels,
-    get_container,
-    list_containers,
-)
+from crictl.store.containers import ContainerFilter, select_containers
 from crictl.store.engine import Store
-from crictl.store.models import Container, ContainerPhase, LabelKind, PodSandbox, SandboxPhase
-from crictl.store.sandboxes import SandboxFilter, get_sandbox, labels_of, list_sandboxes
+from crictl.store.models import ContainerPhase, SandboxPhase
+from crictl.store.readmodel import ContainerView, SandboxView
+from crictl.store.sandboxes import SandboxFilter, select_sandboxes
 
 
 def _u64(v: int | None) -> api_pb2.UInt64Value | None:
@@ -66,13 +62,13 @@ class Stats:
         self.store = store
         self.stats = stats
 
-    def _container(self, row: Container, u: Usage) -> api_pb2.ContainerStats:
+    def _container(self, row: ContainerView, u: Usage) -> api_pb2.ContainerStats:
         stats = api_pb2.ContainerStats(
             attributes=api_pb2.ContainerAttributes(
                 id=row.id,
                 metadata=api_pb2.ContainerMetadata(name=row.name, attempt=row.attempt),
-                labels=container_labels(row, LabelKind.LABEL),
-                annotations=container_labels(row, LabelKind.ANNOTATION),
+                labels=row.labels,
+                annotations=row.annotations,
             ),
             cpu=_cpu(u),
             memory=_memory(u),
@@ -89,7 +85,7 @@ class Stats:
             )
         return stats
 
-    async def _containers(self, rows: list[Container]) -> list[api_pb2.ContainerStats]:
+    async def _containers(self, rows: list[ContainerView]) -> list[api_pb2.ContainerStats]:
         rows = [r for r in rows if r.phase != ContainerPhase.PENDING]
         usage = await self.stats.usage([r.id for r in rows])
         return [self._container(r, usage[r.id]) for r in rows if r.id in usage]
@@ -97,7 +93,7 @@ class Stats:
     async def container_stats(
         self, request: api_pb2.ContainerStatsRequest, context: Context
     ) -> api_pb2.ContainerStatsResponse:
-        row = await self.store.read(lambda s: get_container(s, request.container_id))
+        row = self.store.snapshot.container(request.container_id)
         usage = await self.stats.usage([row.id])
         if row.id not in usage:  # removed meanwhile
             return api_pb2.ContainerStatsResponse()
@@ -112,17 +108,15 @@ class Stats:
             sandbox_id=f.pod_sandbox_id or None,
             labels=label_selector(f.label_selector, "filter.label_selector"),
         )
-        rows = await self.store.read(lambda s: list_containers(s, flt))
+        rows = select_containers(self.store.snapshot, flt)
         return api_pb2.ListContainerStatsResponse(stats=await self._containers(list(rows)))
 
     async def _pod_usage(
-        self, sandbox: PodSandbox
-    ) -> tuple[list[Container], dict[str, Usage], Usage]:
+        self, sandbox: SandboxView
+    ) -> tuple[list[ContainerView], dict[str, Usage], Usage]:
         """The pod's containers, their usage, and the pod's own: kubelet's pod-level cgroup
         when there is one (it holds everything the pod runs), else the parts summed."""
-        rows = await self.store.read(
-            lambda s: list_containers(s, ContainerFilter(sandbox_id=sandbox.id))
-        )
+        rows = select_containers(self.store.snapshot, ContainerFilter(sandbox_id=sandbox.id))
         containers = [
             r for r in rows if r.sandbox_id == sandbox.id and r.phase != ContainerPhase.PENDING
         ]
@@ -134,7 +128,7 @@ class Stats:
         parts = [u for k, u in usage.items() if k != pod_cgroup_key(sandbox.id)]
         return containers, usage, pod_total(parts)
 
-    async def _pod(self, sandbox: PodSandbox) -> api_pb2.PodSandboxStats:
+    async def _pod(self, sandbox: SandboxView) -> api_pb2.PodSandboxStats:
         containers, usage, pod = await self._pod_usage(sandbox)
         container_stats = [self._container(c, usage[c.id]) for c in containers if c.id in usage]
         linux = api_pb2.LinuxPodSandboxStats(
@@ -169,8 +163,8 @@ class Stats:
             attributes=api_pb2.PodSandboxAttributes(
                 id=sandbox.id,
                 metadata=config_of(sandbox).metadata,
-                labels=labels_of(sandbox, LabelKind.LABEL),
-                annotations=labels_of(sandbox, LabelKind.ANNOTATION),
+                labels=sandbox.labels,
+                annotations=sandbox.annotations,
             ),
             linux=linux,
         )
@@ -178,7 +172,7 @@ class Stats:
     async def pod_sandbox_stats(
         self, request: api_pb2.PodSandboxStatsRequest, context: Context
     ) -> api_pb2.PodSandboxStatsResponse:
-        sandbox = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id))
+        sandbox = self.store.snapshot.sandbox(request.pod_sandbox_id)
         return api_pb2.PodSandboxStatsResponse(stats=await self._pod(sandbox))
 
     async def list_pod_sandbox_stats(
@@ -188,7 +182,7 @@ class Stats:
         flt = SandboxFilter(
             id_prefix=f.id or None, labels=label_selector(f.label_selector, "filter.label_selector")
         )
-        sandboxes = await self.store.read(lambda s: list_sandboxes(s, flt))
+        sandboxes = select_sandboxes(self.store.snapshot, flt)
         return api_pb2.ListPodSandboxStatsResponse(stats=[await self._pod(sb) for sb in sandboxes])
 
     async def stream_container_stats(
@@ -214,7 +208,7 @@ class Stats:
     ) -> api_pb2.ListMetricDescriptorsResponse:
         return api_pb2.ListMetricDescriptorsResponse(descriptors=cadvisor.descriptors())
 
-    async def _pod_metrics(self, sandbox: PodSandbox) -> api_pb2.PodSandboxMetrics:
+    async def _pod_metrics(self, sandbox: SandboxView) -> api_pb2.PodSandboxMetrics:
         containers, usage, pod = await self._pod_usage(sandbox)
         name = config_of(sandbox).metadata.name
         metrics = cadvisor.usage_metrics(sandbox.id, name, pod)
@@ -236,7 +230,7 @@ class Stats:
             ],
         )
 
-    async def _extras(self, row: Container, u: Usage) -> cadvisor.Extras:
+    async def _extras(self, row: ContainerView, u: Usage) -> cadvisor.Extras:
         files, fs = await asyncio.to_thread(
             lambda: (open_files(u.sample.pids), filesystem(self.stats.mountpoint))
         )
@@ -251,7 +245,7 @@ class Stats:
     async def list_pod_sandbox_metrics(
         self, request: api_pb2.ListPodSandboxMetricsRequest, context: Context
     ) -> api_pb2.ListPodSandboxMetricsResponse:
-        sandboxes = await self.store.read(lambda s: list_sandboxes(s, SandboxFilter()))
+        sandboxes = select_sandboxes(self.store.snapshot, SandboxFilter())
         return api_pb2.ListPodSandboxMetricsResponse(
             pod_metrics=[await self._pod_metrics(sb) for sb in sandboxes]
         )

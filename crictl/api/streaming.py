@@ -8,10 +8,8 @@ from crictl import errors
 from crictl.api.interceptor import Context
 from crictl.api.validation import validate_exec_command
 from crictl.gen.cri.runtime.v1 import api_pb2
-from crictl.store.containers import get_container
 from crictl.store.engine import Store
 from crictl.store.models import ContainerPhase, SandboxPhase
-from crictl.store.sandboxes import get_sandbox
 from crictl.streaming.requests import AttachRequest, ExecRequest, PortForwardRequest
 from crictl.streaming.server import StreamServer
 
@@ -31,7 +29,7 @@ class Streaming:
     async def _running_container(self, container_id: str) -> str:
         if not container_id:
             raise errors.InvalidArgument("container_id is empty")
-        row = await self.store.read(lambda s: get_container(s, container_id))
+        row = self.store.snapshot.container(container_id)
         if row.phase != ContainerPhase.RUNNING:
             raise errors.FailedPrecondition(
                 f"container {row.id} is {row.phase}, not RUNNING: nothing to stream"
@@ -72,7 +70,7 @@ class Streaming:
         bad = [p for p in request.port if not 0 < p < 65536]
         if bad:
             raise errors.InvalidArgument(f"port {bad[0]} is out of range 1-65535")
-        row = await self.store.read(lambda s: get_sandbox(s, request.pod_sandbox_id))
+        row = self.store.snapshot.sandbox(request.pod_sandbox_id)
         if row.phase != SandboxPhase.READY:
             raise errors.FailedPrecondition(
                 f"pod sandbox {row.id} is {row.phase}, not READY: nothing to forward to"

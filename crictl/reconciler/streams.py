@@ -11,10 +11,9 @@ from crictl.network import netns
 from crictl.reconciler.containers import ContainerReconciler, container_config_of
 from crictl.reconciler.sandboxes import config_of, host_network
 from crictl.reconciler.stdio import AttachProcess, ExecProcess
-from crictl.store.containers import load_container
 from crictl.store.engine import Store
-from crictl.store.models import Container, ContainerPhase, SandboxPhase
-from crictl.store.sandboxes import load_sandbox
+from crictl.store.models import ContainerPhase, SandboxPhase
+from crictl.store.readmodel import ContainerView
 from crictl.streaming.requests import AttachRequest, ExecRequest
 
 
@@ -26,8 +25,8 @@ class StreamBackend:
         self.containers = containers
         self.containerd = containers.containerd
 
-    async def _running(self, container_id: str) -> Container:
-        row = await self.store.read(lambda s: load_container(s, container_id))
+    async def _running(self, container_id: str) -> ContainerView:
+        row = self.store.snapshot.containers.get(container_id)
         if row is None:
             raise errors.NotFound(f"container {container_id} not found")
         if row.phase != ContainerPhase.RUNNING:
@@ -57,7 +56,7 @@ class StreamBackend:
         )
 
     async def dial(self, sandbox_id: str, port: int) -> socket.socket:
-        sandbox = await self.store.read(lambda s: load_sandbox(s, sandbox_id))
+        sandbox = self.store.snapshot.sandboxes.get(sandbox_id)
         if sandbox is None:
             raise errors.NotFound(f"pod sandbox {sandbox_id} not found")
         if sandbox.phase != SandboxPhase.READY:

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, selectinload
 
 from crictl.errors import AlreadyExists, NotFound
+from crictl.store import readmodel
 from crictl.store.common import id_prefix, is_id_text, resolve_id, with_labels
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import (
@@ -22,7 +23,7 @@ from crictl.store.models import (
     ContainerPhase,
     LabelKind,
 )
-from crictl.store.readmodel import ContainerView, Snapshot, gone, touch
+from crictl.store.readmodel import ContainerView, Snapshot, gone
 from crictl.store.transitions import switch_container_phase
 
 
@@ -89,7 +90,6 @@ def create_container(session: Session, new: NewContainer) -> tuple[Container, bo
             for k, v in items.items()
         )
         record_event(session, "container", new.id, "created", to_phase=ContainerPhase.PENDING)
-        touch(session, "container", new.id)
     row = session.scalars(
         select(Container).where(
             Container.sandbox_id == new.sandbox_id,
@@ -97,6 +97,8 @@ def create_container(session: Session, new: NewContainer) -> tuple[Container, bo
             Container.attempt == new.attempt,
         )
     ).one()
+    if created:
+        readmodel.created(session, "container", row, new.labels, new.annotations)
     if not created and row.config_digest != new.config_digest:
         raise AlreadyExists(
             f"container {new.name} (attempt {new.attempt}) already exists in pod sandbox "

@@ -9,7 +9,7 @@ The rows stay the truth. The model is derived from them and never written on its
 
 - `ReadModel.build` loads every row (the daemon does it once at start, after the migrations);
 - each write transaction records which rows it touched (`track`: the ORM objects flushed, and
-  `touch`/`gone` for Core INSERTs and DELETEs, which the ORM does not see), and once it
+  `created`/`gone` for Core INSERTs and DELETEs, which the ORM does not see), and once it
   committed, `Store.write_sync` hands them to `ReadModel.publish` under the store's write lock,
   before the write returns to its caller. So a CRI call that waited for a write then reads the
   model with that write in it, and publishes land in commit order;
@@ -17,8 +17,9 @@ The rows stay the truth. The model is derived from them and never written on its
   takes `model.snapshot` once and sees whole transactions, never half of one.
 
 Labels and annotations never change after a row is created, so a publish rebuilds a view from
-the flushed ORM object's columns and the previous view's labels; only new rows (and rows
-without a previous view) are read back, labels included, with one query each.
+the flushed ORM object's columns and the previous view's labels, and a new row's view from the
+inserted row and the labels inserted with it; only a row with neither (no previous view) is
+read back, labels included.
 `tests/unit/test_readmodel.py` runs random writes and checks the model equals a fresh build from
 the rows after each.
 """
@@ -202,9 +203,9 @@ def track(session: Session, _flush_context: object) -> None:
         elif isinstance(obj, Container):
             touched.setdefault(("container", obj.id), obj)
         elif isinstance(obj, PodSandboxLabel):
-            touched[("sandbox", obj.sandbox_id)] = None  # read back: its labels changed
+            _labels_written(touched, ("sandbox", obj.sandbox_id))
         elif isinstance(obj, ContainerLabel):
-            touched[("container", obj.container_id)] = None
+            _labels_written(touched, ("container", obj.container_id))
     for obj in session.deleted:
         if isinstance(obj, PodSandbox):
             gone(session, "sandbox", obj.id)
@@ -212,10 +213,35 @@ def track(session: Session, _flush_context: object) -> None:
             gone(session, "container", obj.id)
 
 
-def touch(session: Session, kind: Kind, row_id: str) -> None:
-    """The transaction wrote this row with a Core statement: read it back after the commit."""
-    session.info.setdefault(_TOUCHED, {})[(kind, row_id)] = None
-    session.info.get(_GONE, set()).discard((kind, row_id))
+@dataclass(frozen=True)
+class Fresh:
+    """A row a transaction inserted, with the labels it inserted with it: its view is built
+    from these at publish, without reading it back."""
+
+    row: PodSandbox | Container
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+
+
+def created(
+    session: Session,
+    kind: Kind,
+    row: PodSandbox | Container,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+) -> None:
+    """The transaction inserted this row (a Core INSERT) and these labels."""
+    session.info.setdefault(_TOUCHED, {})[(kind, row.id)] = Fresh(
+        row, dict(labels), dict(annotations)
+    )
+    session.info.get(_GONE, set()).discard((kind, row.id))
+
+
+def _labels_written(touched: dict[tuple[Kind, str], object | None], key: tuple[Kind, str]) -> None:
+    """Label rows of an owner were written: its view is read back, unless the insert that
+    wrote them said what they are (`created`)."""
+    if not isinstance(touched.get(key), Fresh):
+        touched[key] = None
 
 
 def gone(session: Session, kind: Kind, row_id: str) -> None:
@@ -263,8 +289,15 @@ class ReadModel:
             for kind, rid in removed:
                 (sandboxes if kind == "sandbox" else containers).pop(rid, None)
             reread: dict[Kind, list[str]] = {"sandbox": [], "container": []}
+            reorder = False
             for (kind, rid), obj in touched.items():
-                if kind == "sandbox":
+                if isinstance(obj, Fresh):
+                    if isinstance(obj.row, PodSandbox):
+                        sandboxes[rid] = _sandbox_view(obj.row, obj.labels, obj.annotations)
+                    else:
+                        containers[rid] = _container_view(obj.row, obj.labels, obj.annotations)
+                    reorder = True
+                elif kind == "sandbox":
                     prev_s = sandboxes.get(rid)
                     if isinstance(obj, PodSandbox) and prev_s is not None:
                         sandboxes[rid] = _sandbox_view(obj, prev_s.labels, prev_s.annotations)
@@ -284,7 +317,6 @@ class ReadModel:
                         sandboxes.pop(rid, None)
                     else:
                         sandboxes[rid] = view
-                sandboxes = _oldest_first(sandboxes)
             if reread["container"]:
                 fresh_c = _load_containers(session, reread["container"])
                 for rid in reread["container"]:
@@ -293,6 +325,8 @@ class ReadModel:
                         containers.pop(rid, None)
                     else:
                         containers[rid] = view_c
+            if reorder or reread["sandbox"] or reread["container"]:
+                sandboxes = _oldest_first(sandboxes)
                 containers = _oldest_first(containers)
             self.snapshot = Snapshot(sandboxes, containers)
             self.publishes += 1

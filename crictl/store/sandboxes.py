@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, selectinload
 
 from crictl.errors import AlreadyExists, NotFound
+from crictl.store import readmodel
 from crictl.store.common import id_prefix, is_id_text, resolve_id, with_labels
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import (
@@ -22,7 +23,7 @@ from crictl.store.models import (
     SandboxDesired,
     SandboxPhase,
 )
-from crictl.store.readmodel import SandboxView, Snapshot, gone, touch
+from crictl.store.readmodel import SandboxView, Snapshot, gone
 from crictl.store.transitions import switch_sandbox_phase
 
 SETUP_FAILED = "SetupFailed"
@@ -85,7 +86,6 @@ def create_sandbox(session: Session, new: NewSandbox) -> tuple[PodSandbox, bool]
     if created:
         session.add_all(_label_rows(new))
         record_event(session, "sandbox", new.id, "created", to_phase=SandboxPhase.PENDING)
-        touch(session, "sandbox", new.id)
     row = session.scalars(
         select(PodSandbox).where(
             PodSandbox.name == new.name,
@@ -94,6 +94,8 @@ def create_sandbox(session: Session, new: NewSandbox) -> tuple[PodSandbox, bool]
             PodSandbox.attempt == new.attempt,
         )
     ).one()
+    if created:
+        readmodel.created(session, "sandbox", row, new.labels, new.annotations)
     if not created and row.config_digest != new.config_digest:
         raise AlreadyExists(
             f"pod sandbox {new.namespace}/{new.name} (uid {new.uid}, attempt {new.attempt}) "
