@@ -32,11 +32,12 @@ from typing import Any
 from google.protobuf import json_format
 from sqlalchemy.orm import Session
 
-from crictl import errors
+from crictl import errors, trace
 from crictl.containerd import runc
-from crictl.containerd.client import ContainerdClient
+from crictl.containerd.client import ContainerdClient, TaskState
 from crictl.containerd.rootfs import read_text
 from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
+from crictl.gen.containerd.api.types import mount_pb2
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.oci.spec import (
     SandboxRef,
@@ -62,7 +63,6 @@ from crictl.store.containers import (
     ContainerFilter,
     delete_container,
     list_containers,
-    load_container,
     mark_container_observed,
     record_container_created,
     record_container_exited,
@@ -74,7 +74,6 @@ from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.models import Container, ContainerDesired, ContainerPhase, SandboxPhase
 from crictl.store.readmodel import ContainerView
-from crictl.store.sandboxes import load_sandbox
 from crictl.streaming.backend import STDERR, STDOUT
 
 log = logging.getLogger(__name__)
@@ -192,6 +191,12 @@ class ContainerReconciler:
         self._processes: dict[str, dict[str, object]] = {}  # spec.process by container id
         # Exits seen while the start that caused them had not yet recorded RUNNING.
         self._early_exits: dict[str, tuple[int, int]] = {}
+        # Deletions of create leases, off the create's critical path (crictl/reconciler/
+        # containers.py `_create`); awaited at stop.
+        self._releasing: set[asyncio.Task[None]] = set()
+        # The rootfs mounts each create's Prepare answered, for its start (one round trip
+        # fewer); a restart forgets them and the start asks containerd.
+        self._mounts: dict[str, list[mount_pb2.Mount]] = {}
         sandboxes.containers_hook = self.teardown_sandbox_containers
 
     async def start(self) -> None:
@@ -199,6 +204,7 @@ class ContainerReconciler:
 
     async def stop(self) -> None:
         await self.queue.drain()
+        await asyncio.gather(*self._releasing, return_exceptions=True)
 
     async def _record_failure(self, container_id: str, error: Exception) -> None:
         await self.store.write(
@@ -222,7 +228,7 @@ class ContainerReconciler:
     # -- the reconcile function ------------------------------------------------------------
 
     async def reconcile(self, container_id: str) -> None:
-        row = await self.store.read(lambda s: load_container(s, container_id))
+        row = self.store.snapshot.containers.get(container_id)
         if row is None:
             return
         if row.desired == ContainerDesired.REMOVED:
@@ -237,16 +243,16 @@ class ContainerReconciler:
             except Exception:
                 # The undo is recorded before it starts: a crash in it is finished by the
                 # next pass (desired REMOVED), never turned into a second create.
-                row = await self.store.write(
+                undo = await self.store.write(
                     lambda s: set_container_desired(s, container_id, ContainerDesired.REMOVED)
                 )
-                await self._remove(row, reason="CreateFailed")
+                await self._remove(undo, reason="CreateFailed")
                 raise
         elif row.desired == ContainerDesired.RUNNING and row.phase == ContainerPhase.CREATED:
             await self._start(row)
 
     async def _sandbox(self, sandbox_id: str) -> tuple[Any, api_pb2.PodSandboxConfig]:
-        sandbox = await self.store.read(lambda s: load_sandbox(s, sandbox_id))
+        sandbox = self.store.snapshot.sandboxes.get(sandbox_id)
         if sandbox is None:
             raise errors.NotFound(f"pod sandbox {sandbox_id} not found")
         if sandbox.phase != SandboxPhase.READY:
@@ -255,7 +261,7 @@ class ContainerReconciler:
             )
         return sandbox, config_of(sandbox)
 
-    async def _create(self, row: Container) -> None:
+    async def _create(self, row: Container | ContainerView) -> None:
         cid = row.id
         config = container_config_of(row)
         sandbox, sandbox_config = await self._sandbox(row.sandbox_id)
@@ -307,10 +313,8 @@ class ContainerReconciler:
             volumes = await self._image_volumes(cid, config, md)
             target_pid = None
             if config.linux.security_context.namespace_options.target_id:
-                target = await self.store.read(
-                    lambda s: load_container(
-                        s, config.linux.security_context.namespace_options.target_id
-                    )
+                target = self.store.snapshot.containers.get(
+                    config.linux.security_context.namespace_options.target_id
                 )
                 target_pid = target.task_pid if target is not None else None
             spec = container_spec(
@@ -338,19 +342,32 @@ class ContainerReconciler:
             binary = self.sandboxes.settings.runtime_handlers.get(sandbox.runtime_handler, "")
             await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels, binary)
             faults.point("container-create:after-container-create")
+            self._mounts[cid] = list(mounts)
         finally:
-            with contextlib.suppress(errors.CrictlError):
-                await self.containerd.call(
-                    "delete lease",
-                    self.containerd.leases.Delete(
-                        leases_pb2.DeleteRequest(id=lease), metadata=self.containerd.metadata
-                    ),
-                )
+            # Once the container record names the snapshot, the lease holds nothing it needs:
+            # it goes in the background. One a crash leaves expires (gc.expire) and the sweep
+            # removes it (a create lease of no create in flight).
+            release = asyncio.create_task(self._delete_lease(lease), name=f"lease {lease}")
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
         await self.store.write(
             lambda s: record_container_created(s, cid, user.uid, user.gid, user.additional_gids)
         )
 
-    def _logger_args(self, row: Container) -> dict[str, str]:
+    async def _delete_lease(self, lease: str) -> None:
+        try:
+            await self.containerd.call(
+                "delete lease",
+                self.containerd.leases.Delete(
+                    leases_pb2.DeleteRequest(id=lease), metadata=self.containerd.metadata
+                ),
+            )
+        except errors.CrictlError as e:
+            log.info(
+                "create lease not deleted; the sweep will", extra={"lease": lease, "error": str(e)}
+            )
+
+    def _logger_args(self, row: Container | ContainerView) -> dict[str, str]:
         d = self.container_dir(row.id)
         d.mkdir(parents=True, exist_ok=True)
         return {
@@ -360,12 +377,14 @@ class ContainerReconciler:
             "--attach": str(d),
         }
 
-    async def _container_io(self, row: Container, config: api_pb2.ContainerConfig) -> TaskIO:
+    async def _container_io(
+        self, row: Container | ContainerView, config: api_pb2.ContainerConfig
+    ) -> TaskIO:
         """Where the task's stdio goes. Without stdin: a `binary://` URI, so the shim starts
         crictld-logger with the output pipes. With stdin: FIFOs, because the shim gives a
         `binary://` container no stdin; crictld starts the logger on them (once: a logger
         left by an interrupted start is reused), and it holds stdin open between attaches."""
-        args = await asyncio.to_thread(self._logger_args, row)
+        args = await trace.to_thread("logger args", self._logger_args, row)
         if not config.stdin:
             uri = f"binary://{self.logger}?{urllib.parse.urlencode(args)}"
             # With a tty the shim copies the console to stdout; stderr is the same stream.
@@ -395,17 +414,23 @@ class ContainerReconciler:
     async def _release_stale_start(self, cid: str) -> None:
         """A start a crash cut short may have left runc blocking the task (crictl/containerd/
         runc.py): cleared before anything else is asked of the task."""
-        await asyncio.to_thread(runc.release_stale_start, self.containerd.namespace, cid)
+        await trace.to_thread(
+            "runc stale start", runc.release_stale_start, self.containerd.namespace, cid
+        )
 
-    async def _start(self, row: Container) -> None:
+    async def _start(self, row: Container | ContainerView) -> None:
         cid = row.id
         config = container_config_of(row)
-        await self._release_stale_start(cid)
         try:
             await self._sandbox(row.sandbox_id)
-            # Made by CreateContainer; never prepared here (it would lack the image's layers).
-            mounts = await self.containerd.snapshot_mounts(SNAPSHOTTER, cid)
-            io = await self._container_io(row, config)
+            # Independent steps, so at once: a start a crash cut short released, the rootfs
+            # mounts (made by CreateContainer, as its Prepare answered them, else asked for:
+            # never prepared here, it would lack the image's layers), and the stdio.
+            _, mounts, io = await asyncio.gather(
+                self._release_stale_start(cid),
+                self._rootfs_mounts(cid),
+                self._container_io(row, config),
+            )
             await self.containerd.create_task(
                 cid, mounts, stdin=io.stdin, stdout=io.stdout, stderr=io.stderr, terminal=config.tty
             )
@@ -432,7 +457,13 @@ class ContainerReconciler:
         if early is not None and not await self._stale_exit(cid):
             await self._harvest(cid, *early)  # it exited before RUNNING was recorded
 
-    async def _stop(self, row: Container) -> None:
+    async def _rootfs_mounts(self, cid: str) -> list[mount_pb2.Mount]:
+        mounts = self._mounts.pop(cid, None)
+        if mounts is None:
+            mounts = await self.containerd.snapshot_mounts(SNAPSHOTTER, cid)
+        return mounts
+
+    async def _stop(self, row: Container | ContainerView) -> None:
         cid = row.id
         await self._release_stale_start(cid)
         deadline = self._kill_at.get(cid)
@@ -450,8 +481,9 @@ class ContainerReconciler:
                 if sig != signal.SIGKILL and self._kill_at[cid] > time.monotonic():
                     await self._signal(cid, sig, all_processes=False)
                     await self._wait_until_kill_deadline(cid)
-                await self._signal_and_wait(cid, signal.SIGKILL, 30)
-            await self._harvest_or_vanished(row)
+                    state = await self.containerd.task_state(cid)
+                state = await self._kill_and_wait(cid, state, 30)
+            await self._harvest_or_vanished(row, state)
         finally:
             self._kill_at.pop(cid, None)
             self._kill_at_changed.pop(cid, None)
@@ -492,27 +524,33 @@ class ContainerReconciler:
         if sig != signal.SIGKILL:
             faults.point("container-stop:after-signal")
 
-    async def _signal_and_wait(self, cid: str, sig: int, timeout: float) -> None:
-        """Signals the task unless it already stopped, and waits up to `timeout` for it to
-        stop. The exit-event watcher may harvest and delete the task meanwhile (its shim then
-        answers "ttrpc: closed"): a task that is gone or stopped is what was wanted."""
-        state = await self.containerd.task_state(cid)
+    async def _kill_and_wait(
+        self, cid: str, state: TaskState | None, timeout: float
+    ) -> TaskState | None:
+        """SIGKILLs the task unless it already stopped (`state`: read just before) and waits up
+        to `timeout` for it to stop. Returns its state then: what the wait answered (STOPPED,
+        with the exit), None if it is gone, else read again. The exit-event watcher may harvest
+        and delete the task meanwhile (its shim then answers "ttrpc: closed"): a task that is
+        gone or stopped is what was wanted."""
         if state is None or state.status == "STOPPED" or state.half_created:
-            return  # a half-created task cannot be signalled: it is only deleted
-        await self._signal(cid, sig)
+            return state  # a half-created task cannot be signalled: it is only deleted
+        await self._signal(cid, signal.SIGKILL)
         try:
-            await self.containerd.wait_task(cid, timeout=timeout)
+            return await self.containerd.wait_exit(cid, timeout=timeout)
         except errors.DeadlineExceeded:
-            return
+            return await self.containerd.task_state(cid)
         except errors.CrictlError:
             state = await self.containerd.task_state(cid)
             if state is not None and state.status != "STOPPED":
                 raise
+            return state
 
-    async def _harvest_or_vanished(self, row: Container) -> None:
-        """Records the exit of a stopped task (and deletes it); a task that is gone without
-        its exit having been recorded is EXITED 255 Unknown, never a made-up 0."""
-        state = await self.containerd.task_state(row.id)
+    async def _harvest_or_vanished(
+        self, row: Container | ContainerView, state: TaskState | None
+    ) -> None:
+        """Records the exit of a stopped task (`state`: read after it stopped) and deletes it;
+        a task that is gone without its exit having been recorded is EXITED 255 Unknown, never
+        a made-up 0."""
         if state is not None and state.half_created:
             # Its process never ran: nothing to harvest; the task is only deleted.
             if row.phase == ContainerPhase.RUNNING:
@@ -539,7 +577,7 @@ class ContainerReconciler:
                 )
             )
 
-    async def _stop_signal(self, row: Container) -> int:
+    async def _stop_signal(self, row: Container | ContainerView) -> int:
         config = container_config_of(row)
         image = self.images.status(config.image.image) if config.image.image else None
         name = ""
@@ -590,24 +628,40 @@ class ContainerReconciler:
             )
         return out
 
-    async def _remove(self, row: Container, reason: str = "Removed") -> None:
+    async def _remove(self, row: Container | ContainerView, reason: str = "Removed") -> None:
         cid = row.id
         await self._release_stale_start(cid)
-        await self._signal_and_wait(cid, signal.SIGKILL, 30)
-        await self._harvest_or_vanished(row)
+        state = await self._kill_and_wait(cid, await self.containerd.task_state(cid), 30)
+        await self._harvest_or_vanished(row, state)
         faults.point("container-remove:after-task-delete")
         if container_config_of(row).stdin:
             # A logger crictld started for a task that never came to be waits for its FIFO
             # writers forever (one the shim started ends with the task's pipes).
             await _end_logger(self.container_dir(cid) / "logger.pid", grace=1.0)
-        await self.containerd.delete_container(cid)
-        faults.point("container-remove:after-container-delete")
-        await self.containerd.remove_snapshot(SNAPSHOTTER, cid)
-        for i, m in enumerate(container_config_of(row).mounts):
-            if m.image.image:
-                await self.containerd.remove_snapshot(SNAPSHOTTER, volume_key(cid, i))
-        await asyncio.to_thread(shutil.rmtree, self.container_dir(cid), True)
+        # The record, the snapshots and the directory are independent (each removal finds
+        # "already gone" fine on a later pass): removed at once, one round trip of time.
+        keys = [cid] + [
+            volume_key(cid, i)
+            for i, m in enumerate(container_config_of(row).mounts)
+            if m.image.image
+        ]
+
+        async def delete_record() -> None:
+            await self.containerd.delete_container(cid)
+            faults.point("container-remove:after-container-delete")
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(delete_record())
+                for key in keys:
+                    group.create_task(self.containerd.remove_snapshot(SNAPSHOTTER, key))
+                group.create_task(
+                    trace.to_thread("container dir", shutil.rmtree, self.container_dir(cid), True)
+                )
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None  # the first failure, with its own message
         self._processes.pop(cid, None)
+        self._mounts.pop(cid, None)
         await self.store.write(lambda s: delete_container(s, cid, reason))
 
     # -- the sandbox's containers ----------------------------------------------------------
@@ -640,7 +694,7 @@ class ContainerReconciler:
     async def update_resources(
         self, container_id: str, resources: api_pb2.LinuxContainerResources
     ) -> None:
-        row = await self.store.read(lambda s: load_container(s, container_id))
+        row = self.store.snapshot.containers.get(container_id)
         if row is None:
             raise errors.NotFound(f"container {container_id} not found")
         if row.phase not in (ContainerPhase.CREATED, ContainerPhase.RUNNING):
@@ -706,7 +760,7 @@ class ContainerReconciler:
         )
 
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> ExecResult:
-        row = await self.store.read(lambda s: load_container(s, container_id))
+        row = self.store.snapshot.containers.get(container_id)
         if row is None:
             raise errors.NotFound(f"container {container_id} not found")
         if row.phase != ContainerPhase.RUNNING:
@@ -732,7 +786,7 @@ class ContainerReconciler:
     # -- logs ------------------------------------------------------------------------------
 
     async def reopen_log(self, container_id: str) -> None:
-        row = await self.store.read(lambda s: load_container(s, container_id))
+        row = self.store.snapshot.containers.get(container_id)
         if row is None:
             raise errors.NotFound(f"container {container_id} not found")
         if row.phase != ContainerPhase.RUNNING or not row.log_path:
@@ -758,7 +812,7 @@ class ContainerReconciler:
 
     async def on_exit(self, event: TaskExit) -> None:
         cid, exit_status, exited_at_ns = event.container_id, event.exit_status, event.exited_at_ns
-        row = await self.store.read(lambda s: load_container(s, cid))
+        row = self.store.snapshot.containers.get(cid)
         if row is None:
             return
         if row.phase == ContainerPhase.CREATED and row.desired == ContainerDesired.RUNNING:
@@ -766,7 +820,7 @@ class ContainerReconciler:
             # exit for that start to harvest, unless it finished meanwhile (whoever pops it,
             # harvests it).
             self._early_exits[cid] = (exit_status, exited_at_ns)
-            again = await self.store.read(lambda s: load_container(s, cid))
+            again = self.store.snapshot.containers.get(cid)
             if (
                 again is not None
                 and again.phase == ContainerPhase.RUNNING
