@@ -53,6 +53,17 @@ class BenchError(Exception):
 
 
 @dataclass
+class Call:
+    """One CRI call made to a runtime, timed or not, in the order made (for the log match)."""
+
+    op: str  # "" for untimed calls
+    rpc: str  # method name, e.g. "RunPodSandbox"
+    started: float  # time.time() around the call
+    ended: float
+    seconds: float | None  # client-observed latency, None if untimed or failed
+
+
+@dataclass
 class OpStats:
     """Figures for one operation on one runtime."""
 
@@ -100,6 +111,7 @@ class Runtime:
         self.name = name
         self.endpoint = endpoint
         self.ops: dict[str, OpStats] = {}
+        self.trace: list[Call] = []  # the successful timed calls, in order
         self.version: str = ""
         self._channel: grpc.Channel | None = None
         self._runtime: api_pb2_grpc.RuntimeServiceStub | None = None
@@ -160,6 +172,7 @@ class Runtime:
 
         LABEL goes with the sample into the raw figures (e.g. which image was pulled)."""
         stats = self.ops.setdefault(op, OpStats())
+        wall = time.time()
         start = time.perf_counter()
         try:
             response = method(request, timeout=timeout)
@@ -172,8 +185,11 @@ class Runtime:
                 if message not in stats.messages and len(stats.messages) < MAX_MESSAGES:
                     stats.messages.append(message)
             return None
-        stats.samples.append(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        stats.samples.append(seconds)
         stats.labels.append(label)
+        rpc = op.split("(")[0].split("@")[0]
+        self.trace.append(Call(op, rpc, wall, wall + seconds, seconds))
         return response
 
     def quietly(

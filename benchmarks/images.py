@@ -27,11 +27,14 @@ from benchmarks.cri_bench import (
     BenchError,
     Result,
     Runtime,
+    format_comparison,
     format_table,
     parse_endpoint,
     run_workload,
     write_json,
 )
+from benchmarks.sandboxes import LogLine, breakdown, format_breakdown, read_call_log
+from benchmarks.setup import local_node
 from benchmarks.setup import local_registry as local_registry  # cri_bench imports it from here
 from benchmarks.setup import local_runtimes as local_runtimes
 from crictl.gen.cri.runtime.v1 import api_pb2
@@ -191,18 +194,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="OUT", help="write raw figures to OUT")
     args = parser.parse_args(argv)
 
+    lines: list[LogLine] = []
     try:
         images = parse_images(args.images)
         with local_registry(args.registry, args.workdir) as registry:
             if args.endpoint:
                 result = run(registry, args.endpoint, images, args.rounds, args.by_image)
             else:
-                with local_runtimes(registry) as runtimes:
-                    result = run(registry, runtimes, images, args.rounds, args.by_image)
+                with local_node(registry) as node:
+                    result = run(registry, node.runtimes, images, args.rounds, args.by_image)
+                    log = node.target("crictld").crictld_log
+                    lines = read_call_log(log) if log is not None else []
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_table(result))
+    print()
+    print(format_comparison(result))
+    crictld = next((rt for rt in result.runtimes if rt.name == "crictld"), None)
+    if lines and crictld is not None:
+        rows, unmatched = breakdown(crictld.trace, lines)
+        print()
+        print(format_breakdown("crictld", rows, unmatched))
     if args.json:
         write_json([result], args.json)
     return 0

@@ -39,6 +39,7 @@ from google.protobuf.message import Message
 
 from benchmarks.cri_bench import (
     BenchError,
+    Call,
     Result,
     Runtime,
     format_table,
@@ -72,17 +73,6 @@ BENCH_LABEL = ("bench", "sandbox")
 RUN_LABEL = "bench-run"  # this run's tag: what teardown removes on a shared runtime
 UID_LABEL = "io.kubernetes.pod.uid"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-@dataclass
-class Call:
-    """One CRI call made to a runtime, timed or not, in the order made (for the log match)."""
-
-    op: str  # "" for untimed calls
-    rpc: str  # method name, e.g. "RunPodSandbox"
-    started: float  # time.time() around the call
-    ended: float
-    seconds: float | None  # client-observed latency, None if untimed or failed
 
 
 @dataclass
@@ -444,6 +434,7 @@ class LogLine:
     rpc: str
     ms: float
     ts: float
+    spans: dict[str, tuple[int, float]] = field(default_factory=dict)  # name: (count, ms)
 
 
 def read_call_log(path: Path) -> list[LogLine]:
@@ -456,7 +447,10 @@ def read_call_log(path: Path) -> list[LogLine]:
             try:
                 entry = json.loads(raw)
                 ts = datetime.fromisoformat(entry["ts"].replace("Z", "+00:00")).timestamp()
-                lines.append(LogLine(str(entry["rpc"]), float(entry["ms"]), ts))
+                spans = {
+                    str(k): (int(v[0]), float(v[1])) for k, v in entry.get("spans", {}).items()
+                }
+                lines.append(LogLine(str(entry["rpc"]), float(entry["ms"]), ts, spans))
             except (ValueError, KeyError, TypeError):
                 continue
     return lines
@@ -469,6 +463,8 @@ class Breakdown:
     client_ms: float
     handler_ms: float
     transport_ms: float  # median over calls of (client - handler)
+    # per span the handler recorded (crictl/trace.py): median count and ms per call
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def match_calls(trace: Sequence[Call], lines: Sequence[LogLine]) -> list[tuple[Call, LogLine]]:
@@ -495,14 +491,24 @@ def breakdown(trace: Sequence[Call], lines: Sequence[LogLine]) -> tuple[list[Bre
     """Per timed operation: medians of client-observed and handler time; and how many timed
     calls found no log line."""
     per_op: dict[str, list[tuple[float, float]]] = {}
+    op_lines: dict[str, list[LogLine]] = {}
     timed = [c for c in trace if c.op and c.seconds is not None]
     matched = 0
     for call, line in match_calls(trace, lines):
         if call.op and call.seconds is not None:
             per_op.setdefault(call.op, []).append((call.seconds * 1000.0, line.ms))
+            op_lines.setdefault(call.op, []).append(line)
             matched += 1
     rows = []
     for op, pairs in per_op.items():
+        names = sorted({n for line in op_lines[op] for n in line.spans})
+        spans = {
+            n: (
+                percentile([float(ln.spans.get(n, (0, 0.0))[0]) for ln in op_lines[op]], 0.5),
+                percentile([ln.spans.get(n, (0, 0.0))[1] for ln in op_lines[op]], 0.5),
+            )
+            for n in names
+        }
         rows.append(
             Breakdown(
                 op,
@@ -510,6 +516,7 @@ def breakdown(trace: Sequence[Call], lines: Sequence[LogLine]) -> tuple[list[Bre
                 percentile([c for c, _ in pairs], 0.5),
                 percentile([h for _, h in pairs], 0.5),
                 percentile([c - h for c, h in pairs], 0.5),
+                spans,
             )
         )
     return rows, len(timed) - matched
@@ -532,6 +539,18 @@ def format_breakdown(name: str, rows: Sequence[Breakdown], unmatched: int) -> st
         )
     if unmatched:
         lines.append(f"({unmatched} timed calls found no line in the log and are left out)")
+    lines += [
+        "",
+        "inside the handler, per call (medians; spans nest, e.g. containerd calls inside the",
+        "queue wait; `containerd ...` counts are round trips to containerd):",
+    ]
+    for r in rows:
+        if not r.spans:
+            continue
+        trips = sum(n for name, (n, _) in r.spans.items() if name.startswith("containerd "))
+        lines.append(f"  {r.op}: handler {r.handler_ms:.2f} ms, {trips:g} containerd round trips")
+        for name, (n, ms) in sorted(r.spans.items(), key=lambda kv: -kv[1][1]):
+            lines.append(f"    {name:<40} x{n:<4g} {ms:8.2f} ms")
     return "\n".join(lines)
 
 

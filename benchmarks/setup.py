@@ -23,9 +23,10 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,6 +78,8 @@ class Target:
     root: Path  # every file of this runtime lives under here (removed on exit)
     logs: dict[str, Path] = field(default_factory=dict)  # name in LOGS_DIR -> live path
     crictld_log: Path | None = None  # crictld's own log (one JSON line per CRI call)
+    # kills its CRI server (SIGKILL) and starts it again, returning once the new process runs
+    restart: Callable[[], None] | None = None
 
 
 @dataclass
@@ -156,6 +159,7 @@ def local_node(registry: str, logs_dir: Path | None = None) -> Iterator[Node]:
                 print("reference containerd teardown: " + "; ".join(problems), file=sys.stderr)
 
         stack.callback(stop_reference)
+        ref_target.restart = lambda: reference.restart(wait=False)
         print(f"containerd CRI at {reference.endpoint}", file=sys.stderr)
 
         net = make_network(tmp / "cni-crictld")
@@ -198,6 +202,12 @@ def local_node(registry: str, logs_dir: Path | None = None) -> Iterator[Node]:
         daemon.start()
         assert daemon.log_path is not None
         crictld_target.crictld_log = daemon.log_path
+
+        def restart_daemon() -> None:
+            daemon.signal(signal.SIGKILL)
+            daemon.start(wait=False)
+
+        crictld_target.restart = restart_daemon
         crictld_target.logs[daemon.log_path.name] = daemon.log_path
         print(f"crictld at {daemon.endpoint} (log {daemon.log_path})", file=sys.stderr)
         node.targets = [crictld_target, ref_target]

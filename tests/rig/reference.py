@@ -301,6 +301,26 @@ class ReferenceContainerd:
         self._wait_ready()
         return self
 
+    def restart(self, wait: bool = True) -> None:
+        """Kills containerd (SIGKILL: a crash) and starts it again on the same directories; its
+        shims, and so its pods' tasks, keep running. WAIT: until its CRI is ready."""
+        proc = self.process
+        if proc is None:
+            raise ReferenceError("reference containerd not started")
+        proc.kill()
+        proc.wait()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "--config", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        if wait:
+            self._wait_ready()
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         last = ""
