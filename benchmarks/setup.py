@@ -205,7 +205,9 @@ def local_node(registry: str, logs_dir: Path | None = None) -> Iterator[Node]:
 
         def restart_daemon() -> None:
             daemon.signal(signal.SIGKILL)
-            daemon.start(wait=False)
+            daemon.start(wait=False)  # a new log file: copied at teardown too
+            assert daemon.log_path is not None
+            crictld_target.logs[daemon.log_path.name] = daemon.log_path
 
         crictld_target.restart = restart_daemon
         crictld_target.logs[daemon.log_path.name] = daemon.log_path

@@ -866,17 +866,20 @@ class ContainerReconciler:
                     ),
                 )
 
-    async def resync(self) -> None:
+    async def resync(self, states: dict[str, TaskState] | None = None) -> None:
         """Running containers keep running (re-adopted, same pid); exits that happened while
         nobody listened are harvested with their real codes and times; a task containerd no
-        longer knows is EXITED 255, Unknown; work in flight gets a pass."""
-        rows = await self.store.read(lambda s: list_containers(s))
+        longer knows is EXITED 255, Unknown; work in flight gets a pass. `states`: every
+        task's state, read after the subscription (asked for if not given)."""
+        rows = list(self.store.snapshot.containers.values())
+        if states is None:
+            states = await self.containerd.task_states() if rows else {}
         for row in rows:
             in_flight = row.observed_generation < row.generation and (
                 row.desired != ContainerDesired.CREATED or row.phase == ContainerPhase.PENDING
             )
             if row.phase == ContainerPhase.RUNNING:
-                state = await self.containerd.task_state(row.id)
+                state = states.get(row.id)
                 if state is None:
                     await self.store.write(
                         partial(

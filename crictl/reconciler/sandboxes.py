@@ -25,10 +25,9 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclasses_field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from crictl import errors, trace
 from crictl.containerd import runc
-from crictl.containerd.client import ContainerdClient
+from crictl.containerd.client import ContainerdClient, TaskState
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.network import cni, netns
 from crictl.oci.spec import (
@@ -59,7 +58,6 @@ from crictl.store.readmodel import SandboxView
 from crictl.store.sandboxes import (
     SETUP_FAILED,
     delete_sandbox,
-    list_sandboxes,
     mark_sandbox_observed,
     record_network_released,
     record_sandbox_error,
@@ -77,6 +75,8 @@ SNAPSHOTTER = "overlayfs"
 # readable by all whatever the daemon's umask (a systemd UMask=0077 included).
 POD_FILE_MODE = 0o644
 STOP_WAIT = 10.0
+# Pods checked at once after a restart (each check runs the CNI chain's CHECK plugins).
+RECOVERY_CONCURRENCY = 8
 KIND_LABEL = "crictld.io/kind"
 SANDBOX_LABEL = "crictld.io/sandbox-id"
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -91,6 +91,21 @@ class SandboxSettings:
     pause_image: str
     systemd_cgroup: bool = False
     runtime_handlers: Mapping[str, str] = dataclasses_field(default_factory=dict)
+
+
+async def _bounded(limit: int, work: list[Coroutine[Any, Any, None]]) -> None:
+    """Runs `work` with at most `limit` at a time; every item runs, the first error is
+    raised after all ended."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(item: Coroutine[Any, Any, None]) -> None:
+        async with gate:
+            await item
+
+    results = await asyncio.gather(*(one(w) for w in work), return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 def config_of(row: PodSandbox | SandboxView) -> api_pb2.PodSandboxConfig:
@@ -202,6 +217,12 @@ class SandboxReconciler:
         self.containerd = containerd
         self.images = images
         self.settings = settings
+        # Pods whose CNI CHECK after a restart is still to come (resync leaves them to it).
+        self._checking: set[str] = set()
+        self._recovering: set[str] = set()  # ready at start, re-adopted by the first resync
+        self._to_check: list[PodSandbox | SandboxView] = []
+        self._network_checks: set[asyncio.Task[None]] = set()
+        self._serving = False
         self.queue: KeyedQueue[str] = KeyedQueue(
             self.reconcile, self._record_failure, kind="sandbox"
         )
@@ -244,6 +265,9 @@ class SandboxReconciler:
         return written
 
     async def stop(self) -> None:
+        for task in self._network_checks:
+            task.cancel()
+        await asyncio.gather(*self._network_checks, return_exceptions=True)
         await self.queue.drain()
 
     async def _record_failure(self, sandbox_id: str, error: Exception) -> None:
@@ -533,32 +557,65 @@ class SandboxReconciler:
             )
         )
 
-    async def resync(self) -> None:
-        """After every (re)subscription to containerd's events: a ready pod whose pause task
-        stopped or vanished while nobody listened is NOTREADY; rows in flight get a pass."""
-        rows = await self.store.read(lambda s: list_sandboxes(s))
+    async def resync(self, states: dict[str, TaskState] | None = None) -> None:
+        """After every (re)subscription to containerd's events, with every task's state read
+        after it (`states`, shared with the containers' resync; asked for if not given): a
+        ready pod whose pause task stopped or vanished while nobody listened is NOTREADY;
+        rows in flight get a pass. The first one after a start is the pods' recovery: a pod
+        whose task runs and whose netns is there is re-adopted as is, its network checked by
+        CNI CHECK once the daemon serves (`check_networks`)."""
+        rows = list(self.store.snapshot.sandboxes.values())
+        ready = [
+            r for r in rows if r.desired == SandboxDesired.READY and r.phase == SandboxPhase.READY
+        ]
+        if states is None:
+            states = await self.containerd.task_states() if ready else {}
         for row in rows:
             if row.desired != SandboxDesired.READY or row.phase == SandboxPhase.PENDING:
                 self.queue.wake(row.id)
-            elif row.phase == SandboxPhase.READY:
-                state = await self.containerd.task_state(row.id)
-                if state is None:
-                    reason, message = "TaskVanished", "the pause task is gone"
-                elif state.status == "STOPPED":
-                    reason = "PauseExited"
-                    message = f"the pause task exited with {state.exit_status}"
-                else:
-                    problem = await self._network_problem(row)
-                    if problem is None:
-                        continue
-                    reason, message = problem
-                await self.store.write(
-                    partial(
-                        record_sandbox_not_ready, sandbox_id=row.id, reason=reason, message=message
-                    )
-                )
+        recovering, self._recovering = self._recovering, set()
+        down = " while crictld was down" if recovering else ""
+        gone: list[tuple[str, str, str]] = []
+        kept: list[tuple[SandboxView, int]] = []
 
-    async def _network_problem(self, row: PodSandbox) -> tuple[str, str] | None:
+        async def check(row: SandboxView) -> None:
+            state = states.get(row.id)
+            if state is None:
+                gone.append((row.id, "TaskVanished", "the pause task is gone"))
+            elif state.status == "STOPPED":
+                message = f"the pause task exited with {state.exit_status}{down}"
+                gone.append((row.id, "PauseExited", message))
+            elif row.id in recovering:
+                if not host_network(config_of(row)) and not await asyncio.to_thread(
+                    netns.is_netns, self.netns_path(row.id)
+                ):
+                    gone.append((row.id, "NetnsVanished", "the pod's network namespace is gone"))
+                else:
+                    kept.append((row, state.pid))
+            elif row.id not in self._checking:  # else its CNI CHECK after the start is to come
+                problem = await self._network_problem(row)
+                if problem is not None:
+                    gone.append((row.id, *problem))
+
+        await _bounded(RECOVERY_CONCURRENCY, [check(r) for r in ready])
+
+        def record(session: Session) -> None:
+            for sid, reason, message in gone:
+                record_sandbox_not_ready(session, sid, reason, message)
+            for row, pid in kept:
+                record_event(session, "sandbox", row.id, "readopted", message=f"pid {pid}")
+
+        if gone or kept:
+            await self.store.write(record)
+        if recovering:
+            log.info("re-adopted pods", extra={"readopted": len(kept), "not_ready": len(gone)})
+            to_check = [r for r, _ in kept if not host_network(config_of(r)) and r.cni_result]
+            self._to_check += to_check
+            self._checking.update(r.id for r in to_check)
+            if self._serving:  # the first resync came late (containerd was away at start)
+                self.check_networks()
+
+    async def _network_problem(self, row: PodSandbox | SandboxView) -> tuple[str, str] | None:
         """What is wrong with a ready pod's network as the kernel holds it (netlink, inside
         its netns): the netns gone, or the pod's IP on no interface any more."""
         if host_network(config_of(row)):
@@ -587,48 +644,59 @@ class SandboxReconciler:
         * rows in flight (PENDING, or a stop or remove not yet observed) get a pass, which
           finishes the setup or the teardown; nothing is resurrected.
         """
-        rows = await self.store.read(lambda s: list_sandboxes(s))
+        rows = list(self.store.snapshot.sandboxes.values())
         for row in rows:
             if row.desired != SandboxDesired.READY or row.phase == SandboxPhase.PENDING:
                 self.queue.wake(row.id)  # finish or undo what was in flight
-            elif row.phase == SandboxPhase.READY:
-                await self._readopt(row)
+        # The ready ones are re-adopted by the first resync, once the event subscription is
+        # live: the task states are read once, after it, for recovery and resync alike.
+        self._recovering = {
+            r.id
+            for r in rows
+            if r.desired == SandboxDesired.READY and r.phase == SandboxPhase.READY
+        }
 
-    async def _readopt(self, row: PodSandbox) -> None:
-        state = await self.containerd.task_state(row.id)
-        config = config_of(row)
-        reason = ""
-        if state is None:
-            reason, message = "TaskVanished", "the pause task is gone (containerd restarted?)"
-        elif state.status != "RUNNING":
-            reason = "PauseExited"
-            message = f"the pause task exited with {state.exit_status} while crictld was down"
-        elif not host_network(config) and not netns.is_netns(self.netns_path(row.id)):
-            reason, message = "NetnsVanished", "the pod's network namespace is gone"
-        elif not host_network(config) and row.cni_result:
-            try:  # the pod's network as CNI set it up: interfaces, addresses, routes
-                net = await asyncio.to_thread(
-                    cni.load_network_config, self.settings.cni_conf_dir, self.settings.cni_bin_dirs
-                )
+    def check_networks(self) -> None:
+        """Starts the CNI CHECK of the pods re-adopted at start (the daemon calls it once it
+        serves: the checks execute plugins, which would slow the rest of the start-up)."""
+        self._serving = True
+        rows, self._to_check = self._to_check, []
+        if rows:
+            task = asyncio.create_task(self._check_networks(rows), name="pod network checks")
+            self._network_checks.add(task)
+            task.add_done_callback(self._network_checks.discard)
+
+    async def _check_networks(self, rows: list[PodSandbox | SandboxView]) -> None:
+        """CNI CHECK of each re-adopted pod (interfaces, addresses, routes as CNI set them up),
+        a few at a time; a pod whose check fails is NOTREADY, as if its network broke just
+        after the restart. Run in the background: each check executes the chain's plugins."""
+        try:
+            net = await asyncio.to_thread(
+                cni.load_network_config, self.settings.cni_conf_dir, self.settings.cni_bin_dirs
+            )
+        except errors.CrictlError as e:
+            log.warning("pod network checks skipped", extra={"error": str(e)})
+            self._checking.clear()
+            return
+
+        async def check(row: PodSandbox | SandboxView) -> None:
+            config = config_of(row)
+            try:
                 await cni.check(
                     net,
                     row.id,
                     str(self.netns_path(row.id)),
                     cni_args(row.id, config),
                     capability_args(config),
-                    json.loads(row.cni_result),
+                    json.loads(row.cni_result or "{}"),
                     self.settings.cni_bin_dirs,
                 )
             except errors.CrictlError as e:
-                reason, message = "NetworkCheckFailed", str(e)
-        if reason:
-            await self.store.write(lambda s: record_sandbox_not_ready(s, row.id, reason, message))
-        else:
-            log.info(
-                "re-adopted sandbox", extra={"sandbox": row.id, "pid": state.pid if state else None}
-            )
-            await self.store.write(
-                lambda s: record_event(
-                    s, "sandbox", row.id, "readopted", message=f"pid {state.pid if state else ''}"
+                message = str(e)
+                await self.store.write(
+                    lambda s: record_sandbox_not_ready(s, row.id, "NetworkCheckFailed", message)
                 )
-            )
+            finally:
+                self._checking.discard(row.id)
+
+        await _bounded(RECOVERY_CONCURRENCY, [check(r) for r in rows])
