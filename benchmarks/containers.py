@@ -41,6 +41,7 @@ from benchmarks.cri_bench import (
     BenchError,
     Result,
     Runtime,
+    format_comparison,
     format_table,
     parse_endpoint,
     run_workload,
@@ -747,6 +748,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(pod_logs, ignore_errors=True)
 
     print(format_table(result))
+    print()
+    print(format_comparison(result))
     if workload.checks:
         print("\nwrong answers (the call succeeded):")
         print("\n".join(f"  {c}" for c in workload.checks))

@@ -42,6 +42,7 @@ from benchmarks.cri_bench import (
     Call,
     Result,
     Runtime,
+    format_comparison,
     format_table,
     parse_endpoint,
     percentile,
@@ -690,6 +691,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     print(format_table(result))
+    print()
+    print(format_comparison(result))
     if workload.checks:
         print("\nwrong answers (the call succeeded):")
         print("\n".join(f"  {c}" for c in workload.checks))

@@ -414,9 +414,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     scale.run(target, target.restart)
             after = leftovers(node)
             dirty = any(f.left for f in scale.figures.values()) or any(after.values())
-            failed[0] = failed[0] or dirty or any(
-                f.run_errors or f.container_errors or f.teardown_errors or f.restart_note
-                for f in scale.figures.values()
+            failed[0] = (
+                failed[0]
+                or dirty
+                or any(
+                    f.run_errors or f.container_errors or f.teardown_errors or f.restart_note
+                    for f in scale.figures.values()
+                )
             )
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)

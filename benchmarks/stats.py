@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.containers import ContainerWorkload, busybox_image
-from benchmarks.cri_bench import BenchError, Runtime, format_table, run_workload, write_json
+from benchmarks.cri_bench import (
+    BenchError,
+    Runtime,
+    format_comparison,
+    format_table,
+    run_workload,
+    write_json,
+)
 from benchmarks.setup import local_node, local_registry, pause_image, runtime_logs
 from crictl.gen.cri.runtime.v1 import api_pb2
 
@@ -102,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_table(result))
+    print()
+    print(format_comparison(result))
     if args.json:
         write_json([result], args.json)
     return 0
