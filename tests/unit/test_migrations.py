@@ -7,7 +7,13 @@ import pytest
 
 from alembic import command
 from crictl.errors import FailedPrecondition
-from crictl.store.migrate import alembic_config, current_revision, head_revision, upgrade_to_head
+from crictl.store.migrate import (
+    HEAD,
+    alembic_config,
+    current_revision,
+    head_revision,
+    upgrade_to_head,
+)
 
 VIEWS = {"pods", "containers", "events", "images"}
 
@@ -32,6 +38,11 @@ def test_upgrade_check_downgrade_upgrade(tmp_path: Path) -> None:
     assert _objects(db, "table") == {"alembic_version"}
     command.upgrade(cfg, "head")
     assert _objects(db, "view") >= VIEWS
+
+
+def test_the_head_constant_is_alembics_head() -> None:
+    """`HEAD` lets a start skip Alembic when nothing is due: it must name the newest script."""
+    assert head_revision() == HEAD
 
 
 def test_upgrade_to_head_is_idempotent(tmp_path: Path) -> None:
