@@ -51,7 +51,7 @@ from crictl.reconciler.health import Health
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.netconf import PodCidr
 from crictl.reconciler.orphans import OrphanSweeper, SweepSettings
-from crictl.reconciler.sandboxes import SandboxReconciler, SandboxSettings
+from crictl.reconciler.sandboxes import SandboxReconciler, SandboxSettings, read_tasks
 from crictl.reconciler.stats import StatsCollector
 from crictl.reconciler.streams import StreamBackend
 from crictl.store.engine import Store, make_engine
@@ -270,7 +270,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             TaskEventHandlers(
                 on_exit=[sandboxes.on_task_exit, containers.on_exit],
                 on_oom=[containers.on_oom],
-                resync=[partial(resync_tasks, conn.client, sandboxes, containers), images.resync],
+                resync=[
+                    partial(resync_tasks, store, conn.client, sandboxes, containers),
+                    images.resync,
+                ],
             ),
         )
         events.start()
@@ -508,12 +511,15 @@ def resolve_group(group: str) -> int:
 
 
 async def resync_tasks(
-    client: ContainerdClient, sandboxes: SandboxReconciler, containers: ContainerReconciler
+    store: Store,
+    client: ContainerdClient,
+    sandboxes: SandboxReconciler,
+    containers: ContainerReconciler,
 ) -> None:
-    """Pods and containers against containerd's tasks, read once for both (listing the tasks
-    asks each shim for its state: at 400 tasks, ~0.2 s)."""
-    states = await client.task_states()
-    await asyncio.gather(sandboxes.resync(states), containers.resync(states))
+    """Pods and containers against containerd's tasks, listed once for both (listing asks
+    each shim for its state: at 400 tasks, ~0.2 s), after the rows were read."""
+    tasks = await read_tasks(store, client)
+    await asyncio.gather(sandboxes.resync(tasks), containers.resync(tasks))
 
 
 class Steps:

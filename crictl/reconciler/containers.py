@@ -57,6 +57,7 @@ from crictl.reconciler.sandboxes import (
     clamp_oom_score_adj,
     config_of,
     host_network,
+    read_tasks,
 )
 from crictl.reconciler.stdio import ExecProcess
 from crictl.store.containers import (
@@ -73,7 +74,7 @@ from crictl.store.containers import (
 from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.models import Container, ContainerDesired, ContainerPhase, SandboxPhase
-from crictl.store.readmodel import ContainerView
+from crictl.store.readmodel import ContainerView, Snapshot
 from crictl.streaming.backend import STDERR, STDOUT
 
 log = logging.getLogger(__name__)
@@ -866,14 +867,15 @@ class ContainerReconciler:
                     ),
                 )
 
-    async def resync(self, states: dict[str, TaskState] | None = None) -> None:
+    async def resync(self, tasks: tuple[Snapshot, dict[str, TaskState]] | None = None) -> None:
         """Running containers keep running (re-adopted, same pid); exits that happened while
         nobody listened are harvested with their real codes and times; a task containerd no
-        longer knows is EXITED 255, Unknown; work in flight gets a pass. `states`: every
-        task's state, read after the subscription (asked for if not given)."""
-        rows = list(self.store.snapshot.containers.values())
-        if states is None:
-            states = await self.containerd.task_states() if rows else {}
+        longer knows is EXITED 255, Unknown; work in flight gets a pass. `tasks`: the rows,
+        then every task's state read after them (`read_tasks`: a container RUNNING in rows
+        read first had its task before the list; rows read after it could name a container
+        started since, whose task the list lacks)."""
+        snap, states = tasks if tasks is not None else await read_tasks(self.store, self.containerd)
+        rows = list(snap.containers.values())
         for row in rows:
             in_flight = row.observed_generation < row.generation and (
                 row.desired != ContainerDesired.CREATED or row.phase == ContainerPhase.PENDING

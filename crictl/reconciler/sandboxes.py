@@ -54,7 +54,7 @@ from crictl.reconciler.queue import KeyedQueue
 from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.models import PodSandbox, SandboxDesired, SandboxPhase
-from crictl.store.readmodel import SandboxView
+from crictl.store.readmodel import SandboxView, Snapshot
 from crictl.store.sandboxes import (
     SETUP_FAILED,
     delete_sandbox,
@@ -91,6 +91,14 @@ class SandboxSettings:
     pause_image: str
     systemd_cgroup: bool = False
     runtime_handlers: Mapping[str, str] = dataclasses_field(default_factory=dict)
+
+
+async def read_tasks(
+    store: Store, containerd: ContainerdClient
+) -> tuple[Snapshot, dict[str, TaskState]]:
+    """The rows, then every task's state: in this order (see `SandboxReconciler.resync`)."""
+    snap = store.snapshot
+    return snap, await containerd.task_states()
 
 
 async def _bounded(limit: int, work: list[Coroutine[Any, Any, None]]) -> None:
@@ -481,10 +489,15 @@ class SandboxReconciler:
             )
         if self.containers_hook is not None:
             await self.containers_hook(sid, remove)
-        await self._stop_task(sid)
-        if not host_network(config) and not row.network_released:
-            net = await asyncio.to_thread(
-                cni.load_network_config, self.settings.cni_conf_dir, self.settings.cni_bin_dirs
+
+        async def release_network() -> None:
+            if host_network(config) or row.network_released:
+                return
+            net = await trace.to_thread(
+                "cni config",
+                cni.load_network_config,
+                self.settings.cni_conf_dir,
+                self.settings.cni_bin_dirs,
             )
             path = self.netns_path(sid)
             netns_arg = str(path) if await asyncio.to_thread(netns.is_netns, path) else ""
@@ -499,9 +512,20 @@ class SandboxReconciler:
                 self.settings.cni_bin_dirs,
             )
             faults.point("sandbox-stop:after-cni-del")
-            await asyncio.to_thread(netns.remove, path)
+            await trace.to_thread("netns remove", netns.remove, path)
             faults.point("sandbox-stop:after-netns-remove")
             await self.store.write(lambda s: record_network_released(s, sid))
+
+        # The pause task and the network are independent (the netns is a bind mount: it
+        # outlives the task; CNI DEL needs neither the task alive nor dead): torn down at once,
+        # where containerd's CRI does one after the other. Each step finds "already done"
+        # fine, so a pass a crash cut short in either is finished by the next.
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._stop_task(sid))
+                group.create_task(release_network())
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None  # the first failure, with its own message
         await asyncio.to_thread(self._unmount_shm, sid)
         if not remove:
             gen = row.generation
@@ -557,19 +581,22 @@ class SandboxReconciler:
             )
         )
 
-    async def resync(self, states: dict[str, TaskState] | None = None) -> None:
-        """After every (re)subscription to containerd's events, with every task's state read
-        after it (`states`, shared with the containers' resync; asked for if not given): a
-        ready pod whose pause task stopped or vanished while nobody listened is NOTREADY;
-        rows in flight get a pass. The first one after a start is the pods' recovery: a pod
-        whose task runs and whose netns is there is re-adopted as is, its network checked by
-        CNI CHECK once the daemon serves (`check_networks`)."""
-        rows = list(self.store.snapshot.sandboxes.values())
+    async def resync(self, tasks: tuple[Snapshot, dict[str, TaskState]] | None = None) -> None:
+        """After every (re)subscription to containerd's events: a ready pod whose pause task
+        stopped or vanished while nobody listened is NOTREADY; rows in flight get a pass. The
+        first one after a start is the pods' recovery: a pod whose task runs and whose netns
+        is there is re-adopted as is, its network checked by CNI CHECK once the daemon serves
+        (`check_networks`).
+
+        `tasks`: the rows, then every task's state read after them (shared with the
+        containers' resync; read here if not given). The order matters: a pod READY in rows
+        read first had its task started before the tasks were listed, so a task missing
+        from the list is gone; rows read after the list could name a pod started since."""
+        snap, states = tasks if tasks is not None else await read_tasks(self.store, self.containerd)
+        rows = list(snap.sandboxes.values())
         ready = [
             r for r in rows if r.desired == SandboxDesired.READY and r.phase == SandboxPhase.READY
         ]
-        if states is None:
-            states = await self.containerd.task_states() if ready else {}
         for row in rows:
             if row.desired != SandboxDesired.READY or row.phase == SandboxPhase.PENDING:
                 self.queue.wake(row.id)
