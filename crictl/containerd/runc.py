@@ -12,6 +12,13 @@ longer `runc init`: it is the container's own program) and ends it: a blocked re
 released by opening the fifo for writing and closing it at once (that `runc start` then fails
 "cannot start an already running container", which the start step takes as started), and the
 fifo is removed, so runc sees the container running, which it is.
+
+The same cut can come a moment earlier: `runc start` opened the fifo but died before reading
+it, so the `runc init` waiting on the write side gets EPIPE and exits before it ever ran the
+container's program. The shim then holds a task whose process is stopped, and every start
+answers "cannot start a stopped process". `died_before_start` recognises it (the fifo still
+there, its init gone): the program never ran, so the task is made again (seen in a 1000-kill
+chaos run).
 """
 
 from __future__ import annotations
@@ -64,3 +71,17 @@ def release_stale_start(namespace: str, container_id: str, root: Path = RUNC_ROO
         extra={"container": container_id, "pid": pid, "comm": comm},
     )
     return True
+
+
+def died_before_start(namespace: str, container_id: str, root: Path = RUNC_ROOT) -> bool:
+    """True if the container's init died waiting to be started: runc's exec.fifo is still
+    there (no start ever got through it) and the init process is gone (see the module's
+    docstring). Its program never ran."""
+    d = root / namespace / container_id
+    if not (d / "exec.fifo").exists():
+        return False
+    try:
+        pid = int(json.loads((d / "state.json").read_text())["init_process_pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return pid > 0 and _comm(pid) is None

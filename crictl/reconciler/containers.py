@@ -436,7 +436,27 @@ class ContainerReconciler:
                 cid, mounts, stdin=io.stdin, stdout=io.stdout, stderr=io.stderr, terminal=config.tty
             )
             faults.point("container-start:after-task-create")
-            pid = await self.containerd.start_task(cid)
+            try:
+                pid = await self.containerd.start_task(cid)
+            except errors.CrictlError:
+                ns = self.containerd.namespace
+                if not await asyncio.to_thread(runc.died_before_start, ns, cid):
+                    raise
+                # A start cut short killed the init before the program ran (containerd/
+                # runc.py): the task is made again and started, once.
+                log.warning(
+                    "a start cut short left a dead task; making it again", extra={"task": cid}
+                )
+                await self.containerd.delete_task(cid)
+                await self.containerd.create_task(
+                    cid,
+                    mounts,
+                    stdin=io.stdin,
+                    stdout=io.stdout,
+                    stderr=io.stderr,
+                    terminal=config.tty,
+                )
+                pid = await self.containerd.start_task(cid)
             faults.point("container-start:after-task-started")
         except (asyncio.CancelledError, errors.Unavailable):
             # containerd is away: not the container's failure. The pass is retried (and so

@@ -74,3 +74,17 @@ def test_nothing_to_do_without_state(tmp_path: Path) -> None:
     d.mkdir(parents=True)
     os.mkfifo(d / "exec.fifo")
     assert not runc.release_stale_start("ns", "c2", tmp_path)  # no state.json
+
+
+def test_an_init_that_died_waiting_to_be_started_is_recognised(tmp_path: Path) -> None:
+    """`runc start` opened the fifo and died before reading: runc init got EPIPE and exited
+    before the program ran; the fifo is still there."""
+    p = process(runc.RUNC_INIT_COMM)
+    d = runc_dir(tmp_path, p.pid)
+    assert not runc.died_before_start("ns", "c1", tmp_path)  # still waiting: alive
+    p.kill()
+    p.wait()
+    assert runc.died_before_start("ns", "c1", tmp_path)
+    (d / "exec.fifo").unlink()  # a start got through: whatever ran, it ran
+    assert not runc.died_before_start("ns", "c1", tmp_path)
+    assert not runc.died_before_start("ns", "missing", tmp_path)
