@@ -289,6 +289,11 @@ class ReferenceContainerd:
         if len(str(self.socket) + ".ttrpc") >= 108:
             raise ReferenceError(f"socket path too long: {self.socket}")
         self._write_config(directory)
+        self._spawn()
+        self._wait_ready()
+        return self
+
+    def _spawn(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [self.binary, "--config", str(self.config_path)],
@@ -298,8 +303,6 @@ class ReferenceContainerd:
                 start_new_session=True,
                 close_fds=True,
             )
-        self._wait_ready()
-        return self
 
     def restart(self, wait: bool = True) -> None:
         """Kills containerd (SIGKILL: a crash) and starts it again on the same directories; its
@@ -309,15 +312,7 @@ class ReferenceContainerd:
             raise ReferenceError("reference containerd not started")
         proc.kill()
         proc.wait()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [self.binary, "--config", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-            )
+        self._spawn()
         if wait:
             self._wait_ready()
 
