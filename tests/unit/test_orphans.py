@@ -9,7 +9,6 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -56,7 +55,7 @@ from crictl.reconciler.orphans import (
     remove_orphans,
     sandbox_converged,
 )
-from crictl.store.engine import Store, make_engine
+from crictl.store.engine import Store
 from crictl.store.events import list_events
 from crictl.store.inventory import ContainerRow, Rows, SandboxRow, read_rows, readonly_engine
 from crictl.store.migrate import upgrade_to_head
@@ -472,15 +471,6 @@ def test_ipam_dir_of() -> None:
     default = {"type": "bridge", "ipam": {"type": "host-local"}}
     assert ipam_dir_of(net([default])) == Path("/var/lib/cni/networks/mynet")
     assert ipam_dir_of(net([{"type": "bridge", "ipam": {"type": "dhcp"}}])) is None
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = tmp_path / "crictld.db"
-    upgrade_to_head(db)
-    s = Store(make_engine(db))
-    yield s
-    s.close()
 
 
 def test_the_inventory_reads_rows_read_only(store: Store, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,6 @@ from crictl.store.models import (
 )
 from crictl.store.readmodel import ContainerView, SandboxView, load_all
 from crictl.store.transitions import switch_container_phase, switch_sandbox_phase
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = tmp_path / "crictld.db"
-    upgrade_to_head(db)
-    s = Store(make_engine(db))
-    yield s
-    s.close()
 
 
 def fresh(store: Store) -> Any:

@@ -1,16 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from crictl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from crictl.store.engine import Store, make_engine
+from crictl.store.engine import Store
 from crictl.store.events import list_events
-from crictl.store.migrate import upgrade_to_head
 from crictl.store.models import LabelKind, PodSandbox, SandboxPhase
 from crictl.store.sandboxes import (
     NewSandbox,
@@ -22,15 +18,6 @@ from crictl.store.sandboxes import (
     resolve_sandbox_id,
 )
 from crictl.store.transitions import switch_sandbox_phase
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = tmp_path / "crictld.db"
-    upgrade_to_head(db)
-    s = Store(make_engine(db))
-    yield s
-    s.close()
 
 
 def new(sid: str = "a" * 64, name: str = "web", digest: str = "d1", **kw: object) -> NewSandbox:
