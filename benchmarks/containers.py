@@ -33,7 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +41,12 @@ from benchmarks.cri_bench import (
     BenchError,
     Result,
     Runtime,
+    Workload,
     format_comparison,
     format_table,
     parse_endpoint,
     run_workload,
+    write_json,
 )
 from benchmarks.sandboxes import (
     RUN_LABEL,
@@ -784,3 +786,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def run_pod_workload(
+    name: str,
+    make: Callable[[str, str, Path], Workload],
+    rounds: int,
+    json_out: Path | None,
+    floor: str | None = None,
+) -> tuple[int, Workload | None]:
+    """Brings a registry and both runtimes up, runs the workload MAKE(pause image, busybox
+    image, pod log root) builds, prints the table and the comparison (against FLOOR), writes
+    JSON_OUT; returns the exit status and the workload (None after an error)."""
+    pod_logs = Path(tempfile.mkdtemp(prefix="crd-bench-podlogs-", dir="/tmp"))
+    try:
+        with (
+            runtime_logs(False, name) as (logs_dir, _failed),
+            local_registry(None, None) as registry,
+            local_node(registry, logs_dir) as node,
+        ):
+            workload = make(pause_image(registry), busybox_image(registry), pod_logs)
+            result = run_workload(
+                workload,
+                node.runtimes,
+                rounds,
+                progress=lambda text: print(text, file=sys.stderr, flush=True),
+            )
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1, None
+    print(format_table(result))
+    print()
+    print(format_comparison(result, floor=floor))
+    if json_out:
+        write_json([result], json_out)
+    return 0, workload

@@ -24,20 +24,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.containers import ContainerWorkload, busybox_image
+from benchmarks.containers import ContainerWorkload, run_pod_workload
 from benchmarks.cri_bench import (
     BenchError,
     Runtime,
-    format_comparison,
-    format_table,
-    run_workload,
-    write_json,
 )
-from benchmarks.setup import local_node, local_registry, pause_image, runtime_logs
 from crictl.gen.cri.runtime.v1 import api_pb2
 
 READS = (
@@ -121,34 +115,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--containers", type=int, default=5, help="containers in the pod (5)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write raw figures to OUT")
     args = parser.parse_args(argv)
-    pod_logs = Path(tempfile.mkdtemp(prefix="crd-bench-podlogs-", dir="/tmp"))
-    try:
-        with (
-            runtime_logs(False, "reads") as (logs_dir, _failed),
-            local_registry(None, None) as registry,
-            local_node(registry, logs_dir) as node,
-        ):
-            workload = ReadWorkload(
-                pause_image(registry), busybox_image(registry), args.containers, pod_logs
-            )
-            result = run_workload(
-                workload,
-                node.runtimes,
-                args.rounds,
-                progress=lambda text: print(text, file=sys.stderr, flush=True),
-            )
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_table(result))
-    print()
-    print(format_comparison(result, floor="Version"))
-    wrong = [f"  {line}" for line in workload.checks]
+    code, workload = run_pod_workload(
+        "reads",
+        lambda pause, busybox, logs: ReadWorkload(pause, busybox, args.containers, logs),
+        args.rounds,
+        args.json,
+        floor="Version",
+    )
+    wrong = [f"  {line}" for line in workload.checks] if isinstance(workload, ReadWorkload) else []
     if wrong:
         print("\nwrong answers:", *wrong, sep="\n")
-    if args.json:
-        write_json([result], args.json)
-    return 1 if wrong else 0
+    return 1 if wrong or code else 0
 
 
 if __name__ == "__main__":

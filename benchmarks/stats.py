@@ -14,20 +14,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.containers import ContainerWorkload, busybox_image
+from benchmarks.containers import ContainerWorkload, run_pod_workload
 from benchmarks.cri_bench import (
     BenchError,
     Runtime,
-    format_comparison,
-    format_table,
-    run_workload,
-    write_json,
 )
-from benchmarks.setup import local_node, local_registry, pause_image, runtime_logs
 from crictl.gen.cri.runtime.v1 import api_pb2
 
 
@@ -89,31 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--containers", type=int, default=5, help="containers in the pod (5)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write raw figures to OUT")
     args = parser.parse_args(argv)
-    pod_logs = Path(tempfile.mkdtemp(prefix="crd-bench-podlogs-", dir="/tmp"))
-    try:
-        with (
-            runtime_logs(False, "stats") as (logs_dir, _failed),
-            local_registry(None, None) as registry,
-            local_node(registry, logs_dir) as node,
-        ):
-            workload = StatsWorkload(
-                pause_image(registry), busybox_image(registry), args.containers, pod_logs
-            )
-            result = run_workload(
-                workload,
-                node.runtimes,
-                args.rounds,
-                progress=lambda text: print(text, file=sys.stderr, flush=True),
-            )
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_table(result))
-    print()
-    print(format_comparison(result))
-    if args.json:
-        write_json([result], args.json)
-    return 0
+    code, _ = run_pod_workload(
+        "stats",
+        lambda pause, busybox, logs: StatsWorkload(pause, busybox, args.containers, logs),
+        args.rounds,
+        args.json,
+    )
+    return code
 
 
 if __name__ == "__main__":
