@@ -587,16 +587,20 @@ class ContainerReconciler:
             await delete_stopped_task(self.containerd, row.id)
         elif state is not None:
             await self._harvest(row.id, state.exit_status, state.exited_at_ns)
-        elif row.phase == ContainerPhase.RUNNING:
-            await self.store.write(
-                partial(
-                    record_container_exited,
-                    container_id=row.id,
-                    exit_code=255,
-                    reason="Unknown",
-                    message="the task vanished without an exit being seen",
+        else:
+            if row.phase == ContainerPhase.RUNNING:
+                await self.store.write(
+                    partial(
+                        record_container_exited,
+                        container_id=row.id,
+                        exit_code=255,
+                        reason="Unknown",
+                        message="the task vanished without an exit being seen",
+                    )
                 )
-            )
+            # containerd killed during the task's create, then restarted, holds a shim it lists
+            # no task for (it holds no runc container); only a delete drops that shim.
+            await self.containerd.delete_task(row.id)
 
     async def _stop_signal(self, row: Container | ContainerView) -> int:
         config = container_config_of(row)

@@ -396,18 +396,41 @@ def classify(
                 )
             )
 
-    # A shim serving nothing that containerd does not know: containerd killed between a task's
-    # delete and the shim's shutdown leaves it running, and nothing else will end it.
+    # A shim of a task no row names and containerd does not list. containerd killed between a
+    # task's delete and the shim's shutdown leaves an idle one; containerd killed during a
+    # task's create leaves one whose runc create was cut short, maybe the parent still of the
+    # `runc init` that create left waiting (the task cgroup's finding ends that one).
     for shim in world.shims:
-        if shim.children == 0 and shim.task_id not in tasks and _old(now, shim.started_at, grace):
+        if (
+            shim.task_id not in tasks
+            and shim.task_id not in row_ids
+            and _old(now, shim.started_at, grace)
+        ):
+            children = f", parent of {shim.children} processes" if shim.children else ""
             out.append(
-                Finding(ORPHAN_SHIM, str(shim.pid), f"shim of task {shim.task_id}, which is gone")
+                Finding(
+                    ORPHAN_SHIM,
+                    str(shim.pid),
+                    f"shim of task {shim.task_id}, which is gone{children}",
+                )
             )
 
-    # An empty task cgroup no row names: runc leaves one when a create is cut short.
+    # A task cgroup no row names and no task of containerd's owns: runc leaves an empty one when
+    # a create is cut short, or one holding the `runc init` that waits for a start that never
+    # comes (runc create killed after its init was set up, before runc recorded the container).
+    # Processes are only killed in a cgroup this daemon's database says it made: the cgroup
+    # parent is shared by every crictld on the node, and another's containers are not ours.
     for cg in world.cgroups:
-        if cg.name not in row_ids and cg.procs == 0 and _old(now, cg.mtime, grace):
+        if cg.name in row_ids or cg.name in tasks or not _old(now, cg.mtime, grace):
+            continue
+        if cg.procs == 0:
             out.append(Finding(ORPHAN_CGROUP, cg.name, f"empty cgroup {cg.paths[0]}"))
+        elif cg.name in rows.made:
+            out.append(
+                Finding(
+                    ORPHAN_CGROUP, cg.name, f"cgroup {cg.paths[0]} holding {cg.procs} processes"
+                )
+            )
 
     # Rows whose objects are missing, or that do not converge. A row that changed after the
     # world was looked at is judged by the next look (its task may have started meanwhile).
@@ -613,7 +636,21 @@ def task_cgroups(root: Path = CGROUP_ROOT) -> tuple[CgroupDir, ...]:
     return tuple(out)
 
 
-def _remove_cgroup(paths: tuple[Path, ...]) -> bool:
+def _cgroup_pids(paths: tuple[Path, ...]) -> set[int]:
+    pids: set[int] = set()
+    for path in paths:
+        with contextlib.suppress(OSError, ValueError):
+            pids |= {int(x) for x in (path / "cgroup.procs").read_text().split()}
+    return pids
+
+
+def _remove_cgroup(cg: CgroupDir) -> bool:
+    """Removes the cgroup everywhere. One that held processes when looked at has them killed
+    first (thawed first: a frozen process cannot take the SIGKILL, and a `runc kill` cut short
+    leaves the freezer FROZEN); one that was empty is left if a process entered it since."""
+    paths = cg.paths
+    if cg.procs:
+        _kill_cgroup(paths)
     removed = False
     for path in paths:
         try:
@@ -624,6 +661,22 @@ def _remove_cgroup(paths: tuple[Path, ...]) -> bool:
         except OSError:  # EBUSY: a process entered it since the look: it is in use, keep it
             pass
     return removed
+
+
+def _kill_cgroup(paths: tuple[Path, ...]) -> None:
+    for path in paths:
+        state = path / "freezer.state"
+        with contextlib.suppress(OSError):
+            if state.exists():
+                state.write_text("THAWED")
+    deadline = time.monotonic() + 2.0
+    while pids := _cgroup_pids(paths):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise errors.Unavailable(f"cgroup {paths[0]}: {sorted(pids)} outlived SIGKILL")
+        time.sleep(0.01)
 
 
 def _boot_time_ns() -> int:
@@ -798,7 +851,8 @@ async def inspect_node(
     long_grace: float = LONG_GRACE,
 ) -> Survey:
     world = await observe(containerd, settings)  # the world first, then the rows: see above
-    rows = await store.read(read_rows)
+    asked = [cg.name for cg in world.cgroups if cg.procs]
+    rows = await store.read(lambda s: read_rows(s, asked))
     findings = classify(
         rows, world, grace=grace, stuck_after=stuck_after, live=live, long_grace=long_grace
     )
@@ -825,9 +879,12 @@ async def survey(
 
 
 async def _end_task(containerd: ContainerdClient, task_id: str) -> bool:
-    """Kills and deletes the task; False if there was none."""
+    """Kills and deletes the task; False if there was none. With none to show, the delete is
+    still asked for: containerd may hold a shim whose create was cut short (it lists no task
+    for it), and its delete is what drops that shim."""
     state = await containerd.task_state(task_id)
     if state is None:
+        await containerd.delete_task(task_id)
         return False
     if state.status != "STOPPED":
         await containerd.kill_task(task_id, signal.SIGKILL)
@@ -956,8 +1013,8 @@ class _Remover:
         if f.kind == ORPHAN_STATE_DIR:
             return await asyncio.to_thread(remove_dir, Path(f.name))
         if f.kind == ORPHAN_CGROUP:
-            paths = next((cg.paths for cg in self.world.cgroups if cg.name == f.name), ())
-            return await asyncio.to_thread(_remove_cgroup, paths)
+            found = [cg for cg in self.world.cgroups if cg.name == f.name]
+            return any([await asyncio.to_thread(_remove_cgroup, cg) for cg in found])
         raise errors.InvalidArgument(f"{f.kind} is not something the sweep removes")
 
 

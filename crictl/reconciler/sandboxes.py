@@ -550,6 +550,9 @@ class SandboxReconciler:
     async def _stop_task(self, sid: str) -> None:
         state = await self.containerd.task_state(sid)
         if state is None:
+            # containerd killed during the task's create, then restarted, holds a shim it lists
+            # no task for (it holds no runc container); only a delete drops that shim.
+            await self.containerd.delete_task(sid)
             return
         running = state.status in ("RUNNING", "CREATED", "PAUSED", "UNKNOWN")
         if running and not state.half_created:  # a half-created one can only be deleted

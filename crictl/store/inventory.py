@@ -8,6 +8,7 @@ phase, and since when. Nothing here writes.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from crictl.store.inspect import open_readonly
-from crictl.store.models import Container, PodSandbox
+from crictl.store.models import Container, Event, PodSandbox
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,13 @@ class ContainerRow:
 
 @dataclass(frozen=True)
 class Rows:
-    """Every sandbox and container row, as one read saw them."""
+    """Every sandbox and container row, as one read saw them; `made`: which of the ids asked
+    about this database records having made (a sandbox or container "created" event), whether
+    or not its row is still there."""
 
     sandboxes: tuple[SandboxRow, ...]
     containers: tuple[ContainerRow, ...]
+    made: frozenset[str] = frozenset()
 
     @property
     def sandbox_ids(self) -> frozenset[str]:
@@ -58,7 +62,7 @@ class Rows:
         return frozenset(r.id for r in self.containers)
 
 
-def read_rows(session: Session) -> Rows:
+def read_rows(session: Session, asked: Iterable[str] = ()) -> Rows:
     s = PodSandbox.__table__.c
     c = Container.__table__.c
     sandboxes = session.execute(
@@ -84,9 +88,25 @@ def read_rows(session: Session) -> Rows:
             c.updated_at,
         ).order_by(c.created_at)
     ).all()
+    e = Event.__table__.c
+    made: set[str] = set()
+    ids = sorted(set(asked))
+    for i in range(0, len(ids), 500):  # within SQLite's bound on parameters
+        made.update(
+            session.execute(
+                select(e.object_id)
+                .where(
+                    e.object_kind.in_(("sandbox", "container")),
+                    e.object_id.in_(ids[i : i + 500]),
+                    e.action == "created",
+                )
+                .distinct()
+            ).scalars()
+        )
     return Rows(
         tuple(SandboxRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in sandboxes),
         tuple(ContainerRow(*r) for r in containers),
+        frozenset(made),
     )
 
 

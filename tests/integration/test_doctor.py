@@ -78,6 +78,20 @@ class Planted:
     shim_pid: int
     paths: list[Path]
     containerd_ids: list[str]
+    init_pid: int  # in the cgroup of an id the daemon made: the sweep kills it
+    foreign_pid: int  # in the cgroup of an id it never made: another crictld's, kept
+    foreign_cgroup: list[Path]
+
+
+def _populated_cgroup(name: str) -> tuple[int, list[Path]]:
+    """A task cgroup `crictld/<name>` holding a process, as a cut-short `runc create` leaves
+    its `runc init` (a stand-in sleeping in it, in every hierarchy runc would use)."""
+    dirs = [Path(f"/sys/fs/cgroup/{c}/crictld/{name}") for c in ("memory", "pids", "freezer")]
+    proc = subprocess.Popen(["sleep", "600"])
+    for path in dirs:
+        path.mkdir(parents=True)
+        (path / "cgroup.procs").write_text(str(proc.pid))
+    return proc.pid, dirs
 
 
 async def _plant_containerd(d: Daemon, pod_id: str, app_id: str) -> tuple[str, str, str]:
@@ -191,6 +205,12 @@ def _plant_shim(d: Daemon) -> tuple[int, Path]:
 
 
 def plant(d: Daemon, pod: Pod, app_id: str, short_tmp: Path) -> Planted:
+    # An id the daemon made and removed (its history stays), whose cgroup a cut-short
+    # create left holding a process; and one it never made, holding one too.
+    made = pod.create("made", ["true"])
+    pod.remove(made)
+    init_pid, init_cgroup = _populated_cgroup(made)
+    foreign_pid, foreign_cgroup = _populated_cgroup(secrets.token_hex(32))
     ghost, lease, cut_short = asyncio.run(_plant_containerd(d, pod.id, app_id))
     netns_path, ip = asyncio.run(_plant_network(d))
     sandbox_dir = d.state_dir / "sandboxes" / secrets.token_hex(32)
@@ -217,12 +237,16 @@ def plant(d: Daemon, pod: Pod, app_id: str, short_tmp: Path) -> Planted:
             ("orphan-state-dir", str(logger_dir)),
             ("orphan-logger", str(logger_pid)),
             ("orphan-cgroup", cgroup),
+            ("orphan-cgroup", made),
             ("orphan-shim", str(shim_pid)),
         },
         logger_pid=logger_pid,
         shim_pid=shim_pid,
-        paths=[netns_path, sandbox_dir, logger_dir, *cgroup_dirs, shim_socket],
+        paths=[netns_path, sandbox_dir, logger_dir, *cgroup_dirs, *init_cgroup, shim_socket],
         containerd_ids=[ghost, cut_short],
+        init_pid=init_pid,
+        foreign_pid=foreign_pid,
+        foreign_cgroup=foreign_cgroup,
     )
 
 
@@ -276,12 +300,19 @@ def test_doctor_names_each_orphan_and_the_sweep_removes_only_them(
         assert code == 0 and doc["findings"] == [], doc["findings"]
         code, doc = report(d)
         assert code == 0 and doc["findings"] == []
+        # another crictld's container is not this one's to kill
+        assert alive(planted.foreign_pid)
     finally:
-        for leftover in (planted.logger_pid, planted.shim_pid):
+        for leftover in (planted.logger_pid, planted.shim_pid, planted.init_pid):
             if alive(leftover):
                 os.kill(leftover, 9)
+        os.kill(planted.foreign_pid, 9)
+        os.waitpid(planted.foreign_pid, 0)
+        for path in planted.foreign_cgroup:
+            path.rmdir()
 
     assert not alive(planted.logger_pid) and not alive(planted.shim_pid)
+    assert not alive(planted.init_pid)
     assert not any(p.exists() for p in planted.paths)
     assert not (
         cni_network.ipam_dir

@@ -572,17 +572,52 @@ def test_daemon_pid_reads_the_state_dirs_lock(tmp_path: Path) -> None:
     assert daemon_pid(tmp_path) is None
 
 
-def test_an_idle_shim_of_a_task_containerd_forgot_is_an_orphan() -> None:
+def test_a_shim_of_a_task_nobody_knows_is_an_orphan() -> None:
     from crictl.reconciler.orphans import ORPHAN_SHIM, ShimProcess
 
     old, sock = NOW - 120 * S, Path("/run/containerd/s/x")
     world = plus(
         healthy_world(),
         shims=(
-            ShimProcess(101, "g" * 64, 0, old, sock),  # no task, no children: an orphan
-            ShimProcess(102, "h" * 64, 2, old, sock),  # still the parent of processes
+            ShimProcess(101, "g" * 64, 0, old, sock),  # no task, no row: an orphan
+            # the parent still of the `runc init` a create cut short left: an orphan too
+            ShimProcess(102, "h" * 64, 1, old, sock),
             ShimProcess(103, POD, 0, old, sock),  # its task is known
             ShimProcess(104, "i" * 64, 0, NOW - 10 * S, sock),  # young: starting
         ),
     )
-    assert find(HEALTHY, world) == {(ORPHAN_SHIM, "101")}
+    assert find(HEALTHY, world) == {(ORPHAN_SHIM, "101"), (ORPHAN_SHIM, "102")}
+    # a row names its task (containerd lists none: a create in flight or cut short, which
+    # the row's own teardown deletes): not the sweep's
+    bare = healthy_world(tasks=())
+    owned = plus(bare, shims=(ShimProcess(105, POD, 1, old, sock),))
+    assert ORPHAN_SHIM not in {kind for kind, _ in find(HEALTHY, owned)}
+
+
+def test_a_task_cgroup_no_row_or_task_owns_is_an_orphan() -> None:
+    from crictl.reconciler.orphans import ORPHAN_CGROUP, CgroupDir
+
+    old = NOW - 120 * S
+
+    def cg(name: str, procs: int, mtime: int = old) -> CgroupDir:
+        return CgroupDir(name, (Path(f"/sys/fs/cgroup/memory/crictld/{name}"),), procs, mtime)
+
+    made, other = "c" * 64, "d" * 64
+    world = plus(
+        healthy_world(),
+        cgroups=(
+            cg(POD, 1),  # its sandbox's
+            cg(APP, 2),  # its container's
+            cg("e" * 64, 0),  # empty, nobody's: an orphan
+            cg("f" * 64, 0, NOW - 10 * S),  # empty but young: a create in flight
+            # holding the `runc init` of a create cut short, of an id this database made
+            cg(made, 1),
+            # holding processes of an id this database never made: another crictld's
+            cg(other, 1),
+        ),
+    )
+    rows = Rows(HEALTHY.sandboxes, HEALTHY.containers, frozenset({made}))
+    assert find(rows, world) == {(ORPHAN_CGROUP, "e" * 64), (ORPHAN_CGROUP, made)}
+    # a task containerd lists owns its cgroup, row or not (the orphan task's finding ends it)
+    task_only = plus(world, tasks=(CtrTask(made, "RUNNING", 9),))
+    assert (ORPHAN_CGROUP, made) not in find(rows, task_only)
