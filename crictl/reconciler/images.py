@@ -233,7 +233,15 @@ class ImageManager:
 
     async def start(self) -> None:
         await self.collect_pull_leftovers()
-        await self.resync()
+        try:
+            await self.resync()
+        except (errors.Unavailable, errors.DeadlineExceeded) as e:
+            # containerd went away meanwhile: serve what the database holds; the event
+            # watcher resyncs once containerd is back
+            log.warning(
+                "image cache resync failed; serving the stored one", extra={"error": str(e)}
+            )
+            await self._write(lambda s: None)
         self._tasks.append(asyncio.create_task(self._watch_events(), name="image-events"))
         self._tasks.append(asyncio.create_task(self._measure_fs(), name="image-fs-usage"))
 
@@ -314,6 +322,11 @@ class ImageManager:
             if target.digest not in described:
                 try:
                     described[target.digest] = await self.puller.describe(target)
+                except (errors.Unavailable, errors.DeadlineExceeded):
+                    # containerd went away mid-resync: that says nothing of the image. The
+                    # cache stays as it was (replacing it would drop every image not read yet,
+                    # and creates would answer "not found" until the next resync).
+                    raise
                 except errors.CrictlError as e:
                     log.warning(
                         "skipping an image containerd holds but crictld cannot read",
