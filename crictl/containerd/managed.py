@@ -3,14 +3,17 @@
 It lives entirely under `<state dir>/containerd/` (root, state, socket, config, log, pid file),
 with containerd's CRI plugin disabled. It runs in its own session, so a Ctrl-C to crictld's
 terminal does not reach it, and it outlives a crictld that is SIGKILLed: the next crictld on the
-same state dir finds it through the pid file and re-uses it if it answers, or replaces it if it
-does not. There is never more than one: crictld holds the state dir's lock while it decides.
+same state dir finds it through the pid file (or, if a kill came before the pid file was
+written, by its command line) and re-uses it if it answers, or replaces it if it does not. There
+is never more than one: crictld holds the state dir's lock while it decides, and stops any
+second one it finds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -67,10 +70,20 @@ class ManagedContainerd:
         Returns "adopted" or "started".
         """
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o711)
-        old = self._recorded_pid()
+        recorded = self._recorded_pid()
+        # A crictld killed between starting containerd and writing the pid file leaves one
+        # the pid file does not name; starting another beside it would wait forever on the
+        # lock of their shared metadata. Whatever runs with this config is ours to judge.
+        running = self._running_pids()
+        old = recorded if recorded is not None else (running[0] if running else None)
+        for stray in (pid for pid in running if pid != old):
+            log.warning("stopping a second managed containerd", extra={"pid": stray})
+            await _terminate(stray, None)
         if old is not None:
             if await self._answers(timeout=3.0):
                 self.pid = old
+                if old != recorded:
+                    self._record_pid(old)
                 log.info("re-using managed containerd", extra={"pid": old})
                 return "adopted"
             log.warning("managed containerd does not answer: replacing it", extra={"pid": old})
@@ -112,20 +125,35 @@ class ManagedContainerd:
                 close_fds=True,
             )
         self.pid = self._process.pid
+        self._record_pid(self.pid)
+
+    def _record_pid(self, pid: int) -> None:
         tmp = self.pid_path.with_suffix(".tmp")
-        tmp.write_text(f"{self.pid}\n")
+        tmp.write_text(f"{pid}\n")
         os.replace(tmp, self.pid_path)
 
     def _recorded_pid(self) -> int | None:
         """The pid in the pid file, if that process is alive and is our containerd."""
         try:
             pid = int(self.pid_path.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return None
-        if str(self.config_path).encode() not in cmdline:
-            return None  # the pid was reused by another process
-        return pid
+        return pid if self._is_ours(pid) else None  # else the pid was reused
+
+    def _is_ours(self, pid: int) -> bool:
+        """Whether `pid` is a live containerd started with this config."""
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        config = str(self.config_path).encode()
+        flagged = any(a == b"--config" and b == config for a, b in itertools.pairwise(argv))
+        return flagged and not _is_zombie(pid)
+
+    def _running_pids(self) -> list[int]:
+        """Every live containerd started with this config, oldest first."""
+        pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+        return sorted(pid for pid in pids if self._is_ours(pid))
 
     async def _answers(self, timeout: float) -> bool:
         if not os.path.exists(self.address):

@@ -174,6 +174,47 @@ def test_sigkill_and_restart_reuses_managed_containerd(managed_daemon: Daemon) -
     assert not d.socket.exists()
 
 
+def test_a_managed_containerd_the_pid_file_does_not_name_is_adopted(
+    managed_daemon: Daemon,
+) -> None:
+    """A crictld SIGKILLed between starting its containerd and writing the pid file leaves a
+    containerd nobody recorded. The next one adopts it rather than start a second beside it
+    (which would wait forever on their shared metadata's lock), and stops any second one."""
+    d = managed_daemon
+    d.start()
+    [containerd_pid] = _containerd_pids(d.state_dir)
+    pid_file = d.state_dir / "containerd" / "containerd.pid"
+    assert d.signal(signal.SIGKILL) == -signal.SIGKILL
+    pid_file.unlink()
+    d.start()
+    assert _containerd_pids(d.state_dir) == [containerd_pid]
+    assert '"containerd_mode": "adopted"' in d.log()
+    assert pid_file.read_text().strip() == str(containerd_pid)
+    assert d.crictl("version").returncode == 0
+
+    # A second containerd on the same config (it waits on the metadata lock, never serving)
+    # is stopped; the recorded one is kept.
+    assert d.signal(signal.SIGKILL) == -signal.SIGKILL
+    config = d.state_dir / "containerd" / "config.toml"
+    second = subprocess.Popen(
+        ["containerd", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        d.start()
+        assert second.wait(timeout=30) is not None
+        assert _containerd_pids(d.state_dir) == [containerd_pid]
+        assert d.crictl("info").returncode == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+    assert d.stop() == 0
+    assert _containerd_pids(d.state_dir) == []
+
+
 def test_no_migration_errors_on_restart(managed_daemon: Daemon) -> None:
     d = managed_daemon
     d.start()
