@@ -73,6 +73,10 @@ def translate(e: grpc.aio.AioRpcError, what: str) -> errors.CrictlError:
     return kind(f"containerd {what}: {e.details()}")
 
 
+# The longest any containerd call may take, waits on processes and layer applies aside: runc
+# create or start takes well under a second; a minute means a wedged shim or containerd.
+CALL_DEADLINE = 60.0
+
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 RUNC_RUNTIME = "io.containerd.runc.v2"
 
@@ -140,10 +144,21 @@ class ContainerdClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def call(self, what: str, call: Awaitable[T]) -> T:
+    async def call(
+        self, what: str, call: Awaitable[T], deadline: float | None = CALL_DEADLINE
+    ) -> T:
+        """Awaits one containerd call. No call may hang a reconcile pass for good (containerd's
+        CRI gets that from kubelet's deadline; crictld's passes outlive the CRI call that
+        asked): after `deadline` seconds the call is cancelled (containerd cancels what it
+        asked the shim) and DEADLINE_EXCEEDED names it. Waits on a process pass None."""
         try:
             with trace.span(f"containerd {what}"):
-                return await call
+                async with asyncio.timeout(deadline):
+                    return await call
+        except TimeoutError:
+            raise errors.DeadlineExceeded(
+                f"containerd at {self.address} did not answer {what} in {deadline:.0f}s"
+            ) from None
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
                 raise errors.Unavailable(
@@ -620,6 +635,7 @@ class ContainerdClient:
                     metadata=self.metadata,
                     timeout=timeout,
                 ),
+                deadline=None,
             )
         except errors.NotFound:
             return None
@@ -724,6 +740,7 @@ class ContainerdClient:
                 tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id),
                 metadata=self.metadata,
             ),
+            deadline=None,
         )
         return resp.exit_status
 

@@ -602,6 +602,7 @@ class Puller:
                         ),
                         metadata=md,
                     ),
+                    deadline=None,  # as long as the layer takes to unpack
                 )
                 if applied.applied.digest != diff_id:
                     raise errors.Unavailable(
