@@ -329,9 +329,15 @@ def test_crash_loop_restart_count_grows(node: Node, pods: list[str]) -> None:
 
 
 def test_exec_readiness_probe(node: Node, pods: list[str]) -> None:
+    """Not ready, ready while the probe's file exists, not ready again. Each phase lasts 8 s:
+    with EventedPLEG, kubelet's pod worker sees a container it just started as running only
+    when its status cache next moves past the sync that started it, which for an event sent
+    during that sync (containerd's CRI sends them there too) is the 5 s global cache update
+    (pleg/evented.go globalCacheUpdatePeriod); no probe runs before. With 3 s phases the
+    container showed "waiting" until the file existed, and "running, not ready" never came."""
     k = node.kubelet
     probe = {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1, "failureThreshold": 1}
-    script = "sleep 3; touch /tmp/ready; sleep 4; rm /tmp/ready; " + LOOP
+    script = "sleep 8; touch /tmp/ready; sleep 8; rm /tmp/ready; " + LOOP
     name = start(node, pods, node.pod("ready", [node.container("c", script, readinessProbe=probe)]))
     seen: list[bool] = []
 
