@@ -300,9 +300,13 @@ def test_crash_loop_restart_count_grows(node: Node, pods: list[str]) -> None:
     def restarted_twice(p: Json) -> bool:
         c = statuses(p)["c"]
         seen.append((int(c["restartCount"]), c["state"].get("waiting", {}).get("reason", "")))
-        return seen[-1][0] >= 2
+        # Between an attempt's exit and kubelet's next sync the state is that exit itself
+        # ("terminated"), and lastState would be the attempt before, which kubelet's container
+        # GC (one dead container kept per container) may have removed already: a CI run polled
+        # exactly then. Waiting or running again, lastState is the exit just seen.
+        return seen[-1][0] >= 2 and "terminated" not in c["state"]
 
-    pod = k.wait_pod(name, "restartCount >= 2", restarted_twice, timeout=60)
+    pod = k.wait_pod(name, "restartCount >= 2, waiting or running", restarted_twice, timeout=60)
     counts = sorted({n for n, _ in seen})
     assert counts[-1] >= 2 and len(counts) >= 2, f"restartCount did not grow: {seen}"
     c = statuses(pod)["c"]
