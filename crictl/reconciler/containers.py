@@ -572,35 +572,28 @@ class ContainerReconciler:
         """Records the exit of a stopped task (`state`: read after it stopped) and deletes it;
         a task that is gone without its exit having been recorded is EXITED 255 Unknown, never
         a made-up 0."""
-        if state is not None and state.half_created:
-            # Its process never ran: nothing to harvest; the task is only deleted.
-            if row.phase == ContainerPhase.RUNNING:
-                await self.store.write(
-                    partial(
-                        record_container_exited,
-                        container_id=row.id,
-                        exit_code=255,
-                        reason="Unknown",
-                        message="its task never ran (a create cut short)",
-                    )
-                )
-            await delete_stopped_task(self.containerd, row.id)
-        elif state is not None:
+        if state is not None and not state.half_created:
             await self._harvest(row.id, state.exit_status, state.exited_at_ns)
-        else:
-            if row.phase == ContainerPhase.RUNNING:
-                await self.store.write(
-                    partial(
-                        record_container_exited,
-                        container_id=row.id,
-                        exit_code=255,
-                        reason="Unknown",
-                        message="the task vanished without an exit being seen",
-                    )
+            return
+        if row.phase == ContainerPhase.RUNNING:
+            message = (
+                "its task never ran (a create cut short)"  # half-created: nothing to harvest
+                if state is not None
+                else "the task vanished without an exit being seen"
+            )
+            await self.store.write(
+                partial(
+                    record_container_exited,
+                    container_id=row.id,
+                    exit_code=255,
+                    reason="Unknown",
+                    message=message,
                 )
-            # containerd killed during the task's create, then restarted, holds a shim it lists
-            # no task for (it holds no runc container); only a delete drops that shim.
-            await self.containerd.delete_task(row.id)
+            )
+        # A half-created task is only deleted. With none shown the delete is still asked for:
+        # containerd killed during the task's create, then restarted, holds a shim it lists no
+        # task for (it holds no runc container), and only a delete drops that shim.
+        await delete_stopped_task(self.containerd, row.id)
 
     async def _stop_signal(self, row: Container | ContainerView) -> int:
         config = container_config_of(row)
