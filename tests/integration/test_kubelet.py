@@ -622,24 +622,38 @@ def test_garbage_collection_after_manifest_removed(node: Node) -> None:
             f"containers {node.container_ids('gc')}\n" + "\n".join(k.errors()[-20:])
         ),
     )
-    h = node.held()
-    assert not ours & h.cgroups, f"cgroups left: {ours & h.cgroups}"
+    assert not ours & node.held().cgroups, f"cgroups left: {ours & node.held().cgroups}"
     wait_for(
         "kubelet removes the pod's dir", lambda: not pod_dir.exists(), 30, lambda: str(pod_dir)
     )
-    # Nothing beyond what the pods still running hold.
-    live_pods = [p["id"] for p in node.crictl_json("pods", "-o", "json")["items"]]
-    live_ctrs = [c["id"] for c in node.crictl_json("ps", "-a", "-o", "json")["containers"]]
-    ready = [
-        p["id"]
-        for p in node.crictl_json("pods", "-o", "json")["items"]
-        if p["state"] == "SANDBOX_READY"
-    ]
-    assert h.netns <= frozenset(ready), h
-    assert h.containers <= frozenset(live_pods + live_ctrs), h
-    assert h.rw_snapshots <= frozenset(live_pods + live_ctrs), h
+    # Nothing beyond what the pods still running hold. Other pods of the module keep living
+    # (a crash-looping one gets new containers, kubelet's GC removes old ones), so the holdings
+    # are read between two listings that agree.
+    h, live, ready = settled_holdings(node)
+    assert h.netns <= ready, h
+    assert h.containers <= live, h
+    assert h.rw_snapshots <= live, h
     assert h.leases == frozenset(), h
     assert len(h.ips) == len(ready) and len(h.veths) == len(ready), h
+
+
+def settled_holdings(node: Node) -> tuple[Holdings, frozenset[str], frozenset[str]]:
+    """The node's holdings with the live ids and ready sandboxes, listed before and after them
+    with the same result."""
+
+    def listing() -> tuple[frozenset[str], frozenset[str]]:
+        pods = node.crictl_json("pods", "-o", "json")["items"]
+        ctrs = node.crictl_json("ps", "-a", "-o", "json")["containers"]
+        live = frozenset(p["id"] for p in pods) | frozenset(c["id"] for c in ctrs)
+        return live, frozenset(p["id"] for p in pods if p["state"] == "SANDBOX_READY")
+
+    deadline = time.monotonic() + 60
+    while True:
+        before = listing()
+        h = node.held()
+        if listing() == before or time.monotonic() > deadline:
+            return h, before[0], before[1]
+        time.sleep(0.5)
 
 
 def test_no_internal_or_unknown_error_from_crictld(node: Node) -> None:
