@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, select
-from sqlalchemy import delete as sa_delete
-from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from crictl.errors import AlreadyExists, NotFound
@@ -23,7 +21,7 @@ from crictl.store.models import (
     ContainerPhase,
     LabelKind,
 )
-from crictl.store.readmodel import ContainerView, Snapshot, gone
+from crictl.store.readmodel import ContainerView, Snapshot, change, container_now
 from crictl.store.transitions import switch_container_phase
 
 
@@ -51,63 +49,62 @@ class ContainerFilter:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def create_container(session: Session, new: NewContainer) -> tuple[Container, bool]:
+def create_container(session: Session, new: NewContainer) -> tuple[ContainerView, bool]:
     """Inserts the container unless the sandbox has one with the same name and attempt: the
     same config is a retry (the earlier row comes back), another is AlreadyExists."""
     now = now_ns()
-    result = session.execute(
-        insert(Container)
-        .values(
-            id=new.id,
-            sandbox_id=new.sandbox_id,
-            name=new.name,
-            attempt=new.attempt,
-            config=new.config,
-            config_digest=new.config_digest,
-            image=new.image,
-            image_ref=new.image_ref,
-            image_id=new.image_id,
-            log_path=new.log_path,
-            desired=ContainerDesired.CREATED,
-            phase=ContainerPhase.PENDING,
-            reason="",
-            message="",
-            generation=1,
-            observed_generation=0,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["sandbox_id", "name", "attempt"])
+    view = ContainerView(
+        id=new.id,
+        sandbox_id=new.sandbox_id,
+        name=new.name,
+        attempt=new.attempt,
+        config=new.config,
+        config_digest=new.config_digest,
+        image=new.image,
+        image_ref=new.image_ref,
+        image_id=new.image_id,
+        log_path=new.log_path,
+        desired=ContainerDesired.CREATED.value,
+        phase=ContainerPhase.PENDING.value,
+        reason="",
+        message="",
+        exit_code=None,
+        generation=1,
+        observed_generation=0,
+        task_pid=None,
+        uid=None,
+        gid=None,
+        supplemental_groups="[]",
+        created_at=now,
+        started_at=None,
+        finished_at=None,
+        updated_at=now,
+        labels=dict(new.labels),
+        annotations=dict(new.annotations),
     )
-    created = cast("CursorResult[Any]", result).rowcount == 1
-    if created:
-        session.add_all(
-            ContainerLabel(container_id=new.id, kind=kind, key=k, value=v)
-            for kind, items in (
-                (LabelKind.LABEL, new.labels),
-                (LabelKind.ANNOTATION, new.annotations),
-            )
-            for k, v in items.items()
-        )
+    if readmodel.insert(session, view, ("sandbox_id", "name", "attempt")):
         record_event(session, "container", new.id, "created", to_phase=ContainerPhase.PENDING)
-    row = session.scalars(
-        select(Container).where(
+        return view, True
+    earlier = session.scalars(
+        select(Container.id).where(
             Container.sandbox_id == new.sandbox_id,
             Container.name == new.name,
             Container.attempt == new.attempt,
         )
     ).one()
-    if created:
-        readmodel.created(session, "container", row, new.labels, new.annotations)
-    if not created and row.config_digest != new.config_digest:
+    row = _must(session, earlier)
+    if row.config_digest != new.config_digest:
         raise AlreadyExists(
             f"container {new.name} (attempt {new.attempt}) already exists in pod sandbox "
             f"{new.sandbox_id} as {row.id} with a different config"
         )
-    return row, created
+    return row, False
 
 
 def resolve_container_id(session: Session, id_or_prefix: str) -> str:
+    snap = readmodel.untouched(session)
+    if snap is not None:
+        return snap.container_id(id_or_prefix)
     return resolve_id(session, Container.id, id_or_prefix, "container")
 
 
@@ -148,8 +145,8 @@ def container_labels(container: Container, kind: LabelKind) -> dict[str, str]:
     return {label.key: label.value for label in container.labels if label.kind == kind}
 
 
-def _must(session: Session, container_id: str) -> Container:
-    c = session.get(Container, container_id)
+def _must(session: Session, container_id: str) -> ContainerView:
+    c = container_now(session, container_id)
     if c is None:
         raise NotFound(f"container {container_id} not found")
     return c
@@ -165,7 +162,7 @@ _ORDER = [
 
 def set_container_desired(
     session: Session, container_id: str, desired: ContainerDesired
-) -> Container:
+) -> ContainerView:
     """Records what CRI asked (never backwards: a stopped container is not started again)."""
     c = _must(session, container_id)
     if _ORDER.index(ContainerDesired(desired)) > _ORDER.index(ContainerDesired(c.desired)):
@@ -177,9 +174,7 @@ def set_container_desired(
             reason=str(desired),
             message=f"{c.desired} -> {desired}",
         )
-        c.desired = desired
-        c.generation += 1
-        c.updated_at = now_ns()
+        c = change(session, c, desired=desired, generation=c.generation + 1, updated_at=now_ns())
     return c
 
 
@@ -187,17 +182,23 @@ def record_container_created(
     session: Session, container_id: str, uid: int, gid: int, groups: list[int]
 ) -> None:
     c = _must(session, container_id)
-    c.uid, c.gid, c.supplemental_groups = uid, gid, json.dumps(groups)
+    ids: dict[str, Any] = {"uid": uid, "gid": gid, "supplemental_groups": json.dumps(groups)}
     if c.phase == ContainerPhase.PENDING:
-        switch_container_phase(session, c, ContainerPhase.CREATED, reason="Created")
+        switch_container_phase(session, c, ContainerPhase.CREATED, reason="Created", **ids)
+    else:
+        change(session, c, **ids)
 
 
 def record_container_started(session: Session, container_id: str, pid: int) -> None:
     c = _must(session, container_id)
-    c.task_pid = pid
-    c.started_at = now_ns()
     switch_container_phase(
-        session, c, ContainerPhase.RUNNING, reason="Started", message=f"pid {pid}"
+        session,
+        c,
+        ContainerPhase.RUNNING,
+        reason="Started",
+        message=f"pid {pid}",
+        task_pid=pid,
+        started_at=now_ns(),
     )
 
 
@@ -209,35 +210,39 @@ def record_container_exited(
     message: str = "",
     finished_at: int | None = None,
 ) -> None:
-    c = session.get(Container, container_id)
+    c = container_now(session, container_id)
     if c is None or c.phase in (ContainerPhase.EXITED, ContainerPhase.REMOVING):
         return
-    c.exit_code = exit_code
-    c.finished_at = finished_at or now_ns()
-    switch_container_phase(session, c, ContainerPhase.EXITED, reason, message)
+    switch_container_phase(
+        session,
+        c,
+        ContainerPhase.EXITED,
+        reason,
+        message,
+        exit_code=exit_code,
+        finished_at=finished_at or now_ns(),
+    )
 
 
 def update_container_config(session: Session, container_id: str, config: str) -> None:
     """A new config after UpdateContainerResources; its digest (the container's identity
     for retried creates) stays that of the create request."""
     c = _must(session, container_id)
-    c.config = config
-    c.updated_at = now_ns()
+    change(session, c, config=config, updated_at=now_ns())
     record_event(session, "container", container_id, "resources-updated")
 
 
 def mark_container_observed(session: Session, container_id: str, generation: int) -> None:
-    c = session.get(Container, container_id)
-    if c is not None:
-        c.observed_generation = max(c.observed_generation, generation)
+    c = container_now(session, container_id)
+    if c is not None and generation > c.observed_generation:
+        change(session, c, observed_generation=generation)
 
 
 def delete_container(session: Session, container_id: str, reason: str = "Removed") -> None:
-    c = session.get(Container, container_id)
+    c = container_now(session, container_id)
     if c is None:
         return
-    session.execute(sa_delete(Container).where(Container.id == container_id))
-    gone(session, "container", container_id)
+    readmodel.delete(session, "container", container_id)
     record_event(session, "container", container_id, "removed", from_phase=c.phase, reason=reason)
 
 

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from crictl import metrics, trace
 from crictl.store.events import COMMITTED_EVENTS
 from crictl.store.models import Event
-from crictl.store.readmodel import ReadModel, Snapshot, track
+from crictl.store.readmodel import ReadModel, Snapshot, begin, track
 
 T = TypeVar("T")
 
@@ -141,6 +141,7 @@ class Store:
     def write_sync(self, fn: Callable[[Session], T], spans: trace.Trace | None = None) -> T:
         with self._write_lock, self._sessions() as session:
             started = time.perf_counter()
+            begin(session, self.model.snapshot if self.model.built else None)
             with session.begin():
                 result = fn(session)
             committed = time.perf_counter()

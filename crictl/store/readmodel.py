@@ -27,20 +27,24 @@ the rows after each.
 from __future__ import annotations
 
 import dataclasses
+import enum
+import functools
 import itertools
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from crictl.errors import InvalidArgument, NotFound
 from crictl.store.common import ID_LENGTH, is_id_text, label_maps
 from crictl.store.models import (
     Container,
     ContainerLabel,
+    LabelKind,
     PodSandbox,
     PodSandboxLabel,
 )
@@ -50,6 +54,7 @@ Kind = Literal["sandbox", "container"]
 # session.info keys: what a transaction touched, collected while it runs.
 _TOUCHED = "crictld.readmodel.touched"  # {(kind, id): the ORM object, or None: read it back}
 _GONE = "crictld.readmodel.gone"  # {(kind, id)}
+_SNAPSHOT = "crictld.readmodel.snapshot"  # the model the transaction started from
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +204,9 @@ def track(session: Session, _flush_context: object) -> None:
     touched: dict[tuple[Kind, str], object | None] = session.info.setdefault(_TOUCHED, {})
     for obj in (*session.new, *session.dirty):
         if isinstance(obj, PodSandbox):
-            touched.setdefault(("sandbox", obj.id), obj)
+            _orm_written(touched, ("sandbox", obj.id), obj)
         elif isinstance(obj, Container):
-            touched.setdefault(("container", obj.id), obj)
+            _orm_written(touched, ("container", obj.id), obj)
         elif isinstance(obj, PodSandboxLabel):
             _labels_written(touched, ("sandbox", obj.sandbox_id))
         elif isinstance(obj, ContainerLabel):
@@ -213,35 +218,19 @@ def track(session: Session, _flush_context: object) -> None:
             gone(session, "container", obj.id)
 
 
-@dataclass(frozen=True)
-class Fresh:
-    """A row a transaction inserted, with the labels it inserted with it: its view is built
-    from these at publish, without reading it back."""
-
-    row: PodSandbox | Container
-    labels: Mapping[str, str]
-    annotations: Mapping[str, str]
-
-
-def created(
-    session: Session,
-    kind: Kind,
-    row: PodSandbox | Container,
-    labels: Mapping[str, str],
-    annotations: Mapping[str, str],
+def _orm_written(
+    touched: dict[tuple[Kind, str], object | None], key: tuple[Kind, str], obj: object
 ) -> None:
-    """The transaction inserted this row (a Core INSERT) and these labels."""
-    session.info.setdefault(_TOUCHED, {})[(kind, row.id)] = Fresh(
-        row, dict(labels), dict(annotations)
-    )
-    session.info.get(_GONE, set()).discard((kind, row.id))
+    """An ORM object was flushed. It is the row's latest state unless the row is owed a read
+    back (labels written); it replaces a view `change` or `insert` made earlier in the
+    transaction (it was loaded after it)."""
+    if key not in touched or isinstance(touched[key], SandboxView | ContainerView):
+        touched[key] = obj
 
 
 def _labels_written(touched: dict[tuple[Kind, str], object | None], key: tuple[Kind, str]) -> None:
-    """Label rows of an owner were written: its view is read back, unless the insert that
-    wrote them said what they are (`created`)."""
-    if not isinstance(touched.get(key), Fresh):
-        touched[key] = None
+    """Label rows of an owner were written through the ORM: its view is read back."""
+    touched[key] = None
 
 
 def gone(session: Session, kind: Kind, row_id: str) -> None:
@@ -252,6 +241,173 @@ def gone(session: Session, kind: Kind, row_id: str) -> None:
 
 def pending(session: Session) -> bool:
     return bool(session.info.get(_TOUCHED) or session.info.get(_GONE))
+
+
+# ------------------------------------------------------------------------------------------
+# Row changes without the ORM's unit of work
+#
+# The write path's transitions (a desired state, a phase, an exit) touch one row each. Through
+# the ORM each cost ~0.45 ms of CPU in the writer thread, most of it loading the row and
+# flushing it, more under load (the writer thread shares the GIL with the event loop). The row
+# as committed is already in the model, so these start from its view (`sandbox_now`,
+# `container_now`) and `change` writes the changed columns in one UPDATE and hands the new
+# view to the publish: ~0.1 ms a write. A row the transaction already holds as an ORM object
+# is changed through that object instead, so the two never disagree.
+
+V = TypeVar("V", SandboxView, ContainerView)
+
+
+def begin(session: Session, snapshot: Snapshot | None) -> None:
+    """The transaction starts from `snapshot` (the store's write lock held: it is what is
+    committed); None when the model is not built, and rows are then read."""
+    session.info[_SNAPSHOT] = snapshot
+
+
+def sandbox_now(session: Session, sandbox_id: str) -> SandboxView | None:
+    """The sandbox row as this transaction sees it, or None."""
+    view = _now(session, "sandbox", sandbox_id)
+    assert view is None or isinstance(view, SandboxView)
+    return view
+
+
+def container_now(session: Session, container_id: str) -> ContainerView | None:
+    """The container row as this transaction sees it, or None."""
+    view = _now(session, "container", container_id)
+    assert view is None or isinstance(view, ContainerView)
+    return view
+
+
+def _orm_object(session: Session, kind: Kind, rid: str) -> PodSandbox | Container | None:
+    model = PodSandbox if kind == "sandbox" else Container
+    obj = session.identity_map.get(identity_key(model, rid))
+    return obj if isinstance(obj, PodSandbox | Container) else None
+
+
+def _now(session: Session, kind: Kind, rid: str) -> SandboxView | ContainerView | None:
+    key = (kind, rid)
+    if key in session.info.get(_GONE, ()):
+        return None
+    entry = session.info.get(_TOUCHED, {}).get(key, _ABSENT)
+    obj = _orm_object(session, kind, rid)
+    if obj is None and isinstance(entry, SandboxView | ContainerView):
+        return entry
+    snap: Snapshot | None = session.info.get(_SNAPSHOT)
+    prev = None
+    if snap is not None:
+        prev = (snap.sandboxes if kind == "sandbox" else snap.containers).get(rid)
+    if obj is not None:
+        # labels from the view this transaction made, else the model's; None: read back
+        base = entry if isinstance(entry, SandboxView | ContainerView) else prev
+        if base is not None and entry is not None:
+            return _view(obj, base.labels, base.annotations)
+    elif snap is not None and entry is _ABSENT:
+        return prev
+    loaded = (_load_sandboxes if kind == "sandbox" else _load_containers)(session, [rid])
+    return loaded.get(rid)
+
+
+_ABSENT = object()
+
+
+def _view(
+    obj: PodSandbox | Container, labels: Mapping[str, str], annotations: Mapping[str, str]
+) -> SandboxView | ContainerView:
+    if isinstance(obj, PodSandbox):
+        return _sandbox_view(obj, labels, annotations)
+    return _container_view(obj, labels, annotations)
+
+
+def change(session: Session, view: V, **columns: Any) -> V:
+    """Sets `columns` on the row `view` shows (as `sandbox_now`/`container_now` gave it) and
+    returns its new view."""
+    cols: dict[str, Any] = {
+        k: v.value if isinstance(v, enum.Enum) else v for k, v in columns.items()
+    }
+    kind: Kind = "sandbox" if isinstance(view, SandboxView) else "container"
+    new = dataclasses.replace(view, **cols)
+    obj = _orm_object(session, kind, view.id)
+    if obj is not None:
+        for k, v in cols.items():
+            setattr(obj, k, v)
+        return new
+    table = PodSandbox.__tablename__ if kind == "sandbox" else Container.__tablename__
+    session.connection().exec_driver_sql(_update_sql(table, tuple(cols)), (*cols.values(), view.id))
+    session.info.setdefault(_TOUCHED, {})[(kind, view.id)] = new
+    return new
+
+
+def insert(session: Session, view: V, unique: tuple[str, ...]) -> bool:
+    """Inserts the row `view` shows, with its labels and annotations, unless a row with the
+    same `unique` columns exists (then nothing is written): True if it was inserted."""
+    kind: Kind = "sandbox" if isinstance(view, SandboxView) else "container"
+    if kind == "sandbox":
+        table, label_table = PodSandbox.__tablename__, PodSandboxLabel.__tablename__
+        columns, owner = _SANDBOX_COLUMNS, "sandbox_id"
+    else:
+        table, label_table = Container.__tablename__, ContainerLabel.__tablename__
+        columns, owner = _CONTAINER_COLUMNS, "container_id"
+    conn = session.connection()
+    result = conn.exec_driver_sql(
+        _insert_sql(table, columns, unique), tuple(getattr(view, c) for c in columns)
+    )
+    if result.rowcount != 1:
+        return False
+    rows = [
+        (view.id, kind_, k, v)
+        for kind_, items in (
+            (LabelKind.LABEL.value, view.labels),
+            (LabelKind.ANNOTATION.value, view.annotations),
+        )
+        for k, v in items.items()
+    ]
+    if rows:
+        conn.exec_driver_sql(
+            f"INSERT INTO {label_table} ({owner}, kind, key, value) VALUES (?, ?, ?, ?)", rows
+        )
+    session.info.get(_GONE, set()).discard((kind, view.id))
+    session.info.setdefault(_TOUCHED, {})[(kind, view.id)] = view
+    return True
+
+
+@functools.cache
+def _insert_sql(table: str, columns: tuple[str, ...], unique: tuple[str, ...]) -> str:
+    if not set(unique) <= set(columns):
+        raise ValueError(f"not columns of {table}: {sorted(set(unique) - set(columns))}")
+    names = ", ".join(columns)
+    marks = ", ".join("?" for _ in columns)
+    return (
+        f"INSERT INTO {table} ({names}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(unique)}) DO NOTHING"
+    )
+
+
+def delete(session: Session, kind: Kind, rid: str) -> None:
+    """Deletes the row (the database cascades to its labels)."""
+    obj = _orm_object(session, kind, rid)
+    if obj is not None:
+        session.expunge(obj)
+    table = PodSandbox.__tablename__ if kind == "sandbox" else Container.__tablename__
+    session.connection().exec_driver_sql(f"DELETE FROM {table} WHERE id = ?", (rid,))
+    gone(session, kind, rid)
+
+
+def untouched(session: Session) -> Snapshot | None:
+    """The model the transaction started from while it has written nothing: it then answers
+    for the rows (id lookups without SQL). None: ask the rows."""
+    info = session.info
+    if info.get(_TOUCHED) or info.get(_GONE) or session.new or session.dirty or session.deleted:
+        return None
+    snap: Snapshot | None = info.get(_SNAPSHOT)
+    return snap
+
+
+@functools.cache
+def _update_sql(table: str, columns: tuple[str, ...]) -> str:
+    allowed = _SANDBOX_COLUMNS if table == PodSandbox.__tablename__ else _CONTAINER_COLUMNS
+    if not set(columns) <= set(allowed) - {"id"}:
+        raise ValueError(f"not columns of {table}: {sorted(set(columns) - set(allowed))}")
+    sets = ", ".join(f"{c} = ?" for c in columns)
+    return f"UPDATE {table} SET {sets} WHERE id = ?"  # names checked above
 
 
 # ------------------------------------------------------------------------------------------
@@ -291,12 +447,12 @@ class ReadModel:
             reread: dict[Kind, list[str]] = {"sandbox": [], "container": []}
             reorder = False
             for (kind, rid), obj in touched.items():
-                if isinstance(obj, Fresh):
-                    if isinstance(obj.row, PodSandbox):
-                        sandboxes[rid] = _sandbox_view(obj.row, obj.labels, obj.annotations)
-                    else:
-                        containers[rid] = _container_view(obj.row, obj.labels, obj.annotations)
-                    reorder = True
+                if isinstance(obj, SandboxView):
+                    reorder = reorder or rid not in sandboxes
+                    sandboxes[rid] = obj
+                elif isinstance(obj, ContainerView):
+                    reorder = reorder or rid not in containers
+                    containers[rid] = obj
                 elif kind == "sandbox":
                     prev_s = sandboxes.get(rid)
                     if isinstance(obj, PodSandbox) and prev_s is not None:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, select
-from sqlalchemy import delete as sa_delete
-from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from crictl.errors import AlreadyExists, NotFound
@@ -23,7 +20,7 @@ from crictl.store.models import (
     SandboxDesired,
     SandboxPhase,
 )
-from crictl.store.readmodel import SandboxView, Snapshot, gone
+from crictl.store.readmodel import SandboxView, Snapshot, change, sandbox_now
 from crictl.store.transitions import switch_sandbox_phase
 
 SETUP_FAILED = "SetupFailed"
@@ -51,69 +48,67 @@ class SandboxFilter:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def create_sandbox(session: Session, new: NewSandbox) -> tuple[PodSandbox, bool]:
+def create_sandbox(session: Session, new: NewSandbox) -> tuple[SandboxView, bool]:
     """Inserts the sandbox unless one with the same CRI metadata exists.
 
     Returns (row, created). The same metadata with the same config is the retry of an earlier
     request and yields the earlier row; with another config it is AlreadyExists.
     """
     now = now_ns()
-    result = session.execute(
-        insert(PodSandbox)
-        .values(
-            id=new.id,
-            name=new.name,
-            namespace=new.namespace,
-            uid=new.uid,
-            attempt=new.attempt,
-            runtime_handler=new.runtime_handler,
-            config=new.config,
-            config_digest=new.config_digest,
-            desired=SandboxDesired.READY,
-            phase=SandboxPhase.PENDING,
-            reason="",
-            message="",
-            generation=1,
-            observed_generation=0,
-            netns_path=new.netns_path,
-            additional_ips="[]",
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["name", "namespace", "uid", "attempt"])
+    view = SandboxView(
+        id=new.id,
+        name=new.name,
+        namespace=new.namespace,
+        uid=new.uid,
+        attempt=new.attempt,
+        runtime_handler=new.runtime_handler,
+        config=new.config,
+        config_digest=new.config_digest,
+        desired=SandboxDesired.READY.value,
+        phase=SandboxPhase.PENDING.value,
+        reason="",
+        message="",
+        generation=1,
+        observed_generation=0,
+        netns_path=new.netns_path,
+        cni_result=None,
+        ip=None,
+        additional_ips="[]",
+        pause_container_id=None,
+        task_pid=None,
+        network_released=False,
+        created_at=now,
+        started_at=None,
+        finished_at=None,
+        updated_at=now,
+        labels=dict(new.labels),
+        annotations=dict(new.annotations),
     )
-    created = cast("CursorResult[Any]", result).rowcount == 1
-    if created:
-        session.add_all(_label_rows(new))
+    if readmodel.insert(session, view, ("name", "namespace", "uid", "attempt")):
         record_event(session, "sandbox", new.id, "created", to_phase=SandboxPhase.PENDING)
-    row = session.scalars(
-        select(PodSandbox).where(
+        return view, True
+    earlier = session.scalars(
+        select(PodSandbox.id).where(
             PodSandbox.name == new.name,
             PodSandbox.namespace == new.namespace,
             PodSandbox.uid == new.uid,
             PodSandbox.attempt == new.attempt,
         )
     ).one()
-    if created:
-        readmodel.created(session, "sandbox", row, new.labels, new.annotations)
-    if not created and row.config_digest != new.config_digest:
+    row = _must(session, earlier)
+    if row.config_digest != new.config_digest:
         raise AlreadyExists(
             f"pod sandbox {new.namespace}/{new.name} (uid {new.uid}, attempt {new.attempt}) "
             f"already exists as {row.id} with a different config"
         )
-    return row, created
-
-
-def _label_rows(new: NewSandbox) -> list[PodSandboxLabel]:
-    return [
-        PodSandboxLabel(sandbox_id=new.id, kind=kind, key=k, value=v)
-        for kind, items in ((LabelKind.LABEL, new.labels), (LabelKind.ANNOTATION, new.annotations))
-        for k, v in items.items()
-    ]
+    return row, False
 
 
 def resolve_sandbox_id(session: Session, id_or_prefix: str) -> str:
     """The full id of the one sandbox whose id starts with `id_or_prefix`."""
+    snap = readmodel.untouched(session)
+    if snap is not None:
+        return snap.sandbox_id(id_or_prefix)
     return resolve_id(session, PodSandbox.id, id_or_prefix, "pod sandbox")
 
 
@@ -147,11 +142,9 @@ def load_sandbox(session: Session, sandbox_id: str) -> PodSandbox | None:
     return session.get(PodSandbox, sandbox_id)
 
 
-def set_sandbox_desired(session: Session, sandbox_id: str, desired: SandboxDesired) -> PodSandbox:
+def set_sandbox_desired(session: Session, sandbox_id: str, desired: SandboxDesired) -> SandboxView:
     """Records what CRI asked; a change bumps the generation the reconciler must observe."""
-    sandbox = session.get(PodSandbox, sandbox_id)
-    if sandbox is None:
-        raise NotFound(f"pod sandbox {sandbox_id} not found")
+    sandbox = _must(session, sandbox_id)
     order = [SandboxDesired.READY, SandboxDesired.NOTREADY, SandboxDesired.REMOVED]
     if order.index(SandboxDesired(desired)) > order.index(SandboxDesired(sandbox.desired)):
         record_event(
@@ -162,9 +155,13 @@ def set_sandbox_desired(session: Session, sandbox_id: str, desired: SandboxDesir
             reason=str(desired),
             message=f"{sandbox.desired} -> {desired}",
         )
-        sandbox.desired = desired
-        sandbox.generation += 1
-        sandbox.updated_at = now_ns()
+        sandbox = change(
+            session,
+            sandbox,
+            desired=desired,
+            generation=sandbox.generation + 1,
+            updated_at=now_ns(),
+        )
     return sandbox
 
 
@@ -175,23 +172,30 @@ def record_sandbox_network(
     ip: str | None,
     additional_ips: list[str],
 ) -> None:
-    sandbox = _must(session, sandbox_id)
-    sandbox.cni_result = cni_result
-    sandbox.ip = ip
-    sandbox.additional_ips = json.dumps(additional_ips)
-    sandbox.updated_at = now_ns()
+    change(
+        session,
+        _must(session, sandbox_id),
+        cni_result=cni_result,
+        ip=ip,
+        additional_ips=json.dumps(additional_ips),
+        updated_at=now_ns(),
+    )
     record_event(session, "sandbox", sandbox_id, "network", message=f"ip {ip}")
 
 
 def record_sandbox_started(session: Session, sandbox_id: str, container_id: str, pid: int) -> None:
     sandbox = _must(session, sandbox_id)
-    sandbox.pause_container_id = container_id
-    sandbox.task_pid = pid
-    sandbox.started_at = now_ns()
     switch_sandbox_phase(
-        session, sandbox, SandboxPhase.READY, reason="Started", message=f"pause pid {pid}"
+        session,
+        sandbox,
+        SandboxPhase.READY,
+        reason="Started",
+        message=f"pause pid {pid}",
+        pause_container_id=container_id,
+        task_pid=pid,
+        started_at=now_ns(),
+        observed_generation=sandbox.generation,
     )
-    sandbox.observed_generation = sandbox.generation
 
 
 def record_sandbox_not_ready(
@@ -200,33 +204,37 @@ def record_sandbox_not_ready(
     """The sandbox stopped being ready (stopped, or its pause task or netns vanished)."""
     sandbox = _must(session, sandbox_id)
     if sandbox.phase in (SandboxPhase.PENDING, SandboxPhase.READY):
-        switch_sandbox_phase(session, sandbox, SandboxPhase.NOTREADY, reason, message)
-        sandbox.finished_at = sandbox.finished_at or now_ns()
+        switch_sandbox_phase(
+            session,
+            sandbox,
+            SandboxPhase.NOTREADY,
+            reason,
+            message,
+            finished_at=sandbox.finished_at or now_ns(),
+        )
 
 
-def record_setup_failed(session: Session, sandbox_id: str, error: str) -> PodSandbox:
+def record_setup_failed(session: Session, sandbox_id: str, error: str) -> SandboxView:
     """A setup failed: its undo (a removal) is recorded before it starts, with the reason, so
     a crash in the undo is finished by the next pass and still says why."""
     sandbox = set_sandbox_desired(session, sandbox_id, SandboxDesired.REMOVED)
-    sandbox.reason = SETUP_FAILED
-    sandbox.message = error
-    return sandbox
+    return change(session, sandbox, reason=SETUP_FAILED, message=error)
 
 
 def record_sandbox_error(session: Session, sandbox_id: str, error: str) -> None:
     """A stop or remove that failed: its error on the row (the pass is retried)."""
-    sandbox = session.get(PodSandbox, sandbox_id)
+    sandbox = sandbox_now(session, sandbox_id)
     if sandbox is not None and sandbox.desired != SandboxDesired.READY:
         if sandbox.reason != SETUP_FAILED:  # an undo keeps saying why it undoes
-            sandbox.reason = "TeardownFailed"
-            sandbox.message = error
-        sandbox.updated_at = now_ns()
+            change(session, sandbox, reason="TeardownFailed", message=error, updated_at=now_ns())
+        else:
+            change(session, sandbox, updated_at=now_ns())
 
 
 def record_network_released(session: Session, sandbox_id: str) -> None:
     sandbox = _must(session, sandbox_id)
     if not sandbox.network_released:
-        sandbox.network_released = True
+        change(session, sandbox, network_released=True)
         record_event(
             session,
             "sandbox",
@@ -237,18 +245,16 @@ def record_network_released(session: Session, sandbox_id: str) -> None:
 
 
 def mark_sandbox_observed(session: Session, sandbox_id: str, generation: int) -> None:
-    sandbox = session.get(PodSandbox, sandbox_id)
-    if sandbox is not None:
-        sandbox.observed_generation = max(sandbox.observed_generation, generation)
+    sandbox = sandbox_now(session, sandbox_id)
+    if sandbox is not None and generation > sandbox.observed_generation:
+        change(session, sandbox, observed_generation=generation)
 
 
 def delete_sandbox(session: Session, sandbox_id: str, reason: str, message: str = "") -> None:
-    sandbox = session.get(PodSandbox, sandbox_id)
+    sandbox = sandbox_now(session, sandbox_id)
     if sandbox is None:
         return
-    # Core DELETE: the database cascades to the labels (foreign keys are enforced).
-    session.execute(sa_delete(PodSandbox).where(PodSandbox.id == sandbox_id))
-    gone(session, "sandbox", sandbox_id)
+    readmodel.delete(session, "sandbox", sandbox_id)
     record_event(
         session,
         "sandbox",
@@ -260,8 +266,8 @@ def delete_sandbox(session: Session, sandbox_id: str, reason: str, message: str 
     )
 
 
-def _must(session: Session, sandbox_id: str) -> PodSandbox:
-    sandbox = session.get(PodSandbox, sandbox_id)
+def _must(session: Session, sandbox_id: str) -> SandboxView:
+    sandbox = sandbox_now(session, sandbox_id)
     if sandbox is None:
         raise NotFound(f"pod sandbox {sandbox_id} not found")
     return sandbox
@@ -270,11 +276,7 @@ def _must(session: Session, sandbox_id: str) -> PodSandbox:
 def update_sandbox_config(session: Session, sandbox_id: str, config: str, detail: str) -> None:
     """A new config after UpdatePodSandboxResources; its digest (the sandbox's identity for
     retried runs) stays that of the run request."""
-    sandbox = session.get(PodSandbox, sandbox_id)
-    if sandbox is None:
-        raise NotFound(f"pod sandbox {sandbox_id} not found")
-    sandbox.config = config
-    sandbox.updated_at = now_ns()
+    change(session, _must(session, sandbox_id), config=config, updated_at=now_ns())
     record_event(session, "sandbox", sandbox_id, "resources-updated", message=detail)
 
 

@@ -33,12 +33,14 @@ own; kubelet decides what to restart.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from crictl.errors import FailedPrecondition
 from crictl.store.events import now_ns, record_event
-from crictl.store.models import Container, ContainerPhase, PodSandbox, SandboxPhase
+from crictl.store.models import ContainerPhase, SandboxPhase
+from crictl.store.readmodel import ContainerView, SandboxView, change
 
 S = SandboxPhase
 SANDBOX_TRANSITIONS: Mapping[str, frozenset[str]] = {
@@ -65,14 +67,17 @@ def _check(kind: str, obj_id: str, old: str, new: str, table: Mapping[str, froze
 
 
 def switch_sandbox_phase(
-    session: Session, sandbox: PodSandbox, new: SandboxPhase, reason: str = "", message: str = ""
-) -> None:
+    session: Session,
+    sandbox: SandboxView,
+    new: SandboxPhase,
+    reason: str = "",
+    message: str = "",
+    **columns: Any,
+) -> SandboxView:
+    """Moves the sandbox `sandbox` shows to `new`, with `columns` set in the same UPDATE;
+    returns its new view."""
     old = sandbox.phase
     _check("sandbox", sandbox.id, old, new, SANDBOX_TRANSITIONS)
-    sandbox.phase = new
-    sandbox.reason = reason
-    sandbox.message = message
-    sandbox.updated_at = now_ns()
     record_event(
         session,
         "sandbox",
@@ -83,21 +88,23 @@ def switch_sandbox_phase(
         reason=reason,
         message=message,
     )
+    return change(
+        session, sandbox, phase=new, reason=reason, message=message, updated_at=now_ns(), **columns
+    )
 
 
 def switch_container_phase(
     session: Session,
-    container: Container,
+    container: ContainerView,
     new: ContainerPhase,
     reason: str = "",
     message: str = "",
-) -> None:
+    **columns: Any,
+) -> ContainerView:
+    """Moves the container `container` shows to `new`, with `columns` set in the same UPDATE;
+    returns its new view."""
     old = container.phase
     _check("container", container.id, old, new, CONTAINER_TRANSITIONS)
-    container.phase = new
-    container.reason = reason
-    container.message = message
-    container.updated_at = now_ns()
     record_event(
         session,
         "container",
@@ -107,4 +114,13 @@ def switch_container_phase(
         to_phase=new,
         reason=reason,
         message=message,
+    )
+    return change(
+        session,
+        container,
+        phase=new,
+        reason=reason,
+        message=message,
+        updated_at=now_ns(),
+        **columns,
     )

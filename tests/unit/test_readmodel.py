@@ -30,7 +30,13 @@ from crictl.store.models import (
     SandboxDesired,
     SandboxPhase,
 )
-from crictl.store.readmodel import ContainerView, SandboxView, load_all
+from crictl.store.readmodel import (
+    ContainerView,
+    SandboxView,
+    container_now,
+    load_all,
+    sandbox_now,
+)
 from crictl.store.transitions import switch_container_phase, switch_sandbox_phase
 
 
@@ -139,6 +145,92 @@ def test_a_rolled_back_write_changes_nothing(store: Store) -> None:
     assert store.snapshot == fresh(store)
 
 
+def _container_row(store: Store) -> str:
+    sid, cid = "a" * 64, "c" * 64
+    store.build_model()
+    store.write_sync(lambda s: ss.create_sandbox(s, new_sandbox(sid, "web")))
+    store.write_sync(lambda s: sc.create_container(s, new_container(cid, sid, "app", {"k": "v"})))
+    return cid
+
+
+def _row(store: Store, cid: str) -> ContainerView:
+    view = fresh(store).containers[cid]
+    assert store.snapshot.containers[cid] == view
+    return view  # type: ignore[no-any-return]
+
+
+def test_a_lean_change_lands_in_the_row_and_the_model(store: Store) -> None:
+    cid = _container_row(store)
+    view = store.write_sync(lambda s: sc.set_container_desired(s, cid, ContainerDesired.RUNNING))
+    assert view.desired == ContainerDesired.RUNNING and view.generation == 2
+    assert _row(store, cid) == view
+
+
+def test_a_row_held_as_an_orm_object_is_changed_through_it(store: Store) -> None:
+    cid = _container_row(store)
+
+    def tx(s: Session) -> None:
+        orm = s.get(Container, cid)
+        assert orm is not None
+        orm.message = "through the ORM"  # pending, not flushed
+        sc.set_container_desired(s, cid, ContainerDesired.RUNNING)
+        assert orm.desired == ContainerDesired.RUNNING
+
+    store.write_sync(tx)
+    row = _row(store, cid)
+    assert (row.message, row.desired, row.generation) == ("through the ORM", "RUNNING", 2)
+
+
+def test_an_orm_change_after_a_lean_one_keeps_both(store: Store) -> None:
+    cid = _container_row(store)
+
+    def tx(s: Session) -> None:
+        sc.set_container_desired(s, cid, ContainerDesired.RUNNING)
+        orm = s.get(Container, cid)
+        assert orm is not None and orm.desired == ContainerDesired.RUNNING  # the row, as changed
+        orm.message = "after"
+        s.flush()
+        sc.mark_container_observed(s, cid, 2)  # through the ORM object again
+
+    store.write_sync(tx)
+    row = _row(store, cid)
+    assert (row.desired, row.message, row.observed_generation) == ("RUNNING", "after", 2)
+
+
+def test_changes_in_one_transaction_build_on_each_other(store: Store) -> None:
+    cid = _container_row(store)
+
+    def tx(s: Session) -> None:
+        sc.set_container_desired(s, cid, ContainerDesired.RUNNING)
+        sc.record_container_created(s, cid, 1, 2, [3])
+        sc.record_container_started(s, cid, 42)
+        sc.set_container_desired(s, cid, ContainerDesired.EXITED)
+
+    store.write_sync(tx)
+    row = _row(store, cid)
+    assert (row.phase, row.desired, row.generation, row.task_pid, row.uid) == (
+        "RUNNING",
+        "EXITED",
+        3,
+        42,
+        1,
+    )
+
+
+def test_a_deleted_row_is_gone_for_the_rest_of_the_transaction(store: Store) -> None:
+    cid = _container_row(store)
+
+    def tx(s: Session) -> None:
+        s.get(Container, cid)
+        sc.delete_container(s, cid)
+        assert container_now(s, cid) is None
+        with pytest.raises(NotFound):
+            sc.set_container_desired(s, cid, ContainerDesired.REMOVED)
+
+    store.write_sync(tx)
+    assert cid not in store.snapshot.containers and cid not in fresh(store).containers
+
+
 def test_a_failed_publish_rebuilds_from_the_rows(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -163,6 +255,109 @@ names = st.sampled_from(["a", "b", "c", "d"])
 label_sets = st.dictionaries(st.sampled_from(["app", "tier", "x"]), names, max_size=2)
 
 
+SANDBOX_ACTIONS = [
+    "desired",
+    "phase",
+    "network",
+    "started",
+    "notready",
+    "failed",
+    "error",
+    "released",
+    "observed",
+    "config",
+    "orm",
+    "delete",
+]
+CONTAINER_ACTIONS = [
+    "desired",
+    "phase",
+    "created",
+    "started",
+    "exited",
+    "config",
+    "observed",
+    "orm",
+    "delete",
+]
+
+
+def sandbox_change(sid: str, action: str, value: str) -> Callable[[Session], object]:
+    def phase(s: Session) -> None:
+        if value in list(SandboxDesired):
+            s.get(PodSandbox, sid)  # an ORM object of the row in the session: changed through it
+        row = sandbox_now(s, sid)
+        if row is None:
+            raise NotFound(sid)
+        switch_sandbox_phase(
+            s, row, SandboxPhase(value) if value in list(SandboxPhase) else SandboxPhase.READY
+        )
+
+    def orm(s: Session) -> None:
+        row = s.get(PodSandbox, sid)
+        if row is None:
+            raise NotFound(sid)
+        row.message = f"orm {value}"
+        row.generation += 1
+
+    fns: dict[str, Callable[[Session], object]] = {
+        "desired": lambda s: ss.set_sandbox_desired(
+            s,
+            sid,
+            SandboxDesired(value) if value in list(SandboxDesired) else SandboxDesired.NOTREADY,
+        ),
+        "phase": phase,
+        "network": lambda s: ss.record_sandbox_network(s, sid, '{"r": 1}', "10.0.0.2", ["fd00::2"]),
+        "started": lambda s: ss.record_sandbox_started(s, sid, "p" * 64, 42),
+        "notready": lambda s: ss.record_sandbox_not_ready(s, sid, "Exited", "gone"),
+        "failed": lambda s: ss.record_setup_failed(s, sid, "cni failed"),
+        "error": lambda s: ss.record_sandbox_error(s, sid, "containerd down"),
+        "released": lambda s: ss.record_network_released(s, sid),
+        "observed": lambda s: ss.mark_sandbox_observed(s, sid, 5),
+        "config": lambda s: ss.update_sandbox_config(s, sid, '{"x": 1}', "cpu"),
+        "orm": orm,
+        "delete": lambda s: ss.delete_sandbox(s, sid, "Removed"),
+    }
+    return fns[action]
+
+
+def container_change(cid: str, action: str, value: str) -> Callable[[Session], object]:
+    def phase(s: Session) -> None:
+        if value in list(ContainerDesired):
+            s.get(Container, cid)  # an ORM object of the row in the session: changed through it
+        row = container_now(s, cid)
+        if row is None:
+            raise NotFound(cid)
+        target = ContainerPhase(value) if value in list(ContainerPhase) else ContainerPhase.RUNNING
+        switch_container_phase(s, row, target)
+
+    def orm(s: Session) -> None:
+        row = s.get(Container, cid)
+        if row is None:
+            raise NotFound(cid)
+        row.message = f"orm {value}"
+        row.generation += 1
+
+    fns: dict[str, Callable[[Session], object]] = {
+        "desired": lambda s: sc.set_container_desired(
+            s,
+            cid,
+            ContainerDesired(value)
+            if value in list(ContainerDesired)
+            else ContainerDesired.RUNNING,
+        ),
+        "phase": phase,
+        "created": lambda s: sc.record_container_created(s, cid, 1000, 1000, [1, 2]),
+        "started": lambda s: sc.record_container_started(s, cid, 77),
+        "exited": lambda s: sc.record_container_exited(s, cid, 137, "Killed", "oom"),
+        "config": lambda s: sc.update_container_config(s, cid, '{"y": 2}'),
+        "observed": lambda s: sc.mark_container_observed(s, cid, 9),
+        "orm": orm,
+        "delete": lambda s: sc.delete_container(s, cid),
+    }
+    return fns[action]
+
+
 class Writes(RuleBasedStateMachine):
     """Every store function that writes a sandbox or container row, with any arguments, in
     any order, some several in one transaction, some rolled back."""
@@ -182,11 +377,18 @@ class Writes(RuleBasedStateMachine):
         self.store.close()
         __import__("shutil").rmtree(self.dir, ignore_errors=True)
 
-    def write(self, *fns: Callable[[Session], object], fail: bool = False) -> None:
+    def write(
+        self, *fns: Callable[[Session], object], fail: bool = False, flush: bool = True
+    ) -> None:
         def tx(session: Session) -> None:
             for fn in fns:
-                fn(session)
-                session.flush()
+                try:
+                    fn(session)
+                except CrictlError:
+                    if len(fns) == 1:
+                        raise
+                if flush:
+                    session.flush()
             if fail:
                 raise InvalidArgument("rolled back on purpose")
 
@@ -216,94 +418,57 @@ class Writes(RuleBasedStateMachine):
     @precondition(lambda self: self.sandboxes)
     @rule(
         data=st.data(),
-        action=st.sampled_from(
-            [
-                "desired",
-                "phase",
-                "network",
-                "started",
-                "notready",
-                "failed",
-                "error",
-                "released",
-                "observed",
-                "config",
-                "delete",
-            ]
-        ),
+        action=st.sampled_from(SANDBOX_ACTIONS),
         value=st.sampled_from(list(SandboxPhase) + list(SandboxDesired)),
         fail=st.booleans(),
     )
     def change_sandbox(self, data: Any, action: str, value: str, fail: bool) -> None:
         sid = data.draw(st.sampled_from(self.sandboxes))
-
-        def phase(s: Session) -> None:
-            row = s.get(PodSandbox, sid)
-            if row is None:
-                raise NotFound(sid)
-            switch_sandbox_phase(
-                s, row, SandboxPhase(value) if value in list(SandboxPhase) else SandboxPhase.READY
-            )
-
-        fns: dict[str, Callable[[Session], object]] = {
-            "desired": lambda s: ss.set_sandbox_desired(
-                s,
-                sid,
-                SandboxDesired(value) if value in list(SandboxDesired) else SandboxDesired.NOTREADY,
-            ),
-            "phase": phase,
-            "network": lambda s: ss.record_sandbox_network(
-                s, sid, '{"r": 1}', "10.0.0.2", ["fd00::2"]
-            ),
-            "started": lambda s: ss.record_sandbox_started(s, sid, "p" * 64, 42),
-            "notready": lambda s: ss.record_sandbox_not_ready(s, sid, "Exited", "gone"),
-            "failed": lambda s: ss.record_setup_failed(s, sid, "cni failed"),
-            "error": lambda s: ss.record_sandbox_error(s, sid, "containerd down"),
-            "released": lambda s: ss.record_network_released(s, sid),
-            "observed": lambda s: ss.mark_sandbox_observed(s, sid, 5),
-            "config": lambda s: ss.update_sandbox_config(s, sid, '{"x": 1}', "cpu"),
-            "delete": lambda s: ss.delete_sandbox(s, sid, "Removed"),
-        }
-        self.write(fns[action], fail=fail)
+        self.write(sandbox_change(sid, action, value), fail=fail)
 
     @precondition(lambda self: self.containers)
     @rule(
         data=st.data(),
-        action=st.sampled_from(
-            ["desired", "phase", "created", "started", "exited", "config", "observed", "delete"]
-        ),
+        action=st.sampled_from(CONTAINER_ACTIONS),
         value=st.sampled_from(list(ContainerPhase) + list(ContainerDesired)),
         fail=st.booleans(),
     )
     def change_container(self, data: Any, action: str, value: str, fail: bool) -> None:
         cid = data.draw(st.sampled_from(self.containers))
+        self.write(container_change(cid, action, value), fail=fail)
 
-        def phase(s: Session) -> None:
-            row = s.get(Container, cid)
-            if row is None:
-                raise NotFound(cid)
-            target = (
-                ContainerPhase(value) if value in list(ContainerPhase) else ContainerPhase.RUNNING
+    @precondition(lambda self: self.containers)
+    @rule(data=st.data(), fail=st.booleans())
+    def several(self, data: Any, fail: bool) -> None:
+        """Several changes in one transaction, on the same rows or not, the lean path and the
+        ORM's mixed (a row loaded as an ORM object, changed through it, then changed again)."""
+        values = list(SandboxPhase) + list(SandboxDesired) + list(ContainerPhase)
+        values += list(ContainerDesired)
+        steps = data.draw(
+            st.lists(
+                st.one_of(
+                    st.tuples(
+                        st.just("sandbox"),
+                        st.sampled_from(self.sandboxes),
+                        st.sampled_from(SANDBOX_ACTIONS),
+                        st.sampled_from(values),
+                    ),
+                    st.tuples(
+                        st.just("container"),
+                        st.sampled_from(self.containers),
+                        st.sampled_from(CONTAINER_ACTIONS),
+                        st.sampled_from(values),
+                    ),
+                ),
+                min_size=2,
+                max_size=6,
             )
-            switch_container_phase(s, row, target)
-
-        fns: dict[str, Callable[[Session], object]] = {
-            "desired": lambda s: sc.set_container_desired(
-                s,
-                cid,
-                ContainerDesired(value)
-                if value in list(ContainerDesired)
-                else ContainerDesired.RUNNING,
-            ),
-            "phase": phase,
-            "created": lambda s: sc.record_container_created(s, cid, 1000, 1000, [1, 2]),
-            "started": lambda s: sc.record_container_started(s, cid, 77),
-            "exited": lambda s: sc.record_container_exited(s, cid, 137, "Killed", "oom"),
-            "config": lambda s: sc.update_container_config(s, cid, '{"y": 2}'),
-            "observed": lambda s: sc.mark_container_observed(s, cid, 9),
-            "delete": lambda s: sc.delete_container(s, cid),
-        }
-        self.write(fns[action], fail=fail)
+        )
+        fns = [
+            (sandbox_change if kind == "sandbox" else container_change)(rid, action, value)
+            for kind, rid, action, value in steps
+        ]
+        self.write(*fns, fail=fail, flush=data.draw(st.booleans()))
 
     @precondition(lambda self: self.sandboxes)
     @rule(data=st.data())

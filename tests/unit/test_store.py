@@ -7,7 +7,8 @@ from sqlalchemy.orm import Session
 from crictl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from crictl.store.engine import Store
 from crictl.store.events import list_events
-from crictl.store.models import LabelKind, PodSandbox, SandboxPhase
+from crictl.store.models import LabelKind, SandboxPhase
+from crictl.store.readmodel import sandbox_now
 from crictl.store.sandboxes import (
     NewSandbox,
     SandboxFilter,
@@ -103,7 +104,7 @@ def test_id_prefixes_resolve_uniquely(store: Store) -> None:
 
 
 def _switch(s: Session, phase: SandboxPhase) -> None:
-    sb = s.get(PodSandbox, "a" * 64)
+    sb = sandbox_now(s, "a" * 64)
     assert sb is not None
     switch_sandbox_phase(s, sb, phase, reason="Test", message=f"to {phase}")
 
