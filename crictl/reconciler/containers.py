@@ -595,6 +595,18 @@ class ContainerReconciler:
         # task for (it holds no runc container), and only a delete drops that shim.
         await delete_stopped_task(self.containerd, row.id)
 
+    async def _task_deleted(self, cid: str) -> bool:
+        """Deletes the task of a container whose exit is recorded (or that never ran): it is
+        almost always gone already (the stop deleted it), and then containerd's "not found" is
+        the one round trip a removal needs for it (that delete also drops a shim containerd
+        re-adopted without a task). False if containerd refuses (a task still running): the
+        caller stops it first."""
+        try:
+            await self.containerd.delete_task(cid)
+        except errors.CrictlError:
+            return False
+        return True
+
     async def _stop_signal(self, row: Container | ContainerView) -> int:
         config = container_config_of(row)
         image = self.images.status(config.image.image) if config.image.image else None
@@ -649,8 +661,10 @@ class ContainerReconciler:
     async def _remove(self, row: Container | ContainerView, reason: str = "Removed") -> None:
         cid = row.id
         await self._release_stale_start(cid)
-        state = await self._kill_and_wait(cid, await self.containerd.task_state(cid), 30)
-        await self._harvest_or_vanished(row, state)
+        live = row.phase in (ContainerPhase.RUNNING, ContainerPhase.UNKNOWN)
+        if live or not await self._task_deleted(cid):
+            state = await self._kill_and_wait(cid, await self.containerd.task_state(cid), 30)
+            await self._harvest_or_vanished(row, state)
         faults.point("container-remove:after-task-delete")
         if container_config_of(row).stdin:
             # A logger crictld started for a task that never came to be waits for its FIFO
