@@ -21,6 +21,7 @@ import grpc
 import grpc.aio
 from google.protobuf.any_pb2 import Any as AnyPb
 from google.protobuf.empty_pb2 import Empty
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from crictl import errors, trace
 from crictl.gen.containerd.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
@@ -384,10 +385,11 @@ class ContainerdClient:
         parent: str,
         metadata: tuple[tuple[str, str], ...] | None = None,
         view: bool = False,
+        labels: Mapping[str, str] | None = None,
     ) -> list[mount_pb2.Mount]:
         """The writable snapshot `key` on top of `parent` (a read-only one with `view`); its
-        mounts if it exists already. `metadata` may carry a lease header, to hold the snapshot
-        until something owns it.
+        mounts if it exists already. `metadata` may carry a lease header, or `labels` a GC
+        root label, to hold the snapshot until something owns it.
 
         containerd killed while its overlay snapshotter made a snapshot leaves the directory of
         a snapshot id its metadata never recorded; the next snapshot gets that id again and
@@ -397,7 +399,9 @@ class ContainerdClient:
         overlayfs)."""
         for attempt in range(1, 9):
             try:
-                return await self._prepare_snapshot(snapshotter, key, parent, metadata, view)
+                return await self._prepare_snapshot(
+                    snapshotter, key, parent, metadata, view, labels or {}
+                )
             except errors.CrictlError as e:
                 found = _STALE_SNAPSHOT.search(str(e))
                 if found is None or attempt == 8:
@@ -416,6 +420,7 @@ class ContainerdClient:
         parent: str,
         metadata: tuple[tuple[str, str], ...] | None,
         view: bool,
+        labels: Mapping[str, str],
     ) -> list[mount_pb2.Mount]:
         try:
             if view:
@@ -423,7 +428,7 @@ class ContainerdClient:
                     "view snapshot",
                     self.snapshots.View(
                         snapshots_pb2.ViewSnapshotRequest(
-                            snapshotter=snapshotter, key=key, parent=parent
+                            snapshotter=snapshotter, key=key, parent=parent, labels=labels
                         ),
                         metadata=metadata or self.metadata,
                     ),
@@ -433,15 +438,28 @@ class ContainerdClient:
                 "prepare snapshot",
                 self.snapshots.Prepare(
                     snapshots_pb2.PrepareSnapshotRequest(
-                        snapshotter=snapshotter, key=key, parent=parent
+                        snapshotter=snapshotter, key=key, parent=parent, labels=labels
                     ),
                     metadata=metadata or self.metadata,
                 ),
             )
             return list(prepared.mounts)
         except errors.AlreadyExists:
-            # Made by a pass a crash cut short, whose lease may be gone: the lease of this
-            # pass must hold it too, or containerd's GC can take it before a container owns it.
+            # Made by a pass a crash cut short, whose lease may be gone: what holds this
+            # pass's snapshot must hold it too, or containerd's GC can take it before a
+            # container owns it.
+            if labels:
+                await self.call(
+                    "label snapshot",
+                    self.snapshots.Update(
+                        snapshots_pb2.UpdateSnapshotRequest(
+                            snapshotter=snapshotter,
+                            info=snapshots_pb2.Info(name=key, labels=labels),
+                            update_mask=FieldMask(paths=[f"labels.{k}" for k in labels]),
+                        ),
+                        metadata=self.metadata,
+                    ),
+                )
             lease = dict(metadata or ()).get("containerd-lease")
             if lease:
                 await self.call(

@@ -17,14 +17,13 @@ import functools
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import sys
 import time
 import urllib.parse
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,8 @@ log = logging.getLogger(__name__)
 DEFAULT_STOP_TIMEOUT = 2  # seconds; when a stop's own timeout was lost to a restart
 EXEC_OUTPUT_CAP = 16 << 20
 KIND_LABEL = "crictld.io/kind"
-CREATE_LEASE_LABEL = "crictld.io/create"
+CREATE_LEASE_LABEL = "crictld.io/create"  # the create leases of earlier crictlds
+GC_ROOT_LABEL = "containerd.io/gc.root"
 SANDBOX_LABEL = "crictld.io/sandbox-id"
 
 
@@ -192,9 +192,6 @@ class ContainerReconciler:
         self._processes: dict[str, dict[str, object]] = {}  # spec.process by container id
         # Exits seen while the start that caused them had not yet recorded RUNNING.
         self._early_exits: dict[str, tuple[int, int]] = {}
-        # Deletions of create leases, off the create's critical path (crictl/reconciler/
-        # containers.py `_create`); awaited at stop.
-        self._releasing: set[asyncio.Task[None]] = set()
         # The rootfs mounts each create's Prepare answered, for its start (one round trip
         # fewer); a restart forgets them and the start asks containerd.
         self._mounts: dict[str, list[mount_pb2.Mount]] = {}
@@ -205,7 +202,6 @@ class ContainerReconciler:
 
     async def stop(self) -> None:
         await self.queue.drain()
-        await asyncio.gather(*self._releasing, return_exceptions=True)
 
     async def _record_failure(self, container_id: str, error: Exception) -> None:
         await self.store.write(
@@ -269,104 +265,68 @@ class ContainerReconciler:
         image = self.images.status(config.image.image)
         if image is None:
             raise errors.NotFound(f"image {config.image.image!r} not found: pull it first")
-        lease = f"crictld-create-{secrets.token_hex(6)}"
-        md = (*self.containerd.metadata, ("containerd-lease", lease))
-        await self.containerd.call(
-            "create lease",
-            self.containerd.leases.Create(
-                leases_pb2.CreateRequest(
-                    id=lease,
-                    labels={
-                        "containerd.io/gc.expire": (
-                            datetime.now(UTC) + timedelta(minutes=10)
-                        ).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        CREATE_LEASE_LABEL: cid,
-                    },
-                ),
-                metadata=self.containerd.metadata,
-            ),
+        # A GC root until the container record names it (a lease would cost a round trip to
+        # make and one to drop); one a crash leaves unowned is the orphan sweep's, as is any
+        # writable snapshot keyed by an id no row or container owns.
+        root = {GC_ROOT_LABEL: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        mounts = await self.containerd.prepare_snapshot(
+            SNAPSHOTTER, cid, image.chain_id or "", labels=root
         )
+        faults.point("container-create:after-snapshot")
+        image_config = json.loads(image.config)
+        _, _, _, image_user = image_process(image_config)
         try:
-            mounts = await self.containerd.prepare_snapshot(
-                SNAPSHOTTER, cid, image.chain_id or "", metadata=md
-            )
-            faults.point("container-create:after-snapshot")
-            image_config = json.loads(image.config)
-            _, _, _, image_user = image_process(image_config)
-            try:
-                user = resolve_user(
-                    config,
-                    image_user,
-                    read_text(mounts, "/etc/passwd"),
-                    read_text(mounts, "/etc/group"),
-                )
-            except ValueError as e:
-                raise errors.InvalidArgument(f"container {config.metadata.name}: {e}") from e
-            ref = SandboxRef(
-                sandbox.id,
-                sandbox_config,
-                sandbox.task_pid or 0,
-                None
-                if host_network(sandbox_config)
-                else str(self.sandboxes.netns_path(sandbox.id)),
-                self.sandboxes.files_for(sandbox.id, sandbox_config),
-            )
-            volumes = await self._image_volumes(cid, config, md)
-            target_pid = None
-            if config.linux.security_context.namespace_options.target_id:
-                target = self.store.snapshot.containers.get(
-                    config.linux.security_context.namespace_options.target_id
-                )
-                target_pid = target.task_pid if target is not None else None
-            spec = container_spec(
-                cid,
+            user = resolve_user(
                 config,
-                ref,
-                image_config,
-                user,
-                clamp_oom_score_adj(config.linux.resources.oom_score_adj),
-                target_pid,
-                systemd_cgroup=self.sandboxes.settings.systemd_cgroup,
-                image_volumes={i: mount for i, (_, mount) in volumes.items()},
+                image_user,
+                read_text(mounts, "/etc/passwd"),
+                read_text(mounts, "/etc/group"),
             )
-            labels = {
-                KIND_LABEL: "container",
-                SANDBOX_LABEL: row.sandbox_id,
-                "io.cri-containerd.kind": "container",
-                # the container holds its image volumes' snapshots against containerd's GC
-                **{
-                    f"containerd.io/gc.ref.snapshot.{SNAPSHOTTER}/vol{i}": key
-                    for i, (key, _) in volumes.items()
-                },
-            }
-            name = image.repo_tags[0] if image.repo_tags else image.id
-            binary = self.sandboxes.settings.runtime_handlers.get(sandbox.runtime_handler, "")
-            await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels, binary)
-            faults.point("container-create:after-container-create")
-            self._mounts[cid] = list(mounts)
-        finally:
-            # Once the container record names the snapshot, the lease holds nothing it needs:
-            # it goes in the background. One a crash leaves expires (gc.expire) and the sweep
-            # removes it (a create lease of no create in flight).
-            release = asyncio.create_task(self._delete_lease(lease), name=f"lease {lease}")
-            self._releasing.add(release)
-            release.add_done_callback(self._releasing.discard)
+        except ValueError as e:
+            raise errors.InvalidArgument(f"container {config.metadata.name}: {e}") from e
+        ref = SandboxRef(
+            sandbox.id,
+            sandbox_config,
+            sandbox.task_pid or 0,
+            None if host_network(sandbox_config) else str(self.sandboxes.netns_path(sandbox.id)),
+            self.sandboxes.files_for(sandbox.id, sandbox_config),
+        )
+        volumes = await self._image_volumes(cid, config, root)
+        target_pid = None
+        if config.linux.security_context.namespace_options.target_id:
+            target = self.store.snapshot.containers.get(
+                config.linux.security_context.namespace_options.target_id
+            )
+            target_pid = target.task_pid if target is not None else None
+        spec = container_spec(
+            cid,
+            config,
+            ref,
+            image_config,
+            user,
+            clamp_oom_score_adj(config.linux.resources.oom_score_adj),
+            target_pid,
+            systemd_cgroup=self.sandboxes.settings.systemd_cgroup,
+            image_volumes={i: mount for i, (_, mount) in volumes.items()},
+        )
+        labels = {
+            KIND_LABEL: "container",
+            SANDBOX_LABEL: row.sandbox_id,
+            "io.cri-containerd.kind": "container",
+            # the container holds its image volumes' snapshots against containerd's GC
+            **{
+                f"containerd.io/gc.ref.snapshot.{SNAPSHOTTER}/vol{i}": key
+                for i, (key, _) in volumes.items()
+            },
+        }
+        name = image.repo_tags[0] if image.repo_tags else image.id
+        binary = self.sandboxes.settings.runtime_handlers.get(sandbox.runtime_handler, "")
+        await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels, binary)
+        faults.point("container-create:after-container-create")
+        self._mounts[cid] = list(mounts)
         await self.store.write(
             lambda s: record_container_created(s, cid, user.uid, user.gid, user.additional_gids)
         )
-
-    async def _delete_lease(self, lease: str) -> None:
-        try:
-            await self.containerd.call(
-                "delete lease",
-                self.containerd.leases.Delete(
-                    leases_pb2.DeleteRequest(id=lease), metadata=self.containerd.metadata
-                ),
-            )
-        except errors.CrictlError as e:
-            log.info(
-                "create lease not deleted; the sweep will", extra={"lease": lease, "error": str(e)}
-            )
 
     def _logger_args(self, row: Container | ContainerView) -> dict[str, str]:
         d = self.container_dir(row.id)
@@ -632,10 +592,10 @@ class ContainerReconciler:
         await delete_stopped_task(self.containerd, cid)
 
     async def _image_volumes(
-        self, cid: str, config: api_pb2.ContainerConfig, md: tuple[tuple[str, str], ...]
+        self, cid: str, config: api_pb2.ContainerConfig, root: dict[str, str]
     ) -> dict[int, tuple[str, dict[str, Any]]]:
         """For each image volume (by mount index): its read-only view snapshot of the image,
-        made under the create's lease (or found, after a crash), and the spec mount for it."""
+        a GC root as the create's (or found, after a crash), and the spec mount for it."""
         out: dict[int, tuple[str, dict[str, Any]]] = {}
         for i, m in enumerate(config.mounts):
             if not m.image.image:
@@ -645,7 +605,7 @@ class ContainerReconciler:
                 raise errors.NotFound(f"image volume {m.image.image!r} not found: pull it first")
             key = volume_key(cid, i)
             mounts = await self.containerd.prepare_snapshot(
-                SNAPSHOTTER, key, image.chain_id or "", metadata=md, view=True
+                SNAPSHOTTER, key, image.chain_id or "", view=True, labels=root
             )
             out[i] = (
                 key,
@@ -881,7 +841,8 @@ class ContainerReconciler:
         """Once per start: what a fresh process must clean up. The task truth comes from
         `resync`, which runs after every subscription to containerd's events, the first one
         included (crictl/reconciler/events.py says what recovery relies on)."""
-        # Leases of creates cut short: the next pass of that create makes its own.
+        # Leases of creates an earlier crictld cut short (creates hold their snapshot with a
+        # GC root label now; the sweep would also remove these, after its grace).
         leases = await self.containerd.call(
             "list leases",
             self.containerd.leases.List(
