@@ -8,18 +8,18 @@ read is a dict lookup in the event loop's thread.
 The rows stay the truth. The model is derived from them and never written on its own:
 
 - `ReadModel.build` loads every row (the daemon does it once at start, after the migrations);
-- each write transaction records which rows it touched (`track`: the ORM objects flushed, and
-  `created`/`gone` for Core INSERTs and DELETEs, which the ORM does not see), and once it
-  committed, `Store.write_sync` hands them to `ReadModel.publish` under the store's write lock,
-  before the write returns to its caller. So a CRI call that waited for a write then reads the
-  model with that write in it, and publishes land in commit order;
+- each write transaction records which rows it touched: the new views `insert` and `change`
+  made (the write path's statements, below), the ORM objects flushed (`track`), the rows
+  deleted (`gone`); once it committed, `Store.write_sync` hands them to `ReadModel.publish`
+  under the store's write lock, before the write returns to its caller. So a CRI call that
+  waited for a write then reads the model with that write in it, and publishes land in commit
+  order;
 - a publish builds a new `Snapshot` (copied dicts) and swaps it in with one assignment: a reader
   takes `model.snapshot` once and sees whole transactions, never half of one.
 
 Labels and annotations never change after a row is created, so a publish rebuilds a view from
-the flushed ORM object's columns and the previous view's labels, and a new row's view from the
-inserted row and the labels inserted with it; only a row with neither (no previous view) is
-read back, labels included.
+the flushed ORM object's columns and the previous view's labels; only a row with neither (no
+previous view, or labels written through the ORM) is read back, labels included.
 `tests/unit/test_readmodel.py` runs random writes and checks the model equals a fresh build from
 the rows after each.
 """
