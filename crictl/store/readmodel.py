@@ -324,7 +324,9 @@ def change(session: Session, view: V, **columns: Any) -> V:
         k: v.value if isinstance(v, enum.Enum) else v for k, v in columns.items()
     }
     kind: Kind = "sandbox" if isinstance(view, SandboxView) else "container"
-    new = dataclasses.replace(view, **cols)
+    # built on the latest view this transaction made of the row, should `view` be older
+    latest = session.info.get(_TOUCHED, {}).get((kind, view.id))
+    new = dataclasses.replace(latest if isinstance(latest, type(view)) else view, **cols)
     obj = _orm_object(session, kind, view.id)
     if obj is not None:
         for k, v in cols.items():

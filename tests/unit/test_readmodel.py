@@ -33,6 +33,7 @@ from crictl.store.models import (
 from crictl.store.readmodel import (
     ContainerView,
     SandboxView,
+    change,
     container_now,
     load_all,
     sandbox_now,
@@ -215,6 +216,20 @@ def test_changes_in_one_transaction_build_on_each_other(store: Store) -> None:
         42,
         1,
     )
+
+
+def test_a_change_through_an_older_view_keeps_the_changes_since(store: Store) -> None:
+    cid = _container_row(store)
+
+    def tx(s: Session) -> None:
+        old = container_now(s, cid)
+        assert old is not None
+        sc.set_container_desired(s, cid, ContainerDesired.RUNNING)
+        change(s, old, message="from the older view")
+
+    store.write_sync(tx)
+    row = _row(store, cid)
+    assert (row.desired, row.message) == ("RUNNING", "from the older view")
 
 
 def test_a_deleted_row_is_gone_for_the_rest_of_the_transaction(store: Store) -> None:
