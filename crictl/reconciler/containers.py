@@ -60,9 +60,7 @@ from crictl.reconciler.sandboxes import (
 )
 from crictl.reconciler.stdio import ExecProcess
 from crictl.store.containers import (
-    ContainerFilter,
     delete_container,
-    list_containers,
     mark_container_observed,
     record_container_created,
     record_container_exited,
@@ -663,10 +661,7 @@ class ContainerReconciler:
         queue, so it never runs at once with another pass on the same container; a pod stop
         gives them no grace period, as containerd's StopPodSandbox."""
         desired = ContainerDesired.REMOVED if remove else ContainerDesired.EXITED
-        rows = await self.store.read(
-            lambda s: list_containers(s, ContainerFilter(sandbox_id=sandbox_id))
-        )
-        ids = [row.id for row in rows if row.sandbox_id == sandbox_id]
+        ids = [row.id for row in self.store.snapshot.containers_of(sandbox_id)]
         for cid in ids:
             with contextlib.suppress(errors.NotFound):
                 await self.store.write(
