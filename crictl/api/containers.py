@@ -6,6 +6,7 @@ store alone."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,6 +35,8 @@ from crictl.store.containers import (
     ContainerFilter,
     NewContainer,
     create_container,
+    live_container,
+    removal_asked,
     resolve_container_id,
     select_containers,
     set_container_desired,
@@ -123,6 +126,13 @@ class Containers:
             annotations=dict(config.annotations),
         )
         row, created = await self.store.write(lambda s: create_container(s, new))
+        if not created and row.desired == ContainerDesired.REMOVED:
+            # A container of this name and attempt is being torn down (removed by a
+            # RemoveContainer that answered once that was recorded, or a failed create being
+            # undone): once it is gone the name is free.
+            with contextlib.suppress(errors.CrictlError):
+                await self.reconciler.queue.wait(row.id)
+            row, created = await self.store.write(lambda s: create_container(s, new))
         if created:
             faults.point("container-create:after-insert")
         if row.desired == ContainerDesired.REMOVED:
@@ -136,8 +146,15 @@ class Containers:
         return api_pb2.CreateContainerResponse(container_id=row.id)
 
     async def _change(
-        self, container_id: str, desired: ContainerDesired, fault: str, missing_ok: bool
+        self,
+        container_id: str,
+        desired: ContainerDesired,
+        fault: str,
+        missing_ok: bool,
+        wait: bool = True,
     ) -> str | None:
+        """Records `desired` and waits for the pass that brings it about (`wait`), or only
+        wakes it (the reconciler retries it until it is done)."""
         try:
             row = await self.store.write(
                 lambda s: set_container_desired(s, resolve_container_id(s, container_id), desired)
@@ -147,13 +164,16 @@ class Containers:
                 return None  # CRI: stopping or removing what does not exist succeeds
             raise
         faults.point(fault)
-        await self.reconciler.queue.wait(row.id)
+        if wait:
+            await self.reconciler.queue.wait(row.id)
+        else:
+            self.reconciler.queue.wake(row.id)
         return row.id
 
     async def start_container(
         self, request: api_pb2.StartContainerRequest, context: Context
     ) -> api_pb2.StartContainerResponse:
-        row = self.store.snapshot.container(request.container_id)
+        row = live_container(self.store.snapshot, request.container_id)
         if row.phase not in (ContainerPhase.CREATED, ContainerPhase.RUNNING):
             raise errors.FailedPrecondition(
                 f"container {row.id} is {row.phase}, not CREATED: it cannot be started"
@@ -170,7 +190,7 @@ class Containers:
         self, request: api_pb2.StopContainerRequest, context: Context
     ) -> api_pb2.StopContainerResponse:
         try:
-            cid = self.store.snapshot.container_id(request.container_id)
+            cid = live_container(self.store.snapshot, request.container_id).id
         except errors.NotFound:
             return api_pb2.StopContainerResponse()
         self.reconciler.request_stop(cid, int(request.timeout))
@@ -182,18 +202,31 @@ class Containers:
     async def remove_container(
         self, request: api_pb2.RemoveContainerRequest, context: Context
     ) -> api_pb2.RemoveContainerResponse:
+        try:
+            row = live_container(self.store.snapshot, request.container_id)
+        except errors.NotFound:
+            return api_pb2.RemoveContainerResponse()  # gone, or its removal already asked
+        # A container whose process is dead (its exit recorded, or never started) is removed
+        # once that is recorded: its containerd record, snapshot and directory go in the
+        # background (retried until done; a pod's removal waits for them). One that may run
+        # is waited for: it must be dead when this answers.
+        dead = row.phase == ContainerPhase.EXITED or (
+            row.phase in (ContainerPhase.PENDING, ContainerPhase.CREATED)
+            and row.desired == ContainerDesired.CREATED
+        )
         await self._change(
-            request.container_id,
+            row.id,
             ContainerDesired.REMOVED,
             "container-remove:after-desired",
             missing_ok=True,
+            wait=not dead,
         )
         return api_pb2.RemoveContainerResponse()
 
     async def container_status(
         self, request: api_pb2.ContainerStatusRequest, context: Context
     ) -> api_pb2.ContainerStatusResponse:
-        row = self.store.snapshot.container(request.container_id)
+        row = live_container(self.store.snapshot, request.container_id)
         config = container_config_of(row)
         status = api_pb2.ContainerStatus(
             id=row.id,
@@ -276,7 +309,7 @@ class Containers:
             labels=label_selector(f.label_selector, "filter.label_selector"),
         )
         known = self._listed
-        views = select_containers(self.store.snapshot, flt)
+        views = [v for v in select_containers(self.store.snapshot, flt) if not removal_asked(v)]
         if not (flt.id_prefix or flt.sandbox_id or flt.phases or flt.labels):
             # An unfiltered list sees every container: forget the removed ones.
             self._listed = known = {v.id: known[v.id] for v in views if v.id in known}
@@ -306,7 +339,7 @@ class Containers:
         self, request: api_pb2.UpdateContainerResourcesRequest, context: Context
     ) -> api_pb2.UpdateContainerResourcesResponse:
         validate_resources(request.linux, "linux")
-        cid = self.store.snapshot.container_id(request.container_id)
+        cid = live_container(self.store.snapshot, request.container_id).id
         await self.reconciler.update_resources(cid, request.linux)
         return api_pb2.UpdateContainerResourcesResponse()
 
@@ -314,7 +347,7 @@ class Containers:
         self, request: api_pb2.ExecSyncRequest, context: Context
     ) -> api_pb2.ExecSyncResponse:
         validate_exec_sync(request)
-        cid = self.store.snapshot.container_id(request.container_id)
+        cid = live_container(self.store.snapshot, request.container_id).id
         result = await self.reconciler.exec_sync(cid, list(request.cmd), int(request.timeout))
         return api_pb2.ExecSyncResponse(
             stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
@@ -323,7 +356,7 @@ class Containers:
     async def reopen_container_log(
         self, request: api_pb2.ReopenContainerLogRequest, context: Context
     ) -> api_pb2.ReopenContainerLogResponse:
-        cid = self.store.snapshot.container_id(request.container_id)
+        cid = live_container(self.store.snapshot, request.container_id).id
         await self.reconciler.reopen_log(cid)
         return api_pb2.ReopenContainerLogResponse()
 
@@ -338,7 +371,7 @@ class Containers:
             )
         if request.timeout < 0:
             raise errors.InvalidArgument(f"timeout {request.timeout} is negative")
-        row = self.store.snapshot.container(request.container_id)
+        row = live_container(self.store.snapshot, request.container_id)
         if row.phase != ContainerPhase.RUNNING:
             raise errors.FailedPrecondition(
                 f"container {row.id} is {row.phase}, not RUNNING: nothing to checkpoint"

@@ -25,7 +25,12 @@ from crictl.reconciler.stats import (
     pod_key,
     pod_total,
 )
-from crictl.store.containers import ContainerFilter, select_containers
+from crictl.store.containers import (
+    ContainerFilter,
+    live_container,
+    removal_asked,
+    select_containers,
+)
 from crictl.store.engine import Store
 from crictl.store.models import ContainerPhase, SandboxPhase
 from crictl.store.readmodel import ContainerView, SandboxView
@@ -93,7 +98,7 @@ class Stats:
     async def container_stats(
         self, request: api_pb2.ContainerStatsRequest, context: Context
     ) -> api_pb2.ContainerStatsResponse:
-        row = self.store.snapshot.container(request.container_id)
+        row = live_container(self.store.snapshot, request.container_id)
         usage = await self.stats.usage([row.id])
         if row.id not in usage:  # removed meanwhile
             return api_pb2.ContainerStatsResponse()
@@ -108,7 +113,7 @@ class Stats:
             sandbox_id=f.pod_sandbox_id or None,
             labels=label_selector(f.label_selector, "filter.label_selector"),
         )
-        rows = select_containers(self.store.snapshot, flt)
+        rows = [r for r in select_containers(self.store.snapshot, flt) if not removal_asked(r)]
         return api_pb2.ListContainerStatsResponse(stats=await self._containers(list(rows)))
 
     async def _pod_usage(
@@ -118,7 +123,11 @@ class Stats:
         when there is one (it holds everything the pod runs), else the parts summed."""
         rows = select_containers(self.store.snapshot, ContainerFilter(sandbox_id=sandbox.id))
         containers = [
-            r for r in rows if r.sandbox_id == sandbox.id and r.phase != ContainerPhase.PENDING
+            r
+            for r in rows
+            if r.sandbox_id == sandbox.id
+            and r.phase != ContainerPhase.PENDING
+            and not removal_asked(r)
         ]
         keys = [pod_key(sandbox.id), pod_cgroup_key(sandbox.id), *(c.id for c in containers)]
         usage = await self.stats.usage(keys)

@@ -8,6 +8,7 @@ from crictl import errors
 from crictl.api.interceptor import Context
 from crictl.api.validation import validate_exec_command
 from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.store.containers import live_container
 from crictl.store.engine import Store
 from crictl.store.models import ContainerPhase, SandboxPhase
 from crictl.streaming.requests import AttachRequest, ExecRequest, PortForwardRequest
@@ -29,7 +30,7 @@ class Streaming:
     async def _running_container(self, container_id: str) -> str:
         if not container_id:
             raise errors.InvalidArgument("container_id is empty")
-        row = self.store.snapshot.container(container_id)
+        row = live_container(self.store.snapshot, container_id)
         if row.phase != ContainerPhase.RUNNING:
             raise errors.FailedPrecondition(
                 f"container {row.id} is {row.phase}, not RUNNING: nothing to stream"

@@ -246,6 +246,21 @@ def delete_container(session: Session, container_id: str, reason: str = "Removed
     record_event(session, "container", container_id, "removed", from_phase=c.phase, reason=reason)
 
 
+def removal_asked(row: Container | ContainerView) -> bool:
+    """CRI asked to remove it: it is gone to CRI from then on (RemoveContainer answers once that
+    is recorded for a container whose process is dead), while the reconciler tears it down."""
+    return row.desired == ContainerDesired.REMOVED
+
+
+def live_container(snap: Snapshot, id_or_prefix: str) -> ContainerView:
+    """The container `id_or_prefix` names, as CRI sees it (NotFound once its removal was
+    asked)."""
+    row = snap.container(id_or_prefix)
+    if removal_asked(row):
+        raise NotFound(f"container {row.id} not found: it is being removed")
+    return row
+
+
 def select_containers(snap: Snapshot, flt: ContainerFilter | None = None) -> list[ContainerView]:
     """The containers of the read model `flt` selects, oldest first: what `list_containers`
     answers from SQL."""

@@ -305,6 +305,69 @@ def test_reopen_container_log(image_daemon: Daemon, registry: Registry, short_tm
     remove(d, pod.id)
 
 
+def test_remove_of_a_dead_container_answers_then_tears_it_down(
+    image_daemon: Daemon, registry: Registry, cni_network: CniNetwork, short_tmp: Path
+) -> None:
+    """RemoveContainer of a container whose process is dead answers once the removal is
+    recorded: it is gone to CRI at once, its containerd record, snapshot and directory follow,
+    and its name is free for a new container at once."""
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"])
+    pod.start(cid)
+    pod.stop(cid)
+    pod.remove(cid)
+    assert failure(pod.status, cid)[0] == grpc.StatusCode.NOT_FOUND
+    listed = d.runtime_call("ListContainers", api_pb2.ListContainersRequest())
+    assert cid not in [c.id for c in listed.containers]
+    pod.remove(cid)  # idempotent
+    pod.stop(cid)
+    assert failure(pod.start, cid)[0] == grpc.StatusCode.NOT_FOUND
+    again = pod.create("app", ["sleep", "3600"])  # same name and attempt
+    assert again != cid
+    wait_for(
+        "the removed container's containerd objects gone",
+        lambda: not {cid} & (held(d, cni_network).containers | held(d, cni_network).rw_snapshots),
+    )
+    assert d.sql("--json", f"SELECT id FROM containers WHERE id = '{cid}'").stdout.count(cid) == 0
+    remove(d, pod.id)
+    assert_nothing_held(d, cni_network, [pod.id, cid, again])
+
+
+@pytest.mark.parametrize(
+    "point", ["container-remove:after-task-delete", "container-remove:after-container-delete"]
+)
+def test_a_removal_finished_in_the_background_survives_a_crash_at(
+    image_daemon: Daemon,
+    registry: Registry,
+    cni_network: CniNetwork,
+    short_tmp: Path,
+    point: str,
+) -> None:
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"])
+    pod.start(cid)
+    pod.stop(cid)
+    arm(d, point)
+    try:
+        pod.remove(cid)  # answers before the teardown's crash, or dies with it
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+    restart_after_fault(d)
+    assert failure(pod.status, cid)[0] == grpc.StatusCode.NOT_FOUND
+    wait_for(
+        "recovery finishes the removal",
+        lambda: (
+            held(d, cni_network).containers == {pod.id}
+            and held(d, cni_network).rw_snapshots == {pod.id}
+            and cid not in d.sql("--json", "SELECT id FROM containers").stdout
+        ),
+    )
+    remove(d, pod.id)
+    assert_nothing_held(d, cni_network, [pod.id, cid])
+
+
 CONTAINER_POINTS = sorted(p for p in POINTS if p.startswith("container-"))
 
 
