@@ -234,8 +234,7 @@ class Puller:
             endpoint, target, body = await self.registry.resolve(ref, creds)
             content = await self._fetch_and_unpack(ref, creds, endpoint, target, body, lease, md)
             names = [n for n in (ref.tagged_name, ref.with_digest(target.digest)) if n]
-            for name in names:
-                await self.put_image(name, target)
+            await asyncio.gather(*(self.put_image(name, target) for name in names))
             ok = True
             log.info(
                 "pulled image",
@@ -288,11 +287,6 @@ class Puller:
         manifest_labels |= {
             f"containerd.io/gc.ref.content.l.{i}": layer.digest for i, layer in enumerate(layers)
         }
-        # Protect what already exists before relying on it: a blob that another pull is
-        # writing, or that nothing references yet, joins this pull's lease.
-        await asyncio.gather(
-            *(self._add_to_lease(lease, layer.digest, "content") for layer in layers)
-        )
         # Layers start downloading at once. The config, which names their diff IDs (needed
         # only when a layer is committed and unpacked), and the manifest are written meanwhile.
         diff_ids_ready: asyncio.Future[tuple[str, ...]] = asyncio.get_running_loop().create_future()
@@ -302,7 +296,7 @@ class Puller:
 
         downloads = [
             asyncio.ensure_future(
-                self._ensure_blob(ref, creds, endpoint, layer, md, partial(layer_labels, i))
+                self._ensure_blob(ref, creds, endpoint, layer, lease, md, partial(layer_labels, i))
             )
             for i, layer in enumerate(layers)
         ]
@@ -465,13 +459,19 @@ class Puller:
         creds: Credentials | None,
         endpoint: Endpoint,
         desc: Descriptor,
+        lease: str,
         md: Sequence[tuple[str, str]],
         labels: Callable[[], Awaitable[Mapping[str, str]]],
     ) -> None:
+        """The layer in the content store, held by this pull's lease: downloaded under it, or,
+        if it is there already (another pull's, or nothing references it yet), added to it
+        and found again (not collected in between). The usual first pull asks once."""
         lock = self._blob_locks.setdefault(desc.digest, asyncio.Lock())
         async with lock:
             if await self.content_info(desc.digest) is not None:
-                return
+                await self._add_to_lease(lease, desc.digest, "content")
+                if await self.content_info(desc.digest) is not None:
+                    return
             async with self._downloads:
                 await self._download(ref, creds, endpoint, desc, md, labels)
 
