@@ -313,14 +313,11 @@ class Puller:
             config_labels = (
                 {f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chains[-1]} if chains else {}
             )
-            await asyncio.gather(
-                self._put_small(config, config_body, md, lease, config_labels),
-                *(self._add_to_lease(lease, c, f"snapshots/{self.snapshotter}") for c in chains),
-            )
+            await self._put_small(config, config_body, md, lease, config_labels)
             parent = ""
             for i, layer in enumerate(layers):
                 await downloads[i]
-                await self._unpack_layer(layer, diff_ids[i], chains[i], parent, md)
+                await self._unpack_layer(layer, diff_ids[i], chains[i], parent, lease, md)
                 parent = chains[i]
         except BaseException:
             if not diff_ids_ready.done():
@@ -576,12 +573,17 @@ class Puller:
         diff_id: str,
         chain_id: str,
         parent: str,
+        lease: str,
         md: Sequence[tuple[str, str]],
     ) -> None:
+        """The layer's snapshot, held by this pull's lease: unpacked and committed under it,
+        or, if it is there already, added to it and found again (as `_ensure_blob`)."""
         lock = self._snapshot_locks.setdefault(chain_id, asyncio.Lock())
         async with lock:
             if await self._snapshot_exists(chain_id):
-                return
+                await self._add_to_lease(lease, chain_id, f"snapshots/{self.snapshotter}")
+                if await self._snapshot_exists(chain_id):
+                    return
             key = f"extract-{secrets.token_hex(8)} {chain_id}"
             labels = {SNAPSHOT_REF: chain_id}
             prepared = await self.containerd.call(
