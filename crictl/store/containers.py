@@ -19,7 +19,6 @@ from crictl.store.models import (
     ContainerDesired,
     ContainerLabel,
     ContainerPhase,
-    LabelKind,
 )
 from crictl.store.readmodel import ContainerView, Snapshot, change, container_now
 from crictl.store.transitions import switch_container_phase
@@ -108,17 +107,6 @@ def resolve_container_id(session: Session, id_or_prefix: str) -> str:
     return resolve_id(session, Container.id, id_or_prefix, "container")
 
 
-def get_container(session: Session, id_or_prefix: str) -> Container:
-    cid = resolve_container_id(session, id_or_prefix)
-    return session.scalars(
-        select(Container).options(selectinload(Container.labels)).where(Container.id == cid)
-    ).one()
-
-
-def load_container(session: Session, container_id: str) -> Container | None:
-    return session.get(Container, container_id)
-
-
 def _filtered(query: Any, flt: ContainerFilter | None, labels: bool) -> Any:
     """`query` (a select over container columns or rows) narrowed by `flt`."""
     if flt is None:
@@ -139,10 +127,6 @@ def _filtered(query: Any, flt: ContainerFilter | None, labels: bool) -> Any:
 def list_containers(session: Session, flt: ContainerFilter | None = None) -> list[Container]:
     query = select(Container).options(selectinload(Container.labels))
     return list(session.scalars(_filtered(query, flt, labels=True).order_by(Container.created_at)))
-
-
-def container_labels(container: Container, kind: LabelKind) -> dict[str, str]:
-    return {label.key: label.value for label in container.labels if label.kind == kind}
 
 
 def _must(session: Session, container_id: str) -> ContainerView:

@@ -239,10 +239,6 @@ def gone(session: Session, kind: Kind, row_id: str) -> None:
     session.info.get(_TOUCHED, {}).pop((kind, row_id), None)
 
 
-def pending(session: Session) -> bool:
-    return bool(session.info.get(_TOUCHED) or session.info.get(_GONE))
-
-
 # ------------------------------------------------------------------------------------------
 # Row changes without the ORM's unit of work
 #

@@ -138,10 +138,6 @@ def labels_of(sandbox: PodSandbox, kind: LabelKind) -> dict[str, str]:
     return {label.key: label.value for label in sandbox.labels if label.kind == kind}
 
 
-def load_sandbox(session: Session, sandbox_id: str) -> PodSandbox | None:
-    return session.get(PodSandbox, sandbox_id)
-
-
 def set_sandbox_desired(session: Session, sandbox_id: str, desired: SandboxDesired) -> SandboxView:
     """Records what CRI asked; a change bumps the generation the reconciler must observe."""
     sandbox = _must(session, sandbox_id)
