@@ -3,11 +3,13 @@ fifo and the init process, a blocked `runc start` is released, nothing else is t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from crictl.containerd import runc
@@ -33,6 +35,21 @@ def runc_dir(root: Path, pid: int) -> Path:
     return d
 
 
+def wait_blocked(tid: list[int], timeout: float = 5.0) -> None:
+    """Until the thread whose native id lands in `tid` sleeps: blocked in its open of the fifo
+    (the check under test only sees a reader that is waiting; a busy machine may not have run
+    the thread that far yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tid:
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/self/task/{tid[0]}/stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] == "S":
+                    return
+        time.sleep(0.01)
+    raise AssertionError("the reader thread never blocked on the fifo")
+
+
 def test_a_released_process_with_the_fifo_left_is_recognised_and_the_reader_freed(
     tmp_path: Path,
 ) -> None:
@@ -40,13 +57,16 @@ def test_a_released_process_with_the_fifo_left_is_recognised_and_the_reader_free
     try:
         d = runc_dir(tmp_path, p.pid)
         read: list[bytes] = []
+        tid: list[int] = []
 
         def blocked_start() -> None:  # `runc start` opening the fifo for reading
+            tid.append(threading.get_native_id())
             with open(d / "exec.fifo", "rb") as f:
                 read.append(f.read())
 
         t = threading.Thread(target=blocked_start)
         t.start()
+        wait_blocked(tid)
         assert runc.release_stale_start("ns", "c1", tmp_path)
         t.join(5)
         assert not t.is_alive() and read == [b""]  # EOF: runc says "already running"
