@@ -80,7 +80,7 @@ class ManagedContainerd:
             log.warning("stopping a second managed containerd", extra={"pid": stray})
             await _terminate(stray, None)
         if old is not None:
-            if await self._answers(timeout=3.0):
+            if await self._answers_while_alive(old, START_TIMEOUT):
                 self.pid = old
                 if old != recorded:
                     self._record_pid(old)
@@ -154,6 +154,20 @@ class ManagedContainerd:
         """Every live containerd started with this config, oldest first."""
         pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
         return sorted(pid for pid in pids if self._is_ours(pid))
+
+    async def _answers_while_alive(self, pid: int, timeout: float) -> bool:
+        """Whether containerd `pid` answers within `timeout`, as long as it lives: one that a
+        crictld started just before it died may still be booting (re-loading every shim takes
+        seconds on a busy node; its socket appears last), and killing it then cuts its shim
+        clean-ups short. Only one still silent after a fresh start's patience is replaced."""
+        deadline = time.monotonic() + timeout
+        while self._is_ours(pid):
+            if await self._answers(timeout=1.0):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return False
 
     async def _answers(self, timeout: float) -> bool:
         if not os.path.exists(self.address):

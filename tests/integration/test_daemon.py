@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -213,6 +214,43 @@ def test_a_managed_containerd_the_pid_file_does_not_name_is_adopted(
             second.wait()
     assert d.stop() == 0
     assert _containerd_pids(d.state_dir) == []
+
+
+def test_a_managed_containerd_still_booting_is_waited_for_not_replaced(
+    managed_daemon: Daemon,
+) -> None:
+    """A crictld killed just after it started its containerd leaves one that may still be
+    booting (re-loading shims; its socket comes last). The next crictld waits for it to answer
+    instead of killing it mid-boot, which would cut its shim clean-ups short."""
+    d = managed_daemon
+    d.start()
+    [first] = _containerd_pids(d.state_dir)
+    assert d.signal(signal.SIGKILL) == -signal.SIGKILL
+    os.kill(first, signal.SIGKILL)
+    config = d.state_dir / "containerd" / "config.toml"
+    booting = subprocess.Popen(
+        ["containerd", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        (d.state_dir / "containerd" / "containerd.pid").write_text(f"{booting.pid}\n")
+        os.kill(booting.pid, signal.SIGSTOP)  # a boot that takes a while
+        resume = threading.Timer(3.0, os.kill, (booting.pid, signal.SIGCONT))
+        resume.start()
+        d.start()
+        resume.join()
+        assert _containerd_pids(d.state_dir) == [booting.pid]
+        assert '"containerd_mode": "adopted"' in d.log()
+        assert d.crictl("info").returncode == 0
+        assert d.stop() == 0
+        assert booting.wait(timeout=30) is not None
+    finally:
+        if booting.poll() is None:
+            os.kill(booting.pid, signal.SIGCONT)
+            booting.kill()
+            booting.wait()
 
 
 def test_no_migration_errors_on_restart(managed_daemon: Daemon) -> None:
