@@ -33,14 +33,14 @@ own; kubelet decides what to restart.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
 from crictl.errors import FailedPrecondition
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import ContainerPhase, SandboxPhase
-from crictl.store.readmodel import ContainerView, SandboxView, change
+from crictl.store.readmodel import ContainerView, SandboxView, V, change
 
 S = SandboxPhase
 SANDBOX_TRANSITIONS: Mapping[str, frozenset[str]] = {
@@ -76,21 +76,7 @@ def switch_sandbox_phase(
 ) -> SandboxView:
     """Moves the sandbox `sandbox` shows to `new`, with `columns` set in the same UPDATE;
     returns its new view."""
-    old = sandbox.phase
-    _check("sandbox", sandbox.id, old, new, SANDBOX_TRANSITIONS)
-    record_event(
-        session,
-        "sandbox",
-        sandbox.id,
-        "transition",
-        from_phase=old,
-        to_phase=new,
-        reason=reason,
-        message=message,
-    )
-    return change(
-        session, sandbox, phase=new, reason=reason, message=message, updated_at=now_ns(), **columns
-    )
+    return _switch(session, "sandbox", sandbox, new, SANDBOX_TRANSITIONS, reason, message, columns)
 
 
 def switch_container_phase(
@@ -103,12 +89,27 @@ def switch_container_phase(
 ) -> ContainerView:
     """Moves the container `container` shows to `new`, with `columns` set in the same UPDATE;
     returns its new view."""
-    old = container.phase
-    _check("container", container.id, old, new, CONTAINER_TRANSITIONS)
+    return _switch(
+        session, "container", container, new, CONTAINER_TRANSITIONS, reason, message, columns
+    )
+
+
+def _switch(
+    session: Session,
+    kind: Literal["sandbox", "container"],
+    view: V,
+    new: str,
+    table: Mapping[str, frozenset[str]],
+    reason: str,
+    message: str,
+    columns: dict[str, Any],
+) -> V:
+    old = view.phase
+    _check(kind, view.id, old, new, table)
     record_event(
         session,
-        "container",
-        container.id,
+        kind,
+        view.id,
         "transition",
         from_phase=old,
         to_phase=new,
@@ -116,11 +117,5 @@ def switch_container_phase(
         message=message,
     )
     return change(
-        session,
-        container,
-        phase=new,
-        reason=reason,
-        message=message,
-        updated_at=now_ns(),
-        **columns,
+        session, view, phase=new, reason=reason, message=message, updated_at=now_ns(), **columns
     )
