@@ -33,7 +33,7 @@ from crictl.gen.containerd.api.services.introspection.v1 import (
     introspection_pb2,
     introspection_pb2_grpc,
 )
-from crictl.gen.containerd.api.services.leases.v1 import leases_pb2, leases_pb2_grpc
+from crictl.gen.containerd.api.services.leases.v1 import leases_pb2_grpc
 from crictl.gen.containerd.api.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
 from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from crictl.gen.containerd.api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
@@ -383,13 +383,12 @@ class ContainerdClient:
         snapshotter: str,
         key: str,
         parent: str,
-        metadata: tuple[tuple[str, str], ...] | None = None,
         view: bool = False,
         labels: Mapping[str, str] | None = None,
     ) -> list[mount_pb2.Mount]:
         """The writable snapshot `key` on top of `parent` (a read-only one with `view`); its
-        mounts if it exists already. `metadata` may carry a lease header, or `labels` a GC
-        root label, to hold the snapshot until something owns it.
+        mounts if it exists already. `labels` may carry a GC root label, to hold the snapshot
+        until something owns it.
 
         containerd killed while its overlay snapshotter made a snapshot leaves the directory of
         a snapshot id its metadata never recorded; the next snapshot gets that id again and
@@ -399,9 +398,7 @@ class ContainerdClient:
         overlayfs)."""
         for attempt in range(1, 9):
             try:
-                return await self._prepare_snapshot(
-                    snapshotter, key, parent, metadata, view, labels or {}
-                )
+                return await self._prepare_snapshot(snapshotter, key, parent, view, labels or {})
             except errors.CrictlError as e:
                 found = _STALE_SNAPSHOT.search(str(e))
                 if found is None or attempt == 8:
@@ -418,7 +415,6 @@ class ContainerdClient:
         snapshotter: str,
         key: str,
         parent: str,
-        metadata: tuple[tuple[str, str], ...] | None,
         view: bool,
         labels: Mapping[str, str],
     ) -> list[mount_pb2.Mount]:
@@ -430,7 +426,7 @@ class ContainerdClient:
                         snapshots_pb2.ViewSnapshotRequest(
                             snapshotter=snapshotter, key=key, parent=parent, labels=labels
                         ),
-                        metadata=metadata or self.metadata,
+                        metadata=self.metadata,
                     ),
                 )
                 return list(viewed.mounts)
@@ -440,14 +436,14 @@ class ContainerdClient:
                     snapshots_pb2.PrepareSnapshotRequest(
                         snapshotter=snapshotter, key=key, parent=parent, labels=labels
                     ),
-                    metadata=metadata or self.metadata,
+                    metadata=self.metadata,
                 ),
             )
             return list(prepared.mounts)
         except errors.AlreadyExists:
-            # Made by a pass a crash cut short, whose lease may be gone: what holds this
-            # pass's snapshot must hold it too, or containerd's GC can take it before a
-            # container owns it.
+            # Made by a pass a crash cut short (or by an earlier crictld, under a create lease
+            # that expires): the GC root label must hold it too, or containerd's GC can take it
+            # before a container owns it.
             if labels:
                 await self.call(
                     "label snapshot",
@@ -456,18 +452,6 @@ class ContainerdClient:
                             snapshotter=snapshotter,
                             info=snapshots_pb2.Info(name=key, labels=labels),
                             update_mask=FieldMask(paths=[f"labels.{k}" for k in labels]),
-                        ),
-                        metadata=self.metadata,
-                    ),
-                )
-            lease = dict(metadata or ()).get("containerd-lease")
-            if lease:
-                await self.call(
-                    "lease snapshot",
-                    self.leases.AddResource(
-                        leases_pb2.AddResourceRequest(
-                            id=lease,
-                            resource=leases_pb2.Resource(id=key, type=f"snapshots/{snapshotter}"),
                         ),
                         metadata=self.metadata,
                     ),

@@ -126,8 +126,14 @@ async def _plant_containerd(d: Daemon, pod_id: str, app_id: str) -> tuple[str, s
                 metadata=md,
             ),
         )
-        await c.prepare_snapshot(
-            "overlayfs", cut_short, info.info.parent, metadata=(*md, ("containerd-lease", lease))
+        await c.call(  # as an earlier crictld's create did: under its create lease
+            "prepare snapshot",
+            c.snapshots.Prepare(
+                snapshots_pb2.PrepareSnapshotRequest(
+                    snapshotter="overlayfs", key=cut_short, parent=info.info.parent
+                ),
+                metadata=(*md, ("containerd-lease", lease)),
+            ),
         )
         return ghost, lease, cut_short
     finally:
