@@ -65,6 +65,7 @@ from crictl.store.containers import (
     record_container_created,
     record_container_exited,
     record_container_started,
+    removal_asked,
     set_container_desired,
     update_container_config,
 )
@@ -194,6 +195,7 @@ class ContainerReconciler:
         # fewer); a restart forgets them and the start asks containerd.
         self._mounts: dict[str, list[mount_pb2.Mount]] = {}
         sandboxes.containers_hook = self.teardown_sandbox_containers
+        sandboxes.removals_hook = self.settle_removals
 
     async def start(self) -> None:
         await self.recover()
@@ -655,6 +657,12 @@ class ContainerReconciler:
         await self.store.write(lambda s: delete_container(s, cid, reason))
 
     # -- the sandbox's containers ----------------------------------------------------------
+
+    async def settle_removals(self, sandbox_id: str) -> None:
+        """Waits for the teardowns of the sandbox's containers whose removal CRI answered. A
+        failure is left to the sandbox's own teardown, which waits for them again and fails."""
+        ids = [r.id for r in self.store.snapshot.containers_of(sandbox_id) if removal_asked(r)]
+        await asyncio.gather(*(self.queue.wait(cid) for cid in ids), return_exceptions=True)
 
     async def teardown_sandbox_containers(self, sandbox_id: str, remove: bool) -> None:
         """A sandbox's stop (or removal) stops (or removes) its containers through their own

@@ -237,6 +237,10 @@ class SandboxReconciler:
         # Set by the container reconciler: stops (False) or removes (True) every container of
         # a sandbox; a sandbox's teardown runs it first.
         self.containers_hook: Callable[[str, bool], Awaitable[None]] | None = None
+        # Set by the container reconciler: waits for the removals CRI already answered (of a
+        # dead container, RemoveContainer answers before its teardown ends), so a pod's
+        # events never say it stopped before a container removed ahead of it was deleted.
+        self.removals_hook: Callable[[str], Awaitable[None]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -481,6 +485,8 @@ class SandboxReconciler:
             "runc stale start", runc.release_stale_start, self.containerd.namespace, sid
         )
         config = config_of(row)
+        if self.removals_hook is not None:
+            await self.removals_hook(sid)
         if row.phase == SandboxPhase.READY:
             # Not ready from the first step of a stop on: a stop that fails halfway leaves a
             # NOTREADY pod (with the error recorded) that the retry finishes.
