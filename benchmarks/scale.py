@@ -4,7 +4,10 @@ For each runtime in turn (crictld, then containerd's CRI), on a node brought up 
 
 1. **RunPodSandbox x PODS at once**: PODS threads each send one RunPodSandbox on the one channel
    (as kubelet's pod workers do); timed from the first send to the last answer, then checked:
-   every pod READY in one ListPodSandbox. Per-call latencies are reported too.
+   every pod READY in one ListPodSandbox. Per-call latencies are reported too, and the CPU the
+   phase took: the whole machine's (busy time in /proc/stat) and each daemon's (its own time
+   plus that of the children it reaped: crictld's CNI plugin runs; containerd's, for the
+   reference). The shims and runc are in the machine's figure only (the shims daemonize).
 2. **containers**: PER_POD busybox containers (`sleep 3600`) created and started in every pod,
    10 at a time, timed as a whole.
 3. **memory** at that size: the CRI daemon (crictld and its managed containerd; containerd with
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import sys
 import tempfile
 import time
@@ -70,6 +74,8 @@ class Figures:
     containers_s: float = 0.0
     container_errors: list[str] = field(default_factory=list)
     memory_kib: dict[str, dict[str, int]] = field(default_factory=dict)  # group: rss, pss, n
+    # "machine": seconds; a daemon: its own seconds, then its reaped children's
+    run_cpu_s: dict[str, tuple[float, float]] = field(default_factory=dict)
     first_answer_s: float | None = None
     whole_s: float | None = None
     restart_note: str = ""
@@ -131,7 +137,14 @@ class Scale:
                     api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image)), timeout=300
                 )
             configs = [self.pod_config(rt, i) for i in range(self.pods)]
+            daemons = local_processes(target).daemons
+            before = {label: cpu_seconds(pid) for label, pid in daemons.items()}
+            machine_before = machine_busy_seconds()
             pods = self._run_pods(rt, configs, fig)
+            fig.run_cpu_s = {"machine": (machine_busy_seconds() - machine_before, 0.0)}
+            for label, pid in daemons.items():
+                own, children = cpu_seconds(pid)
+                fig.run_cpu_s[label] = (own - before[label][0], children - before[label][1])
             self._containers(rt, pods, fig)
             fig.memory_kib = {
                 label: {"processes": r.processes, "rss": r.kib, "pss": r.pss_kib}
@@ -294,6 +307,21 @@ class Scale:
 # Output
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """A process's user and system time, and that of the children it reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (utime + stime) / tick, (cutime + cstime) / tick
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent by every core on anything but idle and iowait since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _mib(kib: int) -> str:
     return f"{kib / 1024:.1f}"
 
@@ -327,6 +355,25 @@ def format_figures(scale: Scale) -> str:
             ],
         ),
         row("  every pod READY", ["yes" if f.all_ready else "NO" for f in figs]),
+        row(
+            "  CPU s: the whole machine",
+            [f"{f.run_cpu_s['machine'][0]:.2f}" if f.run_cpu_s else "-" for f in figs],
+        ),
+    ]
+    cpu_labels: list[str] = []
+    for f in figs:
+        cpu_labels += [g for g in f.run_cpu_s if g != "machine" and g not in cpu_labels]
+    for label in cpu_labels:
+        lines.append(
+            row(
+                f"  CPU s: {label}: own / children",
+                [
+                    "{:.2f} / {:.2f}".format(*f.run_cpu_s[label]) if label in f.run_cpu_s else "-"
+                    for f in figs
+                ],
+            )
+        )
+    lines += [
         row(
             f"containers: create+start x{scale.pods * scale.per_pod} "
             f"({CONTAINER_WORKERS} at a time)",
