@@ -336,9 +336,15 @@ def sandbox_spec(
             oomScoreAdj=oom_score_adj,
         ),
         with_capabilities(_all_caps() if privileged else DEFAULT_CAPS),
-        with_readonly_rootfs(sc.readonly_rootfs),
-        with_mounts(default_mounts()),
-        *_pod_file_binds(files),
+        # The pause process reads nothing and writes nothing: its root is read-only and it
+        # gets no cgroup filesystem, /etc/hostname or /etc/hosts, as containerd's CRI makes
+        # it. Each is mounts runc's init sets up (cgroup v1: one per controller); with them,
+        # the pause processes of 100 pods started at once took 0.5-0.8 s of CPU, 0.14 s
+        # without. /etc/resolv.conf and /dev/shm stay, as there: runtimes that boot a VM per
+        # pod read them from the sandbox's spec.
+        with_readonly_rootfs(True),
+        with_mounts([m for m in default_mounts() if m["destination"] != "/sys/fs/cgroup"]),
+        *_pod_file_binds(files, taken=("/etc/hostname", "/etc/hosts")),
         with_namespaces(
             [
                 {"type": "mount"},

@@ -1,0 +1,53 @@
+"""What the pause container is given, against what an app container of the pod is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.oci.spec import SandboxFiles, SandboxRef, User, container_spec, sandbox_spec
+
+FILES = SandboxFiles(Path("/p/hostname"), Path("/p/hosts"), Path("/p/resolv.conf"), Path("/p/shm"))
+
+
+def _pod(readonly_rootfs: bool = False) -> api_pb2.PodSandboxConfig:
+    config = api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(name="p", namespace="n", uid="u"), hostname="p"
+    )
+    config.linux.security_context.readonly_rootfs = readonly_rootfs
+    return config
+
+
+def _destinations(spec: dict[str, object]) -> dict[str, dict[str, object]]:
+    mounts = spec["mounts"]
+    assert isinstance(mounts, list)
+    return {m["destination"]: m for m in mounts}
+
+
+def test_the_pause_gets_only_the_mounts_it_or_a_vm_runtime_reads() -> None:
+    for readonly in (False, True):
+        pause = sandbox_spec("sid", _pod(readonly), {}, "/run/netns/x", FILES, 0)
+        mounts = _destinations(pause)
+        assert "/sys/fs/cgroup" not in mounts
+        assert "/etc/hostname" not in mounts and "/etc/hosts" not in mounts
+        assert mounts["/etc/resolv.conf"]["source"] == "/p/resolv.conf"
+        assert mounts["/dev/shm"]["source"] == "/p/shm"
+        assert {"/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys"} <= set(mounts)
+        assert pause["root"]["readonly"] is True
+        assert pause["hostname"] == "p"
+
+
+def test_app_containers_keep_the_pod_files_and_the_cgroup_filesystem() -> None:
+    app = container_spec(
+        "cid",
+        api_pb2.ContainerConfig(metadata=api_pb2.ContainerMetadata(name="c")),
+        SandboxRef("sid", _pod(), 42, "/run/netns/x", FILES),
+        {"config": {"Cmd": ["true"]}},
+        User(0, 0, []),
+        0,
+    )
+    mounts = _destinations(app)
+    assert mounts["/etc/hostname"]["source"] == "/p/hostname"
+    assert mounts["/etc/hosts"]["source"] == "/p/hosts"
+    assert mounts["/sys/fs/cgroup"]["type"] == "cgroup"
+    assert app["root"]["readonly"] is False
