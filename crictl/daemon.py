@@ -22,7 +22,10 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -165,7 +168,41 @@ def check_dependencies(config: Config) -> None:
         raise errors.FailedPrecondition("cannot start: " + "; ".join(missing))
 
 
+@contextlib.contextmanager
+def children_watched_by_pidfd(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Python 3.11's default child watcher starts a thread per child to wait for it; every CNI
+    plugin run is a child, 3 per pod setup and teardown. A pidfd watcher (Linux 5.3+) waits
+    for them on the event loop instead (Python 3.12 chooses it on its own). The watcher is
+    process-wide: the previous one is put back when serving ends."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        yield
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # a kernel without pidfd_open, or a seccomp filter refusing it
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        previous = asyncio.get_child_watcher()
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(loop)
+        asyncio.set_child_watcher(watcher)
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_child_watcher(previous)
+        watcher.close()
+
+
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
+    with children_watched_by_pidfd(asyncio.get_running_loop()):
+        await _serve(config, stop)
+
+
+async def _serve(config: Config, stop: asyncio.Event | None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
