@@ -27,10 +27,11 @@ class LoggerBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         if cc is None:
             raise RuntimeError("crictld-logger needs a C compiler (cc or gcc) to build")
         out = Path(tempfile.mkdtemp(prefix="crictld-logger-")) / "crictld-logger"
-        subprocess.run(
-            [cc, "-O2", "-Wall", "-Wextra", "-o", str(out), str(Path(self.root) / SOURCE)],
-            check=True,
-        )
+        command = [cc, "-O2", "-Wall", "-Wextra", "-o", str(out), str(Path(self.root) / SOURCE)]
+        # Static where the C library allows it (one logger runs per container: no dynamic
+        # loader's and libc's relocated pages in each); dynamic where it does not.
+        if subprocess.run([*command, "-static"], check=False).returncode != 0:
+            subprocess.run(command, check=True)
         build_data["force_include"][str(out)] = TARGET
         build_data["pure_python"] = False
         build_data["infer_tag"] = True
