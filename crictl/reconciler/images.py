@@ -225,6 +225,9 @@ class ImageManager:
         self.index = ImageIndex()
         self._write_seq = 0
         self._pulls: dict[str, asyncio.Task[str]] = {}
+        # Names a RemoveImage is deleting now: containerd's events for them are its own
+        # deletes echoed back, which the removal records itself.
+        self._removing: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._fs_usage: FsUsage | None = None
         self._fs_root: str | None = None
@@ -345,6 +348,11 @@ class ImageManager:
 
     async def refresh(self, name: str) -> None:
         """Brings one image name in the cache up to date with containerd."""
+        if name in self._removing:
+            # Asking containerd now would run beside the removal's synchronous garbage
+            # collection and slow it (measured: 8.8 ms against 6.6 ms without the echo's
+            # get and write); the removal records the outcome itself.
+            return
         image = await self.containerd.get_image(name)
         if image is None:
             if name in self.index.by_name:
@@ -429,10 +437,21 @@ class ImageManager:
             names = by_tag
         else:
             names = tags + list(image.repo_digests)
-        for i, name in enumerate(names):
-            # containerd collects garbage before answering the last delete, as its CRI does.
-            await self.containerd.delete_image(name, sync=i == len(names) - 1)
-        await self._write(lambda s: delete_image_names(s, names))
+        removing = set(names) - self._removing  # a concurrent removal owns the others
+        self._removing |= removing
+        deleted: list[str] = []
+        try:
+            for i, name in enumerate(names):
+                # containerd collects garbage before answering the last delete, as its CRI
+                # does.
+                await self.containerd.delete_image(name, sync=i == len(names) - 1)
+                deleted.append(name)
+        finally:
+            if deleted:
+                # Also when a later delete failed: the cache drops what containerd no longer
+                # has (a failed write leaves it to the next resync).
+                await self._write(lambda s: delete_image_names(s, deleted))
+            self._removing -= removing
         self._fs_usage = None
 
     async def _remove_uncached(self, lookup: ImageLookup) -> None:
