@@ -273,8 +273,20 @@ def process_args(config: api_pb2.ContainerConfig, image_config: dict[str, Any]) 
     return command + args
 
 
-def merge_env(image_env: list[str], config: api_pb2.ContainerConfig) -> list[str]:
-    env: dict[str, str] = {}
+def pod_hostname(config: api_pb2.PodSandboxConfig) -> str:
+    """The pod's hostname (its /etc/hostname, its containers' $HOSTNAME): the one asked for;
+    the node's with the host's network, or when none was asked for."""
+    if config.linux.security_context.namespace_options.network == api_pb2.NODE:
+        return os.uname().nodename
+    return config.hostname or os.uname().nodename
+
+
+def merge_env(
+    image_env: list[str], config: api_pb2.ContainerConfig, hostname: str = ""
+) -> list[str]:
+    """HOSTNAME (as containerd's CRI and CRI-O set it), then the image's variables, then the
+    container config's: each later one overrides."""
+    env: dict[str, str] = {"HOSTNAME": hostname} if hostname else {}
     for item in image_env:
         key, _, value = item.partition("=")
         env[key] = value
@@ -435,7 +447,7 @@ def container_spec(
             terminal=config.tty,
             user={"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
             args=process_args(config, image_config),
-            env=merge_env(image_env, config),
+            env=merge_env(image_env, config, pod_hostname(sandbox.config)),
             cwd=config.working_dir or image_cwd,
             # No rlimits: the process inherits the shim's, as with containerd's CRI (raising
             # RLIMIT_NOFILE would need CAP_SYS_RESOURCE, which the daemon lacks here).

@@ -44,6 +44,7 @@ from crictl.oci.spec import (
     SANDBOX_OOM_SCORE_ADJ,
     SandboxFiles,
     hosts_file,
+    pod_hostname,
     resolv_conf,
     sandbox_spec,
 )
@@ -437,9 +438,7 @@ class SandboxReconciler:
     ) -> SandboxFiles:
         d = self.sandbox_dir(sandbox_id)
         d.mkdir(parents=True, exist_ok=True, mode=0o711)
-        hostname = config.hostname or os.uname().nodename
-        if host_network(config):
-            hostname = os.uname().nodename
+        hostname = pod_hostname(config)
         (d / "hostname").write_text(hostname + "\n")
         (d / "hostname").chmod(POD_FILE_MODE)
         self._write_hosts(sandbox_id, config, ip)

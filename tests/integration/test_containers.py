@@ -145,6 +145,9 @@ def test_lifecycle_logs_and_exec(
     res = pod.exec(cid, ["sh", "-c", "echo hi; echo oops >&2; exit 7"])
     assert (res.stdout, res.stderr, res.exit_code) == (b"hi\n", b"oops\n", 7)
     assert pod.exec(cid, ["hostname"]).stdout == b"web\n"  # the pod's UTS namespace
+    # HOSTNAME in the environment, as containerd's CRI and CRI-O set it (an exec gets the
+    # container's; `env` itself, as busybox's sh would set HOSTNAME when it is missing)
+    assert b"HOSTNAME=web" in pod.exec(cid, ["env"]).stdout.splitlines()
 
     r = d.crictl("exec", "-s", cid, "echo", "via-crictl")
     assert r.returncode == 0 and "via-crictl" in r.stdout

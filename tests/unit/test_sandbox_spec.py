@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from crictl.gen.cri.runtime.v1 import api_pb2
@@ -51,3 +52,34 @@ def test_app_containers_keep_the_pod_files_and_the_cgroup_filesystem() -> None:
     assert mounts["/etc/hosts"]["source"] == "/p/hosts"
     assert mounts["/sys/fs/cgroup"]["type"] == "cgroup"
     assert app["root"]["readonly"] is False
+
+
+def _env(pod: api_pb2.PodSandboxConfig, image_env: list[str], **envs: str) -> list[str]:
+    config = api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name="c"),
+        envs=[api_pb2.KeyValue(key=k, value=v.encode()) for k, v in envs.items()],
+    )
+    app = container_spec(
+        "cid",
+        config,
+        SandboxRef("sid", pod, 42, "/run/netns/x", FILES),
+        {"config": {"Cmd": ["true"], "Env": image_env}},
+        User(0, 0, []),
+        0,
+    )
+    env = app["process"]["env"]
+    assert isinstance(env, list)
+    return env
+
+
+def test_containers_get_the_pods_hostname_as_hostname_unless_overridden() -> None:
+    pod = _pod()
+    assert _env(pod, ["PATH=/bin"]) == ["HOSTNAME=p", "PATH=/bin"]
+    assert _env(pod, ["HOSTNAME=img"]) == ["HOSTNAME=img"]
+    assert _env(pod, ["HOSTNAME=img"], HOSTNAME="cfg", A="1") == ["HOSTNAME=cfg", "A=1"]
+    host = _pod()
+    host.linux.security_context.namespace_options.network = api_pb2.NODE
+    assert _env(host, []) == [f"HOSTNAME={os.uname().nodename}"]
+    unnamed = _pod()
+    unnamed.hostname = ""
+    assert _env(unnamed, []) == [f"HOSTNAME={os.uname().nodename}"]
