@@ -44,6 +44,7 @@ from benchmarks.cri_bench import (
     Workload,
     format_comparison,
     format_table,
+    kubelet_linux_config,
     parse_endpoint,
     run_workload,
     write_json,
@@ -286,7 +287,7 @@ class ContainerWorkload(SandboxWorkload):
             command=COMMAND,
             log_path=f"{name}/0.log",
             labels={BENCH_LABEL[0]: BENCH_LABEL[1], RUN_LABEL: self.tag},
-            linux=api_pb2.LinuxContainerConfig(),
+            linux=kubelet_linux_config(),
         )
 
     # -------------------------------------------------------------------- calls

@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -91,6 +92,37 @@ class OpStats:
             "samples_ms": ms,
             **({"labels": self.labels} if any(self.labels) else {}),
         }
+
+
+def kubelet_linux_config() -> api_pb2.LinuxContainerConfig:
+    """What kubelet v1.34 sends in every non-privileged container's CreateContainer: the
+    masked and read-only /proc and /sys paths (pkg/securitycontext/util.go, default proc
+    mount), so both runtimes mount what they mount under kubelet. Without them each runtime
+    falls back to its own default: none for containerd's CRI, a list for crictld."""
+    masked = [
+        "/proc/asound",
+        "/proc/acpi",
+        "/proc/interrupts",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+        "/sys/devices/virtual/powercap",
+    ]
+    for cpu in range(os.cpu_count() or 1):
+        throttle = f"/sys/devices/system/cpu/cpu{cpu}/thermal_throttle"
+        if os.path.exists(throttle):
+            masked.append(throttle)
+    readonly = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+    return api_pb2.LinuxContainerConfig(
+        security_context=api_pb2.LinuxContainerSecurityContext(
+            masked_paths=masked, readonly_paths=readonly
+        )
+    )
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -45,7 +45,7 @@ from pathlib import Path
 import grpc
 
 from benchmarks.containers import BUSYBOX, busybox_image, local_processes, measure
-from benchmarks.cri_bench import BenchError, Runtime, percentile
+from benchmarks.cri_bench import BenchError, Runtime, kubelet_linux_config, percentile
 from benchmarks.sandboxes import RUN_LABEL, node_holdings
 from benchmarks.setup import (
     Node,
@@ -122,7 +122,7 @@ class Scale:
             command=["sleep", "3600"],
             log_path=f"{name}/0.log",
             labels={"bench": "scale", RUN_LABEL: self.tag},
-            linux=api_pb2.LinuxContainerConfig(),
+            linux=kubelet_linux_config(),
         )
 
     # ------------------------------------------------------------------ phases

@@ -55,6 +55,7 @@ from benchmarks.cri_bench import (
     OpStats,
     Result,
     Runtime,
+    kubelet_linux_config,
     parse_endpoint,
     percentile,
 )
@@ -237,7 +238,7 @@ class StreamingWorkload:
             command=command,
             log_path=f"{name}/0.log",
             labels={BENCH_LABEL[0]: BENCH_LABEL[1], RUN_LABEL: self.tag},
-            linux=api_pb2.LinuxContainerConfig(),
+            linux=kubelet_linux_config(),
         )
 
     def _pull(self, rt: Runtime, image: str) -> None:

@@ -68,6 +68,8 @@ MASKED_PATHS = [
     "/proc/sched_debug",
     "/sys/firmware",
     "/proc/scsi",
+    "/proc/interrupts",  # these two: kubelet v1.34's list has them too
+    "/sys/devices/virtual/powercap",
 ]
 READONLY_PATHS = [
     "/proc/bus",
