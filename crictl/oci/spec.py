@@ -480,6 +480,9 @@ def container_spec(
                 "io.kubernetes.cri.container-type": "container",
                 "io.kubernetes.cri.container-name": config.metadata.name,
                 "io.kubernetes.cri.sandbox-id": sandbox.sandbox_id,
+                "io.kubernetes.cri.sandbox-name": sandbox.config.metadata.name,
+                "io.kubernetes.cri.sandbox-namespace": sandbox.config.metadata.namespace,
+                "io.kubernetes.cri.sandbox-uid": sandbox.config.metadata.uid,
                 "io.kubernetes.cri.image-name": config.image.image,
             }
         ),

@@ -83,3 +83,25 @@ def test_containers_get_the_pods_hostname_as_hostname_unless_overridden() -> Non
     unnamed = _pod()
     unnamed.hostname = ""
     assert _env(unnamed, []) == [f"HOSTNAME={os.uname().nodename}"]
+
+
+def test_app_containers_name_their_pod_in_annotations_as_containerd_does() -> None:
+    app = container_spec(
+        "cid",
+        api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="c"), image=api_pb2.ImageSpec(image="img")
+        ),
+        SandboxRef("sid", _pod(), 42, "/run/netns/x", FILES),
+        {"config": {"Cmd": ["true"]}},
+        User(0, 0, []),
+        0,
+    )
+    assert app["annotations"] == {
+        "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.container-name": "c",
+        "io.kubernetes.cri.sandbox-id": "sid",
+        "io.kubernetes.cri.sandbox-name": "p",
+        "io.kubernetes.cri.sandbox-namespace": "n",
+        "io.kubernetes.cri.sandbox-uid": "u",
+        "io.kubernetes.cri.image-name": "img",
+    }
