@@ -196,13 +196,7 @@ def test_a_managed_containerd_the_pid_file_does_not_name_is_adopted(
     # A second containerd on the same config (it waits on the metadata lock, never serving)
     # is stopped; the recorded one is kept.
     assert d.signal(signal.SIGKILL) == -signal.SIGKILL
-    config = d.state_dir / "containerd" / "config.toml"
-    second = subprocess.Popen(
-        ["containerd", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    second = _another_containerd(d)
     try:
         d.start()
         assert second.wait(timeout=30) is not None
@@ -216,6 +210,16 @@ def test_a_managed_containerd_the_pid_file_does_not_name_is_adopted(
     assert _containerd_pids(d.state_dir) == []
 
 
+def _another_containerd(d: Daemon) -> subprocess.Popen[bytes]:
+    """A containerd started by hand on the managed one's config (its own session)."""
+    return subprocess.Popen(
+        ["containerd", "--config", str(d.state_dir / "containerd" / "config.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def test_a_managed_containerd_still_booting_is_waited_for_not_replaced(
     managed_daemon: Daemon,
 ) -> None:
@@ -227,13 +231,7 @@ def test_a_managed_containerd_still_booting_is_waited_for_not_replaced(
     [first] = _containerd_pids(d.state_dir)
     assert d.signal(signal.SIGKILL) == -signal.SIGKILL
     os.kill(first, signal.SIGKILL)
-    config = d.state_dir / "containerd" / "config.toml"
-    booting = subprocess.Popen(
-        ["containerd", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    booting = _another_containerd(d)
     try:
         (d.state_dir / "containerd" / "containerd.pid").write_text(f"{booting.pid}\n")
         os.kill(booting.pid, signal.SIGSTOP)  # a boot that takes a while
