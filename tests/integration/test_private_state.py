@@ -6,6 +6,7 @@ by a user who cannot read the database says so plainly."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -43,16 +44,32 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 
 
+@contextlib.contextmanager
+def repo_traversable() -> Iterator[None]:
+    """The checkout reachable by any user while it runs crictld's code: a clone made in a 0700
+    directory (`mktemp -d`) would otherwise stop another user at that directory, not at the
+    state under test. Search permission only, taken back after."""
+    closed = [p for p in (REPO, *REPO.parents) if not mode(p) & stat.S_IXOTH]
+    for p in closed:
+        os.chmod(p, mode(p) | stat.S_IXOTH)
+    try:
+        yield
+    finally:
+        for p in closed:
+            os.chmod(p, mode(p) & ~stat.S_IXOTH)
+
+
 def as_user(uid: int, gid: int, *cmd: str) -> subprocess.CompletedProcess[str]:
     """`cmd` as uid:gid with no supplementary groups (setpriv: util-linux)."""
-    return subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *cmd],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        timeout=60,
-    )
+    with repo_traversable():
+        return subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *cmd],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            timeout=60,
+        )
 
 
 def sql_as_nobody(state_dir: Path) -> subprocess.CompletedProcess[str]:
