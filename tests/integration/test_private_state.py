@@ -48,15 +48,17 @@ def mode(path: Path) -> int:
 def repo_traversable() -> Iterator[None]:
     """The checkout reachable by any user while it runs crictld's code: a clone made in a 0700
     directory (`mktemp -d`) would otherwise stop another user at that directory, not at the
-    state under test. Search permission only, taken back after."""
-    closed = [p for p in (REPO, *REPO.parents) if not mode(p) & stat.S_IXOTH]
-    for p in closed:
-        os.chmod(p, mode(p) | stat.S_IXOTH)
+    state under test. Its ancestors get search permission, the checkout itself search and
+    list (Python lists a directory it imports from); taken back after."""
+    wanted = {p: stat.S_IXOTH for p in REPO.parents} | {REPO: stat.S_IXOTH | stat.S_IROTH}
+    granted = {p: bits & ~mode(p) for p, bits in wanted.items() if bits & ~mode(p)}
+    for p, bits in granted.items():
+        os.chmod(p, mode(p) | bits)
     try:
         yield
     finally:
-        for p in closed:
-            os.chmod(p, mode(p) & ~stat.S_IXOTH)
+        for p, bits in granted.items():
+            os.chmod(p, mode(p) & ~bits)
 
 
 def as_user(uid: int, gid: int, *cmd: str) -> subprocess.CompletedProcess[str]:
