@@ -35,15 +35,13 @@ from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.images import (
     ImageRecord,
+    ImageRow,
     NameRecord,
     delete_image_names,
-    digests_of,
-    list_images,
+    image_rows,
     put_image,
     replace_all_images,
-    tags_of,
 )
-from crictl.store.models import Image
 
 log = logging.getLogger(__name__)
 
@@ -85,30 +83,60 @@ class ImageView:
     pinned: bool
 
 
+@dataclass(frozen=True)
+class _IndexState:
+    by_id: dict[str, ImageView]
+    by_name: dict[str, str]  # name -> image id
+    targets: dict[str, str]  # name -> the digest it points at in containerd
+
+
 class ImageIndex:
     """The image cache's in-memory read model, so ImageStatus and ListImages (kubelet asks
     before every container start and for every GC pass) cost no SQL and no thread hop.
 
-    It is derived, never written on its own: every change goes to SQLite first, and the index
-    is rebuilt from the rows that same transaction read back (`ImageManager._write`). A
-    sequence number taken in the writer thread keeps an older rebuild from landing last.
+    It is derived, never written on its own: every change goes to SQLite first, and the rows
+    that transaction changed are read back in it and applied here once it committed, in the
+    writer thread under the store's write lock (`ImageManager._write`), so updates land in
+    commit order. Each update makes a new state and swaps it in whole: a reader on the event
+    loop sees one commit or the next, never half of one.
     """
 
     def __init__(self) -> None:
-        self.by_id: dict[str, ImageView] = {}
-        self.by_name: dict[str, str] = {}
-        self.targets: dict[str, str] = {}  # name -> the digest it points at in containerd
-        self.seq = -1
+        self._state = _IndexState({}, {}, {})
 
-    def rebuild(self, seq: int, images: Sequence[Image], pinned_names: set[str]) -> None:
-        if seq <= self.seq:
-            return
-        by_id: dict[str, ImageView] = {}
-        by_name: dict[str, str] = {}
-        targets: dict[str, str] = {}
-        for image in images:
-            names = [n.name for n in image.names]
-            by_id[image.id] = ImageView(
+    @property
+    def by_id(self) -> dict[str, ImageView]:
+        return self._state.by_id
+
+    @property
+    def by_name(self) -> dict[str, str]:
+        return self._state.by_name
+
+    @property
+    def targets(self) -> dict[str, str]:
+        return self._state.targets
+
+    def rebuild(self, rows: Sequence[ImageRow], pinned_names: set[str]) -> None:
+        """The whole index from every row."""
+        self._state = self._with(_IndexState({}, {}, {}), rows, pinned_names)
+
+    def update(self, rows: Sequence[ImageRow], touched: set[str], pinned_names: set[str]) -> None:
+        """Replaces the images with ids in `touched` by `rows` (their rows as now committed;
+        an id without a row is gone)."""
+        old = self._state
+        kept = _IndexState(
+            {k: v for k, v in old.by_id.items() if k not in touched},
+            {n: i for n, i in old.by_name.items() if i not in touched},
+            {},
+        )
+        kept.targets.update((n, old.targets[n]) for n in kept.by_name if n in old.targets)
+        self._state = self._with(kept, rows, pinned_names)
+
+    @staticmethod
+    def _with(state: _IndexState, rows: Sequence[ImageRow], pinned: set[str]) -> _IndexState:
+        for row in rows:
+            image = row.image
+            state.by_id[image.id] = ImageView(
                 id=image.id,
                 size=image.size,
                 uid=image.uid,
@@ -116,23 +144,25 @@ class ImageIndex:
                 config=image.config,
                 manifest_digest=image.manifest_digest,
                 chain_id=image.chain_id,
-                repo_tags=tuple(tags_of(image)),
-                repo_digests=tuple(digests_of(image)),
-                pinned=any(n in pinned_names for n in names),
+                repo_tags=tuple(row.tags),
+                repo_digests=tuple(row.digests),
+                pinned=any(n.name in pinned for n in row.names),
             )
-            by_name.update((n, image.id) for n in names)
-            targets.update((n.name, n.target_digest) for n in image.names)
-        self.by_id, self.by_name, self.targets, self.seq = by_id, by_name, targets, seq
+            for n in row.names:
+                state.by_name[n.name] = image.id
+                state.targets[n.name] = n.target_digest
+        return state
 
     def find(self, lookup: ImageLookup) -> ImageView | None:
         """The full id, then a name, then a unique id prefix (containerd's order)."""
-        if lookup.image_id is not None and lookup.image_id in self.by_id:
-            return self.by_id[lookup.image_id]
+        state = self._state
+        if lookup.image_id is not None and lookup.image_id in state.by_id:
+            return state.by_id[lookup.image_id]
         for name in lookup.names:
-            if name in self.by_name:
-                return self.by_id[self.by_name[name]]
+            if name in state.by_name:
+                return state.by_id[state.by_name[name]]
         if lookup.id_prefix:
-            found = [v for k, v in self.by_id.items() if k.startswith(lookup.id_prefix)]
+            found = [v for k, v in state.by_id.items() if k.startswith(lookup.id_prefix)]
             if len(found) > 1:
                 raise errors.InvalidArgument(f"image id prefix {lookup.id_prefix!r} is ambiguous")
             if found:
@@ -140,7 +170,7 @@ class ImageIndex:
         return None
 
     def all(self) -> list[ImageView]:
-        return sorted(self.by_id.values(), key=lambda v: v.id)
+        return sorted(self._state.by_id.values(), key=lambda v: v.id)
 
 
 def lookup_for(spec: str) -> ImageLookup:
@@ -223,11 +253,12 @@ class ImageManager:
         if pause.digest:
             self.pinned_names.add(pause.with_digest(pause.digest))
         self.index = ImageIndex()
-        self._write_seq = 0
         self._pulls: dict[str, asyncio.Task[str]] = {}
         # Names a RemoveImage is deleting now: containerd's events for them are its own
         # deletes echoed back, which the removal records itself.
         self._removing: set[str] = set()
+        # RemoveImage's last delete, waiting for containerd's event that it committed.
+        self._delete_seen: dict[str, set[asyncio.Event]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._fs_usage: FsUsage | None = None
         self._fs_root: str | None = None
@@ -293,18 +324,26 @@ class ImageManager:
                 )
             await self._cleanup_event(lease.id, "lease of a pull cut short by a restart")
 
-    async def _write(self, change: Callable[[Session], None]) -> None:
-        """Applies a change to the image tables and rebuilds the index from what the same
-        transaction then reads back."""
+    async def _write(self, change: Callable[[Session], set[str] | None]) -> None:
+        """Applies a change to the image tables; the index takes the rows it changed (the ids
+        `change` returns; None: all of them), as the same transaction reads them back."""
 
-        def txn(session: Session) -> tuple[int, list[Image]]:
-            change(session)
-            session.flush()
-            self._write_seq += 1  # the writer thread is the only one that counts
-            return self._write_seq, list_images(session)
+        def txn(session: Session) -> tuple[set[str] | None, list[ImageRow]]:
+            touched = change(session)
+            return touched, image_rows(session, touched)
 
-        seq, images = await self.store.write(txn)
-        self.index.rebuild(seq, images, self.pinned_names)
+        def publish(result: tuple[set[str] | None, list[ImageRow]]) -> None:
+            touched, rows = result
+            try:
+                if touched is None:
+                    self.index.rebuild(rows, self.pinned_names)
+                else:
+                    self.index.update(rows, touched, self.pinned_names)
+            except Exception:  # a defect; the rows are right, so the index is made again
+                log.exception("image index update failed: rebuilding it from the rows")
+                self.index.rebuild(self.store.read_sync(image_rows), self.pinned_names)
+
+        await self.store.write(txn, then=publish)
 
     async def _cleanup_event(self, what: str, message: str) -> None:
         def write(session: Session) -> None:
@@ -366,6 +405,17 @@ class ImageManager:
         content = await self.puller.describe(target)
         await self._write(lambda s: put_image(s, _record(content), [_name_record(name, target)]))
 
+    async def on_event(self, topic: str, name: str) -> None:
+        """containerd's event for image `name`: wakes a removal waiting for it, and brings the
+        name's cache entry up to date."""
+        if topic == "/images/delete":
+            for seen in self._delete_seen.get(name, ()):
+                seen.set()
+        try:
+            await self.refresh(name)
+        except errors.CrictlError as e:
+            log.warning("image refresh failed", extra={"image": name, "error": str(e)})
+
     async def _watch_events(self) -> None:
         delay = 0.5
         while True:
@@ -375,12 +425,7 @@ class ImageManager:
                     name = _event_image_name(envelope.event.type_url, envelope.event.value)
                     log.debug("image event", extra={"topic": envelope.topic, "image": name})
                     if name:
-                        try:
-                            await self.refresh(name)
-                        except errors.CrictlError as e:
-                            log.warning(
-                                "image refresh failed", extra={"image": name, "error": str(e)}
-                            )
+                        await self.on_event(envelope.topic, name)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -439,13 +484,12 @@ class ImageManager:
             names = tags + list(image.repo_digests)
         removing = set(names) - self._removing  # a concurrent removal owns the others
         self._removing |= removing
-        deleted: list[str] = []
+        deleted: list[str] = []  # by containerd, not yet recorded in the cache
         try:
-            for i, name in enumerate(names):
-                # containerd collects garbage before answering the last delete, as its CRI
-                # does.
-                await self.containerd.delete_image(name, sync=i == len(names) - 1)
+            for name in names[:-1]:
+                await self.containerd.delete_image(name)
                 deleted.append(name)
+            await self._delete_last(names[-1], deleted)
         except BaseException:
             if deleted:
                 # The cache drops what containerd no longer has; the delete's error is the
@@ -453,11 +497,42 @@ class ImageManager:
                 with contextlib.suppress(Exception):
                     await self._write(lambda s: delete_image_names(s, deleted))
             raise
-        else:
-            await self._write(lambda s: delete_image_names(s, deleted))
         finally:
             self._removing -= removing
         self._fs_usage = None
+
+    async def _delete_last(self, name: str, deleted: list[str]) -> None:
+        """Deletes `name` with containerd's synchronous garbage collection (as containerd's
+        CRI does for an image's last name), and records `deleted` and `name` gone.
+
+        containerd commits the delete and publishes its event before it collects: once that
+        event is seen, the cache write runs while the collection does, not after it. If the
+        answer comes first, the write follows it. `deleted` is emptied once recorded."""
+        seen = asyncio.Event()
+        self._delete_seen.setdefault(name, set()).add(seen)
+        delete = asyncio.ensure_future(self.containerd.delete_image(name, sync=True))
+        event = asyncio.ensure_future(seen.wait())
+        gone = False  # containerd deleted `name`, so far as this call knows
+        try:
+            await asyncio.wait((delete, event), return_when=asyncio.FIRST_COMPLETED)
+            if delete.done():
+                await delete  # its error, if any, is the answer
+            gone = True
+            deleted.append(name)
+            await self._write(lambda s: delete_image_names(s, deleted))
+            deleted.clear()
+            await delete
+        except BaseException:
+            delete.cancel()
+            if seen.is_set() and not gone:
+                deleted.append(name)  # committed in containerd, whatever the answer was
+            raise
+        finally:
+            event.cancel()
+            waiters = self._delete_seen.get(name, set())
+            waiters.discard(seen)
+            if not waiters:
+                self._delete_seen.pop(name, None)
 
     async def _remove_uncached(self, lookup: ImageLookup) -> None:
         """An image containerd has but the cache missed (an event not yet seen)."""

@@ -138,7 +138,15 @@ class Store:
         thread: it must only hand them on)."""
         self._listeners.append(listener)
 
-    def write_sync(self, fn: Callable[[Session], T], spans: trace.Trace | None = None) -> T:
+    def write_sync(
+        self,
+        fn: Callable[[Session], T],
+        spans: trace.Trace | None = None,
+        then: Callable[[T], None] | None = None,
+    ) -> T:
+        """One transaction: `fn` in it, then the commit. `then(result)` runs once committed,
+        still under the write lock, so what it publishes lands in commit order, before the
+        write returns and before any later transaction begins."""
         with self._write_lock, self._sessions() as session:
             started = time.perf_counter()
             begin(session, self.model.snapshot if self.model.built else None)
@@ -151,6 +159,8 @@ class Store:
             except Exception:  # a defect; the rows are right, so the model is made again
                 log.exception("read model publish failed: rebuilding it from the rows")
                 self.model.build(session)
+            if then is not None:
+                then(result)
             if spans is not None:
                 spans.add("store commit", committed - started)
                 spans.add("store publish", time.perf_counter() - committed)
@@ -164,10 +174,10 @@ class Store:
         with self._sessions() as session:
             return fn(session)
 
-    async def write(self, fn: Callable[[Session], T]) -> T:
+    async def write(self, fn: Callable[[Session], T], then: Callable[[T], None] | None = None) -> T:
         with metrics.STORE_WRITES.time(), trace.span("store write"):
             return await asyncio.get_running_loop().run_in_executor(
-                self._writer, self.write_sync, fn, trace.CURRENT.get()
+                self._writer, self.write_sync, fn, trace.CURRENT.get(), then
             )
 
     async def read(self, fn: Callable[[Session], T]) -> T:

@@ -1,16 +1,30 @@
-"""The in-memory image index: rebuilt from store rows, never ahead of or behind the store."""
+"""The in-memory image index: built from store rows, and after each write updated from the rows
+that write changed, so that it always equals a fresh build from the rows."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.reconciler.images import ImageIndex, ImageLookup
 from crictl.store.engine import Store, make_engine
-from crictl.store.images import ImageRecord, NameRecord, delete_image_names, list_images, put_image
+from crictl.store.images import (
+    ImageRecord,
+    NameRecord,
+    delete_image_names,
+    image_rows,
+    put_image,
+    replace_all_images,
+)
 from crictl.store.migrate import upgrade_to_head
+from tests.unit.test_image_resync import manager
 
 A = "sha256:" + "a" * 63 + "1"
 B = "sha256:" + "a" * 63 + "2"
@@ -32,7 +46,7 @@ def _rows(tmp_path: Path) -> Store:
 def test_rebuild_and_find(tmp_path: Path) -> None:
     store = _rows(tmp_path)
     index = ImageIndex()
-    index.rebuild(1, store.read_sync(list_images), {"r/y:1"})
+    index.rebuild(store.read_sync(image_rows), {"r/y:1"})
     a = index.find(ImageLookup(names=("r/x:2",)))
     assert a is not None and a.id == A
     assert a.repo_tags == ("r/x:1", "r/x:2") and a.repo_digests == ("r/x@sha256:" + "0" * 64,)
@@ -48,13 +62,73 @@ def test_rebuild_and_find(tmp_path: Path) -> None:
     assert [v.id for v in index.all()] == [A, B]
 
 
-def test_an_older_rebuild_never_lands_last(tmp_path: Path) -> None:
+def test_the_touched_ids_cover_a_moved_tag(tmp_path: Path) -> None:
+    """Moving r/y:1 from B to A changes both images (B loses its last name, so its row goes)."""
     store = _rows(tmp_path)
-    index = ImageIndex()
-    before = store.read_sync(list_images)
-    store.write_sync(lambda s: delete_image_names(s, ["r/y:1"]))
-    after = store.read_sync(list_images)
-    index.rebuild(5, after, set())
-    index.rebuild(4, before, set())  # a slower, older rebuild arriving late is ignored
-    assert index.find(ImageLookup(image_id=B)) is None
-    assert [v.id for v in index.all()] == [A]
+    rec = ImageRecord(A, 10, 7, "", "{}", "m", None)
+    touched = store.write_sync(lambda s: put_image(s, rec, [NameRecord("r/y:1", "tag", "d", "t")]))
+    assert touched == {A, B}
+    assert [r.image.id for r in store.read_sync(image_rows)] == [A]
+    assert store.write_sync(lambda s: delete_image_names(s, ["r/x:1", "r/nope:1"])) == {A}
+    assert store.write_sync(lambda s: delete_image_names(s, [])) == set()
+
+
+# -- the index after random writes equals a fresh build --------------------------------------
+
+IDS = [f"sha256:{i:064x}" for i in range(1, 5)]
+NAMES = ["r/a:1", "r/a:2", "r/b:1", "r/c@sha256:" + "c" * 64, "r/d@sha256:" + "d" * 64]
+PINNED = {"r/b:1"}
+
+put = st.tuples(
+    st.just("put"),
+    st.sampled_from(IDS),
+    st.integers(0, 9),  # size: a rewrite of the same image changes its row
+    st.lists(st.sampled_from(NAMES), max_size=3, unique=True),
+)
+remove = st.tuples(st.just("delete"), st.lists(st.sampled_from(NAMES), max_size=3, unique=True))
+resync = st.tuples(st.just("resync"), st.lists(st.sampled_from(IDS), max_size=2, unique=True))
+
+
+def _change(op: tuple[object, ...]) -> Callable[[Session], set[str] | None]:
+    match op:
+        case ("put", str(image_id), int(size), list(names)):
+            rec = ImageRecord(image_id, size, None, "", "{}", "m", None)
+            records = [NameRecord(n, "digest" if "@" in n else "tag", "d", "t") for n in names]
+            return lambda s: put_image(s, rec, records)
+        case ("delete", list(names)):
+            return lambda s: delete_image_names(s, names)
+        case ("resync", list(ids)):
+            entries = [
+                (
+                    ImageRecord(i, 1, None, "", "{}", "m", None),
+                    [NameRecord(f"r/resync{n}:1", "tag", "d", "t")],
+                )
+                for n, i in enumerate(ids)
+            ]
+            return lambda s: replace_all_images(s, entries)
+    raise AssertionError(op)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.one_of(put, remove, resync), max_size=12))
+def test_updates_equal_a_fresh_build(tmp_path_factory: pytest.TempPathFactory, ops: list) -> None:  # type: ignore[type-arg]
+    db = tmp_path_factory.mktemp("index") / "db"
+    upgrade_to_head(db)
+    store = Store(make_engine(db))
+    try:
+        m, _ = manager(store, [])
+        m.pinned_names = PINNED
+
+        async def run() -> None:
+            await m._write(lambda s: None)
+            for op in ops:
+                await m._write(_change(op))
+                fresh = ImageIndex()
+                fresh.rebuild(store.read_sync(image_rows), PINNED)
+                assert m.index.by_id == fresh.by_id, op
+                assert m.index.by_name == fresh.by_name, op
+                assert m.index.targets == fresh.targets, op
+
+        asyncio.run(run())
+    finally:
+        store.close()

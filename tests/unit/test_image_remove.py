@@ -1,7 +1,8 @@
-"""RemoveImage's deletes and the image events they cause: containerd echoes each delete back
-as an event, and the refresh it triggers must not ask containerd anything while the removal's
-synchronous garbage collection runs (measured: it slowed that delete by ~2 ms); the removal
-records what containerd deleted, also when a later delete fails."""
+"""RemoveImage's deletes and the image events they cause: containerd commits each delete,
+publishes its event, and only then (for the last, synchronous delete) collects garbage. The
+refresh an event triggers must not ask containerd anything while that collection runs
+(measured: it slowed that delete by ~2 ms); the removal records what containerd deleted while
+the collection runs, once the event says it committed, and also when a later delete fails."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ class Containerd:
         self.manager: ImageManager | None = None
         self.gets: list[str] = []
         self.fail_on: str | None = None
+        self.gc: asyncio.Event | None = None  # set: the synchronous collection may end
+        self.gc_fails = False
+        self.collecting = asyncio.Event()
 
     async def list_images(self) -> list[images_pb2.Image]:
         return list(self.images.values())
@@ -40,7 +44,13 @@ class Containerd:
             raise errors.Unavailable("containerd went away")
         found = self.images.pop(name, None) is not None
         assert self.manager is not None
-        await self.manager.refresh(name)  # the /images/delete event, seen mid-removal
+        await self.manager.on_event("/images/delete", name)  # published before the collection
+        if sync:
+            self.collecting.set()
+            if self.gc is not None:
+                await self.gc.wait()
+            if self.gc_fails:
+                raise errors.Internal("garbage collection failed")
         return found
 
 
@@ -72,3 +82,47 @@ def test_a_removal_cut_short_records_what_was_deleted(store: Store) -> None:
     fake.images.pop(DIGEST)
     asyncio.run(m.refresh(DIGEST))
     assert fake.gets == [DIGEST] and names(m) == set()
+
+
+def test_the_removal_is_recorded_while_containerd_collects(store: Store) -> None:
+    m, fake = setup(store)
+
+    async def run() -> None:
+        fake.gc = asyncio.Event()
+        removal = asyncio.create_task(m.remove(TAG))
+        await fake.collecting.wait()
+        for _ in range(50):  # the cache write runs in the store's writer thread
+            if not names(m):
+                break
+            await asyncio.sleep(0.01)
+        assert names(m) == set() and not removal.done()  # recorded, still collecting
+        fake.gc.set()
+        await removal
+
+    asyncio.run(run())
+    assert m.status(TAG) is None and fake.gets == []
+
+
+def test_a_collection_that_fails_after_the_delete_keeps_the_record(store: Store) -> None:
+    """The event said containerd deleted the name: the cache says so too, and the error of the
+    collection is the answer."""
+    m, fake = setup(store)
+    fake.gc_fails = True
+    with pytest.raises(errors.Internal):
+        asyncio.run(m.remove(TAG))
+    assert names(m) == set()
+
+
+def test_a_removal_cancelled_after_the_delete_committed_records_it(store: Store) -> None:
+    m, fake = setup(store)
+
+    async def run() -> None:
+        fake.gc = asyncio.Event()
+        removal = asyncio.create_task(m.remove(DIGEST))
+        await fake.collecting.wait()
+        removal.cancel()  # the client's deadline, say, mid-collection
+        with pytest.raises(asyncio.CancelledError):
+            await removal
+
+    asyncio.run(run())
+    assert names(m) == set()  # both deletes committed: neither name stays in the cache
