@@ -34,7 +34,7 @@ from benchmarks.cri_bench import (
     write_json,
 )
 from benchmarks.sandboxes import LogLine, breakdown, format_breakdown, read_call_log
-from benchmarks.setup import local_node
+from benchmarks.setup import local_node, runtime_logs
 from benchmarks.setup import local_registry as local_registry  # cri_bench imports it from here
 from benchmarks.setup import local_runtimes as local_runtimes
 from crictl.gen.cri.runtime.v1 import api_pb2
@@ -192,16 +192,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--by-image", action="store_true", help="one table row per operation and image"
     )
     parser.add_argument("--json", type=Path, metavar="OUT", help="write raw figures to OUT")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the runtimes' logs")
     args = parser.parse_args(argv)
 
     lines: list[LogLine] = []
     try:
         images = parse_images(args.images)
-        with local_registry(args.registry, args.workdir) as registry:
+        with (
+            runtime_logs(args.keep_logs, "images") as (logs_dir, _failed),
+            local_registry(args.registry, args.workdir) as registry,
+        ):
             if args.endpoint:
                 result = run(registry, args.endpoint, images, args.rounds, args.by_image)
             else:
-                with local_node(registry) as node:
+                with local_node(registry, logs_dir) as node:
                     result = run(registry, node.runtimes, images, args.rounds, args.by_image)
                     log = node.target("crictld").crictld_log
                     lines = read_call_log(log) if log is not None else []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -24,13 +25,23 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+# CRICTLD_TRACE_TIMELINE=1: each call's log line also carries `"timeline"`, every span as
+# [name, start, duration] (ms from the call's start), to see which steps overlap.
+TIMELINE = os.environ.get("CRICTLD_TRACE_TIMELINE") == "1"
+
+
 class Trace:
-    __slots__ = ("spans",)
+    __slots__ = ("spans", "started", "timeline")
 
     def __init__(self) -> None:
         self.spans: dict[str, list[float]] = {}  # name -> [count, seconds]
+        self.started = time.perf_counter()
+        self.timeline: list[tuple[str, float, float]] | None = [] if TIMELINE else None
 
     def add(self, name: str, seconds: float) -> None:
+        if self.timeline is not None:
+            end = time.perf_counter() - self.started
+            self.timeline.append((name, round((end - seconds) * 1000, 2), round(seconds * 1000, 2)))
         entry = self.spans.get(name)
         if entry is None:
             self.spans[name] = [1, seconds]

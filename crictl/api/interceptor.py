@@ -64,6 +64,8 @@ def _log_call(method: str, code: grpc.StatusCode, started: float, spans: trace.T
     extra: dict[str, Any] = {"rpc": method, "code": code.name, "ms": round(seconds * 1000, 3)}
     if spans.spans:
         extra["spans"] = spans.summary()
+    if spans.timeline:
+        extra["timeline"] = sorted(spans.timeline, key=lambda t: t[1])
     log.info("cri call", extra=extra)
     metrics.CRI_CALLS.labels(method.rsplit("/", 1)[-1], code.name).observe(seconds)
 

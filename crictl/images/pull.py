@@ -34,7 +34,7 @@ from typing import Any
 import grpc.aio
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from crictl import errors, metrics
+from crictl import errors, metrics, trace
 from crictl.containerd.client import ContainerdClient, translate
 from crictl.gen.containerd.api.services.content.v1 import content_pb2
 from crictl.gen.containerd.api.services.diff.v1 import diff_pb2
@@ -470,7 +470,8 @@ class Puller:
                 if await self.content_info(desc.digest) is not None:
                     return
             async with self._downloads:
-                await self._download(ref, creds, endpoint, desc, md, labels)
+                with trace.span("download blob"):
+                    await self._download(ref, creds, endpoint, desc, md, labels)
 
     async def _download(
         self,
