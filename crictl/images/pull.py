@@ -63,6 +63,7 @@ GC_EXPIRE = "containerd.io/gc.expire"
 UNCOMPRESSED = "containerd.io/uncompressed"
 SNAPSHOT_REF = "containerd.io/snapshot.ref"
 WRITE_CHUNK = 1 << 20
+WRITE_WINDOW = 16  # content writes sent before the first of their answers is read
 MAX_CONFIG = 16 << 20  # an image config is held whole in memory: its size is bounded first
 RESUME_ATTEMPTS = 3
 
@@ -208,11 +209,51 @@ class Puller:
     # -- the pull --------------------------------------------------------------------------
 
     async def pull(
-        self, ref: Reference, creds: Credentials | None = None
+        self,
+        ref: Reference,
+        creds: Credentials | None = None,
+        record: Callable[[ImageContent, list[str]], Awaitable[None]] | None = None,
     ) -> tuple[ImageContent, list[str]]:
-        """Pulls `ref`; returns its content and the image names created in containerd."""
+        """Pulls `ref`; returns its content and the image names created in containerd.
+        `record(content, names)` runs once the names exist, beside the lease's deletion."""
         started = time.perf_counter()
         lease = f"crictld-pull-{secrets.token_hex(8)}"
+        # The lease is made while the registry resolves the reference: nothing is written
+        # under it before both are done.
+        create = asyncio.ensure_future(self._create_lease(lease, ref))
+        md = (*self.containerd.metadata, (LEASE_HEADER, lease))
+        ended = False
+        try:
+            endpoint, target, body = await self.registry.resolve(ref, creds)
+            await create
+            content = await self._fetch_and_unpack(ref, creds, endpoint, target, body, lease, md)
+            names = [n for n in (ref.tagged_name, ref.with_digest(target.digest)) if n]
+            await asyncio.gather(*(self.put_image(name, target) for name in names))
+            ended = True
+            done = await asyncio.gather(
+                self._end_lease(lease, collect=False),
+                record(content, names) if record is not None else asyncio.sleep(0),
+                return_exceptions=True,
+            )
+            for outcome in done:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            log.info(
+                "pulled image",
+                extra={
+                    "ref": str(ref),
+                    "id": content.id,
+                    "ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
+            return content, names
+        finally:
+            if not ended:
+                await asyncio.wait((create,))
+                if not create.cancelled() and create.exception() is None:
+                    await self._end_lease(lease, collect=True)
+
+    async def _create_lease(self, lease: str, ref: Reference) -> None:
         await self.containerd.call(
             "create lease",
             self.containerd.leases.Create(
@@ -228,25 +269,6 @@ class Puller:
                 metadata=self.containerd.metadata,
             ),
         )
-        md = (*self.containerd.metadata, (LEASE_HEADER, lease))
-        ok = False
-        try:
-            endpoint, target, body = await self.registry.resolve(ref, creds)
-            content = await self._fetch_and_unpack(ref, creds, endpoint, target, body, lease, md)
-            names = [n for n in (ref.tagged_name, ref.with_digest(target.digest)) if n]
-            await asyncio.gather(*(self.put_image(name, target) for name in names))
-            ok = True
-            log.info(
-                "pulled image",
-                extra={
-                    "ref": str(ref),
-                    "id": content.id,
-                    "ms": round((time.perf_counter() - started) * 1000, 1),
-                },
-            )
-            return content, names
-        finally:
-            await self._end_lease(lease, collect=not ok)
 
     async def _end_lease(self, lease: str, collect: bool) -> None:
         with contextlib.suppress(errors.NotFound):
@@ -434,19 +456,20 @@ class Puller:
     ) -> None:
         call = self.containerd.content.Write(metadata=md)
         try:
-            await call.write(
-                content_pb2.WriteContentRequest(
-                    action=content_pb2.COMMIT,
-                    ref=f"{INGEST_PREFIX}{desc.digest}",
-                    total=desc.size,
-                    expected=desc.digest,
-                    offset=0,
-                    data=data,
-                    labels=dict(labels),
+            with trace.span("containerd write content"):
+                await call.write(
+                    content_pb2.WriteContentRequest(
+                        action=content_pb2.COMMIT,
+                        ref=f"{INGEST_PREFIX}{desc.digest}",
+                        total=desc.size,
+                        expected=desc.digest,
+                        offset=0,
+                        data=data,
+                        labels=dict(labels),
+                    )
                 )
-            )
-            await _response(call)
-            await call.done_writing()
+                await _response(call)
+                await call.done_writing()
         except grpc.aio.AioRpcError as e:
             raise translate(e, f"write {desc.digest}") from e
 
@@ -494,21 +517,43 @@ class Puller:
                 )
             )
             offset = (await _response(call)).offset
+            # Writes are pipelined: containerd answers each with the ingest's new offset, and
+            # up to WRITE_WINDOW answers are left unread while the next pieces go out (waiting
+            # for each answer made every piece a round trip). The registry's reads (~64 KiB)
+            # are gathered into pieces of WRITE_CHUNK: each write costs the same whatever its
+            # size. `offset` is what was sent (a piece not yet sent when the registry's stream
+            # breaks is fetched again); the answers, all read before the commit, must come to
+            # the same.
+            unread = 0
+            answered = offset
             failures = 0
+
+            async def send(piece: bytes) -> None:
+                nonlocal offset, unread, answered
+                await call.write(
+                    content_pb2.WriteContentRequest(
+                        action=content_pb2.WRITE, ref=ingest, offset=offset, data=piece
+                    )
+                )
+                offset += len(piece)
+                unread += 1
+                if unread > WRITE_WINDOW:
+                    answered = (await _response(call)).offset
+                    unread -= 1
+                metrics.IMAGE_PULL_BYTES.inc(len(piece))
+
             while offset < desc.size:
                 try:
+                    pending = bytearray()
                     async for chunk in self.registry.stream_blob(
                         endpoint, ref, desc, offset, creds
                     ):
-                        for start in range(0, len(chunk), WRITE_CHUNK):
-                            piece = chunk[start : start + WRITE_CHUNK]
-                            await call.write(
-                                content_pb2.WriteContentRequest(
-                                    action=content_pb2.WRITE, ref=ingest, offset=offset, data=piece
-                                )
-                            )
-                            offset = (await _response(call)).offset
-                            metrics.IMAGE_PULL_BYTES.inc(len(piece))
+                        pending += chunk
+                        while len(pending) >= WRITE_CHUNK:
+                            await send(bytes(pending[:WRITE_CHUNK]))
+                            del pending[:WRITE_CHUNK]
+                    if pending:
+                        await send(bytes(pending))
                     if offset < desc.size:
                         raise errors.Unavailable(
                             f"pull {ref}: registry {endpoint}: blob {desc.digest} ended at "
@@ -525,17 +570,24 @@ class Puller:
                         extra={"ref": str(ref), "digest": desc.digest, "offset": offset},
                     )
                     await asyncio.sleep(0.2 * failures)
-            await call.write(
-                content_pb2.WriteContentRequest(
-                    action=content_pb2.COMMIT,
-                    ref=ingest,
-                    offset=offset,
-                    total=desc.size,
-                    expected=desc.digest,
-                    labels=dict(await labels()),
+            for _ in range(unread):
+                answered = (await _response(call)).offset
+            if answered != offset:
+                raise errors.Unavailable(
+                    f"pull {ref}: containerd took {answered} of the {offset} bytes written "
+                    f"for {desc.digest}"
                 )
+            commit = content_pb2.WriteContentRequest(
+                action=content_pb2.COMMIT,
+                ref=ingest,
+                offset=offset,
+                total=desc.size,
+                expected=desc.digest,
+                labels=dict(await labels()),
             )
-            await _response(call)
+            with trace.span("containerd commit content"):
+                await call.write(commit)
+                await _response(call)
             committed = True
             await call.done_writing()
         except grpc.aio.AioRpcError as e:

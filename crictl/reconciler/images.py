@@ -457,14 +457,16 @@ class ImageManager:
             task.exception()  # retrieved, so an unawaited failure is not reported as lost
 
     async def _pull(self, ref: reference.Reference, creds: Credentials | None) -> str:
+        async def record(content: ImageContent, names: list[str]) -> None:
+            records = [_name_record(n, content.target) for n in names]
+            await self._write(lambda s: put_image(s, _record(content), records))
+
         try:
-            content, names = await self.puller.pull(ref, creds)
+            content, _ = await self.puller.pull(ref, creds, record)
         except Exception:
             metrics.IMAGE_PULLS.labels("error").inc()
             raise
         metrics.IMAGE_PULLS.labels("ok").inc()
-        records = [_name_record(n, content.target) for n in names]
-        await self._write(lambda s: put_image(s, _record(content), records))
         self._fs_usage = None  # measure again on the next ImageFsInfo
         return content.id
 
