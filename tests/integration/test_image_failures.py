@@ -82,6 +82,32 @@ def test_registry_stopped_mid_layer(
         restarted.stop()
 
 
+def test_a_layer_cut_off_midway_resumes_where_containerd_stands(
+    image_daemon: Daemon, own_registry: Registry, fixture_images: list[FixtureImage]
+) -> None:
+    """The connection breaks mid-layer while the registry stays up: the pull asks for the
+    rest (HTTP Range) from the bytes containerd was sent, and containerd's digest check at
+    commit accepts the layer, so no byte was lost or sent twice."""
+    d = image_daemon
+    with Proxy(own_registry.port) as proxy:
+        proxy.faults.rate = 8 << 20
+        ref = f"{proxy.host}/{REPO}:{TAG}"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pulling = pool.submit(pull, d, ref)
+            _wait_for(lambda: proxy.forwarded > 12 << 20, 30, "the layer never started")
+            proxy.cut_all()
+            image_id = pulling.result(timeout=120)
+    assert image_id.startswith("sha256:")
+    resumed = [
+        json.loads(line)
+        for line in d.log().splitlines()
+        if "blob download broke off, resuming" in line
+    ]
+    big = next(i for i in fixture_images if i.repository == REPO).manifest_for().layers[0]
+    assert [r["digest"] for r in resumed] == [big.descriptor.digest]
+    assert 0 < resumed[0]["offset"] < big.descriptor.size
+
+
 def test_a_stalled_transfer_times_out_naming_the_blob(
     image_daemon: Daemon, own_registry: Registry, fixture_images: list[FixtureImage]
 ) -> None:
