@@ -60,7 +60,7 @@ from crictl.reconciler.streams import StreamBackend
 from crictl.store.engine import Store, make_engine
 from crictl.store.events import record_event
 from crictl.store.inventory import count_by_phase
-from crictl.store.migrate import upgrade_to_head
+from crictl.store.migrate import upgrade_in_child
 from crictl.streaming.server import StreamServer
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
     metrics_server: Any = None
     hub: EventHub | None = None
     try:
-        before, after = await asyncio.to_thread(upgrade_to_head, config.db_path)
+        before, after = await upgrade_in_child(config.db_path)
         if before != after:
             log.info(
                 "migrated database", extra={"db": str(config.db_path), "from": before, "to": after}

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ from crictl.store.migrate import (
     alembic_config,
     current_revision,
     head_revision,
+    upgrade_in_child,
     upgrade_to_head,
 )
 
@@ -86,3 +91,40 @@ def test_a_database_from_a_newer_crictld_is_refused_untouched(tmp_path: Path) ->
         upgrade_to_head(db)
     assert db.read_bytes() == before
     assert current_revision(db) == "ffffffffffff"
+
+
+_IN_CHILD = """
+import asyncio, json, sys
+from pathlib import Path
+from crictl.store.migrate import upgrade_in_child
+result = asyncio.run(upgrade_in_child(Path(sys.argv[1])))
+print(json.dumps([result, [m for m in ("alembic", "mako", "pygments") if m in sys.modules]]))
+"""
+
+
+def _in_child_from_a_fresh_process(db: Path) -> tuple[list[str | None], list[str]]:
+    out = subprocess.run(
+        [sys.executable, "-c", _IN_CHILD, str(db)], capture_output=True, text=True, check=True
+    )
+    result, loaded = json.loads(out.stdout)
+    return result, loaded
+
+
+def test_the_daemons_migration_runs_in_a_child(tmp_path: Path) -> None:
+    """The daemon migrates through `upgrade_in_child`: the schema is made, and the daemon's
+    process never loads Alembic and what it imports (~11 MiB it would keep)."""
+    db = tmp_path / "m.db"
+    assert _in_child_from_a_fresh_process(db) == ([None, HEAD], [])
+    assert current_revision(db) == HEAD and _objects(db, "view") >= VIEWS
+    assert _in_child_from_a_fresh_process(db) == ([HEAD, HEAD], [])
+
+
+def test_a_child_refusing_a_newer_database_says_why(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    upgrade_to_head(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    tables = _objects(db, "table")
+    with pytest.raises(FailedPrecondition, match=r"ffffffffffff.*written by a newer crictld"):
+        asyncio.run(upgrade_in_child(db))
+    assert current_revision(db) == "ffffffffffff" and _objects(db, "table") == tables
