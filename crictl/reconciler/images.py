@@ -257,6 +257,12 @@ class ImageManager:
         # Names a RemoveImage is deleting now: containerd's events for them are its own
         # deletes echoed back, which the removal records itself.
         self._removing: set[str] = set()
+        # Repositories a pull is writing image records in (how many pulls), and the names
+        # whose events arrived meanwhile: refreshed once those pulls end, but for the names
+        # a pull recorded itself (else each pull's own records came back as a second
+        # describe and write, beside the pull and the next call).
+        self._pulling: dict[str, int] = {}
+        self._held_events: dict[str, set[str]] = {}
         # RemoveImage's last delete, waiting for containerd's event that it committed.
         self._delete_seen: dict[str, set[asyncio.Event]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -392,6 +398,10 @@ class ImageManager:
             # collection and slow it (measured: ~2 ms of its ~7); the removal records the
             # outcome itself.
             return
+        repository = _repository(name)
+        if repository in self._pulling:
+            self._held_events.setdefault(repository, set()).add(name)
+            return
         image = await self.containerd.get_image(name)
         if image is None:
             if name in self.index.by_name:
@@ -461,11 +471,21 @@ class ImageManager:
             records = [_name_record(n, content.target) for n in names]
             await self._write(lambda s: put_image(s, _record(content), records))
 
+        repository = ref.repository
+        self._pulling[repository] = self._pulling.get(repository, 0) + 1
+        recorded: list[str] = []
         try:
-            content, _ = await self.puller.pull(ref, creds, record)
+            content, recorded = await self.puller.pull(ref, creds, record)
         except Exception:
             metrics.IMAGE_PULLS.labels("error").inc()
             raise
+        finally:
+            left = self._pulling.pop(repository) - 1
+            if left:
+                self._pulling[repository] = left
+            held = self._held_events.pop(repository, set()) - set(recorded)
+            for name in sorted(held):  # mostly none: another client's records meanwhile
+                await self.on_event("", name)
         metrics.IMAGE_PULLS.labels("ok").inc()
         self._fs_usage = None  # measure again on the next ImageFsInfo
         return content.id
@@ -579,6 +599,13 @@ class ImageManager:
             self._fs_root = await self.containerd.snapshotter_root(self.snapshotter) or ""
         size, inodes = await self.containerd.snapshots_usage(self.snapshotter)
         self._fs_usage = FsUsage(time.time_ns(), self._fs_root, size, inodes)
+
+
+def _repository(name: str) -> str | None:
+    try:
+        return reference.parse(name, default_tag=False).repository
+    except errors.InvalidArgument:
+        return None
 
 
 def _looks_like_reference(name: str) -> bool:
