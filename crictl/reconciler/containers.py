@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format
 from sqlalchemy.orm import Session
@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 2  # seconds; when a stop's own timeout was lost to a restart
 EXEC_OUTPUT_CAP = 16 << 20
+ACCOUNTS_KEPT = 256  # images whose /etc/passwd and /etc/group are kept in memory
 KIND_LABEL = "crictld.io/kind"
 CREATE_LEASE_LABEL = "crictld.io/create"  # the create leases of earlier crictlds
 GC_ROOT_LABEL = "containerd.io/gc.root"
@@ -194,6 +195,8 @@ class ContainerReconciler:
         # The rootfs mounts each create's Prepare answered, for its start (one round trip
         # fewer); a restart forgets them and the start asks containerd.
         self._mounts: dict[str, list[mount_pb2.Mount]] = {}
+        # /etc/passwd and /etc/group of an image's rootfs, by its layers' chain id.
+        self._accounts: dict[str, tuple[str, str]] = {}
         sandboxes.containers_hook = self.teardown_sandbox_containers
         sandboxes.removals_hook = self.settle_removals
 
@@ -269,19 +272,30 @@ class ContainerReconciler:
         # make and one to drop); one a crash leaves unowned is the orphan sweep's, as is any
         # writable snapshot keyed by an id no row or container owns.
         root = {GC_ROOT_LABEL: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        mounts = await self.containerd.prepare_snapshot(
-            SNAPSHOTTER, cid, image.chain_id or "", labels=root
-        )
-        faults.point("container-create:after-snapshot")
+
+        async def prepare() -> list[mount_pb2.Mount]:
+            prepared = await self.containerd.prepare_snapshot(
+                SNAPSHOTTER, cid, image.chain_id or "", labels=root
+            )
+            faults.point("container-create:after-snapshot")
+            return prepared
+
+        # The user is resolved with the image's /etc/passwd and /etc/group, read from the new
+        # snapshot (the image's layers as they are). A chain of layers never changes, so
+        # after the first container of an image they are known, and the snapshot and the
+        # container record (containerd does not check that its snapshot exists yet) are
+        # made at once.
+        accounts = self._accounts.get(image.chain_id) if image.chain_id else None
+        mounts: list[mount_pb2.Mount] | None = None
+        if accounts is None:
+            mounts = await prepare()
+            accounts = (read_text(mounts, "/etc/passwd"), read_text(mounts, "/etc/group"))
+            if image.chain_id:
+                self._remember_accounts(image.chain_id, accounts)
         image_config = json.loads(image.config)
         _, _, _, image_user = image_process(image_config)
         try:
-            user = resolve_user(
-                config,
-                image_user,
-                read_text(mounts, "/etc/passwd"),
-                read_text(mounts, "/etc/group"),
-            )
+            user = resolve_user(config, image_user, *accounts)
         except ValueError as e:
             raise errors.InvalidArgument(f"container {config.metadata.name}: {e}") from e
         ref = SandboxRef(
@@ -321,12 +335,30 @@ class ContainerReconciler:
         }
         name = image.repo_tags[0] if image.repo_tags else image.id
         binary = self.sandboxes.settings.runtime_handlers.get(sandbox.runtime_handler, "")
-        await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels, binary)
-        faults.point("container-create:after-container-create")
+
+        async def create() -> None:
+            await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels, binary)
+            faults.point("container-create:after-container-create")
+
+        if mounts is None:
+            # Both are made, or the error of the first to fail is raised once both ended;
+            # the create's undo removes whichever was made.
+            made = await asyncio.gather(prepare(), create(), return_exceptions=True)
+            for outcome in made:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            mounts = cast(list[mount_pb2.Mount], made[0])
+        else:
+            await create()
         self._mounts[cid] = list(mounts)
         await self.store.write(
             lambda s: record_container_created(s, cid, user.uid, user.gid, user.additional_gids)
         )
+
+    def _remember_accounts(self, chain_id: str, accounts: tuple[str, str]) -> None:
+        if len(self._accounts) >= ACCOUNTS_KEPT:
+            del self._accounts[next(iter(self._accounts))]  # the oldest
+        self._accounts[chain_id] = accounts
 
     def _logger_args(self, row: Container | ContainerView) -> dict[str, str]:
         d = self.container_dir(row.id)

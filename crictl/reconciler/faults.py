@@ -1,5 +1,7 @@
 """Named fault-injection points: with `fault_point` set (crictld serve --fault-point NAME, for
 crash tests only), reaching that point kills the daemon as SIGKILL would, between two steps.
+NAME@N dies on the Nth time the point is reached (a path taken only once something was
+done before, e.g. a create after a first container of the same image).
 
 Every point a test may name is listed in POINTS, so a typo fails at start, not silently.
 """
@@ -54,19 +56,29 @@ POINTS = frozenset(
 )
 
 _armed: str | None = None
+_hits_left = 0
 
 
 def arm(point: str | None) -> None:
-    global _armed
+    global _armed, _hits_left
+    hits = 1
+    if point is not None and "@" in point:
+        point, _, n = point.partition("@")
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"fault point {point!r}: @{n} is not a count from 1")
+        hits = int(n)
     if point is not None and point not in POINTS:
         raise ValueError(f"unknown fault point {point!r}; known: {', '.join(sorted(POINTS))}")
-    _armed = point
+    _armed, _hits_left = point, hits
 
 
 def point(name: str) -> None:
-    """Dies here if this point is armed."""
+    """Dies here if this point is armed (and reached as many times as it was armed for)."""
+    global _hits_left
     assert name in POINTS, name
     if _armed == name:
+        _hits_left -= 1
+    if _armed == name and _hits_left <= 0:
         log.warning("fault point reached: dying as SIGKILL would", extra={"point": name})
         for handler in logging.getLogger().handlers:
             handler.flush()

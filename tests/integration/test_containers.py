@@ -37,7 +37,9 @@ class Pod:
         self.config.log_directory = str(logs)
         self.id = run(d, self.config)
 
-    def create(self, name: str, command: list[str], attempt: int = 0, **linux: object) -> str:
+    def create(
+        self, name: str, command: list[str], attempt: int = 0, username: str = "", **linux: object
+    ) -> str:
         config = api_pb2.ContainerConfig(
             metadata=api_pb2.ContainerMetadata(name=name, attempt=attempt),
             image=api_pb2.ImageSpec(image=self.image),
@@ -45,6 +47,7 @@ class Pod:
             log_path=f"{name}_{attempt}.log",
             labels={"c": name},
         )
+        config.linux.security_context.run_as_username = username
         for k, v in linux.items():
             setattr(config.linux.resources, k, v)
         resp = self.d.runtime_call(
@@ -423,6 +426,42 @@ def test_container_calls_survive_a_crash_at(
     assert h.containers <= {pod.id, cid}, h
     remove(d, pod.id)
     assert_nothing_held(d, cni_network, [pod.id, cid])
+
+
+CREATE_POINTS = sorted(p for p in POINTS if p.startswith("container-create:after-"))
+
+
+@pytest.mark.parametrize(
+    "point", [p for p in CREATE_POINTS if p != "container-create:after-insert"]
+)
+def test_a_second_create_of_an_image_survives_a_crash_at(
+    image_daemon: Daemon,
+    registry: Registry,
+    cni_network: CniNetwork,
+    short_tmp: Path,
+    point: str,
+) -> None:
+    """The daemon knows the image's /etc/passwd after its first container, so a second
+    container's snapshot and containerd record are made at once: a crash after either, the
+    other made or not, is finished after the restart, and nothing is left."""
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    arm(d, f"{point}@2")
+    command = ["sleep", "3600"]
+    first = pod.create("first", command, username="nobody")
+    code, _ = failure(partial(pod.create, "app", command, username="nobody"))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    restart_after_fault(d)
+    cid = pod.create("app", command, username="nobody")
+    assert pod.create("app", command, username="nobody") == cid
+    pod.start(cid)
+    assert pod.status(cid).state == api_pb2.CONTAINER_RUNNING
+    out = pod.exec(cid, ["id", "-u"]).stdout.strip()
+    assert out == b"65534"  # busybox's nobody, from the image's /etc/passwd
+    h = held(d, cni_network)
+    assert h.containers <= {pod.id, first, cid}, h
+    remove(d, pod.id)
+    assert_nothing_held(d, cni_network, [pod.id, first, cid])
 
 
 def test_update_container_resources(
