@@ -18,13 +18,14 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from crictl import errors, trace
 from crictl.images import mediatypes
 from crictl.images.reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT, Reference
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,11 @@ class RegistryClient:
             self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
+        # aiohttp is imported on the first request, not at the daemon's start: its import
+        # (~170 ms, with the system CA bundle loaded into a default TLS context) and its
+        # modules (~7 MiB) are for pulls, and a restarted daemon often pulls nothing.
+        import aiohttp
+
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(
@@ -211,6 +217,8 @@ class RegistryClient:
         headers: Mapping[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         """One request with auth: on a 401 it answers the challenge and tries once more."""
+        import aiohttp  # imported on first use (see _http)
+
         url = f"{endpoint.url}/v2/{ref.path}/{path}"
         scope = f"repository:{ref.path}:pull"
         creds = self._credentials(endpoint, creds)
@@ -301,6 +309,8 @@ class RegistryClient:
         scope: str,
         creds: Credentials | None,
     ) -> tuple[str, float]:
+        import aiohttp  # imported on first use (see _http)
+
         realm = params["realm"]
         service = params.get("service", "")
         scope = params.get("scope", scope)
@@ -464,6 +474,8 @@ class RegistryClient:
         A registry that ignores the Range header (answers 200) has the skipped part dropped here.
         A read that brings no byte within the progress timeout fails naming the blob.
         """
+        import aiohttp  # imported on first use (see _http)
+
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         resp = await self._request("GET", endpoint, ref, f"blobs/{desc.digest}", creds, headers)
         async with resp:
