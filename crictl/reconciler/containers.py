@@ -341,8 +341,8 @@ class ContainerReconciler:
             faults.point("container-create:after-container-create")
 
         if mounts is None:
-            # Both are made, or the error of the first to fail is raised once both ended;
-            # the create's undo removes whichever was made.
+            # Both are made; else, once both ended, the snapshot's error is raised if it
+            # failed, the record's if not. The create's undo removes whichever was made.
             made = await asyncio.gather(prepare(), create(), return_exceptions=True)
             for outcome in made:
                 if isinstance(outcome, BaseException):
