@@ -428,6 +428,7 @@ def test_container_calls_survive_a_crash_at(
     assert_nothing_held(d, cni_network, [pod.id, cid])
 
 
+# the create's points in the reconcile pass (after-insert is the API's, before the pass)
 CREATE_POINTS = sorted(p for p in POINTS if p.startswith("container-create:after-"))
 
 

@@ -84,18 +84,25 @@ def test_a_removal_cut_short_records_what_was_deleted(store: Store) -> None:
     assert fake.gets == [DIGEST] and names(m) == set()
 
 
+async def held_in_gc(m: ImageManager, fake: Containerd, spec: str) -> asyncio.Task[None]:
+    """A removal of `spec`, started and now waiting in containerd's (held) collection."""
+    fake.gc = asyncio.Event()
+    removal = asyncio.create_task(m.remove(spec))
+    await fake.collecting.wait()
+    return removal
+
+
 def test_the_removal_is_recorded_while_containerd_collects(store: Store) -> None:
     m, fake = setup(store)
 
     async def run() -> None:
-        fake.gc = asyncio.Event()
-        removal = asyncio.create_task(m.remove(TAG))
-        await fake.collecting.wait()
+        removal = await held_in_gc(m, fake, TAG)
         for _ in range(50):  # the cache write runs in the store's writer thread
             if not names(m):
                 break
             await asyncio.sleep(0.01)
         assert names(m) == set() and not removal.done()  # recorded, still collecting
+        assert fake.gc is not None
         fake.gc.set()
         await removal
 
@@ -117,9 +124,7 @@ def test_a_removal_cancelled_after_the_delete_committed_records_it(store: Store)
     m, fake = setup(store)
 
     async def run() -> None:
-        fake.gc = asyncio.Event()
-        removal = asyncio.create_task(m.remove(DIGEST))
-        await fake.collecting.wait()
+        removal = await held_in_gc(m, fake, DIGEST)
         removal.cancel()  # the client's deadline, say, mid-collection
         with pytest.raises(asyncio.CancelledError):
             await removal
