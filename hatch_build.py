@@ -23,13 +23,20 @@ class LoggerBuildHook(BuildHookInterface):  # type: ignore[type-arg]
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if self.target_name != "wheel" or version == "editable":
             return  # an editable install uses the logger hack/install-deps.sh builds
-        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        # musl where it is installed: one logger runs per container, and statically linked
+        # against musl each keeps ~48 KiB private, against glibc ~80 (hack/install-deps.sh).
+        cc = (
+            os.environ.get("CC")
+            or shutil.which("musl-gcc")
+            or shutil.which("cc")
+            or shutil.which("gcc")
+        )
         if cc is None:
             raise RuntimeError("crictld-logger needs a C compiler (cc or gcc) to build")
         out = Path(tempfile.mkdtemp(prefix="crictld-logger-")) / "crictld-logger"
         command = [cc, "-O2", "-Wall", "-Wextra", "-o", str(out), str(Path(self.root) / SOURCE)]
-        # Static where the C library allows it (one logger runs per container: no dynamic
-        # loader's and libc's relocated pages in each); dynamic where it does not.
+        # Static where the C library allows it (no dynamic loader's and libc's relocated pages
+        # in each logger); dynamic where it does not.
         if subprocess.run([*command, "-static"], check=False).returncode != 0:
             subprocess.run(command, check=True)
         build_data["force_include"][str(out)] = TARGET
