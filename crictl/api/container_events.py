@@ -31,8 +31,8 @@ from crictl.api.interceptor import Context
 from crictl.api.sandboxes import PodSandboxes
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.store.engine import Store
-from crictl.store.events import now_ns
-from crictl.store.models import ContainerPhase, Event, SandboxPhase
+from crictl.store.events import RecordedEvent, now_ns
+from crictl.store.models import ContainerPhase, SandboxPhase
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Change:
     types: tuple[api_pb2.ContainerEventType.ValueType, ...]
 
 
-def changes(events: list[Event]) -> list[Change]:
+def changes(events: list[RecordedEvent]) -> list[Change]:
     out = []
     for e in events:
         if e.object_kind not in ("container", "sandbox"):
@@ -106,7 +106,7 @@ class EventHub:
 
     # -- from the store's writer thread ----------------------------------------------------
 
-    def on_commit(self, events: list[Event]) -> None:
+    def on_commit(self, events: list[RecordedEvent]) -> None:
         found = changes(events)
         if found:
             self._loop.call_soon_threadsafe(self._pending.put_nowait, found)

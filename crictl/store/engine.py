@@ -34,8 +34,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from crictl import metrics, trace
-from crictl.store.events import COMMITTED_EVENTS
-from crictl.store.models import Event
+from crictl.store.events import COMMITTED_EVENTS, RecordedEvent
 from crictl.store.readmodel import ReadModel, Snapshot, begin, track
 
 T = TypeVar("T")
@@ -95,7 +94,8 @@ def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
 
 
 def _on_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN")
+    # straight to the driver, as the write path's statements go (store/common.py `execute`)
+    conn.connection.driver_connection.execute("BEGIN")  # type: ignore[union-attr]
 
 
 class Store:
@@ -111,7 +111,7 @@ class Store:
         event.listen(self._sessions, "after_flush", track)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-reader")
-        self._listeners: list[Callable[[list[Event]], None]] = []
+        self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
         # One transaction at a time in this process (SQLite has one writer anyway), so that
         # the read model's publishes land in commit order.
         self._write_lock = threading.RLock()
@@ -133,7 +133,7 @@ class Store:
             self.build_model()
         return self.model.snapshot
 
-    def add_listener(self, listener: Callable[[list[Event]], None]) -> None:
+    def add_listener(self, listener: Callable[[list[RecordedEvent]], None]) -> None:
         """`listener` gets the events each write recorded, after it committed (in the writer
         thread: it must only hand them on)."""
         self._listeners.append(listener)
@@ -164,7 +164,7 @@ class Store:
             if spans is not None:
                 spans.add("store commit", committed - started)
                 spans.add("store publish", time.perf_counter() - committed)
-        recorded: list[Event] = session.info.pop(COMMITTED_EVENTS, [])
+        recorded: list[RecordedEvent] = session.info.pop(COMMITTED_EVENTS, [])
         if recorded:
             for listener in self._listeners:
                 listener(recorded)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crictl.store.common import execute
 from crictl.store.models import Event
 
 # The events a transaction recorded, handed to the store's listeners once it committed.
@@ -15,6 +17,22 @@ COMMITTED_EVENTS = "crictld.events"
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event row as `record_event` wrote it (the columns of `Event`), for the store's
+    listeners once its transaction committed."""
+
+    id: int
+    at: int
+    object_kind: str
+    object_id: str
+    action: str
+    from_phase: str | None
+    to_phase: str | None
+    reason: str
+    message: str
 
 
 def record_event(
@@ -27,33 +45,22 @@ def record_event(
     to_phase: str | None = None,
     reason: str = "",
     message: str = "",
-) -> Event:
+) -> RecordedEvent:
     """Appends an event row at once (one INSERT, in call order, without the ORM's unit of
-    work: every write records one or two) and returns it, detached, for the listeners."""
-    event = Event(
-        at=now_ns(),
-        object_kind=object_kind,
-        object_id=object_id,
-        action=action,
-        from_phase=from_phase and str(from_phase),
-        to_phase=to_phase and str(to_phase),
-        reason=str(reason),
-        message=message,
+    work: every write records one or two) and returns what it wrote, for the listeners."""
+    row = (
+        now_ns(),
+        object_kind,
+        object_id,
+        action,
+        from_phase and str(from_phase),
+        to_phase and str(to_phase),
+        str(reason),
+        message,
     )
-    result = session.connection().exec_driver_sql(
-        _INSERT,
-        (
-            event.at,
-            event.object_kind,
-            event.object_id,
-            event.action,
-            event.from_phase,
-            event.to_phase,
-            event.reason,
-            event.message,
-        ),
-    )
-    event.id = result.lastrowid
+    rowid = execute(session, _INSERT, row).lastrowid
+    assert rowid is not None  # an INSERT into a rowid table
+    event = RecordedEvent(rowid, *row)
     session.info.setdefault(COMMITTED_EVENTS, []).append(event)
     return event
 

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from crictl.errors import InvalidArgument, NotFound
-from crictl.store.common import ID_LENGTH, is_id_text, label_maps
+from crictl.store.common import ID_LENGTH, execute, execute_many, is_id_text, label_maps
 from crictl.store.models import (
     Container,
     ContainerLabel,
@@ -274,6 +274,8 @@ def container_now(session: Session, container_id: str) -> ContainerView | None:
 
 
 def _orm_object(session: Session, kind: Kind, rid: str) -> PodSandbox | Container | None:
+    if not session.identity_map:  # the write path loads none: no key to build
+        return None
     model = PodSandbox if kind == "sandbox" else Container
     obj = session.identity_map.get(identity_key(model, rid))
     return obj if isinstance(obj, PodSandbox | Container) else None
@@ -329,7 +331,7 @@ def change(session: Session, view: V, **columns: Any) -> V:
             setattr(obj, k, v)
         return new
     table = PodSandbox.__tablename__ if kind == "sandbox" else Container.__tablename__
-    session.connection().exec_driver_sql(_update_sql(table, tuple(cols)), (*cols.values(), view.id))
+    execute(session, _update_sql(table, tuple(cols)), (*cols.values(), view.id))
     session.info.setdefault(_TOUCHED, {})[(kind, view.id)] = new
     return new
 
@@ -344,9 +346,8 @@ def insert(session: Session, view: V, unique: tuple[str, ...]) -> bool:
     else:
         table, label_table = Container.__tablename__, ContainerLabel.__tablename__
         columns, owner = _CONTAINER_COLUMNS, "container_id"
-    conn = session.connection()
-    result = conn.exec_driver_sql(
-        _insert_sql(table, columns, unique), tuple(getattr(view, c) for c in columns)
+    result = execute(
+        session, _insert_sql(table, columns, unique), tuple(getattr(view, c) for c in columns)
     )
     if result.rowcount != 1:
         return False
@@ -359,8 +360,10 @@ def insert(session: Session, view: V, unique: tuple[str, ...]) -> bool:
         for k, v in items.items()
     ]
     if rows:
-        conn.exec_driver_sql(
-            f"INSERT INTO {label_table} ({owner}, kind, key, value) VALUES (?, ?, ?, ?)", rows
+        execute_many(
+            session,
+            f"INSERT INTO {label_table} ({owner}, kind, key, value) VALUES (?, ?, ?, ?)",
+            rows,
         )
     session.info.get(_GONE, set()).discard((kind, view.id))
     session.info.setdefault(_TOUCHED, {})[(kind, view.id)] = view
@@ -385,7 +388,7 @@ def delete(session: Session, kind: Kind, rid: str) -> None:
     if obj is not None:
         session.expunge(obj)
     table = PodSandbox.__tablename__ if kind == "sandbox" else Container.__tablename__
-    session.connection().exec_driver_sql(f"DELETE FROM {table} WHERE id = ?", (rid,))
+    execute(session, f"DELETE FROM {table} WHERE id = ?", (rid,))
     gone(session, kind, rid)
 
 

@@ -11,13 +11,13 @@ from crictl import errors
 from crictl.api import container_events
 from crictl.api.container_events import EventHub, changes
 from crictl.gen.cri.runtime.v1 import api_pb2
-from crictl.store.models import Event
+from crictl.store.events import RecordedEvent
 
 E = api_pb2.ContainerEventType
 
 
-def row(kind: str, oid: str, action: str, to: str | None = None) -> Event:
-    return Event(at=0, object_kind=kind, object_id=oid, action=action, to_phase=to)
+def row(kind: str, oid: str, action: str, to: str | None = None) -> RecordedEvent:
+    return RecordedEvent(0, 0, kind, oid, action, None, to, "", "")
 
 
 def test_rows_to_event_types() -> None:
