@@ -18,11 +18,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-
-from pyroute2 import IPRoute
+from typing import TYPE_CHECKING, TypeVar
 
 from crictl import errors
+
+if TYPE_CHECKING:
+    # pyroute2 is imported on the first netlink read: it added ~50 ms and ~10 MiB to the daemon,
+    # and a restart serves before any pod's interfaces are read (docs/performance.md).
+    from pyroute2 import IPRoute
 
 T = TypeVar("T")
 
@@ -173,6 +176,8 @@ def _netlink(path: Path, work: Callable[[IPRoute], T], what: str) -> T:
     """`work` on an IPRoute socket made inside the namespace at `path`: in a thread of its own
     that enters it with setns and then ends (nothing forks, and no pool thread changes
     namespace). Blocks the caller: run it with asyncio.to_thread."""
+    from pyroute2 import IPRoute  # here, not in the thread: it then enters the namespace
+
     result: list[T] = []
     failures: list[str] = []
 
