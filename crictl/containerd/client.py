@@ -70,8 +70,17 @@ _CODES: Mapping[grpc.StatusCode, type[errors.CrictlError]] = {
 
 
 def translate(e: grpc.aio.AioRpcError, what: str) -> errors.CrictlError:
+    details = e.details() or ""
+    if e.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED) and (
+        "context canceled" in details
+    ):
+        # containerd's side of the call was cut short, not refused: a shim that exits while
+        # containerd asks it something (the pod's shim ending as its last task goes) answers
+        # "context canceled" (code UNKNOWN). What happened is unknown: asked again, it is
+        # answered. crictld's own cancellations never get here (asyncio raises them).
+        return errors.Unavailable(f"containerd {what} was cut short: {details}")
     kind = _CODES.get(e.code(), errors.Internal)
-    return kind(f"containerd {what}: {e.details()}")
+    return kind(f"containerd {what}: {details}")
 
 
 # The longest any containerd call may take, waits on processes and layer applies aside: runc

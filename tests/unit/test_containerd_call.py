@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 
 from crictl import errors
-from crictl.containerd.client import ContainerdClient
+from crictl.containerd.client import ContainerdClient, translate
 
 
 async def never() -> None:
@@ -36,3 +37,26 @@ def test_a_call_that_never_answers_fails_naming_itself() -> None:
             await c.close()
 
     asyncio.run(go())
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "kind"),
+    [
+        # the pod's shim exited while containerd asked it to delete a task (a chaos run: the
+        # StopPodSandbox answered INTERNAL where asking again succeeds)
+        (grpc.StatusCode.UNKNOWN, "failed to delete task: context canceled", errors.Unavailable),
+        (grpc.StatusCode.CANCELLED, "context canceled", errors.Unavailable),
+        (grpc.StatusCode.UNKNOWN, "runc did not terminate successfully", errors.Internal),
+        (grpc.StatusCode.NOT_FOUND, "task x not found", errors.NotFound),
+        (grpc.StatusCode.FAILED_PRECONDITION, "task is running", errors.FailedPrecondition),
+    ],
+)
+def test_containerd_errors_keep_their_kind(
+    code: grpc.StatusCode, details: str, kind: type[errors.CrictlError]
+) -> None:
+    e = translate(rpc_error(code, details), "delete task")
+    assert type(e) is kind and details in str(e) and "delete task" in str(e)
