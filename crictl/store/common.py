@@ -31,9 +31,10 @@ def _driver(session: Session) -> sqlite3.Connection:
 def execute(session: Session, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
     """`sql` sent as is to the SQLite connection of the session's transaction (which
     `session.connection()` begins, or is already in). The write path's statements go this way:
-    SQLAlchemy's execution context around each cost more than the statement itself (in the
-    daemon, ~0.1 ms a statement). An error is raised as SQLAlchemy raises it (IntegrityError,
-    OperationalError, ...), so callers see one kind either way."""
+    SQLAlchemy's execution context around each cost more than the statement itself (a
+    desired-state write measured alone took 0.17-0.22 ms through it, 0.11-0.13 ms this way; the
+    raw BEGIN, UPDATE, INSERT, COMMIT take 0.03 ms). An error is raised as SQLAlchemy raises it
+    (IntegrityError, OperationalError, ...), so callers see one kind either way."""
     try:
         return _driver(session).execute(sql, params)
     except sqlite3.Error as e:
