@@ -222,6 +222,9 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
     faults.arm(config.fault_point)
     check_dependencies(config)
     state_lock.acquire()
+    # Any daemon before this one let go of the state dir by now: its exec sessions and pulls
+    # ended with it (see OrphanSweeper).
+    started_at = time.time_ns()
     try:
         socket_lock.acquire()
     except BaseException:
@@ -319,20 +322,6 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
         steps.done("subscribed and resynced")
         supervisor = Supervisor(conn.client, conn.managed)
         supervisor.start()
-        # What no row owns (left by crashes) is removed now, before serving (every exec
-        # session and pull lease is a leftover then), and every few minutes after.
-        sweeper = OrphanSweeper(
-            store,
-            conn.client,
-            SweepSettings(
-                state_dir=config.state_dir,
-                netns_dir=config.netns_dir,
-                cni_conf_dir=config.cni_conf_dir,
-                cni_bin_dirs=config.cni_bin_dirs,
-            ),
-        )
-        await sweeper.start()
-        steps.done("orphan sweep")
         stats = StatsCollector(store, conn.client, systemd_cgroup=config.systemd_cgroup)
         await stats.start()
         streams = StreamServer(
@@ -381,6 +370,20 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
         _bind(server, config.socket, socket_gid)
         await server.start()
         steps.done("serving")
+        # What no row owns (left by crashes) is removed beside the serving daemon, at once and
+        # every few minutes after: it holds nothing a request needs.
+        sweeper = OrphanSweeper(
+            store,
+            conn.client,
+            SweepSettings(
+                state_dir=config.state_dir,
+                netns_dir=config.netns_dir,
+                cni_conf_dir=config.cni_conf_dir,
+                cni_bin_dirs=config.cni_bin_dirs,
+            ),
+            daemon_started=started_at,
+        )
+        sweeper.start()
         sandboxes.check_networks()
         if config.metrics_address:
             register_gauges(store, supervisor, events, sandboxes, containers)

@@ -31,6 +31,7 @@ from crictl.reconciler.orphans import (
     Survey,
     SweepSettings,
     inspect_node,
+    process_start_ns,
     remove_orphans,
 )
 from crictl.store.engine import Store, make_engine
@@ -142,6 +143,8 @@ async def diagnose(config: Config, options: DoctorOptions) -> Report:
     report = Report(state_dir=str(config.state_dir), db=str(config.db_path))
     pid = daemon_pid(config.state_dir)
     live = pid is not None
+    # exec sessions and pulls older than the running daemon were an earlier daemon's
+    daemon_started = process_start_ns(pid) if pid is not None else None
     report.daemon = {"running": live, "pid": pid}
     try:
         reader = Store(readonly_engine(config.db_path))
@@ -173,7 +176,13 @@ async def diagnose(config: Config, options: DoctorOptions) -> Report:
         async def look() -> Survey:
             assert client is not None
             return await inspect_node(
-                reader, client, settings, options.grace, options.stuck_after, live=live
+                reader,
+                client,
+                settings,
+                options.grace,
+                options.stuck_after,
+                live=live,
+                daemon_started=daemon_started,
             )
 
         try:

@@ -284,12 +284,22 @@ def classify(
     stuck_after: float,
     live: bool = True,
     long_grace: float = LONG_GRACE,
+    daemon_started: int | None = None,
     now: int | None = None,
 ) -> list[Finding]:
     """Every mismatch between the rows and the world. `live`: a daemon is running, so exec
-    dirs and pull leases (named by no row) may be in use and only much older ones count."""
+    dirs and pull leases (named by no row) may be in use and only much older ones count,
+    except those made before `daemon_started` (when that daemon started, ns since the epoch):
+    no daemon that held them is left."""
     now = world.observed_at if now is None else now
-    unnamed_grace = max(grace, long_grace) if live else grace
+
+    def unnamed_left_over(made: int) -> bool:
+        if not _old(now, made, grace):
+            return False
+        if not live or _old(now, made, long_grace):
+            return True
+        return daemon_started is not None and made < daemon_started
+
     sandbox_ids = rows.sandbox_ids
     container_ids = rows.container_ids
     row_ids = sandbox_ids | container_ids
@@ -339,7 +349,7 @@ def classify(
                 out.append(
                     Finding(ORPHAN_LEASE, lease.id, f"lease of a create of {creating} that ended")
                 )
-        elif PULL_LEASE_LABEL in lease.labels and _old(now, lease.created_at, unnamed_grace):
+        elif PULL_LEASE_LABEL in lease.labels and unnamed_left_over(lease.created_at):
             ref = lease.labels[PULL_LEASE_LABEL]
             out.append(Finding(ORPHAN_LEASE, lease.id, f"lease of a pull of {ref} that ended"))
 
@@ -363,7 +373,7 @@ def classify(
             )
     for d in world.state_dirs:
         if d.kind == "exec":
-            if _old(now, d.mtime, unnamed_grace):
+            if unnamed_left_over(d.mtime):
                 out.append(Finding(ORPHAN_STATE_DIR, str(d.path), "exec session left over"))
             continue
         owners = sandbox_ids if d.kind == "sandboxes" else container_ids
@@ -849,12 +859,19 @@ async def inspect_node(
     *,
     live: bool = True,
     long_grace: float = LONG_GRACE,
+    daemon_started: int | None = None,
 ) -> Survey:
     world = await observe(containerd, settings)  # the world first, then the rows: see above
     asked = [cg.name for cg in world.cgroups if cg.procs]
     rows = await store.read(lambda s: read_rows(s, asked))
     findings = classify(
-        rows, world, grace=grace, stuck_after=stuck_after, live=live, long_grace=long_grace
+        rows,
+        world,
+        grace=grace,
+        stuck_after=stuck_after,
+        live=live,
+        long_grace=long_grace,
+        daemon_started=daemon_started,
     )
     return Survey(world, rows, findings)
 
@@ -868,9 +885,17 @@ async def survey(
     *,
     live: bool = True,
     long_grace: float = LONG_GRACE,
+    daemon_started: int | None = None,
 ) -> list[Finding]:
     found = await inspect_node(
-        store, containerd, settings, grace, stuck_after, live=live, long_grace=long_grace
+        store,
+        containerd,
+        settings,
+        grace,
+        stuck_after,
+        live=live,
+        long_grace=long_grace,
+        daemon_started=daemon_started,
     )
     return found.findings
 
@@ -1058,20 +1083,29 @@ async def sweep(
     *,
     live: bool = True,
     long_grace: float = LONG_GRACE,
+    daemon_started: int | None = None,
 ) -> list[Finding]:
     """Finds what no row owns and removes it; returns what was removed."""
     found = await inspect_node(
-        store, containerd, settings, grace, DEFAULT_STUCK_AFTER, live=live, long_grace=long_grace
+        store,
+        containerd,
+        settings,
+        grace,
+        DEFAULT_STUCK_AFTER,
+        live=live,
+        long_grace=long_grace,
+        daemon_started=daemon_started,
     )
     return await remove_orphans(store, containerd, settings, found)
 
 
 class OrphanSweeper:
-    """The daemon's sweep: once at start, then every `interval` seconds.
+    """The daemon's sweep: once as soon as the CRI server serves, then every `interval` seconds.
 
-    `start()` belongs with the other start-up steps, after recovery and before the CRI server
-    serves: its first sweep takes every exec dir and pull lease for a leftover (no session or
-    pull can be in flight yet); later sweeps give those `LONG_GRACE`.
+    Every sweep runs beside the live daemon, so exec dirs and pull leases, which no row names,
+    count as left over when they are older than `LONG_GRACE` or were made before
+    `daemon_started` (this daemon's start, ns since the epoch): the daemon that held those is
+    gone. Everything else has the rows to go by (see the module's docstring).
     """
 
     def __init__(
@@ -1081,16 +1115,18 @@ class OrphanSweeper:
         settings: SweepSettings,
         grace: float = DEFAULT_GRACE,
         interval: float = DEFAULT_INTERVAL,
+        daemon_started: int | None = None,
     ) -> None:
         self.store = store
         self.containerd = containerd
         self.settings = settings
         self.grace = grace
         self.interval = interval
+        self.daemon_started = daemon_started
+        self.first_done = asyncio.Event()  # set once the first sweep ended (failed or not)
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self.sweep_once(live=False)
+    def start(self) -> None:
         self._task = asyncio.create_task(self._every_interval(), name="orphan-sweep")
 
     async def stop(self) -> None:
@@ -1099,9 +1135,15 @@ class OrphanSweeper:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    async def sweep_once(self, live: bool = True) -> list[Finding]:
+    async def sweep_once(self) -> list[Finding]:
         try:
-            return await sweep(self.store, self.containerd, self.settings, self.grace, live=live)
+            return await sweep(
+                self.store,
+                self.containerd,
+                self.settings,
+                self.grace,
+                daemon_started=self.daemon_started,
+            )
         except errors.CrictlError as e:  # containerd away: the next sweep tries again
             log.warning("orphan sweep failed", extra={"error": str(e)})
         except Exception:  # a bug must not end the periodic sweep for good
@@ -1109,6 +1151,13 @@ class OrphanSweeper:
         return []
 
     async def _every_interval(self) -> None:
+        started = time.perf_counter()
+        removed = await self.sweep_once()
+        self.first_done.set()
+        log.info(
+            "first orphan sweep done",
+            extra={"removed": len(removed), "ms": round((time.perf_counter() - started) * 1000, 1)},
+        )
         while True:
             await asyncio.sleep(self.interval)
             await self.sweep_once()

@@ -348,8 +348,9 @@ def test_doctor_names_each_orphan_and_the_sweep_removes_only_them(
 def test_the_daemons_sweeper_sweeps_at_start_and_then_periodically(
     image_daemon: Daemon, short_tmp: Path
 ) -> None:
-    """OrphanSweeper as the daemon runs it, beside a live daemon: its first sweep takes every
-    exec dir for a leftover, later ones leave young exec dirs alone."""
+    """OrphanSweeper as the daemon runs it, beside a live daemon: its first sweep, at once,
+    takes every exec dir from before the daemon's start for a leftover; it and later sweeps
+    leave the young exec dirs made since alone."""
     d = image_daemon
     settings = SweepSettings(
         state_dir=d.state_dir,
@@ -372,9 +373,12 @@ def test_the_daemons_sweeper_sweeps_at_start_and_then_periodically(
             ghost, "ghost", {"ociVersion": "1.0.2"}, "overlayfs", {"crictld.io/kind": "sandbox"}
         )
         at_start = dirs(f"sandboxes/{secrets.token_hex(32)}", "exec/exec-0123456789abcdef")
-        sweeper = OrphanSweeper(store, client, settings, grace=0.0, interval=0.1)
+        sweeper = OrphanSweeper(
+            store, client, settings, grace=0.0, interval=0.1, daemon_started=time.time_ns()
+        )
         try:
-            await sweeper.start()
+            sweeper.start()
+            await asyncio.wait_for(sweeper.first_done.wait(), 60)
             assert not any(p.exists() for p in at_start)
             assert [c.id for c in await client.list_containers()] == []
             later = dirs(f"containers/{secrets.token_hex(32)}", "exec/exec-fedcba9876543210")

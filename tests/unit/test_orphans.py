@@ -270,6 +270,35 @@ def test_exec_dirs_while_a_daemon_runs_and_while_none_does() -> None:
     }
 
 
+def test_exec_dirs_and_pulls_from_before_the_running_daemon_started_are_left_over() -> None:
+    """The daemon sweeps beside itself from its start: what an earlier daemon's sessions and
+    pulls left is swept past the grace; its own young ones are not, and the grace holds."""
+    started = NOW - 300 * S
+    world = plus(
+        healthy_world(),
+        state_dirs=(
+            StateDir("exec", "exec-old", STATE / "exec" / "exec-old", started - 100 * S),
+            StateDir("exec", "exec-mine", STATE / "exec" / "exec-mine", started + 1),
+            StateDir("exec", "exec-just", STATE / "exec" / "exec-just", NOW - 10 * S),
+        ),
+        leases=(
+            Lease("pull-old", {"crictld.io/pull": "busybox:1"}, started - 1),
+            Lease("pull-mine", {"crictld.io/pull": "busybox:1"}, started + 1),
+        ),
+    )
+    expected = {
+        (ORPHAN_STATE_DIR, str(STATE / "exec" / "exec-old")),
+        (ORPHAN_LEASE, "pull-old"),
+    }
+    assert find(HEALTHY, world, daemon_started=started) == expected
+    # the grace still holds for what came just before the start
+    assert find(HEALTHY, world, daemon_started=NOW) == expected | {
+        (ORPHAN_STATE_DIR, str(STATE / "exec" / "exec-mine")),
+        (ORPHAN_LEASE, "pull-mine"),
+    }
+    assert find(HEALTHY, world) == set()
+
+
 def test_node_objects_no_row_owns() -> None:
     old = NOW - 600 * S
     world = plus(
