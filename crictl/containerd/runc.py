@@ -29,6 +29,8 @@ import logging
 import os
 from pathlib import Path
 
+from crictl import trace
+
 log = logging.getLogger(__name__)
 
 # Where containerd's runc shim keeps runc's state (runc's --root) when the runtime options set
@@ -44,13 +46,28 @@ def _comm(pid: int) -> str | None:
         return None
 
 
+def start_pending(namespace: str, container_id: str, root: Path = RUNC_ROOT) -> bool:
+    """True while runc's exec.fifo is there: a task made and not started, or a start cut
+    short. One stat in runc's state dir (a tmpfs)."""
+    return (root / namespace / container_id / "exec.fifo").exists()
+
+
+async def release_if_stale(namespace: str, container_id: str, root: Path = RUNC_ROOT) -> None:
+    """`release_stale_start` from the event loop, in a thread only when a start is pending:
+    for a task never made, or started as usual, it is one stat."""
+    if start_pending(namespace, container_id, root):
+        await trace.to_thread(
+            "runc stale start", release_stale_start, namespace, container_id, root
+        )
+
+
 def release_stale_start(namespace: str, container_id: str, root: Path = RUNC_ROOT) -> bool:
     """True if the container's process had been released by a start cut short and runc's
     state is now made to say so (see the module's docstring); False when there is nothing to
     do (no such container, a start never run, or one that finished)."""
     d = root / namespace / container_id
     fifo = d / "exec.fifo"
-    if not fifo.exists():
+    if not start_pending(namespace, container_id, root):
         return False
     try:
         pid = int(json.loads((d / "state.json").read_text())["init_process_pid"])

@@ -407,9 +407,7 @@ class ContainerReconciler:
     async def _release_stale_start(self, cid: str) -> None:
         """A start a crash cut short may have left runc blocking the task (crictl/containerd/
         runc.py): cleared before anything else is asked of the task."""
-        await trace.to_thread(
-            "runc stale start", runc.release_stale_start, self.containerd.namespace, cid
-        )
+        await runc.release_if_stale(self.containerd.namespace, cid)
 
     async def _start(self, row: Container | ContainerView) -> None:
         cid = row.id

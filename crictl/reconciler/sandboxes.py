@@ -393,9 +393,7 @@ class SandboxReconciler:
             faults.point("sandbox-run:after-snapshot")
             await netns_made.wait()
             # a start a crash cut short may have left runc blocking the task (containerd/runc.py)
-            await trace.to_thread(
-                "runc stale start", runc.release_stale_start, self.containerd.namespace, sid
-            )
+            await runc.release_if_stale(self.containerd.namespace, sid)
             await self.containerd.create_task(sid, mounts)
             faults.point("sandbox-run:after-task-create")
             pid = await self.containerd.start_task(sid)
@@ -480,9 +478,7 @@ class SandboxReconciler:
 
     async def _teardown(self, row: PodSandbox | SandboxView, remove: bool) -> None:
         sid = row.id
-        await trace.to_thread(
-            "runc stale start", runc.release_stale_start, self.containerd.namespace, sid
-        )
+        await runc.release_if_stale(self.containerd.namespace, sid)
         config = config_of(row)
         if self.removals_hook is not None:
             await self.removals_hook(sid)

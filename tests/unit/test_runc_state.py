@@ -3,6 +3,7 @@ fifo and the init process, a blocked `runc start` is released, nothing else is t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,7 +12,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from crictl import trace
 from crictl.containerd import runc
 
 NAMED = (
@@ -72,6 +77,31 @@ def test_a_released_process_with_the_fifo_left_is_recognised_and_the_reader_free
         assert not t.is_alive() and read == [b""]  # EOF: runc says "already running"
         assert not (d / "exec.fifo").exists()
         assert not runc.release_stale_start("ns", "c1", tmp_path)  # done once
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_the_event_loop_check_asks_a_thread_only_when_a_start_is_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+    real = trace.to_thread
+
+    async def counted(name: str, fn: Any, *args: Any) -> Any:
+        asked.append(name)
+        return await real(name, fn, *args)
+
+    monkeypatch.setattr(trace, "to_thread", counted)
+    asyncio.run(runc.release_if_stale("ns", "c1", tmp_path))  # no task: one stat
+    assert asked == []
+    p = process("sleep")
+    try:
+        d = runc_dir(tmp_path, p.pid)  # released, the fifo left: a start cut short
+        asyncio.run(runc.release_if_stale("ns", "c1", tmp_path))
+        assert asked == ["runc stale start"] and not (d / "exec.fifo").exists()
+        asyncio.run(runc.release_if_stale("ns", "c1", tmp_path))  # started: one stat again
+        assert asked == ["runc stale start"]
     finally:
         p.kill()
         p.wait()
