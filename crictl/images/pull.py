@@ -322,6 +322,7 @@ class Puller:
             )
             for i, layer in enumerate(layers)
         ]
+        pending = list(downloads)
         try:
             _, config_body = await asyncio.gather(
                 self._put_small(manifest, manifest_body, md, lease, manifest_labels),
@@ -335,18 +336,24 @@ class Puller:
             config_labels = (
                 {f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chains[-1]} if chains else {}
             )
-            await self._put_small(config, config_body, md, lease, config_labels)
+            # The config is written beside the unpacking (the lease holds what it names until
+            # the image records exist), and each layer's snapshot is prepared while its
+            # download may still run: the first layer's is, as a rule.
+            config_put = self._put_small(config, config_body, md, lease, config_labels)
+            pending.append(asyncio.ensure_future(config_put))
             parent = ""
             for i, layer in enumerate(layers):
-                await downloads[i]
-                await self._unpack_layer(layer, diff_ids[i], chains[i], parent, lease, md)
+                await self._unpack_layer(
+                    layer, diff_ids[i], chains[i], parent, lease, md, downloads[i]
+                )
                 parent = chains[i]
+            await pending[-1]
         except BaseException:
             if not diff_ids_ready.done():
                 diff_ids_ready.cancel()
-            for d in downloads:
+            for d in pending:
                 d.cancel()
-            await asyncio.gather(*downloads, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
             raise
         return ImageContent(target, manifest, config, layers, diff_ids, config_json)
 
@@ -628,14 +635,17 @@ class Puller:
         parent: str,
         lease: str,
         md: Sequence[tuple[str, str]],
+        downloaded: Awaitable[None],
     ) -> None:
         """The layer's snapshot, held by this pull's lease: unpacked and committed under it,
-        or, if it is there already, added to it and found again (as `_ensure_blob`)."""
+        or, if it is there already, added to it and found again (as `_ensure_blob`). The
+        snapshot is prepared before the layer is `downloaded`; the layer is applied after."""
         lock = self._snapshot_locks.setdefault(chain_id, asyncio.Lock())
         async with lock:
             if await self._snapshot_exists(chain_id):
                 await self._add_to_lease(lease, chain_id, f"snapshots/{self.snapshotter}")
                 if await self._snapshot_exists(chain_id):
+                    await downloaded  # the image's content is whole all the same
                     return
             key = f"extract-{secrets.token_hex(8)} {chain_id}"
             labels = {SNAPSHOT_REF: chain_id}
@@ -649,6 +659,7 @@ class Puller:
                 ),
             )
             try:
+                await downloaded
                 applied = await self.containerd.call(
                     "apply layer",
                     self.containerd.diff.Apply(
