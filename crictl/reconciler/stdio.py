@@ -184,9 +184,13 @@ class ExecProcess:
                 stdin=str(paths["stdin"]) if stdin else "",
                 terminal=tty,
             )
+            # Waited on before it starts, as containerd's CRI does: the exit status comes back
+            # as the process ends, not a round trip after the start's answer.
+            waiter = asyncio.create_task(self._wait())
             try:
                 await containerd.start_process(container_id, self.exec_id)
             except errors.Internal as e:
+                waiter.cancel()
                 # runc could not start the command (not found, not executable, no such
                 # working dir): the request's fault as the container stands, not the daemon's.
                 if "OCI runtime exec failed" not in str(e):
@@ -194,8 +198,11 @@ class ExecProcess:
                 raise errors.FailedPrecondition(
                     f"cannot start {process.get('args')!r:.200} in container {container_id}: {e}"
                 ) from None
+            except BaseException:
+                waiter.cancel()
+                raise
             self.output.release_writers()  # the shim holds the write ends now
-            self._waiter = asyncio.create_task(self._wait())
+            self._waiter = waiter
         except BaseException:
             await self.close()
             raise
