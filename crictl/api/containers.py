@@ -152,9 +152,11 @@ class Containers:
         fault: str,
         missing_ok: bool,
         wait: bool = True,
+        settled: bool = False,
     ) -> str | None:
-        """Records `desired` and waits for the pass that brings it about (`wait`), or only
-        wakes it (the reconciler retries it until it is done)."""
+        """Records `desired` and waits for the pass that brings it about (`wait`; with
+        `settled`, until it settles: see KeyedQueue.wait), or only wakes it (the reconciler
+        retries it until it is done)."""
         try:
             row = await self.store.write(
                 lambda s: set_container_desired(s, resolve_container_id(s, container_id), desired)
@@ -165,7 +167,7 @@ class Containers:
             raise
         faults.point(fault)
         if wait:
-            await self.reconciler.queue.wait(row.id)
+            await self.reconciler.queue.wait(row.id, settled=settled)
         else:
             self.reconciler.queue.wake(row.id)
         return row.id
@@ -194,8 +196,14 @@ class Containers:
         except errors.NotFound:
             return api_pb2.StopContainerResponse()
         self.reconciler.request_stop(cid, int(request.timeout))
+        # Answered once the exit is recorded (the container is stopped, its status EXITED);
+        # its task's delete, which ends the shim, goes on in the pass.
         await self._change(
-            cid, ContainerDesired.EXITED, "container-stop:after-desired", missing_ok=True
+            cid,
+            ContainerDesired.EXITED,
+            "container-stop:after-desired",
+            missing_ok=True,
+            settled=True,
         )
         return api_pb2.StopContainerResponse()
 

@@ -197,6 +197,8 @@ class ContainerReconciler:
         self._mounts: dict[str, list[mount_pb2.Mount]] = {}
         # /etc/passwd and /etc/group of an image's rootfs, by its layers' chain id.
         self._accounts: dict[str, tuple[str, str]] = {}
+        # ExecSync processes whose record in the shim and FIFOs go after the answer.
+        self._closing: set[asyncio.Task[None]] = set()
         sandboxes.containers_hook = self.teardown_sandbox_containers
         sandboxes.removals_hook = self.settle_removals
 
@@ -205,6 +207,7 @@ class ContainerReconciler:
 
     async def stop(self) -> None:
         await self.queue.drain()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def _record_failure(self, container_id: str, error: Exception) -> None:
         await self.store.write(
@@ -580,6 +583,7 @@ class ContainerReconciler:
                     message=message,
                 )
             )
+            self.queue.settle(row.id)
         # A half-created task is only deleted. With none shown the delete is still asked for:
         # containerd killed during the task's create, then restarted, holds a shim it lists no
         # task for (it holds no runc container), and only a delete drops that shim.
@@ -611,7 +615,8 @@ class ContainerReconciler:
             return int(signal.SIGTERM)
 
     async def _harvest(self, cid: str, exit_status: int, exited_at_ns: int) -> None:
-        """Records an exit and deletes the task (its shim and logger then end)."""
+        """Records an exit and deletes the task (its shim and logger then end). A stop waits
+        for the record, not the delete (`KeyedQueue.settle`)."""
         reason = exit_reason(exit_status, cid in self._oom)
         self._oom.discard(cid)
         await self.store.write(
@@ -619,6 +624,7 @@ class ContainerReconciler:
                 s, cid, exit_status, reason, finished_at=exited_at_ns or None
             )
         )
+        self.queue.settle(cid)
         await delete_stopped_task(self.containerd, cid)
 
     async def _image_volumes(
@@ -799,14 +805,29 @@ class ContainerReconciler:
                     out[kind] += data[: EXEC_OUTPUT_CAP - len(out[kind])]
                 code = await process.wait()
         except TimeoutError:
-            await process.kill()
+            try:
+                await process.kill()
+            finally:
+                await process.close()
             raise errors.DeadlineExceeded(
                 f"ExecSync {cmd!r} in {container_id}: timed out after {timeout}s; "
                 "the process was killed"
             ) from None
-        finally:
+        except BaseException:
             await process.close()
+            raise
+        # The answer is whole once the process exited and its output ended: its record in
+        # the shim and its FIFOs are removed after it (a daemon killed first leaves the exec
+        # dir to the orphan sweep, the record to the task's deletion).
+        closing = asyncio.create_task(process.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closed)
         return ExecResult(bytes(out[STDOUT]), bytes(out[STDERR]), code)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._closing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("closing an exec failed", extra={"error": str(task.exception())})
 
     # -- logs ------------------------------------------------------------------------------
 

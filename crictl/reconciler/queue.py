@@ -1,6 +1,8 @@
 """A keyed work queue: one worker per key at a time, repeated wake-ups collapse into one more
 pass, and a caller can wait for the pass its wake-up caused (shielded: a caller that gives up,
-its deadline passed, never cancels the work; a retry attaches to the same pass).
+its deadline passed, never cancels the work; a retry attaches to the same pass). A caller can
+also ask to be answered once that pass has `settle`d: done what the caller waits for, its
+clean-up still to come (a StopContainer once the exit is recorded, before the task's delete).
 
 A pass that fails is retried, level-triggered, after a backoff that doubles from RETRY_FIRST
 to RETRY_CAP (the caller that woke it still gets its error at once); the key's failure count
@@ -50,6 +52,10 @@ class KeyedQueue(Generic[K]):
         self._woken_at: dict[K, float] = {}
         self._on_failure = on_failure
         self._running: dict[K, asyncio.Task[None]] = {}
+        # Passes started by the worker running for a key, and the callers waiting for a pass
+        # (by its number) to settle.
+        self._started: dict[K, int] = {}
+        self._settles: dict[K, list[tuple[int, asyncio.Future[None]]]] = {}
         self._again: set[K] = set()
         self._retries: dict[K, asyncio.TimerHandle] = {}
         self.failures: dict[K, Failure] = {}
@@ -72,11 +78,37 @@ class KeyedQueue(Generic[K]):
         task.add_done_callback(lambda t: self._done(key, t))
         return task
 
-    async def wait(self, key: K) -> None:
+    async def wait(self, key: K, settled: bool = False) -> None:
         """Wakes `key` and waits for a pass that started after this call to finish; its
-        exception, if any, is raised here."""
+        exception, if any, is raised here. With `settled`, returns as soon as that pass calls
+        `settle(key)`; what the pass does after that, if it fails, is retried as any pass."""
         with trace.span("queue wait"):
-            await asyncio.shield(self.wake(key))
+            task = self.wake(key)
+            if not settled:
+                await asyncio.shield(task)
+                return
+            # The pass this call woke is the worker's next: the one it runs after the present
+            # pass, or the first of a worker just started.
+            waiter = (self._started.get(key, 0) + 1, asyncio.get_running_loop().create_future())
+            self._settles.setdefault(key, []).append(waiter)
+            try:
+                await asyncio.wait((task, waiter[1]), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiters = self._settles.get(key, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._settles.pop(key, None)
+            if not waiter[1].done():
+                await asyncio.shield(task)  # ended before it settled: its outcome is the answer
+
+    def settle(self, key: K) -> None:
+        """The pass running for `key` has done what callers waiting with `settled` wait for:
+        they are answered now, the pass goes on."""
+        started = self._started.get(key, 0)
+        for number, future in self._settles.get(key, []):
+            if number <= started and not future.done():
+                future.set_result(None)
 
     def depth(self) -> int:
         """Keys with a pass running or a retry pending."""
@@ -85,6 +117,7 @@ class KeyedQueue(Generic[K]):
     async def _run(self, key: K) -> None:
         while True:
             self._again.discard(key)
+            self._started[key] = self._started.get(key, 0) + 1
             started = time.monotonic()
             woken = self._woken_at.pop(key, None)
             if woken is not None:
@@ -136,6 +169,7 @@ class KeyedQueue(Generic[K]):
     def _done(self, key: K, task: asyncio.Task[None]) -> None:
         if self._running.get(key) is task:
             del self._running[key]
+            self._started.pop(key, None)  # the next worker counts its passes from 1
         if not task.cancelled():
             task.exception()  # retrieved: the error was logged, recorded and is retried
 
