@@ -161,7 +161,7 @@ class ExecProcess:
     ) -> ExecProcess:
         tty = bool(process.get("terminal"))
         d = exec_root / f"exec-{secrets.token_hex(8)}"
-        await asyncio.to_thread(d.mkdir, parents=True)
+        d.mkdir(parents=True)  # as the FIFOs below: metadata calls, no thread hop
         self = cls(containerd, container_id, d, tty)
         try:
             paths = {name: d / name for name in ("stdin", "stdout", "stderr")}
