@@ -88,6 +88,8 @@ def translate(e: grpc.aio.AioRpcError, what: str) -> errors.CrictlError:
 CALL_DEADLINE = 60.0
 
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+# A snapshot with this label is kept by containerd's GC until it is removed (its value: when).
+GC_ROOT_LABEL = "containerd.io/gc.root"
 RUNC_RUNTIME = "io.containerd.runc.v2"
 
 

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from crictl import errors, trace
 from crictl.containerd import runc
-from crictl.containerd.client import ContainerdClient, TaskState
+from crictl.containerd.client import GC_ROOT_LABEL, ContainerdClient, TaskState
 from crictl.containerd.rootfs import read_text
 from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
 from crictl.gen.containerd.api.types import mount_pb2
@@ -82,7 +82,6 @@ EXEC_OUTPUT_CAP = 16 << 20
 ACCOUNTS_KEPT = 256  # images whose /etc/passwd and /etc/group are kept in memory
 KIND_LABEL = "crictld.io/kind"
 CREATE_LEASE_LABEL = "crictld.io/create"  # the create leases of earlier crictlds
-GC_ROOT_LABEL = "containerd.io/gc.root"
 SANDBOX_LABEL = "crictld.io/sandbox-id"
 
 

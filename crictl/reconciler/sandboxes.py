@@ -28,6 +28,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclasses_field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from sqlalchemy.orm import Session
 
 from crictl import errors, trace
 from crictl.containerd import runc
-from crictl.containerd.client import ContainerdClient, TaskState
+from crictl.containerd.client import GC_ROOT_LABEL, ContainerdClient, TaskState
+from crictl.gen.containerd.api.types import mount_pb2
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.network import cni, netns
 from crictl.oci.spec import (
@@ -380,17 +382,30 @@ class SandboxReconciler:
                 "io.cri-containerd.kind": "sandbox",
             }
             image_name = pause.repo_tags[0] if pause.repo_tags else pause.id
-            await self.containerd.create_container(
-                sid,
-                image_name,
-                spec,
-                SNAPSHOTTER,
-                labels,
-                self.settings.runtime_handlers.get(row.runtime_handler, ""),
-            )
-            faults.point("sandbox-run:after-container-create")
-            mounts = await self.containerd.prepare_snapshot(SNAPSHOTTER, sid, pause.chain_id or "")
-            faults.point("sandbox-run:after-snapshot")
+
+            async def create() -> None:
+                await self.containerd.create_container(
+                    sid,
+                    image_name,
+                    spec,
+                    SNAPSHOTTER,
+                    labels,
+                    self.settings.runtime_handlers.get(row.runtime_handler, ""),
+                )
+                faults.point("sandbox-run:after-container-create")
+
+            async def prepare() -> list[mount_pb2.Mount]:
+                # A GC root until the container record names it: the two are made at once
+                # (containerd does not check the snapshot at the record's creation); the
+                # setup's undo removes whichever was made.
+                root = {GC_ROOT_LABEL: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                made = await self.containerd.prepare_snapshot(
+                    SNAPSHOTTER, sid, pause.chain_id or "", labels=root
+                )
+                faults.point("sandbox-run:after-snapshot")
+                return made
+
+            _, mounts = await asyncio.gather(create(), prepare())
             await netns_made.wait()
             # a start a crash cut short may have left runc blocking the task (containerd/runc.py)
             await runc.release_if_stale(self.containerd.namespace, sid)
