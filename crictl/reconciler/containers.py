@@ -379,7 +379,7 @@ class ContainerReconciler:
         crictld-logger with the output pipes. With stdin: FIFOs, because the shim gives a
         `binary://` container no stdin; crictld starts the logger on them (once: a logger
         left by an interrupted start is reused), and it holds stdin open between attaches."""
-        args = await trace.to_thread("logger args", self._logger_args, row)
+        args = self._logger_args(row)  # one mkdir: on the loop, as the FIFOs below
         if not config.stdin:
             uri = f"binary://{self.logger}?{urllib.parse.urlencode(args)}"
             # With a tty the shim copies the console to stdout; stderr is the same stream.
