@@ -335,6 +335,7 @@ class SandboxReconciler:
         ip = row.ip
         pid = 0
         netns_made = asyncio.Event()
+        files_made = asyncio.Event()
 
         async def setup_network() -> None:
             nonlocal ip
@@ -363,10 +364,15 @@ class SandboxReconciler:
             )
             faults.point("sandbox-run:after-cni-recorded")
             ip = result.ip
+            # /etc/hosts with the pod's IP, while the pause task is made (the pod's files
+            # were written before the IP was known)
+            await files_made.wait()
+            await trace.to_thread("sandbox hosts", self._write_hosts, sid, config, ip)
 
         async def setup_container() -> None:
             nonlocal pid
             files = await trace.to_thread("sandbox files", self._write_files, sid, config, ip)
+            files_made.set()
             spec = sandbox_spec(
                 sid,
                 config,
@@ -420,8 +426,6 @@ class SandboxReconciler:
                 group.create_task(setup_container())
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None  # the first failure, with its own message
-        if ip:
-            await trace.to_thread("sandbox hosts", self._write_hosts, sid, config, ip)
         await self.store.write(lambda s: record_sandbox_started(s, sid, sid, pid))
         faults.point("sandbox-run:after-task-start")
 

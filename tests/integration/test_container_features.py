@@ -146,3 +146,22 @@ def test_propagation_needs_a_shared_or_slave_source(
     assert pod.status(cid).state == api_pb2.CONTAINER_RUNNING
     remove(d, pod.id)
     subprocess.run(["mount", "--make-private", str(tmpfs)], check=True)
+
+
+def test_etc_hosts_names_the_pods_ip_and_hostname(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """The pod's hosts file is written before CNI ADD answers and again with the IP it
+    answered, while the pause task is made: a container sees the second."""
+    pod = Pod(image_daemon, registry, short_tmp / "logs")
+    status = image_daemon.runtime_call(
+        "PodSandboxStatus", api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod.id)
+    ).status
+    ip = status.network.ip
+    assert ip
+    cid = create(pod, container(pod, "app"))
+    pod.start(cid)
+    hosts = pod.exec(cid, ["cat", "/etc/hosts"]).stdout.decode()
+    names = {line.split()[0]: line.split()[1:] for line in hosts.splitlines() if line.split()}
+    assert pod.config.hostname in names.get(ip, []), hosts
+    remove(image_daemon, pod.id)
