@@ -64,6 +64,7 @@ from crictl.store.sandboxes import (
     mark_sandbox_observed,
     record_network_released,
     record_sandbox_error,
+    record_sandbox_lost,
     record_sandbox_network,
     record_sandbox_not_ready,
     record_sandbox_started,
@@ -596,7 +597,7 @@ class SandboxReconciler:
         if row is None or row.phase != SandboxPhase.READY or row.desired != SandboxDesired.READY:
             return  # not ours to report: a stop or remove in progress killed it
         await self.store.write(
-            lambda s: record_sandbox_not_ready(
+            lambda s: record_sandbox_lost(
                 s,
                 event.container_id,
                 "PauseExited",
@@ -651,7 +652,7 @@ class SandboxReconciler:
 
         def record(session: Session) -> None:
             for sid, reason, message in gone:
-                record_sandbox_not_ready(session, sid, reason, message)
+                record_sandbox_lost(session, sid, reason, message)
             for row, pid in kept:
                 record_event(session, "sandbox", row.id, "readopted", message=f"pid {pid}")
 
@@ -744,7 +745,7 @@ class SandboxReconciler:
             except errors.CrictlError as e:
                 message = str(e)
                 await self.store.write(
-                    lambda s: record_sandbox_not_ready(s, row.id, "NetworkCheckFailed", message)
+                    lambda s: record_sandbox_lost(s, row.id, "NetworkCheckFailed", message)
                 )
             finally:
                 self._checking.discard(row.id)

@@ -210,6 +210,19 @@ def record_sandbox_not_ready(
         )
 
 
+def record_sandbox_lost(session: Session, sandbox_id: str, reason: str, message: str) -> bool:
+    """The loop saw a ready pod lose its pause task, netns or network, from a snapshot read
+    before this write: a pod removed or asked to stop since is left to that request, which
+    reports it. Returns whether the pod was marked NOTREADY."""
+    sandbox = sandbox_now(session, sandbox_id)
+    if sandbox is None or sandbox.desired != SandboxDesired.READY:
+        return False
+    if sandbox.phase != SandboxPhase.READY:
+        return False
+    record_sandbox_not_ready(session, sandbox_id, reason, message)
+    return True
+
+
 def record_setup_failed(session: Session, sandbox_id: str, error: str) -> SandboxView:
     """A setup failed: its undo (a removal) is recorded before it starts, with the reason, so
     a crash in the undo is finished by the next pass and still says why."""

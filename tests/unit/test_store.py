@@ -7,16 +7,19 @@ from sqlalchemy.orm import Session
 from crictl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from crictl.store.engine import Store
 from crictl.store.events import list_events
-from crictl.store.models import LabelKind, SandboxPhase
+from crictl.store.models import LabelKind, SandboxDesired, SandboxPhase
 from crictl.store.readmodel import sandbox_now
 from crictl.store.sandboxes import (
     NewSandbox,
     SandboxFilter,
     create_sandbox,
+    delete_sandbox,
     get_sandbox,
     labels_of,
     list_sandboxes,
+    record_sandbox_lost,
     resolve_sandbox_id,
+    set_sandbox_desired,
 )
 from crictl.store.transitions import switch_sandbox_phase
 
@@ -103,8 +106,8 @@ def test_id_prefixes_resolve_uniquely(store: Store) -> None:
         store.read_sync(lambda s: resolve_sandbox_id(s, "a%"))  # no LIKE tricks
 
 
-def _switch(s: Session, phase: SandboxPhase) -> None:
-    sb = sandbox_now(s, "a" * 64)
+def _switch(s: Session, phase: SandboxPhase, sid: str = "a" * 64) -> None:
+    sb = sandbox_now(s, sid)
     assert sb is not None
     switch_sandbox_phase(s, sb, phase, reason="Test", message=f"to {phase}")
 
@@ -123,6 +126,25 @@ def test_transitions_are_checked_and_logged(store: Store) -> None:
         ("PENDING", "READY"),
         ("READY", "NOTREADY"),
     ]
+
+
+def test_a_loss_seen_from_an_old_snapshot_leaves_later_requests_alone(store: Store) -> None:
+    """The loop decides from a snapshot; a stop or remove may commit before its write."""
+    sid = "a" * 64
+    store.write_sync(lambda s: create_sandbox(s, new()))
+    store.write_sync(lambda s: _switch(s, SandboxPhase.READY))
+    store.write_sync(lambda s: set_sandbox_desired(s, sid, SandboxDesired.NOTREADY))
+    assert not store.write_sync(lambda s: record_sandbox_lost(s, sid, "PauseExited", "exit 1"))
+    assert store.read_sync(lambda s: get_sandbox(s, sid)).phase == SandboxPhase.READY
+    store.write_sync(lambda s: delete_sandbox(s, sid, "Removed"))
+    assert not store.write_sync(lambda s: record_sandbox_lost(s, sid, "PauseExited", "exit 1"))
+
+    other = "b" * 64
+    store.write_sync(lambda s: create_sandbox(s, new(sid=other, name="db", digest="d2")))
+    store.write_sync(lambda s: _switch(s, SandboxPhase.READY, other))
+    assert store.write_sync(lambda s: record_sandbox_lost(s, other, "NetnsVanished", "gone"))
+    sb = store.read_sync(lambda s: get_sandbox(s, other))
+    assert (sb.phase, sb.reason) == (SandboxPhase.NOTREADY, "NetnsVanished")
 
 
 def test_database_constraints_hold_without_the_orm(store: Store) -> None:
