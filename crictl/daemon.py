@@ -49,7 +49,7 @@ from crictl.images.registry import Credentials, RegistryClient
 from crictl.oci import apparmor
 from crictl.reconciler import faults
 from crictl.reconciler.containers import ContainerReconciler, find_logger
-from crictl.reconciler.events import Supervisor, TaskEventHandlers, TaskEvents
+from crictl.reconciler.events import ContainerdEvents, EventHandlers, Supervisor
 from crictl.reconciler.health import Health
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.netconf import PodCidr
@@ -238,7 +238,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
     conn: ContainerdConnection | None = None
     server: grpc.aio.Server | None = None
     streams: StreamServer | None = None
-    events: TaskEvents | None = None
+    events: ContainerdEvents | None = None
     supervisor: Supervisor | None = None
     sweeper: OrphanSweeper | None = None
     metrics_server: Any = None
@@ -305,11 +305,12 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
         steps.done("container leftovers")
         # Subscribe, then resync: the first resync is start-up recovery; later ones follow
         # every reconnection to containerd.
-        events = TaskEvents(
+        events = ContainerdEvents(
             conn.client,
-            TaskEventHandlers(
+            EventHandlers(
                 on_exit=[sandboxes.on_task_exit, containers.on_exit],
                 on_oom=[containers.on_oom],
+                on_image=[images.on_containerd_event],
                 resync=[
                     partial(resync_tasks, store, conn.client, sandboxes, containers),
                     images.resync,
@@ -320,7 +321,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(events.synced.wait(), RECOVERY_WAIT)
         steps.done("subscribed and resynced")
-        supervisor = Supervisor(conn.client, conn.managed)
+        supervisor = Supervisor(conn.client, conn.managed, on_back=events.retry_now)
         supervisor.start()
         stats = StatsCollector(store, conn.client, systemd_cgroup=config.systemd_cgroup)
         await stats.start()
@@ -443,7 +444,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
 
 def live_info(
     supervisor: Supervisor,
-    events: TaskEvents,
+    events: ContainerdEvents,
     sandboxes: SandboxReconciler,
     containers: ContainerReconciler,
     hub: EventHub,
@@ -471,7 +472,7 @@ def live_info(
 def register_gauges(
     store: Store,
     supervisor: Supervisor,
-    events: TaskEvents,
+    events: ContainerdEvents,
     sandboxes: SandboxReconciler,
     containers: ContainerReconciler,
 ) -> None:

@@ -1,5 +1,5 @@
-"""containerd's task events, the resync that follows every (re)subscription, and the
-supervision of a managed containerd.
+"""containerd's events (tasks and images, on one subscription), the resync that follows
+every (re)subscription, and the supervision of a managed containerd.
 
 What recovery and resync rely on (what crictld trusts containerd for, and what it checks
 itself):
@@ -32,6 +32,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from google.protobuf.any_pb2 import Any as AnyPb
+
 from crictl import errors
 from crictl.containerd.client import ContainerdClient
 from crictl.containerd.managed import ManagedContainerd
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 MARKER_TOPIC = "/crictld/subscribed"
 RETRY_FIRST = 0.2
 RETRY_CAP = 5.0
-MARKER_REPEAT = 0.5
+MARKER_REPEAT = 0.1  # until the stream echoes it: the first may beat the subscription
 PROBE_INTERVAL = 1.0
 PROBE_TIMEOUT = 2.0
 
@@ -55,17 +57,21 @@ class TaskExit:
 
 
 @dataclass
-class TaskEventHandlers:
+class EventHandlers:
     on_exit: list[Callable[[TaskExit], Awaitable[None]]] = field(default_factory=list)
     on_oom: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
+    # (topic, event) of every /images/ event: the image cache decodes and queues them
+    on_image: list[Callable[[str, AnyPb], None]] = field(default_factory=list)
     resync: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-class TaskEvents:
-    """One subscription to containerd's task events, kept alive across outages; after each
-    (re)subscription the resync handlers run (the first one is start-up recovery)."""
+class ContainerdEvents:
+    """One subscription to containerd's task and image events, kept alive across outages;
+    after each (re)subscription the resync handlers run (the first one is start-up
+    recovery). One stream, so one marker proves it live for both: an image changed
+    while the stream was down is found by the image resync, one changed after it arrives."""
 
-    def __init__(self, containerd: ContainerdClient, handlers: TaskEventHandlers) -> None:
+    def __init__(self, containerd: ContainerdClient, handlers: EventHandlers) -> None:
         self.containerd = containerd
         self.handlers = handlers
         self.synced = asyncio.Event()  # set after the first resync (recovery) finished
@@ -74,19 +80,27 @@ class TaskEvents:
         self.last_error = ""
         self.last_resync_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._retry_now = asyncio.Event()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="task-events")
+        self._task = asyncio.create_task(self._run(), name="containerd-events")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def retry_now(self) -> None:
+        """containerd answers again (the supervisor saw it): subscribe without waiting out
+        the backoff, so exits are heard as they happen, not seconds later."""
+        if not self.subscribed:
+            self._retry_now.set()
+
     async def _run(self) -> None:
         delay = RETRY_FIRST
         while True:
             before = self.subscriptions
+            self._retry_now.clear()
             try:
                 await self._subscription()
             except asyncio.CancelledError:
@@ -94,11 +108,12 @@ class TaskEvents:
             except Exception as e:
                 self.last_error = str(e)
                 if self.subscribed:
-                    log.warning("task event stream broke", extra={"error": str(e)})
+                    log.warning("containerd event stream broke", extra={"error": str(e)})
             self.subscribed = False
             if self.subscriptions > before:
                 delay = RETRY_FIRST  # it worked for a while: come back quickly
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_now.wait(), delay)
             delay = min(RETRY_CAP, delay * 2)
 
     async def _subscription(self) -> None:
@@ -106,7 +121,10 @@ class TaskEvents:
         announcer = asyncio.create_task(self._announce(marker))
         try:
             async for env in self.containerd.subscribe(
-                'topic=="/tasks/exit"', 'topic=="/tasks/oom"', f'topic=="{MARKER_TOPIC}"'
+                'topic=="/tasks/exit"',
+                'topic=="/tasks/oom"',
+                'topic~="/images/"',
+                f'topic=="{MARKER_TOPIC}"',
             ):
                 if env.topic == MARKER_TOPIC:
                     if env.event.value == marker and not self.subscribed:
@@ -114,6 +132,9 @@ class TaskEvents:
                         self.subscribed = True
                         self.subscriptions += 1
                         await self._resync()
+                elif env.topic.startswith("/images/"):
+                    for handle_image in self.handlers.on_image:
+                        handle_image(env.topic, env.event)
                 elif env.topic == "/tasks/oom":
                     oom = task_events.TaskOOM.FromString(env.event.value)
                     for handle_oom in self.handlers.on_oom:
@@ -161,9 +182,15 @@ class Supervisor:
     survive it) and tracks whether containerd answers. An external containerd is only
     watched: the gRPC channel reconnects by itself and the task events resubscribe."""
 
-    def __init__(self, containerd: ContainerdClient, managed: ManagedContainerd | None) -> None:
+    def __init__(
+        self,
+        containerd: ContainerdClient,
+        managed: ManagedContainerd | None,
+        on_back: Callable[[], None] = lambda: None,
+    ) -> None:
         self.containerd = containerd
         self.managed = managed
+        self.on_back = on_back  # containerd answers again after an outage
         self.connected = True
         self.restarts = 0
         self.outages = 0
@@ -206,6 +233,7 @@ class Supervisor:
                     "containerd is back",
                     extra={"down_s": round(time.monotonic() - (self.down_since or 0), 1)},
                 )
+                self.on_back()
             self.connected = True
             self.down_since = None
 

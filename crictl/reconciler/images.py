@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from google.protobuf.any_pb2 import Any as AnyPb
 from sqlalchemy.orm import Session
 
 from crictl import errors, metrics
@@ -266,6 +267,7 @@ class ImageManager:
         # RemoveImage's last delete, waiting for containerd's event that it committed.
         self._delete_seen: dict[str, set[asyncio.Event]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._events: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._fs_usage: FsUsage | None = None
         self._fs_root: str | None = None
 
@@ -276,13 +278,13 @@ class ImageManager:
         try:
             await self.resync()
         except (errors.Unavailable, errors.DeadlineExceeded) as e:
-            # containerd went away meanwhile: serve what the database holds; the event
-            # watcher resyncs once containerd is back
+            # containerd went away meanwhile: serve what the database holds; the resync
+            # after the event subscription (crictl.reconciler.events) follows containerd
             log.warning(
                 "image cache resync failed; serving the stored one", extra={"error": str(e)}
             )
             await self._write(lambda s: None)
-        self._tasks.append(asyncio.create_task(self._watch_events(), name="image-events"))
+        self._tasks.append(asyncio.create_task(self._handle_events(), name="image-events"))
         self._tasks.append(asyncio.create_task(self._measure_fs(), name="image-fs-usage"))
 
     async def stop(self) -> None:
@@ -426,24 +428,21 @@ class ImageManager:
         except errors.CrictlError as e:
             log.warning("image refresh failed", extra={"image": name, "error": str(e)})
 
-    async def _watch_events(self) -> None:
-        delay = 0.5
+    def on_containerd_event(self, topic: str, event: AnyPb) -> None:
+        """An /images/ event off the shared subscription (crictl.reconciler.events): handled
+        in order by the image worker, so a slow refresh never holds up task exits."""
+        name = _event_image_name(event.type_url, event.value)
+        log.debug("image event", extra={"topic": topic, "image": name})
+        if name:
+            self._events.put_nowait((topic, name))
+
+    async def _handle_events(self) -> None:
         while True:
+            topic, name = await self._events.get()
             try:
-                async for envelope in self.containerd.subscribe('topic~="/images/"'):
-                    delay = 0.5
-                    name = _event_image_name(envelope.event.type_url, envelope.event.value)
-                    log.debug("image event", extra={"topic": envelope.topic, "image": name})
-                    if name:
-                        await self.on_event(envelope.topic, name)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("image event stream broke; resyncing", extra={"error": str(e)})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-            with contextlib.suppress(errors.CrictlError):
-                await self.resync()
+                await self.on_event(topic, name)
+            except Exception:  # a bug must not end the worker: the next resync repairs
+                log.exception("image event failed", extra={"topic": topic, "image": name})
 
     # -- pull and remove -------------------------------------------------------------------
 

@@ -94,7 +94,7 @@ def test_a_start_that_cannot_resync_serves_the_stored_cache(store: Store) -> Non
     puller.failing[listed[0].target.digest] = errors.Unavailable("Stream removed")
     # only the resync of start(): no leftovers to collect, no event stream, no fs usage
     restarted.collect_pull_leftovers = _nothing  # type: ignore[method-assign]
-    restarted._watch_events = _nothing  # type: ignore[method-assign]
+    restarted._handle_events = _nothing  # type: ignore[method-assign]
     restarted._measure_fs = _nothing  # type: ignore[method-assign]
 
     async def start() -> None:
