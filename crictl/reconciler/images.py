@@ -267,7 +267,7 @@ class ImageManager:
         # RemoveImage's last delete, waiting for containerd's event that it committed.
         self._delete_seen: dict[str, set[asyncio.Event]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._events: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._events: asyncio.Queue[str] = asyncio.Queue()  # names to refresh
         self._fs_usage: FsUsage | None = None
         self._fs_root: str | None = None
 
@@ -420,29 +420,37 @@ class ImageManager:
     async def on_event(self, topic: str, name: str) -> None:
         """containerd's event for image `name`: wakes a removal waiting for it, and brings the
         name's cache entry up to date."""
+        self._wake_removal(topic, name)
+        await self._refresh_logged(name)
+
+    def _wake_removal(self, topic: str, name: str) -> None:
         if topic == "/images/delete":
             for seen in self._delete_seen.get(name, ()):
                 seen.set()
+
+    async def _refresh_logged(self, name: str) -> None:
         try:
             await self.refresh(name)
         except errors.CrictlError as e:
             log.warning("image refresh failed", extra={"image": name, "error": str(e)})
 
     def on_containerd_event(self, topic: str, event: AnyPb) -> None:
-        """An /images/ event off the shared subscription (crictl.reconciler.events): handled
-        in order by the image worker, so a slow refresh never holds up task exits."""
+        """An /images/ event off the shared subscription (crictl.reconciler.events): a
+        removal waiting for it wakes at once; the refresh is queued for the image worker,
+        in order, so a slow one never holds up task exits or a later removal's wake."""
         name = _event_image_name(event.type_url, event.value)
         log.debug("image event", extra={"topic": topic, "image": name})
         if name:
-            self._events.put_nowait((topic, name))
+            self._wake_removal(topic, name)
+            self._events.put_nowait(name)
 
     async def _handle_events(self) -> None:
         while True:
-            topic, name = await self._events.get()
+            name = await self._events.get()
             try:
-                await self.on_event(topic, name)
+                await self._refresh_logged(name)
             except Exception:  # a bug must not end the worker: the next resync repairs
-                log.exception("image event failed", extra={"topic": topic, "image": name})
+                log.exception("image event failed", extra={"image": name})
 
     # -- pull and remove -------------------------------------------------------------------
 
