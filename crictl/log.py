@@ -91,3 +91,6 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # Alembic narrates every plugin and migration step at INFO; the daemon logs the outcome.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # grpc's asyncio layer logs "Loaded running loop" at DEBUG for every call it makes: at
+    # --log-level debug that was two lines in three of the daemon's log.
+    logging.getLogger("grpc._cython.cygrpc").setLevel(logging.INFO)
