@@ -8,7 +8,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
 packages=(containerd runc containernetworking-plugins docker-registry busybox-static iproute2 apparmor criu
-          iptables sqlite3 gcc libc6-dev musl-tools make procps util-linux apache2-utils iputils-ping)
+          iptables sqlite3 gcc libc6-dev musl-tools make procps util-linux apache2-utils iputils-ping
+          openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,30 +7,26 @@ Every error names the registry and the reference, because it reaches the person 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import ipaddress
 import json
 import logging
 import re
-import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from crictl import errors, trace
-from crictl.images import mediatypes
+from crictl.images import http, mediatypes
 from crictl.images.reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT, Reference
-
-if TYPE_CHECKING:
-    import aiohttp
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 MAX_MANIFEST = 4 << 20  # what containerd accepts too
+MAX_TOKEN_ANSWER = 1 << 20
 USER_AGENT = "crictld/0.1"
 
 
@@ -154,7 +150,7 @@ class RegistryClient:
         self.auths = dict(auths or {})
         self.progress_timeout = progress_timeout
         self.connect_timeout = connect_timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._session: http.Client | None = None
         # What a registry granted, by (endpoint, ..., who asked): a pull with other (or no)
         # credentials must earn its own, never ride on another's.
         self._tokens: dict[tuple[str, str, str, str, str], tuple[str, float]] = {}
@@ -165,21 +161,14 @@ class RegistryClient:
             await self._session.close()
             self._session = None
 
-    def _http(self) -> aiohttp.ClientSession:
-        # aiohttp is imported on the first request, not at the daemon's start: its import
-        # (~170 ms, with the system CA bundle loaded into a default TLS context) and its
-        # modules (~7 MiB) are for pulls, and a restarted daemon often pulls nothing.
-        import aiohttp
-
+    def _http(self) -> http.Client:
+        # The system CA bundle is loaded into a TLS context at the first https request, not at
+        # the daemon's start: a restarted daemon often pulls nothing.
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=self.connect_timeout,
-                    sock_read=self.progress_timeout,
-                ),
+            self._session = http.Client(
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.progress_timeout,
                 headers={"User-Agent": USER_AGENT},
-                auto_decompress=False,
             )
         return self._session
 
@@ -215,10 +204,8 @@ class RegistryClient:
         path: str,
         creds: Credentials | None,
         headers: Mapping[str, str] | None = None,
-    ) -> aiohttp.ClientResponse:
+    ) -> http.Response:
         """One request with auth: on a 401 it answers the challenge and tries once more."""
-        import aiohttp  # imported on first use (see _http)
-
         url = f"{endpoint.url}/v2/{ref.path}/{path}"
         scope = f"repository:{ref.path}:pull"
         creds = self._credentials(endpoint, creds)
@@ -229,31 +216,31 @@ class RegistryClient:
                 h["Authorization"] = auth
             try:
                 with trace.span(f"registry {method} {path.split('/', 1)[0]}"):
-                    resp = await self._http().request(method, url, headers=h, allow_redirects=True)
+                    resp = await self._http().request(method, url, h)
             except TimeoutError as e:
                 raise errors.Unavailable(
                     f"pull {ref}: registry {endpoint}: {path}: no answer within "
                     f"{self.progress_timeout:g}s"
                 ) from e
-            except aiohttp.ClientConnectorCertificateError as e:
+            except http.CertificateError as e:
                 raise errors.Unavailable(
                     f"pull {ref}: registry {endpoint}: {path}: TLS certificate not trusted: {e}"
                 ) from e
-            except (aiohttp.ClientSSLError, ssl.SSLError) as e:
+            except http.TLSError as e:
                 raise errors.Unavailable(
                     f"pull {ref}: registry {endpoint}: TLS handshake failed ({e}); if this "
                     f"registry speaks plain HTTP, list it with --insecure-registry"
                 ) from e
-            except aiohttp.ClientConnectorError as e:
+            except http.ConnectError as e:
                 raise errors.Unavailable(
-                    f"pull {ref}: registry {endpoint}: {path}: cannot connect: {e.os_error or e}"
+                    f"pull {ref}: registry {endpoint}: {path}: cannot connect: {e}"
                 ) from e
-            except aiohttp.ClientError as e:
+            except http.HTTPError as e:
                 raise errors.Unavailable(f"pull {ref}: registry {endpoint}: {path}: {e}") from e
             if resp.status != 401 or attempt == 2:
                 return resp
-            challenge = resp.headers.get("WWW-Authenticate", "")
-            resp.release()
+            challenge = resp.header("WWW-Authenticate")
+            await resp.release()
             if not challenge:
                 break
             await self._answer_challenge(endpoint, ref, scope, challenge, creds)
@@ -309,8 +296,6 @@ class RegistryClient:
         scope: str,
         creds: Credentials | None,
     ) -> tuple[str, float]:
-        import aiohttp  # imported on first use (see _http)
-
         realm = params["realm"]
         service = params.get("service", "")
         scope = params.get("scope", scope)
@@ -323,7 +308,7 @@ class RegistryClient:
                     "scope": scope,
                     "client_id": "crictld",
                 }
-                resp = await self._http().post(realm, data=form)
+                resp = await self._http().post_form(realm, form)
             else:
                 query = {"scope": scope}
                 if service:
@@ -332,7 +317,7 @@ class RegistryClient:
                 if creds is not None and creds.username:
                     raw = f"{creds.username}:{creds.password}".encode()
                     headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-                resp = await self._http().get(realm, params=query, headers=headers)
+                resp = await self._http().request("GET", realm, headers, params=query)
             async with resp:
                 if resp.status in (401, 403):
                     raise errors.PermissionDenied(
@@ -344,12 +329,17 @@ class RegistryClient:
                         f"pull {ref}: registry {endpoint}: token service {realm} answered "
                         f"{resp.status}"
                     )
-                body = await resp.json(content_type=None)
+                body = json.loads(await resp.read_all(MAX_TOKEN_ANSWER))
         except ValueError as e:
             raise errors.Unavailable(
                 f"pull {ref}: registry {endpoint}: token service {realm} answered non-JSON"
             ) from e
-        except aiohttp.ClientError as e:
+        except TimeoutError as e:
+            raise errors.Unavailable(
+                f"pull {ref}: registry {endpoint}: token service {realm}: no answer within "
+                f"{self.progress_timeout:g}s"
+            ) from e
+        except http.HTTPError as e:
             raise errors.Unavailable(
                 f"pull {ref}: registry {endpoint}: token service {realm}: {e}"
             ) from e
@@ -362,6 +352,18 @@ class RegistryClient:
         return token, float(expires) if isinstance(expires, int | float) else 60.0
 
     # -- manifests and blobs ---------------------------------------------------------------
+
+    async def _read(
+        self, resp: http.Response, endpoint: Endpoint, ref: Reference, what: str
+    ) -> bytes:
+        try:
+            return await resp.read()
+        except TimeoutError as e:
+            raise errors.Unavailable(
+                f"pull {ref}: registry {endpoint}: {what}: no bytes for {self.progress_timeout:g}s"
+            ) from e
+        except http.HTTPError as e:
+            raise errors.Unavailable(f"pull {ref}: registry {endpoint}: {what}: {e}") from e
 
     async def resolve(
         self, ref: Reference, creds: Credentials | None = None
@@ -410,7 +412,7 @@ class RegistryClient:
                     f"pull {ref}: registry {endpoint}: access denied ({resp.status})"
                 )
             if resp.status != 200:
-                text = (await resp.text(errors="replace"))[:200]
+                text = (await _prefix(resp, 200)).decode(errors="replace")
                 raise errors.Unavailable(
                     f"pull {ref}: registry {endpoint}: manifest {obj}: HTTP {resp.status} {text}"
                 )
@@ -421,13 +423,13 @@ class RegistryClient:
                 raise too_big
             chunks: list[bytes] = []
             size = 0
-            async for chunk in resp.content.iter_chunked(1 << 16):  # capped: chunked bodies too
-                size += len(chunk)
+            while chunk := await self._read(resp, endpoint, ref, f"manifest {obj}"):
+                size += len(chunk)  # capped as it comes: chunked bodies too
                 if size > MAX_MANIFEST:
                     raise too_big
                 chunks.append(chunk)
             body = b"".join(chunks)
-            media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+            media_type = resp.header("Content-Type").split(";")[0].strip()
         digest = sha256_digest(body)
         if obj.startswith("sha256:") and digest != obj:
             raise errors.Unavailable(
@@ -474,8 +476,6 @@ class RegistryClient:
         A registry that ignores the Range header (answers 200) has the skipped part dropped here.
         A read that brings no byte within the progress timeout fails naming the blob.
         """
-        import aiohttp  # imported on first use (see _http)
-
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         resp = await self._request("GET", endpoint, ref, f"blobs/{desc.digest}", creds, headers)
         async with resp:
@@ -495,13 +495,13 @@ class RegistryClient:
             position = offset if resp.status == 206 else 0
             while True:
                 try:
-                    chunk = await asyncio.wait_for(resp.content.read(CHUNK), self.progress_timeout)
+                    chunk = await resp.read(CHUNK)
                 except TimeoutError as e:
                     raise BlobStalled(
                         f"pull {ref}: registry {endpoint}: blob {desc.digest} stalled: no bytes "
                         f"for {self.progress_timeout:g}s at {position} of {desc.size}"
                     ) from e
-                except aiohttp.ClientError as e:
+                except http.HTTPError as e:
                     raise errors.Unavailable(
                         f"pull {ref}: registry {endpoint}: blob {desc.digest} broke off at "
                         f"{position} of {desc.size}: {e}"
@@ -522,6 +522,17 @@ class RegistryClient:
                     if not chunk:
                         continue
                 yield chunk
+
+
+async def _prefix(resp: http.Response, limit: int) -> bytes:
+    """The start of an error's body, for its message; whatever could be read of it."""
+    out = b""
+    try:
+        while len(out) < limit and (chunk := await resp.read(limit - len(out))):
+            out += chunk
+    except (TimeoutError, http.HTTPError):
+        pass
+    return out
 
 
 def _manifest_media_type(header: str, body: bytes) -> str:

@@ -1,8 +1,8 @@
 """The daemon's imports are on a restart's critical path (it serves only once they are done)
 and stay in its memory for life, so the heavy ones it needs only later are imported then:
-Alembic (in the migration's child process), aiohttp (at the first registry request) and
-pyroute2 (at the first netlink read of a pod's interfaces). docs/performance.md has the
-figures."""
+Alembic (in the migration's child process) and pyroute2 (at the first netlink read of a pod's
+interfaces). aiohttp is never imported (the registry's client is h11; an import-linter contract
+keeps it out). docs/performance.md has the figures."""
 
 from __future__ import annotations
 
