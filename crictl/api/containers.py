@@ -43,7 +43,7 @@ from crictl.store.containers import (
 )
 from crictl.store.engine import Store
 from crictl.store.models import Container, ContainerDesired, ContainerPhase
-from crictl.store.readmodel import ContainerView
+from crictl.store.readmodel import ContainerView, Snapshot
 
 STATES = {
     ContainerPhase.CREATED: api_pb2.CONTAINER_CREATED,
@@ -82,8 +82,11 @@ class Containers:
         self.store = store
         self.reconciler = reconciler
         # ListContainers (PLEG, every second): everything but the state of a container never
-        # changes, so its entry is built once and copied with the phase of the moment.
+        # changes, so its entry is built once and copied with the phase of the moment. The
+        # unfiltered answer is kept with the snapshot it was built from: until the next
+        # committed write it is the answer (a snapshot is immutable, replaced on each publish).
         self._listed: dict[str, api_pb2.Container] = {}
+        self._unfiltered: tuple[Snapshot, api_pb2.ListContainersResponse] | None = None
 
     async def create_container(
         self, request: api_pb2.CreateContainerRequest, context: Context
@@ -316,23 +319,29 @@ class Containers:
             phases=phases,
             labels=label_selector(f.label_selector, "filter.label_selector"),
         )
+        snapshot = self.store.snapshot
+        unfiltered = not (flt.id_prefix or flt.sandbox_id or flt.phases or flt.labels)
+        if unfiltered and self._unfiltered is not None and self._unfiltered[0] is snapshot:
+            return self._unfiltered[1]
         known = self._listed
-        views = [v for v in select_containers(self.store.snapshot, flt) if not removal_asked(v)]
-        if not (flt.id_prefix or flt.sandbox_id or flt.phases or flt.labels):
+        views = [v for v in select_containers(snapshot, flt) if not removal_asked(v)]
+        if unfiltered:
             # An unfiltered list sees every container: forget the removed ones.
             self._listed = known = {v.id: known[v.id] for v in views if v.id in known}
-        out = []
+        resp = api_pb2.ListContainersResponse()
+        add = resp.containers.add  # built in place: one copy of each entry, not two
         for view in views:
             if view.phase == ContainerPhase.PENDING:
                 continue
             static = known.get(view.id)
             if static is None:
                 static = known[view.id] = _static_container(view)
-            c = api_pb2.Container()
+            c = add()
             c.CopyFrom(static)
             c.state = STATES.get(ContainerPhase(view.phase), api_pb2.CONTAINER_UNKNOWN)
-            out.append(c)
-        return api_pb2.ListContainersResponse(containers=out)
+        if unfiltered:
+            self._unfiltered = (snapshot, resp)
+        return resp
 
     async def stream_containers(
         self, request: api_pb2.StreamContainersRequest, context: Context

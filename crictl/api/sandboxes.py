@@ -31,7 +31,7 @@ from crictl.reconciler.sandboxes import (
 )
 from crictl.store.engine import Store
 from crictl.store.models import PodSandbox, SandboxDesired, SandboxPhase
-from crictl.store.readmodel import SandboxView
+from crictl.store.readmodel import SandboxView, Snapshot
 from crictl.store.sandboxes import (
     NewSandbox,
     SandboxFilter,
@@ -70,8 +70,10 @@ class PodSandboxes:
         self.store = store
         self.reconciler = reconciler
         # ListPodSandbox (PLEG, every second): all but a sandbox's state never changes, so its
-        # entry is built once and copied with the state of the moment.
+        # entry is built once and copied with the state of the moment. The unfiltered answer
+        # is kept with the snapshot it was built from (see Containers).
         self._listed: dict[str, api_pb2.PodSandbox] = {}
+        self._unfiltered: tuple[Snapshot, api_pb2.ListPodSandboxResponse] | None = None
 
     async def run_pod_sandbox(
         self, request: api_pb2.RunPodSandboxRequest, context: Context
@@ -204,12 +206,17 @@ class PodSandboxes:
             else None,
             labels=label_selector(f.label_selector, "filter.label_selector"),
         )
+        snapshot = self.store.snapshot
+        unfiltered = not (flt.id_prefix or flt.phases or flt.labels)
+        if unfiltered and self._unfiltered is not None and self._unfiltered[0] is snapshot:
+            return self._unfiltered[1]
         known = self._listed
-        views = select_sandboxes(self.store.snapshot, flt)
-        if not (flt.id_prefix or flt.phases or flt.labels):
+        views = select_sandboxes(snapshot, flt)
+        if unfiltered:
             # An unfiltered list sees every sandbox: forget the removed ones.
             self._listed = known = {v.id: known[v.id] for v in views if v.id in known}
-        items = []
+        resp = api_pb2.ListPodSandboxResponse()
+        add = resp.items.add  # built in place: one copy of each entry, not two
         for view in views:
             # still being set up: not created yet, as far as CRI is concerned
             if view.phase == SandboxPhase.PENDING and view.desired == SandboxDesired.READY:
@@ -217,11 +224,12 @@ class PodSandboxes:
             static = known.get(view.id)
             if static is None:
                 static = known[view.id] = _static_sandbox(view)
-            item = api_pb2.PodSandbox()
+            item = add()
             item.CopyFrom(static)
             item.state = _state(view)
-            items.append(item)
-        return api_pb2.ListPodSandboxResponse(items=items)
+        if unfiltered:
+            self._unfiltered = (snapshot, resp)
+        return resp
 
     async def stream_pod_sandboxes(
         self, request: api_pb2.StreamPodSandboxesRequest, context: Context
