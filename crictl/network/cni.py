@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +143,63 @@ class CniError(errors.Unavailable):
     """A CNI plugin failed; the message names the plugin, the command and the container."""
 
 
+# Plugins run from threads of their own, not from the event loop: spawning one there held the
+# loop for the whole vfork (until the plugin's exec), and asyncio's pipe transports cost more
+# than blocking reads in a thread. Measured at 100 pods at once, the spawn was ~19 % of the
+# loop thread's busy samples (py-spy); a spawn loop alone: the loop's lag p99 22-36 ms with
+# asyncio's subprocesses against 9-13 ms with threads, at the same CPU per spawn.
+PLUGIN_THREADS = 8
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=PLUGIN_THREADS, thread_name_prefix="cni")
+    return _pool
+
+
+class _PluginRun:
+    """One plugin execution, run in a thread: (exit status, stdout, stderr). A run abandoned
+    (its caller cancelled) kills the plugin, or never starts it."""
+
+    def __init__(self, binary: str, env: dict[str, str], stdin: bytes) -> None:
+        self.binary = binary
+        self.env = env
+        self.stdin = stdin
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            if self._proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()
+
+    def __call__(self) -> tuple[int, bytes, bytes]:
+        with self._lock:
+            if self._abandoned:
+                return -signal.SIGKILL, b"", b"abandoned before it started"
+            proc = subprocess.Popen(
+                [self.binary],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self.env,
+            )
+            self._proc = proc
+        with proc:
+            try:
+                out, err = proc.communicate(self.stdin, timeout=PLUGIN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
+            return proc.returncode, out, err
+
+
 async def _exec(
     net: NetworkConfig,
     plugin: dict[str, Any],
@@ -163,28 +224,33 @@ async def _exec(
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
     }
     with trace.span(f"cni {plugin_type} {command}"):
-        proc = await asyncio.create_subprocess_exec(
-            str(binary),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
+        plugin_run = _PluginRun(str(binary), env, stdin)
+        future = asyncio.get_running_loop().run_in_executor(_executor(), plugin_run)
         try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), PLUGIN_TIMEOUT)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+            returncode, out, err = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            plugin_run.abandon()  # the plugin is killed; its thread reaps it
+            with contextlib.suppress(BaseException):
+                await future
             raise
-    if proc.returncode != 0:
+        except subprocess.TimeoutExpired as e:
+            raise CniError(
+                f"CNI {command} {container_id}: plugin {plugin_type} did not answer within "
+                f"{PLUGIN_TIMEOUT:g}s (killed)"
+            ) from e
+        except OSError as e:
+            raise CniError(
+                f"CNI {command} {container_id}: plugin {plugin_type} ({binary}) could not run: "
+                f"{e.strerror or e}"
+            ) from e
+    if returncode != 0:
         detail = err.decode(errors="replace").strip()
         with contextlib.suppress(ValueError):
             doc = json.loads(out)
             detail = f"{doc.get('msg', '')} {doc.get('details', '')}".strip() or detail
         raise CniError(
             f"CNI {command} {container_id}: plugin {plugin_type} failed "
-            f"(exit {proc.returncode}): {detail}"
+            f"(exit {returncode}): {detail}"
         )
     if command != "ADD" or not out.strip():
         return None
