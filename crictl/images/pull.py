@@ -491,17 +491,15 @@ class Puller:
         labels: Callable[[], Awaitable[Mapping[str, str]]],
     ) -> None:
         """The layer in the content store, held by this pull's lease: downloaded under it, or,
-        if it is there already (another pull's, or nothing references it yet), added to it
-        and found again (not collected in between). The usual first pull asks once."""
+        if it is there already (another pull's, or nothing references it yet), added to it.
+        No round trip asks first: the content write's opening (its STAT, under the lease)
+        answers AlreadyExists for a blob containerd has, and adds it to the lease in the same
+        transaction, so it cannot be collected in between (containerd's metadata
+        `contentStore.Writer`)."""
         lock = self._blob_locks.setdefault(desc.digest, asyncio.Lock())
-        async with lock:
-            if await self.content_info(desc.digest) is not None:
-                await self._add_to_lease(lease, desc.digest, "content")
-                if await self.content_info(desc.digest) is not None:
-                    return
-            async with self._downloads:
-                with trace.span("download blob"):
-                    await self._download(ref, creds, endpoint, desc, md, labels)
+        async with lock, self._downloads:
+            with trace.span("download blob"):
+                await self._download(ref, creds, endpoint, desc, md, labels)
 
     async def _download(
         self,
@@ -513,10 +511,12 @@ class Puller:
         labels: Callable[[], Awaitable[Mapping[str, str]]],
     ) -> None:
         """Streams a layer into containerd; a broken connection resumes where the content
-        store's ingest stands (HTTP Range); a stall or a digest mismatch fails the pull."""
+        store's ingest stands (HTTP Range); a stall or a digest mismatch fails the pull. A blob
+        containerd has already is not downloaded (see `_ensure_blob`)."""
         ingest = f"{INGEST_PREFIX}{desc.digest}"
         call = self.containerd.content.Write(metadata=md)
         committed = False
+        opened = False  # containerd made (or found) the ingest: an abort may be due
         try:
             await call.write(
                 content_pb2.WriteContentRequest(
@@ -524,6 +524,7 @@ class Puller:
                 )
             )
             offset = (await _response(call)).offset
+            opened = True
             # Writes are pipelined: containerd answers each with the ingest's new offset, and
             # up to WRITE_WINDOW answers are left unread while the next pieces go out (waiting
             # for each answer made every piece a round trip). The registry's reads (~64 KiB)
@@ -610,7 +611,8 @@ class Puller:
         finally:
             if not committed:
                 call.cancel()
-                await self._abort_ingest(ingest)
+                if opened:
+                    await self._abort_ingest(ingest)
 
     async def _abort_ingest(self, ingest: str) -> None:
         try:
