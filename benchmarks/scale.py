@@ -8,6 +8,8 @@ For each runtime in turn (crictld, then containerd's CRI), on a node brought up 
    phase took: the whole machine's (busy time in /proc/stat) and each daemon's (its own time
    plus that of the children it reaped: crictld's CNI plugin runs; containerd's, for the
    reference). The shims and runc are in the machine's figure only (the shims daemonize).
+   Meanwhile one more thread sends ListPodSandbox every 100 ms on the same channel (kubelet's
+   relist) and its latencies are reported: how a runtime answers reads while it is busiest.
 2. **containers**: PER_POD busybox containers (`sleep 3600`) created and started in every pod,
    10 at a time, timed as a whole.
 3. **memory** at that size: the CRI daemon (crictld and its managed containerd; containerd with
@@ -37,6 +39,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +73,8 @@ class Figures:
     run_all_s: float = 0.0
     run_ms: list[float] = field(default_factory=list)
     run_errors: list[str] = field(default_factory=list)
+    # ListPodSandbox (kubelet's relist) every 100 ms on the same channel while the pods start
+    storm_list_ms: list[float] = field(default_factory=list)
     all_ready: bool = False
     containers_s: float = 0.0
     container_errors: list[str] = field(default_factory=list)
@@ -172,6 +177,21 @@ class Scale:
             return resp.pod_sandbox_id, (time.perf_counter() - started) * 1000
 
         pods: list[tuple[str, api_pb2.PodSandboxConfig]] = []
+        done = threading.Event()
+
+        def relist() -> None:
+            # what an operator's kubelet sees meanwhile: its relist, once a 100 ms here
+            while not done.wait(0.1):
+                t = time.perf_counter()
+                try:
+                    rt.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=CALL_TIMEOUT)
+                except grpc.RpcError as e:
+                    fig.run_errors.append("relist: " + _errors(e))
+                    continue
+                fig.storm_list_ms.append((time.perf_counter() - t) * 1000)
+
+        lister = threading.Thread(target=relist, name="relist")
+        lister.start()
         started = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(len(configs)) as pool:
             futures = {pool.submit(one, c): c for c in configs}
@@ -184,6 +204,8 @@ class Scale:
                 pods.append((sid, futures[f]))
                 fig.run_ms.append(ms)
         fig.run_all_s = time.perf_counter() - started
+        done.set()
+        lister.join()
         listed = rt.runtime.ListPodSandbox(self._mine_filter(), timeout=CALL_TIMEOUT).items
         ready = {p.id for p in listed if p.state == api_pb2.SANDBOX_READY}
         fig.all_ready = len(pods) == len(configs) and {sid for sid, _ in pods} <= ready
@@ -350,6 +372,16 @@ def format_figures(scale: Scale) -> str:
             [
                 f"{percentile(f.run_ms, 0.5):.0f} / {percentile(f.run_ms, 0.95):.0f}"
                 if f.run_ms
+                else "-"
+                for f in figs
+            ],
+        ),
+        row(
+            "  ListPodSandbox meanwhile p50 / p95 / max",
+            [
+                f"{percentile(f.storm_list_ms, 0.5):.0f} / {percentile(f.storm_list_ms, 0.95):.0f}"
+                f" / {max(f.storm_list_ms):.0f} ms"
+                if f.storm_list_ms
                 else "-"
                 for f in figs
             ],
