@@ -918,6 +918,32 @@ async def test_unreachable_token_service(
         await client.resolve(ref_at(r))
 
 
+async def test_a_token_service_that_never_answers_times_out(
+    registries: Callable[..., Awaitable[FakeRegistry]], clients: Callable[..., RegistryClient]
+) -> None:
+    r = await registries(auth="bearer")
+    r.put_manifest("app/x", "1", mediatypes.OCI_MANIFEST, MANIFEST)
+    release = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()  # reads the request, never answers
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    realm = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/token"
+    r.challenge_header = f'Bearer realm="{realm}",service="{SERVICE}"'
+    c = clients(progress_timeout=0.3, connect_timeout=5.0)
+    try:
+        with pytest.raises(errors.Unavailable) as info:
+            await c.resolve(ref_at(r))
+        assert str(info.value) == (
+            f"pull {ref_at(r)}: registry {r.url}: token service {realm}: no answer within 0.3s"
+        )
+    finally:
+        release.set()
+        server.close()
+
+
 async def test_basic_challenge_with_credentials(
     registries: Callable[..., Awaitable[FakeRegistry]], client: RegistryClient
 ) -> None:
