@@ -1,0 +1,118 @@
+"""How long a cheap call waits in a `grpc.aio` server that has just been sent N calls whose
+first step costs C ms of CPU on the event loop (then they wait, as a RunPodSandbox waits on
+containerd and CNI). No runtime is involved: this isolates the server's mechanism behind the
+slow reads `benchmarks.scale` measures while 100 pods start (docs/performance.md, "Reads during
+the burst").
+
+grpc's asyncio server accepts one call per turn of the event loop, and each turn also runs the
+first steps of the calls accepted before, so the cheap call's wait grows as N x C, and more
+when other threads of the process compete for the GIL (the daemon has its store writer, CNI,
+netns and gRPC poller threads).
+
+    .venv/bin/python -m benchmarks.grpc_accept
+    .venv/bin/python -m benchmarks.grpc_accept --calls 100 --cpu-ms 0.5 2 5 --threads 0 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+
+def burn(ms: float) -> None:
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        pass
+
+
+async def measure(calls: int, cpu_ms: float, threads: int, probes: int) -> list[float]:
+    """The cheap call's latencies (ms), the first sent 20 ms after the N calls."""
+    sock = Path(tempfile.mkdtemp(prefix="grpc-accept-")) / "s.sock"
+
+    async def slow(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        burn(cpu_ms)
+        await asyncio.sleep(1.0)
+        return b"ok"
+
+    async def fast(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        return b"ok"
+
+    handlers = grpc.method_handlers_generic_handler(
+        "bench.T",
+        {
+            "Slow": grpc.unary_unary_rpc_method_handler(slow),
+            "Fast": grpc.unary_unary_rpc_method_handler(fast),
+        },
+    )
+    server = aio.server()
+    server.add_generic_rpc_handlers((handlers,))
+    server.add_insecure_port(f"unix:{sock}")
+    await server.start()
+    stop = threading.Event()
+
+    def contend() -> None:  # a thread that wants the GIL ~half the time
+        while not stop.is_set():
+            burn(1)
+            time.sleep(0.001)
+
+    others = [threading.Thread(target=contend) for _ in range(threads)]
+    for t in others:
+        t.start()
+    loop = asyncio.get_running_loop()
+    channel = grpc.insecure_channel(f"unix:{sock}")  # one channel, as kubelet's
+    slow_call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/bench.T/Slow")
+    fast_call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/bench.T/Fast")
+    latencies: list[float] = []
+    try:
+        with concurrent.futures.ThreadPoolExecutor(calls + 1) as pool:
+            await loop.run_in_executor(pool, lambda: fast_call(b"", timeout=10))
+            sent = [
+                loop.run_in_executor(pool, lambda: slow_call(b"", timeout=120))
+                for _ in range(calls)
+            ]
+            await asyncio.sleep(0.02)
+            for _ in range(probes):
+                started = time.perf_counter()
+                await loop.run_in_executor(pool, lambda: fast_call(b"", timeout=120))
+                latencies.append((time.perf_counter() - started) * 1000)
+                await asyncio.sleep(0.1)
+            await asyncio.gather(*sent)
+    finally:
+        stop.set()
+        for t in others:
+            t.join()
+        channel.close()
+        await server.stop(None)
+        sock.unlink(missing_ok=True)
+        sock.parent.rmdir()
+    return latencies
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--cpu-ms", type=float, nargs="+", default=[0.5, 2.0, 5.0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[0, 4])
+    parser.add_argument("--probes", type=int, default=15)
+    args = parser.parse_args(argv)
+    print(f"{'calls':>5} {'cpu ms':>6} {'threads':>7} | cheap call ms: first   max  median")
+    for threads in args.threads:
+        for cpu_ms in args.cpu_ms:
+            lat = asyncio.run(measure(args.calls, cpu_ms, threads, args.probes))
+            print(
+                f"{args.calls:>5} {cpu_ms:>6g} {threads:>7} | "
+                f"{lat[0]:>19.0f} {max(lat):>5.0f} {sorted(lat)[len(lat) // 2]:>7.1f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
