@@ -175,15 +175,25 @@ class ExecProcess:
                 self.output.add(paths["stdout"], STDOUT)
             if wanted["stderr"]:
                 self.output.add(paths["stderr"], STDERR)
-            await containerd.exec_process(
-                container_id,
-                self.exec_id,
-                process,
-                stdout=str(paths["stdout"]) if stdout else "",
-                stderr=str(paths["stderr"]) if wanted["stderr"] else "",
-                stdin=str(paths["stdin"]) if stdin else "",
-                terminal=tty,
-            )
+            try:
+                await containerd.exec_process(
+                    container_id,
+                    self.exec_id,
+                    process,
+                    stdout=str(paths["stdout"]) if stdout else "",
+                    stderr=str(paths["stderr"]) if wanted["stderr"] else "",
+                    stdin=str(paths["stdin"]) if stdin else "",
+                    terminal=tty,
+                )
+            except errors.Internal as e:
+                # The container stopped (or was paused) after the caller saw it running: the
+                # shim refuses with "cannot exec in a stopped state" (code Unknown). That is
+                # the container's state, not the daemon's fault (a probe racing the pod's stop).
+                if "cannot exec in a" not in str(e):
+                    raise
+                raise errors.FailedPrecondition(
+                    f"container {container_id} is not running: {e}"
+                ) from None
             # Waited on before it starts, as containerd's CRI does: the exit status comes back
             # as the process ends, not a round trip after the start's answer.
             waiter = asyncio.create_task(self._wait())
