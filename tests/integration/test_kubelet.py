@@ -576,9 +576,47 @@ def test_kill_9_of_crictld_restarts_no_container(node: Node, steady: Json) -> No
         for cname, c in statuses(pod).items():
             cid = cid_of(c)
             after[(name, cname)] = (cid, c["restartCount"], int(node.inspect(cid)["info"]["pid"]))
-    assert after == before, f"(container id, restartCount, pid) changed: {before} -> {after}"
+    assert after == before, (
+        f"(container id, restartCount, pid) changed: {before} -> {after}\n"
+        + restart_post_mortem(
+            node,
+            [before[key][0] for key in before if after[key] != before[key]]
+            + [sid for key in before if after[key] != before[key] for sid in sandboxes[key[0]]],
+        )
+    )
     assert {name: node.sandbox_ids(name) for name in ("steady", "web")} == sandboxes
     assert "tick" in k.container_logs("steady", "main", tailLines="1")
+
+
+def restart_post_mortem(node: Node, ids: list[str]) -> str:
+    """What ended containers (or pods) that should have lived through a restart: their last
+    state, a container's last output, and every kubelet and crictld log line naming them."""
+    out = []
+    for cid in ids:
+        r = node.daemon.crictl("inspect", "-o", "json", cid)
+        container = r.returncode == 0
+        if not container:
+            r = node.daemon.crictl("inspectp", "-o", "json", cid)
+        status = json.loads(r.stdout)["status"] if r.returncode == 0 else r.stderr
+        if isinstance(status, dict):
+            keys = ("state", "exitCode", "reason", "message", "finishedAt", "network")
+            status = {k: status[k] for k in keys if k in status}
+        out.append(f"{cid[:12]}: {status}")
+        if container:
+            logs = node.daemon.crictl("logs", "--tail=10", cid)
+            text = "".join(
+                line
+                for line in (logs.stdout + logs.stderr).splitlines(True)
+                if "crictl.yaml" not in line
+            )
+            out.append(f"  output: {text[-1500:]!r}")
+        for source, text in (("kubelet", node.kubelet.log()), ("crictld", node.daemon_log())):
+            lines = [line for line in text.splitlines() if cid in line or cid[:12] in line]
+            out.append(f"  {source} ({len(lines)} lines):\n    " + "\n    ".join(lines[-25:]))
+    notable = ('"level": "warning"', '"level": "error"', "re-adopted", "serving CRI")
+    lines = [line for line in node.daemon_log().splitlines() if any(n in line for n in notable)]
+    out.append("crictld's warnings, errors and starts:\n  " + "\n  ".join(lines[-30:]))
+    return "\n".join(out)
 
 
 def test_garbage_collection_after_manifest_removed(node: Node) -> None:
