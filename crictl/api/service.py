@@ -36,6 +36,29 @@ def _unimplemented(full_name: str) -> errors.Unimplemented:
     return errors.Unimplemented(f"{full_name} is not implemented by crictld yet")
 
 
+# RPCs whose servicer hands the same answer object back for as long as nothing changed (the
+# unfiltered lists, kept per read-model snapshot; kubelet's relist asks for them every second):
+# their bytes are kept with the last answer serialized, so a repeat costs no serialization
+# (0.6 ms for 300 containers). Those answers are never modified once returned.
+REUSED_ANSWERS = frozenset({"ListContainers", "ListPodSandbox"})
+
+
+class LastSerialized:
+    """A response serializer that keeps the last answer it serialized and its bytes: handed the
+    same object again, it returns the same bytes. It holds that answer, so no other object can
+    take its identity meanwhile."""
+
+    def __init__(self) -> None:
+        self._last: Any = None
+        self._data = b""
+
+    def __call__(self, message: Any) -> bytes:
+        if message is not self._last:
+            self._data = message.SerializeToString()
+            self._last = message
+        return self._data
+
+
 def _method_handler(
     method: MethodDescriptor, servicers: tuple[object, ...]
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -70,7 +93,9 @@ def _method_handler(
     return grpc.unary_unary_rpc_method_handler(
         wrap_unary(full_name, impl),
         request_deserializer=request_class.FromString,
-        response_serializer=response_class.SerializeToString,
+        response_serializer=(
+            LastSerialized() if method.name in REUSED_ANSWERS else response_class.SerializeToString
+        ),
     )
 
 

@@ -4,11 +4,13 @@ unfiltered answer is kept until the next committed write and never outlives it."
 from __future__ import annotations
 
 from functools import partial
+from types import SimpleNamespace
 from typing import Any, cast
 
 from crictl.api.container_events import NO_CONTEXT
 from crictl.api.containers import Containers
 from crictl.api.sandboxes import PodSandboxes
+from crictl.api.service import RUNTIME_SERVICE, LastSerialized, generic_handler
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.store import containers as sc
 from crictl.store import sandboxes as ss
@@ -98,3 +100,44 @@ async def test_the_pod_list_follows_the_same_rule(store: Store) -> None:
         )
     )
     assert not (await api.list_pod_sandbox(ready_only, NO_CONTEXT)).items
+
+
+def serializer_of(rpc: str, api: object) -> Any:
+    """The response serializer the daemon's server uses for `rpc` of the RuntimeService."""
+    handler = generic_handler(RUNTIME_SERVICE, api)
+    details = SimpleNamespace(method=f"/runtime.v1.RuntimeService/{rpc}")
+    return handler.service(cast(Any, details)).response_serializer  # type: ignore[union-attr]
+
+
+async def test_the_bytes_sent_follow_the_list_through_writes(store: Store) -> None:
+    populate(store)
+    api = containers_api(store)
+    serialize = serializer_of("ListContainers", api)
+    first = serialize(await list_containers(api))
+    assert serialize(await list_containers(api)) is first  # unchanged: not serialized again
+    store.write_sync(lambda s: sc.record_container_started(s, CIDS[0], 77))
+    after = api_pb2.ListContainersResponse.FromString(serialize(await list_containers(api)))
+    assert [(c.id, c.state) for c in after.containers] == [
+        (CIDS[0], api_pb2.CONTAINER_RUNNING),
+        (CIDS[1], api_pb2.CONTAINER_CREATED),
+    ]
+    # a filtered answer, equal to the last one but another object, is serialized for itself
+    one = await list_containers(api, label_selector={"n": "1"})
+    assert api_pb2.ListContainersResponse.FromString(serialize(one)) == one
+    assert serialize(await list_containers(api)) == after.SerializeToString()
+
+
+def test_only_the_reused_answers_keep_their_bytes() -> None:
+    assert isinstance(serializer_of("ListPodSandbox", object()), LastSerialized)
+    assert not isinstance(serializer_of("ContainerStatus", object()), LastSerialized)
+    calls = []
+
+    class Message:
+        def SerializeToString(self) -> bytes:
+            calls.append(self)
+            return b"x"
+
+    keep = LastSerialized()
+    a, b = Message(), Message()
+    assert [keep(a), keep(a), keep(b), keep(a)] == [b"x"] * 4
+    assert calls == [a, b, a]
