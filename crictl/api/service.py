@@ -49,14 +49,14 @@ class LastSerialized:
     take its identity meanwhile."""
 
     def __init__(self) -> None:
-        self._last: Any = None
-        self._data = b""
+        self._last: tuple[Any, bytes] = (None, b"")  # one tuple: the pair is replaced whole
 
     def __call__(self, message: Any) -> bytes:
-        if message is not self._last:
-            self._data = message.SerializeToString()
-            self._last = message
-        return self._data
+        last, data = self._last
+        if message is not last:
+            data = message.SerializeToString()
+            self._last = (message, data)
+        return data
 
 
 def _method_handler(
