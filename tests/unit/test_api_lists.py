@@ -121,7 +121,8 @@ async def test_the_bytes_sent_follow_the_list_through_writes(store: Store) -> No
         (CIDS[0], api_pb2.CONTAINER_RUNNING),
         (CIDS[1], api_pb2.CONTAINER_CREATED),
     ]
-    # a filtered answer, equal to the last one but another object, is serialized for itself
+    # a filtered answer is another object: serialized for itself, and the next unfiltered
+    # answer (the same object as before it) gives the same bytes again
     one = await list_containers(api, label_selector={"n": "1"})
     assert api_pb2.ListContainersResponse.FromString(serialize(one)) == one
     assert serialize(await list_containers(api)) == after.SerializeToString()
