@@ -836,11 +836,14 @@ class ContainerReconciler:
             raise errors.NotFound(f"container {container_id} not found")
         if row.phase != ContainerPhase.RUNNING or not row.log_path:
             raise errors.FailedPrecondition(f"container {container_id} is not running")
-        pidfile = self.container_dir(container_id) / "logger.pid"
+        # Only a pid that is still a crictld-logger is signalled: a logger that died leaves a
+        # pidfile whose pid another process may have by now.
+        pid = _live_logger(self.container_dir(container_id) / "logger.pid")
         try:
-            pid = int(pidfile.read_text())
+            if pid is None:
+                raise ProcessLookupError("no crictld-logger runs for it")
             os.kill(pid, signal.SIGUSR1)
-        except (OSError, ValueError) as e:
+        except OSError as e:
             raise errors.FailedPrecondition(
                 f"container {container_id}: its log writer is gone ({e})"
             ) from e

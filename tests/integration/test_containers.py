@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from functools import partial
@@ -308,6 +309,25 @@ def test_reopen_container_log(image_daemon: Daemon, registry: Registry, short_tm
     wait_for("new lines in the new file", lambda: log.stat().st_size > 0)
     time.sleep(0.3)
     assert rotated.stat().st_size == size  # the old name stopped growing
+    # A logger that died leaves its pidfile, whose pid another process may have by now: that
+    # process is never signalled (SIGUSR1 would end this `sleep`), the call is refused.
+    pidfile = d.state_dir / "containers" / cid / "logger.pid"
+    logger_pid = pidfile.read_text()
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        pidfile.write_text(str(stranger.pid))
+        with pytest.raises(grpc.RpcError) as refused:
+            d.runtime_call(
+                "ReopenContainerLog", api_pb2.ReopenContainerLogRequest(container_id=cid)
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value
+        assert "log writer is gone" in str(refused.value.details())
+        time.sleep(0.2)
+        assert stranger.poll() is None, "an unrelated process was signalled"
+    finally:
+        pidfile.write_text(logger_pid)
+        stranger.kill()
+        stranger.wait()
     remove(d, pod.id)
 
 
