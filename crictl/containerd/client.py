@@ -69,8 +69,20 @@ _CODES: Mapping[grpc.StatusCode, type[errors.CrictlError]] = {
 }
 
 
+# What runc and the shim refuse because of the container's state, or of the request's
+# conflict with it: containerd passes them on with code UNKNOWN, but they are no fault of
+# crictld's or containerd's, so they are FAILED_PRECONDITION.
+STATE_REFUSALS = (
+    "cannot exec in a",  # the shim: an exec into a stopped, paused or created task
+    "OCI runtime exec failed",  # runc exec: the command cannot start (not found, no such dir)
+    "unable to set memory limit",  # runc update: under what the container uses now
+)
+
+
 def translate(e: grpc.aio.AioRpcError, what: str) -> errors.CrictlError:
     details = e.details() or ""
+    if e.code() == grpc.StatusCode.UNKNOWN and any(r in details for r in STATE_REFUSALS):
+        return errors.FailedPrecondition(f"containerd {what}: {details}")
     if e.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED) and (
         "context canceled" in details
     ):

@@ -739,11 +739,9 @@ class ContainerReconciler:
                 await self.containerd.update_task_resources(
                     container_id, linux_resources(resources)
                 )
-            except errors.Internal as e:
+            except errors.FailedPrecondition as e:
                 # runc refuses what the container's state rules out (a memory limit under
-                # what it uses now): the request's conflict with the container, not a fault.
-                if "unable to set" not in str(e):
-                    raise
+                # what it uses now): the request's conflict with the container.
                 raise errors.FailedPrecondition(
                     f"container {container_id}: the resources cannot be applied: {e}"
                 ) from None

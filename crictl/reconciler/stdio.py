@@ -185,12 +185,9 @@ class ExecProcess:
                     stdin=str(paths["stdin"]) if stdin else "",
                     terminal=tty,
                 )
-            except errors.Internal as e:
+            except errors.FailedPrecondition as e:
                 # The container stopped (or was paused) after the caller saw it running: the
-                # shim refuses with "cannot exec in a stopped state" (code Unknown). That is
-                # the container's state, not the daemon's fault (a probe racing the pod's stop).
-                if "cannot exec in a" not in str(e):
-                    raise
+                # shim refuses (a probe racing the pod's stop; containerd.client.STATE_REFUSALS).
                 raise errors.FailedPrecondition(
                     f"container {container_id} is not running: {e}"
                 ) from None
@@ -199,12 +196,10 @@ class ExecProcess:
             waiter = asyncio.create_task(self._wait())
             try:
                 await containerd.start_process(container_id, self.exec_id)
-            except errors.Internal as e:
+            except errors.FailedPrecondition as e:
                 waiter.cancel()
                 # runc could not start the command (not found, not executable, no such
-                # working dir): the request's fault as the container stands, not the daemon's.
-                if "OCI runtime exec failed" not in str(e):
-                    raise
+                # working dir): the request's fault as the container stands.
                 raise errors.FailedPrecondition(
                     f"cannot start {process.get('args')!r:.200} in container {container_id}: {e}"
                 ) from None

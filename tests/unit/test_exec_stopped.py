@@ -8,10 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
+import grpc
 import pytest
 
 from crictl import errors
+from crictl.containerd.client import translate
 from crictl.reconciler.stdio import ExecProcess
+
+
+def refusal(details: str, code: grpc.StatusCode = grpc.StatusCode.UNKNOWN) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
 class StoppedContainer:
@@ -22,7 +28,8 @@ class StoppedContainer:
         self.deleted: list[str] = []
 
     async def exec_process(self, container_id: str, exec_id: str, *args: Any, **kw: Any) -> None:
-        raise errors.Internal(f"exec {exec_id} in {container_id}: {self.message}")
+        # what the client raises for containerd's answer: code Unknown, the shim's message
+        raise translate(refusal(self.message), f"exec {exec_id} in {container_id}")
 
     async def delete_process(self, container_id: str, exec_id: str) -> None:
         self.deleted.append(exec_id)
@@ -49,3 +56,29 @@ async def test_any_other_refusal_stays_internal(tmp_path: Path) -> None:
     with pytest.raises(errors.Internal, match="shim exploded"):
         await start(StoppedContainer("shim exploded"), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        "cannot exec in a stopped state: unknown",
+        'OCI runtime exec failed: exec failed: unable to start container process: exec: "nope":'
+        " executable file not found in $PATH: unknown",
+        "failed to update resources: unable to set memory limit to 1048576 (current usage:"
+        " 2097152, peak usage: 4194304): unknown",
+    ],
+)
+def test_runc_and_shim_state_refusals_are_failed_preconditions(details: str) -> None:
+    err = translate(refusal(details), "exec")
+    assert isinstance(err, errors.FailedPrecondition), err
+    assert str(err) == f"containerd exec: {details}"
+
+
+def test_other_answers_keep_their_codes() -> None:
+    assert type(translate(refusal("shim exploded"), "exec")) is errors.Internal
+    assert type(translate(refusal("no such task", grpc.StatusCode.NOT_FOUND), "x")) is (
+        errors.NotFound
+    )
+    # the words alone do not decide: only containerd's Unknown carries runc's refusals
+    internal = refusal("unable to set up the shim", grpc.StatusCode.INTERNAL)
+    assert type(translate(internal, "start")) is errors.Internal
