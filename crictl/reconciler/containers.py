@@ -837,9 +837,9 @@ class ContainerReconciler:
         # Only a pid that is still a crictld-logger is signalled: a logger that died leaves a
         # pidfile whose pid another process may have by now.
         pid = _live_logger(self.container_dir(container_id) / "logger.pid")
+        if pid is None:
+            raise errors.FailedPrecondition(f"container {container_id}: its log writer is gone")
         try:
-            if pid is None:
-                raise ProcessLookupError("no crictld-logger runs for it")
             os.kill(pid, signal.SIGUSR1)
         except OSError as e:
             raise errors.FailedPrecondition(
