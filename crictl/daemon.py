@@ -25,17 +25,18 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc.aio
 
 from crictl import __version__, errors, metrics
 from crictl.api.container_events import ContainerEvents, EventHub, hub_for
 from crictl.api.containers import Containers
+from crictl.api.front import FrontLoop
 from crictl.api.images import Images
 from crictl.api.runtime_info import RuntimeInfo
 from crictl.api.sandboxes import PodSandboxes
@@ -63,6 +64,7 @@ from crictl.store.inventory import count_by_phase
 from crictl.store.migrate import upgrade_in_child
 from crictl.streaming.server import StreamServer
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 5.0
@@ -243,6 +245,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
     sweeper: OrphanSweeper | None = None
     metrics_server: Any = None
     hub: EventHub | None = None
+    front = FrontLoop()  # the CRI server's loop (crictl/api/front.py)
     try:
         before, after = await upgrade_in_child(config.db_path)
         if before != after:
@@ -333,7 +336,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
         await streams.start()
         health = Health(conn.client, config.cni_conf_dir, config.cni_bin_dirs)
         pod_api, container_api = PodSandboxes(store, sandboxes), Containers(store, containers)
-        hub = hub_for(store, pod_api, container_api)
+        hub = await front.run(_on_loop(partial(hub_for, store, pod_api, container_api)))
         runtime_info = RuntimeInfo(
             health,
             live_info=partial(live_info, supervisor, events, sandboxes, containers, hub),
@@ -353,7 +356,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
                 "cgroupDriver": config.cgroup_driver,
             },
         )
-        server = grpc.aio.server()
+        server = await front.run(_new_server())
         server.add_generic_rpc_handlers(
             (
                 generic_handler(
@@ -364,12 +367,15 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
                     Stats(store, stats),
                     Streaming(store, streams),
                     ContainerEvents(hub),
+                    daemon=loop,
                 ),
-                generic_handler(IMAGE_SERVICE, Images(images)),
+                generic_handler(IMAGE_SERVICE, Images(images), daemon=loop),
             )
         )
+        # Bound here, not on the front loop: the socket is made under a umask, which is the
+        # process's, so nothing on this loop may run meanwhile.
         _bind(server, config.socket, socket_gid)
-        await server.start()
+        await front.run(server.start())
         steps.done("serving")
         # What no row owns (left by crashes) is removed beside the serving daemon, at once and
         # every few minutes after: it holds nothing a request needs.
@@ -409,11 +415,12 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
         if metrics_server is not None:
             metrics_server.shutdown()
         if server is not None:
-            await server.stop(SHUTDOWN_GRACE)
+            await front.run(server.stop(SHUTDOWN_GRACE))
         with contextlib.suppress(FileNotFoundError):
             config.socket.unlink()
         if hub is not None:
-            await hub.close()
+            await front.run(hub.close())
+        front.close()
         if streams is not None:
             await streams.stop()
         if sweeper is not None:
@@ -583,6 +590,15 @@ def _process_age() -> float:
     with open("/proc/uptime") as f:
         uptime = float(f.read().split()[0])
     return uptime - ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def _new_server() -> grpc.aio.Server:
+    return grpc.aio.server()
+
+
+async def _on_loop(make: Callable[[], T]) -> T:
+    """`make()` called on the running loop (for what takes its loop when made)."""
+    return make()
 
 
 def _bind(server: grpc.aio.Server, socket: Path, gid: int) -> None:

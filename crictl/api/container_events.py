@@ -27,6 +27,7 @@ from typing import cast
 
 from crictl import errors
 from crictl.api.containers import Containers
+from crictl.api.front import on_front
 from crictl.api.interceptor import Context
 from crictl.api.sandboxes import PodSandboxes
 from crictl.gen.cri.runtime.v1 import api_pb2
@@ -202,6 +203,7 @@ class ContainerEvents:
     def __init__(self, hub: EventHub) -> None:
         self.hub = hub
 
+    @on_front()
     async def get_container_events(
         self, request: api_pb2.GetEventsRequest, context: Context
     ) -> AsyncIterator[api_pb2.ContainerEventResponse]:

@@ -17,6 +17,7 @@ from google.protobuf import json_format
 
 from crictl import errors
 from crictl.api.chunks import chunks
+from crictl.api.front import on_front, verbose
 from crictl.api.inspect_info import crictld_view
 from crictl.api.interceptor import Context
 from crictl.api.validation import (
@@ -234,6 +235,7 @@ class Containers:
         )
         return api_pb2.RemoveContainerResponse()
 
+    @on_front(unless=verbose)
     async def container_status(
         self, request: api_pb2.ContainerStatusRequest, context: Context
     ) -> api_pb2.ContainerStatusResponse:
@@ -301,6 +303,7 @@ class Containers:
                 spec.image = image.repo_tags[0]
         return spec
 
+    @on_front()
     async def list_containers(
         self, request: api_pb2.ListContainersRequest, context: Context
     ) -> api_pb2.ListContainersResponse:
@@ -343,6 +346,7 @@ class Containers:
             self._unfiltered = (snapshot, resp)
         return resp
 
+    @on_front()
     async def stream_containers(
         self, request: api_pb2.StreamContainersRequest, context: Context
     ) -> AsyncIterator[api_pb2.StreamContainersResponse]:

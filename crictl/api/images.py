@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator
 
 from crictl.api.chunks import chunks
+from crictl.api.front import on_front
 from crictl.api.interceptor import Context
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler.images import ImageManager, ImageView, credentials_from
@@ -41,6 +42,7 @@ class Images:
         image_id = await self.images.pull(request.image.image, creds)
         return api_pb2.PullImageResponse(image_ref=image_id)
 
+    @on_front()
     async def image_status(
         self, request: api_pb2.ImageStatusRequest, context: Context
     ) -> api_pb2.ImageStatusResponse:
@@ -58,6 +60,7 @@ class Images:
             )
         return response
 
+    @on_front()
     async def list_images(
         self, request: api_pb2.ListImagesRequest, context: Context
     ) -> api_pb2.ListImagesResponse:
@@ -69,6 +72,7 @@ class Images:
             found = self.images.list()
         return api_pb2.ListImagesResponse(images=[self._to_cri(i) for i in found])
 
+    @on_front()
     async def stream_images(
         self, request: api_pb2.StreamImagesRequest, context: Context
     ) -> AsyncIterator[api_pb2.StreamImagesResponse]:

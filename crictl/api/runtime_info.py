@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterable
 
 from crictl import __version__, errors
+from crictl.api.front import on_front
 from crictl.api.interceptor import Context
 from crictl.api.validation import RUNTIME_HANDLERS
 from crictl.gen.cri.runtime.v1 import api_pb2
@@ -35,6 +36,7 @@ class RuntimeInfo:
         self.verbose_info = verbose_info
         self.live_info = live_info
 
+    @on_front()
     async def version(
         self, request: api_pb2.VersionRequest, context: Context
     ) -> api_pb2.VersionResponse:

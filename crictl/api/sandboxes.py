@@ -19,6 +19,7 @@ from google.protobuf import json_format
 
 from crictl import errors
 from crictl.api.chunks import chunks
+from crictl.api.front import on_front, verbose
 from crictl.api.inspect_info import crictld_view
 from crictl.api.interceptor import Context
 from crictl.api.validation import label_selector, validate_resources, validate_sandbox_config
@@ -144,6 +145,7 @@ class PodSandboxes:
         )
         return api_pb2.RemovePodSandboxResponse()
 
+    @on_front(unless=verbose)
     async def pod_sandbox_status(
         self, request: api_pb2.PodSandboxStatusRequest, context: Context
     ) -> api_pb2.PodSandboxStatusResponse:
@@ -191,6 +193,7 @@ class PodSandboxes:
             )
         return response
 
+    @on_front()
     async def list_pod_sandbox(
         self, request: api_pb2.ListPodSandboxRequest, context: Context
     ) -> api_pb2.ListPodSandboxResponse:
@@ -231,6 +234,7 @@ class PodSandboxes:
             self._unfiltered = (snapshot, resp)
         return resp
 
+    @on_front()
     async def stream_pod_sandboxes(
         self, request: api_pb2.StreamPodSandboxesRequest, context: Context
     ) -> AsyncIterator[api_pb2.StreamPodSandboxesResponse]:

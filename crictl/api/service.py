@@ -4,10 +4,14 @@ A servicer implements an RPC by defining an async method named after it in snake
 (`RunPodSandbox` -> `run_pod_sandbox(request, context)`; server-streaming RPCs as async
 generators). Every RPC a servicer lacks answers UNIMPLEMENTED with a message naming it, so a
 client always gets a precise answer and never a crash or a hang.
+
+Given the daemon's loop, each handler is dispatched as `crictl.api.front` says: marked
+`@on_front`, it runs on the server's loop; otherwise on the daemon's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 from collections.abc import AsyncIterator
@@ -17,6 +21,7 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from crictl import errors
+from crictl.api.front import dispatch_stream, dispatch_unary
 from crictl.api.interceptor import Context, wrap_stream, wrap_unary
 from crictl.gen.cri.runtime.v1 import api_pb2
 
@@ -60,7 +65,9 @@ class LastSerialized:
 
 
 def _method_handler(
-    method: MethodDescriptor, servicers: tuple[object, ...]
+    method: MethodDescriptor,
+    servicers: tuple[object, ...],
+    daemon: asyncio.AbstractEventLoop | None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     full_name = f"/{method.containing_service.full_name}/{method.name}"
     request_class = _message_class(method.input_type)
@@ -77,6 +84,8 @@ def _method_handler(
                 yield  # pragma: no cover  (makes this an async generator)
 
             impl = missing_stream
+        elif daemon is not None:
+            impl = dispatch_stream(impl, daemon)
         return grpc.unary_stream_rpc_method_handler(
             wrap_stream(full_name, impl),
             request_deserializer=request_class.FromString,
@@ -90,6 +99,8 @@ def _method_handler(
         impl = missing
     elif not inspect.iscoroutinefunction(impl):
         raise TypeError(f"{full_name} must be an async method")
+    elif daemon is not None:
+        impl = dispatch_unary(impl, daemon)
     return grpc.unary_unary_rpc_method_handler(
         wrap_unary(full_name, impl),
         request_deserializer=request_class.FromString,
@@ -99,8 +110,14 @@ def _method_handler(
     )
 
 
-def generic_handler(service: ServiceDescriptor, *servicers: object) -> grpc.GenericRpcHandler:
-    """The handler serving every method of `service` from the first servicer that has it.
+def generic_handler(
+    service: ServiceDescriptor,
+    *servicers: object,
+    daemon: asyncio.AbstractEventLoop | None = None,
+) -> grpc.GenericRpcHandler:
+    """The handler serving every method of `service` from the first servicer that has it;
+    with `daemon`, the server runs on a loop of its own and hands `daemon` what is not marked
+    `@on_front` (crictl.api.front). Without it every handler runs on the server's loop.
 
     A public method that matches no RPC is a typo that would silently leave the RPC
     unimplemented, so it is refused here.
@@ -114,5 +131,5 @@ def generic_handler(service: ServiceDescriptor, *servicers: object) -> grpc.Gene
         ]
         if extra:
             raise TypeError(f"{type(servicer).__name__} has methods that are no RPC: {extra}")
-    handlers = {m.name: _method_handler(m, servicers) for m in service.methods}
+    handlers = {m.name: _method_handler(m, servicers, daemon) for m in service.methods}
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

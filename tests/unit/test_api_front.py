@@ -1,0 +1,226 @@
+"""The CRI server on a loop of its own (crictl/api/front.py): what is marked `@on_front` runs
+there and answers while the daemon's loop is held; everything else runs on the daemon's loop,
+errors, cancellation and streams included. Real gRPC over a unix socket; the test's own loop
+plays the daemon's."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from crictl import errors
+from crictl.api.front import FrontLoop, on_front, verbose
+from crictl.api.interceptor import Context
+from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
+from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
+
+
+class Servicer:
+    """Records the thread each call ran on; `daemon_events` are set on the daemon's loop."""
+
+    def __init__(self) -> None:
+        self.threads: dict[str, int] = {}
+        self.cancelled = threading.Event()
+        self.stream_closed = threading.Event()
+
+    @on_front()
+    async def version(self, request: api_pb2.VersionRequest, context: Context) -> Any:
+        self.threads["Version"] = threading.get_ident()
+        return api_pb2.VersionResponse(runtime_name="front")
+
+    async def runtime_config(self, request: Any, context: Context) -> Any:
+        self.threads["RuntimeConfig"] = threading.get_ident()
+        return api_pb2.RuntimeConfigResponse()
+
+    @on_front(unless=verbose)
+    async def pod_sandbox_status(
+        self, request: api_pb2.PodSandboxStatusRequest, context: Context
+    ) -> Any:
+        self.threads["PodSandboxStatus" + (" verbose" if request.verbose else "")] = (
+            threading.get_ident()
+        )
+        if request.pod_sandbox_id == "gone":
+            raise errors.NotFound("pod sandbox gone not found")
+        return api_pb2.PodSandboxStatusResponse()
+
+    async def container_status(
+        self, request: api_pb2.ContainerStatusRequest, context: Context
+    ) -> Any:
+        if request.container_id == "hang":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        raise errors.FailedPrecondition(f"container {request.container_id} is exited")
+
+    async def stream_container_stats(
+        self, request: api_pb2.StreamContainerStatsRequest, context: Context
+    ) -> AsyncIterator[api_pb2.StreamContainerStatsResponse]:
+        self.threads["StreamContainerStats"] = threading.get_ident()
+        try:
+            for i in range(3):
+                yield api_pb2.StreamContainerStatsResponse(
+                    container_stats=[
+                        api_pb2.ContainerStats(attributes=api_pb2.ContainerAttributes(id=str(i)))
+                    ]
+                )
+            if request.filter.id == "fail":
+                raise errors.NotFound("container fail not found")
+            if request.filter.id == "endless":
+                await asyncio.Event().wait()
+        finally:
+            self.stream_closed.set()
+
+
+@pytest.fixture
+def front() -> Iterator[FrontLoop]:
+    loop = FrontLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+async def served(
+    tmp_path: Path, front: FrontLoop
+) -> AsyncIterator[tuple[Servicer, str, grpc.aio.Server]]:
+    servicer = Servicer()
+    target = f"unix:{tmp_path / 's.sock'}"
+    # grpc.aio is used on this loop before the server's is made, as the daemon's containerd
+    # client may be: both loops must get their events either way.
+    async with grpc.aio.insecure_channel(target):
+        pass
+
+    async def make() -> grpc.aio.Server:
+        return grpc.aio.server()
+
+    server = await front.run(make())
+    daemon = asyncio.get_running_loop()
+    server.add_generic_rpc_handlers(
+        (
+            generic_handler(RUNTIME_SERVICE, servicer, daemon=daemon),
+            generic_handler(IMAGE_SERVICE, daemon=daemon),
+        )
+    )
+    server.add_insecure_port(target)
+    await front.run(server.start())
+    yield servicer, target, server
+    await front.run(server.stop(None))
+
+
+async def test_a_front_read_answers_while_the_daemon_loop_is_held(served: Any) -> None:
+    servicer, target, _ = served
+    answered = threading.Event()
+
+    def client() -> None:
+        with grpc.insecure_channel(target) as channel:
+            stub = api_pb2_grpc.RuntimeServiceStub(channel)
+            stub.Version(api_pb2.VersionRequest(), timeout=10)
+            stub.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id="p"), timeout=10)
+        answered.set()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    # Holds the daemon's loop (this one) until the reads are answered: were they waiting for
+    # this loop, they would time out and `answered` would stay unset.
+    held = answered.wait(15)
+    thread.join()
+    assert held, "the reads waited for the daemon's loop"
+    assert servicer.threads["Version"] != threading.get_ident()
+    assert servicer.threads["PodSandboxStatus"] == servicer.threads["Version"]
+
+
+async def test_the_rest_runs_on_the_daemon_loop(served: Any) -> None:
+    servicer, target, _ = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = api_pb2_grpc.RuntimeServiceStub(channel)
+        assert (await stub.Version(api_pb2.VersionRequest())).runtime_name == "front"
+        await stub.RuntimeConfig(api_pb2.RuntimeConfigRequest())
+        await stub.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id="p"))
+        await stub.PodSandboxStatus(
+            api_pb2.PodSandboxStatusRequest(pod_sandbox_id="p", verbose=True)
+        )
+    here = threading.get_ident()
+    assert servicer.threads["RuntimeConfig"] == here
+    assert servicer.threads["PodSandboxStatus verbose"] == here  # it asks containerd
+    assert servicer.threads["PodSandboxStatus"] != here
+    assert servicer.threads["Version"] != here
+
+
+async def test_errors_map_to_their_codes_from_either_loop(served: Any) -> None:
+    _, target, _ = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = api_pb2_grpc.RuntimeServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as on_front_loop:
+            await stub.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id="gone"))
+        with pytest.raises(grpc.aio.AioRpcError) as on_daemon_loop:
+            await stub.ContainerStatus(api_pb2.ContainerStatusRequest(container_id="c1"))
+    assert on_front_loop.value.code() == grpc.StatusCode.NOT_FOUND
+    assert on_front_loop.value.details() == "pod sandbox gone not found"
+    assert on_daemon_loop.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert on_daemon_loop.value.details() == "container c1 is exited"
+
+
+async def test_a_client_giving_up_cancels_the_handler_on_the_daemon_loop(served: Any) -> None:
+    servicer, target, _ = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = api_pb2_grpc.RuntimeServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+            await stub.ContainerStatus(
+                api_pb2.ContainerStatusRequest(container_id="hang"), timeout=0.3
+            )
+    assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert await asyncio.to_thread(servicer.cancelled.wait, 10)
+
+
+async def test_a_stream_runs_on_the_daemon_loop_and_hands_its_items_over(served: Any) -> None:
+    servicer, target, _ = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = api_pb2_grpc.RuntimeServiceStub(channel)
+        got = [
+            r.container_stats[0].attributes.id
+            async for r in stub.StreamContainerStats(api_pb2.StreamContainerStatsRequest())
+        ]
+        assert got == ["0", "1", "2"]
+        assert servicer.threads["StreamContainerStats"] == threading.get_ident()
+
+        failing = stub.StreamContainerStats(
+            api_pb2.StreamContainerStatsRequest(filter=api_pb2.ContainerStatsFilter(id="fail"))
+        )
+        got = []
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            async for r in failing:
+                got.append(r.container_stats[0].attributes.id)
+        assert got == ["0", "1", "2"]
+        assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+        assert failed.value.details() == "container fail not found"
+
+
+async def test_a_stream_its_client_leaves_is_closed_on_the_daemon_loop(served: Any) -> None:
+    servicer, target, _ = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = api_pb2_grpc.RuntimeServiceStub(channel)
+        call = stub.StreamContainerStats(
+            api_pb2.StreamContainerStatsRequest(filter=api_pb2.ContainerStatsFilter(id="endless"))
+        )
+        for _ in range(3):
+            await call.read()
+        servicer.stream_closed.clear()  # set by the earlier tests' streams, if any
+        assert not servicer.stream_closed.is_set()
+        call.cancel()
+    assert await asyncio.to_thread(servicer.stream_closed.wait, 10)
+
+
+async def test_close_from_a_running_loop_twice() -> None:
+    # as the daemon closes it: from its own loop, running
+    front = FrontLoop()
+    front.close()
+    front.close()
+    assert front.loop.is_closed()
