@@ -9,8 +9,13 @@ first steps of the calls accepted before, so the cheap call's wait grows as N x 
 when other threads of the process compete for the GIL (the daemon has its store writer, CNI,
 netns and gRPC poller threads).
 
+`--front` also runs each case as the daemon serves since the server got a loop of its own
+(crictl/api/front.py): the server on the front loop, the cheap call answered there, the slow
+calls' work handed to another loop (the daemon's).
+
     .venv/bin/python -m benchmarks.grpc_accept
     .venv/bin/python -m benchmarks.grpc_accept --calls 100 --cpu-ms 0.5 2 5 --threads 0 4
+    .venv/bin/python -m benchmarks.grpc_accept --front
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from pathlib import Path
 import grpc
 from grpc import aio
 
+from crictl.api.front import FrontLoop, dispatch_unary, on_front
+
 
 def burn(ms: float) -> None:
     end = time.perf_counter() + ms / 1000
@@ -33,8 +40,11 @@ def burn(ms: float) -> None:
         pass
 
 
-async def measure(calls: int, cpu_ms: float, threads: int, probes: int) -> list[float]:
-    """The cheap call's latencies (ms), the first sent 20 ms after the N calls."""
+async def measure(
+    calls: int, cpu_ms: float, threads: int, probes: int, front: FrontLoop | None = None
+) -> list[float]:
+    """The cheap call's latencies (ms), the first sent 20 ms after the N calls. With `front`,
+    the server runs there and the slow calls on this loop."""
     sock = Path(tempfile.mkdtemp(prefix="grpc-accept-")) / "s.sock"
 
     async def slow(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
@@ -42,20 +52,28 @@ async def measure(calls: int, cpu_ms: float, threads: int, probes: int) -> list[
         await asyncio.sleep(1.0)
         return b"ok"
 
+    @on_front()
     async def fast(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
         return b"ok"
 
+    loop = asyncio.get_running_loop()
+    on = (lambda impl: dispatch_unary(impl, loop)) if front else (lambda impl: impl)
     handlers = grpc.method_handlers_generic_handler(
         "bench.T",
         {
-            "Slow": grpc.unary_unary_rpc_method_handler(slow),
-            "Fast": grpc.unary_unary_rpc_method_handler(fast),
+            "Slow": grpc.unary_unary_rpc_method_handler(on(slow)),
+            "Fast": grpc.unary_unary_rpc_method_handler(on(fast)),
         },
     )
-    server = aio.server()
-    server.add_generic_rpc_handlers((handlers,))
-    server.add_insecure_port(f"unix:{sock}")
-    await server.start()
+
+    async def start() -> aio.Server:
+        server = aio.server()
+        server.add_generic_rpc_handlers((handlers,))
+        server.add_insecure_port(f"unix:{sock}")
+        await server.start()
+        return server
+
+    server = await (front.run(start()) if front else start())
     stop = threading.Event()
 
     def contend() -> None:  # a thread that wants the GIL ~half the time
@@ -66,7 +84,6 @@ async def measure(calls: int, cpu_ms: float, threads: int, probes: int) -> list[
     others = [threading.Thread(target=contend) for _ in range(threads)]
     for t in others:
         t.start()
-    loop = asyncio.get_running_loop()
     channel = grpc.insecure_channel(f"unix:{sock}")  # one channel, as kubelet's
     slow_call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/bench.T/Slow")
     fast_call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/bench.T/Fast")
@@ -90,7 +107,7 @@ async def measure(calls: int, cpu_ms: float, threads: int, probes: int) -> list[
         for t in others:
             t.join()
         channel.close()
-        await server.stop(None)
+        await (front.run(server.stop(None)) if front else server.stop(None))
         sock.unlink(missing_ok=True)
         sock.parent.rmdir()
     return latencies
@@ -102,15 +119,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-ms", type=float, nargs="+", default=[0.5, 2.0, 5.0])
     parser.add_argument("--threads", type=int, nargs="+", default=[0, 4])
     parser.add_argument("--probes", type=int, default=15)
+    parser.add_argument(
+        "--front", action="store_true", help="also with the server on a loop of its own"
+    )
     args = parser.parse_args(argv)
-    print(f"{'calls':>5} {'cpu ms':>6} {'threads':>7} | cheap call ms: first   max  median")
+    print(
+        f"{'calls':>5} {'cpu ms':>6} {'threads':>7} {'server':>7} | "
+        "cheap call ms: first   max  median"
+    )
     for threads in args.threads:
         for cpu_ms in args.cpu_ms:
-            lat = asyncio.run(measure(args.calls, cpu_ms, threads, args.probes))
-            print(
-                f"{args.calls:>5} {cpu_ms:>6g} {threads:>7} | "
-                f"{lat[0]:>19.0f} {max(lat):>5.0f} {sorted(lat)[len(lat) // 2]:>7.1f}"
-            )
+            for on_front_loop in (False, True) if args.front else (False,):
+                front = FrontLoop() if on_front_loop else None
+                try:
+                    lat = asyncio.run(measure(args.calls, cpu_ms, threads, args.probes, front))
+                finally:
+                    if front is not None:
+                        front.close()
+                where = "front" if on_front_loop else "shared"
+                print(
+                    f"{args.calls:>5} {cpu_ms:>6g} {threads:>7} {where:>7} | "
+                    f"{lat[0]:>19.0f} {max(lat):>5.0f} {sorted(lat)[len(lat) // 2]:>7.1f}"
+                )
     return 0
 
 
