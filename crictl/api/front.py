@@ -120,8 +120,11 @@ _END = object()
 def dispatch_stream(impl: StreamImpl, daemon: asyncio.AbstractEventLoop) -> StreamImpl:
     """A server-streaming `impl` as the front loop calls it: itself where it is marked
     `@on_front`, else iterated on the daemon's loop, each item handed to the front's."""
-    if front_rule(impl) is not None:
+    rule = front_rule(impl)
+    if rule is _never:
         return impl
+    if rule is not None:
+        raise TypeError(f"{impl.__qualname__}: `unless` is for unary RPCs only")
 
     async def dispatched(request: Any, context: Any) -> AsyncIterator[Any]:
         front = asyncio.get_running_loop()

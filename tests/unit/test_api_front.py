@@ -218,6 +218,20 @@ async def test_a_stream_its_client_leaves_is_closed_on_the_daemon_loop(served: A
     assert await asyncio.to_thread(servicer.stream_closed.wait, 10)
 
 
+def test_a_stream_cannot_be_on_the_front_only_for_some_requests() -> None:
+    class Streams:
+        @on_front(unless=verbose)
+        async def stream_containers(self, request: Any, context: Context) -> AsyncIterator[Any]:
+            yield api_pb2.StreamContainersResponse()
+
+    daemon = asyncio.new_event_loop()
+    try:
+        with pytest.raises(TypeError, match="unless"):
+            generic_handler(RUNTIME_SERVICE, Streams(), daemon=daemon)
+    finally:
+        daemon.close()
+
+
 async def test_close_from_a_running_loop_twice() -> None:
     # as the daemon closes it: from its own loop, running
     front = FrontLoop()
