@@ -11,7 +11,9 @@ netns and gRPC poller threads).
 
 `--front` also runs each case as the daemon serves since the server got a loop of its own
 (crictl/api/front.py): the server on the front loop, the cheap call answered there, the slow
-calls' work handed to another loop (the daemon's).
+calls' work handed to another loop (the daemon's). It then prints what that costs a quiet
+server: one call at a time, answered on one shared loop, on the front, or handed over (the
+benchmark's loop also uses grpc, as the daemon's containerd client does).
 
     .venv/bin/python -m benchmarks.grpc_accept
     .venv/bin/python -m benchmarks.grpc_accept --calls 100 --cpu-ms 0.5 2 5 --threads 0 4
@@ -113,6 +115,62 @@ async def measure(
     return latencies
 
 
+async def quiet(rounds: int, front: FrontLoop | None) -> tuple[float, float]:
+    """p50 ms of one call at a time: (answered where the server runs, handed to this loop)."""
+    sock = Path(tempfile.mkdtemp(prefix="grpc-quiet-")) / "s.sock"
+
+    @on_front()
+    async def here(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        return b"ok"
+
+    async def there(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        return b"ok"
+
+    loop = asyncio.get_running_loop()
+    on = (lambda impl: dispatch_unary(impl, loop)) if front else (lambda impl: impl)
+    handlers = grpc.method_handlers_generic_handler(
+        "bench.Q",
+        {
+            "Here": grpc.unary_unary_rpc_method_handler(on(here)),
+            "There": grpc.unary_unary_rpc_method_handler(on(there)),
+        },
+    )
+
+    async def start() -> aio.Server:
+        server = aio.server()
+        server.add_generic_rpc_handlers((handlers,))
+        server.add_insecure_port(f"unix:{sock}")
+        await server.start()
+        return server
+
+    server = await (front.run(start()) if front else start())
+    # this loop uses grpc too, as the daemon's containerd client does
+    own = aio.insecure_channel(f"unix:{sock}")
+    bind: aio.UnaryUnaryMultiCallable[bytes, bytes] = own.unary_unary("/bench.Q/Here")
+    await bind(b"")
+
+    def p50(method: str) -> float:
+        with grpc.insecure_channel(f"unix:{sock}") as channel:
+            call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
+            call(b"", timeout=10)
+            lat = []
+            for _ in range(rounds):
+                started = time.perf_counter()
+                call(b"", timeout=10)
+                lat.append((time.perf_counter() - started) * 1000)
+        return sorted(lat)[len(lat) // 2]
+
+    try:
+        return await asyncio.to_thread(p50, "/bench.Q/Here"), await asyncio.to_thread(
+            p50, "/bench.Q/There"
+        )
+    finally:
+        await own.close()
+        await (front.run(server.stop(None)) if front else server.stop(None))
+        sock.unlink(missing_ok=True)
+        sock.parent.rmdir()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=100)
@@ -122,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--front", action="store_true", help="also with the server on a loop of its own"
     )
+    parser.add_argument("--quiet-rounds", type=int, default=2000)
     args = parser.parse_args(argv)
     print(
         f"{'calls':>5} {'cpu ms':>6} {'threads':>7} {'server':>7} | "
@@ -141,6 +200,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.calls:>5} {cpu_ms:>6g} {threads:>7} {where:>7} | "
                     f"{lat[0]:>19.0f} {max(lat):>5.0f} {sorted(lat)[len(lat) // 2]:>7.1f}"
                 )
+    if args.front:
+        print(f"\nquiet, one call at a time ({args.quiet_rounds} calls each), p50 ms:")
+        for _ in range(2):  # twice, alternating: the VM drifts
+            shared, _ = asyncio.run(quiet(args.quiet_rounds, None))
+            front = FrontLoop()
+            try:
+                here, there = asyncio.run(quiet(args.quiet_rounds, front))
+            finally:
+                front.close()
+            print(
+                f"  one shared loop {shared:.3f} | front: answered there {here:.3f}, "
+                f"handed over {there:.3f}"
+            )
     return 0
 
 
