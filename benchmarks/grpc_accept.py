@@ -28,6 +28,7 @@ import concurrent.futures
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -40,6 +41,37 @@ def burn(ms: float) -> None:
     end = time.perf_counter() + ms / 1000
     while time.perf_counter() < end:
         pass
+
+
+Handler = Callable[[bytes, aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
+
+
+async def start_server(
+    sock: Path, service: str, methods: dict[str, Handler], front: FrontLoop | None
+) -> aio.Server:
+    """A server of `methods` on `sock`: on this loop, or with `front` on the front loop, each
+    method dispatched as the daemon dispatches (marked `@on_front` or handed to this loop)."""
+    loop = asyncio.get_running_loop()
+    handlers = grpc.method_handlers_generic_handler(
+        service,
+        {
+            name: grpc.unary_unary_rpc_method_handler(dispatch_unary(impl, loop) if front else impl)
+            for name, impl in methods.items()
+        },
+    )
+
+    async def start() -> aio.Server:
+        server = aio.server()
+        server.add_generic_rpc_handlers((handlers,))
+        server.add_insecure_port(f"unix:{sock}")
+        await server.start()
+        return server
+
+    return await (front.run(start()) if front else start())
+
+
+async def stop_server(server: aio.Server, front: FrontLoop | None) -> None:
+    await (front.run(server.stop(None)) if front else server.stop(None))
 
 
 async def measure(
@@ -58,24 +90,8 @@ async def measure(
     async def fast(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
         return b"ok"
 
+    server = await start_server(sock, "bench.T", {"Slow": slow, "Fast": fast}, front)
     loop = asyncio.get_running_loop()
-    on = (lambda impl: dispatch_unary(impl, loop)) if front else (lambda impl: impl)
-    handlers = grpc.method_handlers_generic_handler(
-        "bench.T",
-        {
-            "Slow": grpc.unary_unary_rpc_method_handler(on(slow)),
-            "Fast": grpc.unary_unary_rpc_method_handler(on(fast)),
-        },
-    )
-
-    async def start() -> aio.Server:
-        server = aio.server()
-        server.add_generic_rpc_handlers((handlers,))
-        server.add_insecure_port(f"unix:{sock}")
-        await server.start()
-        return server
-
-    server = await (front.run(start()) if front else start())
     stop = threading.Event()
 
     def contend() -> None:  # a thread that wants the GIL ~half the time
@@ -109,7 +125,7 @@ async def measure(
         for t in others:
             t.join()
         channel.close()
-        await (front.run(server.stop(None)) if front else server.stop(None))
+        await stop_server(server, front)
         sock.unlink(missing_ok=True)
         sock.parent.rmdir()
     return latencies
@@ -126,24 +142,7 @@ async def quiet(rounds: int, front: FrontLoop | None) -> tuple[float, float]:
     async def there(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
         return b"ok"
 
-    loop = asyncio.get_running_loop()
-    on = (lambda impl: dispatch_unary(impl, loop)) if front else (lambda impl: impl)
-    handlers = grpc.method_handlers_generic_handler(
-        "bench.Q",
-        {
-            "Here": grpc.unary_unary_rpc_method_handler(on(here)),
-            "There": grpc.unary_unary_rpc_method_handler(on(there)),
-        },
-    )
-
-    async def start() -> aio.Server:
-        server = aio.server()
-        server.add_generic_rpc_handlers((handlers,))
-        server.add_insecure_port(f"unix:{sock}")
-        await server.start()
-        return server
-
-    server = await (front.run(start()) if front else start())
+    server = await start_server(sock, "bench.Q", {"Here": here, "There": there}, front)
     # this loop uses grpc too, as the daemon's containerd client does
     own = aio.insecure_channel(f"unix:{sock}")
     bind: aio.UnaryUnaryMultiCallable[bytes, bytes] = own.unary_unary("/bench.Q/Here")
@@ -166,7 +165,7 @@ async def quiet(rounds: int, front: FrontLoop | None) -> tuple[float, float]:
         )
     finally:
         await own.close()
-        await (front.run(server.stop(None)) if front else server.stop(None))
+        await stop_server(server, front)
         sock.unlink(missing_ok=True)
         sock.parent.rmdir()
 
