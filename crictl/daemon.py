@@ -356,7 +356,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
                 "cgroupDriver": config.cgroup_driver,
             },
         )
-        server = await front.run(_new_server())
+        server = await front.run(_on_loop(grpc.aio.server))
         server.add_generic_rpc_handlers(
             (
                 generic_handler(
@@ -590,10 +590,6 @@ def _process_age() -> float:
     with open("/proc/uptime") as f:
         uptime = float(f.read().split()[0])
     return uptime - ticks / os.sysconf("SC_CLK_TCK")
-
-
-async def _new_server() -> grpc.aio.Server:
-    return grpc.aio.server()
 
 
 async def _on_loop(make: Callable[[], T]) -> T:

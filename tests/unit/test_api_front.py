@@ -23,7 +23,8 @@ from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 
 
 class Servicer:
-    """Records the thread each call ran on; `daemon_events` are set on the daemon's loop."""
+    """Records the thread each call ran on; `cancelled` and `stream_closed` are set by the
+    handlers on the daemon's loop."""
 
     def __init__(self) -> None:
         self.threads: dict[str, int] = {}
