@@ -29,6 +29,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -220,7 +221,10 @@ class Runtime:
         seconds = time.perf_counter() - start
         stats.samples.append(seconds)
         stats.labels.append(label)
-        rpc = op.split("(")[0].split("@")[0]
+        # an op is named by its RPC, then a qualifier: "ImageStatus(id)", "ListPodSandbox@10",
+        # "PullImage [busybox]"
+        named = _RPC_OF_OP.match(op)
+        rpc = named.group(0) if named else op
         self.trace.append(Call(op, rpc, wall, wall + seconds, seconds))
         return response
 
@@ -235,6 +239,9 @@ class Runtime:
             return method(request, timeout=timeout)
         except grpc.RpcError:
             return None
+
+
+_RPC_OF_OP = re.compile(r"[A-Za-z]+")
 
 
 def _describe(e: grpc.RpcError) -> str:
