@@ -1,6 +1,10 @@
 """Network namespaces, bind-mounted as files in the daemon's own netns directory, which is made
 a shared mount point as iproute2 does for /run/netns (so another tool re-mounting /run/netns
-cannot strand ours). Interfaces inside are the CNI plugins' business.
+cannot strand ours). Interfaces inside are the CNI plugins' business, but for the loopback:
+`create` brings `lo` up, as containerd's CRI (its own loopback network, always attached) and
+CRI-O do, because the network configurations nodes run (calico, flannel, cilium, a bridge's)
+do not carry the loopback plugin: without it a pod's 127.0.0.1 is unreachable, to its own
+containers and to port-forward, which dials it.
 
 Every operation is idempotent and safe after a crash at any point: `create` finishes or redoes a
 half-made namespace (the file exists but nothing is mounted on it), `remove` of what is gone
@@ -12,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +41,11 @@ CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MS_REC = 16384
 MS_SHARED = 1 << 20
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+# struct ifreq: the interface's name, then a 24-byte union whose first member is ifr_flags
+_IFREQ_FLAGS = struct.Struct("16sH22x")
 
 
 class _Statfs(ctypes.Structure):
@@ -67,13 +78,25 @@ def prepare_dir(directory: Path) -> None:
         raise errors.Unavailable(f"cannot make {directory} shared: {os.strerror(err)}")
 
 
+def _loopback_up() -> None:
+    """Sets `lo` up in the calling thread's network namespace (the kernel then gives it
+    127.0.0.1 and ::1). Two ioctls on a socket made there: pyroute2 would be netlink, but it
+    is imported only on the first netlink read (~10 MiB, see docs/performance.md), and this
+    runs for every pod."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        _, flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(s, SIOCGIFFLAGS, _IFREQ_FLAGS.pack(b"lo", 0)))
+        if not flags & IFF_UP:
+            fcntl.ioctl(s, SIOCSIFFLAGS, _IFREQ_FLAGS.pack(b"lo", flags | IFF_UP))
+
+
 def create(path: Path) -> bool:
-    """Creates the namespace at `path`; returns False if it was already there.
+    """Creates the namespace at `path`, its loopback up; returns False if it was already there.
 
     The namespace is made in a thread of its own (unshare(CLONE_NEWNET) acts on the calling
-    thread only), bind-mounted from that thread's /proc entry, and the thread then ends. No
-    fork: forking a process that runs gRPC's threads (as pyroute2's netns.create does) crashed
-    the child with SIGSEGV under load.
+    thread only), `lo` is set up from inside it, it is bind-mounted from that thread's /proc
+    entry, and the thread then ends: a namespace mounted at `path` always has its loopback up.
+    No fork: forking a process that runs gRPC's threads (as pyroute2's netns.create does)
+    crashed the child with SIGSEGV under load.
     """
     if is_netns(path):
         return False
@@ -87,6 +110,11 @@ def create(path: Path) -> bool:
     def in_new_netns() -> None:
         if _libc.unshare(CLONE_NEWNET) != 0:
             failure.append(f"unshare: {os.strerror(ctypes.get_errno())}")
+            return
+        try:
+            _loopback_up()
+        except OSError as e:
+            failure.append(f"loopback up: {e.strerror or e}")
             return
         source = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
         if _libc.mount(source, os.fsencode(path), b"none", MS_BIND, None) != 0:

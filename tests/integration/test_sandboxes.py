@@ -1,4 +1,4 @@
-"""Pod sandboxes for real: netns + CNI (bridge, host-local, portmap, loopback) + pause task on
+"""Pod sandboxes for real: netns + CNI (bridge, host-local, portmap) + pause task on
 a private containerd, driven with crictl and the CRI API, with leak counts after each."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -222,6 +223,40 @@ def test_list_filters_and_prefixes(image_daemon: Daemon, cni_network: CniNetwork
     for sid in (a, b):
         remove(d, sid)
     assert_nothing_held(d, cni_network, [a, b])
+
+
+def test_the_pods_loopback_is_up_without_a_loopback_plugin(
+    image_daemon: Daemon, cni_network: CniNetwork
+) -> None:
+    """Node network configurations (calico, flannel) carry no loopback plugin; the runtime
+    brings lo up, or the pod's 127.0.0.1 is unreachable (to its containers, to port-forward)."""
+    from crictl.network import netns
+
+    conf = json.loads((cni_network.conf_dir / "10-crictld-test.conflist").read_text())
+    assert "loopback" not in [p["type"] for p in conf["plugins"]]
+    d = image_daemon
+    sid = run(d, pod_config("lo", "ulo"))
+    path = d.state_dir.parent / "netns" / sid
+    addresses = netns.addresses(path)
+    assert "127.0.0.1" in addresses["lo"], addresses
+    inside = subprocess.run(
+        ["nsenter", f"--net={path}", sys.executable, "-c", LOOPBACK_ECHO],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert inside.stdout.strip() == "ok", inside.stderr
+    remove(d, sid)
+    assert_nothing_held(d, cni_network, [sid])
+
+
+# listens on 127.0.0.1 and connects to itself there: fails while lo is down
+LOOPBACK_ECHO = """
+import socket
+with socket.create_server(("127.0.0.1", 0)) as s:
+    with socket.create_connection(s.getsockname(), timeout=5):
+        print("ok")
+"""
 
 
 def test_host_network_pod_has_no_netns_and_no_ip(

@@ -57,8 +57,9 @@ def make_network(root: Path) -> CniNetwork:
                     "dataDir": str(net.ipam_dir),
                 },
             },
+            # no loopback plugin, as in the configurations nodes run (calico, flannel):
+            # the runtime brings the pod's lo up itself
             {"type": "portmap", "capabilities": {"portMappings": True}},
-            {"type": "loopback"},
         ],
     }
     (net.conf_dir / "10-crictld-test.conflist").write_text(json.dumps(conf, indent=2))
