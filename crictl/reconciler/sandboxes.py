@@ -372,8 +372,9 @@ class SandboxReconciler:
 
         async def setup_container() -> None:
             nonlocal pid
-            files = await trace.to_thread("sandbox files", self._write_files, sid, config, ip)
-            files_made.set()
+            # The spec names the pod's files by path: the container record and the snapshot
+            # are made while the files are written, the task (which mounts them) after.
+            files = self.files_for(sid, config)
             spec = sandbox_spec(
                 sid,
                 config,
@@ -401,7 +402,9 @@ class SandboxReconciler:
                 )
                 faults.point("sandbox-run:after-container-create")
 
-            async def prepare() -> list[mount_pb2.Mount]:
+            mounts: list[mount_pb2.Mount] = []
+
+            async def prepare() -> None:
                 # A GC root until the container record names it: the two are made at once
                 # (containerd does not check the snapshot at the record's creation); the
                 # setup's undo removes whichever was made.
@@ -410,9 +413,14 @@ class SandboxReconciler:
                     SNAPSHOTTER, sid, pause.chain_id or "", labels=root
                 )
                 faults.point("sandbox-run:after-snapshot")
-                return made
+                mounts.extend(made)
 
-            _, mounts = await asyncio.gather(create(), prepare())
+            async def write_files() -> None:
+                await trace.to_thread("sandbox files", self._write_files, sid, config, ip)
+                files_made.set()
+
+            # all three end before a failure is raised: the setup's undo races none of them
+            await _bounded(3, [create(), prepare(), write_files()])
             await netns_made.wait()
             # a start a crash cut short may have left runc blocking the task (containerd/runc.py)
             await runc.release_if_stale(self.containerd.namespace, sid)
@@ -431,13 +439,12 @@ class SandboxReconciler:
         faults.point("sandbox-run:after-task-start")
 
     def files_for(self, sandbox_id: str, config: api_pb2.PodSandboxConfig) -> SandboxFiles:
-        """The pod's files, as `_write_files` made them (for app containers to mount)."""
+        """The pod's files, as `_write_files` makes them (for its containers to mount)."""
         d = self.sandbox_dir(sandbox_id)
-        resolv = d / "resolv.conf"
         return SandboxFiles(
             d / "hostname",
             d / "hosts",
-            resolv if resolv.exists() else None,
+            None if resolv_conf(config.dns_config) is None else d / "resolv.conf",
             None if host_ipc(config) else d / "shm",
         )
 
@@ -453,22 +460,19 @@ class SandboxReconciler:
 
     def _write_files(
         self, sandbox_id: str, config: api_pb2.PodSandboxConfig, ip: str | None
-    ) -> SandboxFiles:
-        d = self.sandbox_dir(sandbox_id)
-        d.mkdir(parents=True, exist_ok=True, mode=0o711)
-        hostname = pod_hostname(config)
-        (d / "hostname").write_text(hostname + "\n")
-        (d / "hostname").chmod(POD_FILE_MODE)
+    ) -> None:
+        """Writes (and mounts) the files `files_for` names."""
+        files = self.files_for(sandbox_id, config)
+        files.hostname.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+        files.hostname.write_text(pod_hostname(config) + "\n")
+        files.hostname.chmod(POD_FILE_MODE)
         self._write_hosts(sandbox_id, config, ip)
         resolv = resolv_conf(config.dns_config)
-        resolv_path = None
-        if resolv is not None:
-            resolv_path = d / "resolv.conf"
-            resolv_path.write_text(resolv)
-            resolv_path.chmod(POD_FILE_MODE)
-        shm = None
-        if not host_ipc(config):
-            shm = d / "shm"
+        if files.resolv_conf is not None and resolv is not None:
+            files.resolv_conf.write_text(resolv)
+            files.resolv_conf.chmod(POD_FILE_MODE)
+        shm = files.shm
+        if shm is not None:
             shm.mkdir(exist_ok=True)
             if not os.path.ismount(shm):
                 opts = f"mode=1777,size={DEFAULT_SHM_SIZE}".encode()
@@ -479,7 +483,6 @@ class SandboxReconciler:
                     raise errors.Unavailable(
                         f"cannot mount the pod's /dev/shm at {shm}: {os.strerror(err)}"
                     )
-        return SandboxFiles(d / "hostname", d / "hosts", resolv_path, shm)
 
     async def _undo_failed_setup(self, row: PodSandbox | SandboxView, error: Exception) -> None:
         log.warning(
