@@ -339,7 +339,9 @@ class ContainerReconciler:
         binary = self.sandboxes.settings.runtime_handlers.get(sandbox.runtime_handler, "")
 
         async def create() -> None:
-            await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels, binary)
+            if await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels, binary):
+                # the record holds this spec: an exec starts from its process, unasked
+                self._processes[cid] = dict(spec["process"])
             faults.point("container-create:after-container-create")
 
         if mounts is None:
