@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Writes a default CNI network for crictld (bridge + host-local + portmap + loopback) into the
-# CNI config dir, unless that dir already holds a network config. Used by `make run`.
+# Writes a default CNI network for crictld (bridge + host-local + portmap) into the CNI config
+# dir, unless that dir already holds a network config. Used by `make run`. No loopback plugin:
+# crictld brings each pod's lo up itself, as containerd's CRI does.
 set -euo pipefail
 dir=${1:-/etc/cni/net.d}
 mkdir -p "$dir"
@@ -25,8 +26,7 @@ cat > "$dir/10-crictld.conflist" <<'JSON'
         "routes": [{"dst": "0.0.0.0/0"}]
       }
     },
-    {"type": "portmap", "capabilities": {"portMappings": true}},
-    {"type": "loopback"}
+    {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }
 JSON
