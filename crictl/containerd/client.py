@@ -415,10 +415,11 @@ class ContainerdClient:
 
         containerd killed while its overlay snapshotter made a snapshot leaves the directory of
         a snapshot id its metadata never recorded; the next snapshot gets that id again and
-        fails ("rename .../new-N .../snapshots/<n>: file exists"). No recorded snapshot can
-        have that id (containerd was allocating it as new), so the directory is removed and
-        the snapshot made again (containerd 1.6's snapshots service has no Cleanup for
-        overlayfs)."""
+        fails ("rename .../new-N .../snapshots/<n>: file exists"), and containerd removes that
+        directory as it fails (overlay's createSnapshot reclaims the path of a failed create),
+        so the snapshot is asked for again. crictld must not remove it itself: by the time the
+        error reaches it, the id is free again and another snapshot made meanwhile may have
+        it (a 1000-kill chaos run: a pod's pause task then found its rootfs gone)."""
         for attempt in range(1, 9):
             try:
                 return await self._prepare_snapshot(snapshotter, key, parent, view, labels or {})
@@ -426,11 +427,11 @@ class ContainerdClient:
                 found = _STALE_SNAPSHOT.search(str(e))
                 if found is None or attempt == 8:
                     raise
-                stale = Path(found.group(1))
                 log.warning(
-                    "removing a snapshot directory a crash left", extra={"path": str(stale)}
+                    "a snapshot directory a crash left was in the way (containerd removed it); "
+                    "preparing again",
+                    extra={"path": found.group(1)},
                 )
-                await asyncio.to_thread(remove_dir, stale)
         raise AssertionError("unreachable")
 
     async def _prepare_snapshot(

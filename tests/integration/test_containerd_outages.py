@@ -249,8 +249,9 @@ def test_a_snapshot_directory_left_by_a_killed_containerd_is_cleaned(
 ) -> None:
     """containerd killed while its overlay snapshotter made a snapshot leaves the directory of
     an id its metadata never recorded, and the next snapshot made gets that id and failed
-    ("mkdir .../snapshots/<n>: file exists", seen in the long chaos run). Planted for the next
-    ids; the one in the way is removed and the create goes through."""
+    ("rename .../new-N .../snapshots/<n>: file exists", seen in the long chaos run); containerd
+    removes the directory as that create fails. Planted for the next ids; the prepare is asked
+    for again and the create goes through."""
     d = managed_image_daemon
     pod = Pod(d, registry, short_tmp / "logs")
     snapshots = (
@@ -264,9 +265,9 @@ def test_a_snapshot_directory_left_by_a_killed_containerd_is_cleaned(
         cid = pod.create("app", ["sleep", "3600"])
         pod.start(cid)
         assert pod.status(cid).state == api_pb2.CONTAINER_RUNNING
-        lines = [x for x in d.log().splitlines() if "removing a snapshot directory" in x]
-        removed = [p for p in planted if any(str(p) in x for x in lines)]
-        assert removed, lines  # (its id is then the new snapshot's: the path is in use again)
+        lines = [x for x in d.log().splitlines() if "a snapshot directory a crash left" in x]
+        in_the_way = [p for p in planted if any(str(p) in x for x in lines)]
+        assert in_the_way, lines  # (its id is then the new snapshot's: the path is in use again)
         remove(d, pod.id)
     finally:
         for p in planted:

@@ -5,12 +5,14 @@ RunPodSandbox retry with it); waits on a process have none."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
 
 from crictl import errors
 from crictl.containerd.client import ContainerdClient, translate
+from crictl.gen.containerd.api.types import mount_pb2
 
 
 async def never() -> None:
@@ -60,3 +62,37 @@ def test_containerd_errors_keep_their_kind(
 ) -> None:
     e = translate(rpc_error(code, details), "delete task")
     assert type(e) is kind and details in str(e) and "delete task" in str(e)
+
+
+def test_a_stale_snapshot_directory_is_left_to_containerd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prepare that failed on a directory a killed containerd left: containerd removes that
+    directory as the create fails, and the id is free again, so a snapshot made meanwhile may
+    hold it (a 1000-kill chaos run). The prepare is asked for again and the directory, now
+    another snapshot's, is not touched."""
+    taken = tmp_path / "io.containerd.snapshotter.v1.overlayfs" / "snapshots" / "7"
+    calls: list[str] = []
+
+    async def prepare(*_: object) -> list[mount_pb2.Mount]:
+        calls.append("prepare")
+        if len(calls) == 1:
+            (taken / "fs").mkdir(parents=True)  # another pod's snapshot, given id 7 meanwhile
+            raise errors.Internal(
+                f"containerd prepare snapshot: failed to rename: rename {taken.parent}/new-1 "
+                f"{taken}: file exists"
+            )
+        return [mount_pb2.Mount(type="overlay", source="overlay")]
+
+    async def go() -> None:
+        c = ContainerdClient("/nonexistent/containerd.sock")
+        monkeypatch.setattr(c, "_prepare_snapshot", prepare)
+        try:
+            mounts = await c.prepare_snapshot("overlayfs", "key", "parent")
+        finally:
+            await c.close()
+        assert [m.type for m in mounts] == ["overlay"]
+
+    asyncio.run(go())
+    assert calls == ["prepare", "prepare"]
+    assert (taken / "fs").is_dir()
