@@ -1,10 +1,10 @@
 """Network namespaces, bind-mounted as files in the daemon's own netns directory, which is made
 a shared mount point as iproute2 does for /run/netns (so another tool re-mounting /run/netns
 cannot strand ours). Interfaces inside are the CNI plugins' business, but for the loopback:
-`create` brings `lo` up, as containerd's CRI (its own loopback network, always attached) and
-CRI-O do, because the network configurations nodes run (calico, flannel, cilium, a bridge's)
-do not carry the loopback plugin: without it a pod's 127.0.0.1 is unreachable, to its own
-containers and to port-forward, which dials it.
+`create` brings `lo` up, as containerd's CRI does (its own loopback network, always attached:
+`cni.WithLoNetwork` in v1.6's pkg/cri/server), because the network configurations nodes run
+(calico's, flannel's, a bridge's) do not carry the loopback plugin: without it a pod's
+127.0.0.1 is unreachable, to its own containers and to port-forward, which dials it.
 
 Every operation is idempotent and safe after a crash at any point: `create` finishes or redoes a
 half-made namespace (the file exists but nothing is mounted on it), `remove` of what is gone
