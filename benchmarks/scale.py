@@ -81,6 +81,8 @@ class Figures:
     memory_kib: dict[str, dict[str, int]] = field(default_factory=dict)  # group: rss, pss, n
     # "machine": seconds; a daemon: its own seconds, then its reaped children's
     run_cpu_s: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # every process on the machine, by command name: own seconds, reaped children's seconds
+    run_cpu_by_name: dict[str, tuple[float, float]] = field(default_factory=dict)
     first_answer_s: float | None = None
     whole_s: float | None = None
     restart_note: str = ""
@@ -145,8 +147,10 @@ class Scale:
             daemons = local_processes(target).daemons
             before = {label: cpu_seconds(pid) for label, pid in daemons.items()}
             machine_before = machine_busy_seconds()
+            processes_before = processes_cpu()
             pods = self._run_pods(rt, configs, fig)
             fig.run_cpu_s = {"machine": (machine_busy_seconds() - machine_before, 0.0)}
+            fig.run_cpu_by_name = cpu_by_name(processes_before, processes_cpu())
             for label, pid in daemons.items():
                 own, children = cpu_seconds(pid)
                 fig.run_cpu_s[label] = (own - before[label][0], children - before[label][1])
@@ -337,6 +341,44 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return (utime + stime) / tick, (cutime + cstime) / tick
 
 
+def processes_cpu() -> dict[tuple[int, int], tuple[str, float, float]]:
+    """Every process's command name, its own CPU seconds and its reaped children's, keyed by
+    pid and start time (a pid reused during the phase is another process)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[tuple[int, int], tuple[str, float, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+        out[(int(entry.name), int(fields[19]))] = (
+            name,
+            (utime + stime) / tick,
+            (cutime + cstime) / tick,
+        )
+    return out
+
+
+def cpu_by_name(
+    before: dict[tuple[int, int], tuple[str, float, float]],
+    after: dict[tuple[int, int], tuple[str, float, float]],
+) -> dict[str, tuple[float, float]]:
+    """What each command name took between two `processes_cpu` readings: the processes alive
+    at the end (from zero if they started meanwhile), and in "reaped" what their ancestors
+    reaped (processes that ended meanwhile; those reparented are in pid 1's)."""
+    totals: dict[str, tuple[float, float]] = {}
+    for key, (name, own, children) in after.items():
+        _, own0, children0 = before.get(key, (name, 0.0, 0.0))
+        o, c = totals.get(name, (0.0, 0.0))
+        totals[name] = (o + own - own0, c + children - children0)
+    return totals
+
+
 def machine_busy_seconds() -> float:
     """CPU time spent by every core on anything but idle and iowait since boot."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -401,6 +443,22 @@ def format_figures(scale: Scale) -> str:
                 f"  CPU s: {label}: own / children",
                 [
                     "{:.2f} / {:.2f}".format(*f.run_cpu_s[label]) if label in f.run_cpu_s else "-"
+                    for f in figs
+                ],
+            )
+        )
+    by_name: dict[str, float] = {}
+    for f in figs:
+        for name, (own, reaped) in f.run_cpu_by_name.items():
+            by_name[name] = max(by_name.get(name, 0.0), own + reaped)
+    for name in sorted(by_name, key=lambda n: -by_name[n])[:12]:
+        lines.append(
+            row(
+                f"  CPU s by process: {name}: own / reaped",
+                [
+                    "{:.2f} / {:.2f}".format(*f.run_cpu_by_name[name])
+                    if name in f.run_cpu_by_name
+                    else "-"
                     for f in figs
                 ],
             )
