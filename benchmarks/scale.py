@@ -15,6 +15,11 @@ For each runtime in turn (crictld, then containerd's CRI), on a node brought up 
 3. **memory** at that size: the CRI daemon (crictld and its managed containerd; containerd with
    its CRI plugin), the shims, and the shims' helpers (crictld's per-container loggers), VmRSS
    summed per group and PSS (shared pages split); crictld's total is compared with containerd's.
+   Then IDLE_S seconds with nothing asked: the CPU the node takes at that size at rest.
+
+The CPU of each phase (pods, containers, idle) is also printed by command name: every process
+on the machine read from /proc before and after, the time of those alive at the end and, as
+"reaped", that of the children they reaped (the shims' runc runs, the daemons' CNI runs).
 4. **restart**: the CRI server is killed (SIGKILL: a crash, the worst case) and started again;
    timed from the new process's start to (a) its first answer to `Version`, (b) the first
    moment its answers are whole again: ListPodSandbox lists every pod READY, ListContainers every
@@ -64,6 +69,7 @@ SANDBOX_TIMEOUT = 300.0
 CALL_TIMEOUT = 120.0
 RESTART_TIMEOUT = 120.0
 CONTAINER_WORKERS = 10
+IDLE_S = 20.0  # the idle window at scale: what the node costs with nothing asked of it
 
 
 @dataclass
@@ -83,6 +89,12 @@ class Figures:
     run_cpu_s: dict[str, tuple[float, float]] = field(default_factory=dict)
     # every process on the machine, by command name: own seconds, reaped children's seconds
     run_cpu_by_name: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # the same for the containers phase, and the machine's busy seconds in it
+    containers_cpu_by_name: dict[str, tuple[float, float]] = field(default_factory=dict)
+    containers_cpu_s: float = 0.0
+    # IDLE_S seconds at scale, nothing asked: the machine's busy seconds, and by command name
+    idle_cpu_s: float = 0.0
+    idle_cpu_by_name: dict[str, tuple[float, float]] = field(default_factory=dict)
     first_answer_s: float | None = None
     whole_s: float | None = None
     restart_note: str = ""
@@ -154,11 +166,18 @@ class Scale:
             for label, pid in daemons.items():
                 own, children = cpu_seconds(pid)
                 fig.run_cpu_s[label] = (own - before[label][0], children - before[label][1])
+            machine_before, processes_before = machine_busy_seconds(), processes_cpu()
             self._containers(rt, pods, fig)
+            fig.containers_cpu_s = machine_busy_seconds() - machine_before
+            fig.containers_cpu_by_name = cpu_by_name(processes_before, processes_cpu())
             fig.memory_kib = {
                 label: {"processes": r.processes, "rss": r.kib, "pss": r.pss_kib}
                 for label, r in measure(local_processes(target)).items()
             }
+            machine_before, processes_before = machine_busy_seconds(), processes_cpu()
+            time.sleep(IDLE_S)
+            fig.idle_cpu_s = machine_busy_seconds() - machine_before
+            fig.idle_cpu_by_name = cpu_by_name(processes_before, processes_cpu())
             self._restart(rt, restart, pods, fig)
             self._teardown(rt, fig)
             fig.left = {
@@ -390,6 +409,25 @@ def _mib(kib: int) -> str:
     return f"{kib / 1024:.1f}"
 
 
+def _cpu_by_name_rows(
+    row: Callable[[str, Sequence[str]], str],
+    per_runtime: list[dict[str, tuple[float, float]]],
+    top: int = 12,
+) -> list[str]:
+    """The `top` command names that took the most CPU in a phase, for each runtime."""
+    most: dict[str, float] = {}
+    for by_name in per_runtime:
+        for name, (own, reaped) in by_name.items():
+            most[name] = max(most.get(name, 0.0), own + reaped)
+    return [
+        row(
+            f"  CPU s by process: {name}: own / reaped",
+            ["{:.2f} / {:.2f}".format(*f[name]) if name in f else "-" for f in per_runtime],
+        )
+        for name in sorted(most, key=lambda n: -most[n])[:top]
+    ]
+
+
 def format_figures(scale: Scale) -> str:
     names = list(scale.figures)
     figs = [scale.figures[n] for n in names]
@@ -447,28 +485,20 @@ def format_figures(scale: Scale) -> str:
                 ],
             )
         )
-    by_name: dict[str, float] = {}
-    for f in figs:
-        for name, (own, reaped) in f.run_cpu_by_name.items():
-            by_name[name] = max(by_name.get(name, 0.0), own + reaped)
-    for name in sorted(by_name, key=lambda n: -by_name[n])[:12]:
-        lines.append(
-            row(
-                f"  CPU s by process: {name}: own / reaped",
-                [
-                    "{:.2f} / {:.2f}".format(*f.run_cpu_by_name[name])
-                    if name in f.run_cpu_by_name
-                    else "-"
-                    for f in figs
-                ],
-            )
-        )
+    lines += _cpu_by_name_rows(row, [f.run_cpu_by_name for f in figs])
     lines += [
         row(
             f"containers: create+start x{scale.pods * scale.per_pod} "
             f"({CONTAINER_WORKERS} at a time)",
             [secs(f.containers_s) for f in figs],
         ),
+        row("  CPU s: the whole machine", [f"{f.containers_cpu_s:.2f}" for f in figs]),
+        *_cpu_by_name_rows(row, [f.containers_cpu_by_name for f in figs]),
+        row(
+            f"idle at scale, {IDLE_S:.0f} s: CPU s, the whole machine",
+            [f"{f.idle_cpu_s:.2f}" for f in figs],
+        ),
+        *_cpu_by_name_rows(row, [f.idle_cpu_by_name for f in figs], 6),
         row("restart (SIGKILL): first answer", [secs(f.first_answer_s) for f in figs]),
         row("restart: every pod and container whole", [secs(f.whole_s) for f in figs]),
         row(f"stop+remove x{scale.pods} at once", [secs(f.teardown_s) for f in figs]),
