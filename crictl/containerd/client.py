@@ -314,32 +314,6 @@ class ContainerdClient:
                 return root
         return None
 
-    async def snapshots_usage(self, snapshotter: str) -> tuple[int, int]:
-        """(bytes, inodes) used by every snapshot in this namespace."""
-        keys: list[str] = []
-        try:
-            async for resp in self.snapshots.List(
-                snapshots_pb2.ListSnapshotsRequest(snapshotter=snapshotter), metadata=self.metadata
-            ):
-                keys.extend(info.name for info in resp.info)
-        except grpc.aio.AioRpcError as e:
-            raise translate(e, "list snapshots") from e
-        size = inodes = 0
-        for key in keys:
-            try:
-                usage = await self.call(
-                    "snapshot usage",
-                    self.snapshots.Usage(
-                        snapshots_pb2.UsageRequest(snapshotter=snapshotter, key=key),
-                        metadata=self.metadata,
-                    ),
-                )
-            except errors.NotFound:
-                continue  # removed meanwhile
-            size += usage.size
-            inodes += usage.inodes
-        return size, inodes
-
     # -- containers, snapshots and tasks -----------------------------------------------------
     # Every call is idempotent: creating what exists returns what exists, deleting what is gone
     # succeeds. Callers rely on that to repeat any step after a crash.

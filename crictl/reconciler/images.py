@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from crictl import errors, metrics
 from crictl.containerd.client import ContainerdClient
+from crictl.containerd.usage import SnapshotUsage
 from crictl.gen.containerd.api.events import image_pb2 as image_events
 from crictl.gen.containerd.api.services.content.v1 import content_pb2
 from crictl.gen.containerd.api.services.images.v1 import images_pb2
@@ -248,6 +249,7 @@ class ImageManager:
         self.containerd = containerd
         self.registry = registry
         self.snapshotter = snapshotter
+        self.layers = SnapshotUsage(containerd, snapshotter)
         self.puller = Puller(containerd, registry, snapshotter)
         pause = reference.parse(pause_image)
         self.pinned_names = {n for n in (pause.tagged_name,) if n}
@@ -630,7 +632,7 @@ class ImageManager:
     async def _measure_fs_once(self) -> None:
         if self._fs_root is None:
             self._fs_root = await self.containerd.snapshotter_root(self.snapshotter) or ""
-        size, inodes = await self.containerd.snapshots_usage(self.snapshotter)
+        size, inodes = await self.layers.total()
         self._fs_usage = FsUsage(time.time_ns(), self._fs_root, size, inodes)
 
 

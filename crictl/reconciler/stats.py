@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.containerd.client import ContainerdClient
-from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
+from crictl.containerd.usage import SnapshotUsage
 from crictl.network import netns
 from crictl.oci.spec import cgroups_path
 from crictl.reconciler import cgroups
@@ -73,6 +73,7 @@ class StatsCollector:
         self.previous: dict[str, Sample] = {}  # the last sample of each cgroup, for nano cores
         self._known: dict[str, str] = {}  # key -> cgroups path ("" for none)
         self.writable: dict[str, tuple[int | None, int | None]] = {}
+        self.layers = SnapshotUsage(containerd, SNAPSHOTTER)
         self._task: asyncio.Task[None] | None = None
         self.mountpoint = ""
 
@@ -97,11 +98,12 @@ class StatsCollector:
             await asyncio.sleep(self.period)
 
     async def refresh_writable(self) -> None:
-        ids, sandboxes = await self.store.read(
-            lambda s: ([c.id for c in list_containers(s)], {b.id for b in list_sandboxes(s)})
-        )
-        self.writable = {cid: await self._writable(cid) for cid in ids}
-        live = set(ids) | sandboxes
+        snap = self.store.snapshot
+        ids = list(snap.containers)
+        measured = await self.layers.active(ids)
+        self.writable = {cid: measured[cid] or (None, None) for cid in ids}
+        self.layers.forget(set(ids))
+        live = set(ids) | set(snap.sandboxes)
         for cache in (self.previous, self._known):  # forget what removed objects left
             for key in list(cache):
                 if key.rsplit(":", 1)[-1] not in live:
@@ -157,17 +159,7 @@ class StatsCollector:
         return out
 
     async def _writable(self, cid: str) -> tuple[int | None, int | None]:
-        try:
-            usage = await self.containerd.call(
-                "snapshot usage",
-                self.containerd.snapshots.Usage(
-                    snapshots_pb2.UsageRequest(snapshotter=SNAPSHOTTER, key=cid),
-                    metadata=self.containerd.metadata,
-                ),
-            )
-        except errors.CrictlError:
-            return None, None
-        return usage.size, usage.inodes
+        return (await self.layers.active([cid]))[cid] or (None, None)
 
 
 def pod_total(parts: list[Usage]) -> Usage:

@@ -4,6 +4,7 @@ pod's network counters read from its netns."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import subprocess
@@ -12,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from crictl.containerd.client import ContainerdClient
+from crictl.containerd.usage import SnapshotUsage
+from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
 from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.reconciler.sandboxes import SNAPSHOTTER
 from tests.integration.test_containers import Pod
 from tests.integration.test_sandboxes import remove, status
 from tests.rig.daemon import Daemon
@@ -185,3 +190,63 @@ def test_cadvisor_metrics_from_the_cri(
     )
     assert [p.pod_sandbox_id for p in streamed] == [pod.id]
     remove(d, pod.id)
+
+
+def test_layer_usage_is_what_containerd_measures(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path, containerd_address: str
+) -> None:
+    """crictld walks an active snapshot's writable directory itself (crictl/containerd/usage.py)
+    where it asked containerd's snapshotter for each one: the figures must be containerd's own,
+    for a layer with a directory tree, a hard link and a symlink, for a pause's, and summed
+    over every snapshot as ImageFsInfo reports them."""
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    script = (
+        "mkdir -p /d/e && head -c 100000 /dev/zero > /d/e/f && ln /d/e/f /d/g && "
+        "ln -s /d/e/f /d/h && touch /done && sleep 3600"
+    )
+    cid = pod.create("writer", ["sh", "-c", script])
+    pod.start(cid)
+    deadline = time.monotonic() + 10
+    while pod.exec(cid, ["ls", "/done"]).exit_code != 0:
+        assert time.monotonic() < deadline, "the layer was not written"
+        time.sleep(0.1)
+
+    async def compare() -> None:
+        client = ContainerdClient(containerd_address, d.namespace)
+        try:
+
+            async def containerds(key: str) -> tuple[int, int]:
+                u = await client.call(
+                    "snapshot usage",
+                    client.snapshots.Usage(
+                        snapshots_pb2.UsageRequest(snapshotter=SNAPSHOTTER, key=key),
+                        metadata=client.metadata,
+                    ),
+                )
+                return u.size, u.inodes
+
+            usage = SnapshotUsage(client, SNAPSHOTTER)
+            ours = await usage.active([cid, pod.id])
+            layer = ours[cid]
+            assert layer == await containerds(cid)
+            assert layer is not None and layer[0] >= 100_000
+            assert ours[pod.id] == await containerds(pod.id)
+            keys = [
+                info.name
+                async for resp in client.snapshots.List(
+                    snapshots_pb2.ListSnapshotsRequest(snapshotter=SNAPSHOTTER),
+                    metadata=client.metadata,
+                )
+                for info in resp.info
+            ]
+            expected = [await containerds(k) for k in keys]
+            total = (sum(s for s, _ in expected), sum(i for _, i in expected))
+            assert await usage.total() == total
+            assert await usage.total() == total  # the committed ones from what it kept
+        finally:
+            await client.close()
+
+    asyncio.run(compare())
+    writable = container_stats(d, cid).writable_layer
+    assert writable.used_bytes.value >= 100_000 and writable.inodes_used.value >= 5
