@@ -4,8 +4,9 @@ CPU, memory and process counts are sampled fresh on every call from the cgroup f
 (crictl/reconciler/cgroups.py: a few small file reads per container, no containerd round
 trip), and `usage_nano_cores` is computed from this sample and the previous one of the same
 cgroup, so two calls a second apart see a second of CPU time. The writable layer's usage is a
-walk of the snapshot by containerd's snapshotter, too slow per call: a periodic task refreshes
-it for every container (a container not yet seen is measured on demand, alone). A pod's
+walk of its directory (crictl/containerd/usage.py, as containerd's snapshotter walks it), too
+slow per call: a periodic task refreshes it for every container (a container not yet seen is
+measured on demand, alone). A pod's
 network counters are read from its netns over netlink (crictl/network/netns.py)."""
 
 from __future__ import annotations
