@@ -92,7 +92,8 @@ class SnapshotUsage:
         self.client = client
         self.snapshotter = snapshotter
         self._committed: dict[str, Measure] = {}  # never changes once committed
-        self._dirs: dict[str, Path | None] = {}  # active key -> its writable dir (None: ask)
+        # active key -> its writable dir (None: nothing to walk, containerd is asked)
+        self._dirs: dict[str, Path | None] = {}
 
     def forget(self, keep: set[str]) -> None:
         """Drops what is known of snapshots other than `keep`."""
@@ -123,7 +124,9 @@ class SnapshotUsage:
             if key in walked:
                 out[key] = walked[key]
                 continue
-            self._dirs.pop(key, None)  # gone, or never known: learnt again next time
+            if self._dirs.get(key) is not None or key not in self._dirs:
+                # its directory is gone, or the snapshot was not found: learnt again next time
+                self._dirs.pop(key, None)
             try:
                 out[key] = await self._ask(key)
             except errors.CrictlError:

@@ -64,6 +64,7 @@ class Containerd:
         self.committed = committed
         self.asked: list[str] = []
         self.mounts_asked: list[str] = []
+        self.read_only: set[str] = set()
         self.metadata: list[tuple[str, str]] = []
         self.snapshots = SimpleNamespace(Usage=self._usage, List=self._list)
 
@@ -71,7 +72,8 @@ class Containerd:
         self.mounts_asked.append(key)
         if key not in self.dirs:
             raise errors.NotFound(key)
-        return [mount_pb2.Mount(type="bind", source=str(self.dirs[key]), options=["rw"])]
+        mode = "ro" if key in self.read_only else "rw"
+        return [mount_pb2.Mount(type="bind", source=str(self.dirs[key]), options=["rbind", mode])]
 
     async def call(self, what: str, awaitable: Any) -> Any:
         return await awaitable
@@ -122,5 +124,15 @@ def test_a_refresh_asks_containerd_only_for_what_is_new(tmp_path: Path) -> None:
 
         # a snapshot containerd does not know: None, and nothing kept of it
         assert (await usage.active(["nope"]))["nope"] is None
+        await usage.active(["nope"])
+        assert fake.mounts_asked.count("nope") == 2
+
+        # one whose mounts have no directory to walk: containerd's Usage, its mounts once
+        fake.read_only.add("c1")
+        usage.forget(set())
+        asked = len(fake.asked)
+        await usage.active(["c1"])
+        await usage.active(["c1"])
+        assert fake.mounts_asked.count("c1") == 2 and fake.asked[asked:] == ["c1", "c1"]
 
     asyncio.run(run())
