@@ -539,7 +539,10 @@ def format_breakdown(name: str, rows: Sequence[Breakdown], unmatched: int) -> st
             f"{r.transport_ms:12.2f}  {share:12.0f}%"
         )
     if unmatched:
-        lines.append(f"({unmatched} timed calls found no line in the log and are left out)")
+        lines.append(
+            f"({unmatched} timed calls found no line in the log and are left out: at INFO crictld"
+            " logs no line for a read that succeeded)"
+        )
     lines += [
         "",
         "inside the handler, per call (medians; spans nest, e.g. containerd calls inside the",

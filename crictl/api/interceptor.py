@@ -2,7 +2,8 @@
 
 Every CRI method handler is wrapped here: a CrictlError becomes its status code with its message,
 any other exception becomes INTERNAL (and is logged with its traceback), and each call logs one
-structured line with its method, status code and duration.
+structured line with its method, status code and duration: at INFO, except a read that succeeded,
+at DEBUG (`READS`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,38 @@ STATUS_CODES: Mapping[type[errors.CrictlError], grpc.StatusCode] = {
     errors.Internal: grpc.StatusCode.INTERNAL,
 }
 
+# What kubelet asks all the time and changes nothing: a success is logged at DEBUG (containerd's
+# CRI logs these at trace level). kubelet relists every second and reads statuses on each pod
+# sync, so at INFO they were most of the log, and writing the line was a tenth of a read's time
+# and daemon CPU
+# (docs/performance.md, "The per-call log line"). A read that fails is logged at INFO still.
+READS = frozenset(
+    {
+        "Version",
+        "Status",
+        "RuntimeConfig",
+        "PodSandboxStatus",
+        "ListPodSandbox",
+        "StreamPodSandboxes",
+        "ContainerStatus",
+        "ListContainers",
+        "StreamContainers",
+        "ContainerStats",
+        "ListContainerStats",
+        "StreamContainerStats",
+        "PodSandboxStats",
+        "ListPodSandboxStats",
+        "StreamPodSandboxStats",
+        "ListMetricDescriptors",
+        "ListPodSandboxMetrics",
+        "StreamPodSandboxMetrics",
+        "ImageStatus",
+        "ListImages",
+        "StreamImages",
+        "ImageFsInfo",
+    }
+)
+
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 UnaryHandler = Callable[[Any, Context], Awaitable[Any]]
 StreamHandler = Callable[[Any, Context], AsyncIterator[Any]]
@@ -61,13 +94,17 @@ async def _fail(method: str, error: BaseException, context: Context) -> grpc.Sta
 
 def _log_call(method: str, code: grpc.StatusCode, started: float, spans: trace.Trace) -> None:
     seconds = time.perf_counter() - started
+    name = method.rsplit("/", 1)[-1]
+    metrics.CRI_CALLS.labels(name, code.name).observe(seconds)
+    level = logging.DEBUG if code is grpc.StatusCode.OK and name in READS else logging.INFO
+    if not log.isEnabledFor(level):
+        return
     extra: dict[str, Any] = {"rpc": method, "code": code.name, "ms": round(seconds * 1000, 3)}
     if spans.spans:
         extra["spans"] = spans.summary()
     if spans.timeline:
         extra["timeline"] = sorted(spans.timeline, key=lambda t: t[1])
-    log.info("cri call", extra=extra)
-    metrics.CRI_CALLS.labels(method.rsplit("/", 1)[-1], code.name).observe(seconds)
+    log.log(level, "cri call", extra=extra)
 
 
 def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:

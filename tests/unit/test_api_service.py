@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import grpc.aio
 import pytest
 
 from crictl import errors
-from crictl.api.interceptor import Context
+from crictl.api.interceptor import READS, Context
 from crictl.api.runtime_info import RuntimeInfo
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler, snake_case
 from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
@@ -50,6 +51,15 @@ class Failing:
         raise kinds[request.pod_sandbox_id](f"because {request.pod_sandbox_id}")
 
 
+class Changing:
+    """A change that succeeds."""
+
+    async def update_pod_sandbox_resources(
+        self, request: api_pb2.UpdatePodSandboxResourcesRequest, context: Context
+    ) -> api_pb2.UpdatePodSandboxResourcesResponse:
+        return api_pb2.UpdatePodSandboxResourcesResponse()
+
+
 async def _serve(tmp_path: Path, *servicers: object) -> tuple[grpc.aio.Server, str]:
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
@@ -69,7 +79,7 @@ async def stub(tmp_path: Path) -> AsyncIterator[api_pb2_grpc.RuntimeServiceAsync
             Condition("NetworkReady", False, "NoCNIConfig", "no config"),
         ]
     )
-    server, target = await _serve(tmp_path, RuntimeInfo(health, {"k": "v"}), Failing())
+    server, target = await _serve(tmp_path, RuntimeInfo(health, {"k": "v"}), Failing(), Changing())
     async with grpc.aio.insecure_channel(target) as channel:
         yield api_pb2_grpc.RuntimeServiceStub(channel)
     await server.stop(None)
@@ -131,16 +141,44 @@ async def test_missing_rpcs_are_unimplemented_by_name(stub: Any, tmp_path: Path)
 
 
 async def test_every_call_logs_one_line(stub: Any, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="crictl.api.calls"):
+    with caplog.at_level(logging.DEBUG, logger="crictl.api.calls"):
         await stub.Version(api_pb2.VersionRequest())
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id="notfound"))
+        await stub.UpdatePodSandboxResources(api_pb2.UpdatePodSandboxResourcesRequest())
     records = [r for r in caplog.records if r.name == "crictl.api.calls"]
-    assert [(r.__dict__["rpc"].rsplit("/", 1)[1], r.__dict__["code"]) for r in records] == [
-        ("Version", "OK"),
-        ("PodSandboxStatus", "NOT_FOUND"),
+    assert [
+        (r.__dict__["rpc"].rsplit("/", 1)[1], r.__dict__["code"], r.levelno) for r in records
+    ] == [
+        ("Version", "OK", logging.DEBUG),  # a read that succeeded
+        ("PodSandboxStatus", "NOT_FOUND", logging.INFO),  # a read that failed
+        ("UpdatePodSandboxResources", "OK", logging.INFO),  # a change
     ]
     assert all(isinstance(r.__dict__["ms"], float) for r in records)
+
+
+async def test_at_info_a_read_that_succeeded_is_not_logged(
+    stub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="crictl.api.calls"):
+        await stub.Version(api_pb2.VersionRequest())
+        await stub.Status(api_pb2.StatusRequest())
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id="notfound"))
+        await stub.UpdatePodSandboxResources(api_pb2.UpdatePodSandboxResourcesRequest())
+    records = [r for r in caplog.records if r.name == "crictl.api.calls"]
+    assert [r.__dict__["rpc"].rsplit("/", 1)[1] for r in records] == [
+        "PodSandboxStatus",
+        "UpdatePodSandboxResources",
+    ]
+
+
+def test_the_reads_are_rpcs_and_change_nothing() -> None:
+    rpcs = {m.name for s in (RUNTIME_SERVICE, IMAGE_SERVICE) for m in s.methods}
+    assert rpcs >= READS
+    changes = {"Run", "Stop", "Remove", "Create", "Start", "Update", "Pull", "Checkpoint"}
+    assert not {r for r in READS if re.findall("[A-Z][a-z]*", r)[0] in changes}
+    assert {"Version", "ListContainers", "ContainerStatus", "ImageStatus"} <= READS
 
 
 async def test_a_call_its_client_gave_up_on_is_not_logged_ok(
