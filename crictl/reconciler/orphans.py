@@ -7,8 +7,9 @@ What the sweep relies on (the same assumptions as recovery):
   id; a container's image volumes are read-only views keyed `<id>-vol<N>`), leases
   (`crictld.io/create`, `crictld.io/pull`), netns files `<netns dir>/<sandbox id>`,
   state dirs `<state dir>/{sandboxes,containers}/<id>` and `<state dir>/exec/exec-*`,
-  crictld-logger processes (`--pidfile <state dir>/containers/<id>/logger.pid`) and host-local
-  IPAM allocations (a file per IP whose first line is the sandbox id);
+  crictld-logger processes (`--pidfile <state dir>/containers/<id>/logger.pid`), host-local
+  IPAM allocations (a file per IP whose first line is the sandbox id), task cgroups
+  `crictld/<id>` and runc's state dirs `/run/containerd/runc/<namespace>/<id>`;
 * a row is written before anything it names is made, and deleted only after its teardown
   removed all of it. So the world is read *first* and the rows *second*: an object seen before
   its row was read is either owned by that row or left by a teardown that already finished. A
@@ -30,6 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -44,6 +46,7 @@ from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.containerd.client import NAMESPACE_HEADER, ContainerdClient, translate
+from crictl.containerd.runc import RUNC_ROOT
 from crictl.gen.containerd.api.services.containers.v1 import containers_pb2
 from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
 from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
@@ -84,6 +87,7 @@ ORPHAN_STATE_DIR = "orphan-state-dir"
 ORPHAN_LOGGER = "orphan-logger"
 ORPHAN_CGROUP = "orphan-cgroup"
 ORPHAN_SHIM = "orphan-shim"
+ORPHAN_RUNC_STATE = "orphan-runc-state"
 MISSING_TASK = "missing-task"
 MISSING_NETNS = "missing-netns"
 MISSING_CONTAINER = "missing-container"
@@ -102,6 +106,7 @@ ORPHAN_KINDS = (
     ORPHAN_STATE_DIR,
     ORPHAN_CGROUP,
     ORPHAN_SHIM,
+    ORPHAN_RUNC_STATE,
 )
 # Task cgroups under the default parent (crictl.oci.spec.cgroups_path) in every hierarchy.
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -216,6 +221,17 @@ class CgroupDir:
 
 
 @dataclass(frozen=True)
+class RuncState:
+    """runc's state dir for a container id (its --root is containerd's default for the
+    namespace): state.json once runc recorded the container, exec.fifo until it was started."""
+
+    name: str
+    path: Path
+    init_alive: bool  # the init process state.json names still runs (same pid, same start)
+    mtime: int
+
+
+@dataclass(frozen=True)
 class World:
     """What the node holds, as one look saw it (times in ns since the epoch)."""
 
@@ -229,6 +245,7 @@ class World:
     loggers: tuple[LoggerProcess, ...] = ()
     cgroups: tuple[CgroupDir, ...] = ()
     shims: tuple[ShimProcess, ...] = ()
+    runc_states: tuple[RuncState, ...] = ()
     # container ids of other containerd namespaces: an IP they hold is not ours
     foreign_ids: frozenset[str] = frozenset()
     network: str | None = None  # the CNI network whose IPAM was read
@@ -441,6 +458,23 @@ def classify(
                     ORPHAN_CGROUP, cg.name, f"cgroup {cg.paths[0]} holding {cg.procs} processes"
                 )
             )
+
+    # runc's state dir of an id containerd has no task for: `runc create` killed (containerd
+    # killed during a task's create cancels it) leaves it, with exec.fifo and maybe no
+    # state.json, and containerd's cleanup of the shim then fails to `runc delete` it (the
+    # bundle, whose log runc is pointed at, is gone). The dir is only removed where its init
+    # runs no more and the id is one this daemon made: the runc root is per containerd
+    # namespace, shared by every containerd on the node that uses the same one.
+    for r in world.runc_states:
+        if (
+            r.name in row_ids
+            or r.name in tasks
+            or r.init_alive
+            or r.name not in rows.made
+            or not _old(now, r.mtime, grace)
+        ):
+            continue
+        out.append(Finding(ORPHAN_RUNC_STATE, str(r.path), "runc state of a create cut short"))
 
     # Rows whose objects are missing, or that do not converge. A row that changed after the
     # world was looked at is judged by the next look (its task may have started meanwhile).
@@ -689,6 +723,35 @@ def _kill_cgroup(paths: tuple[Path, ...]) -> None:
         time.sleep(0.01)
 
 
+def runc_states(namespace: str, root: Path = RUNC_ROOT) -> tuple[RuncState, ...]:
+    try:
+        entries = sorted((root / namespace).iterdir())
+    except OSError:
+        return ()
+    out = []
+    for path in entries:
+        mtime = _mtime(path)
+        if not _ID.match(path.name) or mtime is None or not path.is_dir():
+            continue
+        out.append(RuncState(path.name, path, _runc_init_alive(path / "state.json"), mtime))
+    return tuple(out)
+
+
+def _runc_init_alive(state: Path) -> bool:
+    """True if the init process runc recorded runs still: its pid, with the start time (clock
+    ticks since boot, /proc/<pid>/stat's 22nd field) runc recorded with it."""
+    try:
+        recorded = json.loads(state.read_text())
+        pid, start = int(recorded["init_process_pid"]), int(recorded["init_process_start"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] not in ("Z", "X") and int(fields[19]) == start
+
+
 def _boot_time_ns() -> int:
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith("btime "):
@@ -824,8 +887,10 @@ async def observe(containerd: ContainerdClient, settings: SweepSettings) -> Worl
         cgroups,
     ) = await asyncio.to_thread(_node_world, settings)
     shims = await asyncio.to_thread(find_shims, containerd.address, containerd.namespace)
+    runc = await asyncio.to_thread(runc_states, containerd.namespace)
     return World(
         shims=shims,
+        runc_states=runc,
         containers=containers,
         tasks=tasks,
         snapshots=snapshots,
@@ -862,7 +927,7 @@ async def inspect_node(
     daemon_started: int | None = None,
 ) -> Survey:
     world = await observe(containerd, settings)  # the world first, then the rows: see above
-    asked = [cg.name for cg in world.cgroups if cg.procs]
+    asked = [cg.name for cg in world.cgroups if cg.procs] + [r.name for r in world.runc_states]
     rows = await store.read(lambda s: read_rows(s, asked))
     findings = classify(
         rows,
@@ -1040,6 +1105,8 @@ class _Remover:
         if f.kind == ORPHAN_CGROUP:
             found = [cg for cg in self.world.cgroups if cg.name == f.name]
             return any([await asyncio.to_thread(_remove_cgroup, cg) for cg in found])
+        if f.kind == ORPHAN_RUNC_STATE:
+            return await asyncio.to_thread(remove_dir, Path(f.name))
         raise errors.InvalidArgument(f"{f.kind} is not something the sweep removes")
 
 

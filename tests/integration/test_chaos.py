@@ -111,6 +111,7 @@ def test_chaos(
     pull(d, image)
     loggers_before = loggers()
     cgroups_before = held(d, cni_network).cgroups  # other runtimes' on this node are theirs
+    runc_before = {s.name for s in orphans.runc_states(d.namespace)}  # the namespace's, shared
     chaos = Chaos(d, image, short_tmp / "logs", containerd_share=CONTAINERD_SHARE)
     stats = chaos.run(KILLS, SEED, lambda rng: rng.uniform(0.2, 1.5))
     report = (
@@ -142,3 +143,6 @@ def test_chaos(
     # no shim of this containerd is left running (containerd killed between a task's delete
     # and its shim's shutdown leaves one, which the sweep ends)
     assert orphans.find_shims(d.containerd_address, d.namespace) == ()
+    # nor runc's state of a task (a `runc create` cut short leaves its dir, which the sweep
+    # removes)
+    assert {s.name for s in orphans.runc_states(d.namespace)} <= runc_before

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from crictl.containerd.client import ContainerdClient
+from crictl.containerd.runc import RUNC_ROOT
 from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
 from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
 from crictl.gen.cri.runtime.v1 import api_pb2
@@ -81,6 +82,16 @@ class Planted:
     init_pid: int  # in the cgroup of an id the daemon made: the sweep kills it
     foreign_pid: int  # in the cgroup of an id it never made: another crictld's, kept
     foreign_cgroup: list[Path]
+    foreign_runc_state: Path  # of an id it never made: another containerd's, kept
+
+
+def _runc_state(d: Daemon, name: str) -> Path:
+    """runc's state dir as a `runc create` killed before it recorded the container leaves it:
+    the exec.fifo alone, no state.json."""
+    path = RUNC_ROOT / d.namespace / name
+    path.mkdir(parents=True)
+    os.mkfifo(path / "exec.fifo", 0o622)
+    return path
 
 
 def _populated_cgroup(name: str) -> tuple[int, list[Path]]:
@@ -231,6 +242,8 @@ def plant(d: Daemon, pod: Pod, app_id: str, short_tmp: Path) -> Planted:
     cgroup_dirs = [Path(f"/sys/fs/cgroup/{c}/crictld/{cgroup}") for c in ("memory", "pids")]
     for path in cgroup_dirs:
         path.mkdir(parents=True)
+    runc_state = _runc_state(d, made)
+    foreign_runc_state = _runc_state(d, secrets.token_hex(32))
     return Planted(
         expected={
             ("orphan-container", ghost),
@@ -245,14 +258,24 @@ def plant(d: Daemon, pod: Pod, app_id: str, short_tmp: Path) -> Planted:
             ("orphan-cgroup", cgroup),
             ("orphan-cgroup", made),
             ("orphan-shim", str(shim_pid)),
+            ("orphan-runc-state", str(runc_state)),
         },
         logger_pid=logger_pid,
         shim_pid=shim_pid,
-        paths=[netns_path, sandbox_dir, logger_dir, *cgroup_dirs, *init_cgroup, shim_socket],
+        paths=[
+            netns_path,
+            sandbox_dir,
+            logger_dir,
+            *cgroup_dirs,
+            *init_cgroup,
+            shim_socket,
+            runc_state,
+        ],
         containerd_ids=[ghost, cut_short],
         init_pid=init_pid,
         foreign_pid=foreign_pid,
         foreign_cgroup=foreign_cgroup,
+        foreign_runc_state=foreign_runc_state,
     )
 
 
@@ -306,8 +329,9 @@ def test_doctor_names_each_orphan_and_the_sweep_removes_only_them(
         assert code == 0 and doc["findings"] == [], doc["findings"]
         code, doc = report(d)
         assert code == 0 and doc["findings"] == []
-        # another crictld's container is not this one's to kill
+        # another crictld's container is not this one's to kill, nor its runc state to remove
         assert alive(planted.foreign_pid)
+        assert (planted.foreign_runc_state / "exec.fifo").exists()
     finally:
         for leftover in (planted.logger_pid, planted.shim_pid, planted.init_pid):
             if alive(leftover):
@@ -316,6 +340,8 @@ def test_doctor_names_each_orphan_and_the_sweep_removes_only_them(
         os.waitpid(planted.foreign_pid, 0)
         for path in planted.foreign_cgroup:
             path.rmdir()
+        (planted.foreign_runc_state / "exec.fifo").unlink()
+        planted.foreign_runc_state.rmdir()
 
     assert not alive(planted.logger_pid) and not alive(planted.shim_pid)
     assert not alive(planted.init_pid)

@@ -650,3 +650,54 @@ def test_a_task_cgroup_no_row_or_task_owns_is_an_orphan() -> None:
     # a task containerd lists owns its cgroup, row or not (the orphan task's finding ends it)
     task_only = plus(world, tasks=(CtrTask(made, "RUNNING", 9),))
     assert (ORPHAN_CGROUP, made) not in find(rows, task_only)
+
+
+def test_runc_state_of_a_create_cut_short_is_an_orphan_only_if_this_daemon_made_it() -> None:
+    from crictl.reconciler.orphans import ORPHAN_RUNC_STATE, RuncState
+
+    old = NOW - 120 * S
+
+    def state(name: str, alive: bool = False, mtime: int = old) -> RuncState:
+        return RuncState(name, Path(f"/run/containerd/runc/crictld/{name}"), alive, mtime)
+
+    made, young, running, other = "c" * 64, "d" * 64, "e" * 64, "f" * 64
+    world = plus(
+        healthy_world(),
+        runc_states=(
+            state(POD, alive=True),  # its sandbox's
+            state(APP, alive=True),  # its container's
+            state(made),  # a create cut short, of an id this database made: an orphan
+            state(young, mtime=NOW - 10 * S),  # a create in flight
+            state(running, alive=True),  # a process runs: the cgroup's finding ends it first
+            state(other),  # of an id this database never made: another containerd's
+        ),
+    )
+    rows = Rows(HEALTHY.sandboxes, HEALTHY.containers, frozenset({made, young, running}))
+    assert find(rows, world) == {(ORPHAN_RUNC_STATE, f"/run/containerd/runc/crictld/{made}")}
+    # a task containerd lists owns its runc state, whatever runc's state.json says
+    assert ORPHAN_RUNC_STATE not in {
+        kind for kind, _ in find(rows, plus(world, tasks=(CtrTask(made, "STOPPED", 0),)))
+    }
+
+
+def test_runc_states_are_read_with_whether_their_init_runs(tmp_path: Path) -> None:
+    from crictl.reconciler.orphans import runc_states
+
+    ns = tmp_path / "crictld"
+    cut, running, reused, other = "c" * 64, "d" * 64, "e" * 64, "not-an-id"
+    for name in (cut, running, reused, other):
+        (ns / name).mkdir(parents=True)
+    os.mkfifo(ns / cut / "exec.fifo")  # no state.json: runc create killed before it wrote one
+    me = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    start = int(me[19])
+    pid = os.getpid()
+    (ns / running / "state.json").write_text(
+        json.dumps({"init_process_pid": pid, "init_process_start": start})
+    )
+    # the pid runs, but it is not the process runc started (its start time differs)
+    (ns / reused / "state.json").write_text(
+        json.dumps({"init_process_pid": pid, "init_process_start": start - 1})
+    )
+    found = {(s.name, s.init_alive) for s in runc_states("crictld", tmp_path)}
+    assert found == {(cut, False), (running, True), (reused, False)}
+    assert runc_states("missing", tmp_path) == ()
