@@ -376,6 +376,8 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
         # process's, so nothing on this loop may run meanwhile.
         _bind(server, config.socket, socket_gid)
         await front.run(server.start())
+        # Both loops use grpc now: only the front wakes for its completions (front.py).
+        await front.take_grpc_events()
         steps.done("serving")
         # What no row owns (left by crashes) is removed beside the serving daemon, at once and
         # every few minutes after: it holds nothing a request needs.
