@@ -795,10 +795,12 @@ def run_pod_workload(
     rounds: int,
     json_out: Path | None,
     floor: str | None = None,
+    on_node: Callable[[Workload, Node], None] | None = None,
 ) -> tuple[int, Workload | None]:
     """Brings a registry and both runtimes up, runs the workload MAKE(pause image, busybox
-    image, pod log root) builds, prints the table and the comparison (against FLOOR), writes
-    JSON_OUT; returns the exit status and the workload (None after an error)."""
+    image, pod log root) builds (ON_NODE given it and the node first), prints the table and
+    the comparison (against FLOOR), writes JSON_OUT; returns the exit status and the workload
+    (None after an error)."""
     pod_logs = Path(tempfile.mkdtemp(prefix="crd-bench-podlogs-", dir="/tmp"))
     try:
         with (
@@ -807,6 +809,8 @@ def run_pod_workload(
             local_node(registry, logs_dir) as node,
         ):
             workload = make(pause_image(registry), busybox_image(registry), pod_logs)
+            if on_node is not None:
+                on_node(workload, node)
             result = run_workload(
                 workload,
                 node.runtimes,

@@ -13,7 +13,10 @@ netns and gRPC poller threads).
 (crictl/api/front.py): the server on the front loop, the cheap call answered there, the slow
 calls' work handed to another loop (the daemon's). It then prints what that costs a quiet
 server: one call at a time, answered on one shared loop, on the front, or handed over (the
-benchmark's loop also uses grpc, as the daemon's containerd client does).
+benchmark's loop also uses grpc, as the daemon's containerd client does), the front with both
+loops watching grpc's wake-up socket and with it taken off the other loop, as the daemon runs
+(`FrontLoop.take_grpc_events`); p50 and the process's CPU per call (the client's included: it
+runs in the same process, the same in every case).
 
     .venv/bin/python -m benchmarks.grpc_accept
     .venv/bin/python -m benchmarks.grpc_accept --calls 100 --cpu-ms 0.5 2 5 --threads 0 4
@@ -131,8 +134,11 @@ async def measure(
     return latencies
 
 
-async def quiet(rounds: int, front: FrontLoop | None) -> tuple[float, float]:
-    """p50 ms of one call at a time: (answered where the server runs, handed to this loop)."""
+async def quiet(
+    rounds: int, front: FrontLoop | None, route: bool = False
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(p50 ms, process CPU us) of one call at a time: (answered where the server runs, handed
+    to this loop). With `route`, grpc's wake-up socket is the front's alone."""
     sock = Path(tempfile.mkdtemp(prefix="grpc-quiet-")) / "s.sock"
 
     @on_front()
@@ -142,22 +148,27 @@ async def quiet(rounds: int, front: FrontLoop | None) -> tuple[float, float]:
     async def there(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
         return b"ok"
 
-    server = await start_server(sock, "bench.Q", {"Here": here, "There": there}, front)
-    # this loop uses grpc too, as the daemon's containerd client does
+    # this loop uses grpc first, as the daemon's containerd client does
     own = aio.insecure_channel(f"unix:{sock}")
+    server = await start_server(sock, "bench.Q", {"Here": here, "There": there}, front)
     bind: aio.UnaryUnaryMultiCallable[bytes, bytes] = own.unary_unary("/bench.Q/Here")
     await bind(b"")
+    if route and front is not None and not await front.take_grpc_events():
+        raise SystemExit("grpc's wake-up socket is not shared by the loops: nothing to route")
 
-    def p50(method: str) -> float:
+    def p50(method: str) -> tuple[float, float]:
         with grpc.insecure_channel(f"unix:{sock}") as channel:
             call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
-            call(b"", timeout=10)
+            for _ in range(100):
+                call(b"", timeout=10)
             lat = []
+            cpu = time.process_time()
             for _ in range(rounds):
                 started = time.perf_counter()
                 call(b"", timeout=10)
                 lat.append((time.perf_counter() - started) * 1000)
-        return sorted(lat)[len(lat) // 2]
+            cpu = time.process_time() - cpu
+        return sorted(lat)[len(lat) // 2], cpu / rounds * 1e6
 
     try:
         return await asyncio.to_thread(p50, "/bench.Q/Here"), await asyncio.to_thread(
@@ -200,18 +211,29 @@ def main(argv: list[str] | None = None) -> int:
                     f"{lat[0]:>19.0f} {max(lat):>5.0f} {sorted(lat)[len(lat) // 2]:>7.1f}"
                 )
     if args.front:
-        print(f"\nquiet, one call at a time ({args.quiet_rounds} calls each), p50 ms:")
+        print(
+            f"\nquiet, one call at a time ({args.quiet_rounds} calls each): p50 ms, and the "
+            "process's CPU us a call (client included)"
+        )
+        print(f"  {'server':<36} | {'answered there':>16} | {'handed over':>16}")
         for _ in range(2):  # twice, alternating: the VM drifts
-            shared, _ = asyncio.run(quiet(args.quiet_rounds, None))
-            front = FrontLoop()
-            try:
-                here, there = asyncio.run(quiet(args.quiet_rounds, front))
-            finally:
-                front.close()
-            print(
-                f"  one shared loop {shared:.3f} | front: answered there {here:.3f}, "
-                f"handed over {there:.3f}"
-            )
+            for label, on_front_loop, route in (
+                ("one shared loop", False, False),
+                ("front, both loops watch grpc", True, False),
+                ("front, grpc's socket the front's", True, True),
+            ):
+                front = FrontLoop() if on_front_loop else None
+                try:
+                    (here, here_cpu), (there, there_cpu) = asyncio.run(
+                        quiet(args.quiet_rounds, front, route)
+                    )
+                finally:
+                    if front is not None:
+                        front.close()
+                print(
+                    f"  {label:<36} | {here:>6.3f} {here_cpu:>6.0f} us | "
+                    f"{there:>6.3f} {there_cpu:>6.0f} us"
+                )
     return 0
 
 
