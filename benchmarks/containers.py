@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.cri_bench import (
@@ -43,6 +43,7 @@ from benchmarks.cri_bench import (
     Runtime,
     Workload,
     format_comparison,
+    format_cpu,
     format_table,
     kubelet_linux_config,
     parse_endpoint,
@@ -64,7 +65,19 @@ from benchmarks.sandboxes import (
     format_leftovers,
     read_call_log,
 )
-from benchmarks.setup import Node, Target, local_node, local_registry, pause_image, runtime_logs
+from benchmarks.setup import (
+    Node,
+    Processes,
+    Target,
+    all_pids,
+    cmdline,
+    local_node,
+    local_processes,
+    local_registry,
+    pause_image,
+    pids_with_args,
+    runtime_logs,
+)
 from crictl.gen.cri.runtime.v1 import api_pb2
 
 BUSYBOX = "e2e-test-images/busybox:1.29-2"  # repository:tag in the registry
@@ -88,15 +101,6 @@ def busybox_image(registry: str) -> str:
 
 
 @dataclass
-class Processes:
-    """Where one runtime's memory lives: its daemons by label, and its containerd's address
-    (its shims carry `-address <it>`), if known."""
-
-    daemons: dict[str, int] = field(default_factory=dict)  # label -> pid
-    containerd_address: str | None = None
-
-
-@dataclass
 class Rss:
     processes: int
     kib: int  # VmRSS: pages shared between processes are counted in each
@@ -109,28 +113,6 @@ class Rss:
     @property
     def pss_mib(self) -> float:
         return self.pss_kib / KIB_PER_MIB
-
-
-def _cmdline(pid: int) -> list[bytes]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return []
-
-
-def _all_pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
-def pids_with_args(*values: str) -> list[int]:
-    """Processes holding every one of VALUES as a whole argument."""
-    needles = [v.encode() for v in values]
-    found = []
-    for pid in _all_pids():
-        args = _cmdline(pid)
-        if pid != os.getpid() and all(n in args for n in needles):
-            found.append(pid)
-    return found
 
 
 def vm_rss_kib(pid: int) -> int | None:
@@ -180,7 +162,7 @@ def helpers_of(shims: Sequence[int]) -> list[int]:
         return []
     host = _pid_namespace(os.getpid())
     parents = set(shims)
-    return [pid for pid in _all_pids() if _ppid(pid) in parents and _pid_namespace(pid) == host]
+    return [pid for pid in all_pids() if _ppid(pid) in parents and _pid_namespace(pid) == host]
 
 
 def _sum_rss(pids: Sequence[int]) -> Rss:
@@ -202,23 +184,6 @@ def measure(processes: Processes) -> dict[str, Rss]:
         shims = shims_of(processes.containerd_address)
         out["shims"] = _sum_rss(shims)
         out["shim helpers (host pid ns)"] = _sum_rss(helpers_of(shims))
-    return out
-
-
-def local_processes(target: Target) -> Processes:
-    """A `local_node` runtime's processes: its containerd (started with `--config <dir of its
-    socket>/config.toml`) and, for crictld, the `serve` process given its socket."""
-    out = Processes(containerd_address=target.containerd_address)
-    config = str(Path(target.containerd_address).parent / "config.toml")
-    if target.runtime.name == "crictld":
-        socket = target.runtime.endpoint.removeprefix("unix://")
-        for pid in pids_with_args("serve", socket):
-            out.daemons["crictld daemon"] = pid
-        for pid in pids_with_args("--config", config):
-            out.daemons["managed containerd"] = pid
-    else:
-        for pid in pids_with_args("--config", config):
-            out.daemons["containerd (CRI plugin)"] = pid
     return out
 
 
@@ -570,7 +535,7 @@ class ContainerWorkload(SandboxWorkload):
 
 
 def _program(pid: int) -> str:
-    args = [a.decode(errors="replace") for a in _cmdline(pid) if a]
+    args = [a.decode(errors="replace") for a in cmdline(pid) if a]
     return " ".join(args[:2])
 
 
@@ -753,6 +718,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(result))
     print()
     print(format_comparison(result))
+    print()
+    print(format_cpu(result))
     if workload.checks:
         print("\nwrong answers (the call succeeded):")
         print("\n".join(f"  {c}" for c in workload.checks))
@@ -795,12 +762,12 @@ def run_pod_workload(
     rounds: int,
     json_out: Path | None,
     floor: str | None = None,
-    on_node: Callable[[Workload, Node], None] | None = None,
+    calls_per_round: int | None = None,
 ) -> tuple[int, Workload | None]:
     """Brings a registry and both runtimes up, runs the workload MAKE(pause image, busybox
-    image, pod log root) builds (ON_NODE given it and the node first), prints the table and
-    the comparison (against FLOOR), writes JSON_OUT; returns the exit status and the workload
-    (None after an error)."""
+    image, pod log root) builds, prints the table, the comparison (against FLOOR) and the
+    CPU per round (per call too, given CALLS_PER_ROUND), writes JSON_OUT; returns the exit
+    status and the workload (None after an error)."""
     pod_logs = Path(tempfile.mkdtemp(prefix="crd-bench-podlogs-", dir="/tmp"))
     try:
         with (
@@ -809,8 +776,6 @@ def run_pod_workload(
             local_node(registry, logs_dir) as node,
         ):
             workload = make(pause_image(registry), busybox_image(registry), pod_logs)
-            if on_node is not None:
-                on_node(workload, node)
             result = run_workload(
                 workload,
                 node.runtimes,
@@ -823,6 +788,8 @@ def run_pod_workload(
     print(format_table(result))
     print()
     print(format_comparison(result, floor=floor))
+    print()
+    print(format_cpu(result, calls_per_round))
     if json_out:
         write_json([result], json_out)
     return 0, workload

@@ -149,6 +149,23 @@ class Runtime:
         self._channel: grpc.Channel | None = None
         self._runtime: api_pb2_grpc.RuntimeServiceStub | None = None
         self._image: api_pb2_grpc.ImageServiceStub | None = None
+        # label -> pid of the processes whose CPU each round counts (set by `local_node`),
+        # and the CPU (ns) each spent in the rounds run so far
+        self.processes: dict[str, int] = {}
+        self.cpu_ns: dict[str, int] = {}
+        self.cpu_rounds = 0
+
+    def round_cpu(self) -> dict[str, int]:
+        """Every watched process's CPU so far, to pass to `count_cpu` after a round."""
+        return {label: task_cpu_ns(pid) for label, pid in self.processes.items()}
+
+    def count_cpu(self, before: dict[str, int]) -> None:
+        for label, pid in self.processes.items():
+            if label in before:
+                spent = max(0, task_cpu_ns(pid) - before[label])
+                self.cpu_ns[label] = self.cpu_ns.get(label, 0) + spent
+        if before:
+            self.cpu_rounds += 1
 
     @property
     def runtime(self) -> api_pb2_grpc.RuntimeServiceStub:
@@ -321,7 +338,9 @@ def run_workload(
         for index in range(rounds):
             order = list(runtimes) if index % 2 == 0 else list(reversed(runtimes))
             for rt in order:
+                before = rt.round_cpu()
                 workload.run_round(rt, index)
+                rt.count_cpu(before)
             if progress is not None:
                 progress(f"round {index + 1}/{rounds} done")
         for rt in runtimes:
@@ -435,6 +454,51 @@ def format_comparison(result: Result, floor: str | None = None) -> str:
         lines.append(
             " | ".join([op.ljust(width), *(c.rjust(w) for c, w in zip(cells, widths, strict=True))])
         )
+    return "\n".join(lines)
+
+
+def task_cpu_ns(pid: int) -> int:
+    """The CPU time (ns) of every live thread of PID so far (0 once PID is gone)."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total
+
+
+def format_cpu(result: Result, calls_per_round: int | None = None) -> str:
+    """Per runtime, its watched processes' CPU per round (mean over the rounds), their total,
+    and the totals' ratio; with CALLS_PER_ROUND, per call too. Empty if nothing was watched."""
+    rts = [rt for rt in result.runtimes if rt.cpu_rounds]
+    if not rts:
+        return ""
+    per_call = calls_per_round is not None and calls_per_round > 0
+    lines = [
+        "CPU per round of the runtimes' own processes (every thread's time on a CPU, from\n"
+        "/proc/PID/task/*/schedstat around each round; not counted: shims, runc, CNI plugins,\n"
+        "crictld's log helpers, and work a round leaves running unless a later round of the\n"
+        "same runtime is under way when it runs)",
+        f"{'runtime':<12} | {'process':<26} | {'us/round':>9}" + (" | us/call" if per_call else ""),
+    ]
+    totals: list[float] = []
+    for rt in rts:
+        total = 0.0
+        rows = [*rt.cpu_ns.items(), ("(total)", sum(rt.cpu_ns.values()))]
+        for label, ns in rows:
+            per_round = ns / rt.cpu_rounds / 1000.0
+            if label != "(total)":
+                total += per_round
+            cell = f" | {per_round / calls_per_round:>7.0f}" if per_call and calls_per_round else ""
+            lines.append(f"{rt.name:<12} | {label:<26} | {per_round:>9.0f}{cell}")
+        totals.append(total)
+    if len(totals) >= 2 and totals[1]:
+        lines.append(f"total ratio {rts[0].name} / {rts[1].name}: {totals[0] / totals[1]:.2f}")
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ from benchmarks.cri_bench import (
     Result,
     Runtime,
     format_comparison,
+    format_cpu,
     format_table,
     parse_endpoint,
     run_workload,
@@ -215,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(result))
     print()
     print(format_comparison(result))
+    print()
+    print(format_cpu(result))
     crictld = next((rt for rt in result.runtimes if rt.name == "crictld"), None)
     if lines and crictld is not None:
         rows, unmatched = breakdown(crictld.trace, lines)

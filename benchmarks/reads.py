@@ -18,9 +18,8 @@ ListPodSandbox, ImageStatus (busybox, by name), ListImages. The pod goes after t
 
 After the usual table, a comparison: per operation each runtime's p50, the ratio
 crictld / containerd, and each runtime's p50 above its own Version's; then the CPU each
-runtime's processes spent per round (every thread's time on a CPU, from
-/proc/PID/task/*/schedstat, read before and after each round): for crictld its daemon, which
-answers these reads alone, and its containerd, which they should not reach.
+runtime's own processes spent per round and per read (`cri_bench.format_cpu`): crictld's
+daemon, which answers these reads alone, and its containerd, which they should not reach.
 """
 
 from __future__ import annotations
@@ -30,13 +29,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.containers import ContainerWorkload, local_processes, run_pod_workload
+from benchmarks.containers import ContainerWorkload, run_pod_workload
 from benchmarks.cri_bench import (
     BenchError,
     Runtime,
-    Workload,
 )
-from benchmarks.setup import Node
 from crictl.gen.cri.runtime.v1 import api_pb2
 
 READS = (
@@ -57,15 +54,6 @@ class ReadWorkload(ContainerWorkload):
         super().__init__(pause, busybox, 0, 0, log_root)
         self.containers = containers
         self.ids: dict[str, list[str]] = {}
-        # runtime name -> process label -> pid, and the CPU (ns) each spent in the rounds
-        self.servers: dict[str, dict[str, int]] = {}
-        self.cpu_ns: dict[str, dict[str, int]] = {}
-        self.rounds: dict[str, int] = {}
-
-    def watch(self, node: Node) -> None:
-        """Records the pids of each runtime's processes, whose CPU each round counts."""
-        for target in node.targets:
-            self.servers[target.runtime.name] = dict(local_processes(target).daemons)
 
     def describe(self) -> str:
         return (
@@ -84,30 +72,6 @@ class ReadWorkload(ContainerWorkload):
         rt.ops.pop("setup", None)
 
     def run_round(self, rt: Runtime, index: int) -> None:
-        pids = self.servers.get(rt.name, {})
-        before = {label: task_cpu_ns(pid) for label, pid in pids.items()}
-        self._reads(rt, index)
-        spent = self.cpu_ns.setdefault(rt.name, {})
-        for label, pid in pids.items():
-            spent[label] = spent.get(label, 0) + task_cpu_ns(pid) - before[label]
-        self.rounds[rt.name] = self.rounds.get(rt.name, 0) + 1
-
-    def format_cpu(self) -> str:
-        """Per runtime and process: CPU per round and per read (mean over the rounds)."""
-        lines = [
-            f"CPU per round of {len(READS)} reads (every thread, mean over the rounds)",
-            f"{'runtime':<10} | {'process':<24} | {'us/round':>9} | {'us/read':>8}",
-        ]
-        for name, spent in self.cpu_ns.items():
-            rounds = self.rounds.get(name, 0) or 1
-            for label, ns in spent.items():
-                per_round = ns / rounds / 1000.0
-                lines.append(
-                    f"{name:<10} | {label:<24} | {per_round:>9.0f} | {per_round / len(READS):>8.0f}"
-                )
-        return "\n".join(lines)
-
-    def _reads(self, rt: Runtime, index: int) -> None:
         r, i = rt.runtime, rt.image
         pod = self.round_pods[rt.name].id
         ids = self.ids[rt.name]
@@ -144,26 +108,6 @@ class ReadWorkload(ContainerWorkload):
         rt.call("ListImages", i.ListImages, api_pb2.ListImagesRequest())
 
 
-def task_cpu_ns(pid: int) -> int:
-    """The CPU time (ns) of every live thread of PID so far (0 once PID is gone)."""
-    total = 0
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return 0
-    for task in tasks:
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that ended meanwhile
-    return total
-
-
-def _watch(workload: Workload, node: Node) -> None:
-    if isinstance(workload, ReadWorkload):
-        workload.watch(node)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.reads",
@@ -179,11 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rounds,
         args.json,
         floor="Version",
-        on_node=_watch,
+        calls_per_round=len(READS),
     )
-    if isinstance(workload, ReadWorkload) and not code:
-        print()
-        print(workload.format_cpu())
     wrong = [f"  {line}" for line in workload.checks] if isinstance(workload, ReadWorkload) else []
     if wrong:
         print("\nwrong answers:", *wrong, sep="\n")

@@ -43,6 +43,7 @@ from benchmarks.cri_bench import (
     Result,
     Runtime,
     format_comparison,
+    format_cpu,
     format_table,
     parse_endpoint,
     percentile,
@@ -696,6 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(result))
     print()
     print(format_comparison(result))
+    print()
+    print(format_cpu(result))
     if workload.checks:
         print("\nwrong answers (the call succeeded):")
         print("\n".join(f"  {c}" for c in workload.checks))

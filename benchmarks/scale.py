@@ -52,7 +52,7 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks.containers import BUSYBOX, busybox_image, local_processes, measure
+from benchmarks.containers import BUSYBOX, busybox_image, measure
 from benchmarks.cri_bench import BenchError, Runtime, kubelet_linux_config, percentile
 from benchmarks.sandboxes import RUN_LABEL, node_holdings
 from benchmarks.setup import (
@@ -60,6 +60,7 @@ from benchmarks.setup import (
     Target,
     leftovers,
     local_node,
+    local_processes,
     local_registry,
     runtime_logs,
 )

@@ -113,6 +113,58 @@ def _copy_logs(target: Target, logs_dir: Path | None) -> None:
             shutil.copyfile(path, logs_dir / name)
 
 
+# ------------------------------------------------------------------------------------------
+# A runtime's processes
+
+
+@dataclass
+class Processes:
+    """Where one runtime's memory lives: its daemons by label, and its containerd's address
+    (its shims carry `-address <it>`), if known."""
+
+    daemons: dict[str, int] = field(default_factory=dict)  # label -> pid
+    containerd_address: str | None = None
+
+
+def cmdline(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def all_pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def pids_with_args(*values: str) -> list[int]:
+    """Processes holding every one of VALUES as a whole argument."""
+    needles = [v.encode() for v in values]
+    found = []
+    for pid in all_pids():
+        args = cmdline(pid)
+        if pid != os.getpid() and all(n in args for n in needles):
+            found.append(pid)
+    return found
+
+
+def local_processes(target: Target) -> Processes:
+    """A `local_node` runtime's processes: its containerd (started with `--config <dir of its
+    socket>/config.toml`) and, for crictld, the `serve` process given its socket."""
+    out = Processes(containerd_address=target.containerd_address)
+    config = str(Path(target.containerd_address).parent / "config.toml")
+    if target.runtime.name == "crictld":
+        socket = target.runtime.endpoint.removeprefix("unix://")
+        for pid in pids_with_args("serve", socket):
+            out.daemons["crictld daemon"] = pid
+        for pid in pids_with_args("--config", config):
+            out.daemons["managed containerd"] = pid
+    else:
+        for pid in pids_with_args("--config", config):
+            out.daemons["containerd (CRI plugin)"] = pid
+    return out
+
+
 @contextlib.contextmanager
 def local_node(registry: str, logs_dir: Path | None = None) -> Iterator[Node]:
     """crictld (with a private managed containerd) and containerd's CRI plugin, both pulling
@@ -208,11 +260,14 @@ def local_node(registry: str, logs_dir: Path | None = None) -> Iterator[Node]:
             daemon.start(wait=False)  # a new log file: copied at teardown too
             assert daemon.log_path is not None
             crictld_target.logs[daemon.log_path.name] = daemon.log_path
+            crictld_target.runtime.processes = {}  # the new process is not watched
 
         crictld_target.restart = restart_daemon
         crictld_target.logs[daemon.log_path.name] = daemon.log_path
         print(f"crictld at {daemon.endpoint} (log {daemon.log_path})", file=sys.stderr)
         node.targets = [crictld_target, ref_target]
+        for target in node.targets:
+            target.runtime.processes = dict(local_processes(target).daemons)
         yield node
 
 
