@@ -488,15 +488,12 @@ def format_cpu(result: Result, calls_per_round: int | None = None) -> str:
     ]
     totals: list[float] = []
     for rt in rts:
-        total = 0.0
-        rows = [*rt.cpu_ns.items(), ("(total)", sum(rt.cpu_ns.values()))]
-        for label, ns in rows:
+        total = sum(rt.cpu_ns.values())
+        for label, ns in [*rt.cpu_ns.items(), ("(total)", total)]:
             per_round = ns / rt.cpu_rounds / 1000.0
-            if label != "(total)":
-                total += per_round
             cell = f" | {per_round / calls_per_round:>7.0f}" if per_call and calls_per_round else ""
             lines.append(f"{rt.name:<12} | {label:<26} | {per_round:>9.0f}{cell}")
-        totals.append(total)
+        totals.append(total / rt.cpu_rounds)
     if len(totals) >= 2 and totals[1]:
         lines.append(f"total ratio {rts[0].name} / {rts[1].name}: {totals[0] / totals[1]:.2f}")
     return "\n".join(lines)

@@ -119,8 +119,8 @@ def _copy_logs(target: Target, logs_dir: Path | None) -> None:
 
 @dataclass
 class Processes:
-    """Where one runtime's memory lives: its daemons by label, and its containerd's address
-    (its shims carry `-address <it>`), if known."""
+    """One runtime's own processes, on which its memory and CPU are counted: its daemons by
+    label, and its containerd's address (its shims carry `-address <it>`), if known."""
 
     daemons: dict[str, int] = field(default_factory=dict)  # label -> pid
     containerd_address: str | None = None
