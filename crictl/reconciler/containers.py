@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -198,6 +199,12 @@ class ContainerReconciler:
         self._accounts: dict[str, tuple[str, str]] = {}
         # ExecSync processes whose record in the shim and FIFOs go after the answer.
         self._closing: set[asyncio.Task[None]] = set()
+        # One harvest per exit: a stop's pass and the exit event see the same exit, and the
+        # second waits for the first (a lock and its users, by container id). `_harvested`:
+        # containers whose exit this process recorded and whose task it deleted, so nothing
+        # of their task is left to ask containerd about (a container never runs again).
+        self._harvest_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._harvested: set[str] = set()
         sandboxes.containers_hook = self.teardown_sandbox_containers
         sandboxes.removals_hook = self.settle_removals
 
@@ -486,19 +493,8 @@ class ContainerReconciler:
             deadline = time.monotonic() + DEFAULT_STOP_TIMEOUT
             self._kill_at[cid] = deadline
         try:
-            state = await self.containerd.task_state(cid)
-            if (
-                state is not None
-                and state.status in ("RUNNING", "PAUSED", "CREATED", "UNKNOWN")
-                and not state.half_created
-            ):
-                sig = await self._stop_signal(row)
-                if sig != signal.SIGKILL and self._kill_at[cid] > time.monotonic():
-                    await self._signal(cid, sig, all_processes=False)
-                    await self._wait_until_kill_deadline(cid)
-                    state = await self.containerd.task_state(cid)
-                state = await self._kill_and_wait(cid, state, 30)
-            await self._harvest_or_vanished(row, state)
+            if cid not in self._harvested:  # else its exit is recorded, its task deleted
+                await self._stop_task(row)
         finally:
             self._kill_at.pop(cid, None)
             self._kill_at_changed.pop(cid, None)
@@ -509,22 +505,46 @@ class ContainerReconciler:
 
         await self.store.write(observed)
 
-    async def _wait_until_kill_deadline(self, cid: str) -> None:
+    async def _stop_task(self, row: Container | ContainerView) -> None:
+        """Signals the task, SIGKILLs it at the deadline, records its exit and deletes it. A
+        container recorded RUNNING is taken to run: its task is not asked for first (if it
+        has exited or is gone meanwhile, the signal says so and its state is read then)."""
+        cid = row.id
+        if row.phase == ContainerPhase.RUNNING:
+            state: TaskState | None = TaskState("RUNNING", row.task_pid or 0, 0, 0)
+        else:
+            state = await self.containerd.task_state(cid)
+        if (
+            state is not None
+            and state.status in ("RUNNING", "PAUSED", "CREATED", "UNKNOWN")
+            and not state.half_created
+        ):
+            sig = await self._stop_signal(row)
+            if sig != signal.SIGKILL and self._kill_at[cid] > time.monotonic():
+                await self._signal(cid, sig, all_processes=False)
+                exited = await self._wait_until_kill_deadline(cid)
+                state = exited or await self.containerd.task_state(cid)
+            state = await self._kill_and_wait(cid, state, 30)
+        await self._harvest_or_vanished(row, state)
+
+    async def _wait_until_kill_deadline(self, cid: str) -> TaskState | None:
         """Waits for the task to stop, or for the SIGKILL deadline, which a later
-        StopContainer may bring forward while this waits."""
+        StopContainer may bring forward while this waits. Returns the stopped task's state
+        (as the wait answered it), or None: at the deadline, or if there is no task."""
         changed = self._kill_at_changed.setdefault(cid, asyncio.Event())
-        exited = asyncio.create_task(self.containerd.wait_task(cid))
+        exited = asyncio.create_task(self.containerd.wait_exit(cid))
         try:
             while not exited.done():
                 remaining = self._kill_at[cid] - time.monotonic()
                 if remaining <= 0:
-                    return
+                    return None
                 changed.clear()
                 woken = asyncio.create_task(changed.wait())
                 await asyncio.wait(
                     [exited, woken], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
                 woken.cancel()
+            return exited.result() if exited.exception() is None else None
         finally:
             exited.cancel()
             await asyncio.gather(exited, return_exceptions=True)
@@ -569,6 +589,13 @@ class ContainerReconciler:
         if state is not None and not state.half_created:
             await self._harvest(row.id, state.exit_status, state.exited_at_ns)
             return
+        async with self._harvesting(row.id) as done:
+            if not done:
+                await self._record_vanished(row, state)
+
+    async def _record_vanished(
+        self, row: Container | ContainerView, state: TaskState | None
+    ) -> None:
         if row.phase == ContainerPhase.RUNNING:
             message = (
                 "its task never ran (a create cut short)"  # half-created: nothing to harvest
@@ -589,6 +616,27 @@ class ContainerReconciler:
         # containerd killed during the task's create, then restarted, holds a shim it lists no
         # task for (it holds no runc container), and only a delete drops that shim.
         await delete_stopped_task(self.containerd, row.id)
+        self._harvested.add(row.id)
+
+    @contextlib.asynccontextmanager
+    async def _harvesting(self, cid: str) -> AsyncIterator[bool]:
+        """Held while an exit of `cid` is recorded and its task deleted: a second harvester
+        (the exit event and the stop's pass see the same exit) waits for the first, then is
+        told whether that one finished (True: nothing is left to do; if it failed, the second
+        does the work itself)."""
+        lock, users = self._harvest_locks.get(cid, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._harvest_locks[cid] = (lock, users + 1)
+        try:
+            async with lock:
+                yield cid in self._harvested
+        finally:
+            lock, users = self._harvest_locks[cid]
+            if users > 1:
+                self._harvest_locks[cid] = (lock, users - 1)
+            else:
+                del self._harvest_locks[cid]
 
     async def _task_deleted(self, cid: str) -> bool:
         """Deletes the task of a container whose exit is recorded (or that never ran): it is
@@ -617,16 +665,21 @@ class ContainerReconciler:
 
     async def _harvest(self, cid: str, exit_status: int, exited_at_ns: int) -> None:
         """Records an exit and deletes the task (its shim and logger then end). A stop waits
-        for the record, not the delete (`KeyedQueue.settle`)."""
-        reason = exit_reason(exit_status, cid in self._oom)
-        self._oom.discard(cid)
-        await self.store.write(
-            lambda s: record_container_exited(
-                s, cid, exit_status, reason, finished_at=exited_at_ns or None
+        for the record, not the delete (`KeyedQueue.settle`). Once per exit (`_harvesting`)."""
+        async with self._harvesting(cid) as done:
+            if done:
+                self.queue.settle(cid)  # a stop that waits for this exit is answered
+                return
+            reason = exit_reason(exit_status, cid in self._oom)
+            self._oom.discard(cid)
+            await self.store.write(
+                lambda s: record_container_exited(
+                    s, cid, exit_status, reason, finished_at=exited_at_ns or None
+                )
             )
-        )
-        self.queue.settle(cid)
-        await delete_stopped_task(self.containerd, cid)
+            self.queue.settle(cid)
+            await delete_stopped_task(self.containerd, cid)
+            self._harvested.add(cid)
 
     async def _image_volumes(
         self, cid: str, config: api_pb2.ContainerConfig, root: dict[str, str]
@@ -659,7 +712,8 @@ class ContainerReconciler:
         cid = row.id
         await self._release_stale_start(cid)
         live = row.phase in (ContainerPhase.RUNNING, ContainerPhase.UNKNOWN)
-        if live or not await self._task_deleted(cid):
+        # A task this process harvested is deleted: nothing to ask containerd about it.
+        if cid not in self._harvested and (live or not await self._task_deleted(cid)):
             state = await self._kill_and_wait(cid, await self.containerd.task_state(cid), 30)
             await self._harvest_or_vanished(row, state)
         faults.point("container-remove:after-task-delete")
@@ -692,6 +746,7 @@ class ContainerReconciler:
         self._processes.pop(cid, None)
         self._mounts.pop(cid, None)
         await self.store.write(lambda s: delete_container(s, cid, reason))
+        self._harvested.discard(cid)
 
     # -- the sandbox's containers ----------------------------------------------------------
 
@@ -878,7 +933,7 @@ class ContainerReconciler:
             return
         if row.phase != ContainerPhase.RUNNING:
             return
-        if await self._stale_exit(cid):
+        if not _exit_of_started_task(event, row) and await self._stale_exit(cid):
             return
         await self._harvest(cid, exit_status, exited_at_ns)
 
@@ -944,6 +999,19 @@ class ContainerReconciler:
                     await self._harvest(row.id, state.exit_status, state.exited_at_ns)
             if in_flight or row.desired == ContainerDesired.REMOVED:
                 self.queue.wake(row.id)
+
+
+def _exit_of_started_task(event: TaskExit, row: Container | ContainerView) -> bool:
+    """The exit is that of the task whose start the row recorded: same pid, and it exited
+    after that start was recorded. An earlier task of the same id (one a start cut short
+    left) exited before it was deleted, so before the task that replaced it was made: such an
+    exit, or any this cannot tell, is checked against containerd (`_stale_exit`)."""
+    return (
+        event.pid != 0
+        and event.pid == row.task_pid
+        and row.started_at is not None
+        and event.exited_at_ns >= row.started_at
+    )
 
 
 async def delete_stopped_task(containerd: ContainerdClient, cid: str) -> None:

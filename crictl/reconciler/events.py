@@ -54,6 +54,7 @@ class TaskExit:
     container_id: str
     exit_status: int
     exited_at_ns: int
+    pid: int = 0  # the exited process's (0: not known)
 
 
 @dataclass
@@ -144,7 +145,10 @@ class ContainerdEvents:
                     if event.id != event.container_id:
                         continue  # an exec'd process, not the task itself
                     exit_ = TaskExit(
-                        event.container_id, event.exit_status, event.exited_at.ToNanoseconds()
+                        event.container_id,
+                        event.exit_status,
+                        event.exited_at.ToNanoseconds(),
+                        event.pid,
                     )
                     for handle_exit in self.handlers.on_exit:
                         await handle_exit(exit_)

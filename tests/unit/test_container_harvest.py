@@ -1,0 +1,216 @@
+"""One harvest per exit, and no round trip a stop or removal does not need.
+
+A StopContainer's pass and containerd's exit event see the same exit. Each used to record it
+and delete the task, the event after asking containerd whether another task ran (an exit of
+an earlier task of the same id is ignored), the stop after asking for the task's state first,
+and the removal then asked containerd to delete the task once more: against this fake, a stop
+took six round trips (eight with the event first) where three do, a removal three where two
+do. Here containerd is a fake that counts what it is asked (the real calls are exercised by
+tests/integration/test_containers.py); the store and the reconcile queue are the real ones."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from crictl.containerd.client import TaskState
+from crictl.reconciler.containers import ContainerReconciler
+from crictl.reconciler.events import TaskExit
+from crictl.store import containers as sc
+from crictl.store import sandboxes as ss
+from crictl.store.engine import Store, make_engine
+from crictl.store.migrate import upgrade_to_head
+from crictl.store.models import ContainerDesired, ContainerPhase
+
+SID = "a" * 64
+CID = "b" * 64
+PID = 4242
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    db = tmp_path / "crictld.db"
+    upgrade_to_head(db)
+    s = Store(make_engine(db))
+    s.write_sync(
+        lambda x: ss.create_sandbox(
+            x,
+            ss.NewSandbox(
+                id=SID, name="p", namespace="d", uid="u", attempt=0, config="{}", config_digest="d"
+            ),
+        )
+    )
+    s.write_sync(lambda x: ss.record_sandbox_started(x, SID, SID, 42))
+    new = sc.NewContainer(
+        id=CID,
+        sandbox_id=SID,
+        name="c",
+        attempt=0,
+        config="{}",
+        config_digest="d",
+        image="busybox",
+        image_ref=None,
+        image_id=None,
+        log_path=None,
+    )
+    s.write_sync(lambda x: sc.create_container(x, new))
+    s.write_sync(lambda x: sc.record_container_created(x, CID, 0, 0, []))
+    s.write_sync(lambda x: sc.set_container_desired(x, CID, ContainerDesired.RUNNING))
+    s.write_sync(lambda x: sc.record_container_started(x, CID, PID))
+    yield s
+    s.close()
+
+
+class Containerd:
+    """A task that SIGKILL ends with 137; its exit event is delivered to `on_exit` before the
+    wait answers (`event_first`), after, or never (`event=False`)."""
+
+    namespace = "crictld-unit-test"
+
+    def __init__(self, event_first: bool = True, event: bool = True, task: bool = True) -> None:
+        self.calls: list[str] = []
+        self.event_first = event_first
+        self.event = event
+        self.task: TaskState | None = TaskState("RUNNING", PID, 0, 0) if task else None
+        self.exited = asyncio.Event()
+        self.on_exit: Any = None
+        self.delivered: asyncio.Task[None] | None = None
+
+    async def task_state(self, cid: str) -> TaskState | None:
+        self.calls.append("get task")
+        return self.task
+
+    async def kill_task(self, cid: str, sig: int, all_processes: bool = True) -> bool:
+        self.calls.append("kill task")
+        if self.task is None:
+            return False
+        if sig == signal.SIGKILL:
+            self.task = TaskState("STOPPED", 0, 137, time.time_ns())
+            if self.event:
+                exit_ = TaskExit(cid, 137, self.task.exited_at_ns, PID)
+                self.delivered = asyncio.create_task(self.on_exit(exit_))
+            self.exited.set()
+        return True
+
+    async def wait_exit(self, cid: str, timeout: float | None = None) -> TaskState | None:
+        self.calls.append("wait task")
+        if self.task is None:
+            return None
+        await self.exited.wait()
+        if self.event_first and self.delivered is not None:
+            await asyncio.shield(self.delivered)
+        return self.task
+
+    async def delete_task(self, cid: str) -> int | None:
+        self.calls.append("delete task")
+        task, self.task = self.task, None
+        return None if task is None else task.exit_status
+
+    async def delete_container(self, cid: str) -> None:
+        self.calls.append("delete container")
+
+    async def remove_snapshot(self, snapshotter: str, key: str) -> None:
+        self.calls.append("remove snapshot")
+
+
+def reconciler(store: Store, containerd: Containerd, tmp_path: Path) -> ContainerReconciler:
+    """The real reconciler around the fake: no images (the containers' config names none) and
+    no sandbox reconciler (a stop and a removal ask nothing of it)."""
+    fakes: dict[str, Any] = {
+        "containerd": containerd,
+        "images": None,
+        "sandboxes": SimpleNamespace(containers_hook=None, removals_hook=None),
+    }
+    r = ContainerReconciler(store, state_dir=tmp_path / "state", logger="/bin/true", **fakes)
+    containerd.on_exit = r.on_exit
+    return r
+
+
+async def stop(store: Store, r: ContainerReconciler) -> None:
+    await store.write(lambda s: sc.set_container_desired(s, CID, ContainerDesired.EXITED))
+    r.request_stop(CID, 0)
+    await r.queue.wait(CID, settled=True)
+    await r.queue.wait(CID)  # and the rest of the pass (the task's delete)
+
+
+async def remove(store: Store, r: ContainerReconciler) -> None:
+    await store.write(lambda s: sc.set_container_desired(s, CID, ContainerDesired.REMOVED))
+    await r.queue.wait(CID)
+
+
+def exit_transitions(store: Store) -> int:
+    with store.session() as s:
+        return int(
+            s.execute(
+                text("SELECT count(*) FROM events WHERE object_id = :cid AND to_phase = 'EXITED'"),
+                {"cid": CID},
+            ).scalar_one()
+        )
+
+
+@pytest.mark.parametrize("event_first", [True, False], ids=["event-first", "wait-first"])
+def test_a_stop_and_its_exit_event_harvest_once(
+    store: Store, tmp_path: Path, event_first: bool
+) -> None:
+    containerd = Containerd(event_first=event_first)
+    r = reconciler(store, containerd, tmp_path)
+
+    async def main() -> None:
+        await stop(store, r)
+        if containerd.delivered is not None:
+            await containerd.delivered
+        assert containerd.calls == ["kill task", "wait task", "delete task"]
+        containerd.calls.clear()
+        await remove(store, r)
+
+    asyncio.run(main())
+    assert containerd.calls == ["delete container", "remove snapshot"]
+    assert exit_transitions(store) == 1
+    assert CID not in store.snapshot.containers
+
+
+def test_the_exit_is_recorded_with_its_code(store: Store, tmp_path: Path) -> None:
+    containerd = Containerd(event=False)
+    r = reconciler(store, containerd, tmp_path)
+    asyncio.run(stop(store, r))
+    row = store.snapshot.containers[CID]
+    assert (row.phase, row.exit_code, row.reason) == (ContainerPhase.EXITED, 137, "Error")
+    assert containerd.calls == ["kill task", "wait task", "delete task"]
+
+
+def test_a_task_gone_without_an_exit_is_exited_unknown(store: Store, tmp_path: Path) -> None:
+    containerd = Containerd(task=False)
+    r = reconciler(store, containerd, tmp_path)
+    asyncio.run(stop(store, r))
+    row = store.snapshot.containers[CID]
+    assert (row.phase, row.exit_code, row.reason) == (ContainerPhase.EXITED, 255, "Unknown")
+
+
+def test_an_exit_of_another_pid_is_checked_against_containerd(store: Store, tmp_path: Path) -> None:
+    containerd = Containerd()
+    r = reconciler(store, containerd, tmp_path)
+    # an earlier task of the same id (a start cut short) whose exit arrives late: containerd
+    # runs the recorded task, so it is ignored
+    asyncio.run(r.on_exit(TaskExit(CID, 1, time.time_ns(), PID + 1)))
+    assert containerd.calls == ["get task"]
+    assert store.snapshot.containers[CID].phase == ContainerPhase.RUNNING
+
+
+def test_an_exit_before_the_recorded_start_is_checked_against_containerd(
+    store: Store, tmp_path: Path
+) -> None:
+    containerd = Containerd()
+    r = reconciler(store, containerd, tmp_path)
+    started = store.snapshot.containers[CID].started_at
+    assert started is not None
+    asyncio.run(r.on_exit(TaskExit(CID, 1, started - 1, PID)))
+    assert containerd.calls == ["get task"]
+    assert store.snapshot.containers[CID].phase == ContainerPhase.RUNNING
