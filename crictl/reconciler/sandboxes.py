@@ -546,7 +546,7 @@ class SandboxReconciler:
         # fine, so a pass a crash cut short in either is finished by the next.
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._stop_task(sid))
+                group.create_task(self._stop_task(sid, ready=row.phase == SandboxPhase.READY))
                 group.create_task(release_network())
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None  # the first failure, with its own message
@@ -571,7 +571,29 @@ class SandboxReconciler:
             reason, message = SETUP_FAILED, row.message
         await self.store.write(lambda s: delete_sandbox(s, sid, reason, message))
 
-    async def _stop_task(self, sid: str) -> None:
+    async def _stop_task(self, sid: str, ready: bool) -> None:
+        """Kills the pause task, waits for it and deletes it. A pod that was READY has its
+        task running, so it is killed without asking first: a task that stopped or is gone
+        meanwhile answers the kill "not found", and the wait and the delete then find it so."""
+        if ready:
+            try:
+                await self._kill_and_wait(sid)
+            except errors.CrictlError:
+                # refused for the task's state: it is read, and the stop goes on from there
+                ready = False
+        if not ready:
+            await self._stop_task_as_it_is(sid)
+        else:
+            await self.containerd.delete_task(sid)
+            faults.point("sandbox-stop:after-task-delete")
+
+    async def _kill_and_wait(self, sid: str) -> None:
+        await self.containerd.kill_task(sid, signal.SIGKILL)
+        faults.point("sandbox-stop:after-task-kill")
+        with contextlib.suppress(errors.DeadlineExceeded):
+            await self.containerd.wait_task(sid, timeout=STOP_WAIT)
+
+    async def _stop_task_as_it_is(self, sid: str) -> None:
         state = await self.containerd.task_state(sid)
         if state is None:
             # containerd killed during the task's create, then restarted, holds a shim it lists
@@ -580,10 +602,7 @@ class SandboxReconciler:
             return
         running = state.status in ("RUNNING", "CREATED", "PAUSED", "UNKNOWN")
         if running and not state.half_created:  # a half-created one can only be deleted
-            await self.containerd.kill_task(sid, signal.SIGKILL)
-            faults.point("sandbox-stop:after-task-kill")
-            with contextlib.suppress(errors.DeadlineExceeded):
-                await self.containerd.wait_task(sid, timeout=STOP_WAIT)
+            await self._kill_and_wait(sid)
         await self.containerd.delete_task(sid)
         faults.point("sandbox-stop:after-task-delete")
 
