@@ -25,10 +25,9 @@ from crictl.containerd.client import TaskState
 from crictl.reconciler.containers import ContainerReconciler
 from crictl.reconciler.events import TaskExit
 from crictl.store import containers as sc
-from crictl.store import sandboxes as ss
-from crictl.store.engine import Store, make_engine
-from crictl.store.migrate import upgrade_to_head
+from crictl.store.engine import Store
 from crictl.store.models import ContainerDesired, ContainerPhase
+from tests.unit.rows import store_with_created_container
 
 SID = "a" * 64
 CID = "b" * 64
@@ -37,32 +36,7 @@ PID = 4242
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    db = tmp_path / "crictld.db"
-    upgrade_to_head(db)
-    s = Store(make_engine(db))
-    s.write_sync(
-        lambda x: ss.create_sandbox(
-            x,
-            ss.NewSandbox(
-                id=SID, name="p", namespace="d", uid="u", attempt=0, config="{}", config_digest="d"
-            ),
-        )
-    )
-    s.write_sync(lambda x: ss.record_sandbox_started(x, SID, SID, 42))
-    new = sc.NewContainer(
-        id=CID,
-        sandbox_id=SID,
-        name="c",
-        attempt=0,
-        config="{}",
-        config_digest="d",
-        image="busybox",
-        image_ref=None,
-        image_id=None,
-        log_path=None,
-    )
-    s.write_sync(lambda x: sc.create_container(x, new))
-    s.write_sync(lambda x: sc.record_container_created(x, CID, 0, 0, []))
+    s = store_with_created_container(tmp_path, SID, CID, 42)
     s.write_sync(lambda x: sc.set_container_desired(x, CID, ContainerDesired.RUNNING))
     s.write_sync(lambda x: sc.record_container_started(x, CID, PID))
     yield s
@@ -194,23 +168,21 @@ def test_a_task_gone_without_an_exit_is_exited_unknown(store: Store, tmp_path: P
     assert (row.phase, row.exit_code, row.reason) == (ContainerPhase.EXITED, 255, "Unknown")
 
 
-def test_an_exit_of_another_pid_is_checked_against_containerd(store: Store, tmp_path: Path) -> None:
-    containerd = Containerd()
-    r = reconciler(store, containerd, tmp_path)
-    # an earlier task of the same id (a start cut short) whose exit arrives late: containerd
-    # runs the recorded task, so it is ignored
-    asyncio.run(r.on_exit(TaskExit(CID, 1, time.time_ns(), PID + 1)))
-    assert containerd.calls == ["get task"]
-    assert store.snapshot.containers[CID].phase == ContainerPhase.RUNNING
-
-
-def test_an_exit_before_the_recorded_start_is_checked_against_containerd(
-    store: Store, tmp_path: Path
+@pytest.mark.parametrize(
+    ("pid", "before_start"),
+    [(PID + 1, False), (PID, True), (0, False)],
+    ids=["another-pid", "before-the-recorded-start", "pid-unknown"],
+)
+def test_an_exit_it_cannot_tell_is_checked_against_containerd(
+    store: Store, tmp_path: Path, pid: int, before_start: bool
 ) -> None:
+    """An earlier task of the same id (a start cut short) whose exit arrives late, or an exit
+    that cannot be told from one: containerd runs the recorded task, so it is ignored."""
     containerd = Containerd()
     r = reconciler(store, containerd, tmp_path)
     started = store.snapshot.containers[CID].started_at
     assert started is not None
-    asyncio.run(r.on_exit(TaskExit(CID, 1, started - 1, PID)))
+    at = started - 1 if before_start else time.time_ns()
+    asyncio.run(r.on_exit(TaskExit(CID, 1, at, pid)))
     assert containerd.calls == ["get task"]
     assert store.snapshot.containers[CID].phase == ContainerPhase.RUNNING

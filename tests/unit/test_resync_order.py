@@ -17,9 +17,9 @@ from crictl.reconciler.containers import ContainerReconciler
 from crictl.reconciler.sandboxes import SandboxReconciler
 from crictl.store import containers as sc
 from crictl.store import sandboxes as ss
-from crictl.store.engine import Store, make_engine
-from crictl.store.migrate import upgrade_to_head
+from crictl.store.engine import Store
 from crictl.store.models import ContainerPhase, SandboxPhase
+from tests.unit.rows import store_with_created_container
 
 SID = "a" * 64
 CID = "b" * 64
@@ -28,32 +28,7 @@ RUNNING = TaskState("RUNNING", 42, 0, 0)
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    db = tmp_path / "crictld.db"
-    upgrade_to_head(db)
-    s = Store(make_engine(db))
-    s.write_sync(
-        lambda x: ss.create_sandbox(
-            x,
-            ss.NewSandbox(
-                id=SID, name="p", namespace="d", uid="u", attempt=0, config="{}", config_digest="d"
-            ),
-        )
-    )
-    s.write_sync(lambda x: ss.record_sandbox_started(x, SID, SID, 42))
-    new = sc.NewContainer(
-        id=CID,
-        sandbox_id=SID,
-        name="c",
-        attempt=0,
-        config="{}",
-        config_digest="d",
-        image="busybox",
-        image_ref=None,
-        image_id=None,
-        log_path=None,
-    )
-    s.write_sync(lambda x: sc.create_container(x, new))
-    s.write_sync(lambda x: sc.record_container_created(x, CID, 0, 0, []))
+    s = store_with_created_container(tmp_path, SID, CID, 42)
     yield s
     s.close()
 

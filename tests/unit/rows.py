@@ -1,0 +1,37 @@
+"""Rows for unit tests of the reconcilers: a store at the schema's head holding one READY pod
+and one CREATED container in it, as the daemon's writes leave them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crictl.store import containers as sc
+from crictl.store import sandboxes as ss
+from crictl.store.engine import Store, make_engine
+from crictl.store.migrate import upgrade_to_head
+
+
+def store_with_created_container(directory: Path, sid: str, cid: str, pause_pid: int) -> Store:
+    db = directory / "crictld.db"
+    upgrade_to_head(db)
+    s = Store(make_engine(db))
+    pod = ss.NewSandbox(
+        id=sid, name="p", namespace="d", uid="u", attempt=0, config="{}", config_digest="d"
+    )
+    s.write_sync(lambda x: ss.create_sandbox(x, pod))
+    s.write_sync(lambda x: ss.record_sandbox_started(x, sid, sid, pause_pid))
+    new = sc.NewContainer(
+        id=cid,
+        sandbox_id=sid,
+        name="c",
+        attempt=0,
+        config="{}",
+        config_digest="d",
+        image="busybox",
+        image_ref=None,
+        image_id=None,
+        log_path=None,
+    )
+    s.write_sync(lambda x: sc.create_container(x, new))
+    s.write_sync(lambda x: sc.record_container_created(x, cid, 0, 0, []))
+    return s
