@@ -11,6 +11,30 @@ from crictl.store.engine import Store, make_engine
 from crictl.store.migrate import upgrade_to_head
 
 
+def new_container(
+    cid: str,
+    sid: str,
+    name: str = "c",
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> sc.NewContainer:
+    """A container of busybox with an empty config, as CreateContainer records one."""
+    return sc.NewContainer(
+        id=cid,
+        sandbox_id=sid,
+        name=name,
+        attempt=0,
+        config="{}",
+        config_digest="d",
+        image="busybox",
+        image_ref=None,
+        image_id=None,
+        log_path=None,
+        labels=labels or {},
+        annotations=annotations or {},
+    )
+
+
 def store_with_created_container(directory: Path, sid: str, cid: str, pause_pid: int) -> Store:
     db = directory / "crictld.db"
     upgrade_to_head(db)
@@ -20,18 +44,7 @@ def store_with_created_container(directory: Path, sid: str, cid: str, pause_pid:
     )
     s.write_sync(lambda x: ss.create_sandbox(x, pod))
     s.write_sync(lambda x: ss.record_sandbox_started(x, sid, sid, pause_pid))
-    new = sc.NewContainer(
-        id=cid,
-        sandbox_id=sid,
-        name="c",
-        attempt=0,
-        config="{}",
-        config_digest="d",
-        image="busybox",
-        image_ref=None,
-        image_id=None,
-        log_path=None,
-    )
+    new = new_container(cid, sid)
     s.write_sync(lambda x: sc.create_container(x, new))
     s.write_sync(lambda x: sc.record_container_created(x, cid, 0, 0, []))
     return s

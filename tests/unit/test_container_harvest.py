@@ -151,21 +151,22 @@ def test_a_stop_and_its_exit_event_harvest_once(
     assert CID not in store.snapshot.containers
 
 
+def stopped(store: Store, tmp_path: Path, containerd: Containerd) -> tuple[Any, ...]:
+    """The container's (phase, exit code, reason) once a StopContainer's pass ran."""
+    asyncio.run(stop(store, reconciler(store, containerd, tmp_path)))
+    row = store.snapshot.containers[CID]
+    return (row.phase, row.exit_code, row.reason)
+
+
 def test_the_exit_is_recorded_with_its_code(store: Store, tmp_path: Path) -> None:
     containerd = Containerd(event=False)
-    r = reconciler(store, containerd, tmp_path)
-    asyncio.run(stop(store, r))
-    row = store.snapshot.containers[CID]
-    assert (row.phase, row.exit_code, row.reason) == (ContainerPhase.EXITED, 137, "Error")
+    assert stopped(store, tmp_path, containerd) == (ContainerPhase.EXITED, 137, "Error")
     assert containerd.calls == ["kill task", "wait task", "delete task"]
 
 
 def test_a_task_gone_without_an_exit_is_exited_unknown(store: Store, tmp_path: Path) -> None:
     containerd = Containerd(task=False)
-    r = reconciler(store, containerd, tmp_path)
-    asyncio.run(stop(store, r))
-    row = store.snapshot.containers[CID]
-    assert (row.phase, row.exit_code, row.reason) == (ContainerPhase.EXITED, 255, "Unknown")
+    assert stopped(store, tmp_path, containerd) == (ContainerPhase.EXITED, 255, "Unknown")
 
 
 @pytest.mark.parametrize(

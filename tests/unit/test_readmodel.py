@@ -39,6 +39,7 @@ from crictl.store.readmodel import (
     sandbox_now,
 )
 from crictl.store.transitions import switch_container_phase, switch_sandbox_phase
+from tests.unit import rows
 
 
 def fresh(store: Store) -> Any:
@@ -62,20 +63,7 @@ def new_sandbox(sid: str, name: str, labels: dict[str, str] | None = None) -> ss
 
 
 def new_container(cid: str, sandbox_id: str, name: str, labels: dict[str, str]) -> sc.NewContainer:
-    return sc.NewContainer(
-        id=cid,
-        sandbox_id=sandbox_id,
-        name=name,
-        attempt=0,
-        config="{}",
-        config_digest="d",
-        image="busybox",
-        image_ref=None,
-        image_id=None,
-        log_path=None,
-        labels=labels,
-        annotations={"a": "1"},
-    )
+    return rows.new_container(cid, sandbox_id, name, labels, annotations={"a": "1"})
 
 
 def sandbox_writer(new: ss.NewSandbox) -> Callable[[Session], object]:
