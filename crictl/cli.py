@@ -13,6 +13,7 @@ from crictl import __version__, errors
 from crictl.config import (
     Config,
     load_config_file,
+    parse_event_log_rows,
     parse_mirror_flags,
     parse_port,
     parse_settings,
@@ -102,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-address",
         metavar="HOST:PORT",
         help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)",
+    )
+    serve.add_argument(
+        "--event-log-rows",
+        metavar="N",
+        help="keep the event log's newest N rows (default 100000, ~25 MB; 0: every row)",
     )
     serve.add_argument("--log-level", help="default INFO")
     serve.add_argument("--fault-point", help=argparse.SUPPRESS)  # crash tests only
@@ -211,6 +217,11 @@ def load_config(args: argparse.Namespace) -> Config:
             "stream_server_address": args.stream_server_address,
             "metrics_address": args.metrics_address,
             "cgroup_driver": args.cgroup_driver,
+            "event_log_rows": (
+                None
+                if args.event_log_rows is None
+                else parse_event_log_rows(args.event_log_rows, "--event-log-rows")
+            ),
             "stream_server_port": (
                 None
                 if args.stream_server_port is None

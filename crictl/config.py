@@ -57,6 +57,8 @@ class Config:
     stream_server_port: int = 0
     # kubelet's --cgroup-driver: "cgroupfs" or "systemd" (runc's systemd cgroup manager)
     cgroup_driver: str = "cgroupfs"
+    # the event log keeps its newest rows, this many (~250 bytes each); 0 = all, for ever
+    event_log_rows: int = 100_000
     # HOST:PORT for Prometheus' /metrics; "" = off
     metrics_address: str = ""
     log_level: str = "INFO"
@@ -140,6 +142,8 @@ def parse_settings(raw: dict[str, Any], source: str) -> dict[str, Any]:
             if value <= 0:
                 raise InvalidArgument(f"{source}: {key} must be positive")
             out[name] = float(value)
+        elif name == "event_log_rows" and isinstance(value, int) and not isinstance(value, bool):
+            out[name] = parse_event_log_rows(value, f"{source}: {key}")
         elif name == "registry_auths" and isinstance(value, dict):
             auths: dict[str, dict[str, str]] = {}
             for host, entry in value.items():
@@ -180,6 +184,17 @@ def parse_settings(raw: dict[str, Any], source: str) -> dict[str, Any]:
         else:
             raise InvalidArgument(f"{source}: unknown setting or wrong type: {key} = {value!r}")
     return out
+
+
+def parse_event_log_rows(value: int | str, what: str) -> int:
+    """How many event rows to keep: a whole number, 0 meaning all of them."""
+    try:
+        rows = int(value)
+    except ValueError:
+        raise InvalidArgument(f"{what}: {value!r} is no whole number") from None
+    if rows < 0:
+        raise InvalidArgument(f"{what}: {rows} is negative (0 keeps every row)")
+    return rows
 
 
 def parse_port(value: int | str, what: str) -> int:

@@ -62,6 +62,7 @@ from crictl.store.engine import Store, make_engine
 from crictl.store.events import record_event
 from crictl.store.inventory import count_by_phase
 from crictl.store.migrate import upgrade_in_child
+from crictl.store.retention import EventLogRetention
 from crictl.streaming.server import StreamServer
 
 T = TypeVar("T")
@@ -243,6 +244,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
     events: ContainerdEvents | None = None
     supervisor: Supervisor | None = None
     sweeper: OrphanSweeper | None = None
+    retention: EventLogRetention | None = None
     metrics_server: Any = None
     hub: EventHub | None = None
     front = FrontLoop()  # the CRI server's loop (crictl/api/front.py)
@@ -393,6 +395,9 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
             daemon_started=started_at,
         )
         sweeper.start()
+        # The event log keeps its newest rows (crictl/store/retention.py).
+        retention = EventLogRetention(store, config.event_log_rows)
+        retention.start()
         sandboxes.check_networks()
         if config.metrics_address:
             register_gauges(store, supervisor, events, sandboxes, containers)
@@ -427,6 +432,8 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
             await streams.stop()
         if sweeper is not None:
             await sweeper.stop()
+        if retention is not None:
+            await retention.stop()
         if supervisor is not None:
             await supervisor.stop()
         if events is not None:

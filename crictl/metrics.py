@@ -75,6 +75,11 @@ STORE_WRITES = Histogram(
     buckets=_CALL_BUCKETS,
     registry=REGISTRY,
 )
+EVENTS_TRIMMED = Counter(
+    "crictld_event_log_trimmed_total",
+    "Event log rows deleted to keep the log at its bound (event_log_rows).",
+    registry=REGISTRY,
+)
 IMAGE_PULLS = Counter(
     "crictld_image_pulls_total",
     "Image pulls by outcome (ok, error).",

@@ -71,6 +71,33 @@ _INSERT = (
 )
 
 
+def last_event_beyond(session: Session, keep: int, before: int) -> int | None:
+    """The id of the newest event that is neither among the newest `keep` nor at or after
+    `before` (ns since the epoch); None if there is none."""
+    found = execute(
+        session, "SELECT id FROM event ORDER BY id DESC LIMIT 1 OFFSET ?", (keep,)
+    ).fetchone()
+    if found is None:
+        return None
+    # walks down from there by id, over the rows too young to go
+    old = execute(
+        session,
+        "SELECT id FROM event WHERE id <= ? AND at < ? ORDER BY id DESC LIMIT 1",
+        (found[0], before),
+    ).fetchone()
+    return None if old is None else int(old[0])
+
+
+def delete_events_through(session: Session, last_id: int, limit: int) -> int:
+    """Deletes the oldest `limit` events whose id is at most `last_id`; returns how many."""
+    deleted = execute(
+        session,
+        "DELETE FROM event WHERE id IN (SELECT id FROM event WHERE id <= ? ORDER BY id LIMIT ?)",
+        (last_id, limit),
+    ).rowcount
+    return int(deleted)
+
+
 def list_events(
     session: Session, object_kind: str | None = None, object_id: str | None = None
 ) -> list[Event]:

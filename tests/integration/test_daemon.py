@@ -113,6 +113,37 @@ def test_sql_against_a_running_daemon(daemon: Daemon) -> None:
     assert before == after
 
 
+def test_the_event_log_keeps_its_newest_rows(daemon: Daemon) -> None:
+    """A restarted daemon trims what is beyond --event-log-rows, its own start rows kept;
+    rows younger than an hour stay whatever the bound, so every row here is made older."""
+    assert daemon.stop() == 0
+    db = daemon.state_dir / "crictld.db"
+    two_hours = 2 * 3600 * 10**9
+    subprocess.run(
+        [
+            "sqlite3",
+            str(db),
+            f"UPDATE event SET at = at - {two_hours};"
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) "
+            "INSERT INTO event (at, object_kind, object_id, action, reason, message) "
+            f"SELECT (SELECT max(at) FROM event), 'container', printf('%064x', i), 'created', "
+            "'', '' FROM n",
+        ],
+        check=True,
+    )
+    daemon.extra_args = ["--event-log-rows", "5"]
+    daemon.start()
+    deadline = time.monotonic() + 30
+    while "event log trimmed" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    rows = json.loads(daemon.sql("--json", "SELECT id, object_kind, action FROM events").stdout)
+    assert len(rows) == 5, rows
+    assert rows[-1]["object_kind"] == "daemon" and rows[-1]["action"] == "started"
+    newest = rows[-1]["id"]
+    assert newest > 51  # the first start's row and the 50 written here came before it
+    assert [r["id"] for r in rows] == list(range(newest - 4, newest + 1))
+
+
 def test_one_daemon_per_state_dir(daemon: Daemon) -> None:
     second = Daemon(
         **{

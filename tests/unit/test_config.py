@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from crictl.cli import build_parser, load_config
 from crictl.config import Config, load_config_file, parse_mirror_flags
 from crictl.errors import InvalidArgument
 
@@ -75,3 +76,29 @@ def test_runtime_handlers(tmp_path: Path) -> None:
         f.write_text(body)
         with pytest.raises(InvalidArgument, match=match):
             load_config_file(f)
+
+
+def test_event_log_rows(tmp_path: Path) -> None:
+    assert Config().event_log_rows == 100_000
+    f = tmp_path / "c.toml"
+    for body, rows in (("event-log-rows = 5000\n", 5000), ("event_log_rows = 0\n", 0)):
+        f.write_text(body)
+        assert load_config_file(f).event_log_rows == rows
+    for body, match in (
+        ("event_log_rows = -1\n", "negative"),
+        ('event_log_rows = "many"\n', "wrong type"),
+        ("event_log_rows = true\n", "wrong type"),
+        ("event_log_rows = 1.5\n", "wrong type"),
+    ):
+        f.write_text(body)
+        with pytest.raises(InvalidArgument, match=match):
+            load_config_file(f)
+
+
+def test_event_log_rows_flag(tmp_path: Path) -> None:
+    empty = tmp_path / "c.toml"
+    empty.write_text("")
+    serve = ["serve", "--config", str(empty), "--event-log-rows"]
+    assert load_config(build_parser().parse_args([*serve, "20"])).event_log_rows == 20
+    with pytest.raises(InvalidArgument, match="--event-log-rows: 'x' is no whole number"):
+        load_config(build_parser().parse_args([*serve, "x"]))
