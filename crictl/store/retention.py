@@ -51,8 +51,8 @@ async def trim_event_log(
 
 
 class EventLogRetention:
-    """Trims the event log to its newest `keep` rows (0: never) and those younger than
-    `min_age` seconds at start, then every `interval` seconds, until stopped."""
+    """Keeps the event log at its newest `keep` rows (0: every row), and any younger than
+    `min_age` seconds: trims it at start, then every `interval` seconds, until stopped."""
 
     def __init__(
         self,
