@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ from crictl.oci.spec import (
     resolve_user,
 )
 from crictl.reconciler import faults
+from crictl.reconciler.configs import ConfigCache
 from crictl.reconciler.events import TaskExit
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.queue import KeyedQueue
@@ -87,13 +87,15 @@ SANDBOX_LABEL = "crictld.io/sandbox-id"
 
 
 def container_config_of(row: Container | ContainerView) -> api_pb2.ContainerConfig:
-    """The container's config (shared and cached: configs never change; do not modify it)."""
-    return _parse_container_config(row.config)
+    """The container's config (shared and kept while the row is: do not modify it)."""
+    return CONTAINER_CONFIGS.get(row.id, row.config)
 
 
-@functools.lru_cache(maxsize=8192)
 def _parse_container_config(text: str) -> api_pb2.ContainerConfig:
     return json_format.Parse(text, api_pb2.ContainerConfig())
+
+
+CONTAINER_CONFIGS = ConfigCache(_parse_container_config)
 
 
 LOGGER_PLACES = (
@@ -747,6 +749,7 @@ class ContainerReconciler:
         self._mounts.pop(cid, None)
         await self.store.write(lambda s: delete_container(s, cid, reason))
         self._harvested.discard(cid)
+        CONTAINER_CONFIGS.forget(cid)
 
     # -- the sandbox's containers ----------------------------------------------------------
 

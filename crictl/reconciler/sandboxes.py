@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import functools
 import json
 import logging
 import os
@@ -51,6 +50,7 @@ from crictl.oci.spec import (
     sandbox_spec,
 )
 from crictl.reconciler import cgroups, faults
+from crictl.reconciler.configs import ConfigCache
 from crictl.reconciler.events import TaskExit
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.queue import KeyedQueue
@@ -121,13 +121,15 @@ async def _bounded(limit: int, work: list[Coroutine[Any, Any, None]]) -> None:
 
 
 def config_of(row: PodSandbox | SandboxView) -> api_pb2.PodSandboxConfig:
-    """The sandbox's config (shared and cached: configs never change; do not modify it)."""
-    return _parse_sandbox_config(row.config)
+    """The sandbox's config (shared and kept while the row is: do not modify it)."""
+    return SANDBOX_CONFIGS.get(row.id, row.config)
 
 
-@functools.lru_cache(maxsize=4096)
 def _parse_sandbox_config(text: str) -> api_pb2.PodSandboxConfig:
     return json_format.Parse(text, api_pb2.PodSandboxConfig())
+
+
+SANDBOX_CONFIGS = ConfigCache(_parse_sandbox_config)
 
 
 def host_network(config: api_pb2.PodSandboxConfig) -> bool:
@@ -570,6 +572,7 @@ class SandboxReconciler:
         if row.reason == SETUP_FAILED:  # an undo, maybe resumed after a crash
             reason, message = SETUP_FAILED, row.message
         await self.store.write(lambda s: delete_sandbox(s, sid, reason, message))
+        SANDBOX_CONFIGS.forget(sid)
 
     async def _stop_task(self, sid: str, ready: bool) -> None:
         """Kills the pause task, waits for it and deletes it. A pod that was READY has its

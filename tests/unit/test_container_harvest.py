@@ -22,7 +22,11 @@ import pytest
 from sqlalchemy import text
 
 from crictl.containerd.client import TaskState
-from crictl.reconciler.containers import ContainerReconciler
+from crictl.reconciler.containers import (
+    CONTAINER_CONFIGS,
+    ContainerReconciler,
+    container_config_of,
+)
 from crictl.reconciler.events import TaskExit
 from crictl.store import containers as sc
 from crictl.store.engine import Store
@@ -143,12 +147,15 @@ def test_a_stop_and_its_exit_event_harvest_once(
             await containerd.delivered
         assert containerd.calls == ["kill task", "wait task", "delete task"]
         containerd.calls.clear()
+        container_config_of(store.snapshot.containers[CID])
+        assert CID in CONTAINER_CONFIGS
         await remove(store, r)
 
     asyncio.run(main())
     assert containerd.calls == ["delete container", "remove snapshot"]
     assert exit_transitions(store) == 1
     assert CID not in store.snapshot.containers
+    assert CID not in CONTAINER_CONFIGS  # its parsed config goes with the row
 
 
 def stopped(store: Store, tmp_path: Path, containerd: Containerd) -> tuple[Any, ...]:
