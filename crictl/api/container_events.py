@@ -108,6 +108,11 @@ class EventHub:
     # -- from the store's writer thread ----------------------------------------------------
 
     def on_commit(self, events: list[RecordedEvent]) -> None:
+        # With nobody subscribed (kubelet reads this stream only with its EventedPLEG feature
+        # gate) a commit wakes no loop: each hand-over is a thread switch for nothing. A
+        # subscriber gets the commits after it subscribed, and relists when it subscribes.
+        if not self._subscribers:
+            return
         found = changes(events)
         if found:
             self._loop.call_soon_threadsafe(self._pending.put_nowait, found)
@@ -195,6 +200,11 @@ class EventHub:
                 yield response
         finally:
             self._subscribers.discard(queue)
+            if not self._subscribers:
+                # the removals of what they name are no longer handed on: nothing would drop
+                # them (`_forget`), and the next subscriber starts from its relist
+                self._pod_of.clear()
+                self._last_pod.clear()
 
 
 class ContainerEvents:

@@ -112,3 +112,40 @@ async def test_a_subscriber_that_leaves_is_forgotten() -> None:
     await sub.aclose()
     assert not hub._subscribers
     await hub.close()
+
+
+async def test_with_nobody_subscribed_a_commit_wakes_no_loop() -> None:
+    hub = fake_hub()
+    handed: list[object] = []
+    hub._pending.put_nowait = handed.append  # type: ignore[method-assign,assignment]
+    hub.on_commit([row("container", "a", "transition", "RUNNING")])
+    await asyncio.sleep(0.01)
+    assert handed == []
+    sub = hub.subscribe()
+    first = asyncio.ensure_future(sub.__anext__())
+    await asyncio.sleep(0)
+    hub.on_commit([row("container", "a", "transition", "RUNNING")])
+    await asyncio.sleep(0.01)
+    assert len(handed) == 1
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await sub.aclose()
+    hub.on_commit([row("container", "a", "removed")])
+    await asyncio.sleep(0.01)
+    assert len(handed) == 1
+    await hub.close()
+
+
+async def test_what_the_last_subscriber_left_is_dropped() -> None:
+    hub = fake_hub()
+    sub = hub.subscribe()
+    got = asyncio.ensure_future(sub.__anext__())
+    await asyncio.sleep(0)
+    hub.on_commit([row("container", "a", "transition", "RUNNING")])
+    event = await asyncio.wait_for(got, 5)
+    assert event.container_id == "a"
+    assert hub._pod_of == {"a": "s"} and set(hub._last_pod) == {"s"}
+    await sub.aclose()
+    assert hub._pod_of == {} and hub._last_pod == {}
+    await hub.close()
