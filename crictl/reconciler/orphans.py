@@ -94,12 +94,15 @@ MISSING_CONTAINER = "missing-container"
 STUCK = "stuck"
 
 # The order removals run in: tasks before their containers, containers before their snapshots,
-# loggers before their state dirs, CNI DEL (with the netns still there) before the netns.
+# snapshots before the leases that hold them (once its lease is gone, containerd's GC, which
+# any deletion on the node may set off, can collect a snapshot before the sweep removes it,
+# and the sweep would not record the removal), loggers before their state dirs, CNI DEL (with
+# the netns still there) before the netns.
 ORPHAN_KINDS = (
     ORPHAN_TASK,
     ORPHAN_CONTAINER,
-    ORPHAN_LEASE,
     ORPHAN_SNAPSHOT,
+    ORPHAN_LEASE,
     ORPHAN_LOGGER,
     ORPHAN_IP,
     ORPHAN_NETNS,

@@ -541,6 +541,7 @@ def test_the_inventory_reads_rows_read_only(store: Store, tmp_path: Path) -> Non
 def test_removal_order() -> None:
     assert ORPHAN_KINDS.index(ORPHAN_TASK) < ORPHAN_KINDS.index(ORPHAN_CONTAINER)
     assert ORPHAN_KINDS.index(ORPHAN_CONTAINER) < ORPHAN_KINDS.index(ORPHAN_SNAPSHOT)
+    assert ORPHAN_KINDS.index(ORPHAN_SNAPSHOT) < ORPHAN_KINDS.index(ORPHAN_LEASE)
     assert ORPHAN_KINDS.index(ORPHAN_LOGGER) < ORPHAN_KINDS.index(ORPHAN_STATE_DIR)
     assert ORPHAN_KINDS.index(ORPHAN_IP) < ORPHAN_KINDS.index(ORPHAN_NETNS)
 
