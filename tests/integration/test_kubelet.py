@@ -613,9 +613,18 @@ def restart_post_mortem(node: Node, ids: list[str]) -> str:
         for source, text in (("kubelet", node.kubelet.log()), ("crictld", node.daemon_log())):
             lines = [line for line in text.splitlines() if cid in line or cid[:12] in line]
             out.append(f"  {source} ({len(lines)} lines):\n    " + "\n    ".join(lines[-25:]))
+        # crictld's own record of the object (its phases as committed), whatever its log level
+        rows = node.daemon.sql(
+            "SELECT at, action, from_phase, to_phase, reason, message FROM events "
+            f"WHERE object_id = '{cid}' ORDER BY id"
+        )
+        out.append(f"  crictld's events:\n    {(rows.stdout + rows.stderr).strip()[-2500:]}")
     notable = ('"level": "warning"', '"level": "error"', "re-adopted", "serving CRI")
     lines = [line for line in node.daemon_log().splitlines() if any(n in line for n in notable)]
     out.append("crictld's warnings, errors and starts:\n  " + "\n  ".join(lines[-30:]))
+    # how kubelet's PLEG saw the restart: evented stream errors, fallbacks to relisting
+    pleg = [line for line in node.kubelet.log().splitlines() if "PLEG" in line or "pleg" in line]
+    out.append("kubelet's PLEG lines:\n  " + "\n  ".join(pleg[-40:]))
     return "\n".join(out)
 
 
