@@ -590,7 +590,8 @@ def test_kill_9_of_crictld_restarts_no_container(node: Node, steady: Json) -> No
 
 def restart_post_mortem(node: Node, ids: list[str]) -> str:
     """What ended containers (or pods) that should have lived through a restart: their last
-    state, a container's last output, and every kubelet and crictld log line naming them."""
+    state, a container's last output, every kubelet and crictld log line naming them and
+    crictld's event rows for them; then crictld's starts and warnings and kubelet's PLEG lines."""
     out = []
     for cid in ids:
         r = node.daemon.crictl("inspect", "-o", "json", cid)
