@@ -621,14 +621,8 @@ class SandboxReconciler:
         row = self.store.snapshot.sandboxes.get(event.container_id)
         if row is None or row.phase != SandboxPhase.READY or row.desired != SandboxDesired.READY:
             return  # not ours to report: a stop or remove in progress killed it
-        await self.store.write(
-            lambda s: record_sandbox_lost(
-                s,
-                event.container_id,
-                "PauseExited",
-                f"the pause task exited with {event.exit_status}",
-            )
-        )
+        message = f"the pause task exited with {event.exit_status}"
+        await self._record_lost([(event.container_id, "PauseExited", message)])
 
     async def resync(self, tasks: tuple[Snapshot, dict[str, TaskState]] | None = None) -> None:
         """After every (re)subscription to containerd's events: a ready pod whose pause task
@@ -675,14 +669,13 @@ class SandboxReconciler:
 
         await _bounded(RECOVERY_CONCURRENCY, [check(r) for r in ready])
 
-        def record(session: Session) -> None:
-            for sid, reason, message in gone:
-                record_sandbox_lost(session, sid, reason, message)
+        def record(session: Session) -> list[tuple[str, str, str]]:
             for row, pid in kept:
                 record_event(session, "sandbox", row.id, "readopted", message=f"pid {pid}")
+            return [lost for lost in gone if record_sandbox_lost(session, *lost)]
 
         if gone or kept:
-            await self.store.write(record)
+            _log_lost(await self.store.write(record))
         if recovering:
             log.info("re-adopted pods", extra={"readopted": len(kept), "not_ready": len(gone)})
             to_check = [r for r, _ in kept if not host_network(config_of(r)) and r.cni_result]
@@ -690,6 +683,15 @@ class SandboxReconciler:
             self._checking.update(r.id for r in to_check)
             if self._serving:  # the first resync came late (containerd was away at start)
                 self.check_networks()
+
+    async def _record_lost(self, lost: list[tuple[str, str, str]]) -> None:
+        """Marks ready pods NOTREADY for what the loop saw go (sandbox id, reason, message),
+        and says so in the log: kubelet answers a NOTREADY pod with a new sandbox, so an
+        operator must find why crictld reported it."""
+        marked = await self.store.write(
+            lambda s: [item for item in lost if record_sandbox_lost(s, *item)]
+        )
+        _log_lost(marked)
 
     async def _network_problem(self, row: PodSandbox | SandboxView) -> tuple[str, str] | None:
         """What is wrong with a ready pod's network as the kernel holds it (netlink, inside
@@ -768,11 +770,13 @@ class SandboxReconciler:
                     self.settings.cni_bin_dirs,
                 )
             except errors.CrictlError as e:
-                message = str(e)
-                await self.store.write(
-                    lambda s: record_sandbox_lost(s, row.id, "NetworkCheckFailed", message)
-                )
+                await self._record_lost([(row.id, "NetworkCheckFailed", str(e))])
             finally:
                 self._checking.discard(row.id)
 
         await _bounded(RECOVERY_CONCURRENCY, [check(r) for r in rows])
+
+
+def _log_lost(marked: list[tuple[str, str, str]]) -> None:
+    for sid, reason, message in marked:
+        log.warning("pod not ready", extra={"sandbox": sid, "reason": reason, "error": message})

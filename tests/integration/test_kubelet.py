@@ -591,7 +591,8 @@ def test_kill_9_of_crictld_restarts_no_container(node: Node, steady: Json) -> No
 def restart_post_mortem(node: Node, ids: list[str]) -> str:
     """What ended containers (or pods) that should have lived through a restart: their last
     state, a container's last output, every kubelet and crictld log line naming them and
-    crictld's event rows for them; then crictld's starts and warnings and kubelet's PLEG lines."""
+    crictld's event rows for them; then crictld's starts and warnings, kubelet's PLEG lines and
+    its reasons for a new sandbox."""
     out = []
     for cid in ids:
         r = node.daemon.crictl("inspect", "-o", "json", cid)
@@ -626,6 +627,9 @@ def restart_post_mortem(node: Node, ids: list[str]) -> str:
     # how kubelet's PLEG saw the restart: evented stream errors, fallbacks to relisting
     pleg = [line for line in node.kubelet.log().splitlines() if "PLEG" in line or "pleg" in line]
     out.append("kubelet's PLEG lines:\n  " + "\n  ".join(pleg[-40:]))
+    # why kubelet made a new sandbox (runtimeutil.PodSandboxChanged, at --v=2)
+    why = [line for line in node.kubelet.log().splitlines() if "Need to" in line]
+    out.append("kubelet's reasons for a new sandbox:\n  " + "\n  ".join(why[-10:]))
     return "\n".join(out)
 
 

@@ -288,9 +288,16 @@ def test_a_pause_task_that_dies_makes_the_sandbox_notready(
         time.sleep(0.05)
     info = json.loads(status(d, sid).info["info"])
     assert info["reason"] == "PauseExited"
+    assert not_ready_logged(d) == {sid: "PauseExited"}
     stop(d, sid)
     remove(d, sid)
     assert_nothing_held(d, cni_network, [sid])
+
+
+def not_ready_logged(d: Daemon) -> dict[str, str]:
+    """The pods the daemon's log says it marked NOTREADY itself, with the reason."""
+    records = [json.loads(line) for line in d.log().splitlines() if '"pod not ready"' in line]
+    return {r["sandbox"]: r["reason"] for r in records}
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
@@ -308,6 +315,7 @@ def test_restart_keeps_states_ips_and_created_at(
     after = {sid: status(d, sid).status for sid in (ready, notready)}
     assert after == before
     assert json.loads(status(d, ready).info["info"])["pid"] == pid  # re-adopted, not restarted
+    assert not_ready_logged(d) == {}
     assert ping(after[ready].network.ip)
     for sid in (ready, notready):
         stop(d, sid)
@@ -332,6 +340,7 @@ def test_what_vanished_while_down_is_notready_and_still_cleaned(
         st = status(d, sid)
         assert st.status.state == api_pb2.SANDBOX_NOTREADY, sid
         assert json.loads(st.info["info"])["reason"] == reason
+    assert not_ready_logged(d) == {killed: "PauseExited", lost_netns: "NetnsVanished"}
     assert len(held(d, cni_network).ips) == 2  # both IPs are still allocated...
     for sid in (killed, lost_netns):
         stop(d, sid)
