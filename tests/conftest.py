@@ -69,18 +69,24 @@ def crictl_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def containerd_address() -> Iterator[str]:
-    """A private containerd for the whole run, its CRI plugin disabled."""
+def session_containerd() -> Iterator[ManagedContainerd]:
+    """A private containerd for the whole run, its CRI plugin disabled. A test that kills it
+    starts it again (`ensure_running`), as a node's init system would."""
     _require_root()
     root = Path(tempfile.mkdtemp(prefix="crd-ctd-", dir="/tmp"))
     managed = ManagedContainerd(root / "containerd")
     asyncio.run(managed.ensure_running())
     try:
-        yield managed.address
+        yield managed
     finally:
         asyncio.run(managed.stop())
         kill_shims(managed.address)
         _remove_tree(root)
+
+
+@pytest.fixture(scope="session")
+def containerd_address(session_containerd: ManagedContainerd) -> str:
+    return session_containerd.address
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from crictl.containerd.managed import ManagedContainerd
 from tests.rig.cni import CniNetwork, make_network
 from tests.rig.daemon import Daemon
 from tests.rig.inventory import purge_namespace
@@ -586,6 +588,56 @@ def test_kill_9_of_crictld_restarts_no_container(node: Node, steady: Json) -> No
     )
     assert {name: node.sandbox_ids(name) for name in ("steady", "web")} == sandboxes
     assert "tick" in k.container_logs("steady", "main", tailLines="1")
+
+
+def test_kill_9_of_containerd_restarts_no_container(
+    node: Node, steady: Json, session_containerd: ManagedContainerd
+) -> None:
+    """containerd killed under a running kubelet, then started again as an init system would:
+    the shims and containers live on, crictld answers kubelet from its store meanwhile
+    (RuntimeReady=false) and resyncs once containerd answers. kubelet restarts nothing, and
+    exec and logs go on working."""
+    k, d = node.kubelet, node.daemon
+    before = {}
+    for name in ("steady", "web"):
+        pod = k.wait_running(name)
+        for cname, c in statuses(pod).items():
+            cid = cid_of(c)
+            before[(name, cname)] = (cid, c["restartCount"], int(node.inspect(cid)["info"]["pid"]))
+    sandboxes = {name: node.sandbox_ids(name) for name in ("steady", "web")}
+    assert session_containerd.pid is not None
+    os.kill(session_containerd.pid, signal.SIGKILL)
+
+    def runtime_ready() -> bool:
+        conditions = {c.type: c for c in d.status().status.conditions}
+        return conditions["RuntimeReady"].status
+
+    wait_for("crictld sees containerd gone", lambda: not runtime_ready(), 15, d.log)
+    wait_for("the old containerd is reaped", lambda: not session_containerd.alive(), 15, str)
+    time.sleep(3)  # kubelet relists and syncs against crictld while containerd is away
+    asyncio.run(session_containerd.ensure_running())
+    wait_for("crictld sees containerd back", runtime_ready, 30, d.log)
+    time.sleep(8)  # several PLEG relists and pod syncs after the resync
+    after = {}
+    for name in ("steady", "web"):
+        pod = k.wait_running(name, timeout=30)
+        for cname, c in statuses(pod).items():
+            cid = cid_of(c)
+            after[(name, cname)] = (cid, c["restartCount"], int(node.inspect(cid)["info"]["pid"]))
+    assert after == before, (
+        f"(container id, restartCount, pid) changed: {before} -> {after}\n"
+        + restart_post_mortem(
+            node,
+            [before[key][0] for key in before if after[key] != before[key]]
+            + [sid for key in before if after[key] != before[key] for sid in sandboxes[key[0]]],
+        )
+    )
+    assert {name: node.sandbox_ids(name) for name in ("steady", "web")} == sandboxes
+    ok = k.exec("steady", "main", ["cat", "/etc/hostname"])  # a new exec through the new shim
+    assert ok.exit_code == 0 and ok.stdout.decode().strip() == k.pod_name("steady"), ok
+    ticks = k.container_logs("steady", "main", tailLines="1")
+    time.sleep(2)
+    assert "tick" in ticks and k.container_logs("steady", "main", tailLines="1") != ticks
 
 
 def restart_post_mortem(node: Node, ids: list[str]) -> str:
