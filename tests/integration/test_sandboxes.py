@@ -323,6 +323,29 @@ def test_restart_keeps_states_ips_and_created_at(
     assert_nothing_held(d, cni_network, [ready, notready])
 
 
+def test_a_pod_whose_network_check_fails_after_a_restart_is_notready(
+    image_daemon: Daemon, cni_network: CniNetwork
+) -> None:
+    """The CNI CHECK of a re-adopted pod (run once the daemon serves) fails when the network
+    lost what CNI set up while crictld was down: here host-local's record of the pod's
+    address. The pod is NOTREADY, with the reason, in its status and in the log."""
+    d = image_daemon
+    sid = run(d, pod_config())
+    ip = status(d, sid).status.network.ip
+    d.signal(signal.SIGKILL)
+    (cni_network.ipam_dir / cni_network.name / ip).unlink()
+    d.start()
+    deadline = time.monotonic() + 15
+    while status(d, sid).status.state != api_pb2.SANDBOX_NOTREADY:
+        assert time.monotonic() < deadline, "the pod stayed READY"
+        time.sleep(0.05)
+    assert json.loads(status(d, sid).info["info"])["reason"] == "NetworkCheckFailed"
+    assert not_ready_logged(d) == {sid: "NetworkCheckFailed"}
+    stop(d, sid)
+    remove(d, sid)
+    assert_nothing_held(d, cni_network, [sid])
+
+
 def test_what_vanished_while_down_is_notready_and_still_cleaned(
     image_daemon: Daemon, cni_network: CniNetwork
 ) -> None:
