@@ -80,6 +80,13 @@ EVENTS_TRIMMED = Counter(
     "Event log rows deleted to keep the log at its bound (event_log_rows).",
     registry=REGISTRY,
 )
+PODS_LOST = Counter(
+    "crictld_pods_lost_total",
+    "Ready pods the daemon itself made NOTREADY, by reason (PauseExited, TaskVanished, "
+    "NetnsVanished, NetworkLost, NetworkCheckFailed): kubelet replaces each with a new sandbox.",
+    ("reason",),
+    registry=REGISTRY,
+)
 IMAGE_PULLS = Counter(
     "crictld_image_pulls_total",
     "Image pulls by outcome (ok, error).",

@@ -34,7 +34,7 @@ from typing import Any
 from google.protobuf import json_format
 from sqlalchemy.orm import Session
 
-from crictl import errors, trace
+from crictl import errors, metrics, trace
 from crictl.containerd import runc
 from crictl.containerd.client import GC_ROOT_LABEL, ContainerdClient, TaskState
 from crictl.gen.containerd.api.types import mount_pb2
@@ -675,7 +675,7 @@ class SandboxReconciler:
             return [lost for lost in gone if record_sandbox_lost(session, *lost)]
 
         if gone or kept:
-            _log_lost(await self.store.write(record))
+            _report_lost(await self.store.write(record))
         if recovering:
             log.info("re-adopted pods", extra={"readopted": len(kept), "not_ready": len(gone)})
             to_check = [r for r, _ in kept if not host_network(config_of(r)) and r.cni_result]
@@ -686,12 +686,12 @@ class SandboxReconciler:
 
     async def _record_lost(self, lost: list[tuple[str, str, str]]) -> None:
         """Marks ready pods NOTREADY for what the loop saw go (sandbox id, reason, message),
-        and says so in the log: kubelet answers a NOTREADY pod with a new sandbox, so an
-        operator must find why crictld reported it."""
+        says so in the log and counts it (`crictld_pods_lost_total`): kubelet answers a
+        NOTREADY pod with a new sandbox, so an operator must find why crictld reported it."""
         marked = await self.store.write(
             lambda s: [item for item in lost if record_sandbox_lost(s, *item)]
         )
-        _log_lost(marked)
+        _report_lost(marked)
 
     async def _network_problem(self, row: PodSandbox | SandboxView) -> tuple[str, str] | None:
         """What is wrong with a ready pod's network as the kernel holds it (netlink, inside
@@ -777,6 +777,7 @@ class SandboxReconciler:
         await _bounded(RECOVERY_CONCURRENCY, [check(r) for r in rows])
 
 
-def _log_lost(marked: list[tuple[str, str, str]]) -> None:
+def _report_lost(marked: list[tuple[str, str, str]]) -> None:
     for sid, reason, message in marked:
         log.warning("pod not ready", extra={"sandbox": sid, "reason": reason, "error": message})
+        metrics.PODS_LOST.labels(reason).inc()
