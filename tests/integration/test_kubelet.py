@@ -557,6 +557,53 @@ def test_port_forward_through_kubelet(node: Node, steady: Json) -> None:
         s.close()
 
 
+def test_a_pod_whose_pause_dies_gets_a_new_sandbox(node: Node, pods: list[str]) -> None:
+    """The pause process killed under kubelet: crictld makes the sandbox NOTREADY (and says
+    why), kubelet stops it and runs the pod again in a new sandbox, the container restarted
+    there; the old sandbox's netns and IP are released."""
+    k = node.kubelet
+    name = start(node, pods, node.pod("phoenix", [node.container("c", LOOP)]))
+    pod = k.wait_running(name)
+    [old] = node.sandbox_ids(name)
+    old_ip = pod["status"]["podIP"]
+    first = cid_of(statuses(pod)["c"])
+    pause_pid = int(node.crictl_json("inspectp", old)["info"]["pid"])
+    os.kill(pause_pid, signal.SIGKILL)
+
+    def again() -> bool:
+        p = k.pod(name)
+        c = statuses(p).get("c") if p else None
+        return bool(
+            p
+            and c
+            and "running" in c["state"]
+            and cid_of(c) != first
+            and len(node.sandbox_ids(name)) == 2
+        )
+
+    wait_for("the pod runs again", again, 60, lambda: "\n".join(k.errors()[-20:]))
+    pod = k.wait_running(name)
+    new = [sid for sid in node.sandbox_ids(name) if sid != old]
+    assert len(new) == 1, node.sandbox_ids(name)
+    states = {p["id"]: p["state"] for p in node.crictl_json("pods", "-o", "json")["items"]}
+    assert (states[old], states[new[0]]) == ("SANDBOX_NOTREADY", "SANDBOX_READY"), states
+    assert statuses(pod)["c"]["restartCount"] == 1, statuses(pod)["c"]
+    lost = [
+        json.loads(line)
+        for line in node.daemon_log().splitlines()
+        if '"pod not ready"' in line and old in line
+    ]
+    assert [r["reason"] for r in lost] == ["PauseExited"], lost
+    new_ip = pod["status"]["podIP"]
+
+    def released() -> bool:
+        h = node.held()
+        return old not in h.netns and (old_ip == new_ip or old_ip not in h.ips)
+
+    wait_for("the old sandbox's netns and IP released", released, 30, lambda: str(node.held()))
+    assert new_ip in node.held().ips
+
+
 def test_kill_9_of_crictld_restarts_no_container(node: Node, steady: Json) -> None:
     k, d = node.kubelet, node.daemon
     before = {}
