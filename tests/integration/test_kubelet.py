@@ -604,37 +604,52 @@ def test_a_pod_whose_pause_dies_gets_a_new_sandbox(node: Node, pods: list[str]) 
     assert new_ip in node.held().ips
 
 
-def test_kill_9_of_crictld_restarts_no_container(node: Node, steady: Json) -> None:
-    k, d = node.kubelet, node.daemon
-    before = {}
-    for name in ("steady", "web"):
-        pod = k.wait_running(name)
+LONG_LIVED = ("steady", "web")
+Survivors = tuple[dict[tuple[str, str], tuple[str, int, int]], dict[str, list[str]]]
+
+
+def survivors(node: Node, timeout: float = 60.0) -> Survivors:
+    """The long-lived pods as kubelet reports them: each container's (id, restartCount, pid),
+    and each pod's sandbox ids."""
+    containers = {}
+    for name in LONG_LIVED:
+        pod = node.kubelet.wait_running(name, timeout=timeout)
         for cname, c in statuses(pod).items():
             cid = cid_of(c)
-            before[(name, cname)] = (cid, c["restartCount"], int(node.inspect(cid)["info"]["pid"]))
-    sandboxes = {name: node.sandbox_ids(name) for name in ("steady", "web")}
+            pid = int(node.inspect(cid)["info"]["pid"])
+            containers[(name, cname)] = (cid, int(c["restartCount"]), pid)
+    return containers, {name: node.sandbox_ids(name) for name in LONG_LIVED}
+
+
+def assert_survived(node: Node, before: Survivors) -> None:
+    """After several PLEG relists and pod syncs: the same containers, restart counts, processes
+    and sandboxes (else a post-mortem of what changed), and the busybox still logging."""
+    time.sleep(8)
+    after = survivors(node, timeout=30)
+    changed = [key for key in before[0] if after[0].get(key) != before[0][key]]
+    assert not changed, (
+        f"(container id, restartCount, pid) changed: {before[0]} -> {after[0]}\n"
+        + restart_post_mortem(
+            node,
+            [before[0][key][0] for key in changed]
+            + [sid for key in changed for sid in before[1][key[0]]],
+        )
+    )
+    assert after == before
+    ticks = node.kubelet.container_logs("steady", "main", tailLines="1")
+    time.sleep(1.5)
+    assert "tick" in ticks and node.kubelet.container_logs("steady", "main", tailLines="1") != ticks
+
+
+def test_kill_9_of_crictld_restarts_no_container(node: Node, steady: Json) -> None:
+    d = node.daemon
+    before = survivors(node)
     assert d.process is not None
     d.process.kill()
     d.process.wait(timeout=30)
     time.sleep(3)  # kubelet notices: PLEG relists and Status fail while crictld is down
     d.start()
-    time.sleep(8)  # several PLEG relists and pod syncs against the restarted daemon
-    after = {}
-    for name in ("steady", "web"):
-        pod = k.wait_running(name, timeout=30)
-        for cname, c in statuses(pod).items():
-            cid = cid_of(c)
-            after[(name, cname)] = (cid, c["restartCount"], int(node.inspect(cid)["info"]["pid"]))
-    assert after == before, (
-        f"(container id, restartCount, pid) changed: {before} -> {after}\n"
-        + restart_post_mortem(
-            node,
-            [before[key][0] for key in before if after[key] != before[key]]
-            + [sid for key in before if after[key] != before[key] for sid in sandboxes[key[0]]],
-        )
-    )
-    assert {name: node.sandbox_ids(name) for name in ("steady", "web")} == sandboxes
-    assert "tick" in k.container_logs("steady", "main", tailLines="1")
+    assert_survived(node, before)
 
 
 def test_kill_9_of_containerd_restarts_no_container(
@@ -645,13 +660,7 @@ def test_kill_9_of_containerd_restarts_no_container(
     (RuntimeReady=false) and resyncs once containerd answers. kubelet restarts nothing, and
     exec and logs go on working."""
     k, d = node.kubelet, node.daemon
-    before = {}
-    for name in ("steady", "web"):
-        pod = k.wait_running(name)
-        for cname, c in statuses(pod).items():
-            cid = cid_of(c)
-            before[(name, cname)] = (cid, c["restartCount"], int(node.inspect(cid)["info"]["pid"]))
-    sandboxes = {name: node.sandbox_ids(name) for name in ("steady", "web")}
+    before = survivors(node)
     assert session_containerd.pid is not None
     os.kill(session_containerd.pid, signal.SIGKILL)
 
@@ -664,27 +673,19 @@ def test_kill_9_of_containerd_restarts_no_container(
     time.sleep(3)  # kubelet relists and syncs against crictld while containerd is away
     asyncio.run(session_containerd.ensure_running())
     wait_for("crictld sees containerd back", runtime_ready, 30, d.log)
-    time.sleep(8)  # several PLEG relists and pod syncs after the resync
-    after = {}
-    for name in ("steady", "web"):
-        pod = k.wait_running(name, timeout=30)
-        for cname, c in statuses(pod).items():
-            cid = cid_of(c)
-            after[(name, cname)] = (cid, c["restartCount"], int(node.inspect(cid)["info"]["pid"]))
-    assert after == before, (
-        f"(container id, restartCount, pid) changed: {before} -> {after}\n"
-        + restart_post_mortem(
-            node,
-            [before[key][0] for key in before if after[key] != before[key]]
-            + [sid for key in before if after[key] != before[key] for sid in sandboxes[key[0]]],
-        )
-    )
-    assert {name: node.sandbox_ids(name) for name in ("steady", "web")} == sandboxes
+    assert_survived(node, before)
     ok = k.exec("steady", "main", ["cat", "/etc/hostname"])  # a new exec through the new shim
     assert ok.exit_code == 0 and ok.stdout.decode().strip() == k.pod_name("steady"), ok
-    ticks = k.container_logs("steady", "main", tailLines="1")
-    time.sleep(2)
-    assert "tick" in ticks and k.container_logs("steady", "main", tailLines="1") != ticks
+
+
+def test_restart_of_kubelet_restarts_no_container(node: Node, steady: Json) -> None:
+    """kubelet stopped and started again (an upgrade, a config change): it finds its pods'
+    sandboxes and containers through crictld (labels, annotations, the container hash it
+    compares with the manifest) and adopts them; nothing is restarted."""
+    before = survivors(node)
+    node.kubelet.stop()
+    node.kubelet.start()
+    assert_survived(node, before)
 
 
 def restart_post_mortem(node: Node, ids: list[str]) -> str:
