@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import os
 import secrets
@@ -291,6 +292,49 @@ def test_container_logs_through_kubelet(node: Node, steady: Json) -> None:
     stamp, _, text = stamped.partition(" ")
     assert stamp[:4].isdigit() and "T" in stamp and stamp.endswith("Z"), stamped
     assert text in ("hello-out", "hello-err"), stamped
+
+
+def test_kubelet_rotates_a_container_log(node: Node, pods: list[str]) -> None:
+    """kubelet's log manager rotates a log past containerLogMaxSize (64Ki in the rig, checked
+    every 3 s): it renames the file and calls ReopenContainerLog, and crictld's logger goes on
+    in a new file, not a line lost or repeated. kubelet keeps containerLogMaxFiles (3,
+    compressing the older ones), and serves the newest lines."""
+    k = node.kubelet
+    line = f"i=$((i+1)); echo line $i {'x' * 100}"  # ~120 bytes a line in the CRI format
+    script = f"i=0; while :; do {line}; [ $((i % 100)) = 0 ] && sleep 1; done"
+    name = start(node, pods, node.pod("chatty", [node.container("c", script)]))
+    pod = k.wait_running(name)
+    log_dir = k.pod_logs_dir / f"default_{k.pod_name(name)}_{pod['metadata']['uid']}" / "c"
+
+    def numbers(path: Path) -> list[int]:
+        text = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        return [int(line.split()[4]) for line in text.decode().splitlines()]
+
+    def rotated() -> list[Path]:  # oldest first (their names end with the time of the rotation)
+        return sorted(
+            p for p in log_dir.iterdir() if p.name.startswith("0.log.") and p.suffix != ".tmp"
+        )
+
+    def files() -> str:
+        return str(sorted(p.name for p in log_dir.iterdir()))
+
+    wait_for("two rotations", lambda: len(rotated()) >= 2, 60, files)
+    deadline = time.monotonic() + 30
+    while True:  # the newest rotated file and the current one, with no rotation in between
+        before = rotated()
+        current = numbers(log_dir / "0.log")  # empty until the writer's next line
+        newest = numbers(before[-1])
+        if (rotated() == before and current) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert newest and current, (newest[-3:], current[:3])
+    assert current[0] == newest[-1] + 1, (newest[-3:], current[:3])
+    assert before[0].suffix == ".gz", files()
+    wait_for(
+        "at most containerLogMaxFiles files", lambda: len(list(log_dir.iterdir())) <= 3, 15, files
+    )
+    tail = k.container_logs(name, "c", tailLines="1")
+    assert tail.startswith("line ") and int(tail.split()[1]) >= current[-1], tail
 
 
 def test_crash_loop_restart_count_grows(node: Node, pods: list[str]) -> None:

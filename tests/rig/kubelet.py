@@ -201,6 +201,11 @@ class Kubelet:
                 "imagefs.available": "1%",
                 "imagefs.inodesFree": "1%",
             },
+            # Small enough for a test to see kubelet rotate a log (and call ReopenContainerLog)
+            # within seconds; the long-lived pods' few bytes a second never reach it.
+            "containerLogMaxSize": "64Ki",
+            "containerLogMaxFiles": 3,
+            "containerLogMonitorInterval": "3s",
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
             "resolvConf": "/etc/resolv.conf",
