@@ -378,6 +378,25 @@ def test_crash_loop_restart_count_grows(node: Node, pods: list[str]) -> None:
         )
 
 
+def test_an_oom_kill_is_reported_as_oomkilled(node: Node, pods: list[str]) -> None:
+    """A container past its memory limit is killed by the kernel: kubelet reports it terminated
+    with reason OOMKilled and exit code 137, from crictld's ContainerStatus (which learns of the
+    kill from containerd's /tasks/oom event); its log stays readable through kubelet."""
+    k = node.kubelet
+    limits = {"limits": {"memory": "32Mi"}}
+    hog = node.container("c", "echo filling; dd if=/dev/zero of=/dev/null bs=64M", resources=limits)
+    name = start(node, pods, node.pod("oom", [hog], restartPolicy="Never"))
+    pod = k.wait_pod(
+        name,
+        "the container terminated",
+        lambda p: "terminated" in statuses(p).get("c", {}).get("state", {}),
+        timeout=60,
+    )
+    terminated = statuses(pod)["c"]["state"]["terminated"]
+    assert (terminated["reason"], terminated["exitCode"]) == ("OOMKilled", 137), terminated
+    assert "filling" in k.container_logs(name, "c")
+
+
 def test_exec_readiness_probe(node: Node, pods: list[str]) -> None:
     """Not ready, ready while the probe's file exists, not ready again. Each phase lasts 8 s:
     with EventedPLEG, kubelet's pod worker sees a container it just started as running only
