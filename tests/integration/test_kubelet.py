@@ -367,6 +367,7 @@ def test_crash_loop_restart_count_grows(node: Node, pods: list[str]) -> None:
     )
     assert attempts and attempts[-1] >= 2, attempts
     assert "attempt" in k.container_logs(name, "c")
+    assert "attempt" in k.container_logs(name, "c", previous="true")  # the attempt before
     if not any(reason == "CrashLoopBackOff" for _, reason in seen):
         k.wait_pod(
             name,
