@@ -398,6 +398,30 @@ def test_an_oom_kill_is_reported_as_oomkilled(node: Node, pods: list[str]) -> No
     assert "filling" in k.container_logs(name, "c")
 
 
+def test_termination_messages(node: Node, pods: list[str]) -> None:
+    """kubelet's termination message, from the file it mounts at terminationMessagePath and,
+    with FallbackToLogsOnError, from the tail of the container's log (read in crictld's CRI
+    log format) when that file is empty and the container failed."""
+    k = node.kubelet
+    written = node.container("file", "echo -n 'written to the file' > /dev/termination-log")
+    fallback = node.container(
+        "logs",
+        "echo earlier; echo 'last words'; exit 2",
+        terminationMessagePolicy="FallbackToLogsOnError",
+    )
+    name = start(node, pods, node.pod("bye", [written, fallback], restartPolicy="Never"))
+
+    def both_terminated(p: Json) -> bool:
+        cs = statuses(p)
+        return all("terminated" in cs.get(c, {}).get("state", {}) for c in ("file", "logs"))
+
+    pod = k.wait_pod(name, "both containers terminated", both_terminated, timeout=60)
+    file = statuses(pod)["file"]["state"]["terminated"]
+    assert (file["exitCode"], file.get("message")) == (0, "written to the file"), file
+    logs = statuses(pod)["logs"]["state"]["terminated"]
+    assert logs["exitCode"] == 2 and logs.get("message") == "earlier\nlast words\n", logs
+
+
 def test_exec_readiness_probe(node: Node, pods: list[str]) -> None:
     """Not ready, ready while the probe's file exists, not ready again. Each phase lasts 8 s:
     with EventedPLEG, kubelet's pod worker sees a container it just started as running only
