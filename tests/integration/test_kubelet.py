@@ -32,7 +32,14 @@ from crictl.containerd.managed import ManagedContainerd
 from tests.rig.cni import CniNetwork, make_network
 from tests.rig.daemon import Daemon
 from tests.rig.inventory import purge_namespace
-from tests.rig.kubelet import Json, Kubelet, KubeletStream, kubelet_bin, unmount_below
+from tests.rig.kubelet import (
+    Json,
+    Kubelet,
+    KubeletStream,
+    free_port,
+    kubelet_bin,
+    unmount_below,
+)
 from tests.rig.leaks import Holdings, holdings
 from tests.rig.registry import Registry
 
@@ -538,6 +545,50 @@ def test_host_to_pod_and_pod_to_pod_networking(node: Node, steady: Json, pods: l
         20,
         lambda: k.container_logs(name, "c"),
     )
+
+
+def test_host_port_reaches_the_pod(node: Node, pods: list[str]) -> None:
+    """A hostPort: kubelet passes the pod's port mappings in RunPodSandbox, crictld hands them
+    to the configuration's portmap plugin (its portMappings capability), and the port on the
+    node reaches the pod; the pod's removal takes the mapping away."""
+    k = node.kubelet
+    port = free_port()
+
+    def nat_rules() -> str:
+        save = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True)
+        return save.stdout
+
+    web = {
+        "name": "nginx",
+        "image": node.nginx,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"containerPort": 80, "hostPort": port, "protocol": "TCP"}],
+    }
+    name = start(node, pods, node.pod("hostport", [web]))
+    k.wait_running(name)
+    # The node's loopback: portmap DNATs it and masquerades the source (its route_localnet
+    # path). The rig's pods have no default route, so the node's other addresses, whose
+    # replies would need one, are not what this checks.
+    url = f"http://127.0.0.1:{port}/"
+    wait_for(f"{url} reaches the pod", lambda: "Welcome to nginx" in fetch(url), 20, lambda: url)
+    assert f"--dport {port} " in nat_rules() and f"--dports {port} " in nat_rules()
+    k.remove_manifest(name)
+    pods.remove(name)
+    k.wait_gone(name, timeout=30)
+    wait_for(
+        "portmap's rules gone",
+        lambda: f" {port} " not in nat_rules(),  # neither --dport nor --dports
+        30,
+        nat_rules,
+    )
+
+
+def fetch(url: str) -> str:
+    """The page at `url`, or "" if nothing answers."""
+    try:
+        return http_get(url, timeout=1)
+    except OSError:
+        return ""
 
 
 def cgroup_dir(pid: int, controller: str) -> Path:
