@@ -161,9 +161,11 @@ class PodSandboxes:
             labels=row.labels,
             annotations=row.annotations,
             runtime_handler=row.runtime_handler,
+            # Always present, as containerd's CRI sends it: without it kubelet logs "doesn't
+            # have network information" at each status of a ready host-network pod.
+            network=api_pb2.PodSandboxNetworkStatus(ip=row.ip or ""),
         )
         if row.ip:
-            status.network.ip = row.ip
             status.network.additional_ips.extend(
                 api_pb2.PodIP(ip=ip) for ip in json.loads(row.additional_ips)
             )
