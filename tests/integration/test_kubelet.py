@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -581,6 +582,25 @@ def test_host_port_reaches_the_pod(node: Node, pods: list[str]) -> None:
         30,
         nat_rules,
     )
+
+
+def test_host_network_pod(node: Node, pods: list[str]) -> None:
+    """hostNetwork: kubelet asks for the node's network and UTS namespaces, and crictld runs no
+    CNI for the pod: its container is in the node's network and UTS namespaces (the same
+    namespace inodes as this process's), and the pod holds no netns or IP of its own."""
+    k = node.kubelet
+    script = "readlink /proc/self/ns/net; readlink /proc/self/ns/uts; hostname; " + LOOP
+    name = start(node, pods, node.pod("hostnet", [node.container("c", script)], hostNetwork=True))
+    k.wait_running(name)
+    [sid] = node.sandbox_ids(name)
+    wait_for(
+        "the container's output", lambda: len(k.container_logs(name, "c").split()) >= 3, 15, str
+    )
+    net, uts, hostname = k.container_logs(name, "c").split()[:3]
+    assert (net, uts) == (os.readlink("/proc/self/ns/net"), os.readlink("/proc/self/ns/uts"))
+    assert hostname == socket.gethostname()
+    assert sid not in node.held().netns
+    assert node.crictl_json("inspectp", sid)["status"]["network"]["ip"] == ""
 
 
 def fetch(url: str) -> str:
