@@ -601,6 +601,8 @@ def test_host_network_pod(node: Node, pods: list[str]) -> None:
     assert hostname == socket.gethostname()
     assert sid not in node.held().netns
     assert node.crictl_json("inspectp", sid)["status"]["network"]["ip"] == ""
+    # kubelet read its statuses: a status without a network field would have made it log this
+    assert "doesn't have network information" not in k.log()
 
 
 def fetch(url: str) -> str:
