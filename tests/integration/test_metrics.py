@@ -4,18 +4,13 @@ pods and containers by phase."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import socket
-import time
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from crictl.gen.cri.runtime.v1 import api_pb2
-from tests.integration.test_sandboxes import pod_config, remove, run, status
+from tests.integration.test_sandboxes import kill_pause, pod_config, remove, run
 from tests.rig.daemon import Daemon
 
 pytestmark = pytest.mark.integration
@@ -90,12 +85,7 @@ def test_metrics_after_a_few_calls(image_daemon: Daemon) -> None:
     assert "crictld_pods_lost" not in m or all(v == 0 for _, v, _ in m["crictld_pods_lost"])
 
     # a pod the daemon finds broken is counted by reason
-    pid = json.loads(status(d, sid).info["info"])["pid"]
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while status(d, sid).status.state != api_pb2.SANDBOX_NOTREADY:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    kill_pause(d, sid)
     lost = {
         labels["reason"]: v
         for labels, v, name in scrape(address)["crictld_pods_lost"]

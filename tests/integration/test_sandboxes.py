@@ -275,17 +275,25 @@ def test_host_network_pod_has_no_netns_and_no_ip(
     assert_nothing_held(d, cni_network, [sid])
 
 
+def wait_notready(d: Daemon, sid: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while status(d, sid).status.state != api_pb2.SANDBOX_NOTREADY:
+        assert time.monotonic() < deadline, f"{sid} stayed READY for {timeout}s"
+        time.sleep(0.05)
+
+
+def kill_pause(d: Daemon, sid: str) -> None:
+    """SIGKILL to the pod's pause process, then wait for the daemon to make the pod NOTREADY."""
+    os.kill(json.loads(status(d, sid).info["info"])["pid"], signal.SIGKILL)
+    wait_notready(d, sid, 10)
+
+
 def test_a_pause_task_that_dies_makes_the_sandbox_notready(
     image_daemon: Daemon, cni_network: CniNetwork
 ) -> None:
     d = image_daemon
     sid = run(d, pod_config())
-    pid = json.loads(status(d, sid).info["info"])["pid"]
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while status(d, sid).status.state != api_pb2.SANDBOX_NOTREADY:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    kill_pause(d, sid)
     info = json.loads(status(d, sid).info["info"])
     assert info["reason"] == "PauseExited"
     assert not_ready_logged(d) == {sid: "PauseExited"}
@@ -335,10 +343,7 @@ def test_a_pod_whose_network_check_fails_after_a_restart_is_notready(
     d.signal(signal.SIGKILL)
     (cni_network.ipam_dir / cni_network.name / ip).unlink()
     d.start()
-    deadline = time.monotonic() + 15
-    while status(d, sid).status.state != api_pb2.SANDBOX_NOTREADY:
-        assert time.monotonic() < deadline, "the pod stayed READY"
-        time.sleep(0.05)
+    wait_notready(d, sid, 15)
     assert json.loads(status(d, sid).info["info"])["reason"] == "NetworkCheckFailed"
     assert not_ready_logged(d) == {sid: "NetworkCheckFailed"}
     stop(d, sid)
