@@ -674,10 +674,10 @@ class SandboxReconciler:
                 record_event(session, "sandbox", row.id, "readopted", message=f"pid {pid}")
             return [lost for lost in gone if record_sandbox_lost(session, *lost)]
 
-        if gone or kept:
-            _report_lost(await self.store.write(record))
+        marked = await self.store.write(record) if gone or kept else []
+        _report_lost(marked)
         if recovering:
-            log.info("re-adopted pods", extra={"readopted": len(kept), "not_ready": len(gone)})
+            log.info("re-adopted pods", extra={"readopted": len(kept), "not_ready": len(marked)})
             to_check = [r for r, _ in kept if not host_network(config_of(r)) and r.cni_result]
             self._to_check += to_check
             self._checking.update(r.id for r in to_check)
