@@ -323,6 +323,8 @@ def test_restart_keeps_states_ips_and_created_at(
     after = {sid: status(d, sid).status for sid in (ready, notready)}
     assert after == before
     assert json.loads(status(d, ready).info["info"])["pid"] == pid  # re-adopted, not restarted
+    time.sleep(2)  # the re-adopted pod's CNI CHECK runs in the background once the daemon serves
+    assert status(d, ready).status.state == api_pb2.SANDBOX_READY
     assert not_ready_logged(d) == {}
     assert ping(after[ready].network.ip)
     for sid in (ready, notready):
