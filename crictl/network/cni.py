@@ -3,6 +3,10 @@
 The network is the lexically first `*.conflist`, `*.conf` or `*.json` file in the config dir
 (a `.conf` holds a single plugin and is wrapped into a list). It is usable when it parses, names
 a network and a cniVersion, and every plugin's binary is found in one of the bin dirs.
+
+A pod's ADD runs with that network; its CHECK and DEL run with the configuration the ADD ran
+with, which its row keeps (`NetworkConfig.stored`, `pod_network_config`), as libcni's cache lets
+a runtime do: the config dir may have changed in between.
 """
 
 from __future__ import annotations
@@ -25,12 +29,21 @@ CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    path: Path
+    path: Path | None  # None: the configuration a pod was set up with, from its row
     name: str
     cni_version: str
     plugins: list[dict[str, Any]]
     raw: dict[str, Any]
     plugin_paths: dict[str, Path]
+
+    def stored(self) -> str:
+        """The network as a conflist in JSON (a `.conf` wrapped, as libcni does): what a pod's
+        row keeps of the configuration its network was added with, so that its CHECK and DEL
+        run with it even once the files in the config dir have changed."""
+        conflist = self.raw
+        if "plugins" not in conflist:
+            conflist = {"cniVersion": self.cni_version, "name": self.name, "plugins": self.plugins}
+        return json.dumps(conflist, sort_keys=True, separators=(",", ":"))
 
 
 class NetworkNotReady(errors.FailedPrecondition):
@@ -63,29 +76,60 @@ def load_network_config(conf_dir: Path, bin_dirs: list[Path]) -> NetworkConfig:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise NetworkNotReady("InvalidCNIConfig", f"CNI config {path}: {e}") from e
+    return _parse(raw, path, path.suffix == ".conflist", bin_dirs)
+
+
+def stored_network_config(text: str, bin_dirs: list[Path]) -> NetworkConfig:
+    """A pod's network configuration from its row (`NetworkConfig.stored`)."""
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise NetworkNotReady("InvalidCNIConfig", f"the stored CNI config: {e}") from e
+    return _parse(raw, None, True, bin_dirs)
+
+
+def pod_network_config(
+    stored: str | None, conf_dir: Path, bin_dirs: list[Path]
+) -> tuple[NetworkConfig, str]:
+    """The network a pod's CHECK and DEL run with: the configuration its ADD ran with (`stored`,
+    from its row), so that they act on what the pod holds even after the config dir changed (a
+    network renamed keeps host-local's addresses under the old name). With none stored (a row
+    from before crictld kept it), or one that can no longer run (a plugin gone), the config
+    dir's network, as containerd's CRI always uses; the second value then says why ("" when
+    the stored one is used or there was none)."""
+    if stored is None:
+        return load_network_config(conf_dir, bin_dirs), ""
+    try:
+        return stored_network_config(stored, bin_dirs), ""
+    except NetworkNotReady as e:
+        return load_network_config(conf_dir, bin_dirs), str(e)
+
+
+def _parse(raw: object, path: Path | None, conflist: bool, bin_dirs: list[Path]) -> NetworkConfig:
+    where = f"CNI config {path}" if path is not None else "the stored CNI config"
     if not isinstance(raw, dict):
-        raise NetworkNotReady("InvalidCNIConfig", f"CNI config {path}: not a JSON object")
-    if path.suffix == ".conflist" or "plugins" in raw:
+        raise NetworkNotReady("InvalidCNIConfig", f"{where}: not a JSON object")
+    if conflist or "plugins" in raw:
         plugins = raw.get("plugins")
         if not isinstance(plugins, list) or not plugins:
-            raise NetworkNotReady("InvalidCNIConfig", f"CNI config {path}: no plugins")
+            raise NetworkNotReady("InvalidCNIConfig", f"{where}: no plugins")
     else:
         plugins = [raw]
     name, version = raw.get("name"), raw.get("cniVersion")
     if not isinstance(name, str) or not name:
-        raise NetworkNotReady("InvalidCNIConfig", f"CNI config {path}: no network name")
+        raise NetworkNotReady("InvalidCNIConfig", f"{where}: no network name")
     if not isinstance(version, str) or not version:
-        raise NetworkNotReady("InvalidCNIConfig", f"CNI config {path}: no cniVersion")
+        raise NetworkNotReady("InvalidCNIConfig", f"{where}: no cniVersion")
     paths: dict[str, Path] = {}
     for plugin in plugins:
         plugin_type = plugin.get("type") if isinstance(plugin, dict) else None
         if not isinstance(plugin_type, str):
-            raise NetworkNotReady("InvalidCNIConfig", f"CNI config {path}: a plugin has no type")
+            raise NetworkNotReady("InvalidCNIConfig", f"{where}: a plugin has no type")
         found = find_plugin(plugin_type, bin_dirs)
         if found is None:
             dirs = ":".join(str(d) for d in bin_dirs)
             raise NetworkNotReady(
-                "CNIPluginMissing", f"CNI plugin {plugin_type!r} ({path}) not found in {dirs}"
+                "CNIPluginMissing", f"CNI plugin {plugin_type!r} ({where}) not found in {dirs}"
             )
         paths[plugin_type] = found
     return NetworkConfig(path, name, version, plugins, raw, paths)

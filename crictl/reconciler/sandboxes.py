@@ -361,9 +361,11 @@ class SandboxReconciler:
                 await cni.delete(net, *args, None, self.settings.cni_bin_dirs)
             result = await cni.add(net, *args, self.settings.cni_bin_dirs)
             faults.point("sandbox-run:after-cni-add")
-            raw = json.dumps(result.raw)
+            raw, used = json.dumps(result.raw), net.stored()
             await self.store.write(
-                lambda s: record_sandbox_network(s, sid, raw, result.ip, result.additional_ips)
+                lambda s: record_sandbox_network(
+                    s, sid, raw, result.ip, result.additional_ips, used
+                )
             )
             faults.point("sandbox-run:after-cni-recorded")
             ip = result.ip
@@ -519,12 +521,18 @@ class SandboxReconciler:
         async def release_network() -> None:
             if host_network(config) or row.network_released:
                 return
-            net = await trace.to_thread(
+            net, unusable = await trace.to_thread(
                 "cni config",
-                cni.load_network_config,
+                cni.pod_network_config,
+                row.cni_config,
                 self.settings.cni_conf_dir,
                 self.settings.cni_bin_dirs,
             )
+            if unusable:
+                log.warning(
+                    "pod network released with the config dir's network",
+                    extra={"sandbox": sid, "error": unusable},
+                )
             path = self.netns_path(sid)
             netns_arg = str(path) if await asyncio.to_thread(netns.is_netns, path) else ""
             prev = json.loads(row.cni_result) if row.cni_result else None
@@ -747,34 +755,72 @@ class SandboxReconciler:
     async def _check_networks(self, rows: list[PodSandbox | SandboxView]) -> None:
         """CNI CHECK of each re-adopted pod (interfaces, addresses, routes as CNI set them up),
         a few at a time; a pod whose check fails is NOTREADY, as if its network broke just
-        after the restart. Run in the background: each check executes the chain's plugins."""
-        try:
-            net = await asyncio.to_thread(
-                cni.load_network_config, self.settings.cni_conf_dir, self.settings.cni_bin_dirs
-            )
-        except errors.CrictlError as e:
-            log.warning("pod network checks skipped", extra={"error": str(e)})
-            self._checking.clear()
-            return
+        after the restart. Run in the background: each check executes the chain's plugins.
 
-        async def check(row: PodSandbox | SandboxView) -> None:
-            config = config_of(row)
+        Each pod is checked with the configuration its ADD ran with (kept in its row): the
+        config dir's network may have been renamed or changed while crictld was down, which
+        says nothing of the pods already wired. A pod whose configuration can no longer run (a
+        plugin gone) is not checked: that is no evidence its network broke."""
+        groups: dict[str | None, list[PodSandbox | SandboxView]] = {}
+        for row in rows:
+            groups.setdefault(row.cni_config, []).append(row)
+        checks: list[Coroutine[Any, Any, bool | None]] = []
+        skipped = 0
+        for stored, group in groups.items():
             try:
-                await cni.check(
-                    net,
-                    row.id,
-                    str(self.netns_path(row.id)),
-                    cni_args(row.id, config),
-                    capability_args(config),
-                    json.loads(row.cni_result or "{}"),
+                net, unusable = await asyncio.to_thread(
+                    cni.pod_network_config,
+                    stored,
+                    self.settings.cni_conf_dir,
                     self.settings.cni_bin_dirs,
                 )
-            except errors.CrictlError as e:
-                await self._record_lost([(row.id, "NetworkCheckFailed", str(e))])
-            finally:
-                self._checking.discard(row.id)
+            except cni.NetworkNotReady as e:
+                unusable = str(e)
+            if unusable:
+                ids = [r.id for r in group]
+                log.warning(
+                    "pod network checks skipped", extra={"sandboxes": ids, "error": unusable}
+                )
+                self._checking.difference_update(ids)
+                skipped += len(ids)
+                continue
+            checks += [self._check_network(net, row) for row in group]
+        outcomes: list[bool | None] = []
 
-        await _bounded(RECOVERY_CONCURRENCY, [check(r) for r in rows])
+        async def run(check: Coroutine[Any, Any, bool | None]) -> None:
+            outcomes.append(await check)
+
+        await _bounded(RECOVERY_CONCURRENCY, [run(c) for c in checks])
+        log.info(
+            "pod networks checked",
+            extra={
+                "passed": outcomes.count(True),
+                "failed": outcomes.count(False),
+                "not_checked": skipped + outcomes.count(None),
+            },
+        )
+
+    async def _check_network(
+        self, net: cni.NetworkConfig, row: PodSandbox | SandboxView
+    ) -> bool | None:
+        """Whether the pod's network passed its CHECK (None: the network runs none)."""
+        config = config_of(row)
+        try:
+            checked = await cni.check(
+                net,
+                row.id,
+                str(self.netns_path(row.id)),
+                cni_args(row.id, config),
+                capability_args(config),
+                json.loads(row.cni_result or "{}"),
+                self.settings.cni_bin_dirs,
+            )
+            return True if checked else None
+        except errors.CrictlError as e:
+            await self._record_lost([(row.id, "NetworkCheckFailed", str(e))])
+            return False
+        finally:
+            self._checking.discard(row.id)
 
 
 def _report_lost(marked: list[tuple[str, str, str]]) -> None:

@@ -107,6 +107,8 @@ class PodSandbox(Base):
 
     netns_path: Mapped[str | None] = mapped_column(Text)
     cni_result: Mapped[str | None] = mapped_column(Text)  # the CNI ADD result, JSON
+    # The network configuration (a conflist, JSON) the ADD ran with: CHECK and DEL use it.
+    cni_config: Mapped[str | None] = mapped_column(Text)
     ip: Mapped[str | None] = mapped_column(Text)
     additional_ips: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
     pause_container_id: Mapped[str | None] = mapped_column(String(64))

@@ -30,6 +30,7 @@ import dataclasses
 import enum
 import functools
 import itertools
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class SandboxView:
     observed_generation: int
     netns_path: str | None
     cni_result: str | None
+    cni_config: str | None
     ip: str | None
     additional_ips: str
     pause_container_id: str | None
@@ -136,6 +138,8 @@ def _sandbox_view(
     row: PodSandbox, labels: Mapping[str, str], annotations: Mapping[str, str]
 ) -> SandboxView:
     values = {c: getattr(row, c) for c in _SANDBOX_COLUMNS}
+    if row.cni_config is not None:
+        values["cni_config"] = sys.intern(row.cni_config)  # the pods of a network share one
     return SandboxView(**values, labels=labels, annotations=annotations)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -72,6 +73,7 @@ def create_sandbox(session: Session, new: NewSandbox) -> tuple[SandboxView, bool
         observed_generation=0,
         netns_path=new.netns_path,
         cni_result=None,
+        cni_config=None,
         ip=None,
         additional_ips="[]",
         pause_container_id=None,
@@ -167,11 +169,15 @@ def record_sandbox_network(
     cni_result: str | None,
     ip: str | None,
     additional_ips: list[str],
+    cni_config: str,
 ) -> None:
+    """The CNI ADD's result, with the network configuration it ran with (kept once in memory
+    for all the pods that share it)."""
     change(
         session,
         _must(session, sandbox_id),
         cni_result=cni_result,
+        cni_config=sys.intern(cni_config),
         ip=ip,
         additional_ips=json.dumps(additional_ips),
         updated_at=now_ns(),

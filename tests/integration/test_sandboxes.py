@@ -308,6 +308,18 @@ def not_ready_logged(d: Daemon) -> dict[str, str]:
     return {r["sandbox"]: r["reason"] for r in records}
 
 
+def network_checks(d: Daemon, timeout: float = 30) -> dict[str, int]:
+    """The counts of the CNI CHECK this start of the daemon ran on the pods it re-adopted
+    (in the background, once it serves), once it has logged them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = [json.loads(line) for line in d.log().splitlines() if "pod networks checked" in line]
+        if done:
+            return {k: done[0][k] for k in ("passed", "failed", "not_checked")}
+        assert time.monotonic() < deadline, f"no pod networks checked within {timeout}s"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_restart_keeps_states_ips_and_created_at(
     image_daemon: Daemon, cni_network: CniNetwork, how: signal.Signals
@@ -323,7 +335,7 @@ def test_restart_keeps_states_ips_and_created_at(
     after = {sid: status(d, sid).status for sid in (ready, notready)}
     assert after == before
     assert json.loads(status(d, ready).info["info"])["pid"] == pid  # re-adopted, not restarted
-    time.sleep(2)  # the re-adopted pod's CNI CHECK runs in the background once the daemon serves
+    assert network_checks(d) == {"passed": 1, "failed": 0, "not_checked": 0}
     assert status(d, ready).status.state == api_pb2.SANDBOX_READY
     assert not_ready_logged(d) == {}
     assert ping(after[ready].network.ip)
@@ -345,12 +357,52 @@ def test_a_pod_whose_network_check_fails_after_a_restart_is_notready(
     d.signal(signal.SIGKILL)
     (cni_network.ipam_dir / cni_network.name / ip).unlink()
     d.start()
-    wait_notready(d, sid, 15)
+    assert network_checks(d) == {"passed": 0, "failed": 1, "not_checked": 0}
+    assert status(d, sid).status.state == api_pb2.SANDBOX_NOTREADY
     assert json.loads(status(d, sid).info["info"])["reason"] == "NetworkCheckFailed"
     assert not_ready_logged(d) == {sid: "NetworkCheckFailed"}
     stop(d, sid)
     remove(d, sid)
     assert_nothing_held(d, cni_network, [sid])
+
+
+def test_a_network_renamed_while_down_keeps_its_pods_and_releases_their_ips(
+    image_daemon: Daemon, cni_network: CniNetwork
+) -> None:
+    """The config dir's network renamed while crictld is down (an add-on upgrade may do it):
+    the pods it re-adopts are checked, then released, with the configuration their ADD ran
+    with (their row keeps it; host-local keeps their addresses under the network's old name).
+    They stay READY, and their IPs are released at their stop; a new pod joins the renamed
+    network."""
+    d = image_daemon
+    old = run(d, pod_config("old", "u1"))
+    ip = status(d, old).status.network.ip
+    (conflist,) = cni_network.conf_dir.iterdir()
+    conf = json.loads(conflist.read_text())
+    (row,) = json.loads(
+        d.sql("--json", f"SELECT cni_config FROM pod_sandbox WHERE id = '{old}'").stdout
+    )
+    assert json.loads(row["cni_config"]) == conf  # what an operator reads of the pod's network
+    d.signal(signal.SIGKILL)
+    renamed = f"{cni_network.name}-renamed"
+    conflist.write_text(json.dumps({**conf, "name": renamed}))
+    d.start()
+    assert network_checks(d) == {"passed": 1, "failed": 0, "not_checked": 0}
+    assert status(d, old).status.state == api_pb2.SANDBOX_READY
+    assert not_ready_logged(d) == {}
+    assert ping(ip)
+    new = run(d, pod_config("new", "u2"))
+    new_ip = status(d, new).status.network.ip
+    assert [p.name for p in (cni_network.ipam_dir / renamed).iterdir() if p.name[0].isdigit()] == [
+        new_ip
+    ]
+    stop(d, old)
+    assert not (cni_network.ipam_dir / cni_network.name / ip).exists()  # released by DEL
+    stop(d, new)
+    assert not (cni_network.ipam_dir / renamed / new_ip).exists()
+    for sid in (old, new):
+        remove(d, sid)
+    assert_nothing_held(d, cni_network, [old, new])
 
 
 def test_what_vanished_while_down_is_notready_and_still_cleaned(

@@ -5,7 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from crictl.network.cni import NetworkNotReady, load_network_config
+from crictl.network.cni import (
+    NetworkNotReady,
+    load_network_config,
+    pod_network_config,
+    stored_network_config,
+)
 
 
 @pytest.fixture
@@ -43,6 +48,63 @@ def test_single_plugin_conf_is_wrapped(tmp_path: Path, bin_dir: Path) -> None:
     _write(tmp_path / "net.d", "10.conf", {"cniVersion": "0.4.0", "name": "n", "type": "bridge"})
     net = load_network_config(tmp_path / "net.d", [bin_dir])
     assert [p["type"] for p in net.plugins] == ["bridge"]
+
+
+def test_a_pods_stored_config_is_the_network_it_was_added_with(
+    tmp_path: Path, bin_dir: Path
+) -> None:
+    """What a row keeps is a conflist (a `.conf` wrapped) that parses back to the same network;
+    CHECK and DEL use it even once the config dir names another network."""
+    conf = tmp_path / "net.d"
+    _write(conf, "10.conf", {"cniVersion": "0.4.0", "name": "old", "type": "bridge", "mtu": 1400})
+    added = load_network_config(conf, [bin_dir])
+    stored = added.stored()
+    assert json.loads(stored) == {
+        "cniVersion": "0.4.0",
+        "name": "old",
+        "plugins": [{"cniVersion": "0.4.0", "name": "old", "type": "bridge", "mtu": 1400}],
+    }
+    back = stored_network_config(stored, [bin_dir])
+    assert (back.path, back.name, back.cni_version, back.plugins) == (
+        None,
+        "old",
+        "0.4.0",
+        added.plugins,
+    )
+    (conf / "10.conf").unlink()
+    conflist = {
+        "cniVersion": "1.0.0",
+        "name": "new",
+        "disableCheck": True,
+        "plugins": [{"type": "bridge"}],
+    }
+    _write(conf, "10.conflist", conflist)
+    assert json.loads(load_network_config(conf, [bin_dir]).stored()) == conflist
+    assert pod_network_config(stored, conf, [bin_dir]) == (back, "")
+    current = load_network_config(conf, [bin_dir])
+    assert pod_network_config(None, conf, [bin_dir]) == (current, "")  # a row from before
+
+
+def test_a_stored_config_that_cannot_run_gives_the_config_dirs_and_says_why(
+    tmp_path: Path, bin_dir: Path
+) -> None:
+    conf = tmp_path / "net.d"
+    _write(
+        conf, "10.conflist", {"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "bridge"}]}
+    )
+    current = load_network_config(conf, [bin_dir])
+    gone = json.dumps({"cniVersion": "1.0.0", "name": "o", "plugins": [{"type": "calico"}]})
+    net, why = pod_network_config(gone, conf, [bin_dir])
+    assert net == current
+    assert "CNI plugin 'calico' (the stored CNI config) not found in" in why
+    with pytest.raises(NetworkNotReady) as e:
+        stored_network_config(gone, [bin_dir])
+    assert e.value.reason == "CNIPluginMissing"
+    net, why = pod_network_config("{", conf, [bin_dir])
+    assert net == current and why.startswith("the stored CNI config: ")
+    (conf / "10.conflist").unlink()
+    with pytest.raises(NetworkNotReady):  # neither can run
+        pod_network_config(gone, conf, [bin_dir])
 
 
 @pytest.mark.parametrize(

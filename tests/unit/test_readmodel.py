@@ -310,7 +310,9 @@ def sandbox_change(sid: str, action: str, value: str) -> Callable[[Session], obj
             SandboxDesired(value) if value in list(SandboxDesired) else SandboxDesired.NOTREADY,
         ),
         "phase": phase,
-        "network": lambda s: ss.record_sandbox_network(s, sid, '{"r": 1}', "10.0.0.2", ["fd00::2"]),
+        "network": lambda s: ss.record_sandbox_network(
+            s, sid, '{"r": 1}', "10.0.0.2", ["fd00::2"], '{"name": "n"}'
+        ),
         "started": lambda s: ss.record_sandbox_started(s, sid, "p" * 64, 42),
         "notready": lambda s: ss.record_sandbox_not_ready(s, sid, "Exited", "gone"),
         "failed": lambda s: ss.record_setup_failed(s, sid, "cni failed"),
