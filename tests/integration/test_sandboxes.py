@@ -405,6 +405,34 @@ def test_a_network_renamed_while_down_keeps_its_pods_and_releases_their_ips(
     assert_nothing_held(d, cni_network, [old, new])
 
 
+def test_a_pod_from_before_its_network_config_was_kept_is_checked_and_released(
+    image_daemon: Daemon, cni_network: CniNetwork
+) -> None:
+    """The upgrade to revision 0005 with a pod running: its row keeps no network configuration,
+    so its CHECK and DEL use the config dir's network, as before."""
+    from alembic import command
+    from crictl.store.migrate import alembic_config, current_revision
+
+    d = image_daemon
+    sid = run(d, pod_config())
+    ip = status(d, sid).status.network.ip
+    d.signal(signal.SIGTERM)
+    db = d.state_dir / "crictld.db"
+    command.downgrade(alembic_config(db), "0004")
+    d.start()
+    assert current_revision(db) == "0005"
+    assert network_checks(d) == {"passed": 1, "failed": 0, "not_checked": 0}
+    (row,) = json.loads(
+        d.sql("--json", f"SELECT cni_config FROM pod_sandbox WHERE id = '{sid}'").stdout
+    )
+    assert row["cni_config"] is None
+    assert status(d, sid).status.state == api_pb2.SANDBOX_READY
+    stop(d, sid)
+    assert not (cni_network.ipam_dir / cni_network.name / ip).exists()
+    remove(d, sid)
+    assert_nothing_held(d, cni_network, [sid])
+
+
 def test_what_vanished_while_down_is_notready_and_still_cleaned(
     image_daemon: Daemon, cni_network: CniNetwork
 ) -> None:
