@@ -75,6 +75,14 @@ STORE_WRITES = Histogram(
     buckets=_CALL_BUCKETS,
     registry=REGISTRY,
 )
+STORE_WRITE_REFUSALS = Counter(
+    "crictld_store_write_refusals_total",
+    "SQLite writes the node refused, by reason (full: the state disk is full; io; readonly; "
+    "busy: another process held the write lock): the CRI call or reconcile pass failed and "
+    "changed nothing.",
+    ("reason",),
+    registry=REGISTRY,
+)
 EVENTS_TRIMMED = Counter(
     "crictld_event_log_trimmed_total",
     "Event log rows deleted to keep the log at its bound (event_log_rows).",

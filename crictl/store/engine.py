@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from crictl import metrics, trace
+from crictl import errors, metrics, trace
 from crictl.store.events import COMMITTED_EVENTS, RecordedEvent
 from crictl.store.readmodel import ReadModel, Snapshot, begin, track
 
@@ -42,6 +43,18 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
+
+# SQLite's primary result codes for a write the node refused, as CRI errors (by `_refusal`).
+_REFUSALS: dict[int, tuple[str, type[errors.CrictlError], str]] = {
+    sqlite3.SQLITE_FULL: ("full", errors.ResourceExhausted, "its disk is full"),
+    sqlite3.SQLITE_IOERR: ("io", errors.Unavailable, "an I/O error"),
+    sqlite3.SQLITE_READONLY: ("readonly", errors.Unavailable, "it is read-only"),
+    sqlite3.SQLITE_BUSY: (
+        "busy",
+        errors.Unavailable,
+        f"another process held its write lock for over {BUSY_TIMEOUT_MS / 1000:g}s",
+    ),
+}
 
 
 def sqlite_url(db_path: Path | str) -> str:
@@ -150,8 +163,14 @@ class Store:
         with self._write_lock, self._sessions() as session:
             started = time.perf_counter()
             begin(session, self.model.snapshot if self.model.built else None)
-            with session.begin():
-                result = fn(session)
+            try:
+                with session.begin():
+                    result = fn(session)
+            except DBAPIError as e:
+                refusal = self._refusal(e)
+                if refusal is None:
+                    raise
+                raise refusal from e
             committed = time.perf_counter()
             # Committed: the read model takes the rows before the write returns.
             try:
@@ -169,6 +188,27 @@ class Store:
             for listener in self._listeners:
                 listener(recorded)
         return result
+
+    def _refusal(self, error: DBAPIError) -> errors.CrictlError | None:
+        """What a write the node refused is to CRI (nothing was written: the transaction
+        rolled back): the state disk full, an I/O error, the file read-only, or the write lock
+        held by another process (a `sqlite3` shell in a write transaction) beyond the busy
+        timeout. None: a defect, raised as is."""
+        code = getattr(error.orig, "sqlite_errorcode", None)
+        if not isinstance(code, int):
+            return None
+        primary = code & 0xFF  # extended codes (SQLITE_IOERR_WRITE, ...) keep it in the low byte
+        kind = _REFUSALS.get(primary)
+        if kind is None:
+            return None
+        reason, cls, why = kind
+        metrics.STORE_WRITE_REFUSALS.labels(reason).inc()
+        name = getattr(error.orig, "sqlite_errorname", str(code))
+        database = self.engine.url.database
+        return cls(
+            f"crictld's state database {database} cannot be written: {why} ({name}); "
+            "nothing was changed"
+        )
 
     def read_sync(self, fn: Callable[[Session], T]) -> T:
         with self._sessions() as session:

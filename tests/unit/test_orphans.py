@@ -525,7 +525,7 @@ def test_the_inventory_reads_rows_read_only(store: Store, tmp_path: Path) -> Non
             (POD, "READY", "PENDING", str(NETNS_DIR / POD))
         ]
         assert rows.containers == () and rows.sandbox_ids == {POD}
-        with pytest.raises(Exception, match=r"readonly"):
+        with pytest.raises(errors.Unavailable, match=r"cannot be written: it is read-only"):
             reader.write_sync(
                 lambda s: create_sandbox(s, NewSandbox(GHOST, "x", "default", "u", 0, "{}", "d"))
             )

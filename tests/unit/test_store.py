@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
-from crictl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from crictl.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from crictl.store.engine import Store
 from crictl.store.events import list_events
 from crictl.store.models import LabelKind, SandboxDesired, SandboxPhase
@@ -178,3 +187,55 @@ def test_async_write_and_read(store: Store) -> None:
         return await store.read(lambda s: [x.name for x in list_sandboxes(s)])
 
     assert asyncio.run(go()) == ["web"]
+
+
+def test_a_write_the_disk_refuses_is_resource_exhausted_and_changes_nothing(
+    store: Store,
+) -> None:
+    """SQLite's "database or disk is full" (here: the file may not grow past its pages now)
+    rolls the transaction back whole and is ResourceExhausted naming the database; the rows
+    and the read model stay as they were, and the next write that fits goes through."""
+    from crictl import metrics
+
+    store.write_sync(lambda s: create_sandbox(s, new()))
+    with store.engine.connect() as conn:
+        pages = conn.execute(text("PRAGMA page_count")).scalar_one()
+
+    @event.listens_for(store.engine, "connect")
+    def cap(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    store.engine.dispose()  # the writer's next connection has the cap
+    big = "x" * 200_000
+    before = metrics.STORE_WRITE_REFUSALS.labels("full")._value.get()
+    with pytest.raises(ResourceExhausted) as e:
+        store.write_sync(lambda s: create_sandbox(s, new("b" * 64, "big", config=big)))
+    assert str(e.value).startswith(
+        f"crictld's state database {store.engine.url.database} cannot be written: its disk is full"
+    )
+    assert metrics.STORE_WRITE_REFUSALS.labels("full")._value.get() == before + 1
+    assert list(store.snapshot.sandboxes) == ["a" * 64]
+    assert store.read_sync(lambda s: [v.id for v in list_sandboxes(s, SandboxFilter())]) == [
+        "a" * 64
+    ]
+    store.write_sync(lambda s: set_sandbox_desired(s, "a" * 64, SandboxDesired.NOTREADY))
+    assert store.snapshot.sandboxes["a" * 64].desired == SandboxDesired.NOTREADY
+
+
+def test_a_write_lock_held_by_another_process_is_unavailable(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crictl.store import engine
+
+    monkeypatch.setattr(engine, "BUSY_TIMEOUT_MS", 50)
+    store.engine.dispose()
+    other = sqlite3.connect(str(store.engine.url.database), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # an operator's shell in a write transaction
+    try:
+        with pytest.raises(Unavailable, match="another process held its write lock"):
+            store.write_sync(lambda s: create_sandbox(s, new()))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.snapshot.sandboxes == {}
+    store.write_sync(lambda s: create_sandbox(s, new()))
