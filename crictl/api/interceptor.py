@@ -2,8 +2,8 @@
 
 Every CRI method handler is wrapped here: a CrictlError becomes its status code with its message,
 any other exception becomes INTERNAL (and is logged with its traceback), and each call logs one
-structured line with its method, status code and duration: at INFO, except a read that succeeded,
-at DEBUG (`READS`).
+structured line with its method, status code, duration and, for a call that failed, the error
+message kubelet got: at INFO, except a read that succeeded, at DEBUG (`READS`).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def status_code(error: errors.CrictlError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-async def _fail(method: str, error: BaseException, context: Context) -> grpc.StatusCode:
+async def _fail(method: str, error: BaseException, context: Context) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, errors.CrictlError):
         code = status_code(error)
         message = str(error)
@@ -89,10 +89,12 @@ async def _fail(method: str, error: BaseException, context: Context) -> grpc.Sta
         log.exception("unexpected error", extra={"rpc": method}, exc_info=error)
     context.set_code(code)
     context.set_details(message)
-    return code
+    return code, message
 
 
-def _log_call(method: str, code: grpc.StatusCode, started: float, spans: trace.Trace) -> None:
+def _log_call(
+    method: str, code: grpc.StatusCode, started: float, spans: trace.Trace, error: str
+) -> None:
     seconds = time.perf_counter() - started
     name = method.rsplit("/", 1)[-1]
     metrics.CRI_CALLS.labels(name, code.name).observe(seconds)
@@ -100,6 +102,8 @@ def _log_call(method: str, code: grpc.StatusCode, started: float, spans: trace.T
     if not log.isEnabledFor(level):
         return
     extra: dict[str, Any] = {"rpc": method, "code": code.name, "ms": round(seconds * 1000, 3)}
+    if error:
+        extra["error"] = error
     if spans.spans:
         extra["spans"] = spans.summary()
     if spans.timeline:
@@ -110,13 +114,13 @@ def _log_call(method: str, code: grpc.StatusCode, started: float, spans: trace.T
 def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:
     async def wrapped(request: Any, context: Context) -> Any:
         started = time.perf_counter()
-        code = grpc.StatusCode.OK
+        code, error = grpc.StatusCode.OK, ""
         spans = trace.Trace()
         token = trace.CURRENT.set(spans)
         try:
             return await handler(request, context)
         except Exception as e:  # every error leaves through the one mapping
-            code = await _fail(method, e, context)
+            code, error = await _fail(method, e, context)
             return None
         except asyncio.CancelledError:
             # The client went away or its deadline passed: the call did not answer OK (the
@@ -125,7 +129,7 @@ def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:
             raise
         finally:
             trace.CURRENT.reset(token)
-            _log_call(method, code, started, spans)
+            _log_call(method, code, started, spans, error)
 
     return wrapped
 
@@ -133,19 +137,19 @@ def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:
 def wrap_stream(method: str, handler: StreamHandler) -> StreamHandler:
     async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
         started = time.perf_counter()
-        code = grpc.StatusCode.OK
+        code, error = grpc.StatusCode.OK, ""
         spans = trace.Trace()
         token = trace.CURRENT.set(spans)
         try:
             async for item in handler(request, context):
                 yield item
         except Exception as e:
-            code = await _fail(method, e, context)
+            code, error = await _fail(method, e, context)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
             trace.CURRENT.reset(token)
-            _log_call(method, code, started, spans)
+            _log_call(method, code, started, spans, error)
 
     return wrapped
