@@ -42,6 +42,11 @@ from crictl.gen.containerd.api.events import task_pb2 as task_events
 log = logging.getLogger(__name__)
 
 MARKER_TOPIC = "/crictld/subscribed"
+# Published (with the subscription's marker) to run the resync again in the stream's order,
+# after an event or a resync could not be recorded.
+RESYNC_TOPIC = "/crictld/resync"
+RESYNC_RETRY_FIRST = 0.5
+RESYNC_RETRY_CAP = 10.0
 RETRY_FIRST = 0.2
 RETRY_CAP = 5.0
 MARKER_REPEAT = 0.1  # until the stream echoes it: the first may beat the subscription
@@ -82,6 +87,9 @@ class ContainerdEvents:
         self.last_resync_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._retry_now = asyncio.Event()
+        self._resync_retry: asyncio.Task[None] | None = None
+        self._resync_delay = RESYNC_RETRY_FIRST
+        self._resync_failures = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="containerd-events")
@@ -126,20 +134,28 @@ class ContainerdEvents:
                 'topic=="/tasks/oom"',
                 'topic~="/images/"',
                 f'topic=="{MARKER_TOPIC}"',
+                f'topic=="{RESYNC_TOPIC}"',
             ):
                 if env.topic == MARKER_TOPIC:
                     if env.event.value == marker and not self.subscribed:
                         announcer.cancel()
                         self.subscribed = True
                         self.subscriptions += 1
-                        await self._resync()
+                        await self._resync_or_retry(marker)
+                elif env.topic == RESYNC_TOPIC:
+                    if env.event.value == marker and self._resync_retry is not None:
+                        self._resync_retry = None
+                        await self._resync_or_retry(marker)
                 elif env.topic.startswith("/images/"):
                     for handle_image in self.handlers.on_image:
                         handle_image(env.topic, env.event)
                 elif env.topic == "/tasks/oom":
                     oom = task_events.TaskOOM.FromString(env.event.value)
-                    for handle_oom in self.handlers.on_oom:
-                        await handle_oom(oom.container_id)
+                    try:
+                        for handle_oom in self.handlers.on_oom:
+                            await handle_oom(oom.container_id)
+                    except errors.CrictlError as e:
+                        self._retry_resync(marker, "an OOM event was not recorded", e)
                 else:
                     event = task_events.TaskExit.FromString(env.event.value)
                     if event.id != event.container_id:
@@ -150,11 +166,17 @@ class ContainerdEvents:
                         event.exited_at.ToNanoseconds(),
                         event.pid,
                     )
-                    for handle_exit in self.handlers.on_exit:
-                        await handle_exit(exit_)
+                    try:
+                        for handle_exit in self.handlers.on_exit:
+                            await handle_exit(exit_)
+                    except errors.CrictlError as e:
+                        self._retry_resync(marker, "an exit event was not recorded", e)
         finally:
             announcer.cancel()
-            await asyncio.gather(announcer, return_exceptions=True)
+            retry, self._resync_retry = self._resync_retry, None
+            if retry is not None:  # the next subscription resyncs anyway
+                retry.cancel()
+            await asyncio.gather(announcer, *([retry] if retry else []), return_exceptions=True)
 
     async def _announce(self, marker: bytes) -> None:
         """Publishes our marker until it comes back through the stream: the subscription is
@@ -164,21 +186,51 @@ class ContainerdEvents:
                 await self.containerd.publish(MARKER_TOPIC, marker)
             await asyncio.sleep(MARKER_REPEAT)
 
-    async def _resync(self) -> None:
+    async def _resync_or_retry(self, marker: bytes) -> None:
+        """The resync, in the stream's order (no event is handled meanwhile). One that fails
+        (containerd away, or the store refusing writes: its disk full) is tried again, with
+        backoff, by a marker published to the stream; the stream itself is kept: should
+        containerd have gone, it breaks anyway and the next subscription resyncs."""
         started = time.monotonic()
-        for resync in self.handlers.resync:
-            try:
+        try:
+            for resync in self.handlers.resync:
                 await resync()
-            except errors.CrictlError as e:
-                # containerd went away again: the next subscription resyncs once more
-                log.warning("resync failed", extra={"error": str(e)})
-                raise
+        except errors.CrictlError as e:
+            self._retry_resync(marker, "resync failed", e)
+            return
         self.last_resync_at = time.time()
         self.synced.set()
         log.info(
             "resynced with containerd",
-            extra={"subscription": self.subscriptions, "ms": (time.monotonic() - started) * 1e3},
+            extra={
+                "subscription": self.subscriptions,
+                "ms": (time.monotonic() - started) * 1e3,
+                "failed_before": self._resync_failures,
+            },
         )
+        self._resync_delay, self._resync_failures = RESYNC_RETRY_FIRST, 0
+
+    def _retry_resync(self, marker: bytes, what: str, error: errors.CrictlError) -> None:
+        """An event or a resync could not be recorded: the resync (which compares every row
+        with containerd, so finds what the event said) runs again after a backoff. The first
+        failure is a warning; the next ones, until a resync succeeds, are logged at DEBUG."""
+        self._resync_failures += 1
+        self.last_error = str(error)
+        level = logging.WARNING if self._resync_failures == 1 else logging.DEBUG
+        log.log(level, what, extra={"error": str(error), "resync_in_s": self._resync_delay})
+        if self._resync_retry is None:
+            self._resync_retry = asyncio.create_task(
+                self._publish_resync(marker, self._resync_delay), name="resync retry"
+            )
+            self._resync_delay = min(RESYNC_RETRY_CAP, self._resync_delay * 2)
+
+    async def _publish_resync(self, marker: bytes, delay: float) -> None:
+        await asyncio.sleep(delay)
+        while True:
+            with contextlib.suppress(errors.CrictlError):
+                await self.containerd.publish(RESYNC_TOPIC, marker)
+                return
+            await asyncio.sleep(RESYNC_RETRY_CAP)
 
 
 class Supervisor:

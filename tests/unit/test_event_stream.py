@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import pytest
 from google.protobuf.any_pb2 import Any as AnyPb
 
 from crictl import errors
@@ -98,3 +99,75 @@ def test_one_stream_for_tasks_and_images_resubscribed_when_containerd_is_back() 
     assert 'topic~="/images/"' in containerd.filters
     assert seen == [("/images/delete", b"img"), TaskExit("c1", 3, 0)]  # not the exec's exit
     assert resyncs == [1, containerd.subscribes]
+
+
+class Echo:
+    """A stream that stays up and echoes what is published to it, after what `inject` adds."""
+
+    def __init__(self) -> None:
+        self.stream = asyncio.Queue[events_pb2.Envelope]()
+        self.subscribes = 0
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        self.stream.put_nowait(envelope(topic, payload))
+
+    def inject(self, env: events_pb2.Envelope) -> None:
+        self.stream.put_nowait(env)
+
+    async def subscribe(self, *filters: str) -> AsyncIterator[events_pb2.Envelope]:
+        self.subscribes += 1
+        while True:
+            yield await self.stream.get()
+
+
+def test_an_exit_the_store_refused_is_recorded_by_a_resync_retried_in_the_same_stream(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exit handler that fails (the state disk full) does not break the stream: the resync
+    runs again, with backoff, until it succeeds, and only the first failure is a warning."""
+    monkeypatch.setattr(events, "RESYNC_RETRY_FIRST", 0.01)
+    containerd = Echo()
+    full = True
+    resyncs: list[bool] = []  # each resync: whether it could write
+    failed_thrice, recovered = asyncio.Event(), asyncio.Event()
+
+    async def on_exit(e: TaskExit) -> None:
+        raise errors.ResourceExhausted("disk full")
+
+    async def resync() -> None:
+        resyncs.append(not full)
+        if len(resyncs) == 4:
+            failed_thrice.set()
+        if full:
+            raise errors.ResourceExhausted("disk full")
+        if len(resyncs) > 1:
+            recovered.set()
+
+    async def run() -> ContainerdEvents:
+        nonlocal full
+        stream = ContainerdEvents(
+            containerd,  # type: ignore[arg-type]
+            EventHandlers(on_exit=[on_exit], resync=[resync]),
+        )
+        full = False
+        stream.start()
+        await asyncio.wait_for(stream.synced.wait(), 5)
+        full = True
+        exit_ = task_events.TaskExit(container_id="c1", id="c1", exit_status=137)
+        containerd.inject(envelope("/tasks/exit", exit_.SerializeToString()))
+        await asyncio.wait_for(failed_thrice.wait(), 5)  # the first resync, three retries
+        full = False
+        await asyncio.wait_for(recovered.wait(), 5)
+        await stream.stop()
+        return stream
+
+    with caplog.at_level("DEBUG", logger="crictl.reconciler.events"):
+        stream = asyncio.run(run())
+    assert containerd.subscribes == 1 and stream.subscriptions == 1  # never broken
+    assert resyncs[0] and not any(resyncs[1:4]) and resyncs[-1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["an exit event was not recorded"]
+    assert [r.getMessage() for r in caplog.records if "resynced" in r.getMessage()][-1:] == [
+        "resynced with containerd"
+    ]
+    assert stream._resync_failures == 0 and stream._resync_delay == events.RESYNC_RETRY_FIRST
