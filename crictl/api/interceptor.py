@@ -1,7 +1,8 @@
 """The one mapping from crictld's errors to gRPC status codes, and the per-call log line.
 
 Every CRI method handler is wrapped here: a CrictlError becomes its status code with its message,
-any other exception becomes INTERNAL (and is logged with its traceback), and each call logs one
+a disk full or over quota (ENOSPC, EDQUOT) RESOURCE_EXHAUSTED, any other exception INTERNAL
+(and is logged with its traceback), and each call logs one
 structured line with its method, status code, duration and, for a call that failed, the error
 message kubelet got: at INFO, except a read that succeeded, at DEBUG (`READS`).
 """
@@ -9,6 +10,7 @@ message kubelet got: at INFO, except a read that succeeded, at DEBUG (`READS`).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -71,6 +73,9 @@ UnaryHandler = Callable[[Any, Context], Awaitable[Any]]
 StreamHandler = Callable[[Any, Context], AsyncIterator[Any]]
 
 
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def status_code(error: errors.CrictlError) -> grpc.StatusCode:
     for kind in type(error).__mro__:
         code = STATUS_CODES.get(kind)
@@ -83,6 +88,10 @@ async def _fail(method: str, error: BaseException, context: Context) -> tuple[gr
     if isinstance(error, errors.CrictlError):
         code = status_code(error)
         message = str(error)
+    elif isinstance(error, OSError) and error.errno in _NO_SPACE:
+        # a file the call's pass writes (a pod's hosts, a container's state): no defect
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        message = f"{method}: {error}"
     else:
         code = grpc.StatusCode.INTERNAL
         message = f"internal error in {method}: {type(error).__name__}: {error}"

@@ -4,6 +4,7 @@ per-call log line. Real gRPC over a real unix socket; only the servicers behind 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -46,6 +47,8 @@ class Failing:
             "denied": errors.PermissionDenied,
             "bug": ZeroDivisionError,
         }
+        if request.pod_sandbox_id == "nospace":
+            raise OSError(errno.ENOSPC, "No space left on device", "/var/lib/crictld/x/hosts")
         if request.pod_sandbox_id == "slow":
             await asyncio.sleep(5)  # longer than the client waits
         raise kinds[request.pod_sandbox_id](f"because {request.pod_sandbox_id}")
@@ -117,6 +120,7 @@ async def test_status_reports_conditions_with_reasons(stub: Any) -> None:
         ("deadline", grpc.StatusCode.DEADLINE_EXCEEDED),
         ("denied", grpc.StatusCode.PERMISSION_DENIED),
         ("bug", grpc.StatusCode.INTERNAL),
+        ("nospace", grpc.StatusCode.RESOURCE_EXHAUSTED),
     ],
 )
 async def test_errors_map_to_codes_with_their_message(
@@ -125,7 +129,13 @@ async def test_errors_map_to_codes_with_their_message(
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=key))
     assert info.value.code() == code
-    assert f"because {key}" in (info.value.details() or "")
+    if key == "nospace":
+        assert info.value.details() == (
+            "/runtime.v1.RuntimeService/PodSandboxStatus: [Errno 28] No space left on device: "
+            "'/var/lib/crictld/x/hosts'"
+        )
+    else:
+        assert f"because {key}" in (info.value.details() or "")
 
 
 async def test_missing_rpcs_are_unimplemented_by_name(stub: Any, tmp_path: Path) -> None:
@@ -155,6 +165,7 @@ async def test_every_call_logs_one_line(stub: Any, caplog: pytest.LogCaptureFixt
         ("UpdatePodSandboxResources", "OK", logging.INFO),  # a change
     ]
     assert all(isinstance(r.__dict__["ms"], float) for r in records)
+    assert [r.__dict__.get("error") for r in records] == [None, "because notfound", None]
 
 
 async def test_at_info_a_read_that_succeeded_is_not_logged(
