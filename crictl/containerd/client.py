@@ -79,10 +79,19 @@ STATE_REFUSALS = (
 )
 
 
+# A disk full or over quota in containerd's root, a snapshot or a task's bundle (an ingest, an
+# unpack, runc's state): containerd passes the errno's text on with code UNKNOWN.
+NO_SPACE = ("no space left on device", "disk quota exceeded")
+
+
 def translate(e: grpc.aio.AioRpcError, what: str) -> errors.CrictlError:
     details = e.details() or ""
     if e.code() == grpc.StatusCode.UNKNOWN and any(r in details for r in STATE_REFUSALS):
         return errors.FailedPrecondition(f"containerd {what}: {details}")
+    if e.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL) and any(
+        r in details for r in NO_SPACE
+    ):
+        return errors.ResourceExhausted(f"containerd {what}: {details}")
     if e.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED) and (
         "context canceled" in details
     ):

@@ -55,6 +55,11 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
         (grpc.StatusCode.UNKNOWN, "runc did not terminate successfully", errors.Internal),
         (grpc.StatusCode.NOT_FOUND, "task x not found", errors.NotFound),
         (grpc.StatusCode.FAILED_PRECONDITION, "task is running", errors.FailedPrecondition),
+        (
+            grpc.StatusCode.UNKNOWN,
+            "failed to write: write /var/lib/containerd/ingest/x/data: no space left on device",
+            errors.ResourceExhausted,
+        ),
     ],
 )
 def test_containerd_errors_keep_their_kind(
