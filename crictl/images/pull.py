@@ -170,6 +170,13 @@ def parse_config(body: bytes, layers: int, where: str) -> tuple[dict[str, Any], 
     return doc, diff_ids
 
 
+class _StatusLost(Exception):
+    """grpc replaced containerd's status on a Content.Write stream with its own (`_download`)."""
+
+
+_CORE_ERROR = "Internal error from Core"
+
+
 async def _response(call: Any) -> content_pb2.WriteContentResponse:
     """The next answer on a Content.Write stream (containerd answers every request)."""
     resp = await call.read()
@@ -499,7 +506,13 @@ class Puller:
         lock = self._blob_locks.setdefault(desc.digest, asyncio.Lock())
         async with lock, self._downloads:
             with trace.span("download blob"):
-                await self._download(ref, creds, endpoint, desc, md, labels)
+                try:
+                    await self._download(ref, creds, endpoint, desc, md, labels, WRITE_WINDOW)
+                except _StatusLost:
+                    # Written again from where the ingest stands, one answer read per piece:
+                    # what made containerd end the stream (a disk full) comes back as its
+                    # answer to the next piece, with containerd's own words.
+                    await self._download(ref, creds, endpoint, desc, md, labels, 0)
 
     async def _download(
         self,
@@ -509,13 +522,21 @@ class Puller:
         desc: Descriptor,
         md: Sequence[tuple[str, str]],
         labels: Callable[[], Awaitable[Mapping[str, str]]],
+        window: int,
     ) -> None:
         """Streams a layer into containerd; a broken connection resumes where the content
         store's ingest stands (HTTP Range); a stall or a digest mismatch fails the pull. A blob
-        containerd has already is not downloaded (see `_ensure_blob`)."""
+        containerd has already is not downloaded (see `_ensure_blob`).
+
+        With `window` writes in flight, containerd ending the stream with an error (a disk
+        full) can reach grpc's client while it sends the next piece, and grpc then replaces
+        containerd's status with its own INTERNAL "Internal error from Core" (grpcio 1.85's
+        `_write`): that raises `_StatusLost`, the ingest kept, for a second pass without a
+        window."""
         ingest = f"{INGEST_PREFIX}{desc.digest}"
         call = self.containerd.content.Write(metadata=md)
         committed = False
+        keep = False  # the ingest stays for the second pass
         opened = False  # containerd made (or found) the ingest: an abort may be due
         try:
             await call.write(
@@ -545,7 +566,7 @@ class Puller:
                 )
                 offset += len(piece)
                 unread += 1
-                if unread > WRITE_WINDOW:
+                if unread > window:
                     answered = (await _response(call)).offset
                     unread -= 1
                 metrics.IMAGE_PULL_BYTES.inc(len(piece))
@@ -598,9 +619,19 @@ class Puller:
                 await _response(call)
             committed = True
             await call.done_writing()
+        except asyncio.InvalidStateError:
+            # containerd ended the stream before a write: its status is intact
+            try:
+                await _response(call)
+            except grpc.aio.AioRpcError as e:
+                raise translate(e, f"write blob {desc.digest}") from e
+            raise
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.ALREADY_EXISTS:
                 return
+            if window and e.code() == grpc.StatusCode.INTERNAL and e.details() == _CORE_ERROR:
+                keep = True
+                raise _StatusLost from e
             err = translate(e, f"write blob {desc.digest}")
             if e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
                 err = errors.Unavailable(
@@ -611,7 +642,7 @@ class Puller:
         finally:
             if not committed:
                 call.cancel()
-                if opened:
+                if opened and not keep:
                     await self._abort_ingest(ingest)
 
     async def _abort_ingest(self, ingest: str) -> None:

@@ -1,10 +1,14 @@
-"""The state disk full: crictld's database on a small tmpfs filled to the last byte while pods
-and a container run. Every write CRI asks for is refused with RESOURCE_EXHAUSTED naming the
-database and changes nothing; reads answer; what happens meanwhile (a container's exit) is
-recorded once there is room again; the node then works as before and nothing leaks."""
+"""A full disk, on small tmpfs mounts filled to the last byte.
+
+crictld's state disk full while pods and a container run: every write CRI asks for is refused
+with RESOURCE_EXHAUSTED naming the database and changes nothing; reads answer; what happens
+meanwhile (a container's exit) is recorded once there is room again; the node then works as
+before and nothing leaks. containerd's disk filling during a pull: RESOURCE_EXHAUSTED with
+containerd's words, and no lease or ingest left over."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -19,8 +23,10 @@ import grpc
 import pytest
 
 from crictl.gen.cri.runtime.v1 import api_pb2
+from tests.conftest import BIG_IMAGE
 from tests.integration.test_containers import Pod, exited, wait_for
-from tests.integration.test_images import failure
+from tests.integration.test_images import failure, pull
+from tests.integration.test_images import status as image_status
 from tests.integration.test_sandboxes import (
     assert_nothing_held,
     held,
@@ -32,9 +38,17 @@ from tests.integration.test_sandboxes import (
 )
 from tests.rig.cni import CniNetwork
 from tests.rig.daemon import Daemon
+from tests.rig.inventory import inventory
 from tests.rig.registry import Registry
 
 pytestmark = pytest.mark.integration
+
+
+def mount_tmpfs(directory: Path, size: str) -> None:
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
+        check=True,
+    )
 
 
 @pytest.fixture
@@ -45,9 +59,7 @@ def small_disk_daemon(image_daemon: Daemon) -> Iterator[Daemon]:
     aside = d.state_dir.parent / "state-aside"
     shutil.move(d.state_dir, aside)
     d.state_dir.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(d.state_dir)], check=True
-    )
+    mount_tmpfs(d.state_dir, "64m")
     try:
         subprocess.run(["cp", "-a", f"{aside}/.", str(d.state_dir)], check=True)
         d.start()
@@ -116,3 +128,37 @@ def test_a_full_state_disk_refuses_writes_and_loses_nothing(
         ["sqlite3", str(database), "PRAGMA integrity_check"], capture_output=True, text=True
     )
     assert check.stdout.strip() == "ok", check
+
+
+def test_a_pull_that_fills_containerds_disk_says_so_and_leaves_nothing(
+    managed_daemon: Daemon, registry: Registry
+) -> None:
+    """A crictld and its managed containerd on one 128 MiB disk with 20 MiB left, and a
+    48 MiB layer to pull: containerd's write of the layer fails part-way. grpc's client
+    replaces containerd's status with its own when the stream ends while a piece is being
+    sent; the pull asks once more, one piece at a time, so the error carries containerd's
+    words."""
+    d = managed_daemon
+    d.extra_args = ["--pause-image", f"{registry.host}/pause:3.10"]
+    d.state_dir.mkdir(parents=True)
+    mount_tmpfs(d.state_dir, "128m")
+    try:
+        d.start()
+        filler = fill(d.state_dir)
+        subprocess.run(["truncate", "-s", "-20M", str(filler)], check=True)
+        repo, tag, _ = BIG_IMAGE
+        ref = f"{registry.host}/{repo}:{tag}"
+        code, message = failure(lambda: pull(d, ref))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
+        assert message.startswith("containerd write blob sha256:"), message
+        assert message.endswith("/data: no space left on device"), message
+        assert not image_status(d, ref).HasField("image")
+        inv = asyncio.run(inventory(d.containerd_address, d.namespace))
+        assert (inv.leases, inv.ingests) == (frozenset(), frozenset()), inv
+        filler.unlink()
+        pull(d, ref)
+        inv = asyncio.run(inventory(d.containerd_address, d.namespace))
+        assert (inv.leases, inv.ingests) == (frozenset(), frozenset()), inv
+    finally:
+        d.stop()
+        subprocess.run(["umount", "-l", str(d.state_dir)], check=False)
