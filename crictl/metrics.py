@@ -78,8 +78,8 @@ STORE_WRITES = Histogram(
 STORE_WRITE_REFUSALS = Counter(
     "crictld_store_write_refusals_total",
     "SQLite writes the node refused, by reason (full: the state disk is full; io; readonly; "
-    "busy: another process held the write lock): the CRI call or reconcile pass failed and "
-    "changed nothing.",
+    "corrupt; busy: another process held the write lock): the CRI call or reconcile pass "
+    "failed and changed nothing.",
     ("reason",),
     registry=REGISTRY,
 )

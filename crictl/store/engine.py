@@ -49,6 +49,8 @@ _REFUSALS: dict[int, tuple[str, type[errors.CrictlError], str]] = {
     sqlite3.SQLITE_FULL: ("full", errors.ResourceExhausted, "its disk is full"),
     sqlite3.SQLITE_IOERR: ("io", errors.Unavailable, "an I/O error"),
     sqlite3.SQLITE_READONLY: ("readonly", errors.Unavailable, "it is read-only"),
+    sqlite3.SQLITE_CORRUPT: ("corrupt", errors.Internal, "it is corrupt"),
+    sqlite3.SQLITE_NOTADB: ("corrupt", errors.Internal, "it is not a database"),
     sqlite3.SQLITE_BUSY: (
         "busy",
         errors.Unavailable,
@@ -191,9 +193,9 @@ class Store:
 
     def _refusal(self, error: DBAPIError) -> errors.CrictlError | None:
         """What a write the node refused is to CRI (nothing was written: the transaction
-        rolled back): the state disk full, an I/O error, the file read-only, or the write lock
-        held by another process (a `sqlite3` shell in a write transaction) beyond the busy
-        timeout. None: a defect, raised as is."""
+        rolled back): the state disk full, an I/O error, the file read-only or corrupt, or the
+        write lock held by another process (a `sqlite3` shell in a write transaction) beyond
+        the busy timeout. None: a defect, raised as is."""
         code = getattr(error.orig, "sqlite_errorcode", None)
         if not isinstance(code, int):
             return None

@@ -60,6 +60,12 @@ def current_revision(db_path: Path | str) -> str | None:
         if "no such table" in str(e):
             return None
         raise
+    except sqlite3.DatabaseError as e:  # not a database (SQLITE_NOTADB), or corrupt
+        raise FailedPrecondition(
+            f"crictld's state database {db_path} cannot be read: {e} "
+            f"({getattr(e, 'sqlite_errorname', '?')}); restore a backup of it (docs/node.md, "
+            "Backups); nothing was changed"
+        ) from e
     finally:
         conn.close()
     return str(row[0]) if row else None

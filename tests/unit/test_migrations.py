@@ -128,3 +128,16 @@ def test_a_child_refusing_a_newer_database_says_why(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition, match=r"ffffffffffff.*written by a newer crictld"):
         asyncio.run(upgrade_in_child(db))
     assert current_revision(db) == "ffffffffffff" and _objects(db, "table") == tables
+
+
+def test_a_file_that_is_not_a_database_is_refused_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "crictld.db"
+    garbage = bytes(range(256)) * 64
+    db.write_bytes(garbage)
+    with pytest.raises(FailedPrecondition) as e:
+        current_revision(db)
+    assert str(e.value) == (
+        f"crictld's state database {db} cannot be read: file is not a database (SQLITE_NOTADB); "
+        "restore a backup of it (docs/node.md, Backups); nothing was changed"
+    )
+    assert db.read_bytes() == garbage
