@@ -14,7 +14,8 @@ itself):
   subscription. The order matters and is enforced: subscribe, see our own marker event come
   back through the stream (so the subscription is live), then resync; an exit after that point
   arrives as an event, one before it is seen by the resync, and handling both is harmless
-  (every handler is idempotent).
+  (every handler is idempotent). An event whose handler failed (its write refused: the state
+  disk full) is found the same way, by a resync run again in the stream until it succeeds.
 * crictld checks itself what containerd cannot know: the pod's network namespace still being
   mounted (at start, with CNI CHECK unless the network disables it), and rows in flight, which
   get a pass that finishes or undoes them.
