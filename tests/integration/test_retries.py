@@ -1,11 +1,12 @@
 """A failed pass is retried with backoff, and its error is where operators look: a
-StopPodSandbox whose CNI DEL cannot run leaves the pod NOTREADY with the error on its row, in
-the event log and in verbose Status; once the network is back, a retry finishes the stop."""
+StopPodSandbox whose CNI DEL fails leaves the pod NOTREADY with the error on its row, in the
+event log and in verbose Status; once the plugin can release the address, a retry finishes
+the stop."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import sys
 from pathlib import Path
 
 import grpc
@@ -21,20 +22,53 @@ from tests.rig.daemon import Daemon
 pytestmark = pytest.mark.integration
 
 
+GATE = "crictld-test-gate"
+
+
+def add_gate(d: Daemon, net: CniNetwork, root: Path) -> Path:
+    """Restarts `d` with a last plugin in its network's chain that refuses DEL while the file
+    it returns exists (and passes the previous result on at ADD, as a chained plugin does)."""
+    bin_dir = root / "cni-gate"
+    bin_dir.mkdir()
+    flag = root / "refuse-del"
+    plugin = bin_dir / GATE
+    plugin.write_text(
+        f"""#!{sys.executable}
+import json, os, sys
+conf = json.load(sys.stdin)
+command = os.environ["CNI_COMMAND"]
+if command == "DEL" and os.path.exists({str(flag)!r}):
+    print(json.dumps({{"cniVersion": conf["cniVersion"], "code": 999, "msg": "DEL refused"}}))
+    sys.exit(1)
+if command == "ADD":
+    print(json.dumps(conf["prevResult"]))
+"""
+    )
+    plugin.chmod(0o755)
+    (conflist,) = net.conf_dir.iterdir()
+    conf = json.loads(conflist.read_text())
+    conflist.write_text(json.dumps({**conf, "plugins": [*conf["plugins"], {"type": GATE}]}))
+    d.stop()
+    d.cni_bin_dirs = [*d.cni_bin_dirs, bin_dir]
+    d.start()
+    return flag
+
+
 def test_a_failed_stop_is_recorded_and_retried(
     image_daemon: Daemon, cni_network: CniNetwork, short_tmp: Path
 ) -> None:
     d = image_daemon
+    gate = add_gate(d, cni_network, short_tmp)
     sid = run(d, pod_config())
-    hidden = short_tmp / "cni-conf-away"
-    shutil.move(str(cni_network.conf_dir), hidden)  # CNI DEL cannot run: no network config
+    gate.touch()  # the plugin now refuses DEL, as one whose datastore is away would
     try:
         code, message = failure(
             d.runtime_call,
             "StopPodSandbox",
             api_pb2.StopPodSandboxRequest(pod_sandbox_id=sid),
         )
-        assert code == grpc.StatusCode.FAILED_PRECONDITION and "CNI config" in message, message
+        assert code == grpc.StatusCode.UNAVAILABLE, message
+        assert message == f"CNI DEL {sid}: plugin {GATE} failed (exit 1): DEL refused", message
         status = d.runtime_call(
             "PodSandboxStatus", api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sid)
         ).status
@@ -49,9 +83,9 @@ def test_a_failed_stop_is_recorded_and_retried(
         assert any(e["action"] == "pass-failed" for e in events), events
         failing = json.loads(d.status().info["daemon"])["failingPasses"]
         assert [f["id"] for f in failing] == [sid] and failing[0]["attempts"] >= 1, failing
-        assert held(d, cni_network).ips  # the IP is still held: DEL did not run
+        assert held(d, cni_network).ips  # still held: DEL (last plugin first) stopped at the gate
     finally:
-        shutil.move(str(hidden), cni_network.conf_dir)
+        gate.unlink()
     # No new call: the backoff retries the stop by itself.
     wait_for("the retry finishes the stop", lambda: not held(d, cni_network).ips, 60)
     wait_for(
