@@ -78,6 +78,8 @@ SNAPSHOTTER = "overlayfs"
 # hostname, hosts, resolv.conf are bind-mounted into containers that may run as any user:
 # readable by all whatever the daemon's umask (a systemd UMask=0077 included).
 POD_FILE_MODE = 0o644
+# In the pod's dir: the network configuration its CNI ADD was started with.
+ADDED_WITH = "cni-config.json"
 STOP_WAIT = 10.0
 # Pods checked at once after a restart (each check runs the CNI chain's CHECK plugins).
 RECOVERY_CONCURRENCY = 8
@@ -306,6 +308,30 @@ class SandboxReconciler:
     def sandbox_dir(self, sandbox_id: str) -> Path:
         return self.settings.state_dir / "sandboxes" / sandbox_id
 
+    def _network_to_add(self, sandbox_id: str) -> tuple[cni.NetworkConfig, str | None]:
+        """The config dir's network, also written to the pod's dir before its ADD runs (the
+        row keeps it only with the ADD's result, so a crash inside the ADD leaves the DEL that
+        undoes it this file), and what the file held before: the configuration of an ADD a
+        crash cut short, if any."""
+        net = cni.load_network_config(self.settings.cni_conf_dir, self.settings.cni_bin_dirs)
+        d = self.sandbox_dir(sandbox_id)
+        d.mkdir(parents=True, exist_ok=True, mode=0o711)
+        before = None
+        with contextlib.suppress(FileNotFoundError):
+            before = (d / ADDED_WITH).read_text()
+        (d / ADDED_WITH).write_text(net.stored())
+        return net, before
+
+    def _pod_network(self, sandbox_id: str, stored: str | None) -> tuple[cni.NetworkConfig, str]:
+        """`cni.pod_network_config` for the pod: its row's configuration, else the one its
+        ADD was started with (`_network_to_add`), else the config dir's."""
+        if stored is None:
+            with contextlib.suppress(FileNotFoundError):
+                stored = (self.sandbox_dir(sandbox_id) / ADDED_WITH).read_text()
+        return cni.pod_network_config(
+            stored, self.settings.cni_conf_dir, self.settings.cni_bin_dirs
+        )
+
     # -- the reconcile function ------------------------------------------------------------
 
     async def reconcile(self, sandbox_id: str) -> None:
@@ -345,20 +371,22 @@ class SandboxReconciler:
             if network is None or row.cni_result is not None:
                 netns_made.set()
                 return
-            net = await trace.to_thread(
-                "cni config",
-                cni.load_network_config,
-                self.settings.cni_conf_dir,
-                self.settings.cni_bin_dirs,
-            )
+            net, before = await trace.to_thread("cni config", self._network_to_add, sid)
             created = await trace.to_thread("netns create", netns.create, network)
             netns_made.set()
             faults.point("sandbox-run:after-netns")
             args = (sid, str(network), cni_args(sid, config), capability_args(config))
             if not created:
                 # A previous daemon got this far and may have died inside CNI ADD: release
-                # whatever it added before adding again (DEL of nothing succeeds).
-                await cni.delete(net, *args, None, self.settings.cni_bin_dirs)
+                # whatever it added (with the configuration it was adding with) before adding
+                # again (DEL of nothing succeeds).
+                added, _ = await asyncio.to_thread(
+                    cni.pod_network_config,
+                    before,
+                    self.settings.cni_conf_dir,
+                    self.settings.cni_bin_dirs,
+                )
+                await cni.delete(added, *args, None, self.settings.cni_bin_dirs)
             result = await cni.add(net, *args, self.settings.cni_bin_dirs)
             faults.point("sandbox-run:after-cni-add")
             raw, used = json.dumps(result.raw), net.stored()
@@ -522,11 +550,7 @@ class SandboxReconciler:
             if host_network(config) or row.network_released:
                 return
             net, unusable = await trace.to_thread(
-                "cni config",
-                cni.pod_network_config,
-                row.cni_config,
-                self.settings.cni_conf_dir,
-                self.settings.cni_bin_dirs,
+                "cni config", self._pod_network, sid, row.cni_config
             )
             if unusable:
                 log.warning(

@@ -5,6 +5,8 @@ netns, IP, veth, container, task, snapshot and cgroup, and after Stop and Remove
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 
@@ -99,3 +101,30 @@ def test_remove_survives_a_crash_at(
     remove(d, sid)
     assert sid not in d.sql("--json", "SELECT id FROM pods").stdout
     assert_nothing_held(d, cni_network, [sid])
+
+
+def test_an_add_cut_short_is_undone_with_its_configuration_after_a_rename(
+    image_daemon: Daemon, cni_network: CniNetwork
+) -> None:
+    """The daemon dies right after CNI ADD, before its result is in the row, and the network
+    is renamed before it starts again. The retried setup undoes that ADD with the
+    configuration it ran with (kept in the pod's dir before the ADD), so host-local's address
+    under the old name is released, and the pod is added to the renamed network."""
+    d = image_daemon
+    arm(d, "sandbox-run:after-cni-add")
+    code, _ = failure(run, d, pod_config())
+    assert code == grpc.StatusCode.UNAVAILABLE
+    old = cni_network.ipam_dir / cni_network.name
+    assert [p.name for p in old.iterdir() if p.name[0].isdigit()]  # the cut-short ADD's
+    (conflist,) = cni_network.conf_dir.iterdir()
+    renamed = f"{cni_network.name}-renamed"
+    conflist.write_text(json.dumps({**json.loads(conflist.read_text()), "name": renamed}))
+    restart_after_fault(d)
+    sid = run(d, pod_config())
+    ip = status(d, sid).status.network.ip
+    assert [p.name for p in old.iterdir() if p.name[0].isdigit()] == []
+    assert (cni_network.ipam_dir / renamed / ip).exists()
+    stop(d, sid)
+    remove(d, sid)
+    assert_nothing_held(d, cni_network, [sid])
+    assert [p.name for p in (cni_network.ipam_dir / renamed).iterdir() if p.name[0].isdigit()] == []
