@@ -14,6 +14,7 @@ from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler.faults import POINTS
 from tests.integration.test_images import failure
 from tests.integration.test_sandboxes import (
+    addresses,
     assert_holds_exactly,
     assert_nothing_held,
     held,
@@ -115,16 +116,16 @@ def test_an_add_cut_short_is_undone_with_its_configuration_after_a_rename(
     code, _ = failure(run, d, pod_config())
     assert code == grpc.StatusCode.UNAVAILABLE
     old = cni_network.ipam_dir / cni_network.name
-    assert [p.name for p in old.iterdir() if p.name[0].isdigit()]  # the cut-short ADD's
+    assert addresses(old)  # the cut-short ADD's
     (conflist,) = cni_network.conf_dir.iterdir()
     renamed = f"{cni_network.name}-renamed"
     conflist.write_text(json.dumps({**json.loads(conflist.read_text()), "name": renamed}))
     restart_after_fault(d)
     sid = run(d, pod_config())
     ip = status(d, sid).status.network.ip
-    assert [p.name for p in old.iterdir() if p.name[0].isdigit()] == []
+    assert addresses(old) == []
     assert (cni_network.ipam_dir / renamed / ip).exists()
     stop(d, sid)
     remove(d, sid)
     assert_nothing_held(d, cni_network, [sid])
-    assert [p.name for p in (cni_network.ipam_dir / renamed).iterdir() if p.name[0].isdigit()] == []
+    assert addresses(cni_network.ipam_dir / renamed) == []
