@@ -53,7 +53,10 @@ def current_revision(db_path: Path | str) -> str | None:
     """The schema revision the database is at (None: not created yet)."""
     engine = make_engine(db_path)  # creates the file 0600 if it is new
     engine.dispose()
-    conn = sqlite3.connect(str(db_path), timeout=10)
+    # Read-only: a connection that may write checkpoints the WAL into the file when it closes,
+    # even one that found the file unreadable, and deletes the WAL; a refused database is
+    # left exactly as it was, its WAL beside it, for whoever restores or recovers it.
+    conn = sqlite3.connect(f"{Path(db_path).absolute().as_uri()}?mode=ro", uri=True, timeout=10)
     try:
         row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     except sqlite3.OperationalError as e:

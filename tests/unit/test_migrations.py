@@ -141,3 +141,27 @@ def test_a_file_that_is_not_a_database_is_refused_untouched(tmp_path: Path) -> N
         "restore a backup of it (docs/node.md, Backups); nothing was changed"
     )
     assert db.read_bytes() == garbage
+
+
+def test_a_corrupt_database_is_refused_with_its_wal_untouched(tmp_path: Path) -> None:
+    """A crash leaves committed pages in the -wal; a connection that may write would, on
+    closing, checkpoint them into the corrupt file and delete the WAL, even after reading
+    nothing. The refusal reads only."""
+    db = tmp_path / "crictld.db"
+    upgrade_to_head(db)
+    script = (  # a writer killed with pages in the WAL that page 1 does not hold
+        "import os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA wal_autocheckpoint=0')\n"
+        'c.execute("UPDATE alembic_version SET version_num = version_num")\n'
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(db)], check=True, timeout=30)
+    wal = db.with_name("crictld.db-wal")
+    assert wal.stat().st_size > 0
+    with db.open("r+b") as f:
+        f.write(b"\xde\xad" * 50)  # the header
+    files = db.read_bytes(), wal.read_bytes()
+    with pytest.raises(FailedPrecondition, match=r"SQLITE_NOTADB.*nothing was changed"):
+        current_revision(db)
+    assert (db.read_bytes(), wal.read_bytes()) == files
