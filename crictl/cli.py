@@ -14,6 +14,7 @@ from crictl.config import (
     Config,
     load_config_file,
     parse_event_log_rows,
+    parse_grace,
     parse_mirror_flags,
     parse_port,
     parse_settings,
@@ -108,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--event-log-rows",
         metavar="N",
         help="keep the event log's newest N rows (default 100000, ~25 MB; 0: every row)",
+    )
+    serve.add_argument(
+        "--orphan-grace",
+        metavar="SECONDS",
+        help="the orphan sweep leaves what is younger than this to whatever is making it "
+        "(default 60; 0: everything no row owns, as after the database was moved aside)",
     )
     serve.add_argument("--log-level", help="default INFO")
     serve.add_argument("--fault-point", help=argparse.SUPPRESS)  # crash tests only
@@ -221,6 +228,11 @@ def load_config(args: argparse.Namespace) -> Config:
                 None
                 if args.event_log_rows is None
                 else parse_event_log_rows(args.event_log_rows, "--event-log-rows")
+            ),
+            "orphan_grace": (
+                None
+                if args.orphan_grace is None
+                else parse_grace(args.orphan_grace, "--orphan-grace")
             ),
             "stream_server_port": (
                 None

@@ -5,6 +5,7 @@ Every path and address is a setting so that tests can run many isolated daemons 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -59,6 +60,9 @@ class Config:
     cgroup_driver: str = "cgroupfs"
     # the event log keeps its newest rows, this many (~250 bytes each); 0 = all, for ever
     event_log_rows: int = 100_000
+    # The orphan sweep leaves what is younger than this (seconds) to whatever is making it; 0
+    # takes everything no row owns at once (a database moved aside: docs/node.md)
+    orphan_grace: float = 60.0
     # HOST:PORT for Prometheus' /metrics; "" = off
     metrics_address: str = ""
     log_level: str = "INFO"
@@ -144,6 +148,12 @@ def parse_settings(raw: dict[str, Any], source: str) -> dict[str, Any]:
             out[name] = float(value)
         elif name == "event_log_rows" and isinstance(value, int) and not isinstance(value, bool):
             out[name] = parse_event_log_rows(value, f"{source}: {key}")
+        elif (
+            name == "orphan_grace"
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
+            out[name] = parse_grace(value, f"{source}: {key}")
         elif name == "registry_auths" and isinstance(value, dict):
             auths: dict[str, dict[str, str]] = {}
             for host, entry in value.items():
@@ -195,6 +205,17 @@ def parse_event_log_rows(value: int | str, what: str) -> int:
     if rows < 0:
         raise InvalidArgument(f"{what}: {rows} is negative (0 keeps every row)")
     return rows
+
+
+def parse_grace(value: float | str, what: str) -> float:
+    """A grace in seconds: a finite number, not negative."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise InvalidArgument(f"{what}: {value!r} is no number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidArgument(f"{what}: {value!r} is no number of seconds (0 or more)")
+    return seconds
 
 
 def parse_port(value: int | str, what: str) -> int:

@@ -392,6 +392,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
                 cni_conf_dir=config.cni_conf_dir,
                 cni_bin_dirs=config.cni_bin_dirs,
             ),
+            grace=config.orphan_grace,
             daemon_started=started_at,
         )
         sweeper.start()

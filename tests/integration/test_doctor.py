@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -428,3 +429,77 @@ def test_the_daemons_sweeper_sweeps_at_start_and_then_periodically(
         "orphan-state-dir",
         "orphan-state-dir",
     ]
+
+
+def test_a_database_moved_aside_starts_empty_and_its_sweep_takes_the_old_pods(
+    image_daemon: Daemon, registry: Registry, cni_network: CniNetwork, short_tmp: Path
+) -> None:
+    """docs/node.md: a corrupt database is refused at start and left as it is; moved aside
+    (with its -wal and -shm), the daemon starts an empty store, and its first sweep removes
+    every pod and container of the old one (crictld's labels, no row owning them), so the
+    node holds nothing of them and pods are made again as before."""
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    running = pod.create("app", ["sleep", "3600"])
+    pod.start(running)
+    created = pod.create("created", ["sleep", "3600"])  # never started
+    init = pod.pid(running)
+    logger = int((d.state_dir / "containers" / running / "logger.pid").read_text())
+    assert alive(init) and alive(logger)
+    assert d.signal(signal.SIGKILL) == -signal.SIGKILL
+
+    db, wal = d.state_dir / "crictld.db", d.state_dir / "crictld.db-wal"
+    with db.open("r+b") as f:  # the header SQLite checks first
+        f.write(b"\xde\xad" * 50)
+    corrupt = db.read_bytes(), wal.read_bytes() if wal.exists() else None
+    d.start(wait=False)
+    assert d.process is not None and d.process.wait(timeout=60) == 2
+    assert "cannot be read" in d.log() and "SQLITE_NOTADB" in d.log(), d.log()[-2000:]
+    # left as it was (its WAL too), for whoever restores or recovers it
+    assert (db.read_bytes(), wal.read_bytes() if wal.exists() else None) == corrupt
+
+    aside = d.state_dir / "aside"
+    aside.mkdir()
+    for name in ("crictld.db", "crictld.db-wal", "crictld.db-shm"):
+        if (d.state_dir / name).exists():
+            (d.state_dir / name).rename(aside / name)
+    # 0: the old node's objects are taken at the first sweep, not after the default 60 s
+    d.extra_args += ["--orphan-grace", "0"]
+    d.start()
+    deadline = time.monotonic() + 60
+    while "first orphan sweep done" not in d.log():
+        assert time.monotonic() < deadline, d.log()[-3000:]
+        time.sleep(0.1)
+
+    assert d.runtime_call("ListPodSandbox", api_pb2.ListPodSandboxRequest()).items == []
+    assert d.runtime_call("ListContainers", api_pb2.ListContainersRequest()).containers == []
+    assert_nothing_held(d, cni_network, [pod.id])
+    assert not alive(init) and not alive(logger)
+    for sub in ("sandboxes", "containers"):
+        assert list((d.state_dir / sub).iterdir()) == [], sub
+    events = json.loads(
+        d.sql("--json", "SELECT object_id, reason FROM events WHERE object_kind = 'orphan'").stdout
+    )
+    swept = {(e["reason"], e["object_id"]) for e in events}
+    assert {
+        ("orphan-container", pod.id),
+        ("orphan-container", running),
+        ("orphan-container", created),
+        ("orphan-task", pod.id),
+        ("orphan-task", running),
+        ("orphan-netns", str(d.state_dir.parent / "netns" / pod.id)),
+        ("orphan-state-dir", str(d.state_dir / "sandboxes" / pod.id)),
+        ("orphan-state-dir", str(d.state_dir / "containers" / running)),
+    } <= swept, swept  # the logger ends with its task's output
+    assert sum(reason == "orphan-ip" for reason, _ in swept) == 1, swept
+
+    # kubelet makes its pods again: a new pod and container run on the empty store
+    again = Pod(d, registry, short_tmp / "logs", name="again")
+    cid = again.create("app", ["sleep", "3600"])
+    again.start(cid)
+    assert again.status(cid).state == api_pb2.CONTAINER_RUNNING
+    assert status(d, again.id).status.state == api_pb2.SANDBOX_READY
+    again.stop(cid)
+    again.remove(cid)
+    remove(d, again.id)
+    assert_nothing_held(d, cni_network, [pod.id, again.id])

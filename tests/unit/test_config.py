@@ -102,3 +102,27 @@ def test_event_log_rows_flag(tmp_path: Path) -> None:
     assert load_config(build_parser().parse_args([*serve, "20"])).event_log_rows == 20
     with pytest.raises(InvalidArgument, match="--event-log-rows: 'x' is no whole number"):
         load_config(build_parser().parse_args([*serve, "x"]))
+
+
+def test_orphan_grace(tmp_path: Path) -> None:
+    assert Config().orphan_grace == 60.0
+    f = tmp_path / "c.toml"
+    for body, grace in (("orphan-grace = 5\n", 5.0), ("orphan_grace = 0.5\n", 0.5)):
+        f.write_text(body)
+        assert load_config_file(f).orphan_grace == grace
+    for body, match in (
+        ("orphan_grace = -1\n", "no number of seconds"),
+        ("orphan_grace = nan\n", "no number of seconds"),
+        ("orphan_grace = inf\n", "no number of seconds"),
+        ('orphan_grace = "60"\n', "wrong type"),
+        ("orphan_grace = true\n", "wrong type"),
+    ):
+        f.write_text(body)
+        with pytest.raises(InvalidArgument, match=match):
+            load_config_file(f)
+    serve = ["serve", "--config", str(f.with_name("none.toml")), "--orphan-grace"]
+    f.with_name("none.toml").write_text("")
+    assert load_config(build_parser().parse_args([*serve, "0"])).orphan_grace == 0.0
+    for bad in ("x", "-2"):
+        with pytest.raises(InvalidArgument, match=f"--orphan-grace: '{bad}' is no number"):
+            load_config(build_parser().parse_args([*serve, bad]))
