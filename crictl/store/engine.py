@@ -131,6 +131,14 @@ class Store:
         # the read model's publishes land in commit order.
         self._write_lock = threading.RLock()
         self.model = ReadModel()
+        # Writes go through one connection kept for them (made at the first write, under the
+        # write lock): checking one out of the pool and back, its reset rollback included,
+        # was ~20 % of a transaction's CPU (benchmarks.store_writes). It is made again after
+        # engine.dispose().
+        self._writer_conn: Connection | None = None
+        self._writer_sessions = sessionmaker(expire_on_commit=False)
+        event.listen(self._writer_sessions, "after_flush", track)
+        event.listen(engine, "engine_disposed", self._drop_writer_connection)
 
     def session(self) -> Session:
         return self._sessions()
@@ -162,13 +170,15 @@ class Store:
         """One transaction: `fn` in it, then the commit. `then(result)` runs once committed,
         still under the write lock, so what it publishes lands in commit order, before the
         write returns and before any later transaction begins."""
-        with self._write_lock, self._sessions() as session:
+        with self._write_lock, self._writer_sessions(bind=self._writer_connection()) as session:
             started = time.perf_counter()
             begin(session, self.model.snapshot if self.model.built else None)
             try:
                 with session.begin():
                     result = fn(session)
             except DBAPIError as e:
+                # The connection is kept: closing it (the last one) could checkpoint and delete
+                # the WAL, and a full disk would then take writes again for a while.
                 refusal = self._refusal(e)
                 if refusal is None:
                     raise
@@ -190,6 +200,26 @@ class Store:
             for listener in self._listeners:
                 listener(recorded)
         return result
+
+    def _writer_connection(self) -> Connection:
+        conn = self._writer_conn
+        if conn is not None and (conn.closed or conn.invalidated or conn.in_transaction()):
+            # Never left in a transaction by a write (its session rolls back whatever fn
+            # raised); if it were, a session would join that transaction and not commit.
+            log.error("the store's writer connection was not idle: made again")
+            self._drop_writer_connection()
+            conn = None
+        if conn is None:
+            conn = self._writer_conn = self.engine.connect()
+        return conn
+
+    def _drop_writer_connection(self, *_: object) -> None:
+        with self._write_lock:
+            conn, self._writer_conn = self._writer_conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.invalidate()  # closes SQLite's connection, not back to a pool
+                    conn.close()
 
     def _refusal(self, error: DBAPIError) -> errors.CrictlError | None:
         """What a write the node refused is to CRI (nothing was written: the transaction
@@ -231,4 +261,4 @@ class Store:
     def close(self) -> None:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
-        self.engine.dispose()
+        self.engine.dispose()  # the writer's connection with the pool's

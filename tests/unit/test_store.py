@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import pytest
@@ -239,3 +240,36 @@ def test_a_write_lock_held_by_another_process_is_unavailable(
         other.close()
     assert store.snapshot.sandboxes == {}
     store.write_sync(lambda s: create_sandbox(s, new()))
+
+
+def _committed_sandboxes(store: Store) -> list[str]:
+    """The sandbox ids another connection sees: what is committed."""
+    other = sqlite3.connect(str(store.engine.url.database))
+    try:
+        return [r[0] for r in other.execute("SELECT id FROM pod_sandbox ORDER BY id")]
+    finally:
+        other.close()
+
+
+def test_writes_commit_through_the_writers_one_connection(store: Store) -> None:
+    """Writes share one connection; a write that failed leaves it fit for the next, which
+    commits; one found inside a transaction is not joined (its sessions would not commit)."""
+    store.write_sync(lambda s: create_sandbox(s, new()))
+    with pytest.raises(AlreadyExists):
+        store.write_sync(lambda s: create_sandbox(s, new(digest="other")))
+    store.write_sync(lambda s: create_sandbox(s, new("b" * 64, "db")))
+    assert _committed_sandboxes(store) == ["a" * 64, "b" * 64]
+
+    store._writer_connection().begin()  # as a defect would leave it
+    store.write_sync(lambda s: create_sandbox(s, new("c" * 64, "cache")))
+    assert _committed_sandboxes(store) == ["a" * 64, "b" * 64, "c" * 64]
+    assert list(store.snapshot.sandboxes) == ["a" * 64, "b" * 64, "c" * 64]
+
+
+def test_close_closes_the_writers_connection(store: Store) -> None:
+    """The last connection to close checkpoints the WAL and removes it: none is left open."""
+    store.write_sync(lambda s: create_sandbox(s, new()))
+    wal = f"{store.engine.url.database}-wal"
+    assert os.path.exists(wal)
+    store.close()
+    assert not os.path.exists(wal)
