@@ -236,6 +236,10 @@ class SandboxReconciler:
         # Pods whose CNI CHECK after a restart is still to come (resync leaves them to it).
         self._checking: set[str] = set()
         self._recovering: set[str] = set()  # ready at start, re-adopted by the first resync
+        # Pods whose pause task a stop of this daemon's deleted: nothing makes it again (a pod
+        # is never started twice), so their removal asks containerd for it no more. Not kept
+        # across a restart, where the removal asks as before.
+        self._task_deleted: set[str] = set()
         self._to_check: list[PodSandbox | SandboxView] = []
         self._network_checks: set[asyncio.Task[None]] = set()
         self._serving = False
@@ -578,9 +582,11 @@ class SandboxReconciler:
         # outlives the task; CNI DEL needs neither the task alive nor dead): torn down at once,
         # where containerd's CRI does one after the other. Each step finds "already done"
         # fine, so a pass a crash cut short in either is finished by the next.
+        ready = row.phase == SandboxPhase.READY
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._stop_task(sid, ready=row.phase == SandboxPhase.READY))
+                if ready or sid not in self._task_deleted:
+                    group.create_task(self._stop_task(sid, ready=ready))
                 group.create_task(release_network())
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None  # the first failure, with its own message
@@ -605,6 +611,7 @@ class SandboxReconciler:
             reason, message = SETUP_FAILED, row.message
         await self.store.write(lambda s: delete_sandbox(s, sid, reason, message))
         SANDBOX_CONFIGS.forget(sid)
+        self._task_deleted.discard(sid)
 
     async def _stop_task(self, sid: str, ready: bool) -> None:
         """Kills the pause task, waits for it and deletes it. A pod that was READY has its
@@ -621,6 +628,7 @@ class SandboxReconciler:
         else:
             await self.containerd.delete_task(sid)
             faults.point("sandbox-stop:after-task-delete")
+        self._task_deleted.add(sid)
 
     async def _kill_and_wait(self, sid: str) -> None:
         await self.containerd.kill_task(sid, signal.SIGKILL)

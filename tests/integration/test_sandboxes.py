@@ -462,3 +462,27 @@ def test_what_vanished_while_down_is_notready_and_still_cleaned(
     for sid in (killed, lost_netns):
         remove(d, sid)
     assert_nothing_held(d, cni_network, [killed, lost_netns])
+
+
+def _removal_spans(d: Daemon) -> dict[str, list[float]]:
+    """The spans of the last RemovePodSandbox's "cri call" line in the daemon's log."""
+    lines = [json.loads(line) for line in d.log().splitlines() if '"cri call"' in line]
+    removals = [c for c in lines if c["rpc"].endswith("/RemovePodSandbox")]
+    assert removals, d.log()[-2000:]
+    spans: dict[str, list[float]] = removals[-1].get("spans", {})
+    return spans
+
+
+def test_a_pod_stopped_by_this_daemon_is_removed_without_asking_for_its_task(
+    image_daemon: Daemon, cni_network: CniNetwork
+) -> None:
+    """The stop deleted the pause task, and nothing makes it again: the removal sends no task
+    call (two round trips fewer), and nothing is left."""
+    d = image_daemon
+    sid = run(d, pod_config("first", "u-first"))
+    stop(d, sid)
+    remove(d, sid)
+    spans = _removal_spans(d)
+    assert not [name for name in spans if "task" in name], spans
+    assert "containerd delete container" in spans, spans
+    assert_nothing_held(d, cni_network, [sid])
