@@ -220,9 +220,12 @@ class Puller:
         ref: Reference,
         creds: Credentials | None = None,
         record: Callable[[ImageContent, list[str]], Awaitable[None]] | None = None,
+        known: Callable[[str], bool] | None = None,
     ) -> tuple[ImageContent, list[str]]:
         """Pulls `ref`; returns its content and the image names created in containerd.
-        `record(content, names)` runs once the names exist, beside the lease's deletion."""
+        `record(content, names)` runs once the names exist, beside the lease's deletion.
+        `known(name)`: whether containerd is thought to hold the name (the caller's cache);
+        its record is then re-pointed first, not created first (`put_image`)."""
         started = time.perf_counter()
         lease = f"crictld-pull-{secrets.token_hex(8)}"
         # The lease is made while the registry resolves the reference: nothing is written
@@ -235,7 +238,9 @@ class Puller:
             await create
             content = await self._fetch_and_unpack(ref, creds, endpoint, target, body, lease, md)
             names = [n for n in (ref.tagged_name, ref.with_digest(target.digest)) if n]
-            await asyncio.gather(*(self.put_image(name, target) for name in names))
+            await asyncio.gather(
+                *(self.put_image(name, target, known is not None and known(name)) for name in names)
+            )
             ended = True
             done = await asyncio.gather(
                 self._end_lease(lease, collect=False),
@@ -298,44 +303,49 @@ class Puller:
         md: Sequence[tuple[str, str]],
     ) -> ImageContent:
         where = f"pull {ref}: registry {endpoint}"
-        manifest, manifest_body = target, target_body
-        if target.media_type in mediatypes.INDEXES:
-            i, manifest = select_manifest(json.loads(target_body), self.platform, where)
-            await self._put_small(
-                target,
-                target_body,
-                md,
-                lease,
-                {f"containerd.io/gc.ref.content.m.{i}": manifest.digest},
-            )
-            manifest_body = await self._small_blob(
-                manifest, lambda: self.registry.fetch_manifest(endpoint, ref, manifest, creds)
-            )
-        config, layers = parse_manifest(manifest_body, where)
-        manifest_labels = {"containerd.io/gc.ref.content.config": config.digest}
-        manifest_labels |= {
-            f"containerd.io/gc.ref.content.l.{i}": layer.digest for i, layer in enumerate(layers)
-        }
-        # Layers start downloading at once. The config, which names their diff IDs (needed
-        # only when a layer is committed and unpacked), and the manifest are written meanwhile.
+        # The index, the manifest and the config are written beside the rest (each a content
+        # info and a lease reference when the node has them): nothing waits for them but the
+        # image records. The layers start downloading as soon as the manifest names them; the
+        # config, which names their diff IDs (needed only when a layer is committed and
+        # unpacked), is read meanwhile.
+        pending: list[asyncio.Future[Any]] = []  # cancelled if the pull fails
+        puts: list[asyncio.Future[None]] = []
+
+        def put(desc: Descriptor, body: bytes, labels: dict[str, str]) -> None:
+            puts.append(asyncio.ensure_future(self._put_small(desc, body, md, lease, labels)))
+            pending.append(puts[-1])
+
         diff_ids_ready: asyncio.Future[tuple[str, ...]] = asyncio.get_running_loop().create_future()
-
-        async def layer_labels(i: int) -> dict[str, str]:
-            return {UNCOMPRESSED: (await asyncio.shield(diff_ids_ready))[i]}
-
-        downloads = [
-            asyncio.ensure_future(
-                self._ensure_blob(ref, creds, endpoint, layer, lease, md, partial(layer_labels, i))
-            )
-            for i, layer in enumerate(layers)
-        ]
-        pending = list(downloads)
         try:
-            _, config_body = await asyncio.gather(
-                self._put_small(manifest, manifest_body, md, lease, manifest_labels),
-                self._small_blob(
-                    config, lambda: self.registry.fetch_blob(endpoint, ref, config, creds)
-                ),
+            manifest, manifest_body = target, target_body
+            if target.media_type in mediatypes.INDEXES:
+                i, manifest = select_manifest(json.loads(target_body), self.platform, where)
+                put(target, target_body, {f"containerd.io/gc.ref.content.m.{i}": manifest.digest})
+                manifest_body = await self._small_blob(
+                    manifest, lambda: self.registry.fetch_manifest(endpoint, ref, manifest, creds)
+                )
+            config, layers = parse_manifest(manifest_body, where)
+            manifest_labels = {"containerd.io/gc.ref.content.config": config.digest}
+            manifest_labels |= {
+                f"containerd.io/gc.ref.content.l.{i}": layer.digest
+                for i, layer in enumerate(layers)
+            }
+
+            async def layer_labels(i: int) -> dict[str, str]:
+                return {UNCOMPRESSED: (await asyncio.shield(diff_ids_ready))[i]}
+
+            downloads = [
+                asyncio.ensure_future(
+                    self._ensure_blob(
+                        ref, creds, endpoint, layer, lease, md, partial(layer_labels, i)
+                    )
+                )
+                for i, layer in enumerate(layers)
+            ]
+            pending += downloads
+            put(manifest, manifest_body, manifest_labels)
+            config_body, config_was_here = await self._small_blob_from(
+                config, lambda: self.registry.fetch_blob(endpoint, ref, config, creds)
             )
             config_json, diff_ids = parse_config(config_body, len(layers), where)
             diff_ids_ready.set_result(diff_ids)
@@ -343,18 +353,16 @@ class Puller:
             config_labels = (
                 {f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chains[-1]} if chains else {}
             )
-            # The config is written beside the unpacking (the lease holds what it names until
-            # the image records exist), and each layer's snapshot is prepared while its
-            # download may still run: the first layer's is, as a rule.
-            config_put = self._put_small(config, config_body, md, lease, config_labels)
-            pending.append(asyncio.ensure_future(config_put))
+            # Each layer's snapshot is prepared while its download may still run: the first
+            # layer's is, as a rule.
+            put(config, config_body, config_labels)
             parent = ""
             for i, layer in enumerate(layers):
                 await self._unpack_layer(
-                    layer, diff_ids[i], chains[i], parent, lease, md, downloads[i]
+                    layer, diff_ids[i], chains[i], parent, lease, md, downloads[i], config_was_here
                 )
                 parent = chains[i]
-            await pending[-1]
+            await asyncio.gather(*puts)
         except BaseException:
             if not diff_ids_ready.done():
                 diff_ids_ready.cancel()
@@ -422,11 +430,17 @@ class Puller:
 
     async def _small_blob(self, desc: Descriptor, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
         """A manifest or config: from the content store if it is there, else the registry."""
+        return (await self._small_blob_from(desc, fetch))[0]
+
+    async def _small_blob_from(
+        self, desc: Descriptor, fetch: Callable[[], Awaitable[bytes]]
+    ) -> tuple[bytes, bool]:
+        """`_small_blob`, and whether it came from the content store."""
         if await self.content_info(desc.digest) is not None:
             data = await self.read_blob(desc.digest)
             if sha256_digest(data) == desc.digest:
-                return data
-        return await fetch()
+                return data, True
+        return await fetch(), False
 
     async def _put_small(
         self,
@@ -496,9 +510,10 @@ class Puller:
         lease: str,
         md: Sequence[tuple[str, str]],
         labels: Callable[[], Awaitable[Mapping[str, str]]],
-    ) -> None:
+    ) -> bool:
         """The layer in the content store, held by this pull's lease: downloaded under it, or,
-        if it is there already (another pull's, or nothing references it yet), added to it.
+        if it is there already (another pull's, or nothing references it yet), added to it
+        (then True).
         No round trip asks first: the content write's opening (its STAT, under the lease)
         answers AlreadyExists for a blob containerd has, and adds it to the lease in the same
         transaction, so it cannot be collected in between (containerd's metadata
@@ -507,12 +522,14 @@ class Puller:
         async with lock, self._downloads:
             with trace.span("download blob"):
                 try:
-                    await self._download(ref, creds, endpoint, desc, md, labels, WRITE_WINDOW)
+                    return await self._download(
+                        ref, creds, endpoint, desc, md, labels, WRITE_WINDOW
+                    )
                 except _StatusLost:
                     # Written again from where the ingest stands, one answer read per piece:
                     # what made containerd end the stream (a disk full) comes back as its
                     # answer to the next piece, with containerd's own words.
-                    await self._download(ref, creds, endpoint, desc, md, labels, 0)
+                    return await self._download(ref, creds, endpoint, desc, md, labels, 0)
 
     async def _download(
         self,
@@ -523,10 +540,11 @@ class Puller:
         md: Sequence[tuple[str, str]],
         labels: Callable[[], Awaitable[Mapping[str, str]]],
         window: int,
-    ) -> None:
-        """Streams a layer into containerd; a broken connection resumes where the content
-        store's ingest stands (HTTP Range); a stall or a digest mismatch fails the pull. A blob
-        containerd has already is not downloaded (see `_ensure_blob`).
+    ) -> bool:
+        """Streams a layer into containerd (False), or finds it there (True); a broken
+        connection resumes where the content store's ingest stands (HTTP Range); a stall or a
+        digest mismatch fails the pull. A blob containerd has already is not downloaded (see
+        `_ensure_blob`).
 
         With `window` writes in flight, containerd ending the stream with an error (a disk
         full) can reach grpc's client while it sends the next piece, and grpc then replaces
@@ -619,6 +637,7 @@ class Puller:
                 await _response(call)
             committed = True
             await call.done_writing()
+            return False
         except asyncio.InvalidStateError:
             # containerd ended the stream before a write: its status is intact
             try:
@@ -628,7 +647,7 @@ class Puller:
             raise
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.ALREADY_EXISTS:
-                return
+                return True
             if window and e.code() == grpc.StatusCode.INTERNAL and e.details() == _CORE_ERROR:
                 keep = True
                 raise _StatusLost from e
@@ -668,15 +687,34 @@ class Puller:
         parent: str,
         lease: str,
         md: Sequence[tuple[str, str]],
-        downloaded: Awaitable[None],
+        downloaded: asyncio.Future[bool],
+        image_was_here: bool = False,
     ) -> None:
         """The layer's snapshot, held by this pull's lease: unpacked and committed under it,
         or, if it is there already, added to it and found again (as `_ensure_blob`). The
-        snapshot is prepared before the layer is `downloaded`; the layer is applied after."""
+        snapshot is prepared before the layer is `downloaded`; the layer is applied after.
+
+        Held, then found: the lease's reference is added before the snapshot is looked for
+        (a reference to a snapshot not there is harmless: the commit below makes it). Where
+        the image is new to containerd its snapshot is unlikely to be there, so it is looked
+        for first, and held and found again only if it is (one round trip fewer before the
+        prepare); where the image's config or the layer's blob was there already (a pull of
+        an image the node has), the snapshot is held first and looked for once."""
         lock = self._snapshot_locks.setdefault(chain_id, asyncio.Lock())
+        kind = f"snapshots/{self.snapshotter}"
+        was_here = image_was_here or (
+            downloaded.done()
+            and not downloaded.cancelled()
+            and downloaded.exception() is None
+            and downloaded.result()
+        )
         async with lock:
-            if await self._snapshot_exists(chain_id):
-                await self._add_to_lease(lease, chain_id, f"snapshots/{self.snapshotter}")
+            if was_here:
+                await self._add_to_lease(lease, chain_id, kind)
+                if await self._snapshot_exists(chain_id):
+                    return
+            elif await self._snapshot_exists(chain_id):
+                await self._add_to_lease(lease, chain_id, kind)
                 if await self._snapshot_exists(chain_id):
                     await downloaded  # the image's content is whole all the same
                     return
@@ -750,11 +788,18 @@ class Puller:
 
     # -- image records ---------------------------------------------------------------------
 
-    async def put_image(self, name: str, target: Descriptor) -> None:
-        """Creates or re-points the image record `name`."""
+    async def put_image(self, name: str, target: Descriptor, exists: bool = False) -> None:
+        """Creates or re-points the image record `name`. Either call may find the other
+        case (the record made or deleted meanwhile, by anyone), and the other follows; with
+        `exists` (a name thought to be there: a pull of an image the node has) the update is
+        sent first, one round trip where create-then-update took two."""
         image = images_pb2.Image(
             name=name, target=_pb_descriptor(target), labels={MANAGED_LABEL: "true"}
         )
+        if exists:
+            with contextlib.suppress(errors.NotFound):
+                await self._update_image(image)
+                return
         try:
             await self.containerd.call(
                 "create image",
@@ -763,13 +808,16 @@ class Puller:
                 ),
             )
         except errors.AlreadyExists:
-            await self.containerd.call(
-                "update image",
-                self.containerd.images.Update(
-                    images_pb2.UpdateImageRequest(
-                        image=image,
-                        update_mask=FieldMask(paths=["target", f"labels.{MANAGED_LABEL}"]),
-                    ),
-                    metadata=self.containerd.metadata,
+            await self._update_image(image)
+
+    async def _update_image(self, image: images_pb2.Image) -> None:
+        await self.containerd.call(
+            "update image",
+            self.containerd.images.Update(
+                images_pb2.UpdateImageRequest(
+                    image=image,
+                    update_mask=FieldMask(paths=["target", f"labels.{MANAGED_LABEL}"]),
                 ),
-            )
+                metadata=self.containerd.metadata,
+            ),
+        )

@@ -484,7 +484,9 @@ class ImageManager:
         self._pulling[repository] = self._pulling.get(repository, 0) + 1
         recorded: list[str] = []
         try:
-            content, recorded = await self.puller.pull(ref, creds, record)
+            content, recorded = await self.puller.pull(
+                ref, creds, record, known=lambda name: name in self.index.targets
+            )
         except Exception:
             metrics.IMAGE_PULLS.labels("error").inc()
             raise

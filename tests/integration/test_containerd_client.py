@@ -8,6 +8,10 @@ import pytest
 
 from crictl import errors
 from crictl.containerd.client import ContainerdClient
+from crictl.images.mediatypes import OCI_MANIFEST
+from crictl.images.pull import Puller
+from crictl.images.registry import Descriptor, RegistryClient
+from tests.rig.inventory import purge_namespace
 
 pytestmark = pytest.mark.integration
 
@@ -60,3 +64,30 @@ async def test_unreachable_containerd_is_unavailable(short_tmp: object) -> None:
             await client.version(timeout=2)
     finally:
         await client.close()
+
+
+async def test_an_image_record_is_put_whether_or_not_its_name_was_thought_there(
+    containerd_address: str,
+) -> None:
+    """`Puller.put_image` re-points a name it is told is there (one round trip) and creates
+    one it is told is not; told wrong either way, it does the other."""
+    namespace = f"crictld-test-{secrets.token_hex(4)}"
+    client = ContainerdClient(containerd_address, namespace)
+    puller = Puller(client, RegistryClient())
+    a, b = (Descriptor(OCI_MANIFEST, f"sha256:{c * 64}", 10) for c in "ab")
+
+    async def target() -> str:
+        image = await client.get_image("r/x:1")
+        assert image is not None
+        return str(image.target.digest)
+
+    try:
+        await puller.put_image("r/x:1", a, exists=True)  # thought there, is not: created
+        assert await target() == a.digest
+        await puller.put_image("r/x:1", b, exists=False)  # thought absent, is there
+        assert await target() == b.digest
+        await puller.put_image("r/x:1", a, exists=True)
+        assert await target() == a.digest
+    finally:
+        await client.close()
+        await purge_namespace(containerd_address, namespace)

@@ -44,13 +44,17 @@ class Puller:
     def __init__(self, m: ImageManager, fake: Containerd) -> None:
         self.m, self.fake = m, fake
         self.fail = False
+        self.known_before: dict[str, bool] = {}
 
     async def pull(
         self,
         ref: Reference,
         creds: Credentials | None,
         record: Callable[[ImageContent, list[str]], Awaitable[None]],
+        known: Callable[[str], bool] | None = None,
     ) -> tuple[ImageContent, list[str]]:
+        assert known is not None
+        self.known_before = {name: known(name) for name in (TAG, DIGEST)}
         target = Descriptor(MANIFEST, f"sha256:{7:064x}", 9)
         for name in (TAG, DIGEST, OTHER):
             self.fake.images[name] = image(name, 7)
@@ -75,11 +79,15 @@ def setup(store: Store) -> tuple[ImageManager, Containerd, Puller]:
 
 
 def test_the_pulls_own_records_are_left_to_it(store: Store) -> None:
-    m, fake, _ = setup(store)
+    m, fake, puller = setup(store)
     asyncio.run(m.pull(TAG))
     assert fake.gets == [OTHER]  # asked once the pull ended; its own names never
     assert names(m) == {TAG, DIGEST, OTHER}
     assert m.status(TAG) is not None and m.status(OTHER) is not None
+    # the puller is told which names the cache holds: none the first time, both the next
+    assert puller.known_before == {TAG: False, DIGEST: False}
+    asyncio.run(m.pull(TAG))
+    assert puller.known_before == {TAG: True, DIGEST: True}
 
 
 def test_a_failed_pull_refreshes_every_name_it_held(store: Store) -> None:
