@@ -170,6 +170,10 @@ def parse_config(body: bytes, layers: int, where: str) -> tuple[dict[str, Any], 
     return doc, diff_ids
 
 
+# A small blob's bytes, or how to fetch them (from the registry) if they are needed.
+SmallBlob = bytes | Callable[[], Awaitable[bytes]]
+
+
 class _StatusLost(Exception):
     """grpc replaced containerd's status on a Content.Write stream with its own (`_download`)."""
 
@@ -221,11 +225,14 @@ class Puller:
         creds: Credentials | None = None,
         record: Callable[[ImageContent, list[str]], Awaitable[None]] | None = None,
         known: Callable[[str], bool] | None = None,
+        known_config: Callable[[str], str | None] | None = None,
     ) -> tuple[ImageContent, list[str]]:
         """Pulls `ref`; returns its content and the image names created in containerd.
         `record(content, names)` runs once the names exist, beside the lease's deletion.
         `known(name)`: whether containerd is thought to hold the name (the caller's cache);
-        its record is then re-pointed first, not created first (`put_image`)."""
+        its record is then re-pointed first, not created first (`put_image`).
+        `known_config(digest)`: the image config with that digest as the caller's cache
+        holds it (JSON), if it does: its diff IDs need no read of the blob."""
         started = time.perf_counter()
         lease = f"crictld-pull-{secrets.token_hex(8)}"
         # The lease is made while the registry resolves the reference: nothing is written
@@ -236,7 +243,9 @@ class Puller:
         try:
             endpoint, target, body = await self.registry.resolve(ref, creds)
             await create
-            content = await self._fetch_and_unpack(ref, creds, endpoint, target, body, lease, md)
+            content = await self._fetch_and_unpack(
+                ref, creds, endpoint, target, body, lease, md, known_config
+            )
             names = [n for n in (ref.tagged_name, ref.with_digest(target.digest)) if n]
             await asyncio.gather(
                 *(self.put_image(name, target, known is not None and known(name)) for name in names)
@@ -301,6 +310,7 @@ class Puller:
         target_body: bytes,
         lease: str,
         md: Sequence[tuple[str, str]],
+        known_config: Callable[[str], str | None] | None = None,
     ) -> ImageContent:
         where = f"pull {ref}: registry {endpoint}"
         # The index, the manifest and the config are written beside the rest (each a content
@@ -311,7 +321,7 @@ class Puller:
         pending: list[asyncio.Future[Any]] = []  # cancelled if the pull fails
         puts: list[asyncio.Future[None]] = []
 
-        def put(desc: Descriptor, body: bytes, labels: dict[str, str]) -> None:
+        def put(desc: Descriptor, body: SmallBlob, labels: dict[str, str]) -> None:
             puts.append(asyncio.ensure_future(self._put_small(desc, body, md, lease, labels)))
             pending.append(puts[-1])
 
@@ -344,10 +354,21 @@ class Puller:
             ]
             pending += downloads
             put(manifest, manifest_body, manifest_labels)
-            config_body, config_was_here = await self._small_blob_from(
-                config, lambda: self.registry.fetch_blob(endpoint, ref, config, creds)
-            )
-            config_json, diff_ids = parse_config(config_body, len(layers), where)
+
+            def fetch_config() -> Awaitable[bytes]:
+                return self.registry.fetch_blob(endpoint, ref, config, creds)
+
+            cached = known_config(config.digest) if known_config is not None else None
+            config_body: SmallBlob
+            if cached is not None:
+                # The cache's parse of the blob with this digest: the layers' diff IDs are
+                # known without reading it. The blob is still held (or, gone, fetched) below.
+                config_json, diff_ids = parse_config(cached.encode(), len(layers), where)
+                config_body, config_was_here = fetch_config, True
+            else:
+                body, config_was_here = await self._small_blob_from(config, fetch_config)
+                config_json, diff_ids = parse_config(body, len(layers), where)
+                config_body = body
             diff_ids_ready.set_result(diff_ids)
             chains = chain_ids(diff_ids)
             config_labels = (
@@ -445,17 +466,19 @@ class Puller:
     async def _put_small(
         self,
         desc: Descriptor,
-        data: bytes,
+        data: SmallBlob,
         md: Sequence[tuple[str, str]],
         lease: str,
         labels: Mapping[str, str],
     ) -> None:
-        """Writes a small blob in one round trip (commit with data), or, if it is there
-        already, adds it to the lease and makes sure it carries `labels`."""
+        """Writes a small blob in one round trip (commit with data, fetched first if `data`
+        is how to fetch it), or, if it is there already, adds it to the lease and makes sure
+        it carries `labels`."""
         info = await self.content_info(desc.digest)
         if info is None:
+            body = data if isinstance(data, bytes) else await data()
             try:
-                await self._write_once(desc, data, md, labels)
+                await self._write_once(desc, body, md, labels)
                 return
             except errors.AlreadyExists:
                 info = await self.content_info(desc.digest)
@@ -712,6 +735,7 @@ class Puller:
             if was_here:
                 await self._add_to_lease(lease, chain_id, kind)
                 if await self._snapshot_exists(chain_id):
+                    await downloaded  # the image's content is whole all the same
                     return
             elif await self._snapshot_exists(chain_id):
                 await self._add_to_lease(lease, chain_id, kind)

@@ -475,6 +475,10 @@ class ImageManager:
         if not task.cancelled():
             task.exception()  # retrieved, so an unawaited failure is not reported as lost
 
+    def _config_of(self, image_id: str) -> str | None:
+        view = self.index.by_id.get(image_id)
+        return None if view is None else view.config
+
     async def _pull(self, ref: reference.Reference, creds: Credentials | None) -> str:
         async def record(content: ImageContent, names: list[str]) -> None:
             records = [_name_record(n, content.target) for n in names]
@@ -485,7 +489,11 @@ class ImageManager:
         recorded: list[str] = []
         try:
             content, recorded = await self.puller.pull(
-                ref, creds, record, known=lambda name: name in self.index.targets
+                ref,
+                creds,
+                record,
+                known=lambda name: name in self.index.targets,
+                known_config=self._config_of,
             )
         except Exception:
             metrics.IMAGE_PULLS.labels("error").inc()

@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crictl.containerd.client import ContainerdClient
+from crictl.gen.containerd.api.services.content.v1 import content_pb2
 from crictl.gen.cri.runtime.v1 import api_pb2
 from tests.conftest import BIG_IMAGE
 from tests.rig.daemon import Daemon
@@ -307,3 +309,43 @@ def test_a_pull_never_blocks_other_calls(image_daemon: Daemon, registry: Registr
                 d.image_call("ListImages", api_pb2.ListImagesRequest(), timeout=2)
                 assert time.monotonic() - started < 0.5
             assert pulling.result(timeout=120).startswith("sha256:")
+
+
+def test_a_pull_of_an_image_the_node_has_holds_it_whole_again(
+    image_daemon: Daemon, registry: Registry, fixture_images: list[FixtureImage]
+) -> None:
+    """Pulled again, an image the cache holds takes its config from the cache (no read of the
+    blob) and finds its snapshot first; a config or layer blob gone from containerd meanwhile
+    is fetched again before the pull answers, and every blob and the snapshot are there
+    with no lease or ingest left."""
+    d = image_daemon
+    ref = f"{registry.host}/{BUSYBOX}"
+    pull(d, ref)
+    image_id = status(d, ref).image.id
+    before = inv(d)
+    layers = [
+        layer.descriptor.digest for layer in _image(fixture_images, BUSYBOX).manifests[0].layers
+    ]
+    assert image_id in before.content and set(layers) <= before.content
+
+    async def delete(digests: list[str]) -> None:
+        c = ContainerdClient(d.containerd, d.namespace)
+        try:
+            for digest in digests:
+                await c.call(
+                    "delete content",
+                    c.content.Delete(
+                        content_pb2.DeleteContentRequest(digest=digest), metadata=c.metadata
+                    ),
+                )
+        finally:
+            await c.close()
+
+    pull(d, ref)  # the node has it all
+    assert inv(d) == before
+    asyncio.run(delete([image_id, *layers]))
+    assert not ({image_id, *layers} & inv(d).content)
+    pull(d, ref)  # its config and layer fetched from the registry again, the snapshot kept
+    after = inv(d)
+    assert after == before, (before, after)
+    assert status(d, ref).image.id == image_id

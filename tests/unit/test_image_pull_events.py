@@ -6,6 +6,7 @@ refreshed once the pull ends, and every held name is refreshed when the pull fai
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -45,6 +46,7 @@ class Puller:
         self.m, self.fake = m, fake
         self.fail = False
         self.known_before: dict[str, bool] = {}
+        self.config_before: str | None = None
 
     async def pull(
         self,
@@ -52,10 +54,12 @@ class Puller:
         creds: Credentials | None,
         record: Callable[[ImageContent, list[str]], Awaitable[None]],
         known: Callable[[str], bool] | None = None,
+        known_config: Callable[[str], str | None] | None = None,
     ) -> tuple[ImageContent, list[str]]:
-        assert known is not None
-        self.known_before = {name: known(name) for name in (TAG, DIGEST)}
+        assert known is not None and known_config is not None
         target = Descriptor(MANIFEST, f"sha256:{7:064x}", 9)
+        self.known_before = {name: known(name) for name in (TAG, DIGEST)}
+        self.config_before = known_config(content(target).id)
         for name in (TAG, DIGEST, OTHER):
             self.fake.images[name] = image(name, 7)
             await self.m.on_event("/images/create", name)
@@ -84,10 +88,15 @@ def test_the_pulls_own_records_are_left_to_it(store: Store) -> None:
     assert fake.gets == [OTHER]  # asked once the pull ended; its own names never
     assert names(m) == {TAG, DIGEST, OTHER}
     assert m.status(TAG) is not None and m.status(OTHER) is not None
-    # the puller is told which names the cache holds: none the first time, both the next
+    # the puller is told which names and config the cache holds: none the first time
     assert puller.known_before == {TAG: False, DIGEST: False}
+    assert puller.config_before is None
     asyncio.run(m.pull(TAG))
     assert puller.known_before == {TAG: True, DIGEST: True}
+    assert puller.config_before is not None
+    assert json.loads(puller.config_before) == dict(
+        content(Descriptor(MANIFEST, "", 0)).config_json
+    )
 
 
 def test_a_failed_pull_refreshes_every_name_it_held(store: Store) -> None:
