@@ -732,12 +732,8 @@ class Puller:
             and downloaded.result()
         )
         async with lock:
-            if was_here:
-                await self._add_to_lease(lease, chain_id, kind)
-                if await self._snapshot_exists(chain_id):
-                    await downloaded  # the image's content is whole all the same
-                    return
-            elif await self._snapshot_exists(chain_id):
+            # (`or` short-circuits: an image that was there is not looked for before the hold.)
+            if was_here or await self._snapshot_exists(chain_id):
                 await self._add_to_lease(lease, chain_id, kind)
                 if await self._snapshot_exists(chain_id):
                     await downloaded  # the image's content is whole all the same
