@@ -52,8 +52,10 @@ class Containerd:
 def stop(containerd: Containerd, ready: bool) -> list[str]:
     r = object.__new__(SandboxReconciler)
     r.containerd = containerd  # type: ignore[assignment]
+    r._task_deleted = set()
     asyncio.run(r._stop_task(SID, ready=ready))
     assert containerd.task is None  # deleted, whatever it was
+    assert r._task_deleted == {SID}  # so the pod's removal does not ask for it again
     return containerd.calls
 
 
@@ -105,5 +107,7 @@ def test_containerd_away_is_raised() -> None:
     containerd.task_state = away  # type: ignore[method-assign]
     r = object.__new__(SandboxReconciler)
     r.containerd = containerd  # type: ignore[assignment]
+    r._task_deleted = set()
     with pytest.raises(errors.Unavailable):
         asyncio.run(r._stop_task(SID, ready=True))
+    assert r._task_deleted == set()  # not deleted: the removal must ask
