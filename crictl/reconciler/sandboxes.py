@@ -238,7 +238,7 @@ class SandboxReconciler:
         self._recovering: set[str] = set()  # ready at start, re-adopted by the first resync
         # Pods whose pause task a stop of this daemon's deleted: nothing makes it again (a pod
         # is never started twice), so their removal asks containerd for it no more. Not kept
-        # across a restart, where the removal asks as before.
+        # across a restart: there the first pass of a stopped pod asks as before.
         self._task_deleted: set[str] = set()
         self._to_check: list[PodSandbox | SandboxView] = []
         self._network_checks: set[asyncio.Task[None]] = set()
