@@ -200,10 +200,16 @@ class ManagedContainerd:
 
 
 async def _terminate(pid: int, process: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT; reaps it if it is our child."""
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT; reaps it if it is our child.
+
+    A SIGCONT follows the SIGTERM (as systemd sends it): a stopped containerd (SIGSTOP, a
+    debugger's stop) would keep the SIGTERM pending and only the SIGKILL, STOP_TIMEOUT later,
+    would end it, without the clean shutdown that closes its shims' connections."""
     for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
         try:
             os.kill(pid, sig)
+            if sig == signal.SIGTERM:
+                os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait
