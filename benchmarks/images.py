@@ -1,7 +1,8 @@
 """The image workload: pull, inspect, list and remove fixture images on every runtime.
 
 Per round, for each image: PullImage (the image was removed before, so it really pulls),
-ImageStatus by tag, ImageStatus by id (the id PullImage answered), ListImages, RemoveImage.
+PullImage again (the node has it: kubelet's `imagePullPolicy: Always`), ImageStatus by tag,
+ImageStatus by id (the id PullImage answered), ListImages, RemoveImage.
 
     .venv/bin/python -m benchmarks.images                      # brings everything up itself
     .venv/bin/python -m benchmarks.images --rounds 10 --images busybox,nginx --json out.json
@@ -83,7 +84,7 @@ def parse_images(text: str | None) -> list[BenchImage]:
 
 
 class ImageWorkload:
-    """Pull / status by tag / status by id / list / remove, for each image, every round."""
+    """Pull, pull again, status by tag and by id, list, remove: each image, every round."""
 
     name = "images"
 
@@ -116,6 +117,15 @@ class ImageWorkload:
             spec = api_pb2.ImageSpec(image=ref)
             pulled = rt.call(
                 self._op("PullImage", image),
+                rt.image.PullImage,
+                api_pb2.PullImageRequest(image=spec),
+                timeout=PULL_TIMEOUT,
+                label=image.label,
+            )
+            # kubelet's `imagePullPolicy: Always`: every container start pulls an image the
+            # node has, so only the registry's manifest is new.
+            rt.call(
+                self._op("PullImage(present)", image),
                 rt.image.PullImage,
                 api_pb2.PullImageRequest(image=spec),
                 timeout=PULL_TIMEOUT,
