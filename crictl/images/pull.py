@@ -193,6 +193,20 @@ def _pb_descriptor(d: Descriptor) -> descriptor_pb2.Descriptor:
     return descriptor_pb2.Descriptor(media_type=d.media_type, digest=d.digest, size=d.size)
 
 
+async def _all(aws: Sequence[Awaitable[Any]]) -> list[Any]:
+    """The results of `aws`, run at once; the first failure is raised once all have ended
+    (none is left running, or its failure unread)."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
+
+
+def _carries(info: content_pb2.Info, labels: Mapping[str, str]) -> bool:
+    return all(info.labels.get(k) == v for k, v in labels.items())
+
+
 class Puller:
     def __init__(
         self,
@@ -224,55 +238,163 @@ class Puller:
         ref: Reference,
         creds: Credentials | None = None,
         record: Callable[[ImageContent, list[str]], Awaitable[None]] | None = None,
-        known: Callable[[str], bool] | None = None,
+        known: Callable[[str], str | None] | None = None,
         known_config: Callable[[str], str | None] | None = None,
     ) -> tuple[ImageContent, list[str]]:
         """Pulls `ref`; returns its content and the image names created in containerd.
         `record(content, names)` runs once the names exist, beside the lease's deletion.
-        `known(name)`: whether containerd is thought to hold the name (the caller's cache);
-        its record is then re-pointed first, not created first (`put_image`).
+        `known(name)`: the target digest containerd is thought to hold the name at (the
+        caller's cache), if any; its record is then re-pointed first, not created first
+        (`put_image`).
         `known_config(digest)`: the image config with that digest as the caller's cache
-        holds it (JSON), if it does: its diff IDs need no read of the blob."""
+        holds it (JSON), if it does: its diff IDs need no read of the blob.
+        An image the node has whole (every name where the cache says, at the target the
+        registry resolves) is checked without a lease and nothing is written (`_held_whole`):
+        it returns no names and `record` is not called."""
         started = time.perf_counter()
         lease = f"crictld-pull-{secrets.token_hex(8)}"
+        first = ref.tagged_name or (ref.with_digest(ref.digest) if ref.digest else None)
         # The lease is made while the registry resolves the reference: nothing is written
-        # under it before both are done.
-        create = asyncio.ensure_future(self._create_lease(lease, ref))
+        # under it before both are done. Not for a name the cache holds: that is most likely
+        # a pull of an image the node has, which needs none.
+        create: asyncio.Future[None] | None = None
+        if known is None or first is None or known(first) is None:
+            create = asyncio.ensure_future(self._create_lease(lease, ref))
         md = (*self.containerd.metadata, (LEASE_HEADER, lease))
         ended = False
         try:
             endpoint, target, body = await self.registry.resolve(ref, creds)
+            names = [n for n in (ref.tagged_name, ref.with_digest(target.digest)) if n]
+            if (
+                known is not None
+                and known_config is not None
+                and all(known(n) == target.digest for n in names)
+            ):
+                where = f"pull {ref}: registry {endpoint}"
+                with trace.span("check image held"):
+                    held = await self._held_whole(target, body, names, known_config, where)
+                if held is not None:
+                    ended = True
+                    self._pulled(ref, held, started)
+                    return held, []
+            if create is None:
+                create = asyncio.ensure_future(self._create_lease(lease, ref))
             await create
             content = await self._fetch_and_unpack(
                 ref, creds, endpoint, target, body, lease, md, known_config
             )
-            names = [n for n in (ref.tagged_name, ref.with_digest(target.digest)) if n]
             await asyncio.gather(
-                *(self.put_image(name, target, known is not None and known(name)) for name in names)
+                *(
+                    self.put_image(name, target, known is not None and known(name) is not None)
+                    for name in names
+                )
             )
             ended = True
-            done = await asyncio.gather(
-                self._end_lease(lease, collect=False),
-                record(content, names) if record is not None else asyncio.sleep(0),
-                return_exceptions=True,
+            await _all(
+                [
+                    self._end_lease(lease, collect=False),
+                    record(content, names) if record is not None else asyncio.sleep(0),
+                ]
             )
-            for outcome in done:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            log.info(
-                "pulled image",
-                extra={
-                    "ref": str(ref),
-                    "id": content.id,
-                    "ms": round((time.perf_counter() - started) * 1000, 1),
-                },
-            )
+            self._pulled(ref, content, started)
             return content, names
         finally:
-            if not ended:
+            if not ended and create is not None:
                 await asyncio.wait((create,))
                 if not create.cancelled() and create.exception() is None:
                     await self._end_lease(lease, collect=True)
+
+    @staticmethod
+    def _pulled(ref: Reference, content: ImageContent, started: float) -> None:
+        log.info(
+            "pulled image",
+            extra={
+                "ref": str(ref),
+                "id": content.id,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+
+    async def _held_whole(
+        self,
+        target: Descriptor,
+        body: bytes,
+        names: Sequence[str],
+        known_config: Callable[[str], str | None],
+        where: str,
+    ) -> ImageContent | None:
+        """The image at `target` (`body` as the registry sent it), if the node has all of it:
+        every name's record at the target (so the records hold the rest from containerd's
+        collection), the index, manifest and config blobs with the references to what they
+        hold, every layer blob, the config's parse in the cache, and the image's top
+        snapshot, committed (a snapshot's parents cannot be removed while it is there). All
+        asked at once; for an index the manifest is read from containerd first. Nothing is
+        written, so no lease is needed: a removal that runs meanwhile ends as if it came
+        after this pull. None when anything is missing or differs (the caller pulls under a
+        lease, which writes what is missing)."""
+
+        async def record_at(name: str) -> bool:
+            image = await self.containerd.get_image(name)
+            return (
+                image is not None
+                and image.target.digest == target.digest
+                and image.target.media_type == target.media_type
+                and image.target.size == target.size
+                and image.labels.get(MANAGED_LABEL) == "true"
+            )
+
+        async def rest(manifest: Descriptor) -> ImageContent | None:
+            manifest_body = body
+            if manifest is not target:
+                try:
+                    manifest_body = await self._local_blob(manifest)
+                except (errors.NotFound, errors.FailedPrecondition):
+                    return None
+            config, layers = parse_manifest(manifest_body, where)
+            cached = known_config(config.digest)
+            if cached is None:
+                return None
+            config_json, diff_ids = parse_config(cached.encode(), len(layers), where)
+            chains = chain_ids(diff_ids)
+            manifest_labels = {"containerd.io/gc.ref.content.config": config.digest}
+            manifest_labels |= {
+                f"containerd.io/gc.ref.content.l.{i}": layer.digest
+                for i, layer in enumerate(layers)
+            }
+            config_labels = (
+                {f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chains[-1]} if chains else {}
+            )
+            checks = [
+                self._has_blob(manifest.digest, manifest_labels),
+                self._has_blob(config.digest, config_labels),
+                *(self._has_blob(layer.digest, {}) for layer in layers),
+            ]
+            if chains:
+                checks.append(self._snapshot_committed(chains[-1]))
+            if not all(await _all(checks)):
+                return None
+            return ImageContent(target, manifest, config, layers, diff_ids, config_json)
+
+        checks: list[Awaitable[bool]] = [record_at(name) for name in names]
+        manifest = target
+        if target.media_type in mediatypes.INDEXES:
+            i, manifest = select_manifest(json.loads(body), self.platform, where)
+            checks.append(
+                self._has_blob(
+                    target.digest, {f"containerd.io/gc.ref.content.m.{i}": manifest.digest}
+                )
+            )
+        content, *found = await _all([rest(manifest), *checks])
+        return content if all(found) else None
+
+    async def _has_blob(self, digest: str, labels: Mapping[str, str]) -> bool:
+        """Whether containerd has the blob, carrying `labels`."""
+        info = await self.content_info(digest)
+        return info is not None and _carries(info, labels)
+
+    async def _snapshot_committed(self, name: str) -> bool:
+        info = await self._snapshot(name)
+        return info is not None and info.kind == snapshots_pb2.COMMITTED
 
     async def _create_lease(self, lease: str, ref: Reference) -> None:
         await self.containerd.call(
@@ -483,7 +605,7 @@ class Puller:
             except errors.AlreadyExists:
                 info = await self.content_info(desc.digest)
         await self._add_to_lease(lease, desc.digest, "content")
-        if info is not None and any(info.labels.get(k) != v for k, v in labels.items()):
+        if info is not None and not _carries(info, labels):
             await self._update_labels(desc.digest, labels)
 
     async def _update_labels(self, digest: str, labels: Mapping[str, str]) -> None:
@@ -782,17 +904,21 @@ class Puller:
                 raise
 
     async def _snapshot_exists(self, key: str) -> bool:
+        return await self._snapshot(key) is not None
+
+    async def _snapshot(self, key: str) -> snapshots_pb2.Info | None:
         try:
-            await self.containerd.call(
+            resp = await self.containerd.call(
                 "stat snapshot",
                 self.containerd.snapshots.Stat(
                     snapshots_pb2.StatSnapshotRequest(snapshotter=self.snapshotter, key=key),
                     metadata=self.containerd.metadata,
                 ),
             )
-            return True
         except errors.NotFound:
-            return False
+            return None
+        info: snapshots_pb2.Info = resp.info
+        return info
 
     async def _remove_snapshot(self, key: str) -> None:
         try:

@@ -492,7 +492,7 @@ class ImageManager:
                 ref,
                 creds,
                 record,
-                known=lambda name: name in self.index.targets,
+                known=self.index.targets.get,
                 known_config=self._config_of,
             )
         except Exception:

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from crictl.containerd.client import ContainerdClient
 from crictl.gen.containerd.api.services.content.v1 import content_pb2
+from crictl.gen.containerd.api.services.images.v1 import images_pb2
+from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
 from crictl.gen.cri.runtime.v1 import api_pb2
 from tests.conftest import BIG_IMAGE
 from tests.rig.daemon import Daemon
@@ -351,3 +354,119 @@ def test_a_pull_of_an_image_the_node_has_holds_it_whole_again(
     after = inv(d)
     assert after == before, (before, after)
     assert status(d, ref).image.id == image_id
+
+
+def _containerd(d: Daemon) -> ContainerdClient:
+    return ContainerdClient(d.containerd, d.namespace)
+
+
+async def _records(d: Daemon, names: list[str]) -> dict[str, images_pb2.Image | None]:
+    c = _containerd(d)
+    try:
+        return {name: await c.get_image(name) for name in names}
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize("path", [BUSYBOX, "pause:3.10"], ids=["manifest", "index"])
+def test_a_pull_of_an_image_the_node_has_whole_writes_nothing(
+    image_daemon: Daemon, registry: Registry, path: str
+) -> None:
+    """kubelet's `imagePullPolicy: Always`: the records, blobs and snapshot of an image the
+    node has are checked, not written again: no record is updated, no lease made."""
+    d = image_daemon
+    ref = f"{registry.host}/{path}"
+    image_id = pull(d, ref)
+    names = [ref, *status(d, ref).image.repo_digests]
+    before, held = inv(d), asyncio.run(_records(d, names))
+    assert all(r is not None for r in held.values()), held
+    assert pull(d, ref) == image_id
+    assert asyncio.run(_records(d, names)) == held  # updated_at too: nothing was written
+    assert inv(d) == before
+
+
+async def _break(d: Daemon, broken: str, ref: str, image_id: str) -> None:
+    """Breaks one part of a pulled image: the record's crictld label, the config's reference
+    to its snapshot (which holds the snapshot from containerd's collection), the snapshot."""
+    c = _containerd(d)
+    try:
+        if broken == "record label":
+            image = await c.get_image(ref)
+            assert image is not None
+            del image.labels["crictld.io/managed"]
+            await c.call(
+                "update image",
+                c.images.Update(
+                    images_pb2.UpdateImageRequest(
+                        image=image, update_mask=FieldMask(paths=["labels.crictld.io/managed"])
+                    ),
+                    metadata=c.metadata,
+                ),
+            )
+            return
+        info = await c.call(
+            "content info",
+            c.content.Info(content_pb2.InfoRequest(digest=image_id), metadata=c.metadata),
+        )
+        label = "containerd.io/gc.ref.snapshot.overlayfs"
+        if broken == "config label":
+            await c.call(
+                "update content",
+                c.content.Update(
+                    content_pb2.UpdateRequest(
+                        info=content_pb2.Info(digest=image_id),
+                        update_mask=FieldMask(paths=[f"labels.{label}"]),
+                    ),
+                    metadata=c.metadata,
+                ),
+            )
+            return
+        await c.call(
+            "remove snapshot",
+            c.snapshots.Remove(
+                snapshots_pb2.RemoveSnapshotRequest(
+                    snapshotter="overlayfs", key=info.info.labels[label]
+                ),
+                metadata=c.metadata,
+            ),
+        )
+    finally:
+        await c.close()
+
+
+async def _labels(d: Daemon, ref: str, image_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The labels of the image's record and of its config."""
+    c = _containerd(d)
+    try:
+        image = await c.get_image(ref)
+        assert image is not None
+        info = await c.call(
+            "content info",
+            c.content.Info(content_pb2.InfoRequest(digest=image_id), metadata=c.metadata),
+        )
+        return dict(image.labels), dict(info.info.labels)
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize("broken", ["record label", "config label", "snapshot"])
+def test_a_pull_of_an_image_the_node_has_mends_what_differs(
+    image_daemon: Daemon, registry: Registry, broken: str
+) -> None:
+    """What the check of an image the node has finds changed or missing (the record's label,
+    the config's reference to its snapshot, the snapshot itself) the pull writes again, and
+    then leaves the node as the first pull did."""
+    d = image_daemon
+    ref = f"{registry.host}/{BUSYBOX}"
+    image_id = pull(d, ref)
+    view = status(d, ref).image
+    before, held = inv(d), asyncio.run(_labels(d, ref, image_id))
+    asyncio.run(_break(d, broken, ref, image_id))
+    if broken == "snapshot":
+        assert inv(d).snapshots < before.snapshots
+    else:
+        assert asyncio.run(_labels(d, ref, image_id)) != held
+    assert pull(d, ref) == image_id
+    assert asyncio.run(_labels(d, ref, image_id)) == held
+    assert inv(d) == before
+    assert status(d, ref).image == view

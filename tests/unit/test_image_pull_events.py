@@ -45,7 +45,7 @@ class Puller:
     def __init__(self, m: ImageManager, fake: Containerd) -> None:
         self.m, self.fake = m, fake
         self.fail = False
-        self.known_before: dict[str, bool] = {}
+        self.known_before: dict[str, str | None] = {}
         self.config_before: str | None = None
 
     async def pull(
@@ -53,7 +53,7 @@ class Puller:
         ref: Reference,
         creds: Credentials | None,
         record: Callable[[ImageContent, list[str]], Awaitable[None]],
-        known: Callable[[str], bool] | None = None,
+        known: Callable[[str], str | None] | None = None,
         known_config: Callable[[str], str | None] | None = None,
     ) -> tuple[ImageContent, list[str]]:
         assert known is not None and known_config is not None
@@ -88,11 +88,11 @@ def test_the_pulls_own_records_are_left_to_it(store: Store) -> None:
     assert fake.gets == [OTHER]  # asked once the pull ended; its own names never
     assert names(m) == {TAG, DIGEST, OTHER}
     assert m.status(TAG) is not None and m.status(OTHER) is not None
-    # the puller is told which names and config the cache holds: none the first time
-    assert puller.known_before == {TAG: False, DIGEST: False}
+    # the puller is told where the cache holds each name, and its config: none the first time
+    assert puller.known_before == {TAG: None, DIGEST: None}
     assert puller.config_before is None
     asyncio.run(m.pull(TAG))
-    assert puller.known_before == {TAG: True, DIGEST: True}
+    assert puller.known_before == {TAG: f"sha256:{7:064x}", DIGEST: f"sha256:{7:064x}"}
     assert puller.config_before is not None
     assert json.loads(puller.config_before) == dict(
         content(Descriptor(MANIFEST, "", 0)).config_json
