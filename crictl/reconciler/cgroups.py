@@ -26,6 +26,8 @@ from crictl.gen.cri.runtime.v1 import api_pb2
 
 ROOT = Path("/sys/fs/cgroup")
 UNLIMITED = 1 << 62  # v1 reports "no limit" as a huge page-aligned number
+_READ = 1 << 16  # one read takes a whole cgroup file (kernfs fills the buffer)
+_HZ = os.sysconf("SC_CLK_TCK")  # cpuacct.stat's unit
 
 
 @dataclass(frozen=True)
@@ -84,14 +86,29 @@ def fs_path(cgroups_path: str) -> str:
     return "/".join([*parts, unit])
 
 
-def _text(path: Path) -> str | None:
+def _text(path: str) -> str | None:
+    """The file's whole content, or None if it cannot be read. Read with os calls: a cgroup
+    file is a few hundred bytes, and pathlib's and io's layers cost several times the read
+    (a v1 sample took 686 us through them, 154 of it the 16 reads)."""
     try:
-        return path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        data = os.read(fd, _READ)
+        if len(data) == _READ:  # a big cgroup.procs: the rest
+            chunks = [data]
+            while chunk := os.read(fd, _READ):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace")
 
 
-def _int(path: Path) -> int | None:
+def _int(path: str) -> int | None:
     text = _text(path)
     try:
         return int(text.split()[0]) if text else None
@@ -99,7 +116,7 @@ def _int(path: Path) -> int | None:
         return None
 
 
-def _keyed(path: Path) -> dict[str, int]:
+def _keyed(path: str) -> dict[str, int]:
     text = _text(path)
     out: dict[str, int] = {}
     for line in (text or "").splitlines():
@@ -117,21 +134,21 @@ def _working_set(usage: int | None, inactive: int | None) -> int | None:
     return max(usage - (inactive or 0), 0)
 
 
-def _procs(path: Path) -> tuple[int, ...]:
+def _procs(path: str) -> tuple[int, ...]:
     text = _text(path) or ""
     return tuple(int(x) for x in text.split() if x.isdigit())
 
 
-def _limit(path: Path) -> int | None:
+def _limit(path: str) -> int | None:
     text = (_text(path) or "").strip()
     return int(text) if text.isdigit() else None
 
 
-def _io_v1(d: Path) -> tuple[tuple[str, int, int, int, int], ...]:
+def _io_v1(d: str) -> tuple[tuple[str, int, int, int, int], ...]:
     """blkio.throttle.io_service_bytes and io_serviced: "MAJ:MIN Read|Write N" lines."""
     per: dict[str, list[int]] = {}
     for name, offset in (("blkio.throttle.io_service_bytes", 0), ("blkio.throttle.io_serviced", 2)):
-        for line in (_text(d / name) or "").splitlines():
+        for line in (_text(f"{d}/{name}") or "").splitlines():
             parts = line.split()
             if len(parts) == 3 and parts[1] in ("Read", "Write") and parts[2].isdigit():
                 slot = per.setdefault(parts[0], [0, 0, 0, 0])
@@ -139,10 +156,10 @@ def _io_v1(d: Path) -> tuple[tuple[str, int, int, int, int], ...]:
     return tuple((dev, *v) for dev, v in sorted(per.items()))  # type: ignore[misc]
 
 
-def _io_v2(d: Path) -> tuple[tuple[str, int, int, int, int], ...]:
+def _io_v2(d: str) -> tuple[tuple[str, int, int, int, int], ...]:
     """io.stat: "MAJ:MIN rbytes=N wbytes=N rios=N wios=N ..." lines."""
     out = []
-    for line in (_text(d / "io.stat") or "").splitlines():
+    for line in (_text(f"{d}/io.stat") or "").splitlines():
         dev, *pairs = line.split()
         kv = dict(p.split("=", 1) for p in pairs if "=" in p)
         try:
@@ -155,33 +172,32 @@ def _io_v2(d: Path) -> tuple[tuple[str, int, int, int, int], ...]:
 
 
 def read_v1(rel: str, root: Path = ROOT, now: int | None = None) -> Sample:
-    mem = root / "memory" / rel
-    usage = _int(mem / "memory.usage_in_bytes")
-    stat = _keyed(mem / "memory.stat")
-    limit = _int(mem / "memory.limit_in_bytes")
-    memsw = _int(mem / "memory.memsw.usage_in_bytes")
-    cpu_stat = _keyed(root / "cpu" / rel / "cpu.stat")
-    ticks = _keyed(root / "cpuacct" / rel / "cpuacct.stat")
-    hz = os.sysconf("SC_CLK_TCK")
-    pids = _procs(root / "pids" / rel / "cgroup.procs") or _procs(mem / "cgroup.procs")
+    mem, pid, acct = f"{root}/memory/{rel}", f"{root}/pids/{rel}", f"{root}/cpuacct/{rel}"
+    usage = _int(f"{mem}/memory.usage_in_bytes")
+    stat = _keyed(f"{mem}/memory.stat")
+    limit = _int(f"{mem}/memory.limit_in_bytes")
+    memsw = _int(f"{mem}/memory.memsw.usage_in_bytes")
+    cpu_stat = _keyed(f"{root}/cpu/{rel}/cpu.stat")
+    ticks = _keyed(f"{acct}/cpuacct.stat")
+    pids = _procs(f"{pid}/cgroup.procs") or _procs(f"{mem}/cgroup.procs")
     return Sample(
-        cpu_user_ns=ticks["user"] * 1_000_000_000 // hz if "user" in ticks else None,
-        cpu_system_ns=ticks["system"] * 1_000_000_000 // hz if "system" in ticks else None,
+        cpu_user_ns=ticks["user"] * 1_000_000_000 // _HZ if "user" in ticks else None,
+        cpu_system_ns=ticks["system"] * 1_000_000_000 // _HZ if "system" in ticks else None,
         cfs_periods=cpu_stat.get("nr_periods"),
         cfs_throttled_periods=cpu_stat.get("nr_throttled"),
         cfs_throttled_ns=cpu_stat.get("throttled_time"),
         memory_cache=stat.get("total_cache"),
         memory_mapped_file=stat.get("total_mapped_file"),
-        memory_kernel=_int(mem / "memory.kmem.usage_in_bytes"),
-        memory_max_usage=_int(mem / "memory.max_usage_in_bytes"),
-        memory_failcnt=_int(mem / "memory.failcnt"),
-        oom_kills=_keyed(mem / "memory.oom_control").get("oom_kill"),
-        threads=_int(root / "pids" / rel / "pids.current"),
-        threads_max=_limit(root / "pids" / rel / "pids.max"),
+        memory_kernel=_int(f"{mem}/memory.kmem.usage_in_bytes"),
+        memory_max_usage=_int(f"{mem}/memory.max_usage_in_bytes"),
+        memory_failcnt=_int(f"{mem}/memory.failcnt"),
+        oom_kills=_keyed(f"{mem}/memory.oom_control").get("oom_kill"),
+        threads=_int(f"{pid}/pids.current"),
+        threads_max=_limit(f"{pid}/pids.max"),
         pids=pids,
-        io=_io_v1(root / "blkio" / rel),
+        io=_io_v1(f"{root}/blkio/{rel}"),
         timestamp=now or time.time_ns(),
-        cpu_ns=_int(root / "cpuacct" / rel / "cpuacct.usage"),
+        cpu_ns=_int(f"{acct}/cpuacct.usage"),
         memory_usage=usage,
         working_set=_working_set(usage, stat.get("total_inactive_file")),
         rss=stat.get("total_rss"),
@@ -194,14 +210,14 @@ def read_v1(rel: str, root: Path = ROOT, now: int | None = None) -> Sample:
 
 
 def read_v2(rel: str, root: Path = ROOT, now: int | None = None) -> Sample:
-    d = root / rel
-    usage = _int(d / "memory.current")
-    stat = _keyed(d / "memory.stat")
-    cpu_stat = _keyed(d / "cpu.stat")
+    d = f"{root}/{rel}"
+    usage = _int(f"{d}/memory.current")
+    stat = _keyed(f"{d}/memory.stat")
+    cpu_stat = _keyed(f"{d}/cpu.stat")
     cpu = cpu_stat.get("usage_usec")
-    limit_text = (_text(d / "memory.max") or "").strip()
-    events = _keyed(d / "memory.events")
-    pids = _procs(d / "cgroup.procs")
+    limit_text = (_text(f"{d}/memory.max") or "").strip()
+    events = _keyed(f"{d}/memory.events")
+    pids = _procs(f"{d}/cgroup.procs")
 
     def usec(key: str) -> int | None:
         return cpu_stat[key] * 1000 if key in cpu_stat else None
@@ -215,11 +231,11 @@ def read_v2(rel: str, root: Path = ROOT, now: int | None = None) -> Sample:
         memory_cache=stat.get("file"),
         memory_mapped_file=stat.get("file_mapped"),
         memory_kernel=stat.get("kernel"),
-        memory_max_usage=_int(d / "memory.peak"),
+        memory_max_usage=_int(f"{d}/memory.peak"),
         memory_failcnt=events.get("max"),
         oom_kills=events.get("oom_kill"),
-        threads=_int(d / "pids.current"),
-        threads_max=_limit(d / "pids.max"),
+        threads=_int(f"{d}/pids.current"),
+        threads_max=_limit(f"{d}/pids.max"),
         pids=pids,
         io=_io_v2(d),
         timestamp=now or time.time_ns(),
@@ -230,7 +246,7 @@ def read_v2(rel: str, root: Path = ROOT, now: int | None = None) -> Sample:
         page_faults=stat.get("pgfault"),
         major_page_faults=stat.get("pgmajfault"),
         memory_limit=int(limit_text) if limit_text.isdigit() else None,
-        swap=_int(d / "memory.swap.current"),
+        swap=_int(f"{d}/memory.swap.current"),
         processes=len(pids) if pids else None,
     )
 
