@@ -168,6 +168,10 @@ def test_image_pulled_by_crictld_runs_with_ctr(image_daemon: Daemon, registry: R
             d.namespace,
             "run",
             "--rm",
+            # One level, which runc removes with the container: ctr's default, /<ns>/<id>,
+            # left a /<ns> directory in every hierarchy after each run.
+            "--cgroup",
+            f"/{d.namespace}-ctr-run",
             ref,
             "crictld-ctr-run",
             "/bin/sh",
