@@ -157,7 +157,7 @@ class Stats:
                     tx_bytes=_u64(i.tx_bytes),
                     tx_errors=_u64(i.tx_errors),
                 )
-                for i in await network(sandbox.netns_path)
+                for i in await network(sandbox.netns_path, sandbox.task_pid)
             ]
             if interfaces:
                 default = next((i for i in interfaces if i.name == "eth0"), interfaces[0])
@@ -222,7 +222,7 @@ class Stats:
         name = config_of(sandbox).metadata.name
         metrics = cadvisor.usage_metrics(sandbox.id, name, pod)
         if sandbox.phase == SandboxPhase.READY:
-            links = await network(sandbox.netns_path)
+            links = await network(sandbox.netns_path, sandbox.task_pid)
             metrics += cadvisor.network_metrics(sandbox.id, name, links, pod.timestamp)
         return api_pb2.PodSandboxMetrics(
             pod_sandbox_id=sandbox.id,

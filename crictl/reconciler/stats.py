@@ -7,7 +7,8 @@ cgroup, so two calls a second apart see a second of CPU time. The writable layer
 walk of its directory (crictl/containerd/usage.py, as containerd's snapshotter walks it), too
 slow per call: a periodic task refreshes it for every container (a container not yet seen is
 measured on demand, alone). A pod's
-network counters are read from its netns over netlink (crictl/network/netns.py)."""
+network counters are its netns's /proc/net/dev table, read through its pause task's /proc entry
+while that is in the netns, else from inside the netns (crictl/network/netns.py)."""
 
 from __future__ import annotations
 
@@ -185,10 +186,15 @@ def pod_total(parts: list[Usage]) -> Usage:
     return Usage(sample, sum(nanos) if nanos else None)
 
 
-async def network(netns_path: str | None) -> list[netns.LinkStats]:
-    """The pod's interfaces' counters; none for a host-network pod or a netns gone."""
+async def network(netns_path: str | None, pid: int | None = None) -> list[netns.LinkStats]:
+    """The pod's interfaces' counters; none for a host-network pod or a netns gone. Read
+    through `pid` (its pause task) where it is still in the netns, else from inside it."""
     if not netns_path:
         return []
+    if pid:
+        found = netns.link_stats_through(pid, Path(netns_path))
+        if found is not None:
+            return found
     try:
         return await asyncio.to_thread(netns.link_stats, Path(netns_path))
     except errors.CrictlError as e:
