@@ -117,7 +117,7 @@ class Stats:
         return api_pb2.ListContainerStatsResponse(stats=await self._containers(list(rows)))
 
     async def _pod_usage(
-        self, sandbox: SandboxView
+        self, sandbox: SandboxView, full: bool = False
     ) -> tuple[list[ContainerView], dict[str, Usage], Usage]:
         """The pod's containers, their usage, and the pod's own: kubelet's pod-level cgroup
         when there is one (it holds everything the pod runs), else the parts summed."""
@@ -130,7 +130,7 @@ class Stats:
             and not removal_asked(r)
         ]
         keys = [pod_key(sandbox.id), pod_cgroup_key(sandbox.id), *(c.id for c in containers)]
-        usage = await self.stats.usage(keys)
+        usage = await self.stats.usage(keys, full)
         pod_cgroup = usage.get(pod_cgroup_key(sandbox.id))
         if pod_cgroup is not None and pod_cgroup.sample.cpu_ns is not None:
             return containers, usage, pod_cgroup
@@ -218,38 +218,47 @@ class Stats:
         return api_pb2.ListMetricDescriptorsResponse(descriptors=cadvisor.descriptors())
 
     async def _pod_metrics(self, sandbox: SandboxView) -> api_pb2.PodSandboxMetrics:
-        containers, usage, pod = await self._pod_usage(sandbox)
+        containers, usage, pod = await self._pod_usage(sandbox, full=True)
         name = config_of(sandbox).metadata.name
         metrics = cadvisor.usage_metrics(sandbox.id, name, pod)
         if sandbox.phase == SandboxPhase.READY:
             links = await network(sandbox.netns_path, sandbox.task_pid)
             metrics += cadvisor.network_metrics(sandbox.id, name, links, pod.timestamp)
+        measured = [c for c in containers if c.id in usage]
+        extras = await self._extras(measured, usage)
         return api_pb2.PodSandboxMetrics(
             pod_sandbox_id=sandbox.id,
             metrics=metrics,
             container_metrics=[
                 api_pb2.ContainerMetrics(
                     container_id=c.id,
-                    metrics=cadvisor.usage_metrics(
-                        c.id, c.name, usage[c.id], await self._extras(c, usage[c.id])
-                    ),
+                    metrics=cadvisor.usage_metrics(c.id, c.name, usage[c.id], extras[c.id]),
                 )
-                for c in containers
-                if c.id in usage
+                for c in measured
             ],
         )
 
-    async def _extras(self, row: ContainerView, u: Usage) -> cadvisor.Extras:
-        files, fs = await asyncio.to_thread(
-            lambda: (open_files(u.sample.pids), filesystem(self.stats.mountpoint))
-        )
-        return cadvisor.Extras(
-            device=self.stats.mountpoint,
-            fs=fs,
-            files=files,
-            started_at_ns=row.started_at,
-            resources=container_config_of(row).linux.resources,
-        )
+    async def _extras(
+        self, rows: list[ContainerView], usage: dict[str, Usage]
+    ) -> dict[str, cadvisor.Extras]:
+        """What the containers' metrics carry besides their cgroups: their processes' open
+        files and the filesystem's figures, read in one thread hop for all."""
+
+        def read() -> tuple[dict[str, tuple[int, int]], tuple[int, int, int] | None]:
+            files = {r.id: open_files(usage[r.id].sample.pids) for r in rows}
+            return files, filesystem(self.stats.mountpoint)
+
+        files, fs = await asyncio.to_thread(read) if rows else ({}, None)
+        return {
+            r.id: cadvisor.Extras(
+                device=self.stats.mountpoint,
+                fs=fs,
+                files=files[r.id],
+                started_at_ns=r.started_at,
+                resources=container_config_of(r).linux.resources,
+            )
+            for r in rows
+        }
 
     async def list_pod_sandbox_metrics(
         self, request: api_pb2.ListPodSandboxMetricsRequest, context: Context

@@ -141,12 +141,13 @@ class StatsCollector:
                 self._known[key] = found.get(key, "")
         return {k: self._known[k] for k in keys if self._known.get(k)}
 
-    async def usage(self, keys: list[str]) -> dict[str, Usage]:
+    async def usage(self, keys: list[str], full: bool = False) -> dict[str, Usage]:
         """Fresh samples of the keys' cgroups (one thread hop for all), with nano cores since
-        each one's previous sample and, for containers, the writable layer."""
+        each one's previous sample and, for containers, the writable layer. `full`: every
+        field cAdvisor's metrics carry, not only the CRI stats' (cgroups.read)."""
         paths = await self._paths(keys)
         samples = await asyncio.to_thread(
-            lambda: {key: cgroups.read(path) for key, path in paths.items()}
+            lambda: {key: cgroups.read(path, full=full) for key, path in paths.items()}
         )
         out: dict[str, Usage] = {}
         for key, sample in samples.items():

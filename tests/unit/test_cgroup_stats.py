@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from crictl.reconciler import cgroups
 from crictl.reconciler.cgroups import Sample
 
@@ -87,6 +89,75 @@ def test_v1_decoding(tmp_path: Path) -> None:
     assert (s.rss, s.page_faults, s.major_page_faults) == (3_000_000, 77, 1)
     assert s.memory_limit is None and s.swap == 4096
     assert (s.processes, s.threads, s.threads_max, s.pids) == (1, 2, 64, (7,))
+
+
+# What only cAdvisor's metrics carry (ListPodSandboxMetrics): not read for the CRI's stats.
+METRICS_ONLY = (
+    "cpu_user_ns",
+    "cpu_system_ns",
+    "cfs_periods",
+    "cfs_throttled_periods",
+    "cfs_throttled_ns",
+    "memory_cache",
+    "memory_mapped_file",
+    "memory_kernel",
+    "memory_max_usage",
+    "memory_failcnt",
+    "oom_kills",
+    "threads",
+    "threads_max",
+)
+
+
+@pytest.mark.parametrize("unified", [False, True], ids=["v1", "v2"])
+def test_a_sample_for_the_cri_stats_reads_only_their_fields(tmp_path: Path, unified: bool) -> None:
+    if unified:
+        (tmp_path / "cgroup.controllers").write_text("cpu io memory pids\n")
+        files = dict(V2_FILES, **{"io.stat": "8:0 rbytes=1 wbytes=2 rios=3 wios=4\n"})
+        files["memory.stat"] += "file_mapped 4096\nkernel 8192\n"
+        files |= {"memory.peak": "40000000\n", "pids.max": "64\n"}
+        write(tmp_path, "crictld/abc", files)
+    else:
+        rel = "crictld/abc"
+        write(
+            tmp_path,
+            f"cpuacct/{rel}",
+            {"cpuacct.usage": "9\n", "cpuacct.stat": "user 1\nsystem 2\n"},
+        )
+        write(
+            tmp_path, f"cpu/{rel}", {"cpu.stat": "nr_periods 3\nnr_throttled 1\nthrottled_time 5\n"}
+        )
+        write(
+            tmp_path,
+            f"memory/{rel}",
+            {
+                "memory.usage_in_bytes": "5000\n",
+                "memory.memsw.usage_in_bytes": "6000\n",
+                "memory.limit_in_bytes": "8192\n",
+                "memory.stat": (
+                    "total_cache 1\ntotal_rss 2\ntotal_inactive_file 3\ntotal_mapped_file 4\n"
+                ),
+                "memory.failcnt": "4\n",
+                "memory.max_usage_in_bytes": "7000\n",
+                "memory.kmem.usage_in_bytes": "100\n",
+                "memory.oom_control": "oom_kill 1\n",
+            },
+        )
+        write(
+            tmp_path,
+            f"pids/{rel}",
+            {"pids.current": "2\n", "cgroup.procs": "7\n", "pids.max": "64\n"},
+        )
+        write(tmp_path, f"blkio/{rel}", {"blkio.throttle.io_serviced": "8:0 Read 5\n"})
+    full = cgroups.read("/crictld/abc", tmp_path)
+    light = cgroups.read("/crictld/abc", tmp_path, full=False)
+    assert all(getattr(full, f) is not None for f in METRICS_ONLY)
+    assert full.io and not light.io
+    assert all(getattr(light, f) is None for f in METRICS_ONLY)
+    metrics_only = {*METRICS_ONLY, "io", "timestamp"}
+    fields = [f for f in Sample.__dataclass_fields__ if f not in metrics_only]
+    assert [getattr(light, f) for f in fields] == [getattr(full, f) for f in fields]
+    assert light.cpu_ns is not None and light.swap is not None and light.pids == full.pids
 
 
 def test_working_set_never_below_zero(tmp_path: Path) -> None:
