@@ -22,6 +22,7 @@ import grpc.aio
 from google.protobuf.any_pb2 import Any as AnyPb
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from crictl import errors, trace
 from crictl.gen.containerd.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
@@ -132,6 +133,13 @@ class TaskState:
 class VersionInfo:
     version: str
     revision: str
+
+
+def timestamp_ns(ts: Timestamp) -> int:
+    """A containerd timestamp in ns since the epoch; 0 for none: Go's zero time, which a task
+    that has not exited, or whose shim does not answer, reports as 0001-01-01 (-6.2e19 ns,
+    which no SQLite INTEGER holds)."""
+    return ts.seconds * 1_000_000_000 + ts.nanos if ts.seconds > 0 else 0
 
 
 class ContainerdClient:
@@ -590,7 +598,7 @@ class ContainerdClient:
                 task_pb2.Status.Name(p.status),
                 p.pid,
                 p.exit_status,
-                p.exited_at.seconds * 1_000_000_000 + p.exited_at.nanos,
+                timestamp_ns(p.exited_at),
             )
             for p in resp.tasks
         }
@@ -610,7 +618,7 @@ class ContainerdClient:
             task_pb2.Status.Name(p.status),
             p.pid,
             p.exit_status,
-            p.exited_at.seconds * 1_000_000_000 + p.exited_at.nanos,
+            timestamp_ns(p.exited_at),
         )
 
     async def kill_task(self, container_id: str, signal: int, all_processes: bool = True) -> bool:
@@ -648,7 +656,7 @@ class ContainerdClient:
             )
         except errors.NotFound:
             return None
-        at = resp.exited_at.seconds * 1_000_000_000 + resp.exited_at.nanos
+        at = timestamp_ns(resp.exited_at)
         return TaskState("STOPPED", 0, resp.exit_status, at)
 
     async def delete_task(self, container_id: str) -> int | None:

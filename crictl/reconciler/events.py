@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from google.protobuf.any_pb2 import Any as AnyPb
 
 from crictl import errors
-from crictl.containerd.client import ContainerdClient
+from crictl.containerd.client import ContainerdClient, timestamp_ns
 from crictl.containerd.managed import ManagedContainerd
 from crictl.gen.containerd.api.events import task_pb2 as task_events
 
@@ -164,7 +164,7 @@ class ContainerdEvents:
                     exit_ = TaskExit(
                         event.container_id,
                         event.exit_status,
-                        event.exited_at.ToNanoseconds(),
+                        timestamp_ns(event.exited_at),
                         event.pid,
                     )
                     try:
