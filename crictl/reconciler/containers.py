@@ -79,6 +79,10 @@ from crictl.streaming.backend import STDERR, STDOUT
 log = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 2  # seconds; when a stop's own timeout was lost to a restart
+# A pod's stop or removal takes its containers down this many at once. containerd 1.6's
+# runc shim (one per pod) stops reporting exits when many of its tasks are killed at once
+# (20 did it here): their kills answer, their exits never come, the pod cannot be stopped.
+POD_TEARDOWN_AT_ONCE = 4
 EXEC_OUTPUT_CAP = 16 << 20
 ACCOUNTS_KEPT = 256  # images whose /etc/passwd and /etc/group are kept in memory
 KIND_LABEL = "crictld.io/kind"
@@ -772,9 +776,13 @@ class ContainerReconciler:
                 )
             if not remove:
                 self.request_stop(cid, 0)
-        results = await asyncio.gather(
-            *(self.queue.wait(cid) for cid in ids), return_exceptions=True
-        )
+        gate = asyncio.Semaphore(POD_TEARDOWN_AT_ONCE)
+
+        async def one(cid: str) -> None:
+            async with gate:
+                await self.queue.wait(cid)
+
+        results = await asyncio.gather(*(one(cid) for cid in ids), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             raise failed[0]

@@ -3,6 +3,7 @@ every container fault point."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -358,6 +359,35 @@ def test_remove_of_a_dead_container_answers_then_tears_it_down(
     assert d.sql("--json", f"SELECT id FROM containers WHERE id = '{cid}'").stdout.count(cid) == 0
     remove(d, pod.id)
     assert_nothing_held(d, cni_network, [pod.id, cid, again])
+
+
+def test_a_pod_of_many_running_containers_stops_and_goes(
+    image_daemon: Daemon, registry: Registry, cni_network: CniNetwork, short_tmp: Path
+) -> None:
+    """StopPodSandbox kills a pod's containers a few at a time: containerd 1.6's shim (one per
+    pod) stopped reporting exits when 20 of its tasks were killed at once, and the stop
+    failed after 40 s with "cannot delete a running process" (100: the shim hung for good
+    and outlived the pod). Then the pod goes, its shim with it."""
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    ids = [pod.create(f"c{i}", ["sleep", "3600"]) for i in range(24)]
+    for cid in ids:
+        pod.start(cid)
+    d.runtime_call(
+        "StopPodSandbox", api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=120
+    )
+    assert all(pod.status(cid).state == api_pb2.CONTAINER_EXITED for cid in ids)
+    remove(d, pod.id)
+    assert_nothing_held(d, cni_network, [pod.id, *ids])
+
+    def shim_running() -> bool:  # the pod's shim is named after it: `-id <pod id>`
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and pod.id.encode() in (proc / "cmdline").read_bytes():
+                    return True
+        return False
+
+    wait_for("the pod's shim gone", lambda: not shim_running())
 
 
 @pytest.mark.parametrize(
