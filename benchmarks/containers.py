@@ -71,6 +71,7 @@ from benchmarks.setup import (
     Target,
     all_pids,
     cmdline,
+    leftovers,
     local_node,
     local_processes,
     local_registry,
@@ -773,18 +774,24 @@ def run_pod_workload(
         with (
             runtime_logs(False, name) as (logs_dir, _failed),
             local_registry(None, None) as registry,
-            local_node(registry, logs_dir) as node,
         ):
-            workload = make(pause_image(registry), busybox_image(registry), pod_logs)
-            result = run_workload(
-                workload,
-                node.runtimes,
-                rounds,
-                progress=lambda text: print(text, file=sys.stderr, flush=True),
-            )
+            with local_node(registry, logs_dir) as node:
+                workload = make(pause_image(registry), busybox_image(registry), pod_logs)
+                result = run_workload(
+                    workload,
+                    node.runtimes,
+                    rounds,
+                    progress=lambda text: print(text, file=sys.stderr, flush=True),
+                )
+            left = leftovers(node)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1, None
+    finally:
+        shutil.rmtree(pod_logs, ignore_errors=True)
+    for runtime, found in left.items():  # a shim that outlived its pod, a mount, a process
+        if found:
+            print(f"{runtime}, after teardown: LEFT: " + "; ".join(found[:5]), file=sys.stderr)
     print(format_table(result))
     print()
     print(format_comparison(result, floor=floor))
@@ -792,4 +799,4 @@ def run_pod_workload(
     print(format_cpu(result, calls_per_round))
     if json_out:
         write_json([result], json_out)
-    return 0, workload
+    return (1 if any(left.values()) else 0), workload

@@ -42,6 +42,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -593,6 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        shutil.rmtree(pod_logs, ignore_errors=True)
     print(format_figures(scale))
     print()
     for name, found in after.items():
