@@ -200,12 +200,11 @@ def connect(path: Path | None, port: int, timeout: float = 5.0) -> socket.socket
     raise errors.Unavailable(f"cannot connect to port {port} in the pod: {'; '.join(failures)}")
 
 
-def _netlink(path: Path, work: Callable[[IPRoute], T], what: str) -> T:
-    """`work` on an IPRoute socket made inside the namespace at `path`: in a thread of its own
-    that enters it with setns and then ends (nothing forks, and no pool thread changes
-    namespace). Blocks the caller: run it with asyncio.to_thread."""
-    from pyroute2 import IPRoute  # here, not in the thread: it then enters the namespace
-
+def _inside(path: Path, work: Callable[[], T], what: str, thread_name: str) -> T:
+    """`work()` in a thread of its own that enters the namespace at `path` with setns and then
+    ends (nothing forks, and no pool thread changes namespace); its failure is UNAVAILABLE,
+    `what` naming it; the thread is `netns-<thread_name>`. Blocks the caller: run it with
+    asyncio.to_thread."""
     result: list[T] = []
     failures: list[str] = []
 
@@ -213,17 +212,27 @@ def _netlink(path: Path, work: Callable[[IPRoute], T], what: str) -> T:
         if not _enter(path, failures):
             return
         try:
-            with IPRoute() as ipr:
-                result.append(work(ipr))
+            result.append(work())
         except Exception as e:  # netlink errors come in many types
-            failures.append(f"netlink in {path}: {e}")
+            failures.append(f"{what} in {path}: {getattr(e, 'strerror', None) or e}")
 
-    thread = threading.Thread(target=run, name=f"netns-{what}")
+    thread = threading.Thread(target=run, name=f"netns-{thread_name}")
     thread.start()
     thread.join()
     if failures:
         raise errors.Unavailable(failures[0])
     return result[0]
+
+
+def _netlink(path: Path, work: Callable[[IPRoute], T], what: str) -> T:
+    """`work` on an IPRoute socket made inside the namespace at `path` (see _inside)."""
+    from pyroute2 import IPRoute  # here, not in the thread: it then enters the namespace
+
+    def run() -> T:
+        with IPRoute() as ipr:
+            return work(ipr)
+
+    return _inside(path, run, "netlink", what)
 
 
 def addresses(path: Path) -> dict[str, list[str]]:
@@ -300,24 +309,11 @@ def link_stats_through(pid: int, path: Path) -> list[LinkStats] | None:
 
 def link_stats(path: Path) -> list[LinkStats]:
     """The counters of every interface inside the namespace at `path` but loopback: its
-    /proc/net/dev table, read by a thread of its own that enters it (/proc/thread-self/net is
-    the calling thread's namespace) and then ends. Blocks the caller: run it with
-    asyncio.to_thread."""
-    result: list[str] = []
-    failures: list[str] = []
+    /proc/net/dev table, read by a thread inside it (/proc/thread-self/net is the calling
+    thread's namespace; see _inside)."""
 
-    def run() -> None:
-        if not _enter(path, failures):
-            return
-        try:
-            with open("/proc/thread-self/net/dev", "rb") as f:
-                result.append(f.read().decode(errors="replace"))
-        except OSError as e:
-            failures.append(f"/proc/thread-self/net/dev in {path}: {e.strerror}")
+    def read() -> str:
+        with open("/proc/thread-self/net/dev", "rb") as f:
+            return f.read().decode(errors="replace")
 
-    thread = threading.Thread(target=run, name="netns-stats")
-    thread.start()
-    thread.join()
-    if failures:
-        raise errors.Unavailable(failures[0])
-    return net_dev(result[0])
+    return net_dev(_inside(path, read, "/proc/thread-self/net/dev", "stats"))
