@@ -115,21 +115,18 @@ class ImageWorkload:
         for image in self.images:
             ref = image.reference(self.registry)
             spec = api_pb2.ImageSpec(image=ref)
-            pulled = rt.call(
-                self._op("PullImage", image),
-                rt.image.PullImage,
-                api_pb2.PullImageRequest(image=spec),
-                timeout=PULL_TIMEOUT,
-                label=image.label,
-            )
-            # kubelet's `imagePullPolicy: Always`: every container start pulls an image the
-            # node has, so only the registry's manifest is new.
-            rt.call(
-                self._op("PullImage(present)", image),
-                rt.image.PullImage,
-                api_pb2.PullImageRequest(image=spec),
-                timeout=PULL_TIMEOUT,
-                label=image.label,
+            # The image was removed before, so the first pull really pulls; the second is
+            # kubelet's `imagePullPolicy: Always` (every container start pulls an image the node
+            # has, so only the registry's manifest is new).
+            pulled, _ = (
+                rt.call(
+                    self._op(op, image),
+                    rt.image.PullImage,
+                    api_pb2.PullImageRequest(image=spec),
+                    timeout=PULL_TIMEOUT,
+                    label=image.label,
+                )
+                for op in ("PullImage", "PullImage(present)")
             )
             rt.call(
                 self._op("ImageStatus(tag)", image),
