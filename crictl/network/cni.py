@@ -165,6 +165,58 @@ def parse_result(raw: dict[str, Any]) -> CniResult:
     return CniResult(raw, ips[0] if ips else None, ips[1:])
 
 
+SYS_CLASS_NET = Path("/sys/class/net")
+
+
+@dataclass(frozen=True)
+class MovedMac:
+    interface: str
+    added: str  # the MAC the ADD's result gave
+    now: str  # the MAC the host's interface has now
+
+
+def with_host_macs_now(
+    prev: dict[str, Any], sys_class_net: Path = SYS_CLASS_NET
+) -> tuple[dict[str, Any], list[MovedMac]]:
+    """A pod's ADD result with the MACs of its host-side interfaces (those without `sandbox`:
+    a bridge, a veth's host end) as the host has them now, and what moved.
+
+    A host-side MAC is the host's, shared with every pod on it, not something the pod's ADD
+    set up: the bridge plugin (v1.1.1 and upstream's main alike) pins the bridge's MAC to the
+    value each ADD read before attaching its veth, so when the first pods of a new bridge are
+    added at once, the last pin can land after another pod's ADD read the MAC for its result,
+    and that pod's CHECK fails ("Bridge interface ... Mac doesn't match") while its network is
+    whole. Interfaces the host no longer has, and every pod-side interface, address and route,
+    are left as the ADD gave them, for the CHECK to hold against the pod."""
+    interfaces = prev.get("interfaces")
+    if not isinstance(interfaces, list):
+        return prev, []
+    moved: list[MovedMac] = []
+    fresh: list[Any] = []
+    for itf in interfaces:
+        name = itf.get("name") if isinstance(itf, dict) else None
+        mac = itf.get("mac") if isinstance(itf, dict) else None
+        if (
+            isinstance(itf, dict)
+            and not itf.get("sandbox")
+            and isinstance(name, str)
+            and isinstance(mac, str)
+            and name not in ("", ".", "..")
+            and "/" not in name
+        ):
+            try:
+                now = (sys_class_net / name / "address").read_text().strip()
+            except OSError:
+                now = mac
+            if now and now.lower() != mac.lower():
+                moved.append(MovedMac(name, mac, now))
+                itf = {**itf, "mac": now}
+        fresh.append(itf)
+    if not moved:
+        return prev, []
+    return {**prev, "interfaces": fresh}, moved
+
+
 def _plugin_config(
     net: NetworkConfig,
     plugin: dict[str, Any],

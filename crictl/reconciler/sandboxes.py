@@ -792,7 +792,9 @@ class SandboxReconciler:
         Each pod is checked with the configuration its ADD ran with (kept in its row): the
         config dir's network may have been renamed or changed while crictld was down, which
         says nothing of the pods already wired. A pod whose configuration can no longer run (a
-        plugin gone) is not checked: that is no evidence its network broke."""
+        plugin gone) is not checked: that is no evidence its network broke. Its result goes to
+        the CHECK with the host-side interfaces' MACs as they are now (`with_host_macs_now`):
+        a bridge's MAC is the host's, and the bridge plugin can record a stale one."""
         groups: dict[str | None, list[PodSandbox | SandboxView]] = {}
         for row in rows:
             groups.setdefault(row.cni_config, []).append(row)
@@ -837,6 +839,12 @@ class SandboxReconciler:
     ) -> bool | None:
         """Whether the pod's network passed its CHECK (None: the network runs none)."""
         config = config_of(row)
+        prev, moved = cni.with_host_macs_now(json.loads(row.cni_result or "{}"))
+        for m in moved:
+            log.info(
+                "host interface MAC moved since the pod's ADD; checked with the one it has now",
+                extra={"sandbox": row.id, "interface": m.interface, "added": m.added, "now": m.now},
+            )
         try:
             checked = await cni.check(
                 net,
@@ -844,7 +852,7 @@ class SandboxReconciler:
                 str(self.netns_path(row.id)),
                 cni_args(row.id, config),
                 capability_args(config),
-                json.loads(row.cni_result or "{}"),
+                prev,
                 self.settings.cni_bin_dirs,
             )
             return True if checked else None

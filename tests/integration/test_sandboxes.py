@@ -372,6 +372,35 @@ def test_a_pod_whose_network_check_fails_after_a_restart_is_notready(
     assert_nothing_held(d, cni_network, [sid])
 
 
+def test_a_bridge_mac_that_moved_while_down_fails_no_pod_check(
+    image_daemon: Daemon, cni_network: CniNetwork
+) -> None:
+    """The bridge's MAC is not what the pod's ADD recorded (the bridge plugin records a stale
+    one when the first pods of a new bridge are added at once; here it is set while crictld
+    is down): the pod's network is whole, its CHECK passes, the log says what moved. The
+    bridge plugin's own CHECK fails this pod when given the result as its ADD returned it."""
+    d = image_daemon
+    sid = run(d, pod_config())
+    ip = status(d, sid).status.network.ip
+    address = Path("/sys/class/net", cni_network.bridge, "address")
+    added = address.read_text().strip()
+    d.signal(signal.SIGKILL)
+    moved = "02:c0:ff:ee:00:01" if added != "02:c0:ff:ee:00:01" else "02:c0:ff:ee:00:02"
+    subprocess.run(["ip", "link", "set", "dev", cni_network.bridge, "address", moved], check=True)
+    d.start()
+    assert network_checks(d) == {"passed": 1, "failed": 0, "not_checked": 0}
+    assert status(d, sid).status.state == api_pb2.SANDBOX_READY
+    assert not_ready_logged(d) == {}
+    logged = [json.loads(line) for line in d.log().splitlines() if "MAC moved" in line]
+    assert [(e["sandbox"], e["interface"], e["added"], e["now"]) for e in logged] == [
+        (sid, cni_network.bridge, added, moved)
+    ]
+    assert ping(ip)
+    stop(d, sid)
+    remove(d, sid)
+    assert_nothing_held(d, cni_network, [sid])
+
+
 def test_a_network_renamed_while_down_keeps_its_pods_and_releases_their_ips(
     image_daemon: Daemon, cni_network: CniNetwork
 ) -> None:

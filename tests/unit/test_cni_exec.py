@@ -179,3 +179,62 @@ async def test_plugins_do_not_hold_the_event_loop(bin_dir: Path) -> None:
         ticks += 1
     await asyncio.gather(*runs)
     assert ticks >= 10  # the loop turned all along (0.3 s of plugins at once)
+
+
+def sys_net(root: Path, macs: dict[str, str]) -> Path:
+    for name, mac in macs.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "address").write_text(mac + "\n")
+    return root
+
+
+ADDED = {
+    "cniVersion": "1.0.0",
+    "interfaces": [
+        {"name": "cni0", "mac": "5a:1b:df:65:bd:a3"},
+        {"name": "veth1", "mac": "66:00:00:00:00:01"},
+        {"name": "eth0", "mac": "0a:00:00:00:00:02", "sandbox": "/var/run/netns/p"},
+    ],
+    "ips": [{"address": "10.1.0.2/24", "interface": 2, "gateway": "10.1.0.1"}],
+}
+
+
+def test_a_host_side_mac_that_moved_is_checked_as_it_is_now(tmp_path: Path) -> None:
+    """The bridge's MAC differs from the one its ADD recorded: the CHECK gets the one the
+    host has now, and the caller learns what moved; the rest of the result is untouched."""
+    root = sys_net(tmp_path, {"cni0": "be:ef:00:00:00:01", "veth1": "66:00:00:00:00:01"})
+    fresh, moved = cni.with_host_macs_now(ADDED, root)
+    assert moved == [cni.MovedMac("cni0", "5a:1b:df:65:bd:a3", "be:ef:00:00:00:01")]
+    assert fresh["interfaces"][0] == {"name": "cni0", "mac": "be:ef:00:00:00:01"}
+    assert fresh["interfaces"][1:] == ADDED["interfaces"][1:]
+    assert fresh["ips"] == ADDED["ips"]
+    assert ADDED["interfaces"][0]["mac"] == "5a:1b:df:65:bd:a3"  # the stored result unchanged
+
+
+def test_pod_side_and_missing_interfaces_keep_the_macs_their_add_gave(tmp_path: Path) -> None:
+    """A pod-side interface (`sandbox` set) is the pod's to check, even if the host has one of
+    that name with another MAC; a host-side interface the host no longer has stays as added,
+    for the CHECK to report missing. Nothing moved: the very same result comes back."""
+    root = sys_net(tmp_path, {"eth0": "be:ef:00:00:00:09", "veth1": "66:00:00:00:00:01"})
+    fresh, moved = cni.with_host_macs_now(ADDED, root)
+    assert (fresh, moved) == (ADDED, [])
+    assert fresh is ADDED
+
+
+@pytest.mark.parametrize(
+    "prev",
+    [
+        {},
+        {"interfaces": "cni0"},
+        {"interfaces": [None, "cni0", {"name": "../cni0", "mac": "x"}]},
+        {"interfaces": [{"name": "a/b", "mac": "x"}, {"name": "", "mac": "x"}]},
+        {"interfaces": [{"name": "cni0"}, {"name": 3, "mac": "x"}, {"name": "..", "mac": "x"}]},
+    ],
+)
+def test_results_without_host_macs_pass_through(tmp_path: Path, prev: dict[str, object]) -> None:
+    """Results without host-side MACs, or with names that are not interface names, read no
+    file outside the interfaces' own dirs and come back as they were."""
+    sys_net(tmp_path / "net", {"cni0": "be:ef:00:00:00:01"})
+    (tmp_path / "address").write_text("be:ef:00:00:00:02\n")
+    fresh, moved = cni.with_host_macs_now(prev, tmp_path / "net")
+    assert (fresh, moved) == (prev, [])
