@@ -142,15 +142,8 @@ def test_update_pod_sandbox_resources(
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "not READY" in message, message
     finally:
         remove(d, sid)
-        for controller in (
-            "cpu",
-            "cpuacct",
-            "memory",
-            "pids",
-            "cpuset",
-            "devices",
-            "freezer",
-            "blkio",
-        ):
+        # runc made the parent in every hierarchy, systemd's and the unified one included
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
             with contextlib.suppress(OSError):
-                (Path("/sys/fs/cgroup") / controller / parent[1:]).rmdir()
+                (hierarchy / parent[1:]).rmdir()
+        assert not list(Path("/sys/fs/cgroup").glob(f"*/{parent[1:]}"))
