@@ -50,7 +50,7 @@ from crictl.reconciler import faults
 from crictl.reconciler.configs import ConfigCache
 from crictl.reconciler.events import TaskExit
 from crictl.reconciler.images import ImageManager
-from crictl.reconciler.queue import KeyedQueue
+from crictl.reconciler.queue import KeyedGate, KeyedQueue
 from crictl.reconciler.sandboxes import (
     SNAPSHOTTER,
     SandboxReconciler,
@@ -79,10 +79,17 @@ from crictl.streaming.backend import STDERR, STDOUT
 log = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 2  # seconds; when a stop's own timeout was lost to a restart
-# A pod's stop or removal takes its containers down this many at once. containerd 1.6's
-# runc shim (one per pod) stops reporting exits when many of its tasks are killed at once
-# (20 did it here): their kills answer, their exits never come, the pod cannot be stopped.
+# A pod's stop or removal takes its containers down this many at once (kill, exit, delete).
+# containerd 1.6's runc shim (one per pod) stopped reporting exits when many of its tasks
+# were killed at once (20 did it here; why: _signal), and the pod could not be stopped.
 POD_TEARDOWN_AT_ONCE = 4
+# Signals sent at once to the tasks of one pod (its shim), whoever asks: each is a `runc kill`
+# whose exit the shim must see while it also processes the exits it causes (see _signal).
+POD_SIGNALS_AT_ONCE = 4
+# Seconds a signal keeps its place for the exit it causes: a SIGKILL's always comes; another
+# signal's may never (a task that handles or ignores it), so it waits less.
+KILL_EXIT_WAIT = 0.5
+SIGNAL_EXIT_WAIT = 0.1
 EXEC_OUTPUT_CAP = 16 << 20
 ACCOUNTS_KEPT = 256  # images whose /etc/passwd and /etc/group are kept in memory
 KIND_LABEL = "crictld.io/kind"
@@ -210,6 +217,10 @@ class ContainerReconciler:
         # containers whose exit this process recorded and whose task it deleted, so nothing
         # of their task is left to ask containerd about (a container never runs again).
         self._harvest_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._signal_gates = KeyedGate(POD_SIGNALS_AT_ONCE)
+        # Containers signalled: the event their exit sets, and the signals waiting on it.
+        self._exit_seen: dict[str, tuple[asyncio.Event, int]] = {}
+        self._gate_releases: set[asyncio.Task[None]] = set()
         self._harvested: set[str] = set()
         sandboxes.containers_hook = self.teardown_sandbox_containers
         sandboxes.removals_hook = self.settle_removals
@@ -219,7 +230,7 @@ class ContainerReconciler:
 
     async def stop(self) -> None:
         await self.queue.drain()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await asyncio.gather(*self._closing, *self._gate_releases, return_exceptions=True)
 
     async def _record_failure(self, container_id: str, error: Exception) -> None:
         await self.store.write(
@@ -556,14 +567,55 @@ class ContainerReconciler:
             await asyncio.gather(exited, return_exceptions=True)
 
     async def _signal(self, cid: str, sig: int, all_processes: bool = True) -> None:
+        """Signals the task, at most POD_SIGNALS_AT_ONCE of one pod's at once, each keeping
+        its place until the task's exit event comes or a bound passes (KILL_EXIT_WAIT,
+        SIGNAL_EXIT_WAIT), in the background: the caller goes on at once.
+
+        containerd 1.6's runc shim (one per pod) takes the exits of its children through one
+        channel, 32 deep, read by one goroutine that may wait: for a process's lock, which a
+        `runc kill` of that process holds until the shim sees runc exit (through the same
+        channel), or, in a pod that shares its PID namespace, for the `runc kill --all` it
+        runs on each exit. With many signals in flight the channel fills and the shim takes in
+        one exit a second: 100 containers of a pod stopped at once, as kubelet stops a pod's
+        containers, took 19-44 s here, and 40 sharing the pod's PID namespace 31-77 s, with
+        errors (docs/architecture.md, "Per-pod ordering")."""
+        row = self.store.snapshot.containers.get(cid)
+        key = row.sandbox_id if row is not None else cid
+        await self._signal_gates.acquire(key)
+        exited, users = self._exit_seen.get(cid) or (asyncio.Event(), 0)
+        self._exit_seen[cid] = (exited, users + 1)
+        wait = KILL_EXIT_WAIT if sig == signal.SIGKILL else SIGNAL_EXIT_WAIT
+        release = asyncio.create_task(self._release_on_exit(key, cid, exited, wait))
+        self._gate_releases.add(release)
+        release.add_done_callback(self._gate_releases.discard)
         try:
             await self.containerd.kill_task(cid, sig, all_processes=all_processes)
         except errors.CrictlError:
+            exited.set()  # nothing signalled: no exit of ours to wait for
             state = await self.containerd.task_state(cid)
             if state is not None and state.status != "STOPPED":
                 raise
+        except BaseException:
+            exited.set()
+            raise
         if sig != signal.SIGKILL:
             faults.point("container-stop:after-signal")
+
+    async def _release_on_exit(
+        self, key: str, cid: str, exited: asyncio.Event, wait: float
+    ) -> None:
+        """Gives the signal's place back once the task's exit event came (the shim took the
+        exit in), or after `wait` seconds."""
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(exited.wait(), wait)
+        finally:
+            self._signal_gates.release(key)
+            event, users = self._exit_seen[cid]
+            if users == 1:
+                del self._exit_seen[cid]
+            else:
+                self._exit_seen[cid] = (event, users - 1)
 
     async def _kill_and_wait(
         self, cid: str, state: TaskState | None, timeout: float
@@ -926,6 +978,9 @@ class ContainerReconciler:
 
     async def on_exit(self, event: TaskExit) -> None:
         cid, exit_status, exited_at_ns = event.container_id, event.exit_status, event.exited_at_ns
+        signalled = self._exit_seen.get(cid)
+        if signalled is not None:
+            signalled[0].set()
         row = self.store.snapshot.containers.get(cid)
         if row is None:
             return

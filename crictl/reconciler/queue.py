@@ -14,9 +14,10 @@ look.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -28,6 +29,47 @@ K = TypeVar("K")
 
 RETRY_FIRST = 0.5
 RETRY_CAP = 30.0
+
+
+class KeyedGate:
+    """At most `limit` holders at once per key; a key's semaphore lives only while it is held
+    or waited for, so keys that come and go (pods) leave nothing behind. A holder may hand
+    its release to someone else (`acquire` then `release`), or hold it for a block (`hold`)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._gates: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    async def acquire(self, key: str) -> None:
+        gate, users = self._gates.get(key) or (asyncio.Semaphore(self.limit), 0)
+        self._gates[key] = (gate, users + 1)
+        try:
+            await gate.acquire()
+        except BaseException:
+            self._leave(key)
+            raise
+
+    def release(self, key: str) -> None:
+        self._gates[key][0].release()
+        self._leave(key)
+
+    def _leave(self, key: str) -> None:
+        gate, users = self._gates[key]
+        if users == 1:
+            del self._gates[key]
+        else:
+            self._gates[key] = (gate, users - 1)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        await self.acquire(key)
+        try:
+            yield
+        finally:
+            self.release(key)
+
+    def __len__(self) -> int:
+        return len(self._gates)
 
 
 @dataclass

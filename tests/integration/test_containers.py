@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -388,6 +389,41 @@ def test_a_pod_of_many_running_containers_stops_and_goes(
         return False
 
     wait_for("the pod's shim gone", lambda: not shim_running())
+
+
+def test_a_pod_of_many_containers_stopped_all_at_once_stops(
+    image_daemon: Daemon, registry: Registry, cni_network: CniNetwork, short_tmp: Path
+) -> None:
+    """kubelet stops a pod's containers all at once, a StopContainer each. containerd 1.6's
+    shim jammed when many of one pod's tasks exited while their kills were in flight: 40
+    containers sharing the pod's PID namespace (as here; the shim then runs `runc kill
+    --all` on each exit) took 31-77 s, some calls failing (containerd's CRI: every call of
+    100 failed). crictld signals a pod's tasks a few at a time: each call is answered within
+    a deadline far over the ~1 s they take, and every container is EXITED."""
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    ids = [pod.create(f"c{i}", ["sleep", "3600"]) for i in range(40)]
+    for cid in ids:
+        pod.start(cid)
+
+    def stop(cid: str) -> str | None:
+        try:
+            d.runtime_call(
+                "StopContainer",
+                api_pb2.StopContainerRequest(container_id=cid, timeout=2),
+                timeout=20,
+            )
+        except grpc.RpcError as e:
+            return f"{cid[:12]}: {e.code()} {e.details()}"
+        return None
+
+    with ThreadPoolExecutor(len(ids)) as pool:
+        failed = [f for f in pool.map(stop, ids) if f]
+    assert failed == []
+    assert all(pod.status(cid).state == api_pb2.CONTAINER_EXITED for cid in ids)
+    d.runtime_call("StopPodSandbox", api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
+    remove(d, pod.id)
+    assert_nothing_held(d, cni_network, [pod.id, *ids])
 
 
 @pytest.mark.parametrize(
