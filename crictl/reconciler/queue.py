@@ -14,10 +14,9 @@ look.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -33,8 +32,8 @@ RETRY_CAP = 30.0
 
 class KeyedGate:
     """At most `limit` holders at once per key; a key's semaphore lives only while it is held
-    or waited for, so keys that come and go (pods) leave nothing behind. A holder may hand
-    its release to someone else (`acquire` then `release`), or hold it for a block (`hold`)."""
+    or waited for, so keys that come and go (pods) leave nothing behind. `release` may come
+    from another task than the `acquire` (a place kept until something happens)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -59,14 +58,6 @@ class KeyedGate:
             del self._gates[key]
         else:
             self._gates[key] = (gate, users - 1)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        await self.acquire(key)
-        try:
-            yield
-        finally:
-            self.release(key)
 
     def __len__(self) -> int:
         return len(self._gates)

@@ -166,9 +166,10 @@ async def test_a_keyed_gate_holds_each_key_apart_and_keeps_nothing() -> None:
     release = asyncio.Event()
 
     async def hold(key: str, name: str) -> None:
-        async with gate.hold(key):
-            order.append(name)
-            await release.wait()
+        await gate.acquire(key)
+        order.append(name)
+        await release.wait()
+        gate.release(key)
 
     tasks = [asyncio.create_task(hold(k, f"{k}{i}")) for k in "xy" for i in range(3)]
     await settle()
