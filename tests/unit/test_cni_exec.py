@@ -10,6 +10,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,7 +189,7 @@ def sys_net(root: Path, macs: dict[str, str]) -> Path:
     return root
 
 
-ADDED = {
+ADDED: dict[str, Any] = {
     "cniVersion": "1.0.0",
     "interfaces": [
         {"name": "cni0", "mac": "5a:1b:df:65:bd:a3"},

@@ -11,6 +11,7 @@ import asyncio
 import signal
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -48,7 +49,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
             if (p, i) == (0, 0):
                 continue
             new = new_container(cid(p, i), sid, name=f"c{p}{i}")
-            s.write_sync(lambda x, new=new: sc.create_container(x, new))
+            s.write_sync(partial(sc.create_container, new=new))
     yield s
     s.close()
 
