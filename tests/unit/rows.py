@@ -1,10 +1,14 @@
 """Rows for unit tests of the reconcilers: a store at the schema's head holding one READY pod
-and one CREATED container in it, as the daemon's writes leave them."""
+and one CREATED container in it, as the daemon's writes leave them; and the container
+reconciler around a fake containerd."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+from crictl.reconciler.containers import ContainerReconciler
 from crictl.store import containers as sc
 from crictl.store import sandboxes as ss
 from crictl.store.engine import Store, make_engine
@@ -48,3 +52,17 @@ def store_with_created_container(directory: Path, sid: str, cid: str, pause_pid:
     s.write_sync(lambda x: sc.create_container(x, new))
     s.write_sync(lambda x: sc.record_container_created(x, cid, 0, 0, []))
     return s
+
+
+def container_reconciler(store: Store, containerd: Any, tmp_path: Path) -> ContainerReconciler:
+    """The real reconciler around a fake containerd (which gets its `on_exit`): no images (the
+    containers' config names none) and no sandbox reconciler (a stop and a removal ask
+    nothing of it)."""
+    fakes: dict[str, Any] = {
+        "containerd": containerd,
+        "images": None,
+        "sandboxes": SimpleNamespace(containers_hook=None, removals_hook=None),
+    }
+    r = ContainerReconciler(store, state_dir=tmp_path / "state", logger="/bin/true", **fakes)
+    containerd.on_exit = r.on_exit
+    return r

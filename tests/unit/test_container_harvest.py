@@ -15,7 +15,6 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -31,7 +30,7 @@ from crictl.reconciler.events import TaskExit
 from crictl.store import containers as sc
 from crictl.store.engine import Store
 from crictl.store.models import ContainerDesired, ContainerPhase
-from tests.unit.rows import store_with_created_container
+from tests.unit.rows import container_reconciler, store_with_created_container
 
 SID = "a" * 64
 CID = "b" * 64
@@ -100,16 +99,7 @@ class Containerd:
 
 
 def reconciler(store: Store, containerd: Containerd, tmp_path: Path) -> ContainerReconciler:
-    """The real reconciler around the fake: no images (the containers' config names none) and
-    no sandbox reconciler (a stop and a removal ask nothing of it)."""
-    fakes: dict[str, Any] = {
-        "containerd": containerd,
-        "images": None,
-        "sandboxes": SimpleNamespace(containers_hook=None, removals_hook=None),
-    }
-    r = ContainerReconciler(store, state_dir=tmp_path / "state", logger="/bin/true", **fakes)
-    containerd.on_exit = r.on_exit
-    return r
+    return container_reconciler(store, containerd, tmp_path)
 
 
 async def stop(store: Store, r: ContainerReconciler) -> None:

@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from crictl.reconciler.queue import KeyedGate
 from crictl.store import containers as sc
 from crictl.store import sandboxes as ss
 from crictl.store.engine import Store
-from tests.unit.rows import new_container, store_with_created_container
+from tests.unit.rows import container_reconciler, new_container, store_with_created_container
 
 PODS = ["a" * 64, "c" * 64]
 
@@ -83,13 +82,7 @@ class Containerd:
 
 
 def reconciler(store: Store, containerd: Containerd, tmp_path: Path) -> ContainerReconciler:
-    fakes: dict[str, Any] = {
-        "containerd": containerd,
-        "images": None,
-        "sandboxes": SimpleNamespace(containers_hook=None, removals_hook=None),
-    }
-    r = ContainerReconciler(store, state_dir=tmp_path / "state", logger="/bin/true", **fakes)
-    containerd.on_exit = r.on_exit
+    r = container_reconciler(store, containerd, tmp_path)
     for row in store.snapshot.containers.values():
         containerd.pod_of[row.id] = row.sandbox_id
     return r
