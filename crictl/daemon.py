@@ -284,7 +284,11 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
         )
 
         images = ImageManager(
-            store, conn.client, registry_client(config), pause_image=config.pause_image
+            store,
+            conn.client,
+            registry_client(config),
+            pause_image=config.pause_image,
+            spool=config.state_dir / "pulls",
         )
         steps.done("containerd connected")
         await images.start()

@@ -103,7 +103,10 @@ IMAGE_PULLS = Counter(
 )
 IMAGE_PULL_BYTES = Counter(
     "crictld_image_pull_bytes_total",
-    "Bytes of image blobs downloaded from registries into containerd.",
+    "Bytes of image layers downloaded from registries into containerd, by path: 'store' "
+    "(written beside containerd's content store and linked into it), 'api' (sent through "
+    "containerd's content API).",
+    ["path"],
     registry=REGISTRY,
 )
 

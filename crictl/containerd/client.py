@@ -317,12 +317,17 @@ class ContainerdClient:
             call.cancel()
 
     async def snapshotter_root(self, snapshotter: str) -> str | None:
+        return await self._plugin_root("io.containerd.snapshotter.v1", snapshotter)
+
+    async def content_root(self) -> str | None:
+        """The directory of containerd's content store backend (its `content` plugin's)."""
+        return await self._plugin_root("io.containerd.content.v1", "content")
+
+    async def _plugin_root(self, kind: str, plugin_id: str) -> str | None:
         resp = await self.call(
             "introspect plugins",
             self.introspection.Plugins(
-                introspection_pb2.PluginsRequest(
-                    filters=[f'type=="io.containerd.snapshotter.v1",id=="{snapshotter}"']
-                )
+                introspection_pb2.PluginsRequest(filters=[f'type=="{kind}",id=="{plugin_id}"'])
             ),
         )
         for plugin in resp.plugins:

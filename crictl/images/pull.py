@@ -25,10 +25,11 @@ import logging
 import secrets
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import grpc.aio
@@ -52,6 +53,7 @@ from crictl.images.registry import (
     RegistryClient,
     sha256_digest,
 )
+from crictl.images.spool import SPOOL_PIECE, LocalContent, SpoolFile, leftovers
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +217,14 @@ class Puller:
         snapshotter: str = "overlayfs",
         platform: Platform | None = None,
         max_concurrent_downloads: int = 3,
+        spool: Path | None = None,
     ) -> None:
         self.containerd = containerd
+        # Where layers are downloaded to be linked into containerd's content store (None:
+        # through containerd's API), and that store, found on the first layer's download.
+        self.spool = spool
+        self._local: LocalContent | None = None
+        self._local_known = spool is None
         self.registry = registry
         self.snapshotter = snapshotter
         self.platform = platform or Platform()
@@ -396,7 +404,7 @@ class Puller:
         info = await self._snapshot(name)
         return info is not None and info.kind == snapshots_pb2.COMMITTED
 
-    async def _create_lease(self, lease: str, ref: Reference) -> None:
+    async def _create_lease(self, lease: str, what: Reference | str) -> None:
         await self.containerd.call(
             "create lease",
             self.containerd.leases.Create(
@@ -406,7 +414,7 @@ class Puller:
                         GC_EXPIRE: (datetime.now(UTC) + timedelta(hours=1)).strftime(
                             "%Y-%m-%dT%H:%M:%SZ"
                         ),
-                        PULL_LEASE_LABEL: str(ref)[:1024],
+                        PULL_LEASE_LABEL: str(what)[:1024],
                     },
                 ),
                 metadata=self.containerd.metadata,
@@ -658,25 +666,65 @@ class Puller:
     ) -> bool:
         """The layer in the content store, held by this pull's lease: downloaded under it, or,
         if it is there already (another pull's, or nothing references it yet), added to it
-        (then True).
-        No round trip asks first: the content write's opening (its STAT, under the lease)
-        answers AlreadyExists for a blob containerd has, and adds it to the lease in the same
-        transaction, so it cannot be collected in between (containerd's metadata
-        `contentStore.Writer`)."""
+        (then True). Where containerd's content store is on this daemon's filesystem, through
+        the spool (`_spooled`); else through containerd's content API.
+        No round trip asks first: the content write's opening (its STAT, or the spool's
+        commit, under the lease) answers AlreadyExists for a blob containerd has, and adds it
+        to the lease in the same transaction, so it cannot be collected in between
+        (containerd's metadata `contentStore.Writer`)."""
         lock = self._blob_locks.setdefault(desc.digest, asyncio.Lock())
         async with lock, self._downloads:
+            local = await self._local_content()
+            if local is not None and local.blob_path(desc.digest) is not None:
+                with trace.span("download blob"):
+                    return await self._spooled(ref, creds, endpoint, desc, md, labels, local)
+
+            def registry(offset: int) -> AsyncIterator[bytes]:
+                return self.registry.stream_blob(endpoint, ref, desc, offset, creds)
+
+            where = f"registry {endpoint}"
             with trace.span("download blob"):
                 try:
                     return await self._download(
-                        ref, creds, endpoint, desc, md, labels, WRITE_WINDOW
+                        ref, where, registry, desc, md, labels, WRITE_WINDOW
                     )
                 except _StatusLost:
                     # Written again from where the ingest stands, one answer read per piece:
                     # what made containerd end the stream (a disk full) comes back as its
                     # answer to the next piece, with containerd's own words.
-                    return await self._download(ref, creds, endpoint, desc, md, labels, 0)
+                    return await self._download(ref, where, registry, desc, md, labels, 0)
 
-    async def _download(
+    async def collect_spooled(self) -> list[str]:
+        """Removes the spool files a crash left (returns their names). A blob one of them had
+        linked into containerd's store may be no namespace's, which containerd removes only in
+        a collection that removed content: it is committed under a pull lease of its own, so
+        the deletion of the pull leases at start (`ImageManager.collect_pull_leftovers`, with
+        containerd's synchronous collection) takes it, unless another namespace holds it."""
+        if self.spool is None:
+            return []
+        left = leftovers(self.spool, await self._local_content())
+        linked = [f for f in left if f.linked]
+        if linked:
+            lease = f"crictld-pull-{secrets.token_hex(8)}"
+            await self._create_lease(lease, "spooled blobs left by a crash")
+            md = (*self.containerd.metadata, (LEASE_HEADER, lease))
+            for f in linked:
+
+                async def no_labels() -> Mapping[str, str]:
+                    return {}
+
+                desc = Descriptor("", f.digest, f.size)  # only its digest and size are sent
+                await self._commit_shared(desc, md, no_labels)
+        return [f.name for f in left]
+
+    async def _local_content(self) -> LocalContent | None:
+        if not self._local_known:
+            assert self.spool is not None
+            self._local = LocalContent.find(await self.containerd.content_root(), self.spool)
+            self._local_known = True
+        return self._local
+
+    async def _spooled(
         self,
         ref: Reference,
         creds: Credentials | None,
@@ -684,12 +732,134 @@ class Puller:
         desc: Descriptor,
         md: Sequence[tuple[str, str]],
         labels: Callable[[], Awaitable[Mapping[str, str]]],
-        window: int,
+        local: LocalContent,
     ) -> bool:
-        """Streams a layer into containerd (False), or finds it there (True); a broken
-        connection resumes where the content store's ingest stands (HTTP Range); a stall or a
-        digest mismatch fails the pull. A blob containerd has already is not downloaded (see
-        `_ensure_blob`).
+        """`_download` through the spool (see crictl/images/spool.py): the layer downloaded
+        into a file, checked, linked into containerd's content store, then committed with no
+        bytes sent; or, when the store holds it already, committed (or found in the
+        namespace, and added to the lease) without a download. A commit that does not find
+        the linked blob (sharing off, or containerd's collector removed it before the write
+        was open) sends the spooled bytes over the API."""
+        if local.has(desc.digest, desc.size):
+            present = await self._commit_shared(desc, md, labels)
+            if present is not None:
+                return present
+        spooled = local.open(desc.digest, f"pull {ref}")
+        try:
+            await self._spool(ref, creds, endpoint, desc, spooled)
+            spooled.link()
+            present = await self._commit_shared(desc, md, labels)
+            if present is not None:
+                return present
+            log.info(
+                "containerd did not take a spooled blob from its store; sending it",
+                extra={"digest": desc.digest, "root": str(local.root)},
+            )
+            return await self._download(
+                ref, f"spool {spooled.path}", spooled.read, desc, md, labels, 0, counted=False
+            )
+        finally:
+            await spooled.close()
+
+    async def _spool(
+        self,
+        ref: Reference,
+        creds: Credentials | None,
+        endpoint: Endpoint,
+        desc: Descriptor,
+        spooled: SpoolFile,
+    ) -> None:
+        """The layer from the registry into `spooled`, checked; a broken connection resumes
+        where the file stands (HTTP Range); a stall or a digest mismatch fails the pull."""
+        failures = 0
+        while spooled.size < desc.size:
+            try:
+                pending = bytearray()
+                async for chunk in self.registry.stream_blob(
+                    endpoint, ref, desc, spooled.size, creds
+                ):
+                    pending += chunk
+                    if len(pending) >= SPOOL_PIECE:
+                        await spooled.append(bytes(pending))
+                        metrics.IMAGE_PULL_BYTES.labels("store").inc(len(pending))
+                        pending.clear()
+                if pending:
+                    await spooled.append(bytes(pending))
+                    metrics.IMAGE_PULL_BYTES.labels("store").inc(len(pending))
+                if spooled.size < desc.size:
+                    raise errors.Unavailable(
+                        f"pull {ref}: registry {endpoint}: blob {desc.digest} ended at "
+                        f"{spooled.size} of {desc.size} bytes"
+                    )
+            except BlobStalled:
+                raise
+            except errors.Unavailable:
+                failures += 1
+                if failures > RESUME_ATTEMPTS:
+                    raise
+                log.info(
+                    "blob download broke off, resuming",
+                    extra={"ref": str(ref), "digest": desc.digest, "offset": spooled.size},
+                )
+                await asyncio.sleep(0.2 * failures)
+        if not await spooled.finish(desc.size):
+            raise errors.Unavailable(
+                f"pull {ref}: registry {endpoint}: blob {desc.digest} failed verification "
+                f"({spooled.size} bytes, not the digest's); the download was discarded"
+            )
+
+    async def _commit_shared(
+        self,
+        desc: Descriptor,
+        md: Sequence[tuple[str, str]],
+        labels: Callable[[], Awaitable[Mapping[str, str]]],
+    ) -> bool | None:
+        """One Content.Write that commits the blob containerd's store holds to the namespace,
+        under the lease, with no bytes: False when committed, True when the namespace had it
+        (then added to the lease), None when containerd did not find it in its store (the
+        write found offset 0: nothing was committed, and the ingest it made is aborted)."""
+        ingest = f"{INGEST_PREFIX}{desc.digest}"
+        commit = content_pb2.WriteContentRequest(
+            action=content_pb2.COMMIT,
+            ref=ingest,
+            offset=desc.size,  # a write at 0 would make containerd copy the blob
+            total=desc.size,
+            expected=desc.digest,
+            labels=dict(await labels()),
+        )
+        call = self.containerd.content.Write(metadata=md)
+        try:
+            with trace.span("containerd commit content"):
+                await call.write(commit)
+                await _response(call)
+                await call.done_writing()
+            return False
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.ALREADY_EXISTS:
+                return True
+            if e.code() == grpc.StatusCode.OUT_OF_RANGE:
+                await self._abort_ingest(ingest)
+                return None
+            raise translate(e, f"commit blob {desc.digest}") from e
+        finally:
+            call.cancel()
+
+    async def _download(
+        self,
+        ref: Reference,
+        where: str,
+        source: Callable[[int], AsyncIterator[bytes]],
+        desc: Descriptor,
+        md: Sequence[tuple[str, str]],
+        labels: Callable[[], Awaitable[Mapping[str, str]]],
+        window: int,
+        counted: bool = True,
+    ) -> bool:
+        """Streams a layer from `source` (its bytes from an offset: the registry's, `counted`
+        as downloaded here, or the spool's, counted as they came) into containerd (False),
+        or finds it there (True); a broken connection resumes where the content store's
+        ingest stands (HTTP Range); a stall or a digest mismatch fails the pull. A blob
+        containerd has already is not downloaded (see `_ensure_blob`).
 
         With `window` writes in flight, containerd ending the stream with an error (a disk
         full) can reach grpc's client while it sends the next piece, and grpc then replaces
@@ -732,14 +902,13 @@ class Puller:
                 if unread > window:
                     answered = (await _response(call)).offset
                     unread -= 1
-                metrics.IMAGE_PULL_BYTES.inc(len(piece))
+                if counted:
+                    metrics.IMAGE_PULL_BYTES.labels("api").inc(len(piece))
 
             while offset < desc.size:
                 try:
                     pending = bytearray()
-                    async for chunk in self.registry.stream_blob(
-                        endpoint, ref, desc, offset, creds
-                    ):
+                    async for chunk in source(offset):
                         pending += chunk
                         while len(pending) >= WRITE_CHUNK:
                             await send(bytes(pending[:WRITE_CHUNK]))
@@ -748,7 +917,7 @@ class Puller:
                         await send(bytes(pending))
                     if offset < desc.size:
                         raise errors.Unavailable(
-                            f"pull {ref}: registry {endpoint}: blob {desc.digest} ended at "
+                            f"pull {ref}: {where}: blob {desc.digest} ended at "
                             f"{offset} of {desc.size} bytes"
                         )
                 except BlobStalled:
@@ -799,7 +968,7 @@ class Puller:
             err = translate(e, f"write blob {desc.digest}")
             if e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
                 err = errors.Unavailable(
-                    f"pull {ref}: registry {endpoint}: blob {desc.digest} failed verification "
+                    f"pull {ref}: {where}: blob {desc.digest} failed verification "
                     f"({e.details()}); the download was discarded"
                 )
             raise err from e

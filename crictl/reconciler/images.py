@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from google.protobuf.any_pb2 import Any as AnyPb
@@ -244,13 +245,14 @@ class ImageManager:
         registry: RegistryClient,
         pause_image: str,
         snapshotter: str = "overlayfs",
+        spool: Path | None = None,
     ) -> None:
         self.store = store
         self.containerd = containerd
         self.registry = registry
         self.snapshotter = snapshotter
         self.layers = SnapshotUsage(containerd, snapshotter)
-        self.puller = Puller(containerd, registry, snapshotter)
+        self.puller = Puller(containerd, registry, snapshotter, spool=spool)
         pause = reference.parse(pause_image)
         self.pinned_names = {n for n in (pause.tagged_name,) if n}
         if pause.digest:
@@ -301,7 +303,10 @@ class ImageManager:
     async def collect_pull_leftovers(self) -> None:
         """Removes what pulls cut short by a crash left: their partial ingests and their leases
         (containerd then collects the content and snapshots only those leases held). After a
-        start no pull is in flight, so every crictld pull lease and ingest is a leftover."""
+        start no pull is in flight, so every crictld pull lease and ingest is a leftover, and
+        so is every file in the spool (a layer downloaded beside containerd's store)."""
+        for name in await self.puller.collect_spooled():
+            await self._cleanup_event(name, "spooled download of a pull cut short")
         md = self.containerd.metadata
         statuses = await self.containerd.call(
             "list ingests",

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+from pathlib import Path
 
 import pytest
 
 from crictl import errors
 from crictl.containerd.client import ContainerdClient
+from crictl.containerd.managed import ManagedContainerd
+from crictl.images import reference, spool
 from crictl.images.mediatypes import OCI_MANIFEST
 from crictl.images.pull import Puller
 from crictl.images.registry import Descriptor, RegistryClient
-from tests.rig.inventory import purge_namespace
+from crictl.images.spool import SpoolFile
+from tests.integration.test_images import BUSYBOX
+from tests.rig.inventory import inventory, purge_namespace
+from tests.rig.registry import Registry
+from tests.rig.shims import kill_shims
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +99,47 @@ async def test_an_image_record_is_put_whether_or_not_its_name_was_thought_there(
     finally:
         await client.close()
         await purge_namespace(containerd_address, namespace)
+
+
+async def test_a_spooled_layer_containerd_no_longer_finds_is_sent_through_its_api(
+    short_tmp: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A layer is downloaded into the spool and linked into containerd's content store
+    (crictl/images/spool.py); if the link is gone before the commit's write opens (as
+    containerd's collector removes a blob no namespace holds), the commit finds nothing to
+    share, and the spooled bytes go through the content API: the pull ends whole, with nothing
+    left in the spool, no ingest and no lease. A containerd of its own: its store holds no
+    other test's blobs, which the injected removal would take from them."""
+    managed = ManagedContainerd(short_tmp / "containerd")
+    await managed.ensure_running()
+    client = ContainerdClient(managed.address, "crictld-test")
+    spool_dir = short_tmp / "containerd" / "pulls"  # on the store's filesystem
+    spool.leftovers(spool_dir, None)  # the dir, made
+    puller = Puller(client, RegistryClient(), spool=spool_dir)
+    collected: list[Path] = []
+    link = SpoolFile.link
+
+    def linked_then_collected(self: SpoolFile) -> None:
+        link(self)
+        target = self.content.blob_path(self.digest)
+        assert target is not None and target.exists()
+        target.unlink()
+        collected.append(target)
+
+    monkeypatch.setattr(SpoolFile, "link", linked_then_collected)
+    try:
+        content, names = await puller.pull(reference.parse(f"{registry.host}/{BUSYBOX}"))
+        assert names and content.layers
+        assert [p.name for p in collected] == [d.digest[7:] for d in content.layers]
+        for layer, blob in zip(content.layers, collected, strict=True):
+            info = await puller.content_info(layer.digest)
+            assert info is not None and info.size == layer.size, info
+            data = blob.read_bytes()  # written by containerd from what the API brought
+            assert f"sha256:{hashlib.sha256(data).hexdigest()}" == layer.digest
+        inv = await inventory(managed.address, "crictld-test")
+        assert (inv.ingests, inv.leases) == (frozenset(), frozenset()), inv
+        assert not any(spool_dir.iterdir())
+    finally:
+        await client.close()
+        await managed.stop()
+        kill_shims(managed.address)

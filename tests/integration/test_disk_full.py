@@ -27,6 +27,7 @@ from tests.conftest import BIG_IMAGE
 from tests.integration.test_containers import Pod, exited, wait_for
 from tests.integration.test_images import failure, pull
 from tests.integration.test_images import status as image_status
+from tests.integration.test_metrics import free_port, scrape
 from tests.integration.test_sandboxes import (
     assert_nothing_held,
     held,
@@ -130,18 +131,26 @@ def test_a_full_state_disk_refuses_writes_and_loses_nothing(
     assert check.stdout.strip() == "ok", check
 
 
+@pytest.mark.parametrize("path", ["store", "api"])
 def test_a_pull_that_fills_containerds_disk_says_so_and_leaves_nothing(
-    managed_daemon: Daemon, registry: Registry
+    managed_daemon: Daemon, registry: Registry, path: str
 ) -> None:
     """A crictld and its managed containerd on one 128 MiB disk with 20 MiB left, and a
-    48 MiB layer to pull: containerd's write of the layer fails part-way. grpc's client
-    replaces containerd's status with its own when the stream ends while a piece is being
-    sent; the pull asks once more, one piece at a time, so the error carries containerd's
-    words."""
+    48 MiB layer to pull. `store`: the layer is downloaded into the spool beside containerd's
+    content store (crictl/images/spool.py), whose write fails part-way with the spool file
+    named. `api`: the spool on a disk of its own, so the layer goes through containerd's
+    content API, and containerd's write fails part-way. grpc's client replaces containerd's
+    status with its own when the stream ends while a piece is being sent; the pull asks once
+    more, one piece at a time, so the error carries containerd's words."""
     d = managed_daemon
-    d.extra_args = ["--pause-image", f"{registry.host}/pause:3.10"]
+    metrics = f"127.0.0.1:{free_port()}"
+    d.extra_args = ["--pause-image", f"{registry.host}/pause:3.10", "--metrics-address", metrics]
     d.state_dir.mkdir(parents=True)
     mount_tmpfs(d.state_dir, "128m")
+    spool = d.state_dir / "pulls"
+    if path == "api":
+        spool.mkdir()
+        mount_tmpfs(spool, "1m")
     try:
         d.start()
         filler = fill(d.state_dir)
@@ -150,15 +159,32 @@ def test_a_pull_that_fills_containerds_disk_says_so_and_leaves_nothing(
         ref = f"{registry.host}/{repo}:{tag}"
         code, message = failure(lambda: pull(d, ref))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
-        assert message.startswith("containerd write blob sha256:"), message
-        assert message.endswith("/data: no space left on device"), message
+        if path == "store":
+            assert message.startswith(f"pull {ref}: write blob sha256:"), message
+            assert f" to {spool}/" in message, message
+            assert message.endswith(": no space left on device"), message
+        else:
+            assert message.startswith("containerd write blob sha256:"), message
+            assert message.endswith("/data: no space left on device"), message
         assert not image_status(d, ref).HasField("image")
         inv = asyncio.run(inventory(d.containerd_address, d.namespace))
         assert (inv.leases, inv.ingests) == (frozenset(), frozenset()), inv
+        assert not any(spool.iterdir())
         filler.unlink()
         pull(d, ref)
         inv = asyncio.run(inventory(d.containerd_address, d.namespace))
         assert (inv.leases, inv.ingests) == (frozenset(), frozenset()), inv
+        assert not any(spool.iterdir())
+        pulled = {
+            labels["path"]: v
+            for labels, v, name in scrape(metrics)["crictld_image_pull_bytes"]
+            if name.endswith("_total")
+        }
+        other = {"store": "api", "api": "store"}[path]
+        assert pulled.get(path, 0) >= BIG_IMAGE[2], pulled  # this path took the layer...
+        assert pulled.get(other, 0) == 0, pulled  # ...and every other one
     finally:
         d.stop()
+        if path == "api":
+            subprocess.run(["umount", "-l", str(spool)], check=False)
         subprocess.run(["umount", "-l", str(d.state_dir)], check=False)

@@ -4,8 +4,11 @@ in containerd (content, ingests, snapshots, leases), and a retry must then succe
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import hashlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -15,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crictl.containerd.client import ContainerdClient
 from crictl.gen.cri.runtime.v1 import api_pb2
 from tests.conftest import BIG_IMAGE
 from tests.integration.test_images import BUSYBOX, assert_nothing_left, failure, inv, pull
@@ -193,17 +197,62 @@ def test_a_daemon_killed_mid_pull_leaves_nothing_after_restart(
             d.signal(signal.SIGKILL)
             assert pulling.result(timeout=30)[0] == grpc.StatusCode.UNAVAILABLE
         left = inv(d)
-        assert left.leases and left.ingests  # what the killed pull left behind...
+        # What the killed pull left behind: its lease, and the layer's download in the spool
+        # (the test's containerd keeps its store on the spool's filesystem, /tmp)...
+        spooled = {p.name for p in (d.state_dir / "pulls").iterdir()}
+        assert left.leases and spooled and not left.ingests, (left, spooled)
         d.start()
         assert_nothing_left(d)  # ...is gone once the daemon is back
+        assert not any((d.state_dir / "pulls").iterdir())
         cleanups = json.loads(
             d.sql("--json", "SELECT object_id, reason FROM events WHERE action = 'cleanup'").stdout
         )
         assert {c["reason"] for c in cleanups} == {"PullInterrupted"}
-        assert {c["object_id"] for c in cleanups} >= set(left.leases) | set(left.ingests)
+        assert {c["object_id"] for c in cleanups} >= set(left.leases) | spooled
         proxy.faults.rate = 0
         assert pull(d, ref).startswith("sha256:")
         st = d.image_call(
             "ImageStatus", api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=ref))
         )
         assert st.image.repo_tags == [ref]
+
+
+def test_a_blob_linked_into_containerds_store_by_a_killed_pull_is_collected_at_start(
+    image_daemon: Daemon,
+) -> None:
+    """A pull killed between linking a layer it downloaded into containerd's content store
+    and committing it (crictl/images/spool.py) leaves a blob no namespace holds, which
+    containerd's collector removes only in a collection that removes content. The on-disk
+    state such a kill leaves is made by hand (random bytes: no other namespace of the run's
+    containerd holds them), beside a download cut short before its link: the next start
+    removes both spool files, says so, and the linked blob is gone from containerd's store."""
+    d = image_daemon
+    d.stop()
+
+    async def content_root() -> str | None:
+        client = ContainerdClient(d.containerd_address, d.namespace)
+        try:
+            return await client.content_root()
+        finally:
+            await client.close()
+
+    root = asyncio.run(content_root())
+    assert root
+    data = os.urandom(300_000)
+    hexdigest = hashlib.sha256(data).hexdigest()
+    spool_dir = d.state_dir / "pulls"
+    linked = spool_dir / f"{hexdigest}.0badf00d"
+    linked.write_bytes(data)
+    blob = Path(root) / "blobs" / "sha256" / hexdigest
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    os.link(linked, blob)
+    cut = spool_dir / f"{'cd' * 32}.0badf00d"
+    cut.write_bytes(data[:1000])
+    d.start()
+    assert not blob.exists()  # containerd's collector took it
+    assert not any(spool_dir.iterdir())
+    assert_nothing_left(d)
+    cleanups = json.loads(
+        d.sql("--json", "SELECT object_id, message FROM events WHERE action = 'cleanup'").stdout
+    )
+    assert {c["object_id"] for c in cleanups} >= {linked.name, cut.name}, cleanups

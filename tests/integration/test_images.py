@@ -65,6 +65,8 @@ def inv(d: Daemon) -> Inventory:
 
 
 def assert_nothing_left(d: Daemon) -> None:
+    spool = d.state_dir / "pulls"  # layers downloaded beside containerd's content store
+    assert not spool.exists() or not any(spool.iterdir()), list(spool.iterdir())
     i = inv(d)
     assert (i.images, i.content, i.ingests, i.snapshots, i.leases) == (
         frozenset(),
