@@ -751,10 +751,21 @@ class Puller:
             present = await self._commit_shared(desc, md, labels)
             if present is not None:
                 return present
-            log.info(
-                "containerd did not take a spooled blob from its store; sending it",
-                extra={"digest": desc.digest, "root": str(local.root)},
-            )
+            if local.has(desc.digest, desc.size):
+                # There, and not taken: this containerd does not share its store's blobs
+                # between namespaces (content_sharing_policy "isolated"). Its layers go
+                # through its API from now on.
+                log.warning(
+                    "containerd does not take blobs from its content store "
+                    "(content_sharing_policy?): layers go through its content API",
+                    extra={"digest": desc.digest, "root": str(local.root)},
+                )
+                self._local = None
+            else:  # containerd's collector took the link before the write was open
+                log.info(
+                    "containerd did not find a spooled blob in its store; sending it",
+                    extra={"digest": desc.digest, "root": str(local.root)},
+                )
             return await self._download(
                 ref, f"spool {spooled.path}", spooled.read, desc, md, labels, 0, counted=False
             )

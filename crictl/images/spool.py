@@ -15,7 +15,9 @@ the moment the write is open containerd's collector keeps the blob for it.
 What this assumes, each checked where it can be and answered by the API path where it is
 not: the backend keeps a blob at `<root>/blobs/<algorithm>/<hex>` (content/local, unchanged
 since containerd 1.0), the spool dir is on the backend's filesystem (checked: st_dev), and
-sharing is on (a write that does not find the blob gets the spooled bytes over the API).
+sharing is on (a write that does not find the blob gets the spooled bytes over the API; one
+that finds it in the store and still does not take it turns the spool off for the daemon's
+life, with a warning, and every later layer goes through the API).
 The file is synced before it is linked, as containerd syncs an ingest before its rename: a
 power loss cannot leave a partial blob under a digest. A spool file left by a crash is
 removed at the daemon's next start. A blob linked into the

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from crictl import errors
+from crictl.containerd import managed
 from crictl.containerd.client import ContainerdClient
 from crictl.containerd.managed import ManagedContainerd
 from crictl.images import reference, spool
@@ -16,12 +17,15 @@ from crictl.images.mediatypes import OCI_MANIFEST
 from crictl.images.pull import Puller
 from crictl.images.registry import Descriptor, RegistryClient
 from crictl.images.spool import SpoolFile
+from crictl.metrics import REGISTRY
 from tests.integration.test_images import BUSYBOX
 from tests.rig.inventory import inventory, purge_namespace
 from tests.rig.registry import Registry
 from tests.rig.shims import kill_shims
 
 pytestmark = pytest.mark.integration
+
+NGINX = "e2e-test-images/nginx:1.14-2"
 
 
 async def test_version(containerd: ContainerdClient) -> None:
@@ -143,3 +147,49 @@ async def test_a_spooled_layer_containerd_no_longer_finds_is_sent_through_its_ap
         await client.close()
         await managed.stop()
         kill_shims(managed.address)
+
+
+async def test_a_containerd_that_does_not_share_blobs_gets_layers_through_its_api(
+    short_tmp: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A containerd whose content sharing is off ("isolated") does not take a blob linked into
+    its store: the first layer is sent from the spool through the content API, and every
+    later layer goes through the API without the spool. Both images end whole."""
+    isolated = (
+        '\n[plugins."io.containerd.metadata.v1.bolt"]\n  content_sharing_policy = "isolated"\n'
+    )
+    config = managed.containerd_config
+    monkeypatch.setattr(managed, "containerd_config", lambda d: config(d) + isolated)
+    ctd = managed.ManagedContainerd(short_tmp / "containerd")
+    await ctd.ensure_running()
+    client = ContainerdClient(ctd.address, "crictld-test")
+    spool_dir = short_tmp / "containerd" / "pulls"
+    puller = Puller(client, RegistryClient(), spool=spool_dir)
+
+    def pulled(path: str) -> float:
+        value = REGISTRY.get_sample_value("crictld_image_pull_bytes_total", {"path": path})
+        return value or 0.0
+
+    try:
+        before = {p: pulled(p) for p in ("store", "api")}
+        first, _ = await puller.pull(reference.parse(f"{registry.host}/{BUSYBOX}"))
+        layers = sum(d.size for d in first.layers)
+        # downloaded into the spool, then sent from it (not counted twice)
+        assert pulled("store") - before["store"] == layers
+        assert pulled("api") == before["api"]
+        second, _ = await puller.pull(reference.parse(f"{registry.host}/{NGINX}"))
+        had = {d.digest for d in first.layers}
+        new = {d.digest: d.size for d in second.layers if d.digest not in had}
+        assert new
+        assert pulled("store") - before["store"] == layers
+        assert pulled("api") - before["api"] == sum(new.values())
+        for layer in (*first.layers, *second.layers):
+            info = await puller.content_info(layer.digest)
+            assert info is not None and info.size == layer.size, info
+        inv = await inventory(ctd.address, "crictld-test")
+        assert (inv.ingests, inv.leases) == (frozenset(), frozenset()), inv
+        assert not any(spool_dir.iterdir())
+    finally:
+        await client.close()
+        await ctd.stop()
+        kill_shims(ctd.address)
