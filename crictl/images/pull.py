@@ -195,6 +195,46 @@ def _pb_descriptor(d: Descriptor) -> descriptor_pb2.Descriptor:
     return descriptor_pb2.Descriptor(media_type=d.media_type, digest=d.digest, size=d.size)
 
 
+async def _copy_blob(
+    what: str,
+    desc: Descriptor,
+    source: Callable[[int], AsyncIterator[bytes]],
+    at: Callable[[], int],
+    put: Callable[[bytes], Awaitable[None]],
+    piece: int,
+) -> None:
+    """`desc`'s bytes from `source` (its bytes from an offset) to `put`, in pieces of `piece`
+    (the last shorter), from `at()` (what `put` has taken) to the blob's size. A stream that
+    breaks off resumes from `at()`, up to RESUME_ATTEMPTS times; a stall fails. `what`
+    begins the errors ("pull REF: registry HOST")."""
+    failures = 0
+    while at() < desc.size:
+        try:
+            pending = bytearray()
+            async for chunk in source(at()):
+                pending += chunk
+                while len(pending) >= piece:
+                    await put(bytes(pending[:piece]))
+                    del pending[:piece]
+            if pending:
+                await put(bytes(pending))
+            if at() < desc.size:
+                raise errors.Unavailable(
+                    f"{what}: blob {desc.digest} ended at {at()} of {desc.size} bytes"
+                )
+        except BlobStalled:
+            raise
+        except errors.Unavailable:
+            failures += 1
+            if failures > RESUME_ATTEMPTS:
+                raise
+            log.info(
+                "blob download broke off, resuming",
+                extra={"what": what, "digest": desc.digest, "offset": at()},
+            )
+            await asyncio.sleep(0.2 * failures)
+
+
 async def _all(aws: Sequence[Awaitable[Any]]) -> list[Any]:
     """The results of `aws`, run at once; the first failure is raised once all have ended
     (none is left running, or its failure unread)."""
@@ -782,37 +822,16 @@ class Puller:
     ) -> None:
         """The layer from the registry into `spooled`, checked; a broken connection resumes
         where the file stands (HTTP Range); a stall or a digest mismatch fails the pull."""
-        failures = 0
-        while spooled.size < desc.size:
-            try:
-                pending = bytearray()
-                async for chunk in self.registry.stream_blob(
-                    endpoint, ref, desc, spooled.size, creds
-                ):
-                    pending += chunk
-                    if len(pending) >= SPOOL_PIECE:
-                        await spooled.append(bytes(pending))
-                        metrics.IMAGE_PULL_BYTES.labels("store").inc(len(pending))
-                        pending.clear()
-                if pending:
-                    await spooled.append(bytes(pending))
-                    metrics.IMAGE_PULL_BYTES.labels("store").inc(len(pending))
-                if spooled.size < desc.size:
-                    raise errors.Unavailable(
-                        f"pull {ref}: registry {endpoint}: blob {desc.digest} ended at "
-                        f"{spooled.size} of {desc.size} bytes"
-                    )
-            except BlobStalled:
-                raise
-            except errors.Unavailable:
-                failures += 1
-                if failures > RESUME_ATTEMPTS:
-                    raise
-                log.info(
-                    "blob download broke off, resuming",
-                    extra={"ref": str(ref), "digest": desc.digest, "offset": spooled.size},
-                )
-                await asyncio.sleep(0.2 * failures)
+
+        def registry(offset: int) -> AsyncIterator[bytes]:
+            return self.registry.stream_blob(endpoint, ref, desc, offset, creds)
+
+        async def put(piece: bytes) -> None:
+            await spooled.append(piece)
+            metrics.IMAGE_PULL_BYTES.labels("store").inc(len(piece))
+
+        where = f"pull {ref}: registry {endpoint}"
+        await _copy_blob(where, desc, registry, lambda: spooled.size, put, SPOOL_PIECE)
         if not await spooled.finish(desc.size):
             raise errors.Unavailable(
                 f"pull {ref}: registry {endpoint}: blob {desc.digest} failed verification "
@@ -899,7 +918,6 @@ class Puller:
             # the same.
             unread = 0
             answered = offset
-            failures = 0
 
             async def send(piece: bytes) -> None:
                 nonlocal offset, unread, answered
@@ -916,32 +934,9 @@ class Puller:
                 if counted:
                     metrics.IMAGE_PULL_BYTES.labels("api").inc(len(piece))
 
-            while offset < desc.size:
-                try:
-                    pending = bytearray()
-                    async for chunk in source(offset):
-                        pending += chunk
-                        while len(pending) >= WRITE_CHUNK:
-                            await send(bytes(pending[:WRITE_CHUNK]))
-                            del pending[:WRITE_CHUNK]
-                    if pending:
-                        await send(bytes(pending))
-                    if offset < desc.size:
-                        raise errors.Unavailable(
-                            f"pull {ref}: {where}: blob {desc.digest} ended at "
-                            f"{offset} of {desc.size} bytes"
-                        )
-                except BlobStalled:
-                    raise
-                except errors.Unavailable:
-                    failures += 1
-                    if failures > RESUME_ATTEMPTS:
-                        raise
-                    log.info(
-                        "blob download broke off, resuming",
-                        extra={"ref": str(ref), "digest": desc.digest, "offset": offset},
-                    )
-                    await asyncio.sleep(0.2 * failures)
+            await _copy_blob(
+                f"pull {ref}: {where}", desc, source, lambda: offset, send, WRITE_CHUNK
+            )
             for _ in range(unread):
                 answered = (await _response(call)).offset
             if answered != offset:
