@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +101,56 @@ async def test_an_image_record_is_put_whether_or_not_its_name_was_thought_there(
         assert await target() == b.digest
         await puller.put_image("r/x:1", a, exists=True)
         assert await target() == a.digest
+    finally:
+        await client.close()
+        await purge_namespace(containerd_address, namespace)
+
+
+async def test_a_pull_writes_its_manifest_and_config_once_its_layers_are_in(
+    containerd_address: str, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The small blobs (manifest, config) are written into containerd after every layer's
+    download has ended, off the first layer's way to its unpacking, and the image ends whole:
+    each blob in the namespace with the labels that hold the next (the manifest its config
+    and layers, the config its top snapshot), no lease or ingest left."""
+    namespace = f"crictld-test-{secrets.token_hex(4)}"
+    client = ContainerdClient(containerd_address, namespace)
+    puller = Puller(client, RegistryClient())
+    order: list[tuple[str, str]] = []
+    ensure_blob, put_small = Puller._ensure_blob, Puller._put_small
+
+    async def layer(self: Puller, *args: Any) -> bool:
+        try:
+            return await ensure_blob(self, *args)
+        finally:
+            order.append(("layer in", args[3].digest))
+
+    async def small(self: Puller, desc: Descriptor, *args: Any) -> None:
+        order.append(("small written", desc.digest))
+        await put_small(self, desc, *args)
+
+    monkeypatch.setattr(Puller, "_ensure_blob", layer)
+    monkeypatch.setattr(Puller, "_put_small", small)
+    try:
+        content, names = await puller.pull(reference.parse(f"{registry.host}/{NGINX}"))
+        assert names and len(content.layers) > 1
+        kinds = [kind for kind, _ in order]
+        assert kinds.count("layer in") == len(content.layers)
+        assert kinds == sorted(kinds), order  # every "layer in" before any "small written"
+        assert {d for k, d in order if k == "small written"} == {
+            content.manifest.digest,
+            content.config.digest,
+        }
+        manifest = await puller.content_info(content.manifest.digest)
+        assert manifest is not None
+        assert manifest.labels["containerd.io/gc.ref.content.config"] == content.config.digest
+        assert {v for k, v in manifest.labels.items() if ".content.l." in k} == {
+            d.digest for d in content.layers
+        }
+        config = await puller.content_info(content.config.digest)
+        assert config is not None and any(".snapshot." in k for k in config.labels), config
+        inv = await inventory(containerd_address, namespace)
+        assert (inv.ingests, inv.leases) == (frozenset(), frozenset()), inv
     finally:
         await client.close()
         await purge_namespace(containerd_address, namespace)
