@@ -26,7 +26,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +35,7 @@ from benchmarks.cri_bench import BenchError, Runtime
 
 if TYPE_CHECKING:
     from tests.rig.cni import CniNetwork
+    from tests.rig.images import FixtureImage
 
 PAUSE_IMAGE = "pause:3.10"  # repository:tag in the registry
 REFERENCE_NAMESPACE = "k8s.io"  # containerd's CRI plugin keeps everything there
@@ -57,13 +58,42 @@ def local_registry(registry: str | None, workdir: Path | None) -> Iterator[str]:
     if registry:
         yield registry
         return
-    from tests.rig.images import DEFAULT_WORKDIR, build_images, push_images
+    from tests.rig.images import DEFAULT_WORKDIR, build_images, default_busybox, push_images
     from tests.rig.registry import Registry
 
     with Registry() as reg:
-        print(f"registry {reg.host}: pushing the fixture images", file=sys.stderr)
-        push_images(reg.host, build_images(workdir or DEFAULT_WORKDIR))
+        images = build_images(workdir or DEFAULT_WORKDIR)
+        print(
+            f"registry {reg.host}: pushing {fixtures_line(images, default_busybox())}",
+            file=sys.stderr,
+        )
+        push_images(reg.host, images)
         yield reg.host
+
+
+def fixtures_line(images: Sequence[FixtureImage], busybox: Path) -> str:
+    """Which fixture images a run pulls: runs whose lines differ do not compare (a worktree
+    without the checkout's `.cache/busybox` builds its images from /bin/busybox, a smaller
+    layer: every pull of both runtimes is faster)."""
+    layers = {
+        layer.descriptor.digest: layer.descriptor.size
+        for image in images
+        for manifest in image.manifests
+        for layer in manifest.layers
+    }
+    busybox_layer = next(
+        (
+            image.manifests[0].layers[0].descriptor
+            for image in images
+            if image.repository == "e2e-test-images/busybox"
+        ),
+        None,
+    )
+    first = f", busybox's {busybox_layer.digest[7:19]}" if busybox_layer else ""
+    return (
+        f"the fixture images (busybox from {busybox}; {len(layers)} layers, "
+        f"{sum(layers.values()) / (1 << 20):.1f} MiB{first})"
+    )
 
 
 @dataclass
