@@ -4,12 +4,16 @@ store keeps committed blobs, and nothing is left in the spool."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
+from crictl import errors
 from crictl.images import spool
 from crictl.images.spool import LocalContent
 
@@ -95,3 +99,72 @@ async def test_leftovers_are_removed_and_said_linked_or_not(tmp_path: Path) -> N
     assert list((tmp_path / "pulls").iterdir()) == []
     assert spool.leftovers(tmp_path / "pulls", content) == []
     await f.close()
+
+
+async def test_a_full_disk_fails_the_download_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write the disk refuses ends the file's thread; the download's next append (or its
+    finish) raises RESOURCE_EXHAUSTED naming the blob and the file, and nothing is kept."""
+    content = local(tmp_path)
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spool, "_write_all", full)
+    f = content.open(DIGEST, "pull r")
+    with pytest.raises(errors.ResourceExhausted) as raised:
+        for i in range(0, len(DATA), 1 << 20):
+            await f.append(DATA[i : i + (1 << 20)])
+        await f.finish(len(DATA))
+    assert str(raised.value) == (
+        f"pull r: write blob {DIGEST} to {f.path}: no space left on device"
+    )
+    await f.close()
+    assert list((tmp_path / "pulls").iterdir()) == []
+    assert not (tmp_path / "content" / "blobs").exists()
+
+
+async def test_appends_wait_while_the_disk_is_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More than BACKLOG bytes received and not yet written: the download waits for the
+    disk (the daemon holds at most that much of a blob in memory), then goes on whole."""
+    content = local(tmp_path)
+    disk = threading.Event()
+    write = spool._write_all
+
+    def slow(fd: int, data: bytes) -> None:
+        disk.wait()
+        write(fd, data)
+
+    monkeypatch.setattr(spool, "_write_all", slow)
+    monkeypatch.setattr(spool, "BACKLOG", 1 << 20)
+    f = content.open(DIGEST, "pull r")
+    try:
+        piece = 256 << 10
+        for i in range(0, 1 << 20, piece):  # up to the backlog: taken at once
+            await asyncio.wait_for(f.append(DATA[i : i + piece]), 1)
+        waiting = asyncio.ensure_future(f.append(DATA[1 << 20 : (1 << 20) + piece]))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # one piece over: waits
+        disk.set()
+        await asyncio.wait_for(waiting, 5)
+        for i in range((1 << 20) + piece, len(DATA), piece):
+            await f.append(DATA[i : i + piece])
+        assert await f.finish(len(DATA))
+    finally:
+        disk.set()
+        await f.close()
+
+
+async def test_a_download_given_up_ends_its_thread_and_leaves_nothing(tmp_path: Path) -> None:
+    content = local(tmp_path)
+    before = {t.ident for t in threading.enumerate()}
+    f = content.open(DIGEST, "pull r")
+    await f.append(DATA[:1000])
+    (spooler,) = [t for t in threading.enumerate() if t.ident not in before]
+    await f.close()  # no finish: a pull that failed or was cancelled
+    spooler.join(5)
+    assert not spooler.is_alive()
+    assert list((tmp_path / "pulls").iterdir()) == []
