@@ -167,6 +167,7 @@ class SpoolFile:
         self._room: asyncio.Future[None] | None = None  # an append waiting for the backlog
         self._error: Exception | None = None  # what ended the writing thread early
         self._running = True  # the writing thread takes pieces (under _lock)
+        self._given_up = False  # `close` before `finish`: the pieces still queued are dropped
         self._ended: asyncio.Future[None] = self._loop.create_future()
         # Read-only once linked, as containerd leaves its committed blobs. The thread owns
         # the descriptor and closes it when it ends.
@@ -183,6 +184,8 @@ class SpoolFile:
                 piece = self._pieces.get()
                 if piece is _STOP:
                     break
+                if self._given_up:
+                    continue
                 if piece is _SYNC:
                     os.fsync(fd)
                     break
@@ -270,6 +273,7 @@ class SpoolFile:
         """The spool file gone (its link in the backend, if made, stays), its thread ended."""
         try:
             if not self._ended.done():
+                self._given_up = True
                 self._pieces.put(_STOP)
                 await asyncio.shield(self._ended)
         finally:

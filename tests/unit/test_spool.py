@@ -158,13 +158,35 @@ async def test_appends_wait_while_the_disk_is_behind(
         await f.close()
 
 
-async def test_a_download_given_up_ends_its_thread_and_leaves_nothing(tmp_path: Path) -> None:
+async def test_a_download_given_up_ends_its_thread_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed before its finish (a pull that failed or was cancelled): the thread writes
+    nothing more of what was queued, ends, and the file is gone."""
     content = local(tmp_path)
+    disk, writes = threading.Event(), []
+    write = spool._write_all
+
+    def slow(fd: int, data: bytes) -> None:
+        writes.append(len(data))
+        disk.wait()
+        write(fd, data)
+
+    monkeypatch.setattr(spool, "_write_all", slow)
     before = {t.ident for t in threading.enumerate()}
     f = content.open(DIGEST, "pull r")
-    await f.append(DATA[:1000])
     (spooler,) = [t for t in threading.enumerate() if t.ident not in before]
-    await f.close()  # no finish: a pull that failed or was cancelled
+    for i in range(0, 1 << 20, 256 << 10):
+        await f.append(DATA[i : i + (256 << 10)])
+    for _ in range(500):  # the first piece's write under way
+        if writes:
+            break
+        await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(f.close())
+    await asyncio.sleep(0.1)
+    disk.set()
+    await asyncio.wait_for(closing, 5)
     spooler.join(5)
     assert not spooler.is_alive()
+    assert writes == [256 << 10]  # the one under way when it was given up
     assert list((tmp_path / "pulls").iterdir()) == []
