@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +145,43 @@ def _copy_logs(target: Target, logs_dir: Path | None) -> None:
             shutil.copyfile(path, logs_dir / name)
 
 
+def _cgroups_of_children(parents: list[int]) -> set[Path]:
+    """The cgroup dirs (every hierarchy's) of the processes whose parent is in PARENTS and
+    whose cgroup is named by a container id: a shim's containers, whose cgroups runc would
+    have removed at their tasks' deletion (not its loggers, which stay in crictld's)."""
+    dirs: set[Path] = set()
+    for pid in all_pids():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) not in parents:
+                continue
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except (OSError, ValueError):
+            continue
+        for line in lines:
+            _, hierarchy, path = line.split(":", 2)
+            name = hierarchy.removeprefix("name=") or "unified"
+            if re.fullmatch(r"[0-9a-f]{64}", path.rsplit("/", 1)[-1]):
+                dirs.add(Path("/sys/fs/cgroup", name, path.lstrip("/")))
+    return dirs
+
+
+def _remove_cgroups(dirs: set[Path], timeout: float = 5.0) -> None:
+    """Removes DIRS once their killed processes have left them (rmdir fails until then)."""
+    deadline = time.monotonic() + timeout
+    while dirs and time.monotonic() < deadline:
+        for d in list(dirs):
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            dirs.discard(d)
+        if dirs:
+            time.sleep(0.05)
+
+
 # ------------------------------------------------------------------------------------------
 # A runtime's processes
 
@@ -204,6 +243,7 @@ def local_node(registry: str, logs_dir: Path | None = None) -> Iterator[Node]:
     from tests.rig.cni import make_network
     from tests.rig.daemon import Daemon
     from tests.rig.reference import ReferenceContainerd, remove_tree
+    from tests.rig.shims import kill_shims
 
     if os.geteuid() != 0:
         raise BenchError("starting the runtimes needs root (containerd, runc, CNI)")
@@ -279,6 +319,15 @@ def local_node(registry: str, logs_dir: Path | None = None) -> Iterator[Node]:
             _copy_logs(crictld_target, logs_dir)
             if code not in (None, 0):
                 node.problems.append(f"crictld exited with {code} on SIGTERM")
+            # Shims outlive their containerd: pods a failed run did not remove keep theirs
+            # (and their containers). Said, then ended, as the reference's teardown does.
+            shims = pids_with_args(managed.address)
+            if shims:
+                node.problems.append(f"crictld: shims left behind: {shims}: killed")
+                print(f"crictld teardown: shims left behind: {shims}: killed", file=sys.stderr)
+                cgroups = _cgroups_of_children(shims)
+                kill_shims(managed.address)
+                _remove_cgroups(cgroups)
 
         stack.callback(stop_daemon)
         daemon.start()
