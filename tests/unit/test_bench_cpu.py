@@ -1,14 +1,17 @@
-"""The benchmarks' CPU per round (benchmarks/cri_bench.py): read from every thread's schedstat,
-summed per watched process, printed per round, per call and as a ratio of the totals."""
+"""The benchmarks' CPU per round (benchmarks/cri_bench.py): each watched process's CPU clock,
+every thread's time, those that ended included, printed per round, per call and as a ratio of
+the totals."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 import time
 
-from benchmarks.cri_bench import Result, Runtime, format_cpu, task_cpu_ns
+from benchmarks.cri_bench import Result, Runtime, format_cpu, process_cpu_ns
 
 
 def _burn(seconds: float) -> None:
@@ -29,17 +32,51 @@ def test_every_thread_of_the_process_is_counted() -> None:
     worker.start()
     try:
         mine = time.thread_time_ns()
-        before = task_cpu_ns(os.getpid())
+        before = process_cpu_ns(os.getpid())
         time.sleep(0.2)  # this thread idles; the worker runs
-        others = task_cpu_ns(os.getpid()) - before - (time.thread_time_ns() - mine)
+        others = process_cpu_ns(os.getpid()) - before - (time.thread_time_ns() - mine)
     finally:
         stop.set()
         worker.join()
     assert others > 20_000_000, f"the worker thread's CPU was not counted: {others} ns"
 
 
+def test_threads_that_ended_are_counted() -> None:
+    """containerd's CRI ends a thread per pod network namespace, with all the CPU that thread
+    had run before: a sum over the live threads lost it."""
+    before = process_cpu_ns(os.getpid())
+    for _ in range(3):
+        t = threading.Thread(target=_burn, args=(0.05,))
+        t.start()
+        t.join()
+    assert process_cpu_ns(os.getpid()) - before >= 150_000_000
+
+
+def test_another_process_is_read_whole() -> None:
+    code = (
+        "import threading, time\n"
+        "def burn():\n"
+        "    end = time.thread_time() + 0.1\n"
+        "    while time.thread_time() < end: pass\n"
+        "for _ in range(2):\n"
+        "    t = threading.Thread(target=burn); t.start(); t.join()\n"
+        "print('done', flush=True)\n"
+        "import sys; sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "done\n"
+        assert process_cpu_ns(child.pid) >= 200_000_000  # both threads ended by now
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait()
+
+
 def test_a_process_gone_counts_nothing() -> None:
-    assert task_cpu_ns(2**22 + 1) == 0  # above pid_max's default: no such process
+    assert process_cpu_ns(2**22 + 1) == 0  # above pid_max's default: no such process
 
 
 def test_rounds_are_summed_per_process_and_printed_per_call() -> None:
