@@ -1,0 +1,71 @@
+"""benchmarks/kubelet.py's pure parts: the static pod it writes and the table it prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.kubelet import GRACE, Figures, Rounds, format_figures, manifest
+from benchmarks.setup import Node
+
+
+def test_the_manifest_is_a_pod_of_busybox_containers_that_end_on_sigterm() -> None:
+    pod = manifest("p3", "bench-7", "reg/busybox:1", 2)
+    assert pod["metadata"]["name"] == "p3"
+    assert pod["metadata"]["namespace"] == "bench-7"
+    spec = pod["spec"]
+    assert spec["terminationGracePeriodSeconds"] == GRACE
+    assert [c["name"] for c in spec["containers"]] == ["c0", "c1"]
+    for c in spec["containers"]:
+        assert c["image"] == "reg/busybox:1"
+        assert c["imagePullPolicy"] == "IfNotPresent"
+        script = c["command"][-1]
+        # A foreground sleep would hold the trap until it ends; `wait` returns on the signal.
+        assert "trap 'exit 0' TERM" in script and script.endswith("& wait")
+
+
+def _rounds(tmp_path: Path) -> Rounds:
+    r = Rounds(Node("reg", "reg/pause:3.10", tmp_path), 1, 2, 60.0, idle_pods=10)
+    r.figures = {
+        "crictld": Figures(
+            started=[150.0, 170.0, 160.0],
+            running=[900.0, 1000.0, 950.0],
+            stopped=[940.0],
+            pod_stopped=[990.0],
+            cpu_ns={"crictld daemon": 300_000_000},
+            kubelet_cpu_ns=150_000_000,
+            rounds=3,
+            idle_cpu_ns={"crictld daemon": 260_000_000, "managed containerd": 60_000_000},
+            idle_seconds=20.0,
+        ),
+        "containerd": Figures(
+            started=[200.0, 200.0],
+            running=[1000.0],
+            stopped=[1000.0],
+            pod_stopped=[1000.0],
+            cpu_ns={"containerd (CRI plugin)": 100_000_000},
+            kubelet_cpu_ns=100_000_000,
+            rounds=2,
+            idle_cpu_ns={"containerd (CRI plugin)": 120_000_000},
+            idle_seconds=20.0,
+            stop_retries=2,
+        ),
+    }
+    return r
+
+
+def test_the_table_gives_p50s_their_ratio_and_cpu_per_round_and_per_idle_second(
+    tmp_path: Path,
+) -> None:
+    text = format_figures(_rounds(tmp_path))
+    started = next(line for line in text.splitlines() if line.startswith("started"))
+    assert "160" in started and "200" in started
+    assert started.rstrip().endswith("0.80")  # 160 / 200
+    running = next(line for line in text.splitlines() if line.startswith("running"))
+    assert running.rstrip().endswith("0.95")
+    assert "crictld: crictld daemon 100.0; kubelet 50.0 (3 rounds)" in text
+    assert "containerd: containerd (CRI plugin) 50.0; kubelet 50.0 (2 rounds)" in text
+    # ms of CPU a second while idle: 260 ms + 60 ms over 20 s
+    assert "crictld daemon 13.0 + managed containerd 3.0 (= 16.0)" in text
+    assert "containerd (CRI plugin) 6.0 (= 6.0)" in text
+    assert "10 pods of 2 containers" in text
+    assert "sent again: containerd 2x" in text
