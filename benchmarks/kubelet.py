@@ -48,7 +48,15 @@ from typing import Any
 import grpc
 
 from benchmarks.cri_bench import BenchError, Runtime, percentile, process_cpu_ns
-from benchmarks.setup import Node, Target, leftovers, local_node, local_registry, runtime_logs
+from benchmarks.setup import (
+    Node,
+    Target,
+    format_teardown,
+    leftovers,
+    local_node,
+    local_registry,
+    runtime_logs,
+)
 from crictl.gen.cri.runtime.v1 import api_pb2
 
 # Ends at once on SIGTERM: `wait` is interrupted by a trapped signal, a foreground sleep is not.
@@ -355,15 +363,15 @@ def format_figures(r: Rounds) -> str:
             "the benchmark's own StopPodSandbox (after kubelet's) sent again: "
             + ", ".join(f"{n} {k}x" for n, k in retries.items())
         )
-    lines.append("")
-    lines.append(
-        f"CPU while idle (ms a second): kubelet alone calling the runtime, {r.idle_pods} pods "
-        f"of {r.containers} containers running"
-    )
-    for n in names:
+    idle = [n for n in names if r.figures[n].idle_seconds]
+    if idle:
+        lines.append("")
+        lines.append(
+            f"CPU while idle (ms a second): kubelet alone calling the runtime, {r.idle_pods} "
+            f"pods of {r.containers} containers running"
+        )
+    for n in idle:
         f = r.figures[n]
-        if not f.idle_seconds:
-            continue
         own = " + ".join(
             f"{label} {ns / f.idle_seconds / 1e6:.1f}" for label, ns in f.idle_cpu_ns.items()
         )
@@ -438,11 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(format_figures(rounds))
     print()
-    for name, found in after.items():
-        print(
-            f"{name}, after teardown: " + ("LEFT: " + "; ".join(found[:5]) if found else "nothing")
-        )
-    print("=> LEAKS FOUND" if dirty else "=> nothing left on the node by either runtime")
+    print(format_teardown(after, dirty))
     if args.json:
         args.json.write_text(
             json.dumps(

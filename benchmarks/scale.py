@@ -59,6 +59,7 @@ from benchmarks.sandboxes import RUN_LABEL, node_holdings
 from benchmarks.setup import (
     Node,
     Target,
+    format_teardown,
     leftovers,
     local_node,
     local_processes,
@@ -598,11 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(pod_logs, ignore_errors=True)
     print(format_figures(scale))
     print()
-    for name, found in after.items():
-        print(
-            f"{name}, after teardown: " + ("LEFT: " + "; ".join(found[:5]) if found else "nothing")
-        )
-    print("=> LEAKS FOUND" if dirty else "=> nothing left on the node by either runtime")
+    print(format_teardown(after, dirty))
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -14,7 +14,8 @@
   one is given. The yielded `Node` names, for each runtime, its containerd (address and
   namespace), netns dir, CNI network and logs, so a workload can count what pods hold.
 - `local_runtimes`: the same, yielding just the `Runtime`s (what benchmarks.images uses).
-- `leftovers(node)`: after `local_node` exited, what is still on the machine from the run.
+- `leftovers(node)`: after `local_node` exited, what is still on the machine from the run;
+  `format_teardown` prints it.
 """
 
 from __future__ import annotations
@@ -410,6 +411,17 @@ def leftovers(node: Node) -> dict[str, list[str]]:
     if node.problems:
         out["teardown"] = list(node.problems)
     return out
+
+
+def format_teardown(after: dict[str, list[str]], dirty: bool) -> str:
+    """`leftovers`' findings, a line per runtime, and the verdict (DIRTY also counts what the
+    workload found with the runtimes still up)."""
+    lines = [
+        f"{name}, after teardown: " + ("LEFT: " + "; ".join(found[:5]) if found else "nothing")
+        for name, found in after.items()
+    ]
+    lines.append("=> LEAKS FOUND" if dirty else "=> nothing left on the node by either runtime")
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager

@@ -69,3 +69,10 @@ def test_the_table_gives_p50s_their_ratio_and_cpu_per_round_and_per_idle_second(
     assert "containerd (CRI plugin) 6.0 (= 6.0)" in text
     assert "10 pods of 2 containers" in text
     assert "sent again: containerd 2x" in text
+
+
+def test_no_idle_phase_prints_no_idle_section(tmp_path: Path) -> None:
+    r = _rounds(tmp_path)
+    for f in r.figures.values():
+        f.idle_seconds, f.idle_cpu_ns = 0.0, {}
+    assert "CPU while idle" not in format_figures(r)
