@@ -470,7 +470,7 @@ def process_cpu_ns(pid: int) -> int:
     time of every thread that ends. containerd's CRI makes each pod's network namespace on an
     OS thread it then lets die (`pkg/netns` in v1.6.20 locks the goroutine to its thread and
     never unlocks it), and the Go runtime thread that dies takes with it all it had run
-    before, so that sum missed most of containerd's CRI's CPU in a pod's life."""
+    before, so that sum missed half or more of containerd's CRI's CPU in a pod's life."""
     try:
         return time.clock_gettime_ns(((~pid) << 3) | _CPUCLOCK_SCHED)
     except OSError:

@@ -29,6 +29,10 @@ the round's own), then removes them:
 Then the benchmark removes the round's pods itself (kubelet would only at its next container
 GC) and checks nothing of them is left in the runtime.
 
+After a block's timed rounds, IDLE_PODS pods are left running while kubelet alone calls the
+runtime (its relist, pod syncs, stats, `Version`) for IDLE_SECONDS: the CPU per second of each
+runtime's processes and of kubelet, what a node costs at rest.
+
     .venv/bin/python -m benchmarks.kubelet                        # 2 blocks of 8 rounds, 1 pod
     .venv/bin/python -m benchmarks.kubelet --pods 10 --containers 2 --rounds 4
 """
@@ -40,10 +44,10 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -59,11 +63,17 @@ from benchmarks.setup import (
 )
 from crictl.gen.cri.runtime.v1 import api_pb2
 
+if TYPE_CHECKING:
+    from tests.rig.kubelet import Kubelet
+
+T = TypeVar("T")
+
 # Ends at once on SIGTERM: `wait` is interrupted by a trapped signal, a foreground sleep is not.
 SCRIPT = "trap 'exit 0' TERM; sleep 100000 & wait"
 GRACE = 2  # terminationGracePeriodSeconds
 POLL_CRI = 0.05
 POLL_KUBELET = 0.1
+SETTLE = 12.0  # s between the idle pods running and the idle CPU's measure
 NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
 
 Json = dict[str, Any]
@@ -129,7 +139,12 @@ def sandboxes_of(rt: Runtime, namespace: str) -> list[api_pb2.PodSandbox]:
     return list(resp.items)
 
 
-def wait_until(what: str, check: Any, timeout: float, interval: float) -> Any:
+def _pid(kubelet: Kubelet) -> int:
+    assert kubelet.process is not None, "kubelet is not running"
+    return kubelet.process.pid
+
+
+def wait_until(what: str, check: Callable[[], T], timeout: float, interval: float) -> T:
     deadline = time.monotonic() + timeout
     while True:
         found = check()
@@ -173,11 +188,10 @@ class Rounds:
         figures = self.figures[rt.name]
         try:
             kubelet.start()
-            assert kubelet.process is not None
             for i in range(rounds + 1):
                 timed = i > 0
                 cpu_before = rt.round_cpu()
-                kubelet_before = process_cpu_ns(kubelet.process.pid)
+                kubelet_before = process_cpu_ns(_pid(kubelet))
                 untimed = Figures()
                 self.round(kubelet, rt, figures if timed else untimed)
                 figures.stop_retries += untimed.stop_retries
@@ -185,43 +199,52 @@ class Rounds:
                     for label, before in cpu_before.items():
                         spent = process_cpu_ns(rt.processes[label]) - before
                         figures.cpu_ns[label] = figures.cpu_ns.get(label, 0) + spent
-                    figures.kubelet_cpu_ns += process_cpu_ns(kubelet.process.pid) - kubelet_before
+                    figures.kubelet_cpu_ns += process_cpu_ns(_pid(kubelet)) - kubelet_before
                     figures.rounds += 1
             if self.idle_pods and self.idle_seconds > 0:
                 self.idle(kubelet, rt, self.idle_pods, self.idle_seconds, figures)
         except BenchError as e:
             figures.errors.append(str(e))
-            print(f"{rt.name}: {e}\nkubelet's errors:\n" + "\n".join(kubelet.errors()[-20:]))
+            print(
+                f"{rt.name}: {e}\nkubelet's errors:\n" + "\n".join(kubelet.errors()[-20:]),
+                file=sys.stderr,
+            )
             raise
         finally:
             kubelet.cleanup()
 
-    def round(self, kubelet: Any, rt: Runtime, figures: Figures) -> None:
+    def round(self, kubelet: Kubelet, rt: Runtime, figures: Figures) -> None:
         self.serial += 1
         namespace = f"bench-{self.serial}"
         self.up(kubelet, rt, namespace, self.pods, figures)
         self.down(kubelet, rt, namespace, self.pods, figures)
 
-    def idle(self, kubelet: Any, rt: Runtime, pods: int, seconds: float, figures: Figures) -> None:
+    def idle(
+        self, kubelet: Kubelet, rt: Runtime, pods: int, seconds: float, figures: Figures
+    ) -> None:
         """PODS pods running, kubelet alone calling the runtime for SECONDS: the CPU each
         process spends while nothing happens on the node but kubelet's own loops."""
         self.serial += 1
         namespace = f"idle-{self.serial}"
         self.up(kubelet, rt, namespace, pods, Figures())
-        time.sleep(2)  # kubelet's first syncs of the new pods
+        # Past kubelet's first syncs of the new pods and crictld's first stats refresh after
+        # them (every 10 s; it learns each new snapshot's writable dir once).
+        time.sleep(SETTLE)
         before = rt.round_cpu()
-        kubelet_before = process_cpu_ns(kubelet.process.pid)
+        kubelet_before = process_cpu_ns(_pid(kubelet))
         time.sleep(seconds)
         for label, was in before.items():
             spent = process_cpu_ns(rt.processes[label]) - was
             figures.idle_cpu_ns[label] = figures.idle_cpu_ns.get(label, 0) + spent
-        figures.idle_kubelet_cpu_ns += process_cpu_ns(kubelet.process.pid) - kubelet_before
+        figures.idle_kubelet_cpu_ns += process_cpu_ns(_pid(kubelet)) - kubelet_before
         figures.idle_seconds += seconds
         untimed = Figures()
         self.down(kubelet, rt, namespace, pods, untimed)
         figures.stop_retries += untimed.stop_retries
 
-    def up(self, kubelet: Any, rt: Runtime, namespace: str, pods: int, figures: Figures) -> None:
+    def up(
+        self, kubelet: Kubelet, rt: Runtime, namespace: str, pods: int, figures: Figures
+    ) -> None:
         names = [f"p{i}" for i in range(pods)]
         want = pods * self.containers
 
@@ -261,7 +284,9 @@ class Rounds:
         )
         figures.running.append((time.time_ns() - begun) / 1e6)
 
-    def down(self, kubelet: Any, rt: Runtime, namespace: str, pods: int, figures: Figures) -> None:
+    def down(
+        self, kubelet: Kubelet, rt: Runtime, namespace: str, pods: int, figures: Figures
+    ) -> None:
         removed = time.time_ns()
         for i in range(pods):
             kubelet.remove_manifest(f"p{i}")
