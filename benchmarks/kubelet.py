@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 import time
@@ -94,6 +95,8 @@ class Figures:
     idle_kubelet_cpu_ns: int = 0
     idle_seconds: float = 0.0
     stop_retries: int = 0  # the benchmark's own StopPodSandbox sent again (see Rounds._remove)
+    # kubelet's own histograms, summed over the blocks: name -> [sum of seconds, count]
+    kubelet_seen: dict[str, list[float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -137,6 +140,30 @@ def sandboxes_of(rt: Runtime, namespace: str) -> list[api_pb2.PodSandbox]:
         timeout=10,
     )
     return list(resp.items)
+
+
+_HISTOGRAM = re.compile(
+    r"^kubelet_(runtime_operations_duration_seconds|pleg_relist_duration_seconds)_(sum|count)"
+    r'(?:\{(?:.*,)?operation_type="([^"]*)"(?:,.*)?\})? (\S+)$'
+)
+
+
+def kubelet_histograms(text: bytes) -> dict[str, tuple[float, float]]:
+    """From kubelet's /metrics: how long its PLEG relists took and each CRI operation as
+    kubelet timed it (`kubelet_runtime_operations_duration_seconds`, by operation), each as
+    (seconds summed, count)."""
+    out: dict[str, list[float]] = {}
+    for line in text.decode(errors="replace").splitlines():
+        m = _HISTOGRAM.match(line)
+        if m is None:
+            continue
+        metric, part, operation, value = m.groups()
+        name = "PLEG relist" if metric.startswith("pleg") else (operation or "")
+        if not name:
+            continue
+        entry = out.setdefault(name, [0.0, 0.0])
+        entry[0 if part == "sum" else 1] += float(value)
+    return {name: (total, count) for name, (total, count) in out.items()}
 
 
 def _pid(kubelet: Kubelet) -> int:
@@ -203,6 +230,10 @@ class Rounds:
                     figures.rounds += 1
             if self.idle_pods and self.idle_seconds > 0:
                 self.idle(kubelet, rt, self.idle_pods, self.idle_seconds, figures)
+            for name, (total, count) in kubelet_histograms(kubelet.get("/metrics")).items():
+                seen = figures.kubelet_seen.setdefault(name, [0.0, 0.0])
+                seen[0] += total
+                seen[1] += count
         except BenchError as e:
             figures.errors.append(str(e))
             print(
@@ -346,6 +377,34 @@ def _p(values: Sequence[float], q: float) -> str:
     return f"{percentile(values, q):.0f}" if values else "-"
 
 
+def format_kubelet_seen(r: Rounds) -> list[str]:
+    """kubelet's own timing of its relists and of each CRI operation (its metrics, every call
+    of the blocks: untimed and idle included), mean ms per runtime, the most frequent first."""
+    names = list(r.figures)
+    counts: dict[str, float] = {}
+    for f in r.figures.values():
+        for op, (_total, count) in f.kubelet_seen.items():
+            counts[op] = counts.get(op, 0.0) + count
+    if not counts:
+        return []
+    lines = [
+        "",
+        "as kubelet timed them (its metrics over every block): mean ms (calls)",
+        f"{'':28}| " + " | ".join(f"{n:>22}" for n in names) + " |      ratio",
+    ]
+    for op in sorted(counts, key=lambda o: (o != "PLEG relist", -counts[o])):
+        means = []
+        cells = []
+        for n in names:
+            total, count = r.figures[n].kubelet_seen.get(op, [0.0, 0.0])
+            mean = total / count * 1000 if count else 0.0
+            means.append(mean)
+            cells.append(f"{mean:>10.2f} ({count:>6.0f})" if count else "-")
+        ratio = f"{means[0] / means[1]:.2f}" if len(means) == 2 and means[1] else "-"
+        lines.append(f"{op:28}| " + " | ".join(f"{c:>22}" for c in cells) + f" | {ratio:>10}")
+    return lines
+
+
 def format_figures(r: Rounds) -> str:
     names = list(r.figures)
     rows = [
@@ -388,6 +447,7 @@ def format_figures(r: Rounds) -> str:
             "the benchmark's own StopPodSandbox (after kubelet's) sent again: "
             + ", ".join(f"{n} {k}x" for n, k in retries.items())
         )
+    lines += format_kubelet_seen(r)
     idle = [n for n in names if r.figures[n].idle_seconds]
     if idle:
         lines.append("")

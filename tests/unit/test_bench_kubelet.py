@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.kubelet import GRACE, Figures, Rounds, format_figures, manifest
+from benchmarks.kubelet import GRACE, Figures, Rounds, format_figures, kubelet_histograms, manifest
 from benchmarks.setup import Node
 
 
@@ -76,3 +76,50 @@ def test_no_idle_phase_prints_no_idle_section(tmp_path: Path) -> None:
     for f in r.figures.values():
         f.idle_seconds, f.idle_cpu_ns = 0.0, {}
     assert "CPU while idle" not in format_figures(r)
+
+
+def test_kubelets_relist_and_operation_timings_are_read_from_its_metrics() -> None:
+    text = b"""# HELP kubelet_runtime_operations_duration_seconds [ALPHA] Duration in seconds
+# TYPE kubelet_runtime_operations_duration_seconds histogram
+kubelet_runtime_operations_duration_seconds_bucket{operation_type="container_status",le="0.005"} 40
+kubelet_runtime_operations_duration_seconds_sum{operation_type="container_status"} 0.05
+kubelet_runtime_operations_duration_seconds_count{operation_type="container_status"} 50
+kubelet_runtime_operations_duration_seconds_sum{operation_type="run_podsandbox"} 0.4
+kubelet_runtime_operations_duration_seconds_count{operation_type="run_podsandbox"} 8
+kubelet_runtime_operations_errors_total{operation_type="run_podsandbox"} 1
+kubelet_pleg_relist_duration_seconds_bucket{le="0.005"} 9
+kubelet_pleg_relist_duration_seconds_sum 0.03
+kubelet_pleg_relist_duration_seconds_count 10
+kubelet_pleg_relist_interval_seconds_sum 10.2
+"""
+    seen = kubelet_histograms(text)
+    assert seen == {
+        "container_status": (0.05, 50.0),
+        "run_podsandbox": (0.4, 8.0),
+        "PLEG relist": (0.03, 10.0),
+    }
+
+
+def test_kubelets_timings_are_printed_relist_first_then_by_count(tmp_path: Path) -> None:
+    r = _rounds(tmp_path)
+    r.figures["crictld"].kubelet_seen = {
+        "PLEG relist": [0.04, 10.0],
+        "container_status": [0.05, 50.0],
+        "run_podsandbox": [0.4, 8.0],
+    }
+    r.figures["containerd"].kubelet_seen = {
+        "PLEG relist": [0.02, 10.0],
+        "container_status": [0.025, 50.0],
+        "run_podsandbox": [0.5, 8.0],
+    }
+    lines = format_figures(r).splitlines()
+    start = lines.index("as kubelet timed them (its metrics over every block): mean ms (calls)")
+    rows = lines[start + 2 : start + 5]
+    assert [row.split("|")[0].strip() for row in rows] == [
+        "PLEG relist",
+        "container_status",
+        "run_podsandbox",
+    ]
+    assert rows[0].rstrip().endswith("2.00")  # 4 ms against 2
+    assert "1.00 (    50)" in rows[1] and "0.50 (    50)" in rows[1]
+    assert rows[2].rstrip().endswith("0.80")  # 50 ms against 62.5
