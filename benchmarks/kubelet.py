@@ -40,7 +40,6 @@ runtime's processes and of kubelet, what a node costs at rest.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import signal
 import sys
@@ -61,6 +60,7 @@ from benchmarks.setup import (
     local_node,
     local_registry,
     runtime_logs,
+    write_figures,
 )
 from crictl.gen.cri.runtime.v1 import api_pb2
 
@@ -533,17 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_teardown(after, dirty))
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "pods": args.pods,
-                    "containers": args.containers,
-                    **{n: vars(f) for n, f in rounds.figures.items()},
-                    "after_teardown": after,
-                },
-                indent=2,
-            )
-            + "\n"
+        write_figures(
+            args.json, {"pods": args.pods, "containers": args.containers}, rounds.figures, after
         )
     return 1 if dirty else 0
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import os
 import shutil
 import sys
@@ -65,6 +64,7 @@ from benchmarks.setup import (
     local_processes,
     local_registry,
     runtime_logs,
+    write_figures,
 )
 from crictl.gen.cri.runtime.v1 import api_pb2
 
@@ -601,18 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_teardown(after, dirty))
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "pods": args.pods,
-                    "per_pod": args.per_pod,
-                    **{n: vars(f) for n, f in scale.figures.items()},
-                    "after_teardown": after,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        write_figures(args.json, {"pods": args.pods, "per_pod": args.per_pod}, scale.figures, after)
     return 1 if dirty else 0
 
 

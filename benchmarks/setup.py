@@ -15,13 +15,14 @@
   namespace), netns dir, CNI network and logs, so a workload can count what pods hold.
 - `local_runtimes`: the same, yielding just the `Runtime`s (what benchmarks.images uses).
 - `leftovers(node)`: after `local_node` exited, what is still on the machine from the run;
-  `format_teardown` prints it.
+  `format_teardown` prints it, `write_figures` writes a run's raw figures with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -422,6 +423,15 @@ def format_teardown(after: dict[str, list[str]], dirty: bool) -> str:
     ]
     lines.append("=> LEAKS FOUND" if dirty else "=> nothing left on the node by either runtime")
     return "\n".join(lines)
+
+
+def write_figures(
+    path: Path, run: dict[str, object], figures: Mapping[str, object], after: dict[str, list[str]]
+) -> None:
+    """A run's raw figures as JSON: its parameters, each runtime's figures (a dataclass per
+    runtime name) and `leftovers`' findings."""
+    body = {**run, **{name: vars(f) for name, f in figures.items()}, "after_teardown": after}
+    path.write_text(json.dumps(body, indent=2) + "\n")
 
 
 @contextlib.contextmanager

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from benchmarks.kubelet import GRACE, Figures, Rounds, format_figures, kubelet_histograms, manifest
-from benchmarks.setup import Node
+from benchmarks.setup import Node, write_figures
 
 
 def test_the_manifest_is_a_pod_of_busybox_containers_that_end_on_sigterm() -> None:
@@ -123,3 +124,16 @@ def test_kubelets_timings_are_printed_relist_first_then_by_count(tmp_path: Path)
     assert rows[0].rstrip().endswith("2.00")  # 4 ms against 2
     assert "1.00 (    50)" in rows[1] and "0.50 (    50)" in rows[1]
     assert rows[2].rstrip().endswith("0.80")  # 50 ms against 62.5
+
+
+def test_the_raw_figures_are_written_with_the_runs_parameters_and_teardown(
+    tmp_path: Path,
+) -> None:
+    r = _rounds(tmp_path)
+    out = tmp_path / "out.json"
+    write_figures(out, {"pods": 1, "containers": 2}, r.figures, {"crictld": [], "containerd": []})
+    body = json.loads(out.read_text())
+    assert body["pods"] == 1 and body["containers"] == 2
+    assert body["crictld"]["started"] == [150.0, 170.0, 160.0]
+    assert body["containerd"]["stop_retries"] == 2
+    assert body["after_teardown"] == {"crictld": [], "containerd": []}
