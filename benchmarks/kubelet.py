@@ -166,6 +166,12 @@ def kubelet_histograms(text: bytes) -> dict[str, tuple[float, float]]:
     return {name: (total, count) for name, (total, count) in out.items()}
 
 
+def _add_cpu(into: dict[str, int], rt: Runtime, before: dict[str, int]) -> None:
+    """Adds what each of RT's processes spent since `before` (`Runtime.round_cpu`)."""
+    for label, was in before.items():
+        into[label] = into.get(label, 0) + process_cpu_ns(rt.processes[label]) - was
+
+
 def _pid(kubelet: Kubelet) -> int:
     assert kubelet.process is not None, "kubelet is not running"
     return kubelet.process.pid
@@ -223,9 +229,7 @@ class Rounds:
                 self.round(kubelet, rt, figures if timed else untimed)
                 figures.stop_retries += untimed.stop_retries
                 if timed:
-                    for label, before in cpu_before.items():
-                        spent = process_cpu_ns(rt.processes[label]) - before
-                        figures.cpu_ns[label] = figures.cpu_ns.get(label, 0) + spent
+                    _add_cpu(figures.cpu_ns, rt, cpu_before)
                     figures.kubelet_cpu_ns += process_cpu_ns(_pid(kubelet)) - kubelet_before
                     figures.rounds += 1
             if self.idle_pods and self.idle_seconds > 0:
@@ -264,9 +268,7 @@ class Rounds:
         before = rt.round_cpu()
         kubelet_before = process_cpu_ns(_pid(kubelet))
         time.sleep(seconds)
-        for label, was in before.items():
-            spent = process_cpu_ns(rt.processes[label]) - was
-            figures.idle_cpu_ns[label] = figures.idle_cpu_ns.get(label, 0) + spent
+        _add_cpu(figures.idle_cpu_ns, rt, before)
         figures.idle_kubelet_cpu_ns += process_cpu_ns(_pid(kubelet)) - kubelet_before
         figures.idle_seconds += seconds
         untimed = Figures()
