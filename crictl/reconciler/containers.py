@@ -68,6 +68,7 @@ from crictl.store.containers import (
     record_container_started,
     removal_asked,
     set_container_desired,
+    set_containers_desired,
     update_container_config,
 )
 from crictl.store.engine import Store
@@ -818,23 +819,31 @@ class ContainerReconciler:
     async def teardown_sandbox_containers(self, sandbox_id: str, remove: bool) -> None:
         """A sandbox's stop (or removal) stops (or removes) its containers through their own
         queue, so it never runs at once with another pass on the same container; a pod stop
-        gives them no grace period, as containerd's StopPodSandbox."""
+        gives them no grace period, as containerd's StopPodSandbox. Every desired state is
+        written in one transaction first. A stop waits as StopContainer does: until each
+        exit is recorded, not for the task deletes that follow it in the container's pass
+        (kubelet stops a pod's containers first, so their deletes are often still running
+        when it stops the pod); a container whose exit is already recorded is not waited
+        for. A removal waits for every pass to end."""
         desired = ContainerDesired.REMOVED if remove else ContainerDesired.EXITED
-        ids = [row.id for row in self.store.snapshot.containers_of(sandbox_id)]
-        for cid in ids:
-            with contextlib.suppress(errors.NotFound):
-                await self.store.write(
-                    partial(set_container_desired, container_id=cid, desired=desired)
-                )
-            if not remove:
-                self.request_stop(cid, 0)
+        before = {row.id: row.desired for row in self.store.snapshot.containers_of(sandbox_id)}
+        rows = await self.store.write(
+            partial(set_containers_desired, container_ids=list(before), desired=desired)
+        )
         gate = asyncio.Semaphore(POD_TEARDOWN_AT_ONCE)
 
-        async def one(cid: str) -> None:
+        async def one(row: ContainerView) -> None:
+            if not remove and row.phase == ContainerPhase.EXITED:
+                if before[row.id] != row.desired:  # a pass marks the change observed
+                    self.request_stop(row.id, 0)
+                    self.queue.wake(row.id)
+                return
+            if not remove:
+                self.request_stop(row.id, 0)
             async with gate:
-                await self.queue.wait(cid)
+                await self.queue.wait(row.id, settled=not remove)
 
-        results = await asyncio.gather(*(one(cid) for cid in ids), return_exceptions=True)
+        results = await asyncio.gather(*(one(row) for row in rows), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             raise failed[0]

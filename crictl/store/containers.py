@@ -162,6 +162,18 @@ def set_container_desired(
     return c
 
 
+def set_containers_desired(
+    session: Session, container_ids: list[str], desired: ContainerDesired
+) -> list[ContainerView]:
+    """`set_container_desired` for each of CONTAINER_IDS that still exists, in one transaction
+    (a pod's stop or removal: a crash keeps all of them or none); the views of those found."""
+    views = []
+    for container_id in container_ids:
+        if container_now(session, container_id) is not None:
+            views.append(set_container_desired(session, container_id, desired))
+    return views
+
+
 def record_container_created(
     session: Session, container_id: str, uid: int, gid: int, groups: list[int]
 ) -> None:

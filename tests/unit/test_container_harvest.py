@@ -184,3 +184,80 @@ def test_an_exit_it_cannot_tell_is_checked_against_containerd(
     asyncio.run(r.on_exit(TaskExit(CID, 1, at, pid)))
     assert containerd.calls == ["get task"]
     assert store.snapshot.containers[CID].phase == ContainerPhase.RUNNING
+
+
+class SlowDelete(Containerd):
+    """Its task deletes (runc delete and the shim's exit, tens of ms under load) wait until
+    `deletes` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(event=False)
+        self.deletes = asyncio.Event()
+
+    async def delete_task(self, cid: str) -> int | None:
+        self.calls.append("delete task")
+        await self.deletes.wait()
+        task, self.task = self.task, None
+        return None if task is None else task.exit_status
+
+
+def test_a_pod_stop_answers_once_the_exit_is_recorded(store: Store, tmp_path: Path) -> None:
+    """As StopContainer: the running container is killed and its exit recorded; its task's
+    delete goes on in its pass after StopPodSandbox's part is done."""
+    containerd = SlowDelete()
+    r = reconciler(store, containerd, tmp_path)
+
+    async def main() -> None:
+        await asyncio.wait_for(r.teardown_sandbox_containers(SID, remove=False), 10)
+        row = store.snapshot.containers[CID]
+        assert (row.phase, row.desired, row.exit_code) == (
+            ContainerPhase.EXITED,
+            ContainerDesired.EXITED,
+            137,
+        )
+        assert containerd.calls == ["kill task", "wait task", "delete task"]
+        assert r.queue.depth() == 1  # the delete still running
+        containerd.deletes.set()
+        await r.queue.wait(CID)
+        assert containerd.task is None
+
+    asyncio.run(main())
+
+
+def test_a_pod_stop_leaves_a_stopped_containers_delete_to_its_pass(
+    store: Store, tmp_path: Path
+) -> None:
+    """kubelet stops a pod's containers, then the pod: the containers' task deletes are then
+    often still running. The pod's stop has nothing to wait for and asks nothing more."""
+    containerd = SlowDelete()
+    r = reconciler(store, containerd, tmp_path)
+
+    async def main() -> None:
+        await store.write(lambda s: sc.set_container_desired(s, CID, ContainerDesired.EXITED))
+        r.request_stop(CID, 0)
+        await r.queue.wait(CID, settled=True)  # StopContainer's answer
+        generation = store.snapshot.containers[CID].generation
+        await asyncio.wait_for(r.teardown_sandbox_containers(SID, remove=False), 10)
+        assert store.snapshot.containers[CID].generation == generation
+        containerd.deletes.set()
+        await r.queue.wait(CID)
+        assert containerd.calls == ["kill task", "wait task", "delete task"]
+
+    asyncio.run(main())
+
+
+def test_a_pod_removal_waits_for_its_containers_passes(store: Store, tmp_path: Path) -> None:
+    containerd = SlowDelete()
+    r = reconciler(store, containerd, tmp_path)
+
+    async def main() -> None:
+        await asyncio.wait_for(r.teardown_sandbox_containers(SID, remove=False), 10)
+        removal = asyncio.create_task(r.teardown_sandbox_containers(SID, remove=True))
+        await asyncio.sleep(0.05)
+        assert not removal.done()  # the stop's task delete is still running
+        containerd.deletes.set()
+        await asyncio.wait_for(removal, 10)
+        assert CID not in store.snapshot.containers
+        assert containerd.calls[-2:] == ["delete container", "remove snapshot"]
+
+    asyncio.run(main())
