@@ -62,6 +62,7 @@ from crictl.reconciler.sandboxes import (
 from crictl.reconciler.stdio import ExecProcess
 from crictl.store.containers import (
     delete_container,
+    desired_reached,
     mark_container_observed,
     record_container_created,
     record_container_exited,
@@ -826,10 +827,12 @@ class ContainerReconciler:
         when it stops the pod); a container whose exit is already recorded is not waited
         for. A removal waits for every pass to end."""
         desired = ContainerDesired.REMOVED if remove else ContainerDesired.EXITED
-        before = {row.id: row.desired for row in self.store.snapshot.containers_of(sandbox_id)}
-        rows = await self.store.write(
-            partial(set_containers_desired, container_ids=list(before), desired=desired)
-        )
+        rows = list(self.store.snapshot.containers_of(sandbox_id))
+        before = {row.id: row.desired for row in rows}
+        if not all(desired_reached(row, desired) for row in rows):
+            rows = await self.store.write(
+                partial(set_containers_desired, container_ids=list(before), desired=desired)
+            )
         gate = asyncio.Semaphore(POD_TEARDOWN_AT_ONCE)
 
         async def one(row: ContainerView) -> None:

@@ -144,12 +144,17 @@ _ORDER = [
 ]
 
 
+def desired_reached(row: Container | ContainerView, desired: ContainerDesired) -> bool:
+    """`desired` or a later state is recorded: setting it would change nothing."""
+    return _ORDER.index(ContainerDesired(row.desired)) >= _ORDER.index(ContainerDesired(desired))
+
+
 def set_container_desired(
     session: Session, container_id: str, desired: ContainerDesired
 ) -> ContainerView:
     """Records what CRI asked (never backwards: a stopped container is not started again)."""
     c = _must(session, container_id)
-    if _ORDER.index(ContainerDesired(desired)) > _ORDER.index(ContainerDesired(c.desired)):
+    if not desired_reached(c, desired):
         record_event(
             session,
             "container",
