@@ -821,32 +821,27 @@ class ContainerReconciler:
         """A sandbox's stop (or removal) stops (or removes) its containers through their own
         queue, so it never runs at once with another pass on the same container; a pod stop
         gives them no grace period, as containerd's StopPodSandbox. Every desired state is
-        written in one transaction first. A stop waits as StopContainer does: until each
-        exit is recorded, not for the task deletes that follow it in the container's pass
-        (kubelet stops a pod's containers first, so their deletes are often still running
-        when it stops the pod); a container whose exit is already recorded is not waited
-        for. A removal waits for every pass to end."""
+        written in one transaction first (none if all are recorded already: kubelet stops a
+        pod's containers before the pod). Both wait for each container's whole pass, its
+        task's delete included, before the pause task is touched: the pod's tasks share one
+        shim, which exits once its last task is deleted, and a pause task deleted beside a
+        container's delete lost its answer to that exit ("ttrpc: closed", 1000-kill chaos)."""
         desired = ContainerDesired.REMOVED if remove else ContainerDesired.EXITED
         rows = list(self.store.snapshot.containers_of(sandbox_id))
-        before = {row.id: row.desired for row in rows}
         if not all(desired_reached(row, desired) for row in rows):
             rows = await self.store.write(
-                partial(set_containers_desired, container_ids=list(before), desired=desired)
+                partial(set_containers_desired, container_ids=[r.id for r in rows], desired=desired)
             )
+        if not remove:
+            for row in rows:
+                self.request_stop(row.id, 0)
         gate = asyncio.Semaphore(POD_TEARDOWN_AT_ONCE)
 
-        async def one(row: ContainerView) -> None:
-            if not remove and row.phase == ContainerPhase.EXITED:
-                if before[row.id] != row.desired:  # a pass marks the change observed
-                    self.request_stop(row.id, 0)
-                    self.queue.wake(row.id)
-                return
-            if not remove:
-                self.request_stop(row.id, 0)
+        async def one(cid: str) -> None:
             async with gate:
-                await self.queue.wait(row.id, settled=not remove)
+                await self.queue.wait(cid)
 
-        results = await asyncio.gather(*(one(row) for row in rows), return_exceptions=True)
+        results = await asyncio.gather(*(one(row.id) for row in rows), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             raise failed[0]

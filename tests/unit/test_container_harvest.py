@@ -201,34 +201,11 @@ class SlowDelete(Containerd):
         return None if task is None else task.exit_status
 
 
-def test_a_pod_stop_answers_once_the_exit_is_recorded(store: Store, tmp_path: Path) -> None:
-    """As StopContainer: the running container is killed and its exit recorded; its task's
-    delete goes on in its pass after StopPodSandbox's part is done."""
-    containerd = SlowDelete()
-    r = reconciler(store, containerd, tmp_path)
-
-    async def main() -> None:
-        await asyncio.wait_for(r.teardown_sandbox_containers(SID, remove=False), 10)
-        row = store.snapshot.containers[CID]
-        assert (row.phase, row.desired, row.exit_code) == (
-            ContainerPhase.EXITED,
-            ContainerDesired.EXITED,
-            137,
-        )
-        assert containerd.calls == ["kill task", "wait task", "delete task"]
-        assert r.queue.depth() == 1  # the delete still running
-        containerd.deletes.set()
-        await r.queue.wait(CID)
-        assert containerd.task is None
-
-    asyncio.run(main())
-
-
-def test_a_pod_stop_leaves_a_stopped_containers_delete_to_its_pass(
-    store: Store, tmp_path: Path
-) -> None:
-    """kubelet stops a pod's containers, then the pod: the containers' task deletes are then
-    often still running. The pod's stop has nothing to wait for and asks nothing more."""
+def test_a_pod_stop_waits_for_its_containers_task_deletes(store: Store, tmp_path: Path) -> None:
+    """The pod's tasks share one shim, which exits once its last task is deleted: the pause
+    task is touched only once every container's delete has answered. kubelet stops a pod's
+    containers first (StopContainer answers once the exit is recorded), so their deletes
+    may still run when the pod's stop comes: it waits for them and writes nothing more."""
     containerd = SlowDelete()
     r = reconciler(store, containerd, tmp_path)
 
@@ -237,11 +214,17 @@ def test_a_pod_stop_leaves_a_stopped_containers_delete_to_its_pass(
         r.request_stop(CID, 0)
         await r.queue.wait(CID, settled=True)  # StopContainer's answer
         generation = store.snapshot.containers[CID].generation
-        await asyncio.wait_for(r.teardown_sandbox_containers(SID, remove=False), 10)
-        assert store.snapshot.containers[CID].generation == generation
+        stop = asyncio.create_task(r.teardown_sandbox_containers(SID, remove=False))
+        await asyncio.sleep(0.05)
+        assert not stop.done()  # the container's task delete is still running
         containerd.deletes.set()
-        await r.queue.wait(CID)
+        await asyncio.wait_for(stop, 10)
+        assert containerd.task is None
         assert containerd.calls == ["kill task", "wait task", "delete task"]
+        row = store.snapshot.containers[CID]
+        assert (row.phase, row.exit_code) == (ContainerPhase.EXITED, 137)
+        assert row.desired == ContainerDesired.EXITED
+        assert row.generation == generation  # no second desired state written
 
     asyncio.run(main())
 
@@ -251,12 +234,13 @@ def test_a_pod_removal_waits_for_its_containers_passes(store: Store, tmp_path: P
     r = reconciler(store, containerd, tmp_path)
 
     async def main() -> None:
-        await asyncio.wait_for(r.teardown_sandbox_containers(SID, remove=False), 10)
+        stop = asyncio.create_task(r.teardown_sandbox_containers(SID, remove=False))
+        await asyncio.sleep(0.05)
         removal = asyncio.create_task(r.teardown_sandbox_containers(SID, remove=True))
         await asyncio.sleep(0.05)
         assert not removal.done()  # the stop's task delete is still running
         containerd.deletes.set()
-        await asyncio.wait_for(removal, 10)
+        await asyncio.wait_for(asyncio.gather(stop, removal), 10)
         assert CID not in store.snapshot.containers
         assert containerd.calls[-2:] == ["delete container", "remove snapshot"]
 
