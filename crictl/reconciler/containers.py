@@ -824,8 +824,9 @@ class ContainerReconciler:
         written in one transaction first (none if all are recorded already: kubelet stops a
         pod's containers before the pod). Both wait for each container's whole pass, its
         task's delete included, before the pause task is touched: the pod's tasks share one
-        shim, which exits once its last task is deleted, and a pause task deleted beside a
-        container's delete lost its answer to that exit ("ttrpc: closed", 1000-kill chaos)."""
+        shim, which exits once its last task is deleted. With the pause's teardown beside the
+        containers' deletes, a 1000-kill chaos run once had a delete fail with "ttrpc:
+        closed" (likely the shim's exit; docs/architecture.md, "Per-pod ordering")."""
         desired = ContainerDesired.REMOVED if remove else ContainerDesired.EXITED
         rows = list(self.store.snapshot.containers_of(sandbox_id))
         if not all(desired_reached(row, desired) for row in rows):
