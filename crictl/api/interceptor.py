@@ -102,9 +102,8 @@ async def _fail(method: str, error: BaseException, context: Context) -> tuple[gr
 
 
 def _log_call(
-    method: str, code: grpc.StatusCode, started: float, spans: trace.Trace, error: str
+    method: str, code: grpc.StatusCode, seconds: float, spans: trace.Trace, error: str
 ) -> None:
-    seconds = time.perf_counter() - started
     name = method.rsplit("/", 1)[-1]
     metrics.CRI_CALLS.labels(name, code.name).observe(seconds)
     level = logging.DEBUG if code is grpc.StatusCode.OK and name in READS else logging.INFO
@@ -118,6 +117,16 @@ def _log_call(
     if spans.timeline:
         extra["timeline"] = sorted(spans.timeline, key=lambda t: t[1])
     log.log(level, "cri call", extra=extra)
+
+
+def _after_answer(
+    method: str, code: grpc.StatusCode, started: float, spans: trace.Trace, error: str
+) -> None:
+    """Logs a unary call once its answer has gone to grpc: grpc sends the answer after the
+    handler returns, awaiting the send, so the line is made and written on the loop's next turn
+    while the answer is on its way, not before it (the duration is taken now)."""
+    seconds = time.perf_counter() - started
+    asyncio.get_running_loop().call_soon(_log_call, method, code, seconds, spans, error)
 
 
 def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:
@@ -138,7 +147,7 @@ def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:
             raise
         finally:
             trace.CURRENT.reset(token)
-            _log_call(method, code, started, spans, error)
+            _after_answer(method, code, started, spans, error)
 
     return wrapped
 
@@ -159,6 +168,6 @@ def wrap_stream(method: str, handler: StreamHandler) -> StreamHandler:
             raise
         finally:
             trace.CURRENT.reset(token)
-            _log_call(method, code, started, spans, error)
+            _log_call(method, code, time.perf_counter() - started, spans, error)
 
     return wrapped

@@ -16,7 +16,7 @@ import grpc.aio
 import pytest
 
 from crictl import errors
-from crictl.api.interceptor import READS, Context
+from crictl.api.interceptor import READS, Context, wrap_unary
 from crictl.api.runtime_info import RuntimeInfo
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler, snake_case
 from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
@@ -190,6 +190,35 @@ def test_the_reads_are_rpcs_and_change_nothing() -> None:
     changes = {"Run", "Stop", "Remove", "Create", "Start", "Update", "Pull", "Checkpoint"}
     assert not {r for r in READS if re.findall("[A-Z][a-z]*", r)[0] in changes}
     assert {"Version", "ListContainers", "ContainerStatus", "ImageStatus"} <= READS
+
+
+async def test_a_change_is_logged_once_its_answer_went_to_grpc() -> None:
+    """grpc serializes the answer and starts sending it as soon as the handler returns, before
+    it next awaits: the log line is made on the loop's next turn, off the answer's path."""
+    answered: list[object] = []
+    at_log: list[list[object]] = []
+
+    class Probe(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            at_log.append(list(answered))
+
+    async def change(_request: Any, _context: Any) -> str:
+        return "answer"
+
+    calls = logging.getLogger("crictl.api.calls")
+    probe = Probe(logging.INFO)
+    calls.addHandler(probe)
+    level = calls.level
+    calls.setLevel(logging.INFO)
+    try:
+        wrapped = wrap_unary("/runtime.v1.RuntimeService/UpdatePodSandboxResources", change)
+        answered.append(await wrapped(None, None))  # type: ignore[arg-type]
+        assert at_log == []
+        await asyncio.sleep(0)
+        assert at_log == [["answer"]]
+    finally:
+        calls.removeHandler(probe)
+        calls.setLevel(level)
 
 
 async def test_a_call_its_client_gave_up_on_is_not_logged_ok(
