@@ -127,7 +127,7 @@ class SandboxFiles:
 
     hostname: Path
     hosts: Path
-    resolv_conf: Path | None  # None: the host's /etc/resolv.conf
+    resolv_conf: Path | None  # None: the node's own (a pod an older crictld made)
     shm: Path | None  # a per-pod tmpfs; None with the host's IPC namespace
 
 
@@ -297,19 +297,24 @@ def merge_env(
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def _pod_file_binds(files: SandboxFiles, taken: Iterable[str] = ()) -> list[SpecOpt]:
-    """The pod's /etc/hostname, /etc/hosts, /etc/resolv.conf and /dev/shm, read-only but
-    /dev/shm, each unless a CRI mount takes its place."""
+def _pod_file_binds(
+    files: SandboxFiles, taken: Iterable[str] = (), readonly: bool = True
+) -> list[SpecOpt]:
+    """The pod's /etc/hostname, /etc/hosts, /etc/resolv.conf and /dev/shm, each unless a CRI
+    mount takes its place. The three files are the pod's own, shared by its containers, and
+    writable unless `readonly` (an app container with a read-only root), as containerd's CRI
+    mounts them; /dev/shm is writable. The node's own /etc/resolv.conf (a pod made before
+    crictld copied it into the pod's dir) is never writable."""
     resolv = str(files.resolv_conf) if files.resolv_conf else "/etc/resolv.conf"
     shm = str(files.shm) if files.shm else "/dev/shm"
     skip = set(taken)
     return [
-        with_bind(dest, source, readonly=dest != "/dev/shm")
-        for dest, source in (
-            ("/etc/hostname", str(files.hostname)),
-            ("/etc/hosts", str(files.hosts)),
-            ("/etc/resolv.conf", resolv),
-            ("/dev/shm", shm),
+        with_bind(dest, source, readonly=ro)
+        for dest, source, ro in (
+            ("/etc/hostname", str(files.hostname), readonly),
+            ("/etc/hosts", str(files.hosts), readonly),
+            ("/etc/resolv.conf", resolv, readonly or files.resolv_conf is None),
+            ("/dev/shm", shm, False),
         )
         if dest not in skip
     ]
@@ -461,7 +466,9 @@ def container_spec(
         with_readonly_rootfs(sc.readonly_rootfs),
         with_mounts(default_mounts()),
         when(privileged, with_writable_sysfs()),
-        *_pod_file_binds(sandbox.files, (m.container_path for m in config.mounts)),
+        *_pod_file_binds(
+            sandbox.files, (m.container_path for m in config.mounts), sc.readonly_rootfs
+        ),
         with_cri_mounts(config.mounts, image_volumes or {}),
         with_rootfs_propagation(config.mounts),
         with_namespaces(container_namespaces(sc.namespace_options, sandbox, target_pid)),

@@ -211,6 +211,15 @@ def _bandwidth(annotations: Mapping[str, str]) -> dict[str, int]:
     return out
 
 
+def _node_resolv_conf() -> str:
+    """The node's /etc/resolv.conf, for a pod that gives no DNS config (none: empty, which
+    resolvers read as the local name server)."""
+    try:
+        return Path("/etc/resolv.conf").read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def clamp_oom_score_adj(wanted: int) -> int:
     """Without CAP_SYS_RESOURCE nothing may go below the daemon's own score (runc would fail
     with "can't get final child's PID from pipe"): as containerd's restrict_oom_score_adj."""
@@ -410,7 +419,7 @@ class SandboxReconciler:
             nonlocal pid
             # The spec names the pod's files by path: the container record and the snapshot
             # are made while the files are written, the task (which mounts them) after.
-            files = self.files_for(sid, config)
+            files = self.files_for(sid, config, new=True)
             spec = sandbox_spec(
                 sid,
                 config,
@@ -474,13 +483,19 @@ class SandboxReconciler:
         await self.store.write(lambda s: record_sandbox_started(s, sid, sid, pid))
         faults.point("sandbox-run:after-task-start")
 
-    def files_for(self, sandbox_id: str, config: api_pb2.PodSandboxConfig) -> SandboxFiles:
-        """The pod's files, as `_write_files` makes them (for its containers to mount)."""
+    def files_for(
+        self, sandbox_id: str, config: api_pb2.PodSandboxConfig, new: bool = False
+    ) -> SandboxFiles:
+        """The pod's files, as `_write_files` makes them (for its containers to mount); `new`:
+        for the pod's setup, which writes them. A pod without a DNS config an older crictld
+        made has no resolv.conf of its own: its containers get the node's, as before."""
         d = self.sandbox_dir(sandbox_id)
+        resolv = d / "resolv.conf"
+        own_resolv = new or resolv_conf(config.dns_config) is not None or resolv.exists()
         return SandboxFiles(
             d / "hostname",
             d / "hosts",
-            None if resolv_conf(config.dns_config) is None else d / "resolv.conf",
+            resolv if own_resolv else None,
             None if host_ipc(config) else d / "shm",
         )
 
@@ -498,15 +513,16 @@ class SandboxReconciler:
         self, sandbox_id: str, config: api_pb2.PodSandboxConfig, ip: str | None
     ) -> None:
         """Writes (and mounts) the files `files_for` names."""
-        files = self.files_for(sandbox_id, config)
+        files = self.files_for(sandbox_id, config, new=True)
         files.hostname.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
         files.hostname.write_text(pod_hostname(config) + "\n")
         files.hostname.chmod(POD_FILE_MODE)
         self._write_hosts(sandbox_id, config, ip)
-        resolv = resolv_conf(config.dns_config)
-        if files.resolv_conf is not None and resolv is not None:
-            files.resolv_conf.write_text(resolv)
-            files.resolv_conf.chmod(POD_FILE_MODE)
+        # From the pod's DNS config, else a copy of the node's (as containerd's CRI makes it):
+        # the pod's containers may write theirs, never the node's.
+        resolv = files.hostname.parent / "resolv.conf"
+        resolv.write_text(resolv_conf(config.dns_config) or _node_resolv_conf())
+        resolv.chmod(POD_FILE_MODE)
         shm = files.shm
         if shm is not None:
             shm.mkdir(exist_ok=True)

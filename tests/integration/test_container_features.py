@@ -165,3 +165,40 @@ def test_etc_hosts_names_the_pods_ip_and_hostname(
     names = {line.split()[0]: line.split()[1:] for line in hosts.splitlines() if line.split()}
     assert pod.config.hostname in names.get(ip, []), hosts
     remove(image_daemon, pod.id)
+
+
+def test_the_pod_files_are_the_pods_own_and_writable(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """As containerd's CRI gives them: a pod without a DNS config gets a copy of the node's
+    resolv.conf, which its containers may write (and see each other's writes) while the
+    node's stays as it was; a container with a read-only root may not write them."""
+    node_resolv = Path("/etc/resolv.conf").read_bytes()
+    pod = Pod(image_daemon, registry, short_tmp / "logs")
+    assert not pod.config.HasField("dns_config")
+    writer = create(pod, container(pod, "writer"))
+    reader = create(pod, container(pod, "reader"))
+    locked_config = container(pod, "locked")
+    locked_config.linux.security_context.readonly_rootfs = True
+    locked = create(pod, locked_config)
+    for cid in (writer, reader, locked):
+        pod.start(cid)
+    assert pod.exec(reader, ["cat", "/etc/resolv.conf"]).stdout == node_resolv
+    for path in ("/etc/resolv.conf", "/etc/hostname", "/etc/hosts"):
+        wrote = pod.exec(writer, ["sh", "-c", f"echo '# written' >> {path}"])
+        assert wrote.exit_code == 0, (path, wrote.stderr)
+        assert pod.exec(reader, ["tail", "-n", "1", path]).stdout == b"# written\n", path
+        refused = pod.exec(locked, ["sh", "-c", f"echo '# not' >> {path}"])
+        assert refused.exit_code != 0 and b"Read-only" in refused.stderr, (path, refused)
+    assert Path("/etc/resolv.conf").read_bytes() == node_resolv
+    # A pod an older crictld made without a DNS config had no copy: its containers get the
+    # node's file, read-only.
+    (image_daemon.state_dir / "sandboxes" / pod.id / "resolv.conf").unlink()
+    older = create(pod, container(pod, "older"))
+    pod.start(older)
+    assert pod.exec(older, ["cat", "/etc/resolv.conf"]).stdout == node_resolv
+    refused = pod.exec(older, ["sh", "-c", "echo '# not' >> /etc/resolv.conf"])
+    assert refused.exit_code != 0 and b"Read-only" in refused.stderr, refused
+    assert pod.exec(older, ["sh", "-c", "echo '# written' >> /etc/hosts"]).exit_code == 0
+    assert Path("/etc/resolv.conf").read_bytes() == node_resolv
+    remove(image_daemon, pod.id)

@@ -54,6 +54,41 @@ def test_app_containers_keep_the_pod_files_and_the_cgroup_filesystem() -> None:
     assert app["root"]["readonly"] is False
 
 
+def _app_mounts(files: SandboxFiles, readonly_rootfs: bool) -> dict[str, dict[str, object]]:
+    config = api_pb2.ContainerConfig(metadata=api_pb2.ContainerMetadata(name="c"))
+    config.linux.security_context.readonly_rootfs = readonly_rootfs
+    app = container_spec(
+        "cid",
+        config,
+        SandboxRef("sid", _pod(), 42, "/run/netns/x", files),
+        {"config": {"Cmd": ["true"]}},
+        User(0, 0, []),
+        0,
+    )
+    return _destinations(app)
+
+
+def test_the_pod_files_are_writable_unless_the_root_is_read_only() -> None:
+    """As containerd's CRI mounts them: the pod's own files, shared by its containers."""
+    files = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
+    writable = _app_mounts(FILES, readonly_rootfs=False)
+    assert {f: writable[f]["options"] for f in files} == {f: ["rbind", "rw"] for f in files}
+    readonly = _app_mounts(FILES, readonly_rootfs=True)
+    assert {f: readonly[f]["options"] for f in files} == {f: ["rbind", "ro"] for f in files}
+    assert writable["/dev/shm"]["options"] == readonly["/dev/shm"]["options"] == ["rbind", "rw"]
+    pause = _destinations(sandbox_spec("sid", _pod(), {}, "/run/netns/x", FILES, 0))
+    assert pause["/etc/resolv.conf"]["options"] == ["rbind", "ro"]
+
+
+def test_the_nodes_resolv_conf_is_never_writable() -> None:
+    """A pod an older crictld made without a DNS config has no resolv.conf of its own."""
+    old_pod = SandboxFiles(Path("/p/hostname"), Path("/p/hosts"), None, Path("/p/shm"))
+    mounts = _app_mounts(old_pod, readonly_rootfs=False)
+    assert mounts["/etc/resolv.conf"]["source"] == "/etc/resolv.conf"
+    assert mounts["/etc/resolv.conf"]["options"] == ["rbind", "ro"]
+    assert mounts["/etc/hosts"]["options"] == ["rbind", "rw"]
+
+
 def _env(pod: api_pb2.PodSandboxConfig, image_env: list[str], **envs: str) -> list[str]:
     config = api_pb2.ContainerConfig(
         metadata=api_pb2.ContainerMetadata(name="c"),
