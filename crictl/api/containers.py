@@ -24,8 +24,8 @@ from crictl.api.validation import (
     label_selector,
     validate_container_in_sandbox,
     validate_container_request,
+    validate_container_resources,
     validate_exec_sync,
-    validate_resources,
 )
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.oci import apparmor
@@ -359,7 +359,7 @@ class Containers:
     async def update_container_resources(
         self, request: api_pb2.UpdateContainerResourcesRequest, context: Context
     ) -> api_pb2.UpdateContainerResourcesResponse:
-        validate_resources(request.linux, "linux")
+        validate_container_resources(request.linux, "linux")
         cid = live_container(self.store.snapshot, request.container_id).id
         await self.reconciler.update_resources(cid, request.linux)
         return api_pb2.UpdateContainerResourcesResponse()

@@ -33,6 +33,7 @@ from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.mounts import mount_of
 from crictl.oci import apparmor
 from crictl.oci.spec import CAPS_BY_BIT, recursive_read_only_supported
+from crictl.reconciler import cgroups
 from crictl.reconciler.sandboxes import capability_args
 
 RUNTIME_HANDLERS = ("", "runc")
@@ -354,6 +355,17 @@ def validate_resources(res: api_pb2.LinuxContainerResources, field: str) -> None
         _no_nul(f"{field}.unified[{_show(key)}]", value)
 
 
+def validate_container_resources(res: api_pb2.LinuxContainerResources, field: str) -> None:
+    """`validate_resources`, and what the node can apply to a container: `unified` sets
+    cgroup v2 files, which runc refuses on cgroup v1 (kubelet sends it on v2 only)."""
+    validate_resources(res, field)
+    if res.unified and not cgroups.unified():
+        key = sorted(res.unified)[0]
+        raise _refuse(
+            f"{field}.unified[{_show(key)}]", "sets cgroup v2 files; this node runs cgroup v1"
+        )
+
+
 def _sandbox_security(sc: api_pb2.LinuxSandboxSecurityContext) -> None:
     field = "config.linux.security_context"
     opts = sc.namespace_options
@@ -586,7 +598,7 @@ def validate_container_request(request: api_pb2.CreateContainerRequest) -> None:
     _string_map("config.labels", config.labels)
     _string_map("config.annotations", config.annotations)
     if config.linux.HasField("resources"):
-        validate_resources(config.linux.resources, "config.linux.resources")
+        validate_container_resources(config.linux.resources, "config.linux.resources")
     _container_security(config.linux.security_context)
     apparmor.decide(config.linux.security_context)
     _mounts(config)

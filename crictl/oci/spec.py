@@ -440,6 +440,7 @@ def container_spec(
     target_pid: int | None = None,
     systemd_cgroup: bool = False,
     image_volumes: Mapping[int, dict[str, Any]] | None = None,
+    swap_controller: bool = False,
 ) -> dict[str, Any]:
     linux = config.linux
     sc = linux.security_context
@@ -475,7 +476,7 @@ def container_spec(
         with_resources(
             {
                 "devices": [{"allow": privileged, "access": "rwm"}],
-                **linux_resources(linux.resources),
+                **linux_resources(linux.resources, swap_controller),
             }
         ),
         with_devices(devices, [d.permissions or "rwm" for d in config.devices]),
@@ -535,8 +536,15 @@ def recursive_read_only_supported() -> bool:
     return (major, minor) >= (5, 12)
 
 
-def linux_resources(res: api_pb2.LinuxContainerResources) -> dict[str, Any]:
-    """The OCI `linux.resources` cpu and memory parts of CRI container resources."""
+def linux_resources(
+    res: api_pb2.LinuxContainerResources, swap_controller: bool = False
+) -> dict[str, Any]:
+    """The OCI `linux.resources` cpu, memory and cgroup v2 (`unified`) parts of CRI container
+    resources, as containerd's CRI sets them: the swap limit (memory and swap together) as
+    given, else, where the kernel accounts swap per cgroup (`swap_controller`), equal to the
+    memory limit, so that a container with a memory limit does not swap beyond it. Hugepage
+    limits are left out, as containerd's CRI leaves them by default
+    (`disable_hugetlb_controller`): kubelet limits hugepages on the pod's cgroup."""
     out: dict[str, Any] = {}
     cpu: dict[str, Any] = {}
     if res.cpu_shares:
@@ -551,8 +559,17 @@ def linux_resources(res: api_pb2.LinuxContainerResources) -> dict[str, Any]:
         cpu["mems"] = res.cpuset_mems
     if cpu:
         out["cpu"] = cpu
+    memory: dict[str, int] = {}
     if res.memory_limit_in_bytes:
-        out["memory"] = {"limit": res.memory_limit_in_bytes}
+        memory["limit"] = res.memory_limit_in_bytes
+        if swap_controller:
+            memory["swap"] = res.memory_limit_in_bytes
+    if res.memory_swap_limit_in_bytes:
+        memory["swap"] = res.memory_swap_limit_in_bytes
+    if memory:
+        out["memory"] = memory
+    if res.unified:
+        out["unified"] = dict(res.unified)
     return out
 
 

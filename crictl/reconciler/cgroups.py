@@ -16,6 +16,7 @@ into the directory systemd makes (`a.slice/a-b.slice/.../prefix-name.scope`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, replace
@@ -70,6 +71,22 @@ class Sample:
 def unified(root: Path = ROOT) -> bool:
     """cgroup v2 only (the unified hierarchy mounted at the root)."""
     return (root / "cgroup.controllers").exists()
+
+
+@functools.cache
+def swap_controller(root: Path = ROOT, self_cgroup: Path = Path("/proc/self/cgroup")) -> bool:
+    """Whether the kernel accounts swap per cgroup, as containerd's CRI and kubelet test it:
+    v1's memory.memsw.limit_in_bytes at the memory root; v2's memory.swap.max in this
+    process's own cgroup (the root cgroup has none). Asked once: the kernel's swap accounting
+    is set at boot."""
+    if not unified(root):
+        return (root / "memory" / "memory.memsw.limit_in_bytes").exists()
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return False
+    own = next((line[3:] for line in lines if line.startswith("0::")), None)
+    return own is not None and (root / own.lstrip("/") / "memory.swap.max").exists()
 
 
 def fs_path(cgroups_path: str) -> str:

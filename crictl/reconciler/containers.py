@@ -46,7 +46,7 @@ from crictl.oci.spec import (
     linux_resources,
     resolve_user,
 )
-from crictl.reconciler import faults
+from crictl.reconciler import cgroups, faults
 from crictl.reconciler.configs import ConfigCache
 from crictl.reconciler.events import TaskExit
 from crictl.reconciler.images import ImageManager
@@ -350,6 +350,7 @@ class ContainerReconciler:
             target_pid,
             systemd_cgroup=self.sandboxes.settings.systemd_cgroup,
             image_volumes={i: mount for i, (_, mount) in volumes.items()},
+            swap_controller=cgroups.swap_controller(),
         )
         labels = {
             KIND_LABEL: "container",
@@ -865,7 +866,7 @@ class ContainerReconciler:
         if row.phase == ContainerPhase.RUNNING:
             try:
                 await self.containerd.update_task_resources(
-                    container_id, linux_resources(resources)
+                    container_id, linux_resources(resources, cgroups.swap_controller())
                 )
             except errors.FailedPrecondition as e:
                 # runc refuses what the container's state rules out (a memory limit under

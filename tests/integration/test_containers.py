@@ -560,6 +560,11 @@ def test_update_container_resources(
     pod.start(cid)
     limit = Path(f"/sys/fs/cgroup/memory/crictld/{cid}/memory.limit_in_bytes")
     assert int(limit.read_text()) == 64 << 20
+    # no swap past the limit, as containerd's CRI sets it, where the kernel accounts swap
+    memsw = limit.with_name("memory.memsw.limit_in_bytes")
+    accounted = memsw.exists()
+    if accounted:
+        assert int(memsw.read_text()) == 64 << 20
     d.runtime_call(
         "UpdateContainerResources",
         api_pb2.UpdateContainerResourcesRequest(
@@ -568,6 +573,18 @@ def test_update_container_resources(
         ),
     )
     assert int(limit.read_text()) == 96 << 20
+    if accounted:
+        assert int(memsw.read_text()) == 96 << 20
+        d.runtime_call(
+            "UpdateContainerResources",
+            api_pb2.UpdateContainerResourcesRequest(
+                container_id=cid,
+                linux=api_pb2.LinuxContainerResources(
+                    memory_limit_in_bytes=96 << 20, memory_swap_limit_in_bytes=128 << 20
+                ),
+            ),
+        )
+        assert (int(limit.read_text()), int(memsw.read_text())) == (96 << 20, 128 << 20)
     shares = Path(f"/sys/fs/cgroup/cpu/crictld/{cid}/cpu.shares")
     assert int(shares.read_text()) == 512
     st = pod.status(cid)

@@ -202,3 +202,21 @@ def test_resource_files_v1_and_v2() -> None:
         ("cpu.max", "50000 100000"),
     ]
     assert cgroups.resource_files(api_pb2.LinuxContainerResources(), v2=True) == []
+
+
+def test_swap_controller_v1_and_v2(tmp_path: Path) -> None:
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    assert not cgroups.swap_controller.__wrapped__(v1)
+    (v1 / "memory" / "memory.memsw.limit_in_bytes").write_text("9223372036854771712\n")
+    assert cgroups.swap_controller.__wrapped__(v1)
+    v2 = tmp_path / "v2"
+    (v2 / "system.slice" / "crictld.service").mkdir(parents=True)
+    (v2 / "cgroup.controllers").write_text("cpu memory\n")
+    own = tmp_path / "self-cgroup"
+    own.write_text("0::/system.slice/crictld.service\n")
+    assert not cgroups.swap_controller.__wrapped__(v2, own)
+    (v2 / "system.slice" / "crictld.service" / "memory.swap.max").write_text("max\n")
+    assert cgroups.swap_controller.__wrapped__(v2, own)
+    own.write_text("0::/\n")  # the root cgroup has no memory.swap.max
+    assert not cgroups.swap_controller.__wrapped__(v2, own)

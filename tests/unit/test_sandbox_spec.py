@@ -6,7 +6,14 @@ import os
 from pathlib import Path
 
 from crictl.gen.cri.runtime.v1 import api_pb2
-from crictl.oci.spec import SandboxFiles, SandboxRef, User, container_spec, sandbox_spec
+from crictl.oci.spec import (
+    SandboxFiles,
+    SandboxRef,
+    User,
+    container_spec,
+    linux_resources,
+    sandbox_spec,
+)
 
 FILES = SandboxFiles(Path("/p/hostname"), Path("/p/hosts"), Path("/p/resolv.conf"), Path("/p/shm"))
 
@@ -140,3 +147,48 @@ def test_app_containers_name_their_pod_in_annotations_as_containerd_does() -> No
         "io.kubernetes.cri.sandbox-uid": "u",
         "io.kubernetes.cri.image-name": "img",
     }
+
+
+def test_a_memory_limit_holds_swap_to_it_where_the_kernel_accounts_swap() -> None:
+    """As containerd's CRI: swap (memory and swap together) as given, else equal to the
+    memory limit where swap is accounted per cgroup, so the container cannot swap past it."""
+    limited = api_pb2.LinuxContainerResources(memory_limit_in_bytes=64 << 20)
+    assert linux_resources(limited, swap_controller=True)["memory"] == {
+        "limit": 64 << 20,
+        "swap": 64 << 20,
+    }
+    assert linux_resources(limited, swap_controller=False)["memory"] == {"limit": 64 << 20}
+    given = api_pb2.LinuxContainerResources(
+        memory_limit_in_bytes=64 << 20, memory_swap_limit_in_bytes=96 << 20
+    )
+    assert linux_resources(given, swap_controller=True)["memory"]["swap"] == 96 << 20
+    unlimited = api_pb2.LinuxContainerResources(
+        memory_limit_in_bytes=64 << 20, memory_swap_limit_in_bytes=-1
+    )
+    assert linux_resources(unlimited, swap_controller=True)["memory"]["swap"] == -1
+    assert "memory" not in linux_resources(api_pb2.LinuxContainerResources(), True)
+
+
+def test_cgroup_v2_files_go_to_the_spec_and_hugepages_do_not() -> None:
+    res = api_pb2.LinuxContainerResources(
+        unified={"memory.swap.max": "0", "memory.high": "max"},
+        hugepage_limits=[api_pb2.HugepageLimit(page_size="2MB", limit=1 << 21)],
+    )
+    out = linux_resources(res)
+    assert out["unified"] == {"memory.swap.max": "0", "memory.high": "max"}
+    assert "hugepageLimits" not in out
+    app = container_spec(
+        "cid",
+        api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="c"),
+            linux=api_pb2.LinuxContainerConfig(
+                resources=api_pb2.LinuxContainerResources(memory_limit_in_bytes=1 << 26)
+            ),
+        ),
+        SandboxRef("sid", _pod(), 42, "/run/netns/x", FILES),
+        {"config": {"Cmd": ["true"]}},
+        User(0, 0, []),
+        0,
+        swap_controller=True,
+    )
+    assert app["linux"]["resources"]["memory"] == {"limit": 1 << 26, "swap": 1 << 26}

@@ -19,11 +19,13 @@ from crictl.api.validation import (
     sysctl_namespace,
     validate_container_in_sandbox,
     validate_container_request,
+    validate_container_resources,
     validate_resources,
     validate_sandbox_config,
 )
 from crictl.errors import InvalidArgument
 from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.reconciler import cgroups
 
 SID = "a" * 64
 
@@ -724,3 +726,17 @@ def test_a_label_selector_is_bounded() -> None:
     assert label_selector(ok, "filter.label_selector") == ok
     with pytest.raises(InvalidArgument, match=r"filter\.label_selector: 1000 labels"):
         label_selector({f"k{i}": "v" for i in range(1000)}, "filter.label_selector")
+
+
+def test_cgroup_v2_files_for_a_container_are_refused_on_cgroup_v1(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    res = api_pb2.LinuxContainerResources(unified={"memory.swap.max": "0"})
+    monkeypatch.setattr(cgroups, "unified", lambda: False)
+    refused(
+        r"linux\.unified\['memory\.swap\.max'\]: sets cgroup v2 files; this node runs cgroup v1",
+        lambda: validate_container_resources(res, "linux"),
+    )
+    validate_resources(res, "linux")  # a pod's resources are recorded, not applied
+    monkeypatch.setattr(cgroups, "unified", lambda: True)
+    validate_container_resources(res, "linux")
