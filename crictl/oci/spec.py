@@ -441,7 +441,10 @@ def container_spec(
     systemd_cgroup: bool = False,
     image_volumes: Mapping[int, dict[str, Any]] | None = None,
     swap_controller: bool = False,
+    image_name: str = "",
 ) -> dict[str, Any]:
+    """An app container's spec. `image_name`: the image's name in containerd (its first tag,
+    else its id), which containerd's CRI annotates where kubelet asks for the image by id."""
     linux = config.linux
     sc = linux.security_context
     privileged = sc.privileged
@@ -491,7 +494,7 @@ def container_spec(
                 "io.kubernetes.cri.sandbox-name": sandbox.config.metadata.name,
                 "io.kubernetes.cri.sandbox-namespace": sandbox.config.metadata.namespace,
                 "io.kubernetes.cri.sandbox-uid": sandbox.config.metadata.uid,
-                "io.kubernetes.cri.image-name": config.image.image,
+                "io.kubernetes.cri.image-name": image_name or config.image.image,
             }
         ),
         when(

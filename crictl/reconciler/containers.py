@@ -340,6 +340,7 @@ class ContainerReconciler:
                 config.linux.security_context.namespace_options.target_id
             )
             target_pid = target.task_pid if target is not None else None
+        name = image.repo_tags[0] if image.repo_tags else image.id
         spec = container_spec(
             cid,
             config,
@@ -351,6 +352,7 @@ class ContainerReconciler:
             systemd_cgroup=self.sandboxes.settings.systemd_cgroup,
             image_volumes={i: mount for i, (_, mount) in volumes.items()},
             swap_controller=cgroups.swap_controller(),
+            image_name=name,
         )
         labels = {
             KIND_LABEL: "container",
@@ -362,7 +364,6 @@ class ContainerReconciler:
                 for i, (key, _) in volumes.items()
             },
         }
-        name = image.repo_tags[0] if image.repo_tags else image.id
         binary = self.sandboxes.settings.runtime_handlers.get(sandbox.runtime_handler, "")
 
         async def create() -> None:

@@ -147,6 +147,19 @@ def test_app_containers_name_their_pod_in_annotations_as_containerd_does() -> No
         "io.kubernetes.cri.sandbox-uid": "u",
         "io.kubernetes.cri.image-name": "img",
     }
+    by_id = container_spec(
+        "cid",
+        api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="c"),
+            image=api_pb2.ImageSpec(image="sha256:" + "a" * 64),  # as kubelet asks
+        ),
+        SandboxRef("sid", _pod(), 42, "/run/netns/x", FILES),
+        {"config": {"Cmd": ["true"]}},
+        User(0, 0, []),
+        0,
+        image_name="registry.example/img:1",
+    )
+    assert by_id["annotations"]["io.kubernetes.cri.image-name"] == "registry.example/img:1"
 
 
 def test_a_memory_limit_holds_swap_to_it_where_the_kernel_accounts_swap() -> None:
