@@ -95,6 +95,15 @@ class OpStats:
         }
 
 
+def kubelet_sandbox_linux_config(cgroup_parent: str = "") -> api_pb2.LinuxPodSandboxConfig:
+    """What kubelet v1.34 sends in every RunPodSandbox's linux part that a runtime acts on
+    here: the RuntimeDefault seccomp profile for the sandbox (kubernetes#84623,
+    pkg/kubelet/kuberuntime/kuberuntime_sandbox.go), which puts the pause under a filter."""
+    config = api_pb2.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent)
+    config.security_context.seccomp.profile_type = api_pb2.SecurityProfile.RuntimeDefault
+    return config
+
+
 def kubelet_linux_config() -> api_pb2.LinuxContainerConfig:
     """What kubelet v1.34 sends in every non-privileged container's CreateContainer: the
     masked and read-only /proc and /sys paths (pkg/securitycontext/util.go, default proc

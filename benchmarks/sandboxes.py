@@ -45,6 +45,7 @@ from benchmarks.cri_bench import (
     format_comparison,
     format_cpu,
     format_table,
+    kubelet_sandbox_linux_config,
     parse_endpoint,
     percentile,
     run_workload,
@@ -161,7 +162,7 @@ class SandboxWorkload:
             metadata=api_pb2.PodSandboxMetadata(name=name, namespace="default", uid=uid, attempt=0),
             hostname=name,
             labels={BENCH_LABEL[0]: BENCH_LABEL[1], RUN_LABEL: self.tag, UID_LABEL: uid},
-            linux=api_pb2.LinuxPodSandboxConfig(cgroup_parent=""),
+            linux=kubelet_sandbox_linux_config(),
         )
 
     def _run(self, rt: Runtime, op: str, config: api_pb2.PodSandboxConfig) -> str | None:

@@ -53,7 +53,13 @@ from pathlib import Path
 import grpc
 
 from benchmarks.containers import BUSYBOX, busybox_image, measure
-from benchmarks.cri_bench import BenchError, Runtime, kubelet_linux_config, percentile
+from benchmarks.cri_bench import (
+    BenchError,
+    Runtime,
+    kubelet_linux_config,
+    kubelet_sandbox_linux_config,
+    percentile,
+)
 from benchmarks.sandboxes import RUN_LABEL, node_holdings
 from benchmarks.setup import (
     Node,
@@ -134,7 +140,7 @@ class Scale:
             hostname=name,
             log_directory=str(self.log_root / rt.name / f"default_{name}_{uid}"),
             labels={"bench": "scale", RUN_LABEL: self.tag, "io.kubernetes.pod.uid": uid},
-            linux=api_pb2.LinuxPodSandboxConfig(),
+            linux=kubelet_sandbox_linux_config(),
         )
 
     def container_config(self, name: str) -> api_pb2.ContainerConfig:

@@ -56,6 +56,7 @@ from benchmarks.cri_bench import (
     Result,
     Runtime,
     kubelet_linux_config,
+    kubelet_sandbox_linux_config,
     parse_endpoint,
     percentile,
 )
@@ -228,7 +229,7 @@ class StreamingWorkload:
             labels={BENCH_LABEL[0]: BENCH_LABEL[1], RUN_LABEL: self.tag, UID_LABEL: uid},
             # kubelet's layout: /var/log/pods/<namespace>_<name>_<uid>/<container>/<attempt>.log
             log_directory=str(self.log_root / rt.name / f"default_{name}_{uid}"),
-            linux=api_pb2.LinuxPodSandboxConfig(cgroup_parent=""),
+            linux=kubelet_sandbox_linux_config(),
         )
 
     def container_config(self, name: str, command: list[str]) -> api_pb2.ContainerConfig:
