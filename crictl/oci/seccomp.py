@@ -336,8 +336,12 @@ KINDS = {
 }
 
 
-def profile_for(sc: api_pb2.LinuxContainerSecurityContext, caps: set[str]) -> dict[str, Any] | None:
-    """The OCI seccomp section for a container, or None for no filter."""
+def profile_for(
+    sc: api_pb2.LinuxContainerSecurityContext | api_pb2.LinuxSandboxSecurityContext,
+    caps: set[str],
+) -> dict[str, Any] | None:
+    """The OCI seccomp section for a container (a pod's pause included), or None for no
+    filter."""
     kind: str | None = None
     path = ""
     if sc.HasField("seccomp"):

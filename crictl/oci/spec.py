@@ -343,6 +343,11 @@ def sandbox_spec(
     privileged = sc.privileged
     host_network = opts.network == api_pb2.NODE
     md = config.metadata
+    caps = _all_caps() if privileged else DEFAULT_CAPS
+    # kubelet asks RuntimeDefault for every pod's sandbox (kubernetes#84623), as containerd's
+    # CRI applies it: the pause runs confined whatever its containers' profiles are.
+    seccomp = profile_for(sc, set(caps))
+    resources = linux.resources if linux.HasField("resources") else None
     return compose(
         with_process(
             terminal=False,
@@ -354,7 +359,7 @@ def sandbox_spec(
             noNewPrivileges=not privileged,
             oomScoreAdj=oom_score_adj,
         ),
-        with_capabilities(_all_caps() if privileged else DEFAULT_CAPS),
+        with_capabilities(caps),
         # The pause process reads nothing and writes nothing: its root is read-only and it
         # gets no cgroup filesystem, /etc/hostname or /etc/hosts, as containerd's CRI makes
         # it. Each is mounts runc's init sets up (cgroup v1: one per controller); with them,
@@ -389,8 +394,21 @@ def sandbox_spec(
                 "io.kubernetes.cri.sandbox-namespace": md.namespace,
                 "io.kubernetes.cri.sandbox-uid": md.uid,
                 "io.kubernetes.cri.sandbox-log-directory": config.log_directory,
+                # the pod's initial resources as kubelet sums them, for runtimes that size a
+                # VM by them (containerd's CRI's annotations)
+                **(
+                    {
+                        "io.kubernetes.cri.sandbox-cpu-period": str(resources.cpu_period),
+                        "io.kubernetes.cri.sandbox-cpu-quota": str(resources.cpu_quota),
+                        "io.kubernetes.cri.sandbox-cpu-shares": str(resources.cpu_shares),
+                        "io.kubernetes.cri.sandbox-memory": str(resources.memory_limit_in_bytes),
+                    }
+                    if resources is not None
+                    else {}
+                ),
             }
         ),
+        when(seccomp is not None, with_linux("seccomp", seccomp)),
         when(not host_network and bool(config.hostname), with_hostname(config.hostname)),
         when(not privileged, with_masked_paths(MASKED_PATHS, READONLY_PATHS)),
     )

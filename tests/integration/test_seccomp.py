@@ -18,7 +18,8 @@ import pytest
 from crictl.gen.cri.runtime.v1 import api_pb2
 from tests.integration.test_containers import Pod
 from tests.integration.test_images import failure
-from tests.integration.test_sandboxes import remove
+from tests.integration.test_sandboxes import pod_config, remove, status
+from tests.integration.test_sandboxes import run as run_pod
 from tests.rig.daemon import Daemon
 from tests.rig.registry import Registry
 
@@ -162,3 +163,23 @@ def test_localhost_profiles_apply_and_bad_ones_are_invalid_argument(
     listed = d.runtime_call("ListContainers", api_pb2.ListContainersRequest())
     assert [c.metadata.name for c in listed.containers] == ["local"]  # the refused left nothing
     remove(d, pod.id)
+
+
+def test_the_pause_runs_under_the_sandboxs_profile(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """kubelet asks RuntimeDefault for every sandbox (kubernetes#84623): the pause process
+    runs under a filter, as under containerd's CRI; an unconfined sandbox's does not."""
+    d = image_daemon
+    modes = {}
+    for name, profile in (("confined", DEFAULT), ("free", UNCONFINED)):
+        config = pod_config(name, uid=f"uid-{name}")
+        config.linux.security_context.seccomp.CopyFrom(profile)
+        sid = run_pod(d, config)
+        pid = json.loads(status(d, sid).info["info"])["pid"]
+        fields = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+        modes[name] = fields["Seccomp"].strip()
+        remove(d, sid)
+    assert modes == {"confined": "2", "free": "0"}

@@ -205,3 +205,38 @@ def test_cgroup_v2_files_go_to_the_spec_and_hugepages_do_not() -> None:
         swap_controller=True,
     )
     assert app["linux"]["resources"]["memory"] == {"limit": 1 << 26, "swap": 1 << 26}
+
+
+def test_the_pause_runs_under_the_profile_kubelet_asks_for_the_sandbox() -> None:
+    """kubelet asks RuntimeDefault for every sandbox (kubernetes#84623)."""
+    pod = _pod()
+    pod.linux.security_context.seccomp.profile_type = api_pb2.SecurityProfile.RuntimeDefault
+    seccomp = sandbox_spec("sid", pod, {}, "/run/netns/x", FILES, 0)["linux"]["seccomp"]
+    assert seccomp["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert any("nanosleep" in rule["names"] for rule in seccomp["syscalls"])
+    pod.linux.security_context.privileged = True
+    assert "seccomp" not in sandbox_spec("sid", pod, {}, "/run/netns/x", FILES, 0)["linux"]
+    unconfined = _pod()
+    unconfined.linux.security_context.seccomp.profile_type = api_pb2.SecurityProfile.Unconfined
+    assert "seccomp" not in sandbox_spec("sid", unconfined, {}, "/run/netns/x", FILES, 0)["linux"]
+    assert "seccomp" not in sandbox_spec("sid", _pod(), {}, "/run/netns/x", FILES, 0)["linux"]
+
+
+def test_the_pods_initial_resources_are_annotated_as_containerd_does() -> None:
+    pod = _pod()
+    assert (
+        "io.kubernetes.cri.sandbox-memory"
+        not in sandbox_spec("sid", pod, {}, "/run/netns/x", FILES, 0)["annotations"]
+    )
+    pod.linux.resources.CopyFrom(
+        api_pb2.LinuxContainerResources(
+            cpu_period=100_000, cpu_quota=50_000, cpu_shares=102, memory_limit_in_bytes=1 << 26
+        )
+    )
+    annotations = sandbox_spec("sid", pod, {}, "/run/netns/x", FILES, 0)["annotations"]
+    assert {k: v for k, v in annotations.items() if "sandbox-cpu" in k or "memory" in k} == {
+        "io.kubernetes.cri.sandbox-cpu-period": "100000",
+        "io.kubernetes.cri.sandbox-cpu-quota": "50000",
+        "io.kubernetes.cri.sandbox-cpu-shares": "102",
+        "io.kubernetes.cri.sandbox-memory": str(1 << 26),
+    }
