@@ -344,9 +344,11 @@ def sandbox_spec(
     host_network = opts.network == api_pb2.NODE
     md = config.metadata
     caps = _all_caps() if privileged else DEFAULT_CAPS
-    # kubelet asks RuntimeDefault for every pod's sandbox (kubernetes#84623), as containerd's
-    # CRI applies it: the pause runs confined whatever its containers' profiles are.
-    seccomp = profile_for(sc, set(caps))
+    # kubelet asks RuntimeDefault for every pod's sandbox (kubernetes#84623), which containerd's
+    # CRI applies: the pause runs confined whatever its containers' profiles are. Its filter
+    # is the node's architecture's alone (the pause is one native binary): a third of the
+    # filters for runc to build (seccomp.profile_for).
+    seccomp = profile_for(sc, set(caps), native_only=True)
     resources = linux.resources if linux.HasField("resources") else None
     return compose(
         with_process(

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from crictl.gen.cri.runtime.v1 import api_pb2
+from crictl.oci.seccomp import runtime_default
 from crictl.oci.spec import (
     SandboxFiles,
     SandboxRef,
@@ -214,6 +215,20 @@ def test_the_pause_runs_under_the_profile_kubelet_asks_for_the_sandbox() -> None
     seccomp = sandbox_spec("sid", pod, {}, "/run/netns/x", FILES, 0)["linux"]["seccomp"]
     assert seccomp["defaultAction"] == "SCMP_ACT_ERRNO"
     assert any("nanosleep" in rule["names"] for rule in seccomp["syscalls"])
+    # the node's own architecture alone for the pause; an app container keeps the compat ones
+    native = runtime_default(set())["architectures"]
+    assert seccomp["architectures"] == native[:1]
+    config = api_pb2.ContainerConfig(metadata=api_pb2.ContainerMetadata(name="c"))
+    config.linux.security_context.seccomp.profile_type = api_pb2.SecurityProfile.RuntimeDefault
+    app = container_spec(
+        "cid",
+        config,
+        SandboxRef("sid", pod, 42, "/run/netns/x", FILES),
+        {"config": {"Cmd": ["true"]}},
+        User(0, 0, []),
+        0,
+    )
+    assert app["linux"]["seccomp"]["architectures"] == native
     pod.linux.security_context.privileged = True
     assert "seccomp" not in sandbox_spec("sid", pod, {}, "/run/netns/x", FILES, 0)["linux"]
     unconfined = _pod()
