@@ -440,13 +440,22 @@ def container_namespaces(
 
 
 def container_capabilities(sc: api_pb2.LinuxContainerSecurityContext) -> set[str]:
-    """The default set (all when privileged) with the context's additions and drops."""
-    caps = set(_all_caps() if sc.privileged else DEFAULT_CAPS)
-    if not sc.privileged:
-        for c in sc.capabilities.add_capabilities:
-            caps |= set(_all_caps()) if c.upper() == "ALL" else {_cap(c)}
-        for c in sc.capabilities.drop_capabilities:
-            caps = set() if c.upper() == "ALL" else caps - {_cap(c)}
+    """The default set (all when privileged) with the context's additions and drops, in
+    containerd's CRI's (and CRI-O's) order: ALL added, then ALL dropped, then each named one
+    added, then each named one dropped. So "drop ALL, add NET_BIND_SERVICE", the restricted
+    Pod Security Standard's one allowed addition, leaves NET_BIND_SERVICE; "add ALL, drop
+    CHOWN" all but CHOWN; a name both added and dropped is dropped."""
+    if sc.privileged:
+        return set(_all_caps())
+    caps = set(DEFAULT_CAPS)
+    add = list(sc.capabilities.add_capabilities)
+    drop = list(sc.capabilities.drop_capabilities)
+    if any(c.upper() == "ALL" for c in add):
+        caps = set(_all_caps())
+    if any(c.upper() == "ALL" for c in drop):
+        caps = set()
+    caps |= {_cap(c) for c in add if c.upper() != "ALL"}
+    caps -= {_cap(c) for c in drop if c.upper() != "ALL"}
     return caps
 
 

@@ -202,3 +202,22 @@ def test_the_pod_files_are_the_pods_own_and_writable(
     assert pod.exec(older, ["sh", "-c", "echo '# written' >> /etc/hosts"]).exit_code == 0
     assert Path("/etc/resolv.conf").read_bytes() == node_resolv
     remove(image_daemon, pod.id)
+
+
+def test_drop_all_then_add_leaves_the_added_capability(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """The restricted Pod Security Standard's pattern, "drop ALL, add NET_BIND_SERVICE", as
+    containerd's CRI applies it: the one capability is left, in every set a root process
+    has."""
+    pod = Pod(image_daemon, registry, short_tmp / "logs")
+    config = container(pod, "restricted")
+    config.linux.security_context.capabilities.drop_capabilities.append("ALL")
+    config.linux.security_context.capabilities.add_capabilities.append("NET_BIND_SERVICE")
+    cid = create(pod, config)
+    pod.start(cid)
+    status = pod.exec(cid, ["cat", "/proc/self/status"]).stdout.decode()
+    sets = {k: v.strip() for k, v in (line.split(":", 1) for line in status.splitlines())}
+    bit = f"{1 << 10:016x}"  # CAP_NET_BIND_SERVICE
+    assert (sets["CapEff"], sets["CapPrm"], sets["CapBnd"]) == (bit, bit, bit), sets
+    remove(image_daemon, pod.id)

@@ -8,9 +8,12 @@ from pathlib import Path
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.oci.seccomp import runtime_default
 from crictl.oci.spec import (
+    DEFAULT_CAPS,
     SandboxFiles,
     SandboxRef,
     User,
+    _all_caps,
+    container_capabilities,
     container_spec,
     linux_resources,
     sandbox_spec,
@@ -255,3 +258,22 @@ def test_the_pods_initial_resources_are_annotated_as_containerd_does() -> None:
         "io.kubernetes.cri.sandbox-cpu-shares": "102",
         "io.kubernetes.cri.sandbox-memory": str(1 << 26),
     }
+
+
+def _caps(add: list[str], drop: list[str], privileged: bool = False) -> set[str]:
+    sc = api_pb2.LinuxContainerSecurityContext(privileged=privileged)
+    sc.capabilities.add_capabilities.extend(add)
+    sc.capabilities.drop_capabilities.extend(drop)
+    return container_capabilities(sc)
+
+
+def test_capabilities_are_added_and_dropped_in_containerds_order() -> None:
+    """ALL added, ALL dropped, then each named one added, then each named one dropped."""
+    assert _caps(["NET_BIND_SERVICE"], ["ALL"]) == {"CAP_NET_BIND_SERVICE"}  # PSS restricted
+    assert _caps(["net_bind_service"], ["all"]) == {"CAP_NET_BIND_SERVICE"}
+    assert _caps([], ["ALL"]) == set()
+    assert _caps(["ALL"], ["CHOWN"]) == set(_all_caps()) - {"CAP_CHOWN"}
+    assert _caps(["ALL"], ["ALL"]) == set()
+    assert _caps(["SYS_ADMIN"], ["SYS_ADMIN"]) == set(DEFAULT_CAPS)  # the drop wins
+    assert _caps(["SYS_ADMIN"], ["CHOWN"]) == set(DEFAULT_CAPS) - {"CAP_CHOWN"} | {"CAP_SYS_ADMIN"}
+    assert _caps([], ["ALL"], privileged=True) == set(_all_caps())
