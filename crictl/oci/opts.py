@@ -175,6 +175,19 @@ def with_devices(devices: Sequence[Mapping[str, Any]], permissions: Sequence[str
     return opt
 
 
+def with_host_devices(devices: Sequence[Mapping[str, Any]]) -> SpecOpt:
+    """The node's device nodes in a privileged container, beside the ones the request named
+    (which keep their place: a node's device at the same path is left out). Its cgroup allows
+    every device already."""
+
+    def opt(spec: Spec) -> None:
+        listed = spec["linux"].setdefault("devices", [])
+        taken = {d["path"] for d in listed}
+        listed += [dict(d) for d in devices if d["path"] not in taken]
+
+    return opt
+
+
 def with_cgroups_path(path: str) -> SpecOpt:
     def opt(spec: Spec) -> None:
         spec["linux"]["cgroupsPath"] = path

@@ -23,6 +23,7 @@ from crictl.oci.opts import (
     with_cgroups_path,
     with_cri_mounts,
     with_devices,
+    with_host_devices,
     with_hostname,
     with_linux,
     with_masked_paths,
@@ -512,6 +513,7 @@ def container_spec(
             }
         ),
         with_devices(devices, [d.permissions or "rwm" for d in config.devices]),
+        *([with_host_devices(host_devices())] if privileged else []),
         with_cgroups_path(
             cgroups_path(sandbox.config.linux.cgroup_parent, container_id, systemd_cgroup)
         ),
@@ -555,6 +557,54 @@ def device_entry(device: api_pb2.Device) -> dict[str, Any]:
         "uid": st.st_uid,
         "gid": st.st_gid,
     }
+
+
+# /dev's directories a privileged container does not get from the node: its own pts, shm and
+# mqueue mounts, and the lxc/udev state dirs (containerd's HostDevices skips the same).
+_NOT_HOST_DEVICE_DIRS = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"})
+
+
+def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
+    """The node's device nodes (character, block, FIFO) under /dev, as containerd's
+    `oci.WithHostDevices` gives a privileged container: subdirectories walked (but the ones
+    above), symlinks and /dev/console left out, a node that vanished meanwhile skipped."""
+    out: list[dict[str, Any]] = []
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError:
+        return out
+    for entry in entries:
+        path = os.path.join(root, entry.name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if entry.name not in _NOT_HOST_DEVICE_DIRS:
+                out += host_devices(path)
+            continue
+        if entry.name == "console":
+            continue
+        if stat.S_ISCHR(st.st_mode):
+            kind = "c"
+        elif stat.S_ISBLK(st.st_mode):
+            kind = "b"
+        elif stat.S_ISFIFO(st.st_mode):
+            kind = "p"
+        else:
+            continue
+        out.append(
+            {
+                "path": path,
+                "type": kind,
+                "major": os.major(st.st_rdev),
+                "minor": os.minor(st.st_rdev),
+                "fileMode": stat.S_IMODE(st.st_mode),
+                "uid": st.st_uid,
+                "gid": st.st_gid,
+            }
+        )
+    return out
 
 
 @functools.cache

@@ -170,6 +170,18 @@ def test_privileged_container_in_a_privileged_pod(
     pod.start(cid)
     wait_for("priv exits", partial(exited, pod, cid))
     assert pod.status(cid).exit_code == 0
+    # the node's devices, as containerd's CRI gives a privileged container; none without
+    node = sorted(p.name for p in Path("/dev").iterdir() if p.is_char_device())
+    listing = {}
+    for name, privileged in (("devs", True), ("plain", False)):
+        c = container(pod, name, command=("sleep", "3600"))
+        c.linux.security_context.privileged = privileged
+        cid = create(pod, c)
+        pod.start(cid)
+        listing[name] = set(pod.exec(cid, ["ls", "/dev"]).stdout.decode().split())
+    extra = {"kmsg", "loop-control", "fuse", "kvm"} & set(node)
+    assert extra and extra <= listing["devs"], (node, listing["devs"])
+    assert not extra & listing["plain"], listing["plain"]
 
 
 def test_refused_sandboxes_change_nothing(

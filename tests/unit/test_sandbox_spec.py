@@ -15,6 +15,7 @@ from crictl.oci.spec import (
     _all_caps,
     container_capabilities,
     container_spec,
+    host_devices,
     linux_resources,
     sandbox_spec,
 )
@@ -277,3 +278,47 @@ def test_capabilities_are_added_and_dropped_in_containerds_order() -> None:
     assert _caps(["SYS_ADMIN"], ["SYS_ADMIN"]) == set(DEFAULT_CAPS)  # the drop wins
     assert _caps(["SYS_ADMIN"], ["CHOWN"]) == set(DEFAULT_CAPS) - {"CAP_CHOWN"} | {"CAP_SYS_ADMIN"}
     assert _caps([], ["ALL"], privileged=True) == set(_all_caps())
+
+
+def test_host_devices_walk_dev_as_containerd_does(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "sub" / "fifo")
+    for skipped in ("pts", "shm", "mqueue"):
+        (tmp_path / skipped).mkdir()
+        os.mkfifo(tmp_path / skipped / "x")
+    os.mkfifo(tmp_path / "console")
+    (tmp_path / "regular").write_text("")
+    (tmp_path / "link").symlink_to(tmp_path / "sub" / "fifo")
+    found = host_devices(str(tmp_path))
+    assert [(d["path"], d["type"]) for d in found] == [(str(tmp_path / "sub" / "fifo"), "p")]
+    null = next(d for d in host_devices() if d["path"] == "/dev/null")
+    assert (null["type"], null["major"], null["minor"]) == ("c", 1, 3)
+
+
+def test_a_privileged_container_gets_the_nodes_devices() -> None:
+    pod = _pod()
+    pod.linux.security_context.privileged = True
+
+    def devices(privileged: bool) -> list[str]:
+        config = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="c"),
+            devices=[api_pb2.Device(container_path="/dev/null", host_path="/dev/zero")],
+        )
+        config.linux.security_context.privileged = privileged
+        app = container_spec(
+            "cid",
+            config,
+            SandboxRef("sid", pod, 42, "/run/netns/x", FILES),
+            {"config": {"Cmd": ["true"]}},
+            User(0, 0, []),
+            0,
+        )
+        listed = app["linux"].get("devices", [])
+        # the request's /dev/null (the node's /dev/zero) keeps its place
+        assert next(d for d in listed if d["path"] == "/dev/null")["minor"] == 5
+        return [d["path"] for d in listed]
+
+    assert devices(False) == ["/dev/null"]
+    privileged = devices(True)
+    assert privileged.count("/dev/null") == 1
+    assert set(privileged) == {d["path"] for d in host_devices()}
