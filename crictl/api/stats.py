@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from crictl.api import cadvisor
 from crictl.api.chunks import chunks
@@ -132,9 +133,17 @@ class Stats:
         keys = [pod_key(sandbox.id), pod_cgroup_key(sandbox.id), *(c.id for c in containers)]
         usage = await self.stats.usage(keys, full)
         pod_cgroup = usage.get(pod_cgroup_key(sandbox.id))
-        if pod_cgroup is not None and pod_cgroup.sample.cpu_ns is not None:
-            return containers, usage, pod_cgroup
         parts = [u for k, u in usage.items() if k != pod_cgroup_key(sandbox.id)]
+        if pod_cgroup is not None and pod_cgroup.sample.cpu_ns is not None:
+            if pod_cgroup.sample.processes is None:
+                # kubelet's pod cgroup holds its processes in the cgroups below it (the pause's,
+                # the containers'): its own cgroup.procs is empty, their count is the pod's
+                # (kubelet ranks pods by it under PID pressure)
+                counted = pod_total(parts).sample.processes
+                pod_cgroup = replace(
+                    pod_cgroup, sample=replace(pod_cgroup.sample, processes=counted)
+                )
+            return containers, usage, pod_cgroup
         return containers, usage, pod_total(parts)
 
     async def _pod(self, sandbox: SandboxView) -> api_pb2.PodSandboxStats:

@@ -5,8 +5,10 @@ pod's network counters read from its netns."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -18,8 +20,9 @@ from crictl.containerd.usage import SnapshotUsage
 from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler.sandboxes import SNAPSHOTTER
-from tests.integration.test_containers import Pod
-from tests.integration.test_sandboxes import remove, status
+from tests.integration.test_containers import BUSYBOX, Pod
+from tests.integration.test_images import pull
+from tests.integration.test_sandboxes import pod_config, remove, run, status
 from tests.rig.daemon import Daemon
 from tests.rig.registry import Registry
 
@@ -250,3 +253,37 @@ def test_layer_usage_is_what_containerd_measures(
     asyncio.run(compare())
     writable = container_stats(d, cid).writable_layer
     assert writable.used_bytes.value >= 100_000 and writable.inodes_used.value >= 5
+
+
+class ParentedPod(Pod):
+    """A pod in a pod-level cgroup of its own, as kubelet makes every pod."""
+
+    def __init__(self, d: Daemon, registry: Registry, logs: Path, parent: str) -> None:
+        self.d = d
+        self.image = f"{registry.host}/{BUSYBOX}"
+        pull(d, self.image)
+        self.config = pod_config("parented", uid="uid-parented")
+        self.config.log_directory = str(logs)
+        self.config.linux.cgroup_parent = parent
+        self.id = run(d, self.config)
+
+
+def test_a_pod_in_its_own_cgroup_counts_its_processes(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """kubelet's pod cgroup holds the pod's processes in the cgroups below it; kubelet ranks
+    pods by this count under PID pressure."""
+    d = image_daemon
+    parent = f"/crictld-procs-{secrets.token_hex(3)}"
+    pod = ParentedPod(d, registry, short_tmp / "logs", parent)
+    try:
+        cid = pod.create("app", ["sh", "-c", "sleep 3600 & sleep 3600 & wait"])
+        pod.start(cid)
+        linux = pod_stats(d, pod.id).linux
+        assert linux.cpu.usage_core_nano_seconds.value > 0
+        assert linux.process.process_count.value >= 4, linux  # pause, sh, two sleeps
+    finally:
+        remove(d, pod.id)
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+            with contextlib.suppress(OSError):
+                (hierarchy / parent[1:]).rmdir()
