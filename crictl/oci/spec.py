@@ -542,14 +542,25 @@ def device_entry(device: api_pb2.Device) -> dict[str, Any]:
         st = os.stat(device.host_path)
     except OSError as e:
         raise InvalidArgument(f"device {device.host_path}: {e.strerror}") from e
+    entry = _device_node(device.container_path or device.host_path, st)
+    if entry is None or entry["type"] == "p":
+        raise InvalidArgument(f"device {device.host_path} is not a device node")
+    return entry
+
+
+def _device_node(path: str, st: os.stat_result) -> dict[str, Any] | None:
+    """The OCI linux.devices entry at `path` for a character or block device or a FIFO
+    (containerd's `DeviceFromPath`); None for anything else."""
     if stat.S_ISCHR(st.st_mode):
         kind = "c"
     elif stat.S_ISBLK(st.st_mode):
         kind = "b"
+    elif stat.S_ISFIFO(st.st_mode):
+        kind = "p"
     else:
-        raise InvalidArgument(f"device {device.host_path} is not a device node")
+        return None
     return {
-        "path": device.container_path or device.host_path,
+        "path": path,
         "type": kind,
         "major": os.major(st.st_rdev),
         "minor": os.minor(st.st_rdev),
@@ -583,27 +594,9 @@ def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
             if entry.name not in _NOT_HOST_DEVICE_DIRS:
                 out += host_devices(path)
             continue
-        if entry.name == "console":
-            continue
-        if stat.S_ISCHR(st.st_mode):
-            kind = "c"
-        elif stat.S_ISBLK(st.st_mode):
-            kind = "b"
-        elif stat.S_ISFIFO(st.st_mode):
-            kind = "p"
-        else:
-            continue
-        out.append(
-            {
-                "path": path,
-                "type": kind,
-                "major": os.major(st.st_rdev),
-                "minor": os.minor(st.st_rdev),
-                "fileMode": stat.S_IMODE(st.st_mode),
-                "uid": st.st_uid,
-                "gid": st.st_gid,
-            }
-        )
+        node = None if entry.name == "console" else _device_node(path, st)
+        if node is not None:
+            out.append(node)
     return out
 
 
