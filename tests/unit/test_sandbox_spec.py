@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.oci.seccomp import runtime_default
@@ -29,6 +30,24 @@ def _pod(readonly_rootfs: bool = False) -> api_pb2.PodSandboxConfig:
     )
     config.linux.security_context.readonly_rootfs = readonly_rootfs
     return config
+
+
+def _app_spec(
+    config: api_pb2.ContainerConfig,
+    pod: api_pb2.PodSandboxConfig | None = None,
+    files: SandboxFiles = FILES,
+    **options: Any,
+) -> dict[str, Any]:
+    """An app container's spec in the pod (`_pod()` by default), image `Cmd ["true"]`, root."""
+    return container_spec(
+        "cid",
+        config,
+        SandboxRef("sid", pod or _pod(), 42, "/run/netns/x", files),
+        {"config": {"Cmd": ["true"]}},
+        User(0, 0, []),
+        0,
+        **options,
+    )
 
 
 def _destinations(spec: dict[str, object]) -> dict[str, dict[str, object]]:
@@ -69,15 +88,7 @@ def test_app_containers_keep_the_pod_files_and_the_cgroup_filesystem() -> None:
 def _app_mounts(files: SandboxFiles, readonly_rootfs: bool) -> dict[str, dict[str, object]]:
     config = api_pb2.ContainerConfig(metadata=api_pb2.ContainerMetadata(name="c"))
     config.linux.security_context.readonly_rootfs = readonly_rootfs
-    app = container_spec(
-        "cid",
-        config,
-        SandboxRef("sid", _pod(), 42, "/run/netns/x", files),
-        {"config": {"Cmd": ["true"]}},
-        User(0, 0, []),
-        0,
-    )
-    return _destinations(app)
+    return _destinations(_app_spec(config, files=files))
 
 
 def test_the_pod_files_are_writable_unless_the_root_is_read_only() -> None:
@@ -152,16 +163,11 @@ def test_app_containers_name_their_pod_in_annotations_as_containerd_does() -> No
         "io.kubernetes.cri.sandbox-uid": "u",
         "io.kubernetes.cri.image-name": "img",
     }
-    by_id = container_spec(
-        "cid",
+    by_id = _app_spec(
         api_pb2.ContainerConfig(
             metadata=api_pb2.ContainerMetadata(name="c"),
             image=api_pb2.ImageSpec(image="sha256:" + "a" * 64),  # as kubelet asks
         ),
-        SandboxRef("sid", _pod(), 42, "/run/netns/x", FILES),
-        {"config": {"Cmd": ["true"]}},
-        User(0, 0, []),
-        0,
         image_name="registry.example/img:1",
     )
     assert by_id["annotations"]["io.kubernetes.cri.image-name"] == "registry.example/img:1"
@@ -195,18 +201,13 @@ def test_cgroup_v2_files_go_to_the_spec_and_hugepages_do_not() -> None:
     out = linux_resources(res)
     assert out["unified"] == {"memory.swap.max": "0", "memory.high": "max"}
     assert "hugepageLimits" not in out
-    app = container_spec(
-        "cid",
+    app = _app_spec(
         api_pb2.ContainerConfig(
             metadata=api_pb2.ContainerMetadata(name="c"),
             linux=api_pb2.LinuxContainerConfig(
                 resources=api_pb2.LinuxContainerResources(memory_limit_in_bytes=1 << 26)
             ),
         ),
-        SandboxRef("sid", _pod(), 42, "/run/netns/x", FILES),
-        {"config": {"Cmd": ["true"]}},
-        User(0, 0, []),
-        0,
         swap_controller=True,
     )
     assert app["linux"]["resources"]["memory"] == {"limit": 1 << 26, "swap": 1 << 26}
@@ -224,14 +225,7 @@ def test_the_pause_runs_under_the_profile_kubelet_asks_for_the_sandbox() -> None
     assert seccomp["architectures"] == native[:1]
     config = api_pb2.ContainerConfig(metadata=api_pb2.ContainerMetadata(name="c"))
     config.linux.security_context.seccomp.profile_type = api_pb2.SecurityProfile.RuntimeDefault
-    app = container_spec(
-        "cid",
-        config,
-        SandboxRef("sid", pod, 42, "/run/netns/x", FILES),
-        {"config": {"Cmd": ["true"]}},
-        User(0, 0, []),
-        0,
-    )
+    app = _app_spec(config, pod)
     assert app["linux"]["seccomp"]["architectures"] == native
     pod.linux.security_context.privileged = True
     assert "seccomp" not in sandbox_spec("sid", pod, {}, "/run/netns/x", FILES, 0)["linux"]
@@ -305,15 +299,7 @@ def test_a_privileged_container_gets_the_nodes_devices() -> None:
             devices=[api_pb2.Device(container_path="/dev/null", host_path="/dev/zero")],
         )
         config.linux.security_context.privileged = privileged
-        app = container_spec(
-            "cid",
-            config,
-            SandboxRef("sid", pod, 42, "/run/netns/x", FILES),
-            {"config": {"Cmd": ["true"]}},
-            User(0, 0, []),
-            0,
-        )
-        listed = app["linux"].get("devices", [])
+        listed = _app_spec(config, pod)["linux"].get("devices", [])
         # the request's /dev/null (the node's /dev/zero) keeps its place
         assert next(d for d in listed if d["path"] == "/dev/null")["minor"] == 5
         return [d["path"] for d in listed]
