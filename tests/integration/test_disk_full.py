@@ -9,7 +9,6 @@ containerd's words, and no lease or ingest left over."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -107,8 +106,8 @@ def test_a_full_state_disk_refuses_writes_and_loses_nothing(
         1,
         frozenset({pod.id, cid}),
     ), h
-    calls = [json.loads(line) for line in d.log().splitlines() if '"cri call"' in line]
-    assert any(c["code"] == "RESOURCE_EXHAUSTED" and refused in c["error"] for c in calls)
+    [stop_line] = d.call_lines("StopContainer")  # the last refused call's line
+    assert stop_line["code"] == "RESOURCE_EXHAUSTED" and refused in stop_line["error"], stop_line
 
     os.kill(pod.pid(cid), signal.SIGKILL)  # an exit while no write can be made
     wait_for("the exit refused", lambda: '"an exit event was not recorded"' in d.log())

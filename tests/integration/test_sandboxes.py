@@ -495,10 +495,7 @@ def test_what_vanished_while_down_is_notready_and_still_cleaned(
 
 def _removal_spans(d: Daemon) -> dict[str, list[float]]:
     """The spans of the last RemovePodSandbox's "cri call" line in the daemon's log."""
-    lines = [json.loads(line) for line in d.log().splitlines() if '"cri call"' in line]
-    removals = [c for c in lines if c["rpc"].endswith("/RemovePodSandbox")]
-    assert removals, d.log()[-2000:]
-    spans: dict[str, list[float]] = removals[-1].get("spans", {})
+    spans: dict[str, list[float]] = d.call_lines("RemovePodSandbox")[-1].get("spans", {})
     return spans
 
 

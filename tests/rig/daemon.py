@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -169,6 +170,21 @@ class Daemon:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def call_lines(self, rpc: str, timeout: float = 10) -> list[dict[str, Any]]:
+        """The daemon's "cri call" lines for method `rpc` (e.g. "RemovePodSandbox"), in file
+        order, once there is one: a call's line is written on the loop's turn after its answer
+        went to grpc, so it can land a moment after the client has the answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log()
+            whole = text[: text.rfind("\n") + 1]  # not a line being written as we read
+            lines = [json.loads(line) for line in whole.splitlines() if '"cri call"' in line]
+            found = [c for c in lines if c["rpc"].rsplit("/", 1)[-1] == rpc]
+            if found or time.monotonic() > deadline:
+                assert found, f"no {rpc} line in the log: {self.log()[-2000:]}"
+                return found
+            time.sleep(0.02)
 
     def sql(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
