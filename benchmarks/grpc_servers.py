@@ -1,6 +1,7 @@
-"""What one call costs the server, by gRPC server: grpc's asyncio server (crictld's), two on
-h2 (the grpclib library, and h2's connection driven directly) and a bare HTTP/2 framing, next
-to crictld's daemon and containerd's CRI when `--runtimes` is given.
+"""What one call costs the server, by gRPC server: crictld's own (crictl/api/server.py),
+grpc's asyncio server (crictld's until it), two on h2 (the grpclib library, and h2's
+connection driven directly) and a bare HTTP/2 framing, next to crictld's daemon and
+containerd's CRI when `--runtimes` is given.
 
 Each server answers `runtime.v1.RuntimeService/Version` with a fixed message, in a process of
 its own, on a unix socket. One Python grpc channel, held open as kubelet holds its own, sends
@@ -78,6 +79,28 @@ async def serve_grpc_aio(sock: str) -> None:
     server.add_insecure_port(f"unix:{sock}")
     await server.start()
     await server.wait_for_termination()
+
+
+async def serve_crictld(sock: str) -> None:
+    """crictld's own server (crictl/api/server.py), the handler bare as above."""
+    from crictl.api.server import Server
+
+    async def version(_request: api_pb2.VersionRequest, _context: Any) -> api_pb2.VersionResponse:
+        return ANSWER
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        version,
+        request_deserializer=api_pb2.VersionRequest.FromString,
+        response_serializer=api_pb2.VersionResponse.SerializeToString,
+    )
+    server = Server()
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"Version": handler}),)
+    )
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(sock)
+    await server.start(listening)
+    await asyncio.Event().wait()
 
 
 async def serve_grpclib(sock: str) -> None:
@@ -241,6 +264,7 @@ def _protocol_server(
 
 
 SERVERS: dict[str, Callable[[str], Coroutine[Any, Any, None]]] = {
+    "crictld's server": serve_crictld,
     "grpc.aio": serve_grpc_aio,
     "grpclib": serve_grpclib,
     "h2": _protocol_server(H2Protocol),

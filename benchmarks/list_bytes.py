@@ -1,7 +1,8 @@
 """What keeping the bytes of an unchanged list answer saves: a ListContainers answer of N
-containers (kubelet's labels and annotations, ~1 KB each) served by a `grpc.aio` server in a
-process of its own, its serializer either protobuf's `SerializeToString` (every call serializes
-again) or the daemon's `LastSerialized` (the same answer object: the same bytes). The client
+containers (kubelet's labels and annotations, ~1 KB each) served by crictld's gRPC server
+(`crictl.api.server`) in a process of its own, its serializer either protobuf's
+`SerializeToString` (every call serializes again) or the daemon's `LastSerialized` (the same
+answer object: the same bytes). The client
 calls over one persistent channel, as kubelet's relist does, and reads the bytes without
 parsing them. No runtime is involved: this isolates one step of the daemon's ListContainers
 and ListPodSandbox (crictl/api/service.py), which `benchmarks.containers` measures whole.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import socket
 import sys
 import tempfile
 import time
@@ -23,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc import aio
 
+from crictl.api.server import Server
 from crictl.api.service import LastSerialized
 from crictl.gen.cri.runtime.v1 import api_pb2
 
@@ -55,11 +57,11 @@ def serve(sock: str, containers: int, reuse: bool) -> None:
         LastSerialized() if reuse else api_pb2.ListContainersResponse.SerializeToString
     )
 
-    async def handler(request: bytes, context: aio.ServicerContext[bytes, Any]) -> Any:
+    async def handler(request: bytes, context: Any) -> Any:
         return resp
 
     async def main() -> None:
-        server = aio.server()
+        server = Server()
         server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
@@ -74,9 +76,10 @@ def serve(sock: str, containers: int, reuse: bool) -> None:
                 ),
             )
         )
-        server.add_insecure_port(f"unix:{sock}")
-        await server.start()
-        await server.wait_for_termination()
+        listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listening.bind(sock)
+        await server.start(listening)
+        await asyncio.Event().wait()
 
     asyncio.run(main())
 

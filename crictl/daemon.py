@@ -31,8 +31,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc.aio
-
 from crictl import __version__, errors, metrics
 from crictl.api.container_events import ContainerEvents, EventHub, hub_for
 from crictl.api.containers import Containers
@@ -40,6 +38,7 @@ from crictl.api.front import FrontLoop
 from crictl.api.images import Images
 from crictl.api.runtime_info import RuntimeInfo
 from crictl.api.sandboxes import PodSandboxes
+from crictl.api.server import Server
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
 from crictl.api.stats import Stats
 from crictl.api.streaming import Streaming
@@ -239,7 +238,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
     containers: ContainerReconciler | None = None
     stats: StatsCollector | None = None
     conn: ContainerdConnection | None = None
-    server: grpc.aio.Server | None = None
+    server: Server | None = None
     streams: StreamServer | None = None
     events: ContainerdEvents | None = None
     supervisor: Supervisor | None = None
@@ -362,7 +361,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
                 "cgroupDriver": config.cgroup_driver,
             },
         )
-        server = await front.run(_on_loop(grpc.aio.server))
+        server = Server()
         server.add_generic_rpc_handlers(
             (
                 generic_handler(
@@ -380,10 +379,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
         )
         # Bound here, not on the front loop: the socket is made under a umask, which is the
         # process's, so nothing on this loop may run meanwhile.
-        _bind(server, config.socket, socket_gid)
-        await front.run(server.start())
-        # Both loops use grpc now: only the front wakes for its completions (front.py).
-        await front.take_grpc_events()
+        await front.run(server.start(_bind(config.socket, socket_gid)))
         steps.done("serving")
         # What no row owns (left by crashes) is removed beside the serving daemon, at once and
         # every few minutes after: it holds nothing a request needs.
@@ -611,16 +607,22 @@ async def _on_loop(make: Callable[[], T]) -> T:
     return make()
 
 
-def _bind(server: grpc.aio.Server, socket: Path, gid: int) -> None:
-    socket.parent.mkdir(parents=True, exist_ok=True)
+def _bind(path: Path, gid: int) -> socket.socket:
+    """The CRI socket at PATH, bound (not yet listened on)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     # We hold the socket's lock, so a file here was left by a dead crictld.
     with contextlib.suppress(FileNotFoundError):
-        socket.unlink()
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o117)  # the socket is born 0660: no window where others may connect
     try:
-        server.add_insecure_port(f"unix:{socket}")
+        sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
     finally:
         os.umask(old_umask)
     # Born root:<our group> 0660; then handed to socket_group (only ever what was asked).
-    os.chown(socket, -1, gid)
-    os.chmod(socket, 0o660)
+    os.chown(path, -1, gid)
+    os.chmod(path, 0o660)
+    return sock

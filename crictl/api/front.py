@@ -1,10 +1,10 @@
 """The CRI server's own event loop, so that reads answer while the daemon's loop is busy.
 
-grpc's asyncio server accepts one call per turn of the loop it runs on. On the daemon's loop
-every turn also runs reconcile passes, containerd answers and store wake-ups: while 100 pods
-start, a turn takes ~20 ms and a ListPodSandbox sent behind the 100 RunPodSandbox waited 1-4 s
-to be accepted (docs/performance.md, "Reads during the burst"). So the server runs on a loop
-of its own, in its own thread (the front), which does little more than accept calls:
+On the daemon's loop every turn also runs reconcile passes, containerd answers and store
+wake-ups: while 100 pods start, a turn takes ~20 ms, and under grpc's asyncio server (which
+accepted one call a turn) a ListPodSandbox sent behind the 100 RunPodSandbox waited 1-4 s to
+be accepted (docs/performance.md, "Reads during the burst"). So the server runs on a loop of
+its own, in its own thread (the front), which does little more than read and answer calls:
 
 - An RPC whose handler answers from the read model alone (the store's snapshot, the image
   index: both published whole by the store's writer thread, so any thread reads them) is
@@ -13,16 +13,10 @@ of its own, in its own thread (the front), which does little more than accept ca
   (`run_coroutine_threadsafe`) and waits for it; the client's cancellation is handed on too.
   A server-streaming one is pumped from the daemon's loop into the front's.
 
-grpc (1.85) binds every asyncio loop that uses it to its one completion-queue poller, and
-whichever bound loop wakes first hands the others their events: the containerd client's
-answers reach the daemon's loop and the server's calls the front's while the other is busy,
-whichever loop used grpc first (tests/unit/test_api_front.py). Both loops watch the one
-socket the poller writes to, so every completion woke both, and the one that found nothing
-left still paid a turn: ~0.1 ms of CPU a CRI call (docs/performance.md, "The per-call log
-line, and what is left of a read"). Once the server runs, `FrontLoop.take_grpc_events` takes
-that socket off the daemon's loop: the front reads it alone and hands the daemon's loop its
-events, as grpc does for a loop that did not wake first; the front gives it back before it
-stops, so the daemon's last containerd calls (its shutdown) are still answered.
+The server is crictld's own (`crictl.api.server`), plain asyncio: the front loop does not
+use grpc, which the daemon's loop alone uses (its containerd client). Under grpc's asyncio
+server both loops were bound to grpc's one completion-queue poller and both woke for every
+completion (docs/performance.md, "The gRPC server").
 
 Handlers never use the gRPC context (the interceptor does, on the front loop): it belongs to
 the front loop's thread.
@@ -31,7 +25,6 @@ the front loop's thread.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -80,7 +73,6 @@ class FrontLoop:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-        self._give_back: Callable[[], None] | None = None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -94,75 +86,13 @@ class FrontLoop:
         """Runs `coro` on the front loop and waits for it from the caller's loop."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
-    async def take_grpc_events(self) -> bool:
-        """Called on the daemon's loop once both loops used grpc (the server started): grpc's
-        wake-up socket is taken off the daemon's loop, so only the front wakes for a
-        completion and hands the daemon's loop its own. Only where both loops watch the same
-        socket (grpc's one poller, as in 1.85); otherwise nothing is touched and False is
-        returned. `close` gives it back."""
-        daemon = asyncio.get_running_loop()
-        mine = _grpc_reader(daemon)
-        theirs = await self.run(_own_grpc_reader())
-        if mine is None or theirs is None or mine[0] != theirs[0] or self._give_back:
-            log.debug("grpc's wake-up socket left to both loops", extra={"fd": mine and mine[0]})
-            return False
-        fd, callback, args = mine
-        daemon.remove_reader(fd)
-
-        def give_back() -> None:
-            daemon.add_reader(fd, callback, *args)
-
-        def hand_back() -> None:
-            try:
-                on_daemon = asyncio.get_running_loop() is daemon
-            except RuntimeError:
-                on_daemon = False
-            if on_daemon:
-                give_back()
-            elif not daemon.is_closed():
-                # grpc's socket stays readable until read: nothing is lost meanwhile
-                daemon.call_soon_threadsafe(give_back)
-
-        self._give_back = hand_back
-        return True
-
     def close(self) -> None:
-        """Gives grpc's wake-up socket back to the daemon's loop (`take_grpc_events`), then
-        stops the loop once what is scheduled on it ran, closes it and joins its thread
+        """Stops the loop once what is scheduled on it ran, closes it and joins its thread
         (from any thread but its own, a running loop's included)."""
-        give_back, self._give_back = self._give_back, None
-        if give_back is not None:
-            give_back()
         if not self._thread.is_alive():
             return
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
-
-
-# grpc's reader on a loop: (fd, callback, args). asyncio keeps a reader as a Handle in the
-# selector's key; grpc's is a partial of its completion queue's `_handle_events`. Both are
-# private: if either changes, nothing is found and the loops stay as grpc made them.
-Reader = tuple[int, Callable[..., object], tuple[object, ...]]
-
-
-def _grpc_reader(loop: asyncio.AbstractEventLoop) -> Reader | None:
-    selector = getattr(loop, "_selector", None)
-    if selector is None:
-        return None
-    found: list[Reader] = []
-    for key in selector.get_map().values():
-        handle = key.data[0] if isinstance(key.data, tuple) and key.data else None
-        callback = getattr(handle, "_callback", None)
-        if (
-            isinstance(callback, functools.partial)
-            and getattr(callback.func, "__name__", "") == "_handle_events"
-        ):
-            found.append((key.fd, callback, tuple(getattr(handle, "_args", ()))))
-    return found[0] if len(found) == 1 else None
-
-
-async def _own_grpc_reader() -> Reader | None:
-    return _grpc_reader(asyncio.get_running_loop())
 
 
 def dispatch_unary(impl: UnaryImpl, daemon: asyncio.AbstractEventLoop) -> UnaryImpl:

@@ -6,6 +6,7 @@ plays the daemon's."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,8 +17,9 @@ import grpc.aio
 import pytest
 
 from crictl import errors
-from crictl.api.front import FrontLoop, _grpc_reader, _own_grpc_reader, on_front, verbose
+from crictl.api.front import FrontLoop, on_front, verbose
 from crictl.api.interceptor import Context
+from crictl.api.server import Server
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
 from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 
@@ -89,20 +91,14 @@ def front() -> Iterator[FrontLoop]:
 
 
 @pytest.fixture
-async def served(
-    tmp_path: Path, front: FrontLoop
-) -> AsyncIterator[tuple[Servicer, str, grpc.aio.Server]]:
+async def served(tmp_path: Path, front: FrontLoop) -> AsyncIterator[tuple[Servicer, str, Server]]:
     servicer = Servicer()
-    target = f"unix:{tmp_path / 's.sock'}"
-    # grpc.aio is used on this loop before the server's is made, as the daemon's containerd
-    # client may be: both loops must get their events either way.
-    async with grpc.aio.insecure_channel(target):
+    path = tmp_path / "s.sock"
+    # grpc.aio is used on this loop, as the daemon's containerd client uses it: the front,
+    # which does not use grpc, answers either way.
+    async with grpc.aio.insecure_channel(f"unix:{path}"):
         pass
-
-    async def make() -> grpc.aio.Server:
-        return grpc.aio.server()
-
-    server = await front.run(make())
+    server = Server()
     daemon = asyncio.get_running_loop()
     server.add_generic_rpc_handlers(
         (
@@ -110,11 +106,11 @@ async def served(
             generic_handler(IMAGE_SERVICE, daemon=daemon),
         )
     )
-    server.add_insecure_port(target)
-    await front.run(server.start())
-    await front.take_grpc_events()  # as the daemon does: these tests run with the front alone
-    yield servicer, target, server
-    await front.run(server.stop(None))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    await front.run(server.start(sock))
+    yield servicer, f"unix:{path}", server
+    await front.run(server.stop(0))
 
 
 async def test_a_front_read_answers_while_the_daemon_loop_is_held(served: Any) -> None:
@@ -240,53 +236,3 @@ async def test_close_from_a_running_loop_twice() -> None:
     front.close()
     front.close()
     assert front.loop.is_closed()
-
-
-async def test_only_the_front_wakes_for_grpc_until_it_closes(tmp_path: Path) -> None:
-    daemon = asyncio.get_running_loop()
-    servicer = Servicer()
-    front = FrontLoop()
-    try:
-
-        async def make() -> grpc.aio.Server:
-            return grpc.aio.server()
-
-        server = await front.run(make())
-        server.add_generic_rpc_handlers(
-            (generic_handler(RUNTIME_SERVICE, servicer, daemon=daemon),)
-        )
-        server.add_insecure_port(f"unix:{tmp_path / 'front.sock'}")
-        await front.run(server.start())
-        async with grpc.aio.insecure_channel(f"unix:{tmp_path / 'front.sock'}") as channel:
-            stub = api_pb2_grpc.RuntimeServiceStub(channel)
-            # This loop uses grpc before the front takes its events, as the daemon's does
-            # (its containerd client): grpc watches a loop from its first call on.
-            assert (await stub.Version(api_pb2.VersionRequest())).runtime_name == "front"
-            # grpc 1.85: both loops watch its one wake-up socket. A grpc that gives each loop
-            # a socket of its own has no such herd: take_grpc_events then leaves it alone
-            # (False), and docs/performance.md's figures for it are to be measured again.
-            assert await front.take_grpc_events(), "both loops should watch one grpc socket"
-            assert _grpc_reader(daemon) is None
-            assert await front.run(_own_grpc_reader()) is not None
-            assert not await front.take_grpc_events()  # once
-            # a client call of this loop, a handler on the front, one handed to this loop:
-            # every completion of this loop's comes through the front
-            for _ in range(20):
-                assert (await stub.Version(api_pb2.VersionRequest())).runtime_name == "front"
-                await stub.RuntimeConfig(api_pb2.RuntimeConfigRequest())
-        await front.run(server.stop(None))
-    finally:
-        front.close()  # from this loop, running: given back at once
-    assert _grpc_reader(daemon) is not None
-    # with the front gone, this loop's own grpc calls are still answered
-    alone = grpc.aio.server()
-    alone.add_generic_rpc_handlers((generic_handler(RUNTIME_SERVICE, servicer, daemon=daemon),))
-    alone.add_insecure_port(f"unix:{tmp_path / 'alone.sock'}")
-    await alone.start()
-    try:
-        async with grpc.aio.insecure_channel(f"unix:{tmp_path / 'alone.sock'}") as channel:
-            stub = api_pb2_grpc.RuntimeServiceStub(channel)
-            response = await asyncio.wait_for(stub.Version(api_pb2.VersionRequest()), 10)
-            assert response.runtime_name == "front"
-    finally:
-        await alone.stop(None)

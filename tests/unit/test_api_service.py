@@ -7,6 +7,7 @@ import asyncio
 import errno
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from crictl import errors
 from crictl.api.interceptor import READS, Context, wrap_unary
 from crictl.api.runtime_info import RuntimeInfo
+from crictl.api.server import Server
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler, snake_case
 from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crictl.reconciler.health import Condition, Health
@@ -63,15 +65,15 @@ class Changing:
         return api_pb2.UpdatePodSandboxResourcesResponse()
 
 
-async def _serve(tmp_path: Path, *servicers: object) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server()
+async def _serve(tmp_path: Path, *servicers: object) -> tuple[Server, str]:
+    server = Server()
     server.add_generic_rpc_handlers(
         (generic_handler(RUNTIME_SERVICE, *servicers), generic_handler(IMAGE_SERVICE))
     )
-    target = f"unix:{tmp_path / 's.sock'}"
-    server.add_insecure_port(target)
-    await server.start()
-    return server, target
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(tmp_path / "s.sock"))
+    await server.start(sock)
+    return server, f"unix:{tmp_path / 's.sock'}"
 
 
 @pytest.fixture
@@ -85,7 +87,7 @@ async def stub(tmp_path: Path) -> AsyncIterator[api_pb2_grpc.RuntimeServiceAsync
     server, target = await _serve(tmp_path, RuntimeInfo(health, {"k": "v"}), Failing(), Changing())
     async with grpc.aio.insecure_channel(target) as channel:
         yield api_pb2_grpc.RuntimeServiceStub(channel)
-    await server.stop(None)
+    await server.stop(0)
 
 
 def test_snake_case() -> None:
