@@ -330,7 +330,8 @@ def _listening(sock: Path) -> bool:
 
 @contextlib.contextmanager
 def server_process(kind: str, directory: Path) -> Iterator[tuple[str, int]]:
-    sock = directory / f"{kind}.sock"
+    sock = directory / f"{kind.replace(' ', '-')}.sock"
+    sock.unlink(missing_ok=True)  # the last round's
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.grpc_servers", "--serve", kind, str(sock)],
         cwd=Path(__file__).resolve().parent.parent,
