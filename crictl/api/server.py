@@ -1,11 +1,12 @@
 """The CRI's gRPC server: HTTP/2 (RFC 9113) and gRPC's wire protocol on an asyncio unix
 socket server, for the calls kubelet and crictl make (unary and server-streaming).
 
-grpc's asyncio server spent 320-375 us of CPU on a `Version` sent back to back and 640-780 us
-on one arriving at rest, ~14-19 context switches a call (its poller and event-engine threads
-woken, then the loop), where containerd's CRI spent 125 and 360; the frames read and written
-here cost 85-90 and 160-180 (`benchmarks.grpc_servers`; docs/performance.md, "The gRPC
-server"). h2 (230 and 350) and grpclib (360 and 560-610) were measured too.
+grpc's asyncio server spent 320-375 us of the daemon's CPU on a `Version` sent back to back
+and 640-780 us on one arriving at rest, ~14-19 context switches a call (its poller and
+event-engine threads woken, then the loop), where containerd's CRI spent 125-160 and 360-420.
+This one spends 125 and 210-290 (the daemon, its interceptor and log included: 150 and 290;
+`benchmarks.grpc_servers`, docs/performance.md "The gRPC server"). h2 driven directly (230
+and 350) and grpclib (360 and 560-740) were measured too.
 
 What it serves: the handlers `crictl.api.service.generic_handler` makes (`grpc`'s own handler
 types, so the same servicers and interceptor run unchanged), each call a task on the loop the
@@ -13,21 +14,23 @@ server runs on (the front, `crictl.api.front`).
 
 What it does, and where:
 
-- HTTP/2: the preface, SETTINGS (the peer's initial window, frame size and header table size
-  applied), PING answered, GOAWAY sent at shutdown and on a connection error (then the
-  connection is closed), PRIORITY and unknown frames ignored, CONTINUATION accepted.
+- HTTP/2: the preface, SETTINGS (the peer's initial window and frame size applied; its
+  header table size concerns no encoder here), PING answered, GOAWAY sent at shutdown and on
+  a connection error (then the connection is closed), PRIORITY and unknown frames ignored,
+  CONTINUATION accepted.
   Header blocks are decoded by hpack (the python-hyper library: Huffman and the dynamic
   table); the few headers sent are encoded here without the dynamic table.
 - Flow control both ways: what a client sends is granted back at once, stream and
   connection (a request is read whole, and refused once it says or shows it is over the
-  limit); what is sent waits for the client's
-  windows, stream and connection, and a streaming handler waits while a stream holds more than
-  `_HIGH_WATER` unsent.
+  limit); what is sent waits for the client's windows, stream and connection, and a
+  streaming handler waits while a stream holds more than `_HIGH_WATER` unsent.
 - gRPC: one request message per call of at most `MAX_RECEIVE` bytes (RESOURCE_EXHAUSTED
   above it, as containerd's CRI's limit), uncompressed (UNIMPLEMENTED otherwise),
   `grpc-timeout` (DEADLINE_EXCEEDED, the handler cancelled), RST_STREAM or a lost connection
   cancel the handler, an unknown method UNIMPLEMENTED, errors as Trailers-Only responses,
-  `grpc-message` percent-encoded.
+  `grpc-message` percent-encoded. Those statuses of the wire itself (grpc's server answered
+  the same before) are the only ones made here: a handler's errors reach the server as the
+  code and message `crictl.api.interceptor`, the one mapping, set on the call's `Context`.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
-class ConnectionError_(Exception):
+class Http2Error(Exception):
     """An HTTP/2 connection error: GOAWAY with `code`, then the connection is closed."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -238,7 +241,7 @@ class Http2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._receive(data)
-        except ConnectionError_ as e:
+        except Http2Error as e:
             log.info("closing a CRI connection", extra={"error": str(e), "http2_code": e.code})
             self._out.append(frame(GOAWAY, 0, 0, struct.pack(">II", self._last_stream, e.code)))
             self._write()
@@ -260,10 +263,10 @@ class Http2Connection(asyncio.Protocol):
         if not self._preface:
             if len(buf) < len(_PREFACE):
                 if not _PREFACE.startswith(bytes(buf)):
-                    raise ConnectionError_(PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                    raise Http2Error(PROTOCOL_ERROR, "not an HTTP/2 client preface")
                 return
             if bytes(buf[: len(_PREFACE)]) != _PREFACE:
-                raise ConnectionError_(PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                raise Http2Error(PROTOCOL_ERROR, "not an HTTP/2 client preface")
             del buf[: len(_PREFACE)]
             self._preface = True
         pos, end = 0, len(buf)
@@ -271,7 +274,7 @@ class Http2Connection(asyncio.Protocol):
             while end - pos >= 9:
                 length = int.from_bytes(buf[pos : pos + 3], "big")
                 if length > _FRAME_SIZE:
-                    raise ConnectionError_(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
+                    raise Http2Error(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
                 if end - pos < 9 + length:
                     break
                 kind, flags = buf[pos + 3], buf[pos + 4]
@@ -284,14 +287,14 @@ class Http2Connection(asyncio.Protocol):
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self._header_block is not None and kind != CONTINUATION:
-            raise ConnectionError_(PROTOCOL_ERROR, "a header block was interrupted")
+            raise Http2Error(PROTOCOL_ERROR, "a header block was interrupted")
         if kind == DATA:
             self._data(flags, stream_id, payload)
         elif kind == HEADERS:
             self._headers(flags, stream_id, payload)
         elif kind == CONTINUATION:
             if self._header_block is None or self._header_block[0] != stream_id:
-                raise ConnectionError_(PROTOCOL_ERROR, "CONTINUATION out of a header block")
+                raise Http2Error(PROTOCOL_ERROR, "CONTINUATION out of a header block")
             self._header_block[2].extend(payload)
             if flags & END_HEADERS:
                 sid, first_flags, block = self._header_block
@@ -303,32 +306,32 @@ class Http2Connection(asyncio.Protocol):
             self._window_update(stream_id, payload)
         elif kind == PING:
             if len(payload) != 8 or stream_id:
-                raise ConnectionError_(FRAME_SIZE_ERROR, "a PING not of 8 bytes on stream 0")
+                raise Http2Error(FRAME_SIZE_ERROR, "a PING not of 8 bytes on stream 0")
             if not flags & ACK:
                 self._out.append(frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
             if len(payload) != 4 or not stream_id:
-                raise ConnectionError_(PROTOCOL_ERROR, "a malformed RST_STREAM")
+                raise Http2Error(PROTOCOL_ERROR, "a malformed RST_STREAM")
             stream = self._streams.get(stream_id)
             if stream is not None:
                 self._drop(stream)
         elif kind == GOAWAY:
             self._going_away = True
         elif kind == PUSH_PROMISE:
-            raise ConnectionError_(PROTOCOL_ERROR, "a client sent PUSH_PROMISE")
+            raise Http2Error(PROTOCOL_ERROR, "a client sent PUSH_PROMISE")
         elif kind == PRIORITY and (len(payload) != 5 or not stream_id):
-            raise ConnectionError_(PROTOCOL_ERROR, "a malformed PRIORITY")
+            raise Http2Error(PROTOCOL_ERROR, "a malformed PRIORITY")
         # other types are ignored (RFC 9113 5.5)
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if not stream_id:
-            raise ConnectionError_(PROTOCOL_ERROR, "DATA on stream 0")
+            raise Http2Error(PROTOCOL_ERROR, "DATA on stream 0")
         if payload:  # the connection's window granted back at once: the bytes are read
             self._out.append(frame(WINDOW_UPDATE, 0, 0, len(payload).to_bytes(4, "big")))
         stream = self._streams.get(stream_id)
         if stream is None or stream.started:
             if stream_id > self._last_stream:
-                raise ConnectionError_(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
+                raise Http2Error(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
             return  # a stream we reset or answered: what is in flight is dropped
         data = _unpad(flags, payload)
         stream.body += data
@@ -349,7 +352,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if not stream_id:
-            raise ConnectionError_(PROTOCOL_ERROR, "HEADERS on stream 0")
+            raise Http2Error(PROTOCOL_ERROR, "HEADERS on stream 0")
         block = _unpad(flags, payload)
         if flags & PRIORITY_FLAG:
             block = block[5:]
@@ -362,15 +365,17 @@ class Http2Connection(asyncio.Protocol):
         try:  # decoded always: the decoder's table follows every block the peer encoded
             fields = self._decoder.decode(block, raw=True)
         except hpack.HPACKError as e:
-            raise ConnectionError_(COMPRESSION_ERROR, f"a header block: {e}") from e
+            raise Http2Error(COMPRESSION_ERROR, f"a header block: {e}") from e
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers from the client: a gRPC request has none
             if flags & END_STREAM and not stream.started:
                 stream.client_done = True
                 self._start(stream)
             return
-        if stream_id <= self._last_stream or stream_id % 2 == 0:
-            raise ConnectionError_(PROTOCOL_ERROR, f"HEADERS opening stream {stream_id}")
+        if stream_id % 2 == 0:
+            raise Http2Error(PROTOCOL_ERROR, f"HEADERS opening even stream {stream_id}")
+        if stream_id <= self._last_stream:
+            return  # trailers of a stream answered (refused) before the client had sent all
         self._last_stream = stream_id
         if self._going_away or len(self._streams) >= MAX_CONCURRENT_STREAMS:
             self._out.append(frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
@@ -385,24 +390,24 @@ class Http2Connection(asyncio.Protocol):
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
-            raise ConnectionError_(PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise Http2Error(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
             if payload:
-                raise ConnectionError_(FRAME_SIZE_ERROR, "a SETTINGS ack with a payload")
+                raise Http2Error(FRAME_SIZE_ERROR, "a SETTINGS ack with a payload")
             return
         if len(payload) % 6:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS not in 6-byte entries")
+            raise Http2Error(FRAME_SIZE_ERROR, "SETTINGS not in 6-byte entries")
         for offset in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HI", payload, offset)
             if key == INITIAL_WINDOW_SIZE:
                 if value > _MAX_WINDOW:
-                    raise ConnectionError_(FLOW_CONTROL_ERROR, "an initial window over 2^31-1")
+                    raise Http2Error(FLOW_CONTROL_ERROR, "an initial window over 2^31-1")
                 delta, self._peer_window = value - self._peer_window, value
                 for stream in self._streams.values():
                     stream.send_window += delta
             elif key == MAX_FRAME_SIZE:
                 if not _FRAME_SIZE <= value < 1 << 24:
-                    raise ConnectionError_(PROTOCOL_ERROR, f"a max frame size of {value}")
+                    raise Http2Error(PROTOCOL_ERROR, f"a max frame size of {value}")
                 self._peer_frame = value
             # HEADER_TABLE_SIZE: our encoder uses no dynamic table; the others concern us not
         self._out.append(frame(SETTINGS, ACK, 0))
@@ -410,14 +415,14 @@ class Http2Connection(asyncio.Protocol):
 
     def _window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "a WINDOW_UPDATE not of 4 bytes")
+            raise Http2Error(FRAME_SIZE_ERROR, "a WINDOW_UPDATE not of 4 bytes")
         increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
         if not stream_id:
             if not increment:
-                raise ConnectionError_(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0")
+                raise Http2Error(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0")
             self._send_window += increment
             if self._send_window > _MAX_WINDOW:
-                raise ConnectionError_(FLOW_CONTROL_ERROR, "the connection's window overflowed")
+                raise Http2Error(FLOW_CONTROL_ERROR, "the connection's window overflowed")
             self._flush_all()
             return
         stream = self._streams.get(stream_id)
@@ -668,7 +673,7 @@ def _unpad(flags: int, payload: bytes) -> bytes:
     if not flags & PADDED:
         return payload
     if not payload or payload[0] >= len(payload):
-        raise ConnectionError_(PROTOCOL_ERROR, "padding longer than its frame")
+        raise Http2Error(PROTOCOL_ERROR, "padding longer than its frame")
     return payload[1 : len(payload) - payload[0]]
 
 
