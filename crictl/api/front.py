@@ -25,7 +25,6 @@ the front loop's thread.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -39,8 +38,6 @@ StreamImpl = Callable[[Any, Any], AsyncIterator[Any]]
 Unless = Callable[[Any], bool]
 
 _MARK = "_crictld_on_front"
-
-log = logging.getLogger(__name__)
 
 
 def _never(_request: Any) -> bool:

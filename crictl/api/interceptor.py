@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 
 import grpc
-import grpc.aio
 
 from crictl import errors, metrics, trace
+from crictl.api import server
 
 log = logging.getLogger("crictl.api.calls")
 
@@ -68,7 +68,8 @@ READS = frozenset(
     }
 )
 
-Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+# What the server hands each call (crictl/api/server.py): its status, set by `_fail`.
+Context: TypeAlias = server.Context
 UnaryHandler = Callable[[Any, Context], Awaitable[Any]]
 StreamHandler = Callable[[Any, Context], AsyncIterator[Any]]
 
