@@ -488,8 +488,10 @@ class Http2Connection(asyncio.Protocol):
         self, stream: _Stream, handler: grpc.RpcMethodHandler[Any, Any], message: bytes
     ) -> None:
         context = Context()
+        request = self._parse(stream, handler, message)
+        if request is None:
+            return
         try:
-            request = handler.request_deserializer(message)  # type: ignore[misc]
             call: Callable[[Any, Context], Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
             response = await call(request, context)
             if context.code is grpc.StatusCode.OK and response is not None:
@@ -509,8 +511,10 @@ class Http2Connection(asyncio.Protocol):
         context = Context()
         serialize = handler.response_serializer
         items: AsyncIterator[Any] | None = None
+        request = self._parse(stream, handler, message)
+        if request is None:
+            return
         try:
-            request = handler.request_deserializer(message)  # type: ignore[misc]
             produce: Callable[[Any, Context], AsyncIterator[Any]] = handler.unary_stream  # type: ignore[assignment]
             items = produce(request, context)
             async for item in items:
@@ -525,6 +529,17 @@ class Http2Connection(asyncio.Protocol):
             if items is not None:
                 with contextlib.suppress(Exception):
                     await items.aclose()  # type: ignore[attr-defined]
+
+    def _parse(
+        self, stream: _Stream, handler: grpc.RpcMethodHandler[Any, Any], message: bytes
+    ) -> Any:
+        """The call's request, or None once the call was answered that it does not parse."""
+        try:
+            return handler.request_deserializer(message)  # type: ignore[misc]
+        except Exception as e:  # protobuf's DecodeError, or what a bad field raises
+            path = stream.headers.get(b":path", b"").decode("utf-8", "replace")
+            self._end(stream, grpc.StatusCode.INTERNAL, f"{path}: the request does not parse: {e}")
+            return None
 
     def _cancelled(self, stream: _Stream) -> None:
         if stream.expired and self._streams.get(stream.id) is stream:

@@ -121,6 +121,13 @@ async def test_an_error_keeps_its_code_and_message(served: Any) -> None:
             await unknown(b"")
         assert nothing.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert nothing.value.details() == "unknown method /runtime.v1.RuntimeService/Nothing"
+        garbage: Any = channel.unary_unary("/runtime.v1.RuntimeService/Version")
+        with pytest.raises(grpc.aio.AioRpcError) as unparsed:
+            await garbage(b"\xff\xff\xff")
+        assert unparsed.value.code() == grpc.StatusCode.INTERNAL
+        assert (unparsed.value.details() or "").startswith(
+            "/runtime.v1.RuntimeService/Version: the request does not parse: "
+        )
         # the connection still serves
         assert (await stub.Version(api_pb2.VersionRequest(version="x"))).runtime_name == "x"
 
