@@ -83,7 +83,7 @@ async def serve_grpc_aio(sock: str) -> None:
 
 async def serve_crictld(sock: str) -> None:
     """crictld's own server (crictl/api/server.py), the handler bare as above."""
-    from crictl.api.server import Server
+    from crictl.api.server import Server, bind_unix
 
     async def version(_request: api_pb2.VersionRequest, _context: Any) -> api_pb2.VersionResponse:
         return ANSWER
@@ -97,9 +97,7 @@ async def serve_crictld(sock: str) -> None:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE, {"Version": handler}),)
     )
-    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listening.bind(sock)
-    await server.start(listening)
+    await server.start(bind_unix(sock))
     await asyncio.Event().wait()
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import socket
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from crictl.api.server import Server
+from crictl.api.server import Server, bind_unix
 from crictl.api.service import LastSerialized
 from crictl.gen.cri.runtime.v1 import api_pb2
 
@@ -76,9 +75,7 @@ def serve(sock: str, containers: int, reuse: bool) -> None:
                 ),
             )
         )
-        listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listening.bind(sock)
-        await server.start(listening)
+        await server.start(bind_unix(sock))
         await asyncio.Event().wait()
 
     asyncio.run(main())

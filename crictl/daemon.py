@@ -38,7 +38,7 @@ from crictl.api.front import FrontLoop
 from crictl.api.images import Images
 from crictl.api.runtime_info import RuntimeInfo
 from crictl.api.sandboxes import PodSandboxes
-from crictl.api.server import Server
+from crictl.api.server import Server, bind_unix
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
 from crictl.api.stats import Stats
 from crictl.api.streaming import Streaming
@@ -613,13 +613,9 @@ def _bind(path: Path, gid: int) -> socket.socket:
     # We hold the socket's lock, so a file here was left by a dead crictld.
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o117)  # the socket is born 0660: no window where others may connect
     try:
-        sock.bind(str(path))
-    except BaseException:
-        sock.close()
-        raise
+        sock = bind_unix(path)
     finally:
         os.umask(old_umask)
     # Born root:<our group> 0660; then handed to socket_group (only ever what was asked).

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import socket
 import struct
@@ -690,6 +691,17 @@ def _unpad(flags: int, payload: bytes) -> bytes:
     if not payload or payload[0] >= len(payload):
         raise Http2Error(PROTOCOL_ERROR, "padding longer than its frame")
     return payload[1 : len(payload) - payload[0]]
+
+
+def bind_unix(path: str | os.PathLike[str]) -> socket.socket:
+    """A unix stream socket bound at PATH, not yet listened on (`Server.start` does)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(os.fspath(path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class Server:

@@ -6,7 +6,6 @@ plays the daemon's."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from crictl import errors
 from crictl.api.front import FrontLoop, on_front, verbose
 from crictl.api.interceptor import Context
-from crictl.api.server import Server
+from crictl.api.server import Server, bind_unix
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
 from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 
@@ -106,9 +105,7 @@ async def served(tmp_path: Path, front: FrontLoop) -> AsyncIterator[tuple[Servic
             generic_handler(IMAGE_SERVICE, daemon=daemon),
         )
     )
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
-    await front.run(server.start(sock))
+    await front.run(server.start(bind_unix(path)))
     yield servicer, f"unix:{path}", server
     await front.run(server.stop(0))
 

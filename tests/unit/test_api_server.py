@@ -5,7 +5,6 @@ HTTP/2 framing fed frames by hand and arbitrary bytes."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from hypothesis import strategies as st
 from crictl import errors
 from crictl.api import server as srv
 from crictl.api.interceptor import Context
-from crictl.api.server import Http2Connection, Server, frame
+from crictl.api.server import Http2Connection, Server, bind_unix, frame
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
 from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 
@@ -68,12 +67,6 @@ class Servicer:
             self.closed.set()
 
 
-def bound(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
-    return sock
-
-
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[Servicer, Server, str]]:
     servicer = Servicer()
@@ -81,7 +74,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Servicer, Server, str]]:
     server.add_generic_rpc_handlers(
         (generic_handler(RUNTIME_SERVICE, servicer), generic_handler(IMAGE_SERVICE))
     )
-    await server.start(bound(tmp_path / "s.sock"))
+    await server.start(bind_unix(tmp_path / "s.sock"))
     yield servicer, server, f"unix:{tmp_path / 's.sock'}"
     await server.stop(0)
 

@@ -7,7 +7,6 @@ import asyncio
 import errno
 import logging
 import re
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from crictl import errors
 from crictl.api.interceptor import READS, Context, wrap_unary
 from crictl.api.runtime_info import RuntimeInfo
-from crictl.api.server import Server
+from crictl.api.server import Server, bind_unix
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler, snake_case
 from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from crictl.reconciler.health import Condition, Health
@@ -70,9 +69,7 @@ async def _serve(tmp_path: Path, *servicers: object) -> tuple[Server, str]:
     server.add_generic_rpc_handlers(
         (generic_handler(RUNTIME_SERVICE, *servicers), generic_handler(IMAGE_SERVICE))
     )
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(tmp_path / "s.sock"))
-    await server.start(sock)
+    await server.start(bind_unix(tmp_path / "s.sock"))
     return server, f"unix:{tmp_path / 's.sock'}"
 
 
