@@ -297,6 +297,8 @@ class Http2Connection(asyncio.Protocol):
             if self._header_block is None or self._header_block[0] != stream_id:
                 raise Http2Error(PROTOCOL_ERROR, "CONTINUATION out of a header block")
             self._header_block[2].extend(payload)
+            if len(self._header_block[2]) > _MAX_HEADER_LIST:
+                raise Http2Error(PROTOCOL_ERROR, "a header block over the header list's limit")
             if flags & END_HEADERS:
                 sid, first_flags, block = self._header_block
                 self._header_block = None

@@ -336,3 +336,16 @@ def test_arbitrary_frames_never_escape_the_connection(
         conn.connection_lost(None)
 
     asyncio.run(feed())
+
+
+async def test_a_header_block_without_end_is_refused_once_over_the_limit() -> None:
+    conn, transport = connection()
+    piece = b"\x00" * 16000
+    conn.data_received(srv._PREFACE + frame(srv.HEADERS, 0, 1, piece))
+    for _ in range(4):  # 80000 bytes in all, over the 64 KiB limit
+        conn.data_received(frame(srv.CONTINUATION, 0, 1, piece))
+        if transport.closed:
+            break
+    assert transport.closed  # one header block is not kept growing
+    *_, (kind, _, _, payload) = frames(bytes(transport.written))
+    assert kind == srv.GOAWAY and struct.unpack(">II", payload)[1] == srv.PROTOCOL_ERROR
