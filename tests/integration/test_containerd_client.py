@@ -34,6 +34,24 @@ async def test_version(containerd: ContainerdClient) -> None:
     assert v.version.startswith(("1.6", "v1.6")), v
 
 
+async def test_the_managed_containerd_collects_after_deletions_and_rests_between(
+    containerd: ContainerdClient,
+) -> None:
+    """The GC scheduler settings of the managed config reach containerd (it ignores a key it
+    does not know): a fixed 1 s check in place of a timer re-armed every few ms, and a
+    collection at once after a deletion (managed.containerd_config)."""
+    from crictl.gen.containerd.api.services.introspection.v1 import introspection_pb2
+
+    resp = await containerd.introspection.Plugins(
+        introspection_pb2.PluginsRequest(filters=['type=="io.containerd.gc.v1",id=="scheduler"'])
+    )
+    assert len(resp.plugins) == 1
+    exports = dict(resp.plugins[0].exports)
+    assert exports["PauseThreshold"] == "0", exports
+    assert exports["DeletionThreshold"] == "1", exports
+    assert exports["MutationThreshold"] == "100", exports  # containerd's default, kept
+
+
 async def test_namespace_create_is_idempotent(containerd_address: str) -> None:
     ns = f"crictld-test-{secrets.token_hex(3)}"
     client = ContainerdClient(containerd_address, ns)
