@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +158,9 @@ class ContainerdClient:
         # runc's cgroup manager for the containers we create: systemd or cgroupfs (the spec's
         # cgroupsPath must be written for the same one).
         self.runtime = self.runtime_for("")
+        # monotonic time of containerd's last answer to a call (the supervisor's probe
+        # waits while calls are answered)
+        self.answered_at = -math.inf
         target = address if address.startswith("unix:") else f"unix://{address}"
         self.channel = grpc.aio.insecure_channel(
             target,
@@ -195,7 +200,7 @@ class ContainerdClient:
         try:
             with trace.span(f"containerd {what}"):
                 async with asyncio.timeout(deadline):
-                    return await call
+                    result = await call
         except TimeoutError:
             raise errors.DeadlineExceeded(
                 f"containerd at {self.address} did not answer {what} in {deadline:.0f}s"
@@ -206,6 +211,8 @@ class ContainerdClient:
                     f"containerd at {self.address} is unreachable ({what}): {e.details()}"
                 ) from e
             raise translate(e, what) from e
+        self.answered_at = time.monotonic()
+        return result
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publishes an event of crictld's own on containerd's exchange (a marker in the

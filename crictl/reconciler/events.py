@@ -52,6 +52,9 @@ RETRY_FIRST = 0.2
 RETRY_CAP = 5.0
 MARKER_REPEAT = 0.1  # until the stream echoes it: the first may beat the subscription
 PROBE_INTERVAL = 1.0
+# While containerd answers calls, the supervisor asks it only after this long without an
+# answer: a probe a second was most of an idle daemon's CPU (docs/performance.md, At rest).
+QUIET_PROBE_INTERVAL = 5.0
 PROBE_TIMEOUT = 2.0
 
 
@@ -237,7 +240,13 @@ class ContainerdEvents:
 class Supervisor:
     """Restarts a managed containerd that exited (with backoff; its shims and containers
     survive it) and tracks whether containerd answers. An external containerd is only
-    watched: the gRPC channel reconnects by itself and the task events resubscribe."""
+    watched: the gRPC channel reconnects by itself and the task events resubscribe.
+
+    A managed containerd's process is checked every PROBE_INTERVAL. containerd is asked
+    (`Version`) every PROBE_INTERVAL while it is down, and while it is up only once no call
+    has been answered for QUIET_PROBE_INTERVAL: an outage of a quiet containerd is seen within
+    QUIET_PROBE_INTERVAL + PROBE_TIMEOUT (a restart breaks the event stream at once), its
+    return within PROBE_INTERVAL. Status asks containerd itself on each call."""
 
     def __init__(
         self,
@@ -280,6 +289,9 @@ class Supervisor:
                     await asyncio.sleep(backoff)
                     backoff = min(RETRY_CAP * 6, backoff * 2)
                     continue
+            quiet = time.monotonic() - self.containerd.answered_at
+            if self.connected and quiet < QUIET_PROBE_INTERVAL:
+                continue
             try:
                 await self.containerd.version(timeout=PROBE_TIMEOUT)
             except errors.CrictlError as e:
