@@ -34,7 +34,7 @@ def containerd_config(directory: Path) -> str:
     """The managed containerd's config.toml.
 
     Its GC scheduler: containerd's default `pause_threshold` (0.02) re-arms the scheduler's
-    timer every 49 average collections, which is a few milliseconds on a node's small
+    timer at 49 times the average collection's duration, a few milliseconds on a node's small
     database, so an idle containerd woke ~150 times a second to find nothing to collect (57 %
     of its CPU at rest, perf; docs/performance.md, "At rest"). At 0 the check is once a
     second; `deletion_threshold = 1` collects at once after a deletion, as the short timer
