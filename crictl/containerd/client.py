@@ -159,7 +159,8 @@ class ContainerdClient:
         # cgroupsPath must be written for the same one).
         self.runtime = self.runtime_for("")
         # monotonic time of containerd's last answer to a call (the supervisor's probe
-        # waits while calls are answered)
+        # waits while calls are answered); -inf once a call or the event stream found it
+        # unreachable
         self.answered_at = -math.inf
         target = address if address.startswith("unix:") else f"unix://{address}"
         self.channel = grpc.aio.insecure_channel(
@@ -207,6 +208,7 @@ class ContainerdClient:
             ) from None
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
+                self.answered_at = -math.inf  # the supervisor asks at its next tick
                 raise errors.Unavailable(
                     f"containerd at {self.address} is unreachable ({what}): {e.details()}"
                 ) from e
@@ -319,6 +321,8 @@ class ContainerdClient:
             async for envelope in call:
                 yield envelope
         except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:  # containerd went: asked at once
+                self.answered_at = -math.inf
             raise translate(e, "event stream") from e
         finally:
             call.cancel()

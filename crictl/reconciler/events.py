@@ -244,9 +244,10 @@ class Supervisor:
 
     A managed containerd's process is checked every PROBE_INTERVAL. containerd is asked
     (`Version`) every PROBE_INTERVAL while it is down, and while it is up only once no call
-    has been answered for QUIET_PROBE_INTERVAL: an outage of a quiet containerd is seen within
-    QUIET_PROBE_INTERVAL + PROBE_TIMEOUT (a restart breaks the event stream at once), its
-    return within PROBE_INTERVAL. Status asks containerd itself on each call."""
+    has been answered for QUIET_PROBE_INTERVAL, or at the next tick once a call or the event
+    stream found it unreachable (a restart breaks the stream at once): a hang of a quiet
+    containerd is seen within QUIET_PROBE_INTERVAL + PROBE_TIMEOUT, its return within
+    PROBE_INTERVAL. Status asks containerd itself on each call."""
 
     def __init__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,11 @@ async def test_k8s_io_namespace_is_refused(containerd_address: str) -> None:
 
 async def test_unreachable_containerd_is_unavailable(short_tmp: object) -> None:
     client = ContainerdClient("/tmp/crictld-no-such.sock")
+    client.answered_at = 1.0  # as if it had answered: the failure makes the supervisor ask
     try:
         with pytest.raises(errors.Unavailable):
             await client.version(timeout=2)
+        assert client.answered_at == -math.inf
     finally:
         await client.close()
 
