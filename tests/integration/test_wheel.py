@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import zipfile
@@ -30,13 +31,18 @@ def test_wheel_installs_a_daemon_that_logs(
     registry: Registry,
 ) -> None:
     dist = short_tmp / "dist"
+    build_tmp = short_tmp / "build-tmp"
+    build_tmp.mkdir()
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(REPO)],
         check=True,
         cwd=short_tmp,
         timeout=300,
+        env={**os.environ, "TMPDIR": str(build_tmp)},
     )
     [wheel] = dist.glob("crictld-*.whl")
+    # The build hook compiles the logger in a temporary dir and removes it with the build.
+    assert not list(build_tmp.glob("crictld-logger-*"))
     names = zipfile.ZipFile(wheel).namelist()
     for data in (
         "crictl/_bin/crictld-logger",
