@@ -45,20 +45,26 @@ READS = (
     "ImageStatus",
     "ListImages",
 )
+# What `crictl inspect`/`inspectp` and critest's benchmarks ask (kubelet never does): the
+# statuses with containerd's spec and the runtime's own info.
+VERBOSE_READS = ("ContainerStatus(verbose)", "PodSandboxStatus(verbose)")
 
 
 class ReadWorkload(ContainerWorkload):
     name = "reads"
 
-    def __init__(self, pause: str, busybox: str, containers: int, log_root: Path) -> None:
+    def __init__(
+        self, pause: str, busybox: str, containers: int, log_root: Path, verbose: bool = False
+    ) -> None:
         super().__init__(pause, busybox, 0, 0, log_root)
         self.containers = containers
+        self.verbose = verbose
         self.ids: dict[str, list[str]] = {}
 
     def describe(self) -> str:
         return (
             f"one pod of {self.containers} sleeping containers; per round over one channel: "
-            + ", ".join(READS)
+            + ", ".join(READS + (VERBOSE_READS if self.verbose else ()))
         )
 
     def setup(self, rt: Runtime) -> None:
@@ -106,6 +112,17 @@ class ReadWorkload(ContainerWorkload):
         if found is not None:
             self._check(rt, "ImageStatus", found.HasField("image"), "busybox not found")
         rt.call("ListImages", i.ListImages, api_pb2.ListImagesRequest())
+        if self.verbose:
+            rt.call(
+                "ContainerStatus(verbose)",
+                r.ContainerStatus,
+                api_pb2.ContainerStatusRequest(container_id=ids[index % len(ids)], verbose=True),
+            )
+            rt.call(
+                "PodSandboxStatus(verbose)",
+                r.PodSandboxStatus,
+                api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True),
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,15 +132,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=400, help="rounds (400)")
     parser.add_argument("--containers", type=int, default=5, help="containers in the pod (5)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also the verbose ContainerStatus and PodSandboxStatus (crictl inspect's, critest's)",
+    )
     parser.add_argument("--json", type=Path, metavar="OUT", help="write raw figures to OUT")
     args = parser.parse_args(argv)
     code, workload = run_pod_workload(
         "reads",
-        lambda pause, busybox, logs: ReadWorkload(pause, busybox, args.containers, logs),
+        lambda pause, busybox, logs: ReadWorkload(
+            pause, busybox, args.containers, logs, args.verbose
+        ),
         args.rounds,
         args.json,
         floor="Version",
-        calls_per_round=len(READS),
+        calls_per_round=len(READS) + (len(VERBOSE_READS) if args.verbose else 0),
     )
     wrong = [f"  {line}" for line in workload.checks] if isinstance(workload, ReadWorkload) else []
     if wrong:

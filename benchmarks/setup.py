@@ -237,10 +237,13 @@ def local_processes(target: Target) -> Processes:
 
 
 @contextlib.contextmanager
-def local_node(registry: str, logs_dir: Path | None = None) -> Iterator[Node]:
+def local_node(
+    registry: str, logs_dir: Path | None = None, mirrors: Sequence[str] = ()
+) -> Iterator[Node]:
     """crictld (with a private managed containerd) and containerd's CRI plugin, both pulling
     from REGISTRY, each on its own CNI network; everything is removed on exit, the runtimes'
-    logs first copied to LOGS_DIR if given."""
+    logs first copied to LOGS_DIR if given. Pulls from the upstream hosts in MIRRORS
+    (`registry.k8s.io`...) go to REGISTRY too, on both runtimes."""
     from crictl.containerd.managed import ManagedContainerd
     from tests.rig.cni import make_network
     from tests.rig.daemon import Daemon
@@ -256,7 +259,7 @@ def local_node(registry: str, logs_dir: Path | None = None) -> Iterator[Node]:
 
         ref_net = make_network(tmp / "cni-ref")
         stack.callback(ref_net.remove)
-        reference = ReferenceContainerd(ref_net, registry)
+        reference = ReferenceContainerd(ref_net, registry, mirrors=mirrors)
         try:
             reference.start()
         except BaseException:
@@ -302,6 +305,7 @@ def local_node(registry: str, logs_dir: Path | None = None) -> Iterator[Node]:
                 node.pause_image,
                 "--log-level",
                 "INFO",  # the default: one line per CRI call, as operators run it
+                *(a for m in mirrors for a in ("--registry-mirror", f"{m}=http://{registry}")),
             ],
         )
         managed = ManagedContainerd(daemon.state_dir / "containerd")
