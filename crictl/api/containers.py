@@ -6,6 +6,7 @@ store alone."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -272,6 +273,12 @@ class Containers:
         response = api_pb2.ContainerStatusResponse(status=status)
         if request.verbose:
             containerd = self.reconciler.containerd
+            # containerd's spec and the store's events at once: two waits, one after the other,
+            # were most of a verbose status.
+            spec, view = await asyncio.gather(
+                inspect.runtime_spec(containerd, row.id),
+                crictld_view(self.store, "container", row, self.reconciler.queue.failures),
+            )
             response.info["info"] = json.dumps(
                 {
                     "sandboxID": row.sandbox_id,
@@ -279,12 +286,10 @@ class Containers:
                     "image": row.image_ref or row.image,
                     **inspect.runtime_keys(containerd, row.id),
                     "config": json.loads(row.config),
-                    "runtimeSpec": await inspect.runtime_spec(containerd, row.id),
+                    "runtimeSpec": spec,
                     "apparmor": _apparmor_reason(config.linux.security_context),
                     "logPath": row.log_path or "",
-                    "crictld": await crictld_view(
-                        self.store, "container", row, self.reconciler.queue.failures
-                    ),
+                    "crictld": view,
                 }
             )
         return response

@@ -9,7 +9,7 @@ from typing import Any
 
 from crictl.reconciler.queue import Failure
 from crictl.store.engine import Store
-from crictl.store.events import list_events
+from crictl.store.events import last_events
 from crictl.store.readmodel import ContainerView, SandboxView
 
 LAST_EVENTS = 10
@@ -18,7 +18,7 @@ LAST_EVENTS = 10
 async def crictld_view(
     store: Store, kind: str, row: ContainerView | SandboxView, failures: Mapping[str, Failure]
 ) -> dict[str, Any]:
-    events = await store.read(lambda s: list_events(s, kind, row.id)[-LAST_EVENTS:])
+    events = await store.read(lambda s: last_events(s, kind, row.id, LAST_EVENTS))
     failure = failures.get(row.id)
     return {
         "desired": row.desired,

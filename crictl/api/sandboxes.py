@@ -174,23 +174,27 @@ class PodSandboxes:
         if request.verbose:
             containerd = self.reconciler.containerd
             netns_path = row.netns_path or str(self.reconciler.netns_path(row.id))
+            # containerd's spec, the store's events and the netns file at once: three waits,
+            # one after the other, were most of a verbose status.
+            spec, view, netns_exists = await asyncio.gather(
+                inspect.runtime_spec(containerd, row.id),
+                crictld_view(self.store, "sandbox", row, self.reconciler.queue.failures),
+                asyncio.to_thread(os.path.exists, netns_path),
+            )
             response.info["info"] = json.dumps(
                 {
                     "pid": row.task_pid or 0,
                     "image": self.reconciler.settings.pause_image,
                     **inspect.runtime_keys(containerd, row.id),
                     "config": json.loads(row.config),
-                    "runtimeSpec": await inspect.runtime_spec(containerd, row.id),
+                    "runtimeSpec": spec,
                     "runtimeHandler": row.runtime_handler,
                     "netnsPath": netns_path,
-                    "netNamespaceClosed": bool(row.network_released)
-                    or not await asyncio.to_thread(os.path.exists, netns_path),
+                    "netNamespaceClosed": bool(row.network_released) or not netns_exists,
                     "cniResult": json.loads(row.cni_result) if row.cni_result else None,
                     "reason": row.reason,
                     "message": row.message,
-                    "crictld": await crictld_view(
-                        self.store, "sandbox", row, self.reconciler.queue.failures
-                    ),
+                    "crictld": view,
                 }
             )
         return response

@@ -16,7 +16,7 @@ from crictl.errors import (
     Unavailable,
 )
 from crictl.store.engine import Store
-from crictl.store.events import list_events
+from crictl.store.events import last_events, list_events, record_event
 from crictl.store.models import LabelKind, SandboxDesired, SandboxPhase
 from crictl.store.readmodel import sandbox_now
 from crictl.store.sandboxes import (
@@ -273,3 +273,24 @@ def test_close_closes_the_writers_connection(store: Store) -> None:
     assert os.path.exists(wal)
     store.close()
     assert not os.path.exists(wal)
+
+
+def test_last_events_are_the_objects_newest_oldest_first(store: Store) -> None:
+    cid, other = "c" * 64, "d" * 64
+
+    def write(session: Session) -> None:
+        for i in range(15):
+            record_event(session, "container", cid, "transition", to_phase=f"p{i}")
+            record_event(session, "container", other, "transition", to_phase=f"o{i}")
+            record_event(session, "sandbox", cid, "transition", to_phase=f"s{i}")
+
+    store.write_sync(write)
+    events = store.read_sync(lambda s: last_events(s, "container", cid, 10))
+    assert [e.to_phase for e in events] == [f"p{i}" for i in range(5, 15)]
+    assert {(e.object_kind, e.object_id) for e in events} == {("container", cid)}
+    every = store.read_sync(lambda s: list_events(s, "container", cid))[-10:]
+    fields = ("id", "at", "action", "from_phase", "to_phase", "reason", "message")
+    assert [[getattr(e, f) for f in fields] for e in events] == [
+        [getattr(e, f) for f in fields] for e in every
+    ]
+    assert store.read_sync(lambda s: last_events(s, "container", "e" * 64, 10)) == []
