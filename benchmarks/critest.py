@@ -42,6 +42,12 @@ from benchmarks.setup import (
 # benchmarks' busybox (pkg/benchmark/image.go).
 MIRRORS = ("registry.k8s.io", "gcr.io", "k8s.gcr.io", "public.ecr.aws")
 
+# critest runs a runtime is given before the benchmark gives up: one failed sample (an error
+# answered) fails critest's whole loop, and containerd 1.6's CRI fails a pull now and then when
+# another sample removes the same image meanwhile ("failed to create image reference ... not
+# found"). Each failure is printed with the table.
+ATTEMPTS = 3
+
 # critest's operation names, as the CRI names the calls, in the issue's order.
 CALLS = {
     "CreatePod": "RunPodSandbox",
@@ -67,6 +73,7 @@ class Samples:
 
     ms: dict[str, list[float]] = field(default_factory=dict)
     run_p50s: dict[str, list[float]] = field(default_factory=dict)
+    failed_runs: list[str] = field(default_factory=list)  # why critest failed, run again
 
 
 def params_file(path: Path, samples: int, parallel: int) -> Path:
@@ -123,8 +130,17 @@ def run_critest(critest: Path, runtime: Runtime, params: Path, out_dir: Path) ->
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=out_dir)
     if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        raise BenchError(f"critest -benchmark against {runtime.name} failed:\n{tail}")
+        # ginkgo's reasons, not the goroutine dumps after them
+        reasons = [
+            line.strip()
+            for line in (proc.stdout + proc.stderr).splitlines()
+            if "[FAILED]" in line or "rpc error" in line or "Unexpected error" in line
+        ]
+        unique = list(dict.fromkeys(reasons)) or ["(no reason printed)"]
+        raise BenchError(
+            f"critest -benchmark against {runtime.name} failed (exit {proc.returncode}):\n"
+            + "\n".join(unique)[-4000:]
+        )
     if not any(out_dir.glob("*_benchmark_data.json")):
         raise BenchError(f"critest -benchmark against {runtime.name} wrote no results")
 
@@ -141,8 +157,17 @@ def run(
         order = list(runtimes) if n % 2 == 0 else list(reversed(runtimes))
         for rt in order:
             print(f"run {n + 1}/{runs}: critest -benchmark against {rt.name}", file=sys.stderr)
-            out_dir = workdir / f"{rt.name}-{n}"
-            run_critest(critest, rt, params, out_dir)
+            for attempt in range(ATTEMPTS):
+                out_dir = workdir / f"{rt.name}-{n}-{attempt}"
+                try:
+                    run_critest(critest, rt, params, out_dir)
+                    break
+                except BenchError as e:
+                    # a failed sample fails critest's whole loop: said, and run again
+                    figures[rt.name].failed_runs.append(str(e))
+                    print(str(e), file=sys.stderr)
+                    if attempt == ATTEMPTS - 1:
+                        raise
             found = read_results(out_dir)
             for call, ms in found.items():
                 figures[rt.name].ms.setdefault(call, []).extend(ms)
@@ -171,6 +196,9 @@ def format_results(figures: dict[str, Samples], samples: int, parallel: int, run
             f"{call:<18}| {p50a:7.2f} / {percentile(mine, 0.95):7.2f} "
             f"| {p50b:7.2f} / {percentile(theirs, 0.95):7.2f} | {p50a / p50b:9.2f} | {per_run}"
         )
+    for name in (a, b):
+        for failure in figures[name].failed_runs:
+            lines.append(f"{name}: a critest run failed and was run again: {failure}")
     return "\n".join(lines)
 
 

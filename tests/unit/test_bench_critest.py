@@ -57,6 +57,7 @@ def test_the_table_prints_p50_p95_and_the_ratios() -> None:
         "containerd": Samples(
             ms={"StartContainer": [20.0, 40.0, 60.0], "RemoveImage": [5.0]},
             run_p50s={"StartContainer": [40.0, 11.0], "RemoveImage": [5.0]},
+            failed_runs=["critest -benchmark against containerd failed (exit 1):\nnot found"],
         ),
     }
     text = format_results(figures, samples=3, parallel=1, runs=2)
@@ -67,6 +68,7 @@ def test_the_table_prints_p50_p95_and_the_ratios() -> None:
     assert cells[3] == "0.50"
     assert cells[4] == "0.50, 2.00"
     assert "RemoveImage" not in text  # one runtime's figures only: no row
+    assert "containerd: a critest run failed and was run again: critest" in text
 
 
 def test_the_params_file_sets_every_loop(tmp_path: Path) -> None:
