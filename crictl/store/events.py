@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crictl.store.common import execute
-from crictl.store.models import Event
 
 # The events a transaction recorded, handed to the store's listeners once it committed.
 COMMITTED_EVENTS = "crictld.events"
@@ -111,14 +109,3 @@ _LAST = (
     "SELECT id, at, object_kind, object_id, action, from_phase, to_phase, reason, message "
     "FROM event WHERE object_kind = ? AND object_id = ? ORDER BY id DESC LIMIT ?"
 )
-
-
-def list_events(
-    session: Session, object_kind: str | None = None, object_id: str | None = None
-) -> list[Event]:
-    query = select(Event).order_by(Event.id)
-    if object_kind is not None:
-        query = query.where(Event.object_kind == object_kind)
-    if object_id is not None:
-        query = query.where(Event.object_id == object_id)
-    return list(session.scalars(query))

@@ -8,11 +8,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from crictl.reconciler.containers import ContainerReconciler
 from crictl.store import containers as sc
 from crictl.store import sandboxes as ss
 from crictl.store.engine import Store, make_engine
 from crictl.store.migrate import upgrade_to_head
+from crictl.store.models import Event
 
 
 def new_container(
@@ -66,3 +70,16 @@ def container_reconciler(store: Store, containerd: Any, tmp_path: Path) -> Conta
     r = ContainerReconciler(store, state_dir=tmp_path / "state", logger="/bin/true", **fakes)
     containerd.on_exit = r.on_exit
     return r
+
+
+def list_events(
+    session: Session, object_kind: str | None = None, object_id: str | None = None
+) -> list[Event]:
+    """Every event row, oldest first, of one kind and object if given: the whole log as the
+    tests read it (the daemon reads an object's last ones, `last_events`)."""
+    query = select(Event).order_by(Event.id)
+    if object_kind is not None:
+        query = query.where(Event.object_kind == object_kind)
+    if object_id is not None:
+        query = query.where(Event.object_id == object_id)
+    return list(session.scalars(query))

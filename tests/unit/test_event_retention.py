@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session
 
 from crictl import metrics
 from crictl.store.engine import Store
-from crictl.store.events import list_events, record_event
+from crictl.store.events import record_event
 from crictl.store.retention import EventLogRetention, trim_event_log
+from tests.unit.rows import list_events
 
 
 def _append(store: Store, count: int, kind: str = "container") -> None:

@@ -56,10 +56,10 @@ from crictl.reconciler.orphans import (
     sandbox_converged,
 )
 from crictl.store.engine import Store
-from crictl.store.events import list_events
 from crictl.store.inventory import ContainerRow, Rows, SandboxRow, read_rows, readonly_engine
 from crictl.store.migrate import upgrade_to_head
 from crictl.store.sandboxes import NewSandbox, create_sandbox
+from tests.unit.rows import list_events
 
 NOW = 1_800_000_000 * 10**9
 S = 10**9

@@ -16,7 +16,7 @@ from crictl.errors import (
     Unavailable,
 )
 from crictl.store.engine import Store
-from crictl.store.events import last_events, list_events, record_event
+from crictl.store.events import last_events, record_event
 from crictl.store.models import LabelKind, SandboxDesired, SandboxPhase
 from crictl.store.readmodel import sandbox_now
 from crictl.store.sandboxes import (
@@ -32,6 +32,7 @@ from crictl.store.sandboxes import (
     set_sandbox_desired,
 )
 from crictl.store.transitions import switch_sandbox_phase
+from tests.unit.rows import list_events
 
 
 def new(sid: str = "a" * 64, name: str = "web", digest: str = "d1", **kw: object) -> NewSandbox:
