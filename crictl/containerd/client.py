@@ -727,6 +727,22 @@ class ContainerdClient:
         assert isinstance(spec, dict)
         return spec
 
+    async def update_container_spec(self, container_id: str, spec: Mapping[str, object]) -> None:
+        """Replaces the spec of the container record: the one its next task is made from."""
+        await self.call(
+            "update container",
+            self.containers.Update(
+                containers_pb2.UpdateContainerRequest(
+                    container=containers_pb2.Container(
+                        id=container_id,
+                        spec=AnyPb(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode()),
+                    ),
+                    update_mask=FieldMask(paths=["spec"]),
+                ),
+                metadata=self.metadata,
+            ),
+        )
+
     async def exec_process(
         self,
         container_id: str,

@@ -648,6 +648,19 @@ def linux_resources(
     return out
 
 
+def with_updated_resources(spec: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`spec` with `update` (`linux_resources`' output) applied as containerd's CRI applies
+    UpdateContainerResources to a container's spec and runc applies it to the cgroups: each
+    value given replaces the one before, the others (the device rules among them) stay."""
+    linux = dict(spec.get("linux") or {})
+    resources = dict(linux.get("resources") or {})
+    for key, value in update.items():
+        before = resources.get(key)
+        resources[key] = {**before, **value} if isinstance(before, dict) else value
+    linux["resources"] = resources
+    return {**spec, "linux": linux}
+
+
 def _cap(name: str) -> str:
     name = name.upper()
     return name if name.startswith("CAP_") else f"CAP_{name}"

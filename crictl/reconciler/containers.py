@@ -45,6 +45,7 @@ from crictl.oci.spec import (
     image_volume_mount,
     linux_resources,
     resolve_user,
+    with_updated_resources,
 )
 from crictl.reconciler import cgroups, faults
 from crictl.reconciler.configs import ConfigCache
@@ -864,17 +865,24 @@ class ContainerReconciler:
         config = api_pb2.ContainerConfig()
         config.CopyFrom(container_config_of(row))
         config.linux.resources.CopyFrom(resources)
-        if row.phase == ContainerPhase.RUNNING:
-            try:
-                await self.containerd.update_task_resources(
-                    container_id, linux_resources(resources, cgroups.swap_controller())
-                )
-            except errors.FailedPrecondition as e:
-                # runc refuses what the container's state rules out (a memory limit under
-                # what it uses now): the request's conflict with the container.
-                raise errors.FailedPrecondition(
-                    f"container {container_id}: the resources cannot be applied: {e}"
-                ) from None
+        oci = linux_resources(resources, cgroups.swap_controller())
+        # As containerd's CRI: the container record's spec first, which a task not made yet
+        # (a created container) starts from and inspect shows, then the task's cgroups.
+        spec = await self.containerd.container_spec(container_id)
+        await self.containerd.update_container_spec(container_id, with_updated_resources(spec, oci))
+        try:
+            # Whatever the phase said: a start under way may have made the task since.
+            await self.containerd.update_task_resources(container_id, oci)
+        except errors.NotFound:
+            pass  # no task yet: it is made from the spec just written
+        except errors.FailedPrecondition as e:
+            # runc refuses what the container's state rules out (a memory limit under
+            # what it uses now): the request's conflict with the container. The record's
+            # spec is put back: nothing changed.
+            await self.containerd.update_container_spec(container_id, spec)
+            raise errors.FailedPrecondition(
+                f"container {container_id}: the resources cannot be applied: {e}"
+            ) from None
         text = json_format.MessageToJson(
             config, preserving_proto_field_name=True, sort_keys=True, indent=None
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,4 +61,38 @@ def test_inspect_and_inspectp_info(
     podinfo = inspect(d, "inspectp", pod.id)["info"]
     assert isinstance(podinfo, dict)
     assert podinfo["netNamespaceClosed"] is True and podinfo["crictld"]["phase"] == "NOTREADY"
+    remove(d, pod.id)
+
+
+def test_resources_updated_before_start_are_the_ones_it_starts_with(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """UpdateContainerResources on a created container: the task starts with the new limits
+    (they are in the spec it is made from) and inspect's runtimeSpec shows them, as after an
+    update of a running one."""
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"], memory_limit_in_bytes=64 << 20)
+
+    def resources() -> Any:
+        info: Any = inspect(d, "inspect", cid)["info"]
+        return info["runtimeSpec"]["linux"]["resources"]
+
+    r = d.crictl("update", "--memory", str(96 << 20), "--cpu-share", "512", cid)
+    assert r.returncode == 0, r.stderr
+    now = resources()
+    assert (now["memory"]["limit"], now["cpu"]["shares"]) == (96 << 20, 512)
+    pod.start(cid)
+    limit = Path(f"/sys/fs/cgroup/memory/crictld/{cid}/memory.limit_in_bytes")
+    assert int(limit.read_text()) == 96 << 20
+    shares = Path(f"/sys/fs/cgroup/cpu/crictld/{cid}/cpu.shares")
+    assert int(shares.read_text()) == 512
+
+    r = d.crictl("update", "--memory", str(80 << 20), cid)
+    assert r.returncode == 0, r.stderr
+    assert resources()["memory"]["limit"] == 80 << 20 and int(limit.read_text()) == 80 << 20
+    # refused by runc (under what it uses): the record's spec is as it was
+    r = d.crictl("update", "--memory", "13", cid)
+    assert r.returncode != 0 and "cannot be applied" in r.stderr, r.stderr
+    assert resources()["memory"]["limit"] == 80 << 20 and int(limit.read_text()) == 80 << 20
     remove(d, pod.id)

@@ -19,6 +19,7 @@ from crictl.oci.spec import (
     host_devices,
     linux_resources,
     sandbox_spec,
+    with_updated_resources,
 )
 
 FILES = SandboxFiles(Path("/p/hostname"), Path("/p/hosts"), Path("/p/resolv.conf"), Path("/p/shm"))
@@ -191,6 +192,36 @@ def test_a_memory_limit_holds_swap_to_it_where_the_kernel_accounts_swap() -> Non
     )
     assert linux_resources(unlimited, swap_controller=True)["memory"]["swap"] == -1
     assert "memory" not in linux_resources(api_pb2.LinuxContainerResources(), True)
+
+
+def test_an_update_replaces_the_values_it_gives_and_keeps_the_rest() -> None:
+    """UpdateContainerResources on the spec, as runc on the cgroups: what the update gives
+    replaces, what it leaves out (the device rules, a quota not given) stays; the spec it was
+    made from is not changed."""
+    created: dict[str, Any] = {
+        "process": {"args": ["sleep"]},
+        "linux": {
+            "namespaces": [{"type": "pid"}],
+            "resources": {
+                "devices": [{"allow": False, "access": "rwm"}],
+                "cpu": {"shares": 2, "quota": 50000, "period": 100000},
+                "memory": {"limit": 64 << 20, "swap": 64 << 20},
+            },
+        },
+    }
+    update = linux_resources(
+        api_pb2.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_shares=512), True
+    )
+    updated = with_updated_resources(created, update)
+    assert updated["linux"]["resources"] == {
+        "devices": [{"allow": False, "access": "rwm"}],
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000},
+        "memory": {"limit": 96 << 20, "swap": 96 << 20},
+    }
+    assert updated["process"] == created["process"]
+    assert updated["linux"]["namespaces"] == [{"type": "pid"}]
+    assert created["linux"]["resources"]["memory"] == {"limit": 64 << 20, "swap": 64 << 20}
+    assert with_updated_resources({}, update)["linux"]["resources"] == update
 
 
 def test_cgroup_v2_files_go_to_the_spec_and_hugepages_do_not() -> None:
