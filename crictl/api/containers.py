@@ -6,7 +6,6 @@ store alone."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -18,8 +17,8 @@ from google.protobuf import json_format
 
 from crictl import errors
 from crictl.api.chunks import chunks
-from crictl.api.front import on_front, verbose
-from crictl.api.inspect_info import crictld_view
+from crictl.api.front import on_front
+from crictl.api.inspect_info import crictld_view, runtime_spec_and_events
 from crictl.api.interceptor import Context
 from crictl.api.validation import (
     label_selector,
@@ -236,7 +235,7 @@ class Containers:
         )
         return api_pb2.RemoveContainerResponse()
 
-    @on_front(unless=verbose)
+    @on_front(falls_back=True)
     async def container_status(
         self, request: api_pb2.ContainerStatusRequest, context: Context
     ) -> api_pb2.ContainerStatusResponse:
@@ -273,12 +272,10 @@ class Containers:
         response = api_pb2.ContainerStatusResponse(status=status)
         if request.verbose:
             containerd = self.reconciler.containerd
-            # containerd's spec and the store's events at once: two waits, one after the other,
-            # were most of a verbose status.
-            spec, view = await asyncio.gather(
-                inspect.runtime_spec(containerd, row.id),
-                crictld_view(self.store, "container", row, self.reconciler.queue.failures),
+            spec, events = await runtime_spec_and_events(
+                self.store, containerd, "container", row.id
             )
+            view = crictld_view(row, events, self.reconciler.queue.failures)
             response.info["info"] = json.dumps(
                 {
                     "sandboxID": row.sandbox_id,

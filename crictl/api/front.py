@@ -7,8 +7,11 @@ be accepted (docs/performance.md, "Reads during the burst"). So the server runs 
 its own, in its own thread (the front), which does little more than read and answer calls:
 
 - An RPC whose handler answers from the read model alone (the store's snapshot, the image
-  index: both published whole by the store's writer thread, so any thread reads them) is
-  marked `@on_front` and runs on the front loop.
+  index: both published whole by the store's writer thread, so any thread reads them) or the
+  store's readers is marked `@on_front` and runs on the front loop. One marked
+  `@on_front(falls_back=True)` may find, before it changed anything, that this request needs
+  the daemon's loop after all (a verbose status whose spec the row does not hold asks
+  containerd): it calls `needs_daemon()`, and the whole handler runs again there.
 - Every other RPC runs on the daemon's loop: the front hands the handler's coroutine over
   (`run_coroutine_threadsafe`) and waits for it; the client's cancellation is handed on too.
   A server-streaming one is pumped from the daemon's loop into the front's.
@@ -25,6 +28,7 @@ the front loop's thread.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -34,31 +38,42 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 UnaryImpl = Callable[[Any, Any], Awaitable[Any]]
 StreamImpl = Callable[[Any, Any], AsyncIterator[Any]]
-# True for a request the front may not answer itself (it asks containerd, say)
-Unless = Callable[[Any], bool]
 
 _MARK = "_crictld_on_front"
+_PLAIN = "plain"
+_FALLS_BACK = "falls back"
+# True while a `falls_back` handler runs on the front loop (set in its task's context only)
+_ON_FRONT: contextvars.ContextVar[bool] = contextvars.ContextVar("on_front", default=False)
 
 
-def _never(_request: Any) -> bool:
-    return False
+class NeedsDaemon(Exception):
+    """Raised on the front loop by `needs_daemon()`: the dispatcher runs the handler again on
+    the daemon's loop."""
 
 
-def on_front(unless: Unless = _never) -> Callable[[F], F]:
-    """Marks a servicer method that answers from the read model alone: no containerd, no
-    reconciler, no asyncio object of the daemon's loop. It runs on the front loop, except for
-    the requests `unless` is true for (a verbose status asks containerd for the spec)."""
+def needs_daemon() -> None:
+    """Called by a `@on_front(falls_back=True)` handler at the step that needs the daemon's
+    loop (containerd's client lives there), before it changed anything: on the front loop it
+    ends the handler, which then runs again, whole, on the daemon's loop; there it returns."""
+    if _ON_FRONT.get():
+        raise NeedsDaemon
+
+
+def on_front(falls_back: bool = False) -> Callable[[F], F]:
+    """Marks a servicer method that answers from the read model and the store's readers: no
+    containerd, no reconciler, no asyncio object of the daemon's loop. It runs on the front
+    loop; with `falls_back`, a request it calls `needs_daemon()` for runs on the daemon's."""
 
     def mark(fn: F) -> F:
-        setattr(fn, _MARK, unless)
+        setattr(fn, _MARK, _FALLS_BACK if falls_back else _PLAIN)
         return fn
 
     return mark
 
 
-def front_rule(impl: Callable[..., Any]) -> Unless | None:
-    """`impl`'s `unless` if it is marked `@on_front`, else None."""
-    rule: Unless | None = getattr(impl, _MARK, None)
+def front_rule(impl: Callable[..., Any]) -> str | None:
+    """How `impl` is marked: `_PLAIN`, `_FALLS_BACK`, or None (the daemon's loop)."""
+    rule: str | None = getattr(impl, _MARK, None)
     return rule
 
 
@@ -94,20 +109,31 @@ class FrontLoop:
 
 def dispatch_unary(impl: UnaryImpl, daemon: asyncio.AbstractEventLoop) -> UnaryImpl:
     """`impl` as the front loop calls it: itself where it is marked `@on_front`, else handed
-    to the daemon's loop."""
-    unless = front_rule(impl)
-    if unless is _never:
+    to the daemon's loop (with `falls_back`: first itself, then handed over if it asked)."""
+    rule = front_rule(impl)
+    if rule == _PLAIN:
         return impl
 
-    async def dispatched(request: Any, context: Any) -> Any:
-        if unless is not None and not unless(request):
-            return await impl(request, context)
+    async def on_daemon(request: Any, context: Any) -> Any:
         # Cancelling the wait (the client went away) cancels the handler's task.
         return await asyncio.wrap_future(
             asyncio.run_coroutine_threadsafe(_await(impl(request, context)), daemon)
         )
 
-    return dispatched
+    if rule is None:
+        return on_daemon
+
+    async def falling_back(request: Any, context: Any) -> Any:
+        token = _ON_FRONT.set(True)
+        try:
+            return await impl(request, context)
+        except NeedsDaemon:
+            pass
+        finally:
+            _ON_FRONT.reset(token)  # before the hand-over, which copies this context
+        return await on_daemon(request, context)
+
+    return falling_back
 
 
 async def _await(awaitable: Awaitable[T]) -> T:
@@ -121,10 +147,10 @@ def dispatch_stream(impl: StreamImpl, daemon: asyncio.AbstractEventLoop) -> Stre
     """A server-streaming `impl` as the front loop calls it: itself where it is marked
     `@on_front`, else iterated on the daemon's loop, each item handed to the front's."""
     rule = front_rule(impl)
-    if rule is _never:
+    if rule == _PLAIN:
         return impl
     if rule is not None:
-        raise TypeError(f"{impl.__qualname__}: `unless` is for unary RPCs only")
+        raise TypeError(f"{impl.__qualname__}: `falls_back` is for unary RPCs only")
 
     async def dispatched(request: Any, context: Any) -> AsyncIterator[Any]:
         front = asyncio.get_running_loop()
@@ -157,8 +183,3 @@ def dispatch_stream(impl: StreamImpl, daemon: asyncio.AbstractEventLoop) -> Stre
             pumping.cancel()
 
     return dispatched
-
-
-def verbose(request: Any) -> bool:
-    """For `@on_front(unless=verbose)`: a verbose status asks containerd for the spec."""
-    return bool(request.verbose)

@@ -19,8 +19,8 @@ from google.protobuf import json_format
 
 from crictl import errors
 from crictl.api.chunks import chunks
-from crictl.api.front import on_front, verbose
-from crictl.api.inspect_info import crictld_view
+from crictl.api.front import on_front
+from crictl.api.inspect_info import crictld_view, runtime_spec_and_events
 from crictl.api.interceptor import Context
 from crictl.api.validation import label_selector, validate_resources, validate_sandbox_config
 from crictl.gen.cri.runtime.v1 import api_pb2
@@ -145,7 +145,7 @@ class PodSandboxes:
         )
         return api_pb2.RemovePodSandboxResponse()
 
-    @on_front(unless=verbose)
+    @on_front(falls_back=True)
     async def pod_sandbox_status(
         self, request: api_pb2.PodSandboxStatusRequest, context: Context
     ) -> api_pb2.PodSandboxStatusResponse:
@@ -174,13 +174,12 @@ class PodSandboxes:
         if request.verbose:
             containerd = self.reconciler.containerd
             netns_path = row.netns_path or str(self.reconciler.netns_path(row.id))
-            # containerd's spec, the store's events and the netns file at once: three waits,
-            # one after the other, were most of a verbose status.
-            spec, view, netns_exists = await asyncio.gather(
-                inspect.runtime_spec(containerd, row.id),
-                crictld_view(self.store, "sandbox", row, self.reconciler.queue.failures),
+            # the spec with the store's events, and the netns file, at once
+            (spec, events), netns_exists = await asyncio.gather(
+                runtime_spec_and_events(self.store, containerd, "sandbox", row.id),
                 asyncio.to_thread(os.path.exists, netns_path),
             )
+            view = crictld_view(row, events, self.reconciler.queue.failures)
             response.info["info"] = json.dumps(
                 {
                     "pid": row.task_pid or 0,

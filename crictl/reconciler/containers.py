@@ -77,6 +77,7 @@ from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.models import Container, ContainerDesired, ContainerPhase, SandboxPhase
 from crictl.store.readmodel import ContainerView, Snapshot
+from crictl.store.specs import stored_spec
 from crictl.streaming.backend import STDERR, STDOUT
 
 log = logging.getLogger(__name__)
@@ -367,10 +368,15 @@ class ContainerReconciler:
         }
         binary = self.sandboxes.settings.runtime_handlers.get(sandbox.runtime_handler, "")
 
+        # The spec the row keeps (crictl/store/specs.py): only where this pass made the record.
+        stored: str | None = None
+
         async def create() -> None:
+            nonlocal stored
             if await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels, binary):
                 # the record holds this spec: an exec starts from its process, unasked
                 self._processes[cid] = dict(spec["process"])
+                stored = json.dumps(spec)
             faults.point("container-create:after-container-create")
 
         if mounts is None:
@@ -385,7 +391,9 @@ class ContainerReconciler:
             await create()
         self._mounts[cid] = list(mounts)
         await self.store.write(
-            lambda s: record_container_created(s, cid, user.uid, user.gid, user.additional_gids)
+            lambda s: record_container_created(
+                s, cid, user.uid, user.gid, user.additional_gids, stored
+            )
         )
 
     def _remember_accounts(self, chain_id: str, accounts: tuple[str, str]) -> None:
@@ -868,8 +876,9 @@ class ContainerReconciler:
         oci = linux_resources(resources, cgroups.swap_controller())
         # As containerd's CRI: the container record's spec first, which a task not made yet
         # (a created container) starts from and inspect shows, then the task's cgroups.
-        spec = await self.containerd.container_spec(container_id)
-        await self.containerd.update_container_spec(container_id, with_updated_resources(spec, oci))
+        spec = await self.runtime_spec(container_id)
+        updated = with_updated_resources(spec, oci)
+        await self.containerd.update_container_spec(container_id, updated)
         try:
             # Whatever the phase said: a start under way may have made the task since.
             await self.containerd.update_task_resources(container_id, oci)
@@ -886,7 +895,17 @@ class ContainerReconciler:
         text = json_format.MessageToJson(
             config, preserving_proto_field_name=True, sort_keys=True, indent=None
         )
-        await self.store.write(lambda s: update_container_config(s, container_id, text))
+        spec_text = json.dumps(updated)
+        await self.store.write(lambda s: update_container_config(s, container_id, text, spec_text))
+
+    async def runtime_spec(self, container_id: str) -> dict[str, Any]:
+        """The spec of containerd's record of the container: the row's copy, else containerd's
+        (crictl/store/specs.py)."""
+        stored = await self.store.read(lambda s: stored_spec(s, "container", container_id))
+        if stored is not None:
+            spec: dict[str, Any] = json.loads(stored)
+            return spec
+        return dict(await self.containerd.container_spec(container_id))
 
     # -- exec ------------------------------------------------------------------------------
 
@@ -905,14 +924,17 @@ class ContainerReconciler:
         base = self._processes.get(container_id)
         if base is None:
             # The container's process settings never change (UpdateContainerResources
-            # touches only cgroups): one containerd round trip per container, not per exec.
-            spec = await self.containerd.container_spec(container_id)
-            base = self._processes[container_id] = dict(spec.get("process") or {})  # type: ignore[call-overload]
+            # touches only cgroups): read once per container (the row's copy of the spec,
+            # else containerd's), not per exec.
+            spec = await self.runtime_spec(container_id)
+            process_spec: dict[str, object] = spec.get("process") or {}
+            base = self._processes[container_id] = dict(process_spec)
         process = dict(base)
         process["args"] = cmd
         process["terminal"] = tty
         if tty:
-            env = list(process.get("env") or [])
+            given = process.get("env")
+            env = list(given) if isinstance(given, list) else []
             if not any(str(e).startswith("TERM=") for e in env):
                 process["env"] = [*env, "TERM=xterm"]
         return await ExecProcess.start(

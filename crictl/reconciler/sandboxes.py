@@ -376,6 +376,7 @@ class SandboxReconciler:
         network = None if host_network(config) else self.netns_path(sid)
         ip = row.ip
         pid = 0
+        stored: str | None = None  # the pause container's spec, where this pass made its record
         netns_made = asyncio.Event()
         files_made = asyncio.Event()
 
@@ -437,14 +438,17 @@ class SandboxReconciler:
             image_name = pause.repo_tags[0] if pause.repo_tags else pause.id
 
             async def create() -> None:
-                await self.containerd.create_container(
+                nonlocal stored
+                if await self.containerd.create_container(
                     sid,
                     image_name,
                     spec,
                     SNAPSHOTTER,
                     labels,
                     self.settings.runtime_handlers.get(row.runtime_handler, ""),
-                )
+                ):
+                    # what the row keeps (crictl/store/specs.py): only a record this pass made
+                    stored = json.dumps(spec)
                 faults.point("sandbox-run:after-container-create")
 
             mounts: list[mount_pb2.Mount] = []
@@ -480,7 +484,7 @@ class SandboxReconciler:
                 group.create_task(setup_container())
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None  # the first failure, with its own message
-        await self.store.write(lambda s: record_sandbox_started(s, sid, sid, pid))
+        await self.store.write(lambda s: record_sandbox_started(s, sid, sid, pid, stored))
         faults.point("sandbox-run:after-task-start")
 
     def files_for(

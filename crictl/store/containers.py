@@ -21,6 +21,7 @@ from crictl.store.models import (
     ContainerPhase,
 )
 from crictl.store.readmodel import ContainerView, Snapshot, change, container_now
+from crictl.store.specs import set_runtime_spec
 from crictl.store.transitions import switch_container_phase
 
 
@@ -180,14 +181,21 @@ def set_containers_desired(
 
 
 def record_container_created(
-    session: Session, container_id: str, uid: int, gid: int, groups: list[int]
+    session: Session,
+    container_id: str,
+    uid: int,
+    gid: int,
+    groups: list[int],
+    runtime_spec: str | None = None,
 ) -> None:
+    """`runtime_spec`: the spec containerd's record was made with, where this pass made it."""
     c = _must(session, container_id)
     ids: dict[str, Any] = {"uid": uid, "gid": gid, "supplemental_groups": json.dumps(groups)}
     if c.phase == ContainerPhase.PENDING:
         switch_container_phase(session, c, ContainerPhase.CREATED, reason="Created", **ids)
     else:
         change(session, c, **ids)
+    set_runtime_spec(session, "container", container_id, runtime_spec)
 
 
 def record_container_started(session: Session, container_id: str, pid: int) -> None:
@@ -225,11 +233,15 @@ def record_container_exited(
     )
 
 
-def update_container_config(session: Session, container_id: str, config: str) -> None:
-    """A new config after UpdateContainerResources; its digest (the container's identity
-    for retried creates) stays that of the create request."""
+def update_container_config(
+    session: Session, container_id: str, config: str, runtime_spec: str
+) -> None:
+    """A new config after UpdateContainerResources, and the spec containerd's record was given
+    with it; the config's digest (the container's identity for retried creates) stays that of
+    the create request."""
     c = _must(session, container_id)
     change(session, c, config=config, updated_at=now_ns())
+    set_runtime_spec(session, "container", container_id, runtime_spec)
     record_event(session, "container", container_id, "resources-updated")
 
 

@@ -115,6 +115,10 @@ class PodSandbox(Base):
     task_pid: Mapped[int | None] = mapped_column(Integer)
     # Set once CNI DEL succeeded and the netns is gone: Remove after Stop needs no second DEL.
     network_released: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The OCI spec (JSON) crictld gave containerd's record of the pause container; NULL when
+    # containerd's record is the one to read (see crictl/store/specs.py). Deferred: the ORM
+    # never loads it with the row.
+    runtime_spec: Mapped[str | None] = mapped_column(Text, deferred=True)
 
     created_at: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[int | None] = mapped_column(Integer)
@@ -184,6 +188,9 @@ class Container(Base):
     supplemental_groups: Mapped[str] = mapped_column(
         Text, default="[]", server_default="[]"
     )  # JSON list
+    # The OCI spec (JSON) crictld gave containerd's record (at create, on a resources
+    # update); NULL when containerd's record is the one to read (crictl/store/specs.py).
+    runtime_spec: Mapped[str | None] = mapped_column(Text, deferred=True)
     created_at: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[int | None] = mapped_column(Integer)
     finished_at: Mapped[int | None] = mapped_column(Integer)

@@ -22,6 +22,7 @@ from crictl.store.models import (
     SandboxPhase,
 )
 from crictl.store.readmodel import SandboxView, Snapshot, change, sandbox_now
+from crictl.store.specs import set_runtime_spec
 from crictl.store.transitions import switch_sandbox_phase
 
 SETUP_FAILED = "SetupFailed"
@@ -185,8 +186,17 @@ def record_sandbox_network(
     record_event(session, "sandbox", sandbox_id, "network", message=f"ip {ip}")
 
 
-def record_sandbox_started(session: Session, sandbox_id: str, container_id: str, pid: int) -> None:
+def record_sandbox_started(
+    session: Session,
+    sandbox_id: str,
+    container_id: str,
+    pid: int,
+    runtime_spec: str | None = None,
+) -> None:
+    """`runtime_spec`: the spec containerd's record of the pause container was made with,
+    where this pass made it."""
     sandbox = _must(session, sandbox_id)
+    set_runtime_spec(session, "sandbox", sandbox_id, runtime_spec)
     switch_sandbox_phase(
         session,
         sandbox,

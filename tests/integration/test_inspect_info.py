@@ -4,12 +4,15 @@ netns is closed) and crictld's own view: phase, generation, last error, last eve
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from crictl.containerd.client import ContainerdClient
 from tests.integration.test_containers import Pod
 from tests.integration.test_sandboxes import remove, stop
 from tests.rig.daemon import Daemon
@@ -95,4 +98,59 @@ def test_resources_updated_before_start_are_the_ones_it_starts_with(
     r = d.crictl("update", "--memory", "13", cid)
     assert r.returncode != 0 and "cannot be applied" in r.stderr, r.stderr
     assert resources()["memory"]["limit"] == 80 << 20 and int(limit.read_text()) == 80 << 20
+    remove(d, pod.id)
+
+
+def _containerd_spec(d: Daemon, object_id: str) -> dict[str, object]:
+    async def read() -> dict[str, object]:
+        client = ContainerdClient(d.containerd_address, d.namespace)
+        try:
+            return await client.container_spec(object_id)
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
+def test_the_spec_shown_is_containerds_from_the_row_or_from_containerd(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """inspect and inspectp show the spec containerd's record holds: the row's copy
+    (crictl/store/specs.py), which an update replaces with the record's, and where the row
+    has none (a row from before revision 0006, a record an earlier pass made), containerd's
+    own, read on the daemon's loop."""
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"])
+    pod.start(cid)
+    r = d.crictl("update", "--memory", str(72 << 20), cid)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(
+        d.sql(
+            "--json",
+            f"SELECT id, runtime_spec FROM container WHERE id = '{cid}' "
+            f"UNION ALL SELECT id, runtime_spec FROM pod_sandbox WHERE id = '{pod.id}'",
+        ).stdout
+    )
+    stored = {row["id"]: json.loads(row["runtime_spec"]) for row in rows}
+    for object_id, command in ((cid, "inspect"), (pod.id, "inspectp")):
+        truth = _containerd_spec(d, object_id)
+        assert stored[object_id] == truth
+        info: Any = inspect(d, command, object_id)["info"]
+        assert info["runtimeSpec"] == truth
+
+    with sqlite3.connect(d.state_dir / "crictld.db") as db:
+        db.execute("UPDATE container SET runtime_spec = NULL")
+        db.execute("UPDATE pod_sandbox SET runtime_spec = NULL")
+    for object_id, command in ((cid, "inspect"), (pod.id, "inspectp")):
+        info = inspect(d, command, object_id)["info"]
+        assert info["runtimeSpec"] == _containerd_spec(d, object_id)
+        assert info["crictld"]["lastEvents"]
+    # an update without the row's copy starts from containerd's, and keeps the result
+    r = d.crictl("update", "--memory", str(80 << 20), cid)
+    assert r.returncode == 0, r.stderr
+    truth = _containerd_spec(d, cid)
+    assert truth["linux"]["resources"]["memory"]["limit"] == 80 << 20  # type: ignore[index]
+    assert inspect(d, "inspect", cid)["info"]["runtimeSpec"] == truth  # type: ignore[index]
+    assert pod.exec(cid, ["echo", "ok"]).stdout == b"ok\n"
     remove(d, pod.id)

@@ -444,7 +444,7 @@ def test_a_pod_from_before_its_network_config_was_kept_is_checked_and_released(
     """The upgrade to revision 0005 with a pod running: its row keeps no network configuration,
     so its CHECK and DEL use the config dir's network, as before."""
     from alembic import command
-    from crictl.store.migrate import alembic_config, current_revision
+    from crictl.store.migrate import HEAD, alembic_config, current_revision
 
     d = image_daemon
     sid = run(d, pod_config())
@@ -453,7 +453,7 @@ def test_a_pod_from_before_its_network_config_was_kept_is_checked_and_released(
     db = d.state_dir / "crictld.db"
     command.downgrade(alembic_config(db), "0004")
     d.start()
-    assert current_revision(db) == "0005"
+    assert current_revision(db) == HEAD
     assert network_checks(d) == {"passed": 1, "failed": 0, "not_checked": 0}
     (row,) = json.loads(
         d.sql("--json", f"SELECT cni_config FROM pod_sandbox WHERE id = '{sid}'").stdout

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, class_mapper
 
 from crictl.errors import CrictlError, InvalidArgument, NotFound
 from crictl.store import containers as sc
@@ -79,10 +79,14 @@ def sandbox_lister(flt: ss.SandboxFilter | None) -> Callable[[Session], list[Pod
 
 
 def test_views_carry_every_column() -> None:
-    """A column added to a table must be added to its view (or the model would drop it)."""
+    """A column added to a table must be added to its view (or the model would drop it),
+    but for the ones the ORM defers: those are read from the row when asked for (the specs,
+    crictl/store/specs.py), never held in memory."""
     for view, model in ((SandboxView, PodSandbox), (ContainerView, Container)):
         fields = {f.name for f in dataclasses.fields(view)} - {"labels", "annotations"}
-        assert fields == {c.key for c in model.__table__.columns}
+        columns = class_mapper(model).column_attrs
+        assert fields == {c.key for c in columns if not c.deferred}
+        assert {c.key for c in columns if c.deferred} == {"runtime_spec"}
 
 
 def test_model_answers_as_sql_did(store: Store) -> None:
@@ -355,7 +359,7 @@ def container_change(cid: str, action: str, value: str) -> Callable[[Session], o
         "created": lambda s: sc.record_container_created(s, cid, 1000, 1000, [1, 2]),
         "started": lambda s: sc.record_container_started(s, cid, 77),
         "exited": lambda s: sc.record_container_exited(s, cid, 137, "Killed", "oom"),
-        "config": lambda s: sc.update_container_config(s, cid, '{"y": 2}'),
+        "config": lambda s: sc.update_container_config(s, cid, '{"y": 2}', '{"z": 3}'),
         "observed": lambda s: sc.mark_container_observed(s, cid, 9),
         "orm": orm,
         "delete": lambda s: sc.delete_container(s, cid),

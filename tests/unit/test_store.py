@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event, text
@@ -15,9 +16,10 @@ from crictl.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from crictl.store.containers import record_container_created, update_container_config
 from crictl.store.engine import Store
 from crictl.store.events import last_events, record_event
-from crictl.store.models import LabelKind, SandboxDesired, SandboxPhase
+from crictl.store.models import Container, LabelKind, PodSandbox, SandboxDesired, SandboxPhase
 from crictl.store.readmodel import sandbox_now
 from crictl.store.sandboxes import (
     NewSandbox,
@@ -28,11 +30,13 @@ from crictl.store.sandboxes import (
     labels_of,
     list_sandboxes,
     record_sandbox_lost,
+    record_sandbox_started,
     resolve_sandbox_id,
     set_sandbox_desired,
 )
+from crictl.store.specs import inspected, stored_spec
 from crictl.store.transitions import switch_sandbox_phase
-from tests.unit.rows import list_events
+from tests.unit.rows import list_events, store_with_created_container
 
 
 def new(sid: str = "a" * 64, name: str = "web", digest: str = "d1", **kw: object) -> NewSandbox:
@@ -295,3 +299,40 @@ def test_last_events_are_the_objects_newest_oldest_first(store: Store) -> None:
         [getattr(e, f) for f in fields] for e in every
     ]
     assert store.read_sync(lambda s: last_events(s, "container", "e" * 64, 10)) == []
+
+
+def test_the_spec_is_kept_where_the_pass_made_the_record_and_never_loaded_with_the_row(
+    tmp_path: Path,
+) -> None:
+    """crictl/store/specs.py: the spec given at create and on an update is read back with the
+    last events; a record made by an earlier pass (no spec given) leaves NULL, which sends
+    the reader to containerd; the ORM never loads it with a row."""
+    sid, cid = "a" * 64, "b" * 64
+    store = store_with_created_container(tmp_path, sid, cid, 42)
+    assert store.read_sync(lambda s: stored_spec(s, "container", cid)) is None
+    assert store.read_sync(lambda s: stored_spec(s, "sandbox", sid)) is None
+    store.write_sync(lambda s: record_container_created(s, cid, 0, 0, [], '{"v": 1}'))
+    store.write_sync(lambda s: update_container_config(s, cid, "{}", '{"v": 2}'))
+    found = store.read_sync(lambda s: inspected(s, "container", cid, 1))
+    assert found.runtime_spec == '{"v": 2}'
+    assert [e.action for e in found.events] == ["resources-updated"]
+    pod = "f" * 64
+    new = NewSandbox(
+        id=pod, name="q", namespace="d", uid="v", attempt=0, config="{}", config_digest="e"
+    )
+    store.write_sync(lambda s: create_sandbox(s, new))
+    store.write_sync(lambda s: record_sandbox_started(s, pod, pod, 43, '{"pause": 1}'))
+    assert store.read_sync(lambda s: stored_spec(s, "sandbox", pod)) == '{"pause": 1}'
+    # a pass that found the record made: what it holds is not known for certain
+    store.write_sync(lambda s: record_container_created(s, cid, 0, 0, []))
+    assert store.read_sync(lambda s: inspected(s, "container", cid, 0)).runtime_spec is None
+    assert store.read_sync(lambda s: stored_spec(s, "container", "e" * 64)) is None
+
+    loaded: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *a: loaded.append(a[2]))
+    store.write_sync(lambda s: update_container_config(s, cid, "{}", '{"v": 3}'))
+    store.read_sync(lambda s: s.get(Container, cid))
+    store.read_sync(lambda s: s.get(PodSandbox, sid))
+    reads = [sql for sql in loaded if sql.lstrip().upper().startswith("SELECT")]
+    assert reads and not any("runtime_spec" in sql for sql in reads), reads
+    store.close()

@@ -1,0 +1,55 @@
+"""What a verbose status reads besides the read model: the OCI spec crictld gave containerd's
+record of the object, and the object's last events.
+
+The spec is kept in the object's row (`runtime_spec`) when crictld made containerd's record
+with it, and replaced when crictld replaced the record's (UpdateContainerResources), in the
+same transaction that records the step: it is then what containerd holds, and a verbose status
+answers without asking containerd. It is NULL, and containerd's record is read, where crictld
+does not know the record's spec for certain: the record was found made by an earlier pass
+(a crash between containerd's create and the commit), or the row is from before revision 0006.
+
+An UpdateContainerResources changes containerd's record, then commits the new config and spec
+together: a crash between the two (or a power loss that rolls the commit back) leaves the row's
+config and spec one update behind the record's, as they are behind the cgroups. kubelet, which
+compares the status's resources with the pod's, sends the update again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy.orm import Session
+
+from crictl.store.common import execute
+from crictl.store.events import RecordedEvent, last_events
+
+Kind = Literal["sandbox", "container"]
+
+_TABLES: dict[Kind, str] = {"sandbox": "pod_sandbox", "container": "container"}
+
+
+@dataclass(frozen=True)
+class Inspected:
+    runtime_spec: str | None  # JSON; None: ask containerd
+    events: list[RecordedEvent]  # the newest, oldest first
+
+
+def set_runtime_spec(session: Session, kind: Kind, object_id: str, spec: str | None) -> None:
+    """Records the spec containerd's record now holds (None: not known, ask containerd)."""
+    execute(session, f"UPDATE {_TABLES[kind]} SET runtime_spec = ? WHERE id = ?", (spec, object_id))
+
+
+def stored_spec(session: Session, kind: Kind, object_id: str) -> str | None:
+    """The spec containerd's record holds, where the row knows it (None: ask containerd)."""
+    row = execute(
+        session, f"SELECT runtime_spec FROM {_TABLES[kind]} WHERE id = ?", (object_id,)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def inspected(session: Session, kind: Kind, object_id: str, events: int) -> Inspected:
+    """The object's stored spec and its newest `events` events, in one read transaction."""
+    return Inspected(
+        stored_spec(session, kind, object_id), last_events(session, kind, object_id, events)
+    )
