@@ -27,7 +27,8 @@ async def runtime_spec_and_events(
     away) and the object's last events. One store read where the row keeps the spec
     (crictl/store/specs.py), which the front loop answers; else containerd is asked for it,
     from the daemon's loop (`needs_daemon`: the handler runs again there)."""
-    found = await store.read(lambda s: inspected(s, kind, object_id, LAST_EVENTS))
+    # on the front loop's thread: no hop to a reader thread (Store.read_on_loop)
+    found = await store.read_on_loop(lambda s: inspected(s, kind, object_id, LAST_EVENTS))
     if found.runtime_spec is not None:
         spec: dict[str, Any] = json.loads(found.runtime_spec)
         return spec, found.events

@@ -174,11 +174,9 @@ class PodSandboxes:
         if request.verbose:
             containerd = self.reconciler.containerd
             netns_path = row.netns_path or str(self.reconciler.netns_path(row.id))
-            # the spec with the store's events, and the netns file, at once
-            (spec, events), netns_exists = await asyncio.gather(
-                runtime_spec_and_events(self.store, containerd, "sandbox", row.id),
-                asyncio.to_thread(os.path.exists, netns_path),
-            )
+            spec, events = await runtime_spec_and_events(self.store, containerd, "sandbox", row.id)
+            # a stat of a file under /run (tmpfs): no hop to a thread for it
+            netns_exists = os.path.exists(netns_path)
             view = crictld_view(row, events, self.reconciler.queue.failures)
             response.info["info"] = json.dumps(
                 {

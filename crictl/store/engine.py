@@ -113,6 +113,9 @@ def _on_begin(conn: Connection) -> None:
     conn.connection.driver_connection.execute("BEGIN")  # type: ignore[union-attr]
 
 
+_WAITS = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 class Store:
     """Owns the engine; runs session functions off the event loop.
 
@@ -137,6 +140,11 @@ class Store:
         # engine.dispose().
         self._writer_conn: Connection | None = None
         self._writer_sessions = sessionmaker(expire_on_commit=False)
+        # `read_on_loop`'s connections: one per thread that reads here (the CRI front loop's; the
+        # daemon's, for a front handler that fell back to it)
+        self._here = threading.local()
+        self._here_lock = threading.Lock()
+        self._here_conns: list[Connection] = []
         event.listen(self._writer_sessions, "after_flush", track)
         event.listen(engine, "engine_disposed", self._drop_writer_connection)
 
@@ -258,7 +266,42 @@ class Store:
                 self._readers, self.read_sync, fn
             )
 
+    async def read_on_loop(self, fn: Callable[[Session], T]) -> T:
+        """`fn` in a read transaction on the calling thread, on a connection of that thread's
+        own that never waits for SQLite's lock; where it would have, through the reader
+        threads (`read`). For the CRI front loop's read of a few indexed rows, which the hop
+        to a reader thread and back costs several times over when the daemon's loop is busy
+        (docs/performance.md, "Verbose statuses"). A WAL reader waits for nothing but a WAL
+        being recovered or reset, so this answers at once; the connection is made (its
+        pragmas may wait) in a reader thread."""
+        conn: Connection | None = getattr(self._here, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = await asyncio.get_running_loop().run_in_executor(
+                self._readers, self._connect_here
+            )
+            self._here.conn = conn
+        try:
+            with self._writer_sessions(bind=conn) as session, session.begin():
+                return fn(session)
+        except DBAPIError as e:
+            code = getattr(e.orig, "sqlite_errorcode", None)
+            if not (isinstance(code, int) and code & 0xFF in _WAITS):
+                raise
+        return await self.read(fn)
+
+    def _connect_here(self) -> Connection:
+        conn = self.engine.connect()
+        conn.connection.driver_connection.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
+        with self._here_lock:
+            self._here_conns.append(conn)
+        return conn
+
     def close(self) -> None:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        with self._here_lock:
+            for conn in self._here_conns:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._here_conns.clear()
         self.engine.dispose()  # the writer's connection with the pool's

@@ -3,9 +3,11 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from threading import current_thread
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from crictl.errors import (
@@ -335,4 +337,49 @@ def test_the_spec_is_kept_where_the_pass_made_the_record_and_never_loaded_with_t
     store.read_sync(lambda s: s.get(PodSandbox, sid))
     reads = [sql for sql in loaded if sql.lstrip().upper().startswith("SELECT")]
     assert reads and not any("runtime_spec" in sql for sql in reads), reads
+    store.close()
+
+
+async def test_a_read_on_the_loop_runs_on_its_thread_and_falls_back_where_sqlite_would_wait(
+    tmp_path: Path,
+) -> None:
+    """Store.read_on_loop: the read runs on the caller's thread, on one connection of that
+    thread's own, made in a reader thread (its pragmas may wait); a read SQLite refuses as
+    busy (that connection never waits) is done again through the reader threads."""
+    sid, cid = "a" * 64, "b" * 64
+    store = store_with_created_container(tmp_path, sid, cid, 42)
+    connected: list[str] = []
+    event.listen(store.engine, "connect", lambda *_: connected.append(current_thread().name))
+    here = current_thread().name
+    ran: list[str] = []
+
+    def read(session: Session) -> str | None:
+        ran.append(current_thread().name)
+        return stored_spec(session, "container", cid)
+
+    store.write_sync(lambda s: record_container_created(s, cid, 0, 0, [], '{"v": 1}'))
+    assert await store.read_on_loop(read) == '{"v": 1}'
+    store.write_sync(lambda s: update_container_config(s, cid, "{}", '{"v": 2}'))
+    assert await store.read_on_loop(read) == '{"v": 2}'  # what the last commit wrote
+    assert ran == [here, here]
+    assert len(connected) == 1 and connected[0].startswith("store-reader"), connected
+
+    def busy_once(session: Session) -> str | None:
+        if not ran or ran[-1] != "busy":
+            ran.append("busy")
+            locked = sqlite3.OperationalError("database is locked")
+            locked.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            raise DBAPIError.instance("SELECT", (), locked, sqlite3.Error)
+        return read(session)
+
+    assert await store.read_on_loop(busy_once) == '{"v": 2}'
+    assert ran[-2] == "busy" and ran[-1].startswith("store-reader")
+
+    def broken(session: Session) -> None:
+        raise DBAPIError.instance(
+            "SELECT", (), sqlite3.OperationalError("disk I/O error"), sqlite3.Error
+        )
+
+    with pytest.raises(DBAPIError):  # anything else is raised as is
+        await store.read_on_loop(broken)
     store.close()
