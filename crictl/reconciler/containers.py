@@ -77,7 +77,7 @@ from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.models import Container, ContainerDesired, ContainerPhase, SandboxPhase
 from crictl.store.readmodel import ContainerView, Snapshot
-from crictl.store.specs import stored_spec
+from crictl.store.specs import set_runtime_spec, stored_spec
 from crictl.streaming.backend import STDERR, STDOUT
 
 log = logging.getLogger(__name__)
@@ -878,7 +878,11 @@ class ContainerReconciler:
         # (a created container) starts from and inspect shows, then the task's cgroups.
         spec = await self.runtime_spec(container_id)
         updated = with_updated_resources(spec, oci)
+        # The row's copy of the spec is cleared before the record changes: a crash or an
+        # error from here on leaves readers asking containerd (crictl/store/specs.py).
+        await self.store.write(lambda s: set_runtime_spec(s, "container", container_id, None))
         await self.containerd.update_container_spec(container_id, updated)
+        faults.point("resources-update:after-record")
         try:
             # Whatever the phase said: a start under way may have made the task since.
             await self.containerd.update_task_resources(container_id, oci)
@@ -889,6 +893,8 @@ class ContainerReconciler:
             # what it uses now): the request's conflict with the container. The record's
             # spec is put back: nothing changed.
             await self.containerd.update_container_spec(container_id, spec)
+            before = json.dumps(spec)
+            await self.store.write(lambda s: set_runtime_spec(s, "container", container_id, before))
             raise errors.FailedPrecondition(
                 f"container {container_id}: the resources cannot be applied: {e}"
             ) from None

@@ -52,6 +52,8 @@ POINTS = frozenset(
         "container-remove:after-desired",
         "container-remove:after-task-delete",
         "container-remove:after-container-delete",
+        # UpdateContainerResources: containerd's record changed, the row not yet
+        "resources-update:after-record",
     }
 )
 

@@ -8,10 +8,12 @@ answers without asking containerd. It is NULL, and containerd's record is read, 
 does not know the record's spec for certain: the record was found made by an earlier pass
 (a crash between containerd's create and the commit), or the row is from before revision 0006.
 
-An UpdateContainerResources changes containerd's record, then commits the new config and spec
-together: a crash between the two (or a power loss that rolls the commit back) leaves the row's
-config and spec one update behind the record's, as they are behind the cgroups. kubelet, which
-compares the status's resources with the pod's, sends the update again.
+An UpdateContainerResources clears the row's spec (a commit), changes containerd's record,
+then commits the new config and spec together: a crash or an error in between leaves the
+spec NULL (the config one update behind the record, as it is behind the cgroups; kubelet, which
+compares the status's resources with the pod's, sends the update again). A power loss can roll
+back the last commits (`synchronous=NORMAL`, docs/architecture.md), the clearing with them,
+which leaves the row's spec of a container the reboot found dead one update behind the record.
 """
 
 from __future__ import annotations

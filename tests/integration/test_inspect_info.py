@@ -14,6 +14,7 @@ import pytest
 
 from crictl.containerd.client import ContainerdClient
 from tests.integration.test_containers import Pod
+from tests.integration.test_sandbox_crashes import arm, restart_after_fault
 from tests.integration.test_sandboxes import remove, stop
 from tests.rig.daemon import Daemon
 from tests.rig.registry import Registry
@@ -153,4 +154,37 @@ def test_the_spec_shown_is_containerds_from_the_row_or_from_containerd(
     assert truth["linux"]["resources"]["memory"]["limit"] == 80 << 20  # type: ignore[index]
     assert inspect(d, "inspect", cid)["info"]["runtimeSpec"] == truth  # type: ignore[index]
     assert pod.exec(cid, ["echo", "ok"]).stdout == b"ok\n"
+    remove(d, pod.id)
+
+
+def test_an_update_a_crash_cut_short_leaves_readers_asking_containerd(
+    image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """Killed once containerd's record has the new spec and before the row does: the row
+    holds no spec (cleared first), so inspect shows the record's, never an older one; the
+    update sent again is applied and kept."""
+    d = image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"], memory_limit_in_bytes=64 << 20)
+    pod.start(cid)
+    arm(d, "resources-update:after-record")
+    r = d.crictl("update", "--memory", str(96 << 20), cid)
+    assert r.returncode != 0
+    restart_after_fault(d)
+
+    def stored() -> object:
+        (row,) = json.loads(
+            d.sql("--json", f"SELECT runtime_spec FROM container WHERE id = '{cid}'").stdout
+        )
+        return row["runtime_spec"]
+
+    assert stored() is None
+    info: Any = inspect(d, "inspect", cid)["info"]
+    assert info["runtimeSpec"] == _containerd_spec(d, cid)
+    assert info["runtimeSpec"]["linux"]["resources"]["memory"]["limit"] == 96 << 20
+    r = d.crictl("update", "--memory", str(96 << 20), cid)
+    assert r.returncode == 0, r.stderr
+    limit = Path(f"/sys/fs/cgroup/memory/crictld/{cid}/memory.limit_in_bytes")
+    assert int(limit.read_text()) == 96 << 20
+    assert json.loads(str(stored())) == _containerd_spec(d, cid)
     remove(d, pod.id)
