@@ -269,11 +269,11 @@ class Store:
     async def read_on_loop(self, fn: Callable[[Session], T]) -> T:
         """`fn` in a read transaction on the calling thread, on a connection of that thread's
         own that never waits for SQLite's lock; where it would have, through the reader
-        threads (`read`). For the CRI front loop's read of a few indexed rows, which the hop
-        to a reader thread and back costs several times over when the daemon's loop is busy
-        (docs/performance.md, "Verbose statuses"). A WAL reader waits for nothing but a WAL
-        being recovered or reset, so this answers at once; the connection is made (its
-        pragmas may wait) in a reader thread."""
+        threads (`read`). For the CRI front loop's read of a few indexed rows, where the hop
+        to a reader thread and back cost two to three times the read itself, measured in the
+        daemon at rest and under critest's loop (docs/performance.md, "Verbose statuses").
+        A WAL reader waits for nothing but a WAL being recovered or reset, so this answers at
+        once; the connection is made (its pragmas may wait) in a reader thread."""
         conn: Connection | None = getattr(self._here, "conn", None)
         if conn is None or conn.closed or conn.invalidated:
             conn = await asyncio.get_running_loop().run_in_executor(
