@@ -27,6 +27,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from crictl import errors, trace
+from crictl.containerd import runc
 from crictl.gen.containerd.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from crictl.gen.containerd.api.services.content.v1 import content_pb2_grpc
 from crictl.gen.containerd.api.services.diff.v1 import diff_pb2_grpc
@@ -526,8 +527,10 @@ class ContainerdClient:
 
         A create whose caller died (crictld was killed) can leave containerd half done: a task
         it lists but whose shim holds no container ("already exists", yet Get answers not
-        found), or its bundle directory ("file exists"). The first is cleared by deleting the
-        task (containerd tolerates the shim's not-found) and the create is tried again; what
+        found), or its bundle directory ("file exists"); containerd killed during it leaves
+        runc's state dir (runc's "container with given ID already exists": crictl/containerd/
+        runc.py). The first is cleared by deleting the task (containerd tolerates the shim's
+        not-found), the others by removing the directory, and the create is tried again; what
         still stands in the way then is reported as a passing state (UNAVAILABLE), so the
         step is retried rather than failed for good."""
         request = tasks_pb2.CreateTaskRequest(
@@ -545,7 +548,9 @@ class ContainerdClient:
                 )
                 return resp.pid
             except (errors.AlreadyExists, errors.FailedPrecondition, errors.Internal) as e:
-                if not isinstance(e, errors.AlreadyExists) and "file exists" not in str(e):
+                text = str(e)
+                stale_runc = runc.STATE_EXISTS in text
+                if not (isinstance(e, errors.AlreadyExists) or "file exists" in text or stale_runc):
                     raise
                 state = await self.task_state(container_id)
                 if state is not None and not state.half_created:
@@ -557,7 +562,9 @@ class ContainerdClient:
                 with contextlib.suppress(errors.CrictlError):
                     await self.delete_task(container_id)
                 if state is None:
-                    await asyncio.to_thread(self._remove_stale_bundle, container_id, str(e))
+                    await asyncio.to_thread(self._remove_stale_bundle, container_id, text)
+                if stale_runc:  # containerd holds no live task: runc's dir is a create's left
+                    await asyncio.to_thread(runc.remove_stale_state, self.namespace, container_id)
         raise AssertionError("unreachable")
 
     def _remove_stale_bundle(self, container_id: str, error: str) -> None:

@@ -13,6 +13,12 @@ released by opening the fifo for writing and closing it at once (that `runc star
 "cannot start an already running container", which the start step takes as started), and the
 fifo is removed, so runc sees the container running, which it is.
 
+containerd killed while its shim runs `runc create` cancels that create: runc dies and leaves
+its state dir (the fifo, maybe no state.json, maybe a `runc init` still waiting), containerd
+keeps no task, and every later create of the task fails "container with given ID already
+exists". `remove_stale_state` removes it (seen in a 1000-kill chaos run), as the orphan sweep
+removes such a dir of an id no row holds.
+
 The same cut can come a moment earlier: `runc start` opened the fifo but died before reading
 it, so the `runc init` waiting on the write side gets EPIPE and exits before it ever ran the
 container's program. The shim then holds a task whose process is stopped, and every start
@@ -23,13 +29,16 @@ chaos run).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 
 from crictl import trace
+from crictl.mounts import remove_dir
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,50 @@ def _comm(pid: int) -> str | None:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return None
+
+
+# runc's refusal to create a container whose state dir exists (libcontainer's ErrExist)
+STATE_EXISTS = "container with given ID already exists"
+
+
+def init_alive(state: Path) -> bool:
+    """True if the init process runc recorded in `state` (its state.json) runs still: its pid,
+    with the start time (clock ticks since boot, /proc/<pid>/stat's 22nd field) runc recorded
+    with it."""
+    return _recorded_init(state) is not None
+
+
+def _recorded_init(state: Path) -> int | None:
+    """The pid of the init runc recorded in `state`, if that process runs still."""
+    try:
+        recorded = json.loads(state.read_text())
+        pid, start = int(recorded["init_process_pid"]), int(recorded["init_process_start"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return pid if fields[0] not in ("Z", "X") and int(fields[19]) == start else None
+
+
+def remove_stale_state(namespace: str, container_id: str, root: Path = RUNC_ROOT) -> bool:
+    """Removes runc's state dir of a create cut short, for an id containerd holds no live task
+    of (the caller asked containerd): the `runc init` it recorded, if it still waits, is
+    killed first. True if there was a dir."""
+    d = root / namespace / container_id
+    if not d.is_dir():
+        return False
+    pid = _recorded_init(d / "state.json")
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    remove_dir(d)
+    log.warning(
+        "removed runc's state of a create cut short",
+        extra={"container": container_id, "killed_init": pid},
+    )
+    return True
 
 
 def start_pending(namespace: str, container_id: str, root: Path = RUNC_ROOT) -> bool:

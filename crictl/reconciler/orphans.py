@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -46,7 +45,7 @@ from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.containerd.client import NAMESPACE_HEADER, ContainerdClient, translate
-from crictl.containerd.runc import RUNC_ROOT
+from crictl.containerd.runc import RUNC_ROOT, init_alive
 from crictl.gen.containerd.api.services.containers.v1 import containers_pb2
 from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
 from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
@@ -736,23 +735,8 @@ def runc_states(namespace: str, root: Path = RUNC_ROOT) -> tuple[RuncState, ...]
         mtime = _mtime(path)
         if not _ID.match(path.name) or mtime is None or not path.is_dir():
             continue
-        out.append(RuncState(path.name, path, _runc_init_alive(path / "state.json"), mtime))
+        out.append(RuncState(path.name, path, init_alive(path / "state.json"), mtime))
     return tuple(out)
-
-
-def _runc_init_alive(state: Path) -> bool:
-    """True if the init process runc recorded runs still: its pid, with the start time (clock
-    ticks since boot, /proc/<pid>/stat's 22nd field) runc recorded with it."""
-    try:
-        recorded = json.loads(state.read_text())
-        pid, start = int(recorded["init_process_pid"]), int(recorded["init_process_start"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] not in ("Z", "X") and int(fields[19]) == start
 
 
 def _boot_time_ns() -> int:

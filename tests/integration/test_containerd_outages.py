@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from crictl.containerd.managed import ManagedContainerd
+from crictl.containerd.runc import RUNC_ROOT
 from crictl.gen.cri.runtime.v1 import api_pb2
 from tests.integration.test_containers import Pod, wait_for
 from tests.integration.test_images import failure
@@ -272,3 +273,26 @@ def test_a_snapshot_directory_left_by_a_killed_containerd_is_cleaned(
     finally:
         for p in planted:
             shutil.rmtree(p, ignore_errors=True)
+
+
+def test_runc_state_left_by_a_create_containerd_was_killed_in_is_cleared(
+    managed_image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """containerd killed while its shim ran `runc create` leaves runc's state dir (the fifo,
+    no state.json) and no task, and every later create failed "container with given ID
+    already exists" (the 1000-kill chaos run: the start became a StartError). The dir is
+    planted as such a kill leaves it; the start goes through."""
+    d = managed_image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"])
+    left = RUNC_ROOT / d.namespace / cid
+    left.mkdir(parents=True)
+    os.mkfifo(left / "exec.fifo")
+    pod.start(cid)
+    assert pod.status(cid).state == api_pb2.CONTAINER_RUNNING
+    assert pod.exec(cid, ["echo", "ok"]).stdout == b"ok\n"
+    # runc's own state of the task now, not the one planted (cleared by containerd's delete
+    # of the task, else by crictld: crictl/containerd/runc.py `remove_stale_state`)
+    assert (left / "state.json").exists() and not (left / "exec.fifo").exists()
+    remove(d, pod.id)
+    assert not left.exists()

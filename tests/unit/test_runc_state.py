@@ -138,3 +138,41 @@ def test_an_init_that_died_waiting_to_be_started_is_recognised(tmp_path: Path) -
     (d / "exec.fifo").unlink()  # a start got through: whatever ran, it ran
     assert not runc.died_before_start("ns", "c1", tmp_path)
     assert not runc.died_before_start("ns", "missing", tmp_path)
+
+
+def _start_ticks(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def test_the_state_of_a_create_cut_short_is_removed_its_waiting_init_killed(
+    tmp_path: Path,
+) -> None:
+    """runc's state dir that containerd killed mid-create left: the init it recorded (pid and
+    start time) is killed, the dir removed; a recorded pid whose start time differs (reused) is
+    not some other process to kill."""
+    p = process(runc.RUNC_INIT_COMM)
+    other = process("sleep")
+    try:
+        d = runc_dir(tmp_path, p.pid)
+        state = {"init_process_pid": p.pid, "init_process_start": _start_ticks(p.pid)}
+        (d / "state.json").write_text(json.dumps(state))
+        assert runc.init_alive(d / "state.json")
+        assert runc.remove_stale_state("ns", "c1", tmp_path)
+        assert p.wait(timeout=5) == -9 and not d.exists()
+        assert not runc.remove_stale_state("ns", "c1", tmp_path)  # nothing left
+
+        d = runc_dir(tmp_path, other.pid)  # the pid recorded, another start time: reused
+        state = {"init_process_pid": other.pid, "init_process_start": _start_ticks(other.pid) + 1}
+        (d / "state.json").write_text(json.dumps(state))
+        assert not runc.init_alive(d / "state.json")
+        assert runc.remove_stale_state("ns", "c1", tmp_path)
+        assert other.poll() is None and not d.exists()
+
+        d = tmp_path / "ns" / "c1"  # as the chaos run left one: the fifo, no state.json
+        d.mkdir()
+        os.mkfifo(d / "exec.fifo")
+        assert runc.remove_stale_state("ns", "c1", tmp_path) and not d.exists()
+    finally:
+        for q in (p, other):
+            q.kill()
+            q.wait()
