@@ -451,6 +451,11 @@ def test_a_database_moved_aside_starts_empty_and_its_sweep_takes_the_old_pods(
     db, wal = d.state_dir / "crictld.db", d.state_dir / "crictld.db-wal"
     with db.open("r+b") as f:  # the header SQLite checks first
         f.write(b"\xde\xad" * 50)
+    if wal.exists():
+        # and the WAL's: a WAL that holds page 1 (each commit that grew the file wrote it
+        # there) is where SQLite reads the header from; with its own header bad it is ignored
+        with wal.open("r+b") as f:
+            f.write(b"\xde\xad" * 16)
     corrupt = db.read_bytes(), wal.read_bytes() if wal.exists() else None
     d.start(wait=False)
     assert d.process is not None and d.process.wait(timeout=60) == 2
