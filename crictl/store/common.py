@@ -22,15 +22,23 @@ LabelMaps = dict[str, tuple[dict[str, str], dict[str, str]]]
 ID_LENGTH = 64
 
 
-def _driver(session: Session) -> sqlite3.Connection:
-    conn = session.connection().connection.driver_connection
+# What a statement sent as is runs on: a session (its transaction's connection), or a SQLite
+# connection already in a transaction (`Store.read_on_loop`'s, without a session around it)
+On = Session | sqlite3.Connection
+
+
+def _driver(on: On) -> sqlite3.Connection:
+    if isinstance(on, sqlite3.Connection):
+        return on
+    conn = on.connection().connection.driver_connection
     assert isinstance(conn, sqlite3.Connection)  # the store's engine is SQLite's
     return conn
 
 
-def execute(session: Session, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+def execute(session: On, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
     """`sql` sent as is to the SQLite connection of the session's transaction (which
-    `session.connection()` begins, or is already in). The write path's statements go this way:
+    `session.connection()` begins, or is already in), or to a SQLite connection (`On`). The
+    write path's statements go this way:
     SQLAlchemy's execution context around each cost more than the statement itself (a
     desired-state write measured alone took 0.17-0.22 ms through it, 0.11-0.13 ms this way; the
     raw BEGIN, UPDATE, INSERT, COMMIT take 0.03 ms). An error is raised as SQLAlchemy raises it

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from crictl.store.common import execute
+from crictl.store.common import On, execute
 
 # The events a transaction recorded, handed to the store's listeners once it committed.
 COMMITTED_EVENTS = "crictld.events"
@@ -96,7 +96,7 @@ def delete_events_through(session: Session, last_id: int, limit: int) -> int:
     return int(deleted)
 
 
-def last_events(session: Session, object_kind: str, object_id: str, n: int) -> list[RecordedEvent]:
+def last_events(session: On, object_kind: str, object_id: str, n: int) -> list[RecordedEvent]:
     """The object's newest N events, oldest first (a verbose status shows them): one indexed
     read (ix_event_object, newest first by id) sent as is. Built as SQLAlchemy's statement
     each time, this read took 0.35-0.65 ms in a session; sent as is, 0.12 (the statement

@@ -23,7 +23,7 @@ from typing import Literal
 
 from sqlalchemy.orm import Session
 
-from crictl.store.common import execute
+from crictl.store.common import On, execute
 from crictl.store.events import RecordedEvent, last_events
 
 Kind = Literal["sandbox", "container"]
@@ -42,7 +42,7 @@ def set_runtime_spec(session: Session, kind: Kind, object_id: str, spec: str | N
     execute(session, f"UPDATE {_TABLES[kind]} SET runtime_spec = ? WHERE id = ?", (spec, object_id))
 
 
-def stored_spec(session: Session, kind: Kind, object_id: str) -> str | None:
+def stored_spec(session: On, kind: Kind, object_id: str) -> str | None:
     """The spec containerd's record holds, where the row knows it (None: ask containerd)."""
     row = execute(
         session, f"SELECT runtime_spec FROM {_TABLES[kind]} WHERE id = ?", (object_id,)
@@ -50,7 +50,7 @@ def stored_spec(session: Session, kind: Kind, object_id: str) -> str | None:
     return row[0] if row else None
 
 
-def inspected(session: Session, kind: Kind, object_id: str, events: int) -> Inspected:
+def inspected(session: On, kind: Kind, object_id: str, events: int) -> Inspected:
     """The object's stored spec and its newest `events` events, in one read transaction."""
     return Inspected(
         stored_spec(session, kind, object_id), last_events(session, kind, object_id, events)

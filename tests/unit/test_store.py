@@ -18,6 +18,7 @@ from crictl.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from crictl.store.common import On
 from crictl.store.containers import record_container_created, update_container_config
 from crictl.store.engine import Store
 from crictl.store.events import last_events, record_event
@@ -343,18 +344,24 @@ def test_the_spec_is_kept_where_the_pass_made_the_record_and_never_loaded_with_t
 async def test_a_read_on_the_loop_runs_on_its_thread_and_falls_back_where_sqlite_would_wait(
     tmp_path: Path,
 ) -> None:
-    """Store.read_on_loop: the read runs on the caller's thread, on one connection of that
-    thread's own, made in a reader thread (its pragmas may wait); a read SQLite refuses as
-    busy (that connection never waits) is done again through the reader threads."""
+    """Store.read_on_loop: the read runs on the caller's thread, on one SQLite connection of
+    that thread's own, made in a reader thread (its pragmas may wait), in a transaction that
+    ends with the read (an open one would hold the WAL from being checkpointed); a read
+    SQLite refuses as busy (that connection never waits) is done again through the reader
+    threads, in a session."""
     sid, cid = "a" * 64, "b" * 64
     store = store_with_created_container(tmp_path, sid, cid, 42)
     connected: list[str] = []
     event.listen(store.engine, "connect", lambda *_: connected.append(current_thread().name))
     here = current_thread().name
     ran: list[str] = []
+    given: list[On] = []
 
-    def read(session: Session) -> str | None:
+    def read(session: On) -> str | None:
         ran.append(current_thread().name)
+        given.append(session)
+        if isinstance(session, sqlite3.Connection):
+            assert session.in_transaction
         return stored_spec(session, "container", cid)
 
     store.write_sync(lambda s: record_container_created(s, cid, 0, 0, [], '{"v": 1}'))
@@ -363,8 +370,10 @@ async def test_a_read_on_the_loop_runs_on_its_thread_and_falls_back_where_sqlite
     assert await store.read_on_loop(read) == '{"v": 2}'  # what the last commit wrote
     assert ran == [here, here]
     assert len(connected) == 1 and connected[0].startswith("store-reader"), connected
+    assert given[0] is given[1] and isinstance(given[0], sqlite3.Connection)
+    assert not given[0].in_transaction
 
-    def busy_once(session: Session) -> str | None:
+    def busy_once(session: On) -> str | None:
         if not ran or ran[-1] != "busy":
             ran.append("busy")
             locked = sqlite3.OperationalError("database is locked")
@@ -374,12 +383,14 @@ async def test_a_read_on_the_loop_runs_on_its_thread_and_falls_back_where_sqlite
 
     assert await store.read_on_loop(busy_once) == '{"v": 2}'
     assert ran[-2] == "busy" and ran[-1].startswith("store-reader")
+    assert isinstance(given[-1], Session) and not given[0].in_transaction
 
-    def broken(session: Session) -> None:
+    def broken(session: On) -> None:
         raise DBAPIError.instance(
             "SELECT", (), sqlite3.OperationalError("disk I/O error"), sqlite3.Error
         )
 
     with pytest.raises(DBAPIError):  # anything else is raised as is
         await store.read_on_loop(broken)
+    assert not given[0].in_transaction
     store.close()
