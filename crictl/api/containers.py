@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from crictl import errors
 from crictl.api.chunks import chunks
 from crictl.api.front import on_front
-from crictl.api.inspect_info import crictld_view, runtime_spec_and_events
+from crictl.api.inspect_info import crictld_view, info_json, runtime_spec_and_events
 from crictl.api.interceptor import Context
 from crictl.api.validation import (
     label_selector,
@@ -276,18 +276,17 @@ class Containers:
                 self.store, containerd, "container", row.id
             )
             view = crictld_view(row, events, self.reconciler.queue.failures)
-            response.info["info"] = json.dumps(
+            response.info["info"] = info_json(
                 {
                     "sandboxID": row.sandbox_id,
                     "pid": row.task_pid or 0,
                     "image": row.image_ref or row.image,
                     **inspect.runtime_keys(containerd, row.id),
-                    "config": json.loads(row.config),
-                    "runtimeSpec": spec,
                     "apparmor": _apparmor_reason(config.linux.security_context),
                     "logPath": row.log_path or "",
                     "crictld": view,
-                }
+                },
+                {"config": row.config, "runtimeSpec": spec},
             )
         return response
 

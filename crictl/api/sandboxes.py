@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from crictl import errors
 from crictl.api.chunks import chunks
 from crictl.api.front import on_front
-from crictl.api.inspect_info import crictld_view, runtime_spec_and_events
+from crictl.api.inspect_info import crictld_view, info_json, runtime_spec_and_events
 from crictl.api.interceptor import Context
 from crictl.api.validation import label_selector, validate_resources, validate_sandbox_config
 from crictl.gen.cri.runtime.v1 import api_pb2
@@ -178,21 +178,19 @@ class PodSandboxes:
             # a stat of a file under /run (tmpfs): no hop to a thread for it
             netns_exists = os.path.exists(netns_path)
             view = crictld_view(row, events, self.reconciler.queue.failures)
-            response.info["info"] = json.dumps(
+            response.info["info"] = info_json(
                 {
                     "pid": row.task_pid or 0,
                     "image": self.reconciler.settings.pause_image,
                     **inspect.runtime_keys(containerd, row.id),
-                    "config": json.loads(row.config),
-                    "runtimeSpec": spec,
                     "runtimeHandler": row.runtime_handler,
                     "netnsPath": netns_path,
                     "netNamespaceClosed": bool(row.network_released) or not netns_exists,
-                    "cniResult": json.loads(row.cni_result) if row.cni_result else None,
                     "reason": row.reason,
                     "message": row.message,
                     "crictld": view,
-                }
+                },
+                {"config": row.config, "runtimeSpec": spec, "cniResult": row.cni_result or None},
             )
         return response
 
