@@ -49,6 +49,39 @@ from typing import Any
 import grpc
 import hpack
 
+from crictl.http2 import (
+    ACK,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    ENABLE_PUSH,
+    END_HEADERS,
+    END_STREAM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    INITIAL_WINDOW_SIZE,
+    MAX_CONCURRENT,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    frame,
+    hpack_int,
+    literal,
+)
+
 log = logging.getLogger(__name__)
 
 MAX_RECEIVE = 16 << 20  # a request's largest message, as containerd's CRI's (and kubelet's send)
@@ -56,21 +89,6 @@ MAX_CONCURRENT_STREAMS = 1000
 _FRAME_SIZE = 16384  # what we accept (HTTP/2's default; we advertise no other)
 _MAX_HEADER_LIST = 64 << 10
 _HIGH_WATER = 1 << 20  # unsent bytes a streaming handler may queue before it waits
-_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-# frame types
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
-# flags
-END_STREAM = ACK = 0x1
-END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
-# error codes
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 6, 7, 8, 9
-# settings
-HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 1, 2, 3, 4, 5
-MAX_HEADER_LIST_SIZE = 6
-
 _MAX_WINDOW = (1 << 31) - 1
 _STREAM_WINDOW = 1 << 20  # granted back as it is read, as the connection's
 _CONNECTION_WINDOW = 1 << 26
@@ -88,35 +106,10 @@ class Http2Error(Exception):
         self.code = code
 
 
-def frame(kind: int, flags: int, stream: int, payload: bytes | bytearray = b"") -> bytes:
-    """One HTTP/2 frame: its 9-byte header, then PAYLOAD."""
-    head = len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big")
-    return head + payload
-
-
-def _hpack_int(value: int, prefix: int, first: int) -> bytes:
-    """HPACK's integer (RFC 7541 5.1) in a PREFIX-bit prefix, FIRST's other bits set."""
-    limit = (1 << prefix) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name: bytes, value: bytes) -> bytes:
-    """A header field not indexed, with a literal name (RFC 7541 6.2.2), no Huffman."""
-    return b"\x00" + _hpack_int(len(name), 7, 0) + name + _hpack_int(len(value), 7, 0) + value
-
-
 # ":status: 200" (static index 8); content-type (static index 31) "application/grpc", not
 # indexed: no state shared with the peer's decoder beyond its static table.
-_RESPONSE_HEADERS = b"\x88" + _hpack_int(31, 4, 0) + _hpack_int(16, 7, 0) + b"application/grpc"
-_OK_TRAILERS = _literal(b"grpc-status", b"0")
+_RESPONSE_HEADERS = b"\x88" + hpack_int(31, 4, 0) + hpack_int(16, 7, 0) + b"application/grpc"
+_OK_TRAILERS = literal(b"grpc-status", b"0")
 
 
 def _percent_encode(message: str) -> bytes:
@@ -131,9 +124,9 @@ def _percent_encode(message: str) -> bytes:
 
 
 def status_block(code: grpc.StatusCode, message: str) -> bytes:
-    block = _literal(b"grpc-status", str(code.value[0]).encode())
+    block = literal(b"grpc-status", str(code.value[0]).encode())
     if message:
-        block += _literal(b"grpc-message", _percent_encode(message[:8192]))
+        block += literal(b"grpc-message", _percent_encode(message[:8192]))
     return block
 
 
@@ -262,13 +255,13 @@ class Http2Connection(asyncio.Protocol):
         buf = self._buffer
         buf += data
         if not self._preface:
-            if len(buf) < len(_PREFACE):
-                if not _PREFACE.startswith(bytes(buf)):
+            if len(buf) < len(PREFACE):
+                if not PREFACE.startswith(bytes(buf)):
                     raise Http2Error(PROTOCOL_ERROR, "not an HTTP/2 client preface")
                 return
-            if bytes(buf[: len(_PREFACE)]) != _PREFACE:
+            if bytes(buf[: len(PREFACE)]) != PREFACE:
                 raise Http2Error(PROTOCOL_ERROR, "not an HTTP/2 client preface")
-            del buf[: len(_PREFACE)]
+            del buf[: len(PREFACE)]
             self._preface = True
         pos, end = 0, len(buf)
         try:

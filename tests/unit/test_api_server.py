@@ -17,12 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crictl import errors
+from crictl import errors, http2
 from crictl.api import server as srv
 from crictl.api.interceptor import Context
-from crictl.api.server import Http2Connection, Server, bind_unix, frame
+from crictl.api.server import Http2Connection, Server, bind_unix
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
 from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from crictl.http2 import frame
 
 BIG = 64 << 20
 
@@ -281,18 +282,18 @@ async def test_settings_and_pings_are_acknowledged_and_an_unknown_method_answere
         ]
     )
     conn.data_received(
-        srv._PREFACE
-        + frame(srv.SETTINGS, 0, 0, struct.pack(">HI", srv.INITIAL_WINDOW_SIZE, 1 << 20))
-        + frame(srv.PING, 0, 0, b"12345678")
-        + frame(srv.HEADERS, srv.END_HEADERS, 1, headers)
-        + frame(srv.DATA, srv.END_STREAM, 1, b"\x00\x00\x00\x00\x00")
+        http2.PREFACE
+        + frame(http2.SETTINGS, 0, 0, struct.pack(">HI", http2.INITIAL_WINDOW_SIZE, 1 << 20))
+        + frame(http2.PING, 0, 0, b"12345678")
+        + frame(http2.HEADERS, http2.END_HEADERS, 1, headers)
+        + frame(http2.DATA, http2.END_STREAM, 1, b"\x00\x00\x00\x00\x00")
     )
     got = list(frames(bytes(transport.written)))
     kinds = [(k, f, s) for k, f, s, _ in got]
-    assert kinds[:2] == [(srv.SETTINGS, srv.ACK, 0), (srv.PING, srv.ACK, 0)]
+    assert kinds[:2] == [(http2.SETTINGS, http2.ACK, 0), (http2.PING, http2.ACK, 0)]
     assert got[1][3] == b"12345678"
-    answer = [g for g in got if g[0] == srv.HEADERS]
-    assert len(answer) == 1 and answer[0][1] & srv.END_STREAM and answer[0][2] == 1
+    answer = [g for g in got if g[0] == http2.HEADERS]
+    assert len(answer) == 1 and answer[0][1] & http2.END_STREAM and answer[0][2] == 1
     fields: dict[Any, Any] = dict(hpack.Decoder().decode(answer[0][3]))
     assert fields["grpc-status"] == "12"
     assert fields["grpc-message"] == "unknown method /x.Y/Z"
@@ -304,7 +305,7 @@ async def test_what_is_not_http2_gets_a_goaway_and_the_connection_closed() -> No
     conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert transport.closed
     [(kind, _, _, payload)] = list(frames(bytes(transport.written)))
-    assert kind == srv.GOAWAY and struct.unpack(">II", payload) == (0, srv.PROTOCOL_ERROR)
+    assert kind == http2.GOAWAY and struct.unpack(">II", payload) == (0, http2.PROTOCOL_ERROR)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -325,14 +326,14 @@ def test_arbitrary_frames_never_escape_the_connection(
 
     async def feed() -> None:
         conn, transport = connection()
-        data = srv._PREFACE + b"".join(frame(k, f, s, p) for k, f, s, p in sent) + tail
+        data = http2.PREFACE + b"".join(frame(k, f, s, p) for k, f, s, p in sent) + tail
         for i in range(0, len(data), 7):
             if transport.closed:
                 break
             conn.data_received(data[i : i + 7])
         if transport.closed:
             *_, (kind, _, _, _) = frames(bytes(transport.written))
-            assert kind == srv.GOAWAY
+            assert kind == http2.GOAWAY
         conn.connection_lost(None)
 
     asyncio.run(feed())
@@ -341,11 +342,11 @@ def test_arbitrary_frames_never_escape_the_connection(
 async def test_a_header_block_without_end_is_refused_once_over_the_limit() -> None:
     conn, transport = connection()
     piece = b"\x00" * 16000
-    conn.data_received(srv._PREFACE + frame(srv.HEADERS, 0, 1, piece))
+    conn.data_received(http2.PREFACE + frame(http2.HEADERS, 0, 1, piece))
     for _ in range(4):  # 80000 bytes in all, over the 64 KiB limit
-        conn.data_received(frame(srv.CONTINUATION, 0, 1, piece))
+        conn.data_received(frame(http2.CONTINUATION, 0, 1, piece))
         if transport.closed:
             break
     assert transport.closed  # one header block is not kept growing
     *_, (kind, _, _, payload) = frames(bytes(transport.written))
-    assert kind == srv.GOAWAY and struct.unpack(">II", payload)[1] == srv.PROTOCOL_ERROR
+    assert kind == http2.GOAWAY and struct.unpack(">II", payload)[1] == http2.PROTOCOL_ERROR

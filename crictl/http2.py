@@ -1,0 +1,52 @@
+"""HTTP/2's framing (RFC 9113) and the few HPACK encodings (RFC 7541) crictld writes, shared
+by the CRI server (`crictl.api.server`) and the containerd client's unary calls
+(`crictl.containerd.h2`). Header blocks are decoded by hpack (python-hyper)."""
+
+from __future__ import annotations
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+# frame types
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
+WINDOW_UPDATE, CONTINUATION = 8, 9
+# flags
+END_STREAM = ACK = 0x1
+END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
+# error codes
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 6, 7, 8, 9
+# settings
+HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 1, 2, 3, 4, 5
+MAX_HEADER_LIST_SIZE = 6
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes | bytearray = b"") -> bytes:
+    """One HTTP/2 frame: its 9-byte header, then PAYLOAD."""
+    head = len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big")
+    return head + payload
+
+
+def hpack_int(value: int, prefix: int, first: int) -> bytes:
+    """HPACK's integer (RFC 7541 5.1) in a PREFIX-bit prefix, FIRST's other bits set."""
+    limit = (1 << prefix) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def literal(name: bytes, value: bytes) -> bytes:
+    """A header field not indexed, with a literal name (RFC 7541 6.2.2), no Huffman."""
+    return b"\x00" + hpack_int(len(name), 7, 0) + name + hpack_int(len(value), 7, 0) + value
+
+
+def indexed_name(index: int, value: bytes) -> bytes:
+    """A header field not indexed, its name the static table's INDEX (RFC 7541 6.2.2), no
+    Huffman."""
+    return hpack_int(index, 4, 0) + hpack_int(len(value), 7, 0) + value
