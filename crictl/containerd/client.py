@@ -27,7 +27,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from crictl import errors, trace
-from crictl.containerd import runc
+from crictl.containerd import h2, runc
 from crictl.gen.containerd.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from crictl.gen.containerd.api.services.content.v1 import content_pb2_grpc
 from crictl.gen.containerd.api.services.diff.v1 import diff_pb2_grpc
@@ -111,6 +111,16 @@ def translate(e: grpc.aio.AioRpcError, what: str) -> errors.CrictlError:
 # The longest any containerd call may take, waits on processes and layer applies aside: runc
 # create or start takes well under a second; a minute means a wedged shim or containerd.
 CALL_DEADLINE = 60.0
+# The largest message either way (an image's manifest list, a list of every container)
+MAX_MESSAGE = 64 << 20
+
+
+def socket_path(address: str) -> str:
+    """The socket's path in a containerd address: `unix:///path`, `unix:path` or a path."""
+    for prefix in ("unix://", "unix:"):
+        if address.startswith(prefix):
+            return address[len(prefix) :]
+    return address
 
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 # A snapshot with this label is kept by containerd's GC until it is removed (its value: when).
@@ -164,11 +174,13 @@ class ContainerdClient:
         # unreachable
         self.answered_at = -math.inf
         target = address if address.startswith("unix:") else f"unix://{address}"
-        self.channel = grpc.aio.insecure_channel(
+        # Unary calls go over crictld's own HTTP/2 connection (crictl/containerd/h2.py);
+        # the streams (the event subscription, content reads and writes) over grpc's.
+        streams = grpc.aio.insecure_channel(
             target,
             options=[
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
                 # containerd restarts (a crash, an upgrade) should cost seconds, not gRPC's
                 # default reconnect backoff of up to two minutes.
                 ("grpc.initial_reconnect_backoff_ms", 200),
@@ -176,6 +188,7 @@ class ContainerdClient:
                 ("grpc.max_reconnect_backoff_ms", 2000),
             ],
         )
+        self.channel = h2.Channel(socket_path(address), streams, MAX_MESSAGE, MAX_MESSAGE)
         self.metadata = ((NAMESPACE_HEADER, namespace),)
         self.version_service = version_pb2_grpc.VersionStub(self.channel)
         self.namespaces = namespace_pb2_grpc.NamespacesStub(self.channel)
