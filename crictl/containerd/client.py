@@ -122,6 +122,7 @@ def socket_path(address: str) -> str:
             return address[len(prefix) :]
     return address
 
+
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 # A snapshot with this label is kept by containerd's GC until it is removed (its value: when).
 GC_ROOT_LABEL = "containerd.io/gc.root"

@@ -53,9 +53,12 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Echo]]:
             ("grpc.max_send_message_length", 64 << 20),
         ]
     )
-    handler = grpc.unary_unary_rpc_method_handler(echo.handle)
     srv.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("test.Echo", {"Echo": handler}),)
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo.handle)}
+            ),
+        )
     )
     path = str(tmp_path / "c.sock")
     srv.add_insecure_port(f"unix://{path}")
@@ -111,7 +114,7 @@ async def test_an_error_is_grpcs_own_with_its_code_and_details(
     channel = _channel(path)
     call = channel.unary_unary(METHOD)
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await call("fcontainer \"x\" not found: 100% é".encode())
+        await call('fcontainer "x" not found: 100% é'.encode())
     assert e.value.code() is grpc.StatusCode.NOT_FOUND
     assert e.value.details() == 'container "x" not found: 100% é'
     with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -187,3 +190,32 @@ async def test_no_server_is_unavailable_at_once_and_a_new_one_is_found(tmp_path:
             await asyncio.wait_for(call(b"e"), 2)
         assert e.value.code() is grpc.StatusCode.UNAVAILABLE
     await channel.close()
+
+
+async def test_after_a_goaway_calls_go_on_a_new_connection(tmp_path: Path) -> None:
+    """A server that ends its connections (GOAWAY, here its maximum connection age) lets the
+    streams it accepted finish; the calls after it open a connection of their own."""
+    echo = Echo()
+    srv = grpc.aio.server(
+        options=[("grpc.max_connection_age_ms", 300), ("grpc.max_connection_age_grace_ms", 5000)]
+    )
+    srv.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo.handle)}
+            ),
+        )
+    )
+    path = str(tmp_path / "c.sock")
+    srv.add_insecure_port(f"unix://{path}")
+    await srv.start()
+    channel = _channel(path)
+    call = channel.unary_unary(METHOD)
+    connections = set()
+    for i in range(8):
+        assert await call(b"e%d" % i) == b"%d" % i
+        connections.add(id(await channel.connection()))
+        await asyncio.sleep(0.15)
+    assert len(connections) >= 2, "no GOAWAY was seen"
+    await channel.close()
+    await srv.stop(None)
