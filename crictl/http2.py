@@ -4,6 +4,8 @@ by the CRI server (`crictl.api.server`) and the containerd client's unary calls
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
@@ -19,6 +21,14 @@ STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 
 # settings
 HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 1, 2, 3, 4, 5
 MAX_HEADER_LIST_SIZE = 6
+
+
+class Http2Error(Exception):
+    """An HTTP/2 connection error: GOAWAY with `code`, then the connection is closed."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes | bytearray = b"") -> bytes:
@@ -50,3 +60,20 @@ def indexed_name(index: int, value: bytes) -> bytes:
     """A header field not indexed, its name the static table's INDEX (RFC 7541 6.2.2), no
     Huffman."""
     return hpack_int(index, 4, 0) + hpack_int(len(value), 7, 0) + value
+
+
+def frames(buf: bytearray, max_size: int) -> Iterator[tuple[int, int, int, bytes]]:
+    """The whole frames at the start of BUF, each taken out of it before it is given: (type,
+    flags, stream id, payload); what is left is the start of a frame still to come. A frame
+    over MAX_SIZE (what this side advertised) is a connection error."""
+    while len(buf) >= 9:
+        length = int.from_bytes(buf[:3], "big")
+        if length > max_size:
+            raise Http2Error(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
+        if len(buf) < 9 + length:
+            return
+        kind, flags = buf[3], buf[4]
+        stream_id = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+        payload = bytes(buf[9 : 9 + length])
+        del buf[: 9 + length]  # CPython moves the start of a bytearray: no copy
+        yield kind, flags, stream_id, payload

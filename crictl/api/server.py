@@ -77,8 +77,10 @@ from crictl.http2 import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
+    Http2Error,
     frame,
-    hpack_int,
+    frames,
+    indexed_name,
     literal,
 )
 
@@ -98,17 +100,9 @@ _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
-class Http2Error(Exception):
-    """An HTTP/2 connection error: GOAWAY with `code`, then the connection is closed."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 # ":status: 200" (static index 8); content-type (static index 31) "application/grpc", not
 # indexed: no state shared with the peer's decoder beyond its static table.
-_RESPONSE_HEADERS = b"\x88" + hpack_int(31, 4, 0) + hpack_int(16, 7, 0) + b"application/grpc"
+_RESPONSE_HEADERS = b"\x88" + indexed_name(31, b"application/grpc")
 _OK_TRAILERS = literal(b"grpc-status", b"0")
 
 
@@ -263,21 +257,8 @@ class Http2Connection(asyncio.Protocol):
                 raise Http2Error(PROTOCOL_ERROR, "not an HTTP/2 client preface")
             del buf[: len(PREFACE)]
             self._preface = True
-        pos, end = 0, len(buf)
-        try:
-            while end - pos >= 9:
-                length = int.from_bytes(buf[pos : pos + 3], "big")
-                if length > _FRAME_SIZE:
-                    raise Http2Error(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
-                if end - pos < 9 + length:
-                    break
-                kind, flags = buf[pos + 3], buf[pos + 4]
-                stream_id = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
-                payload = bytes(buf[pos + 9 : pos + 9 + length])
-                pos += 9 + length
-                self._frame(kind, flags, stream_id, payload)
-        finally:
-            del buf[:pos]
+        for kind, flags, stream_id, payload in frames(buf, _FRAME_SIZE):
+            self._frame(kind, flags, stream_id, payload)
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self._header_block is not None and kind != CONTINUATION:

@@ -67,7 +67,9 @@ from crictl.http2 import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
+    Http2Error,
     frame,
+    frames,
     indexed_name,
     literal,
 )
@@ -79,6 +81,7 @@ _DEFAULT_WINDOW = 65535
 _RECEIVE_WINDOW = 1 << 22  # what each stream may send before it is granted more
 _CONNECTION_WINDOW = 1 << 26
 _MAX_HEADER_LIST = 64 << 10
+_FRAME_SIZE = 16384  # what containerd may send: HTTP/2's default, we advertise no other
 _LAST_STREAM_ID = (1 << 31) - 1
 
 
@@ -195,7 +198,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._receive(data)
-        except (hpack.HPACKError, ValueError) as e:
+        except (Http2Error, hpack.HPACKError, ValueError) as e:
             # the connection's state is lost with the header table: it is given up
             if self._transport is not None:
                 self._transport.write(frame(GOAWAY, 0, 0, struct.pack(">II", 0, 1)))
@@ -260,21 +263,9 @@ class Connection(asyncio.Protocol):
     # -- reading frames
 
     def _receive(self, data: bytes) -> None:
-        buf = self._buffer
-        buf += data
-        pos, end = 0, len(buf)
-        try:
-            while end - pos >= 9:
-                length = int.from_bytes(buf[pos : pos + 3], "big")
-                if end - pos < 9 + length:
-                    break
-                kind, flags = buf[pos + 3], buf[pos + 4]
-                stream_id = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
-                payload = bytes(buf[pos + 9 : pos + 9 + length])
-                pos += 9 + length
-                self._frame(kind, flags, stream_id, payload)
-        finally:
-            del buf[:pos]
+        self._buffer += data
+        for kind, flags, stream_id, payload in frames(self._buffer, _FRAME_SIZE):
+            self._frame(kind, flags, stream_id, payload)
         self._grant()
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:

@@ -47,10 +47,18 @@ class Echo:
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Echo]]:
     echo = Echo()
+    path = str(tmp_path / "c.sock")
+    srv = await _serve(path, echo)
+    yield path, echo
+    await srv.stop(None)
+
+
+async def _serve(path: str, echo: Echo, *options: tuple[str, int]) -> grpc.aio.Server:
     srv = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_send_message_length", 64 << 20),
+            *options,
         ]
     )
     srv.add_generic_rpc_handlers(
@@ -60,11 +68,9 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Echo]]:
             ),
         )
     )
-    path = str(tmp_path / "c.sock")
     srv.add_insecure_port(f"unix://{path}")
     await srv.start()
-    yield path, echo
-    await srv.stop(None)
+    return srv
 
 
 def _channel(path: str, max_receive: int = 64 << 20) -> h2.Channel:
@@ -168,17 +174,7 @@ async def test_no_server_is_unavailable_at_once_and_a_new_one_is_found(tmp_path:
         await asyncio.wait_for(call(b"e"), 2)
     assert e.value.code() is grpc.StatusCode.UNAVAILABLE
     for _ in range(2):
-        echo = Echo()
-        srv = grpc.aio.server()
-        srv.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo.handle)}
-                ),
-            )
-        )
-        srv.add_insecure_port(f"unix://{path}")
-        await srv.start()
+        srv = await _serve(path, Echo())
         assert await call(b"eup") == b"up"
         waiting = asyncio.ensure_future(call(b"s"))
         await asyncio.sleep(0.2)
@@ -195,20 +191,13 @@ async def test_no_server_is_unavailable_at_once_and_a_new_one_is_found(tmp_path:
 async def test_after_a_goaway_calls_go_on_a_new_connection(tmp_path: Path) -> None:
     """A server that ends its connections (GOAWAY, here its maximum connection age) lets the
     streams it accepted finish; the calls after it open a connection of their own."""
-    echo = Echo()
-    srv = grpc.aio.server(
-        options=[("grpc.max_connection_age_ms", 300), ("grpc.max_connection_age_grace_ms", 5000)]
-    )
-    srv.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo.handle)}
-            ),
-        )
-    )
     path = str(tmp_path / "c.sock")
-    srv.add_insecure_port(f"unix://{path}")
-    await srv.start()
+    srv = await _serve(
+        path,
+        Echo(),
+        ("grpc.max_connection_age_ms", 300),
+        ("grpc.max_connection_age_grace_ms", 5000),
+    )
     channel = _channel(path)
     call = channel.unary_unary(METHOD)
     connections = set()
