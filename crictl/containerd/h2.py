@@ -594,6 +594,7 @@ class _Call(grpc.aio.UnaryUnaryCall[Req, Resp], Generic[Req, Resp]):
         self._timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._running: asyncio.Future[Resp] | None = None
+        self._awaiting: asyncio.Task[Any] | None = None  # the task that sends it inline
         self._code: grpc.StatusCode | None = None
         self._details = ""
 
@@ -624,6 +625,7 @@ class _Call(grpc.aio.UnaryUnaryCall[Req, Resp], Generic[Req, Resp]):
     async def _inline(self) -> Resp:
         running = self._running
         assert running is not None
+        self._awaiting = asyncio.current_task()
         try:
             result = await self._invoke()
         except BaseException as e:
@@ -638,6 +640,12 @@ class _Call(grpc.aio.UnaryUnaryCall[Req, Resp], Generic[Req, Resp]):
         return result
 
     def cancel(self) -> bool:
+        """As grpc's: the await of the call raises CancelledError (sent inline, the awaiting
+        task is cancelled, which lands in that await) and the stream is reset."""
+        if self._code is not None:
+            return False
+        if self._awaiting is not None:
+            return self._awaiting.cancel()
         return self._run().cancel()
 
     def cancelled(self) -> bool:

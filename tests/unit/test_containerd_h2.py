@@ -208,3 +208,34 @@ async def test_after_a_goaway_calls_go_on_a_new_connection(tmp_path: Path) -> No
     assert len(connections) >= 2, "no GOAWAY was seen"
     await channel.close()
     await srv.stop(None)
+
+
+async def test_the_call_object_answers_as_grpcs_does(server: tuple[str, Echo]) -> None:
+    """What grpc's call object offers besides its await: cancel() (the await raises
+    CancelledError and the server sees the reset), done(), code(), details(), a callback."""
+    path, echo = server
+    channel = _channel(path)
+    call = channel.unary_unary(METHOD)
+    slow = call(b"s")
+
+    async def wait() -> bytes:
+        answer: bytes = await slow
+        return answer
+
+    waiting = asyncio.ensure_future(wait())
+    await asyncio.sleep(0.2)
+    assert not slow.done() and slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert slow.cancelled() and await slow.code() is grpc.StatusCode.CANCELLED
+    await asyncio.wait_for(echo.cancelled.wait(), 5)
+    ended: list[object] = []
+    quick = call(b"eX", timeout=10)
+    quick.add_done_callback(ended.append)  # starts it, in a task of its own
+    assert await quick == b"X" and ended == [quick]
+    assert await quick.code() is grpc.StatusCode.OK and await quick.details() == ""
+    assert 0 < (quick.time_remaining() or 0) <= 10
+    failed = call(b"fno such thing")
+    assert await failed.code() is grpc.StatusCode.NOT_FOUND
+    assert await failed.details() == "no such thing"
+    await channel.close()
