@@ -1,12 +1,12 @@
 """containerd's unary gRPC calls over crictld's own HTTP/2 connection (RFC 9113, gRPC's wire
-protocol), on the daemon's event loop; server streams (the event subscription, content reads)
-and client streams (content writes) stay on grpc's asyncio channel.
+protocol), on the daemon's event loop; server streams (the event subscription, content reads,
+snapshot lists) and client streams (content writes) stay on grpc's asyncio channel.
 
-Why: a containerd round trip through grpc's asyncio client cost 200-225 us of the calling
-process's CPU back to back (and ~390 us one at a time, its threads woken for each call), and
-a profile of the daemon under `benchmarks.containers` put ~40 % of the daemon loop's CPU in
-grpc's Cython call (docs/performance.md, "The containerd client"). Framed here, the same
-call costs ~100 us and no other thread: the socket is the loop's own.
+Why: a profile of the daemon under `benchmarks.containers` put ~40 % of the daemon loop's CPU
+in grpc's Cython unary call, and a `Version` through `ContainerdClient` took 336 us of the
+process's CPU (grpc's threads included) and 390 us of wall time with grpc's channel against
+177 and 235 framed here, on the loop's own socket with no other thread woken
+(docs/performance.md, "The containerd client").
 
 What it does:
 
