@@ -77,3 +77,12 @@ def frames(buf: bytearray, max_size: int) -> Iterator[tuple[int, int, int, bytes
         payload = bytes(buf[9 : 9 + length])
         del buf[: 9 + length]  # CPython moves the start of a bytearray: no copy
         yield kind, flags, stream_id, payload
+
+
+def unpad(flags: int, payload: bytes) -> bytes:
+    """A DATA or HEADERS frame's payload without its padding (RFC 9113 6.1, 6.2)."""
+    if not flags & PADDED:
+        return payload
+    if not payload or payload[0] >= len(payload):
+        raise Http2Error(PROTOCOL_ERROR, "padding longer than its frame")
+    return payload[1 : len(payload) - payload[0]]

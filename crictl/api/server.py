@@ -66,7 +66,6 @@ from crictl.http2 import (
     MAX_FRAME_SIZE,
     MAX_HEADER_LIST_SIZE,
     NO_ERROR,
-    PADDED,
     PING,
     PREFACE,
     PRIORITY,
@@ -82,6 +81,7 @@ from crictl.http2 import (
     frames,
     indexed_name,
     literal,
+    unpad,
 )
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ class Http2Connection(asyncio.Protocol):
             if stream_id > self._last_stream:
                 raise Http2Error(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
             return  # a stream we reset or answered: what is in flight is dropped
-        data = _unpad(flags, payload)
+        data = unpad(flags, payload)
         stream.body += data
         body = stream.body
         declared = int.from_bytes(body[1:5], "big") if len(body) >= 5 else 0
@@ -330,7 +330,7 @@ class Http2Connection(asyncio.Protocol):
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if not stream_id:
             raise Http2Error(PROTOCOL_ERROR, "HEADERS on stream 0")
-        block = _unpad(flags, payload)
+        block = unpad(flags, payload)
         if flags & PRIORITY_FLAG:
             block = block[5:]
         if flags & END_HEADERS:
@@ -659,14 +659,6 @@ class Http2Connection(asyncio.Protocol):
             self._drop(stream)
         if self._transport is not None:
             self._transport.close()
-
-
-def _unpad(flags: int, payload: bytes) -> bytes:
-    if not flags & PADDED:
-        return payload
-    if not payload or payload[0] >= len(payload):
-        raise Http2Error(PROTOCOL_ERROR, "padding longer than its frame")
-    return payload[1 : len(payload) - payload[0]]
 
 
 def bind_unix(path: str | os.PathLike[str]) -> socket.socket:

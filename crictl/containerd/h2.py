@@ -59,7 +59,6 @@ from crictl.http2 import (
     MAX_CONCURRENT,
     MAX_FRAME_SIZE,
     MAX_HEADER_LIST_SIZE,
-    PADDED,
     PING,
     PREFACE,
     PRIORITY_FLAG,
@@ -72,6 +71,7 @@ from crictl.http2 import (
     frames,
     indexed_name,
     literal,
+    unpad,
 )
 
 Req = TypeVar("Req")
@@ -272,8 +272,7 @@ class Connection(asyncio.Protocol):
         if kind == DATA:
             self._data(flags, stream_id, payload)
         elif kind == HEADERS:
-            if flags & PADDED:
-                payload = payload[1 : len(payload) - payload[0]]
+            payload = unpad(flags, payload)
             if flags & PRIORITY_FLAG:
                 payload = payload[5:]
             if flags & END_HEADERS:
@@ -347,8 +346,7 @@ class Connection(asyncio.Protocol):
         stream = self._streams.get(stream_id)
         if stream is None:
             return  # given up on: its data is only counted
-        if flags & PADDED:
-            payload = payload[1 : len(payload) - payload[0]]
+        payload = unpad(flags, payload)
         stream.received += len(payload)
         stream.unacked += len(payload)
         stream.body += payload
