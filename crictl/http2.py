@@ -1,9 +1,10 @@
-"""HTTP/2's framing (RFC 9113) and the few HPACK encodings (RFC 7541) crictld writes, shared
-by the CRI server (`crictl.api.server`) and the containerd client's unary calls
+"""HTTP/2's framing (RFC 9113), the few HPACK encodings (RFC 7541) crictld writes and gRPC's
+status codes, shared by the CRI server (`crictl.api.server`) and the containerd client
 (`crictl.containerd.h2`). Header blocks are decoded by hpack (python-hyper)."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -21,6 +22,29 @@ STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 
 # settings
 HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 1, 2, 3, 4, 5
 MAX_HEADER_LIST_SIZE = 6
+
+
+class StatusCode(enum.IntEnum):
+    """gRPC's status codes (grpc/doc/statuscodes.md), named as grpc's Python package names
+    them: what the CRI server answers and what containerd's answers carry."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
 
 
 class Http2Error(Exception):

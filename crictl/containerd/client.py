@@ -2,7 +2,7 @@
 
 Every request carries the `containerd-namespace` header (crictld's own namespace, never
 `k8s.io`, which containerd's CRI plugin owns). containerd's gRPC errors are translated into
-crictld's error vocabulary here, so callers never see a grpc.StatusCode.
+crictld's error vocabulary here, so callers never see a StatusCode.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import grpc
-import grpc.aio
 from google.protobuf.any_pb2 import Any as AnyPb
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -28,24 +26,45 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from crictl import errors, trace
 from crictl.containerd import h2, runc
-from crictl.gen.containerd.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
-from crictl.gen.containerd.api.services.content.v1 import content_pb2_grpc
-from crictl.gen.containerd.api.services.diff.v1 import diff_pb2_grpc
-from crictl.gen.containerd.api.services.events.v1 import events_pb2, events_pb2_grpc
-from crictl.gen.containerd.api.services.images.v1 import images_pb2, images_pb2_grpc
-from crictl.gen.containerd.api.services.introspection.v1 import (
-    introspection_pb2,
-    introspection_pb2_grpc,
-)
-from crictl.gen.containerd.api.services.leases.v1 import leases_pb2_grpc
-from crictl.gen.containerd.api.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
-from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
-from crictl.gen.containerd.api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
-from crictl.gen.containerd.api.services.version.v1 import version_pb2_grpc
+from crictl.containerd.h2 import RpcError
+from crictl.gen.containerd.api.services.containers.v1 import containers_pb2
+from crictl.gen.containerd.api.services.content.v1 import content_pb2
+from crictl.gen.containerd.api.services.diff.v1 import diff_pb2
+from crictl.gen.containerd.api.services.events.v1 import events_pb2
+from crictl.gen.containerd.api.services.images.v1 import images_pb2
+from crictl.gen.containerd.api.services.introspection.v1 import introspection_pb2
+from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
+from crictl.gen.containerd.api.services.namespaces.v1 import namespace_pb2
+from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
+from crictl.gen.containerd.api.services.tasks.v1 import tasks_pb2
+from crictl.gen.containerd.api.services.version.v1 import version_pb2
 from crictl.gen.containerd.api.types import mount_pb2
 from crictl.gen.containerd.api.types.task import task_pb2
 from crictl.gen.containerd.runtime.v2.runc.options import oci_pb2 as runc_options_pb2
+from crictl.http2 import StatusCode
 from crictl.mounts import remove_dir
+
+if TYPE_CHECKING:
+    # grpc's generated stubs type the calls; the daemon makes its own (`h2.stub`)
+    from crictl.gen.containerd.api.services.containers.v1.containers_pb2_grpc import (
+        ContainersAsyncStub,
+    )
+    from crictl.gen.containerd.api.services.content.v1.content_pb2_grpc import ContentAsyncStub
+    from crictl.gen.containerd.api.services.diff.v1.diff_pb2_grpc import DiffAsyncStub
+    from crictl.gen.containerd.api.services.events.v1.events_pb2_grpc import EventsAsyncStub
+    from crictl.gen.containerd.api.services.images.v1.images_pb2_grpc import ImagesAsyncStub
+    from crictl.gen.containerd.api.services.introspection.v1.introspection_pb2_grpc import (
+        IntrospectionAsyncStub,
+    )
+    from crictl.gen.containerd.api.services.leases.v1.leases_pb2_grpc import LeasesAsyncStub
+    from crictl.gen.containerd.api.services.namespaces.v1.namespace_pb2_grpc import (
+        NamespacesAsyncStub,
+    )
+    from crictl.gen.containerd.api.services.snapshots.v1.snapshots_pb2_grpc import (
+        SnapshotsAsyncStub,
+    )
+    from crictl.gen.containerd.api.services.tasks.v1.tasks_pb2_grpc import TasksAsyncStub
+    from crictl.gen.containerd.api.services.version.v1.version_pb2_grpc import VersionAsyncStub
 
 T = TypeVar("T")
 
@@ -61,15 +80,15 @@ _STALE_SNAPSHOT = re.compile(
 NAMESPACE_HEADER = "containerd-namespace"
 DEFAULT_NAMESPACE = "crictld"
 
-_CODES: Mapping[grpc.StatusCode, type[errors.CrictlError]] = {
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
-    grpc.StatusCode.UNIMPLEMENTED: errors.Unimplemented,
+_CODES: Mapping[StatusCode, type[errors.CrictlError]] = {
+    StatusCode.NOT_FOUND: errors.NotFound,
+    StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+    StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    StatusCode.UNAVAILABLE: errors.Unavailable,
+    StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    StatusCode.UNIMPLEMENTED: errors.Unimplemented,
 }
 
 
@@ -88,17 +107,15 @@ STATE_REFUSALS = (
 NO_SPACE = ("no space left on device", "disk quota exceeded")
 
 
-def translate(e: grpc.aio.AioRpcError, what: str) -> errors.CrictlError:
+def translate(e: RpcError, what: str) -> errors.CrictlError:
     details = e.details() or ""
-    if e.code() == grpc.StatusCode.UNKNOWN and any(r in details for r in STATE_REFUSALS):
+    if e.code() == StatusCode.UNKNOWN and any(r in details for r in STATE_REFUSALS):
         return errors.FailedPrecondition(f"containerd {what}: {details}")
-    if e.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL) and any(
+    if e.code() in (StatusCode.UNKNOWN, StatusCode.INTERNAL) and any(
         r in details for r in NO_SPACE
     ):
         return errors.ResourceExhausted(f"containerd {what}: {details}")
-    if e.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED) and (
-        "context canceled" in details
-    ):
+    if e.code() in (StatusCode.UNKNOWN, StatusCode.CANCELLED) and ("context canceled" in details):
         # containerd's side of the call was cut short, not refused: a shim that exits while
         # containerd asks it something (the pod's shim ending as its last task goes) answers
         # "context canceled" (code UNKNOWN). What happened is unknown: asked again, it is
@@ -174,34 +191,24 @@ class ContainerdClient:
         # waits while calls are answered); -inf once a call or the event stream found it
         # unreachable
         self.answered_at = -math.inf
-        target = address if address.startswith("unix:") else f"unix://{address}"
-        # Unary calls go over crictld's own HTTP/2 connection (crictl/containerd/h2.py);
-        # the streams (the event subscription, content reads and writes) over grpc's.
-        streams = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-                # containerd restarts (a crash, an upgrade) should cost seconds, not gRPC's
-                # default reconnect backoff of up to two minutes.
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.min_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ],
-        )
-        self.channel = h2.Channel(socket_path(address), streams, MAX_MESSAGE, MAX_MESSAGE)
+        # Every call goes over crictld's own HTTP/2 connection (crictl/containerd/h2.py).
+        self.channel = h2.Channel(socket_path(address), MAX_MESSAGE, MAX_MESSAGE)
         self.metadata = ((NAMESPACE_HEADER, namespace),)
-        self.version_service = version_pb2_grpc.VersionStub(self.channel)
-        self.namespaces = namespace_pb2_grpc.NamespacesStub(self.channel)
-        self.containers = containers_pb2_grpc.ContainersStub(self.channel)
-        self.tasks = tasks_pb2_grpc.TasksStub(self.channel)
-        self.content = content_pb2_grpc.ContentStub(self.channel)
-        self.images = images_pb2_grpc.ImagesStub(self.channel)
-        self.snapshots = snapshots_pb2_grpc.SnapshotsStub(self.channel)
-        self.diff = diff_pb2_grpc.DiffStub(self.channel)
-        self.leases = leases_pb2_grpc.LeasesStub(self.channel)
-        self.events = events_pb2_grpc.EventsStub(self.channel)
-        self.introspection = introspection_pb2_grpc.IntrospectionStub(self.channel)
+
+        def stub(module: Any, name: str) -> Any:
+            return h2.stub(self.channel, module.DESCRIPTOR.services_by_name[name])
+
+        self.version_service: VersionAsyncStub = stub(version_pb2, "Version")
+        self.namespaces: NamespacesAsyncStub = stub(namespace_pb2, "Namespaces")
+        self.containers: ContainersAsyncStub = stub(containers_pb2, "Containers")
+        self.tasks: TasksAsyncStub = stub(tasks_pb2, "Tasks")
+        self.content: ContentAsyncStub = stub(content_pb2, "Content")
+        self.images: ImagesAsyncStub = stub(images_pb2, "Images")
+        self.snapshots: SnapshotsAsyncStub = stub(snapshots_pb2, "Snapshots")
+        self.diff: DiffAsyncStub = stub(diff_pb2, "Diff")
+        self.leases: LeasesAsyncStub = stub(leases_pb2, "Leases")
+        self.events: EventsAsyncStub = stub(events_pb2, "Events")
+        self.introspection: IntrospectionAsyncStub = stub(introspection_pb2, "Introspection")
 
     async def close(self) -> None:
         await self.channel.close()
@@ -221,8 +228,8 @@ class ContainerdClient:
             raise errors.DeadlineExceeded(
                 f"containerd at {self.address} did not answer {what} in {deadline:.0f}s"
             ) from None
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
+        except RpcError as e:
+            if e.code() == StatusCode.UNAVAILABLE:
                 self.answered_at = -math.inf  # the supervisor asks at its next tick
                 raise errors.Unavailable(
                     f"containerd at {self.address} is unreachable ({what}): {e.details()}"
@@ -335,8 +342,8 @@ class ContainerdClient:
         try:
             async for envelope in call:
                 yield envelope
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.UNAVAILABLE:  # containerd went: asked at once
+        except RpcError as e:
+            if e.code() == StatusCode.UNAVAILABLE:  # containerd went: asked at once
                 self.answered_at = -math.inf
             raise translate(e, "event stream") from e
         finally:

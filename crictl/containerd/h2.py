@@ -1,33 +1,40 @@
-"""containerd's unary gRPC calls over crictld's own HTTP/2 connection (RFC 9113, gRPC's wire
-protocol), on the daemon's event loop; server streams (the event subscription, content reads,
-snapshot lists) and client streams (content writes) stay on grpc's asyncio channel.
+"""containerd's gRPC API over crictld's own HTTP/2 connection (RFC 9113, gRPC's wire
+protocol), on the daemon's event loop: unary calls, server streams (the event subscription,
+content reads, snapshot lists) and bidirectional ones (content writes). The daemon imports no
+grpc.
 
 Why: a profile of the daemon under `benchmarks.containers` put ~40 % of the daemon loop's CPU
 in grpc's Cython unary call, and a `Version` through `ContainerdClient` took 336 us of the
 process's CPU (grpc's threads included) and 390 us of wall time with grpc's channel against
-177 and 235 framed here, on the loop's own socket with no other thread woken
-(docs/performance.md, "The containerd client").
+177 and 235 framed here, on the loop's own socket with no other thread woken; and grpc's
+package and its channel's threads cost the daemon ~13 MiB (docs/performance.md, "The
+containerd client").
 
 What it does:
 
 - One connection at a time, made at the first call and made again at the next call after it
   was lost (containerd restarted) or went away (GOAWAY): a call that finds containerd not
   listening fails at once with UNAVAILABLE, as grpc's channel fails a call while it cannot
-  connect; the calls in flight on a lost connection fail UNAVAILABLE too.
+  connect; the calls and streams in flight on a lost connection fail UNAVAILABLE too.
 - HTTP/2: the preface and SETTINGS (no push; the peer's initial window, frame size and stream
   limit applied), PING answered, GOAWAY (streams above its last id fail UNAVAILABLE; the
   others finish, then the connection closes), RST_STREAM, CONTINUATION. Header blocks are
   decoded by hpack (containerd's encoder uses the dynamic table, so every block is decoded,
   those of streams given up on included); what is sent uses no dynamic table.
 - Flow control both ways: a request waits for the peer's windows (stream and connection)
-  and is sent in frames of at most the peer's frame size; what is received is granted back
-  once half a window was read.
-- gRPC: one request and one response message, uncompressed, of at most `max_send` /
-  `max_receive` bytes (RESOURCE_EXHAUSTED above, as grpc's channel options); `timeout` sent
-  as `grpc-timeout` and kept here too (DEADLINE_EXCEEDED, the stream reset); a call whose
-  awaiting task is cancelled resets its stream (containerd then cancels what it asked of the
-  shim); a status other than OK is raised as grpc's own `AioRpcError`, with the details
-  percent-decoded, so callers catch one kind whichever channel served them.
+  and is sent in frames of at most the peer's frame size; the connection's window is granted
+  back once half of it was received, a unary answer's stream likewise, a stream's as its
+  messages are read (so a reader that falls behind holds at most a window of it).
+- gRPC: messages uncompressed, of at most `max_send` / `max_receive` bytes
+  (RESOURCE_EXHAUSTED above, as grpc's channel options); `timeout` sent as `grpc-timeout` and
+  kept here too (DEADLINE_EXCEEDED, the stream reset); a unary call whose awaiting task is
+  cancelled resets its stream, as does a stream's `cancel()` (containerd then cancels what it
+  asked of the shim); a status other than OK is raised as `RpcError`, with the details
+  percent-decoded.
+- A stream ended by containerd with an error while messages are still being written to it
+  (a disk full under a content write) raises that error from the next `write` or `read`.
+- Stubs (`stub`) are made from the services' descriptors: the grpc-generated modules import
+  grpc, so they are read by the type checker only.
 """
 
 from __future__ import annotations
@@ -38,12 +45,13 @@ import math
 import struct
 import time
 import urllib.parse
-from collections.abc import Callable, Generator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Generic, TypeVar
 
-import grpc
-import grpc.aio
 import hpack
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
 
 from crictl.http2 import (
     ACK,
@@ -67,6 +75,7 @@ from crictl.http2 import (
     SETTINGS,
     WINDOW_UPDATE,
     Http2Error,
+    StatusCode,
     frame,
     frames,
     indexed_name,
@@ -101,46 +110,74 @@ def _timeout_header(seconds: float) -> bytes:
 
 # grpc's own mapping of an HTTP status without grpc-status to a code
 _HTTP_CODES = {
-    400: grpc.StatusCode.INTERNAL,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.UNIMPLEMENTED,
-    429: grpc.StatusCode.UNAVAILABLE,
-    502: grpc.StatusCode.UNAVAILABLE,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.UNAVAILABLE,
+    400: StatusCode.INTERNAL,
+    401: StatusCode.UNAUTHENTICATED,
+    403: StatusCode.PERMISSION_DENIED,
+    404: StatusCode.UNIMPLEMENTED,
+    429: StatusCode.UNAVAILABLE,
+    502: StatusCode.UNAVAILABLE,
+    503: StatusCode.UNAVAILABLE,
+    504: StatusCode.UNAVAILABLE,
 }
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
-def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+class RpcError(Exception):
+    """A call that did not end OK: containerd's status and its details, or the status this
+    side gave it (UNAVAILABLE for a lost connection, DEADLINE_EXCEEDED, CANCELLED)."""
+
+    def __init__(self, code: StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code = code
+        self._details = details
+
+    def code(self) -> StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def _status(value: str) -> StatusCode:
+    try:
+        return StatusCode(int(value))
+    except ValueError:
+        return StatusCode.UNKNOWN
 
 
 class _Stream:
     __slots__ = (
+        "ahead",
         "answered",
         "body",
         "headers",
         "id",
         "limit",
-        "received",
+        "messages",
+        "readable",
         "send_window",
+        "streaming",
         "trailers",
         "unacked",
     )
 
-    def __init__(self, stream_id: int, send_window: int, limit: int) -> None:
+    def __init__(self, stream_id: int, send_window: int, limit: int, streaming: bool) -> None:
         self.id = stream_id
         self.send_window = send_window
         self.limit = limit
+        self.streaming = streaming  # its messages are read one by one (`Connection.read`)
         self.body = bytearray()
         self.headers: list[tuple[str, str]] | None = None
         self.trailers: list[tuple[str, str]] | None = None
         self.unacked = 0
-        self.received = 0
-        # the call's end: its response message, or the error it ends with
+        # the call's end: a unary call's response message (a stream's: b""), or the error it
+        # ends with
         self.answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        # a stream's messages received and not yet read, each with the bytes of it still to
+        # be granted once it is read; how many bytes of the message not yet whole in `body`
+        # were granted as they came (`Connection._ahead`)
+        self.messages: deque[tuple[bytes, int]] = deque()
+        self.ahead = 0
+        self.readable: asyncio.Event | None = None
 
 
 class Connection(asyncio.Protocol):
@@ -187,7 +224,7 @@ class Connection(asyncio.Protocol):
         self.usable = False
         why = f"the connection to containerd was lost ({exc})" if exc else "containerd closed it"
         for stream in list(self._streams.values()):
-            self._fail(stream, rpc_error(grpc.StatusCode.UNAVAILABLE, why))
+            self._fail(stream, RpcError(StatusCode.UNAVAILABLE, why))
         self._window_opened.set()
 
     def close(self) -> None:
@@ -209,30 +246,80 @@ class Connection(asyncio.Protocol):
 
     async def unary(self, path_field: bytes, extra: bytes, message: bytes, limit: int) -> bytes:
         """Sends one request message on a new stream and returns the response's; raises
-        AioRpcError. The caller's cancellation resets the stream."""
-        while len(self._streams) >= self._peer_streams and self.usable:
-            self._window_opened.clear()
-            await self._window_opened.wait()
-        if not self.usable or self._transport is None:
-            raise rpc_error(grpc.StatusCode.UNAVAILABLE, "the connection to containerd went away")
-        stream = _Stream(self._next_id, self._peer_window, limit)
-        self._next_id += 2
-        if self._next_id > _LAST_STREAM_ID:
-            self.usable = False  # this one ends with its streams; the next call opens another
-        self._streams[stream.id] = stream
+        RpcError. The caller's cancellation resets the stream."""
+        stream = await self.open(path_field, extra, limit, streaming=False)
         try:
-            block = path_field + _FIXED + extra
-            self._transport.write(frame(HEADERS, END_HEADERS, stream.id, block))
-            await self._send_data(stream, len(message).to_bytes(5, "big") + message)
+            await self._send_data(stream, len(message).to_bytes(5, "big") + message, True)
             return await stream.answered
         except asyncio.CancelledError:
-            if self._streams.pop(stream.id, None) is not None and self._transport is not None:
-                self._transport.write(frame(RST_STREAM, 0, stream.id, struct.pack(">I", CANCEL)))
+            self.cancel(stream)
             raise
         finally:
             self._ended(stream)
 
-    async def _send_data(self, stream: _Stream, data: bytes) -> None:
+    async def open(self, path_field: bytes, extra: bytes, limit: int, streaming: bool) -> _Stream:
+        """A new stream, its request headers sent."""
+        while len(self._streams) >= self._peer_streams and self.usable:
+            self._window_opened.clear()
+            await self._window_opened.wait()
+        if not self.usable or self._transport is None:
+            raise RpcError(StatusCode.UNAVAILABLE, "the connection to containerd went away")
+        stream = _Stream(self._next_id, self._peer_window, limit, streaming)
+        self._next_id += 2
+        if self._next_id > _LAST_STREAM_ID:
+            self.usable = False  # this one ends with its streams; the next call opens another
+        self._streams[stream.id] = stream
+        block = path_field + _FIXED + extra
+        self._transport.write(frame(HEADERS, END_HEADERS, stream.id, block))
+        return stream
+
+    async def send(self, stream: _Stream, message: bytes | None, last: bool = False) -> None:
+        """One message on an open stream, the last this side sends if `last` (None: no
+        message, the end of what this side sends); raises the stream's error if it ended with
+        one (before or while this was sent)."""
+        if not stream.answered.done():
+            if message is None:
+                await self._send_data(stream, b"", True)
+            else:
+                await self._send_data(stream, len(message).to_bytes(5, "big") + message, last)
+        if stream.answered.done() and (error := stream.answered.exception()) is not None:
+            raise error
+
+    async def read(self, stream: _Stream) -> bytes | None:
+        """A stream's next message; None once it ended OK; raises the error it ended with."""
+        while True:
+            if stream.messages:
+                message, owed = stream.messages.popleft()
+                stream.unacked += owed
+                if stream.unacked >= _RECEIVE_WINDOW // 2 and stream.id in self._streams:
+                    self._grant()
+                return message
+            if stream.answered.done():
+                error = stream.answered.exception()
+                if error is not None:
+                    raise error
+                return None
+            self._ahead(stream)
+            if stream.unacked >= _RECEIVE_WINDOW // 2 and stream.id in self._streams:
+                self._grant()
+            if stream.readable is None:
+                stream.readable = asyncio.Event()
+            stream.readable.clear()
+            await stream.readable.wait()
+
+    def cancel(self, stream: _Stream, why: str = "Locally cancelled") -> None:
+        """Gives a stream up: reset (containerd cancels its side), its end CANCELLED."""
+        if self._streams.get(stream.id) is stream:
+            self._reset(stream, CANCEL)
+        self._fail(stream, RpcError(StatusCode.CANCELLED, why))
+
+    def expire(self, stream: _Stream) -> None:
+        """A stream's deadline passed: reset, DEADLINE_EXCEEDED."""
+        if self._streams.get(stream.id) is stream:
+            self._reset(stream, CANCEL)
+        self._fail(stream, RpcError(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+
+    async def _send_data(self, stream: _Stream, data: bytes, end_stream: bool) -> None:
         pos, end = 0, len(data)
         while True:
             if stream.answered.done():
@@ -245,7 +332,8 @@ class Connection(asyncio.Protocol):
                 self._send_window -= n
                 pos += n
                 assert self._transport is not None
-                self._transport.write(frame(DATA, END_STREAM if last else 0, stream.id, chunk))
+                flags = END_STREAM if last and end_stream else 0
+                self._transport.write(frame(DATA, flags, stream.id, chunk))
                 if last:
                     return
                 continue
@@ -256,7 +344,9 @@ class Connection(asyncio.Protocol):
 
     def _ended(self, stream: _Stream) -> None:
         self._streams.pop(stream.id, None)
-        self._window_opened.set()  # a caller waiting for a stream slot
+        if stream.readable is not None:
+            stream.readable.set()
+        self._window_opened.set()  # a caller waiting for a stream slot or a window
         if self._going_away_at is not None and not self._streams:
             self.close()
 
@@ -305,22 +395,20 @@ class Connection(asyncio.Protocol):
             if stream is not None:
                 code = int.from_bytes(payload[:4], "big")
                 status = (
-                    grpc.StatusCode.UNAVAILABLE
+                    StatusCode.UNAVAILABLE
                     if code == REFUSED_STREAM
-                    else grpc.StatusCode.CANCELLED
+                    else StatusCode.CANCELLED
                     if code == CANCEL
-                    else grpc.StatusCode.INTERNAL
+                    else StatusCode.INTERNAL
                 )
-                self._fail(stream, rpc_error(status, f"containerd reset the stream (code {code})"))
+                self._fail(stream, RpcError(status, f"containerd reset the stream (code {code})"))
         elif kind == GOAWAY:
             last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
             self.usable = False
             self._going_away_at = last
             for stream in list(self._streams.values()):
                 if stream.id > last:
-                    self._fail(
-                        stream, rpc_error(grpc.StatusCode.UNAVAILABLE, "containerd went away")
-                    )
+                    self._fail(stream, RpcError(StatusCode.UNAVAILABLE, "containerd went away"))
             if not self._streams:
                 self.close()
         # PRIORITY, PUSH_PROMISE (refused by our SETTINGS) and unknown types are ignored
@@ -347,21 +435,49 @@ class Connection(asyncio.Protocol):
         if stream is None:
             return  # given up on: its data is only counted
         payload = unpad(flags, payload)
-        stream.received += len(payload)
-        stream.unacked += len(payload)
         stream.body += payload
+        if stream.streaming:
+            self._messages(stream)
+        else:
+            stream.unacked += len(payload)
         if len(stream.body) > stream.limit + 5:
             self._reset(stream, CANCEL)
             self._fail(
                 stream,
-                rpc_error(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                RpcError(
+                    StatusCode.RESOURCE_EXHAUSTED,
                     f"containerd's answer is over {stream.limit} bytes",
                 ),
             )
             return
         if flags & END_STREAM:
             self._finish(stream)
+
+    def _messages(self, stream: _Stream) -> None:
+        """A stream's whole messages out of its body, for its reader."""
+        body = stream.body
+        taken = False
+        while len(body) >= 5 and body[0] == 0:  # compressed: refused at its end (`_finish`)
+            size = int.from_bytes(body[1:5], "big")
+            if len(body) < size + 5:
+                break
+            granted = min(stream.ahead, size + 5)
+            stream.ahead -= granted
+            stream.messages.append((bytes(body[5 : size + 5]), size + 5 - granted))
+            del body[: size + 5]
+            taken = True
+        if not stream.messages:
+            self._ahead(stream)
+        if taken and stream.readable is not None:
+            stream.readable.set()
+
+    @staticmethod
+    def _ahead(stream: _Stream) -> None:
+        """With nothing whole left to read, the start of the next message is granted as it
+        comes: a message over the window could not arrive otherwise."""
+        if len(stream.body) > stream.ahead:
+            stream.unacked += len(stream.body) - stream.ahead
+            stream.ahead = len(stream.body)
 
     def _header_block_done(self, stream_id: int, flags: int, block: bytes) -> None:
         headers = self._decoder.decode(block)  # always: the dynamic table must stay in step
@@ -398,26 +514,40 @@ class Connection(asyncio.Protocol):
         status = found.get("grpc-status")
         if status is None:
             http = dict(stream.headers or []).get(":status", "")
-            code = _HTTP_CODES.get(int(http), grpc.StatusCode.UNKNOWN) if http.isdigit() else None
+            code = _HTTP_CODES.get(int(http), StatusCode.UNKNOWN) if http.isdigit() else None
             self._fail(
                 stream,
-                rpc_error(
-                    code or grpc.StatusCode.INTERNAL,
+                RpcError(
+                    code or StatusCode.INTERNAL,
                     f"containerd answered without a gRPC status (HTTP status {http or 'none'})",
                 ),
             )
             return
-        code = _CODES.get(int(status) if status.isdigit() else -1, grpc.StatusCode.UNKNOWN)
-        if code is not grpc.StatusCode.OK:
+        code = _status(status)
+        if code is not StatusCode.OK:
             details = urllib.parse.unquote(found.get("grpc-message", ""))
-            self._fail(stream, rpc_error(code, details))
+            self._fail(stream, RpcError(code, details))
             return
         body = stream.body
+        if stream.streaming:
+            if body:
+                self._fail(
+                    stream,
+                    RpcError(
+                        StatusCode.INTERNAL,
+                        "containerd's stream ended in a partial or compressed message",
+                    ),
+                )
+                return
+            if not stream.answered.done():
+                stream.answered.set_result(b"")
+            self._ended(stream)
+            return
         if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5], "big") != len(body) - 5:
             self._fail(
                 stream,
-                rpc_error(
-                    grpc.StatusCode.INTERNAL,
+                RpcError(
+                    StatusCode.INTERNAL,
                     "containerd's answer is not one uncompressed message",
                 ),
             )
@@ -425,13 +555,12 @@ class Connection(asyncio.Protocol):
         if not stream.answered.done():
             stream.answered.set_result(bytes(body[5:]))
 
-    def _fail(self, stream: _Stream, error: grpc.aio.AioRpcError) -> None:
-        self._streams.pop(stream.id, None)
+    def _fail(self, stream: _Stream, error: RpcError) -> None:
         if not stream.answered.done():
             stream.answered.set_exception(error)
             # read by the caller unless its task was cancelled meanwhile
             stream.answered.add_done_callback(_consume)
-        self._window_opened.set()
+        self._ended(stream)
 
     def _reset(self, stream: _Stream, code: int) -> None:
         if self._transport is not None:
@@ -443,15 +572,12 @@ def _consume(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-class Channel(grpc.aio.Channel):
-    """A grpc.aio channel whose unary-unary calls go over `Connection`, the rest over grpc's
-    channel `streams` (to the same address)."""
+class Channel:
+    """containerd's gRPC API at the unix socket `path`: calls made as grpc's generated stubs
+    make them (`unary_unary`, `unary_stream`, `stream_stream`), over one `Connection`."""
 
-    def __init__(
-        self, path: str, streams: grpc.aio.Channel, max_send: int, max_receive: int
-    ) -> None:
+    def __init__(self, path: str, max_send: int, max_receive: int) -> None:
         self._path = path
-        self._streams = streams
         self.max_send = max_send
         self.max_receive = max_receive
         self._connection: Connection | None = None
@@ -472,8 +598,8 @@ class Channel(grpc.aio.Channel):
                     Connection, self._path
                 )
             except OSError as e:
-                raise rpc_error(
-                    grpc.StatusCode.UNAVAILABLE, f"cannot connect to {self._path}: {e}"
+                raise RpcError(
+                    StatusCode.UNAVAILABLE, f"cannot connect to {self._path}: {e}"
                 ) from None
             self._connection = conn
             return conn
@@ -481,26 +607,38 @@ class Channel(grpc.aio.Channel):
     def unary_unary(
         self,
         method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool | None = False,
-    ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
+        request_serializer: Callable[[Any], bytes],
+        response_deserializer: Callable[[bytes], Any],
+    ) -> _Unary[Any, Any]:
         return _Unary(self, method, request_serializer, response_deserializer)
 
-    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._streams.unary_stream(*args, **kwargs)
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes],
+        response_deserializer: Callable[[bytes], Any],
+    ) -> _Streaming[Any, Any]:
+        return _Streaming(self, method, request_serializer, response_deserializer, True)
 
-    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
-        return self._streams.stream_unary(*args, **kwargs)
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes],
+        response_deserializer: Callable[[bytes], Any],
+    ) -> _Streaming[Any, Any]:
+        return _Streaming(self, method, request_serializer, response_deserializer, False)
 
-    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._streams.stream_stream(*args, **kwargs)
+    def check_size(self, method: str, message: bytes) -> None:
+        if len(message) > self.max_send:
+            raise RpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"a request of {len(message)} bytes to {method} is over {self.max_send}",
+            )
 
-    async def close(self, grace: float | None = None) -> None:
+    async def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-        await self._streams.close(grace)
 
     async def __aenter__(self) -> Channel:
         return self
@@ -508,58 +646,61 @@ class Channel(grpc.aio.Channel):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
-        return self._streams.get_state(try_to_connect)
 
-    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        await self._streams.wait_for_state_change(last_observed_state)
+def stub(channel: Channel, service: ServiceDescriptor) -> Any:
+    """An object with one attribute per method of `service`, as the stub grpc generates for
+    it (`TasksStub`...) has: its calls go over `channel`."""
+    methods: dict[str, Any] = {}
+    for method in service.methods:
+        path = f"/{service.full_name}/{method.name}"
+        request = GetMessageClass(method.input_type)
+        response = GetMessageClass(method.output_type)
+        if method.client_streaming and not method.server_streaming:
+            continue  # containerd's API has none
+        make = (
+            channel.stream_stream
+            if method.client_streaming
+            else channel.unary_stream
+            if method.server_streaming
+            else channel.unary_unary
+        )
+        methods[method.name] = make(path, request.SerializeToString, response.FromString)
+    return type(f"{service.name}Stub", (), methods)()
 
-    async def channel_ready(self) -> None:
-        await self._streams.channel_ready()
+
+def _metadata_fields(cache: dict[Any, bytes], metadata: Any) -> bytes:
+    pairs = tuple((str(k), str(v)) for k, v in metadata or ())
+    extra = cache.get(pairs)
+    if extra is None:
+        extra = b"".join(literal(k.encode(), v.encode()) for k, v in pairs)
+        cache[pairs] = extra
+    return extra
 
 
-class _Unary(grpc.aio.UnaryUnaryMultiCallable[Req, Resp], Generic[Req, Resp]):
+class _Unary(Generic[Req, Resp]):
     def __init__(
         self,
         channel: Channel,
         method: str,
-        serialize: Callable[[Req], bytes] | None,
-        deserialize: Callable[[bytes], Resp] | None,
+        serialize: Callable[[Req], bytes],
+        deserialize: Callable[[bytes], Resp],
     ) -> None:
         self.channel = channel
         self._path = indexed_name(4, method.encode())
         self._method = method
         self._serialize = serialize
         self._deserialize = deserialize
-        self._metadata_fields: dict[tuple[tuple[str, str], ...], bytes] = {}
+        self._metadata_fields: dict[Any, bytes] = {}
 
     def __call__(
-        self,
-        request: Req,
-        *,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> grpc.aio.UnaryUnaryCall[Req, Resp]:
-        if credentials is not None or wait_for_ready or compression:
-            raise ValueError("credentials, wait_for_ready and compression are not supported")
-        pairs = tuple((str(k), str(v)) for k, v in metadata or ())
-        extra = self._metadata_fields.get(pairs)
-        if extra is None:
-            extra = b"".join(literal(k.encode(), v.encode()) for k, v in pairs)
-            self._metadata_fields[pairs] = extra
-        return _Call(self, request, extra, timeout)
+        self, request: Req, *, timeout: float | None = None, metadata: Any = None
+    ) -> _Call[Req, Resp]:
+        return _Call(self, request, _metadata_fields(self._metadata_fields, metadata), timeout)
 
     async def invoke(self, request: Req, extra: bytes, timeout: float | None) -> Resp:
-        message = self._serialize(request) if self._serialize else bytes(request)  # type: ignore[call-overload]
+        message = self._serialize(request)
         channel = self.channel
-        if len(message) > channel.max_send:
-            raise rpc_error(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"a request of {len(message)} bytes to {self._method} is over {channel.max_send}",
-            )
+        channel.check_size(self._method, message)
         if timeout is None:
             conn = await channel.connection()
             body = await conn.unary(self._path, extra, message, channel.max_receive)
@@ -574,11 +715,11 @@ class _Unary(grpc.aio.UnaryUnaryMultiCallable[Req, Resp], Generic[Req, Resp]):
                         channel.max_receive,
                     )
             except TimeoutError:
-                raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-        return self._deserialize(body) if self._deserialize else body  # type: ignore[return-value]
+                raise RpcError(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        return self._deserialize(body)
 
 
-class _Call(grpc.aio.UnaryUnaryCall[Req, Resp], Generic[Req, Resp]):
+class _Call(Generic[Req, Resp]):
     """One call, sent when it is first awaited, from the awaiting task itself (grpc's call
     makes a task of its own, a turn of the loop before the request goes), or when one of the
     other methods needs it to run (then in a task)."""
@@ -593,7 +734,7 @@ class _Call(grpc.aio.UnaryUnaryCall[Req, Resp], Generic[Req, Resp]):
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._running: asyncio.Future[Resp] | None = None
         self._awaiting: asyncio.Task[Any] | None = None  # the task that sends it inline
-        self._code: grpc.StatusCode | None = None
+        self._code: StatusCode | None = None
         self._details = ""
 
     def _run(self) -> asyncio.Future[Resp]:
@@ -604,13 +745,13 @@ class _Call(grpc.aio.UnaryUnaryCall[Req, Resp], Generic[Req, Resp]):
     async def _invoke(self) -> Resp:
         try:
             result = await self._unary.invoke(self._request, self._extra, self._timeout)
-        except grpc.aio.AioRpcError as e:
-            self._code, self._details = e.code(), e.details() or ""
+        except RpcError as e:
+            self._code, self._details = e.code(), e.details()
             raise
         except asyncio.CancelledError:
-            self._code, self._details = grpc.StatusCode.CANCELLED, "Locally cancelled"
+            self._code, self._details = StatusCode.CANCELLED, "Locally cancelled"
             raise
-        self._code = grpc.StatusCode.OK
+        self._code = StatusCode.OK
         return result
 
     def __await__(self) -> Generator[Any, None, Resp]:
@@ -647,7 +788,7 @@ class _Call(grpc.aio.UnaryUnaryCall[Req, Resp], Generic[Req, Resp]):
         return self._run().cancel()
 
     def cancelled(self) -> bool:
-        return self._code is grpc.StatusCode.CANCELLED
+        return self._code is StatusCode.CANCELLED
 
     def done(self) -> bool:
         return self._code is not None
@@ -663,21 +804,136 @@ class _Call(grpc.aio.UnaryUnaryCall[Req, Resp], Generic[Req, Resp]):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(self._run())
 
-    async def initial_metadata(self) -> grpc.aio.Metadata:
+    async def code(self) -> StatusCode:
         await self._settled()
-        return grpc.aio.Metadata()  # not kept: crictld reads none
-
-    async def trailing_metadata(self) -> grpc.aio.Metadata:
-        await self._settled()
-        return grpc.aio.Metadata()  # not kept: crictld reads none
-
-    async def code(self) -> grpc.StatusCode:
-        await self._settled()
-        return self._code or grpc.StatusCode.UNKNOWN
+        return self._code if self._code is not None else StatusCode.UNKNOWN
 
     async def details(self) -> str:
         await self._settled()
         return self._details
 
-    async def wait_for_connection(self) -> None:
-        await self._unary.channel.connection()
+
+class _Streaming(Generic[Req, Resp]):
+    """A method whose answers are a stream: its request one message (`unary_stream`) or
+    written by the caller (`stream_stream`)."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        method: str,
+        serialize: Callable[[Req], bytes],
+        deserialize: Callable[[bytes], Resp],
+        one_request: bool,
+    ) -> None:
+        self.channel = channel
+        self.path = indexed_name(4, method.encode())
+        self.method = method
+        self.serialize = serialize
+        self.deserialize = deserialize
+        self.one_request = one_request
+        self._metadata_fields: dict[Any, bytes] = {}
+
+    def __call__(
+        self, request: Req | None = None, *, timeout: float | None = None, metadata: Any = None
+    ) -> _StreamCall[Req, Resp]:
+        if self.one_request and request is None:
+            raise TypeError(f"{self.method} takes a request")
+        extra = _metadata_fields(self._metadata_fields, metadata)
+        return _StreamCall(self, request, extra, timeout)
+
+
+class _StreamCall(Generic[Req, Resp]):
+    """One streaming call, opened at its first `read`, `write` or iteration. `cancel()`
+    resets it; iterated, it is cancelled if the iteration stops before its end."""
+
+    def __init__(
+        self,
+        method: _Streaming[Req, Resp],
+        request: Req | None,
+        extra: bytes,
+        timeout: float | None,
+    ) -> None:
+        self._method = method
+        self._request = request
+        self._extra = extra
+        self._timeout = timeout
+        self._opening: asyncio.Future[tuple[Connection, _Stream]] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._cancelled = False
+
+    async def _opened(self) -> tuple[Connection, _Stream]:
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        return await asyncio.shield(self._opening)
+
+    async def _open(self) -> tuple[Connection, _Stream]:
+        method = self._method
+        channel = method.channel
+        request = None
+        if self._request is not None:
+            request = method.serialize(self._request)
+            channel.check_size(method.method, request)
+        extra = self._extra
+        if self._timeout is not None:
+            extra += _timeout_header(self._timeout)
+        conn = await channel.connection()
+        stream = await conn.open(method.path, extra, channel.max_receive, streaming=True)
+        if self._timeout is not None:
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(self._timeout, conn.expire, stream)
+        if self._cancelled:
+            conn.cancel(stream)
+        elif request is not None:
+            await conn.send(stream, request, last=True)
+        return conn, stream
+
+    async def write(self, request: Req) -> None:
+        """Sends one request message; raises the stream's error if it ended with one."""
+        message = self._method.serialize(request)
+        self._method.channel.check_size(self._method.method, message)
+        conn, stream = await self._opened()
+        await conn.send(stream, message)
+
+    async def done_writing(self) -> None:
+        conn, stream = await self._opened()
+        await conn.send(stream, None)
+
+    async def read(self) -> Resp | None:
+        """The next answer; None at the stream's end; raises the error it ended with."""
+        conn, stream = await self._opened()
+        data = await conn.read(stream)
+        if data is None:
+            self._ended()
+            return None
+        return self._method.deserialize(data)
+
+    async def __aiter__(self) -> AsyncIterator[Resp]:
+        try:
+            while (item := await self.read()) is not None:
+                yield item
+        finally:
+            self.cancel()
+
+    def cancel(self) -> bool:
+        """Resets the stream unless it ended; later reads and writes raise CANCELLED."""
+        self._ended()
+        if self._cancelled:
+            return False
+        self._cancelled = True
+        opening = self._opening
+        if opening is None:
+            self._opening = asyncio.get_running_loop().create_future()
+            self._opening.set_exception(RpcError(StatusCode.CANCELLED, "Locally cancelled"))
+            self._opening.add_done_callback(_consume)
+            return True
+        if opening.done() and opening.exception() is None:
+            conn, stream = opening.result()
+            if stream.answered.done():
+                return False
+            conn.cancel(stream)
+        return True  # still opening: `_open` cancels it once it is open
+
+    def _ended(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None

@@ -24,10 +24,9 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-import grpc
-
 from crictl import errors
 from crictl.containerd.client import ContainerdClient, translate
+from crictl.containerd.h2 import RpcError
 from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
 from crictl.gen.containerd.api.types import mount_pb2
 
@@ -142,7 +141,7 @@ class SnapshotUsage:
                 metadata=self.client.metadata,
             ):
                 kinds.update((info.name, info.kind) for info in resp.info)
-        except grpc.aio.AioRpcError as e:
+        except RpcError as e:
             raise translate(e, "list snapshots") from e
         self.forget(set(kinds))
         active = [k for k, kind in kinds.items() if kind == snapshots_pb2.ACTIVE]

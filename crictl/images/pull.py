@@ -32,17 +32,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import grpc.aio
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from crictl import errors, metrics, trace
 from crictl.containerd.client import ContainerdClient, translate
+from crictl.containerd.h2 import RpcError
 from crictl.gen.containerd.api.services.content.v1 import content_pb2
 from crictl.gen.containerd.api.services.diff.v1 import diff_pb2
 from crictl.gen.containerd.api.services.images.v1 import images_pb2
 from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
 from crictl.gen.containerd.api.services.snapshots.v1 import snapshots_pb2
 from crictl.gen.containerd.api.types import descriptor_pb2
+from crictl.http2 import StatusCode
 from crictl.images import mediatypes
 from crictl.images.reference import Reference
 from crictl.images.registry import (
@@ -176,17 +177,10 @@ def parse_config(body: bytes, layers: int, where: str) -> tuple[dict[str, Any], 
 SmallBlob = bytes | Callable[[], Awaitable[bytes]]
 
 
-class _StatusLost(Exception):
-    """grpc replaced containerd's status on a Content.Write stream with its own (`_download`)."""
-
-
-_CORE_ERROR = "Internal error from Core"
-
-
 async def _response(call: Any) -> content_pb2.WriteContentResponse:
     """The next answer on a Content.Write stream (containerd answers every request)."""
     resp = await call.read()
-    if resp is grpc.aio.EOF or not isinstance(resp, content_pb2.WriteContentResponse):
+    if not isinstance(resp, content_pb2.WriteContentResponse):
         raise errors.Unavailable("containerd closed the content write stream")
     return resp
 
@@ -631,7 +625,7 @@ class Puller:
                 content_pb2.ReadContentRequest(digest=digest), metadata=self.containerd.metadata
             ):
                 chunks.append(resp.data)
-        except grpc.aio.AioRpcError as e:
+        except RpcError as e:
             raise translate(e, f"read {digest}") from e
         return b"".join(chunks)
 
@@ -707,7 +701,7 @@ class Puller:
                 )
                 await _response(call)
                 await call.done_writing()
-        except grpc.aio.AioRpcError as e:
+        except RpcError as e:
             raise translate(e, f"write {desc.digest}") from e
 
     async def _ensure_blob(
@@ -740,15 +734,7 @@ class Puller:
 
             where = f"registry {endpoint}"
             with trace.span("download blob"):
-                try:
-                    return await self._download(
-                        ref, where, registry, desc, md, labels, WRITE_WINDOW
-                    )
-                except _StatusLost:
-                    # Written again from where the ingest stands, one answer read per piece:
-                    # what made containerd end the stream (a disk full) comes back as its
-                    # answer to the next piece, with containerd's own words.
-                    return await self._download(ref, where, registry, desc, md, labels, 0)
+                return await self._download(ref, where, registry, desc, md, labels, WRITE_WINDOW)
 
     async def collect_spooled(self) -> list[str]:
         """Removes the spool files a crash left (returns their names). A blob one of them had
@@ -880,10 +866,10 @@ class Puller:
                 await _response(call)
                 await call.done_writing()
             return False
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.ALREADY_EXISTS:
+        except RpcError as e:
+            if e.code() == StatusCode.ALREADY_EXISTS:
                 return True
-            if e.code() == grpc.StatusCode.OUT_OF_RANGE:
+            if e.code() == StatusCode.OUT_OF_RANGE:
                 await self._abort_ingest(ingest)
                 return None
             raise translate(e, f"commit blob {desc.digest}") from e
@@ -908,14 +894,10 @@ class Puller:
         containerd has already is not downloaded (see `_ensure_blob`).
 
         With `window` writes in flight, containerd ending the stream with an error (a disk
-        full) can reach grpc's client while it sends the next piece, and grpc then replaces
-        containerd's status with its own INTERNAL "Internal error from Core" (grpcio 1.85's
-        `_write`): that raises `_StatusLost`, the ingest kept, for a second pass without a
-        window."""
+        full) is raised by the next write or read, with containerd's status and words."""
         ingest = f"{INGEST_PREFIX}{desc.digest}"
         call = self.containerd.content.Write(metadata=md)
         committed = False
-        keep = False  # the ingest stays for the second pass
         opened = False  # containerd made (or found) the ingest: an abort may be due
         try:
             await call.write(
@@ -974,21 +956,11 @@ class Puller:
             committed = True
             await call.done_writing()
             return False
-        except asyncio.InvalidStateError:
-            # containerd ended the stream before a write: its status is intact
-            try:
-                await _response(call)
-            except grpc.aio.AioRpcError as e:
-                raise translate(e, f"write blob {desc.digest}") from e
-            raise
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.ALREADY_EXISTS:
+        except RpcError as e:
+            if e.code() == StatusCode.ALREADY_EXISTS:
                 return True
-            if window and e.code() == grpc.StatusCode.INTERNAL and e.details() == _CORE_ERROR:
-                keep = True
-                raise _StatusLost from e
             err = translate(e, f"write blob {desc.digest}")
-            if e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+            if e.code() in (StatusCode.FAILED_PRECONDITION, StatusCode.INVALID_ARGUMENT):
                 err = errors.Unavailable(
                     f"pull {ref}: {where}: blob {desc.digest} failed verification "
                     f"({e.details()}); the download was discarded"
@@ -997,7 +969,7 @@ class Puller:
         finally:
             if not committed:
                 call.cancel()
-                if opened and not keep:
+                if opened:
                     await self._abort_ingest(ingest)
 
     async def _abort_ingest(self, ingest: str) -> None:

@@ -40,11 +40,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc.aio
 from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.containerd.client import NAMESPACE_HEADER, ContainerdClient, translate
+from crictl.containerd.h2 import RpcError
 from crictl.containerd.runc import RUNC_ROOT, init_alive
 from crictl.gen.containerd.api.services.containers.v1 import containers_pb2
 from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
@@ -557,7 +557,7 @@ async def _containerd_world(
                 Snapshot(i.name, snapshots_pb2.Kind.Name(i.kind), _ts(i.created_at))
                 for i in resp.info
             ]
-    except grpc.aio.AioRpcError as e:
+    except RpcError as e:
         raise translate(e, "list snapshots") from e
     leases = await containerd.call(
         "list leases", containerd.leases.List(leases_pb2.ListRequest(), metadata=md)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import grpc
 import pytest
 
 from crictl import errors
 from crictl.containerd.client import ContainerdClient, translate
+from crictl.containerd.h2 import RpcError
 from crictl.gen.containerd.api.types import mount_pb2
+from crictl.http2 import StatusCode
 
 
 async def never() -> None:
@@ -41,8 +42,8 @@ def test_a_call_that_never_answers_fails_naming_itself() -> None:
     asyncio.run(go())
 
 
-def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+def rpc_error(code: StatusCode, details: str) -> RpcError:
+    return RpcError(code, details)
 
 
 @pytest.mark.parametrize(
@@ -50,20 +51,20 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     [
         # the pod's shim exited while containerd asked it to delete a task (a chaos run: the
         # StopPodSandbox answered INTERNAL where asking again succeeds)
-        (grpc.StatusCode.UNKNOWN, "failed to delete task: context canceled", errors.Unavailable),
-        (grpc.StatusCode.CANCELLED, "context canceled", errors.Unavailable),
-        (grpc.StatusCode.UNKNOWN, "runc did not terminate successfully", errors.Internal),
-        (grpc.StatusCode.NOT_FOUND, "task x not found", errors.NotFound),
-        (grpc.StatusCode.FAILED_PRECONDITION, "task is running", errors.FailedPrecondition),
+        (StatusCode.UNKNOWN, "failed to delete task: context canceled", errors.Unavailable),
+        (StatusCode.CANCELLED, "context canceled", errors.Unavailable),
+        (StatusCode.UNKNOWN, "runc did not terminate successfully", errors.Internal),
+        (StatusCode.NOT_FOUND, "task x not found", errors.NotFound),
+        (StatusCode.FAILED_PRECONDITION, "task is running", errors.FailedPrecondition),
         (
-            grpc.StatusCode.UNKNOWN,
+            StatusCode.UNKNOWN,
             "failed to write: write /var/lib/containerd/ingest/x/data: no space left on device",
             errors.ResourceExhausted,
         ),
     ],
 )
 def test_containerd_errors_keep_their_kind(
-    code: grpc.StatusCode, details: str, kind: type[errors.CrictlError]
+    code: StatusCode, details: str, kind: type[errors.CrictlError]
 ) -> None:
     e = translate(rpc_error(code, details), "delete task")
     assert type(e) is kind and details in str(e) and "delete task" in str(e)

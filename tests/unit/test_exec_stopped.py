@@ -8,16 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
-import grpc
 import pytest
 
 from crictl import errors
 from crictl.containerd.client import translate
+from crictl.containerd.h2 import RpcError
+from crictl.http2 import StatusCode
 from crictl.reconciler.stdio import ExecProcess
 
 
-def refusal(details: str, code: grpc.StatusCode = grpc.StatusCode.UNKNOWN) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+def refusal(details: str, code: StatusCode = StatusCode.UNKNOWN) -> RpcError:
+    return RpcError(code, details)
 
 
 class StoppedContainer:
@@ -76,9 +77,7 @@ def test_runc_and_shim_state_refusals_are_failed_preconditions(details: str) -> 
 
 def test_other_answers_keep_their_codes() -> None:
     assert type(translate(refusal("shim exploded"), "exec")) is errors.Internal
-    assert type(translate(refusal("no such task", grpc.StatusCode.NOT_FOUND), "x")) is (
-        errors.NotFound
-    )
+    assert type(translate(refusal("no such task", StatusCode.NOT_FOUND), "x")) is (errors.NotFound)
     # the words alone do not decide: only containerd's Unknown carries runc's refusals
-    internal = refusal("unable to set up the shim", grpc.StatusCode.INTERNAL)
+    internal = refusal("unable to set up the shim", StatusCode.INTERNAL)
     assert type(translate(internal, "start")) is errors.Internal
