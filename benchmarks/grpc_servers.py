@@ -83,20 +83,18 @@ async def serve_grpc_aio(sock: str) -> None:
 
 async def serve_crictld(sock: str) -> None:
     """crictld's own server (crictl/api/server.py), the handler bare as above."""
-    from crictl.api.server import Server, bind_unix
+    from crictl.api.server import GenericHandler, MethodHandler, Server, bind_unix
 
     async def version(_request: api_pb2.VersionRequest, _context: Any) -> api_pb2.VersionResponse:
         return ANSWER
 
-    handler = grpc.unary_unary_rpc_method_handler(
-        version,
-        request_deserializer=api_pb2.VersionRequest.FromString,
-        response_serializer=api_pb2.VersionResponse.SerializeToString,
+    handler = MethodHandler(
+        api_pb2.VersionRequest.FromString,
+        api_pb2.VersionResponse.SerializeToString,
+        unary_unary=version,
     )
     server = Server()
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, {"Version": handler}),)
-    )
+    server.add_generic_rpc_handlers((GenericHandler(SERVICE, {"Version": handler}),))
     await server.start(bind_unix(sock))
     await asyncio.Event().wait()
 

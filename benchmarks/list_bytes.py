@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from crictl.api.server import Server, bind_unix
+from crictl.api.server import GenericHandler, MethodHandler, Server, bind_unix
 from crictl.api.service import LastSerialized
 from crictl.gen.cri.runtime.v1 import api_pb2
 
@@ -63,15 +63,9 @@ def serve(sock: str, containers: int, reuse: bool) -> None:
         server = Server()
         server.add_generic_rpc_handlers(
             (
-                grpc.method_handlers_generic_handler(
+                GenericHandler(
                     "bench.Lists",
-                    {
-                        "ListContainers": grpc.unary_unary_rpc_method_handler(
-                            handler,
-                            request_deserializer=bytes,
-                            response_serializer=serializer,
-                        )
-                    },
+                    {"ListContainers": MethodHandler(bytes, serializer, unary_unary=handler)},
                 ),
             )
         )

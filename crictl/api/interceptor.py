@@ -16,24 +16,23 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 
-import grpc
-
 from crictl import errors, metrics, trace
 from crictl.api import server
+from crictl.http2 import StatusCode
 
 log = logging.getLogger("crictl.api.calls")
 
-STATUS_CODES: Mapping[type[errors.CrictlError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
-    errors.Internal: grpc.StatusCode.INTERNAL,
+STATUS_CODES: Mapping[type[errors.CrictlError], StatusCode] = {
+    errors.InvalidArgument: StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: StatusCode.NOT_FOUND,
+    errors.AlreadyExists: StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: StatusCode.FAILED_PRECONDITION,
+    errors.PermissionDenied: StatusCode.PERMISSION_DENIED,
+    errors.Unavailable: StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: StatusCode.DEADLINE_EXCEEDED,
+    errors.ResourceExhausted: StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unimplemented: StatusCode.UNIMPLEMENTED,
+    errors.Internal: StatusCode.INTERNAL,
 }
 
 # What kubelet asks all the time and changes nothing: a success is logged at DEBUG (containerd's
@@ -77,24 +76,24 @@ StreamHandler = Callable[[Any, Context], AsyncIterator[Any]]
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def status_code(error: errors.CrictlError) -> grpc.StatusCode:
+def status_code(error: errors.CrictlError) -> StatusCode:
     for kind in type(error).__mro__:
         code = STATUS_CODES.get(kind)
         if code is not None:
             return code
-    return grpc.StatusCode.UNKNOWN
+    return StatusCode.UNKNOWN
 
 
-async def _fail(method: str, error: BaseException, context: Context) -> tuple[grpc.StatusCode, str]:
+async def _fail(method: str, error: BaseException, context: Context) -> tuple[StatusCode, str]:
     if isinstance(error, errors.CrictlError):
         code = status_code(error)
         message = str(error)
     elif isinstance(error, OSError) and error.errno in _NO_SPACE:
         # a file the call's pass writes (a pod's hosts, a container's state): no defect
-        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        code = StatusCode.RESOURCE_EXHAUSTED
         message = f"{method}: {error}"
     else:
-        code = grpc.StatusCode.INTERNAL
+        code = StatusCode.INTERNAL
         message = f"internal error in {method}: {type(error).__name__}: {error}"
         log.exception("unexpected error", extra={"rpc": method}, exc_info=error)
     context.set_code(code)
@@ -103,11 +102,11 @@ async def _fail(method: str, error: BaseException, context: Context) -> tuple[gr
 
 
 def _log_call(
-    method: str, code: grpc.StatusCode, seconds: float, spans: trace.Trace, error: str
+    method: str, code: StatusCode, seconds: float, spans: trace.Trace, error: str
 ) -> None:
     name = method.rsplit("/", 1)[-1]
     metrics.CRI_CALLS.labels(name, code.name).observe(seconds)
-    level = logging.DEBUG if code is grpc.StatusCode.OK and name in READS else logging.INFO
+    level = logging.DEBUG if code is StatusCode.OK and name in READS else logging.INFO
     if not log.isEnabledFor(level):
         return
     extra: dict[str, Any] = {"rpc": method, "code": code.name, "ms": round(seconds * 1000, 3)}
@@ -121,9 +120,9 @@ def _log_call(
 
 
 def _after_answer(
-    method: str, code: grpc.StatusCode, started: float, spans: trace.Trace, error: str
+    method: str, code: StatusCode, started: float, spans: trace.Trace, error: str
 ) -> None:
-    """Logs a unary call once its answer has gone to grpc: grpc sends the answer after the
+    """Logs a unary call once its answer has gone to the server: it sends the answer after the
     handler returns, awaiting the send, so the line is made and written on the loop's next turn
     while the answer is on its way, not before it (the duration is taken now)."""
     seconds = time.perf_counter() - started
@@ -133,7 +132,7 @@ def _after_answer(
 def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:
     async def wrapped(request: Any, context: Context) -> Any:
         started = time.perf_counter()
-        code, error = grpc.StatusCode.OK, ""
+        code, error = StatusCode.OK, ""
         spans = trace.Trace()
         token = trace.CURRENT.set(spans)
         try:
@@ -144,7 +143,7 @@ def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:
         except asyncio.CancelledError:
             # The client went away or its deadline passed: the call did not answer OK (the
             # work it woke goes on: the queue shields it).
-            code = grpc.StatusCode.CANCELLED
+            code = StatusCode.CANCELLED
             raise
         finally:
             trace.CURRENT.reset(token)
@@ -156,7 +155,7 @@ def wrap_unary(method: str, handler: UnaryHandler) -> UnaryHandler:
 def wrap_stream(method: str, handler: StreamHandler) -> StreamHandler:
     async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
         started = time.perf_counter()
-        code, error = grpc.StatusCode.OK, ""
+        code, error = StatusCode.OK, ""
         spans = trace.Trace()
         token = trace.CURRENT.set(spans)
         try:
@@ -165,7 +164,7 @@ def wrap_stream(method: str, handler: StreamHandler) -> StreamHandler:
         except Exception as e:
             code, error = await _fail(method, e, context)
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            code = StatusCode.CANCELLED
             raise
         finally:
             trace.CURRENT.reset(token)

@@ -8,9 +8,8 @@ This one spends 125 and 210-290 (the daemon, its interceptor and log included: 1
 `benchmarks.grpc_servers`, docs/performance.md "The gRPC server"). h2 driven directly (230
 and 350) and grpclib (360 and 560-740) were measured too.
 
-What it serves: the handlers `crictl.api.service.generic_handler` makes (`grpc`'s own handler
-types, so the same servicers and interceptor run unchanged), each call a task on the loop the
-server runs on (the front, `crictl.api.front`).
+What it serves: the `MethodHandler`s `crictl.api.service.generic_handler` makes, each call
+a task on the loop the server runs on (the front, `crictl.api.front`). It imports no grpc.
 
 What it does, and where:
 
@@ -43,10 +42,9 @@ import re
 import socket
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-import grpc
 import hpack
 
 from crictl.http2 import (
@@ -77,6 +75,7 @@ from crictl.http2 import (
     SETTINGS,
     WINDOW_UPDATE,
     Http2Error,
+    StatusCode,
     frame,
     frames,
     indexed_name,
@@ -117,8 +116,8 @@ def _percent_encode(message: str) -> bytes:
     return bytes(out)
 
 
-def status_block(code: grpc.StatusCode, message: str) -> bytes:
-    block = literal(b"grpc-status", str(code.value[0]).encode())
+def status_block(code: StatusCode, message: str) -> bytes:
+    block = literal(b"grpc-status", str(int(code)).encode())
     if message:
         block += literal(b"grpc-message", _percent_encode(message[:8192]))
     return block
@@ -130,10 +129,10 @@ class Context:
     __slots__ = ("code", "details")
 
     def __init__(self) -> None:
-        self.code = grpc.StatusCode.OK
+        self.code = StatusCode.OK
         self.details = ""
 
-    def set_code(self, code: grpc.StatusCode) -> None:
+    def set_code(self, code: StatusCode) -> None:
         self.code = code
 
     def set_details(self, details: str) -> None:
@@ -175,7 +174,39 @@ class _Stream:
         self.drained: asyncio.Event | None = None
 
 
-Lookup = Callable[[str], "grpc.RpcMethodHandler[Any, Any] | None"]
+class MethodHandler:
+    """One method: its request's parser, its answer's serializer, and its handler, a
+    coroutine function (`unary_unary`) or an async generator function (`unary_stream`)."""
+
+    __slots__ = ("request_deserializer", "response_serializer", "unary_stream", "unary_unary")
+
+    def __init__(
+        self,
+        request_deserializer: Callable[[bytes], Any],
+        response_serializer: Callable[[Any], bytes],
+        unary_unary: Callable[[Any, Context], Awaitable[Any]] | None = None,
+        unary_stream: Callable[[Any, Context], AsyncIterator[Any]] | None = None,
+    ) -> None:
+        if (unary_unary is None) == (unary_stream is None):
+            raise TypeError("a method handler is unary or server-streaming")
+        self.request_deserializer = request_deserializer
+        self.response_serializer = response_serializer
+        self.unary_unary = unary_unary
+        self.unary_stream = unary_stream
+
+
+class GenericHandler:
+    """A service's method handlers, by the path a call names (`/runtime.v1.RuntimeService/
+    Version`)."""
+
+    def __init__(self, service: str, methods: Mapping[str, MethodHandler]) -> None:
+        self._methods = {f"/{service}/{name}": handler for name, handler in methods.items()}
+
+    def method(self, path: str) -> MethodHandler | None:
+        return self._methods.get(path)
+
+
+Lookup = Callable[[str], MethodHandler | None]
 
 
 class Http2Connection(asyncio.Protocol):
@@ -317,7 +348,7 @@ class Http2Connection(asyncio.Protocol):
         if len(body) > MAX_RECEIVE + 5 or declared > MAX_RECEIVE:
             self._refuse(
                 stream,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                StatusCode.RESOURCE_EXHAUSTED,
                 f"the request is larger than {MAX_RECEIVE} bytes",
             )
             return
@@ -417,26 +448,26 @@ class Http2Connection(asyncio.Protocol):
         headers = stream.headers
         path = headers.get(b":path", b"").decode("utf-8", "replace")
         if headers.get(b":method") != b"POST":
-            self._refuse(stream, grpc.StatusCode.UNIMPLEMENTED, f"{path}: only POST is served")
+            self._refuse(stream, StatusCode.UNIMPLEMENTED, f"{path}: only POST is served")
             return
         if not headers.get(b"content-type", b"").startswith(b"application/grpc"):
-            self._refuse(stream, grpc.StatusCode.INTERNAL, f"{path}: not a gRPC content-type")
+            self._refuse(stream, StatusCode.INTERNAL, f"{path}: not a gRPC content-type")
             return
         handler = self._lookup(path)
         if handler is None:
-            self._refuse(stream, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path}")
+            self._refuse(stream, StatusCode.UNIMPLEMENTED, f"unknown method {path}")
             return
         body = stream.body
         if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
             self._refuse(
                 stream,
-                grpc.StatusCode.INTERNAL,
+                StatusCode.INTERNAL,
                 f"{path}: the request is not one length-prefixed message",
             )
             return
         if body[0]:
             self._refuse(
-                stream, grpc.StatusCode.UNIMPLEMENTED, f"{path}: compressed requests not served"
+                stream, StatusCode.UNIMPLEMENTED, f"{path}: compressed requests not served"
             )
             return
         timeout = headers.get(b"grpc-timeout")
@@ -444,7 +475,7 @@ class Http2Connection(asyncio.Protocol):
         if timeout is not None:
             match = _TIMEOUT.fullmatch(timeout.decode("ascii", "replace"))
             if match is None:
-                self._refuse(stream, grpc.StatusCode.INTERNAL, f"{path}: a malformed grpc-timeout")
+                self._refuse(stream, StatusCode.INTERNAL, f"{path}: a malformed grpc-timeout")
                 return
             seconds = int(match[1]) * _UNITS[match[2]]
         message = bytes(body[5:])
@@ -461,18 +492,17 @@ class Http2Connection(asyncio.Protocol):
         if stream.task is not None:
             stream.task.cancel()
 
-    async def _unary(
-        self, stream: _Stream, handler: grpc.RpcMethodHandler[Any, Any], message: bytes
-    ) -> None:
+    async def _unary(self, stream: _Stream, handler: MethodHandler, message: bytes) -> None:
         context = Context()
         request = self._parse(stream, handler, message)
         if request is None:
             return
         try:
-            call: Callable[[Any, Context], Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
+            call = handler.unary_unary
+            assert call is not None
             response = await call(request, context)
-            if context.code is grpc.StatusCode.OK and response is not None:
-                data = handler.response_serializer(response)  # type: ignore[misc]
+            if context.code is StatusCode.OK and response is not None:
+                data = handler.response_serializer(response)
                 self._answer(stream, data)
             else:
                 self._end(stream, context.code, context.details)
@@ -480,11 +510,9 @@ class Http2Connection(asyncio.Protocol):
             self._cancelled(stream)
         except Exception as e:  # the interceptor maps every handler's error: this is ours
             log.exception("a CRI call failed in the server", exc_info=e)
-            self._end(stream, grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+            self._end(stream, StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
 
-    async def _server_stream(
-        self, stream: _Stream, handler: grpc.RpcMethodHandler[Any, Any], message: bytes
-    ) -> None:
+    async def _server_stream(self, stream: _Stream, handler: MethodHandler, message: bytes) -> None:
         context = Context()
         serialize = handler.response_serializer
         items: AsyncIterator[Any] | None = None
@@ -492,35 +520,34 @@ class Http2Connection(asyncio.Protocol):
         if request is None:
             return
         try:
-            produce: Callable[[Any, Context], AsyncIterator[Any]] = handler.unary_stream  # type: ignore[assignment]
+            produce = handler.unary_stream
+            assert produce is not None
             items = produce(request, context)
             async for item in items:
-                await self._send_message(stream, serialize(item))  # type: ignore[misc]
+                await self._send_message(stream, serialize(item))
             self._end(stream, context.code, context.details)
         except asyncio.CancelledError:
             self._cancelled(stream)
         except Exception as e:
             log.exception("a CRI stream failed in the server", exc_info=e)
-            self._end(stream, grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+            self._end(stream, StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         finally:
             if items is not None:
                 with contextlib.suppress(Exception):
                     await items.aclose()  # type: ignore[attr-defined]
 
-    def _parse(
-        self, stream: _Stream, handler: grpc.RpcMethodHandler[Any, Any], message: bytes
-    ) -> Any:
+    def _parse(self, stream: _Stream, handler: MethodHandler, message: bytes) -> Any:
         """The call's request, or None once the call was answered that it does not parse."""
         try:
-            return handler.request_deserializer(message)  # type: ignore[misc]
+            return handler.request_deserializer(message)
         except Exception as e:  # protobuf's DecodeError, or what a bad field raises
             path = stream.headers.get(b":path", b"").decode("utf-8", "replace")
-            self._end(stream, grpc.StatusCode.INTERNAL, f"{path}: the request does not parse: {e}")
+            self._end(stream, StatusCode.INTERNAL, f"{path}: the request does not parse: {e}")
             return None
 
     def _cancelled(self, stream: _Stream) -> None:
         if stream.expired and self._streams.get(stream.id) is stream:
-            self._end(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            self._end(stream, StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     # -- writing
 
@@ -550,11 +577,11 @@ class Http2Connection(asyncio.Protocol):
             if self._streams.get(stream.id) is not stream:
                 raise asyncio.CancelledError
 
-    def _end(self, stream: _Stream, code: grpc.StatusCode, message: str) -> None:
+    def _end(self, stream: _Stream, code: StatusCode, message: str) -> None:
         """The call's status: trailers behind what is queued, or Trailers-Only."""
         if self._streams.get(stream.id) is not stream:
             return
-        if code is grpc.StatusCode.OK and stream.headers_sent:
+        if code is StatusCode.OK and stream.headers_sent:
             stream.trailers = _OK_TRAILERS
         elif stream.headers_sent:
             stream.trailers = status_block(code, message)
@@ -567,7 +594,7 @@ class Http2Connection(asyncio.Protocol):
         self._flush(stream)
         self._write()
 
-    def _refuse(self, stream: _Stream, code: grpc.StatusCode, message: str) -> None:
+    def _refuse(self, stream: _Stream, code: StatusCode, message: str) -> None:
         """Answers a call that never starts; what the client still sends is dropped."""
         stream.started = True
         self._end(stream, code, message)
@@ -676,23 +703,22 @@ class Server:
     """The CRI's gRPC server on a unix socket, served from the loop `start` runs on."""
 
     def __init__(self) -> None:
-        self._handlers: list[grpc.GenericRpcHandler] = []
-        self._methods: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
+        self._handlers: list[GenericHandler] = []
+        self._methods: dict[str, MethodHandler | None] = {}
         self._connections: set[Http2Connection] = set()
         self._server: asyncio.AbstractServer | None = None
 
-    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+    def add_generic_rpc_handlers(self, handlers: Sequence[GenericHandler]) -> None:
         self._handlers.extend(handlers)
 
-    def _lookup(self, method: str) -> grpc.RpcMethodHandler[Any, Any] | None:
+    def _lookup(self, method: str) -> MethodHandler | None:
         try:
             return self._methods[method]
         except KeyError:
             pass
         found = None
-        details = _CallDetails(method)
         for generic in self._handlers:
-            found = generic.service(details)
+            found = generic.method(method)
             if found is not None:
                 break
         if len(self._methods) < 4096:  # unknown paths a client makes up are not kept forever
@@ -722,9 +748,3 @@ class Server:
             conn.abort()
         if self._server is not None:
             await self._server.wait_closed()
-
-
-class _CallDetails(grpc.HandlerCallDetails):
-    def __init__(self, method: str) -> None:
-        self.method = method
-        self.invocation_metadata = ()

@@ -17,12 +17,12 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from crictl import errors
 from crictl.api.front import dispatch_stream, dispatch_unary
 from crictl.api.interceptor import Context, wrap_stream, wrap_unary
+from crictl.api.server import GenericHandler, MethodHandler
 from crictl.gen.cri.runtime.v1 import api_pb2
 
 RUNTIME_SERVICE: ServiceDescriptor = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"]
@@ -68,7 +68,7 @@ def _method_handler(
     method: MethodDescriptor,
     servicers: tuple[object, ...],
     daemon: asyncio.AbstractEventLoop | None,
-) -> grpc.RpcMethodHandler[Any, Any]:
+) -> MethodHandler:
     full_name = f"/{method.containing_service.full_name}/{method.name}"
     request_class = _message_class(method.input_type)
     response_class = _message_class(method.output_type)
@@ -86,10 +86,10 @@ def _method_handler(
             impl = missing_stream
         elif daemon is not None:
             impl = dispatch_stream(impl, daemon)
-        return grpc.unary_stream_rpc_method_handler(
-            wrap_stream(full_name, impl),
-            request_deserializer=request_class.FromString,
-            response_serializer=response_class.SerializeToString,
+        return MethodHandler(
+            request_class.FromString,
+            response_class.SerializeToString,
+            unary_stream=wrap_stream(full_name, impl),
         )
     if impl is None:
 
@@ -101,12 +101,10 @@ def _method_handler(
         raise TypeError(f"{full_name} must be an async method")
     elif daemon is not None:
         impl = dispatch_unary(impl, daemon)
-    return grpc.unary_unary_rpc_method_handler(
-        wrap_unary(full_name, impl),
-        request_deserializer=request_class.FromString,
-        response_serializer=(
-            LastSerialized() if method.name in REUSED_ANSWERS else response_class.SerializeToString
-        ),
+    return MethodHandler(
+        request_class.FromString,
+        LastSerialized() if method.name in REUSED_ANSWERS else response_class.SerializeToString,
+        unary_unary=wrap_unary(full_name, impl),
     )
 
 
@@ -114,7 +112,7 @@ def generic_handler(
     service: ServiceDescriptor,
     *servicers: object,
     daemon: asyncio.AbstractEventLoop | None = None,
-) -> grpc.GenericRpcHandler:
+) -> GenericHandler:
     """The handler serving every method of `service` from the first servicer that has it;
     with `daemon`, the server runs on a loop of its own and hands `daemon` what is not marked
     `@on_front` (crictl.api.front). Without it every handler runs on the server's loop.
@@ -132,4 +130,4 @@ def generic_handler(
         if extra:
             raise TypeError(f"{type(servicer).__name__} has methods that are no RPC: {extra}")
     handlers = {m.name: _method_handler(m, servicers, daemon) for m in service.methods}
-    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+    return GenericHandler(service.full_name, handlers)

@@ -175,6 +175,11 @@ def test_lifecycle_logs_and_exec(
         pod.remove(cid)
     remove(d, pod.id)
     assert_nothing_held(d, cni_network, [pod.id])
+    # The daemon speaks HTTP/2 itself, to its clients and to containerd: having pulled, run,
+    # logged, exec'd and removed, it never loaded grpc (~13 MiB and its threads).
+    assert d.process is not None
+    maps = Path(f"/proc/{d.process.pid}/maps").read_text()
+    assert "python" in maps and "grpc" not in maps
 
 
 def test_exit_reasons(

@@ -4,7 +4,6 @@ unfiltered answer is kept until the next committed write and never outlives it."
 from __future__ import annotations
 
 from functools import partial
-from types import SimpleNamespace
 from typing import Any, cast
 
 from crictl.api.container_events import NO_CONTEXT
@@ -104,9 +103,9 @@ async def test_the_pod_list_follows_the_same_rule(store: Store) -> None:
 
 def serializer_of(rpc: str, api: object) -> Any:
     """The response serializer the daemon's server uses for `rpc` of the RuntimeService."""
-    handler = generic_handler(RUNTIME_SERVICE, api)
-    details = SimpleNamespace(method=f"/runtime.v1.RuntimeService/{rpc}")
-    return handler.service(cast(Any, details)).response_serializer  # type: ignore[union-attr]
+    method = generic_handler(RUNTIME_SERVICE, api).method(f"/runtime.v1.RuntimeService/{rpc}")
+    assert method is not None
+    return method.response_serializer
 
 
 async def test_the_bytes_sent_follow_the_list_through_writes(store: Store) -> None:
