@@ -864,6 +864,7 @@ class _StreamCall(Generic[Req, Resp]):
     async def _opened(self) -> tuple[Connection, _Stream]:
         if self._opening is None:
             self._opening = asyncio.ensure_future(self._open())
+            self._opening.add_done_callback(_consume)  # when no one awaits it (cancelled)
         return await asyncio.shield(self._opening)
 
     async def _open(self) -> tuple[Connection, _Stream]:
@@ -881,10 +882,10 @@ class _StreamCall(Generic[Req, Resp]):
         if self._timeout is not None:
             loop = asyncio.get_running_loop()
             self._deadline = loop.call_later(self._timeout, conn.expire, stream)
-        if self._cancelled:
-            conn.cancel(stream)
-        elif request is not None:
+        if request is not None and not self._cancelled:
             await conn.send(stream, request, last=True)
+        if self._cancelled:  # while it opened: nothing else will reset it
+            conn.cancel(stream)
         return conn, stream
 
     async def write(self, request: Req) -> None:
@@ -937,3 +938,15 @@ class _StreamCall(Generic[Req, Resp]):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def __del__(self) -> None:
+        """A call dropped before its end (its task cancelled between reads or writes) resets
+        its stream, as grpc's call does when it is collected; from the loop's thread."""
+        opening = self._opening
+        if opening is None or not opening.done() or opening.cancelled():
+            return
+        if opening.exception() is None:
+            conn, stream = opening.result()
+            if not stream.answered.done():
+                with contextlib.suppress(RuntimeError):  # the loop is closed: so is the socket
+                    opening.get_loop().call_soon_threadsafe(conn.cancel, stream)

@@ -417,6 +417,12 @@ async def test_a_stream_cancelled_or_left_or_past_its_deadline_is_reset(
     with pytest.raises(h2.RpcError) as e:
         await unopened.write(b"x")
     assert e.value.code() is StatusCode.CANCELLED
+    # a call dropped mid-stream, never cancelled (its task was, between two reads)
+    echo.cancelled.clear()
+    dropped = _stream(channel)(b"-1 10")
+    assert await dropped.read() is not None
+    del dropped
+    await asyncio.wait_for(echo.cancelled.wait(), 5)
     conn = await channel.connection()
     await asyncio.sleep(0.1)
     assert not conn._streams  # every stream above ended on this side
