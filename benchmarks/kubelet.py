@@ -95,6 +95,7 @@ class Figures:
     idle_kubelet_cpu_ns: int = 0
     idle_seconds: float = 0.0
     stop_retries: int = 0  # the benchmark's own StopPodSandbox sent again (see Rounds._remove)
+    remove_retries: int = 0  # and its RemovePodSandbox
     # kubelet's own histograms, summed over the blocks: name -> [sum of seconds, count]
     kubelet_seen: dict[str, list[float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -228,6 +229,7 @@ class Rounds:
                 untimed = Figures()
                 self.round(kubelet, rt, figures if timed else untimed)
                 figures.stop_retries += untimed.stop_retries
+                figures.remove_retries += untimed.remove_retries
                 if timed:
                     _add_cpu(figures.cpu_ns, rt, cpu_before)
                     figures.kubelet_cpu_ns += process_cpu_ns(_pid(kubelet)) - kubelet_before
@@ -274,6 +276,7 @@ class Rounds:
         untimed = Figures()
         self.down(kubelet, rt, namespace, pods, untimed)
         figures.stop_retries += untimed.stop_retries
+        figures.remove_retries += untimed.remove_retries
 
     def up(
         self, kubelet: Kubelet, rt: Runtime, namespace: str, pods: int, figures: Figures
@@ -355,7 +358,10 @@ class Rounds:
         containerd's CRI says NOTREADY once the pause task is gone, before its StopPodSandbox
         has torn the network down and unmounted the netns: a second StopPodSandbox meanwhile
         can fail (its CNI DEL finds the netns file unmounted: "unknown FS magic"). A stop that
-        fails is sent again, up to ten times; how often, per runtime, is printed."""
+        fails is sent again, up to ten times; how often, per runtime, is printed. So is a
+        RemovePodSandbox: kubelet removes a deleted static pod's dead containers meanwhile, and
+        containerd's CRI refuses a pod's removal that races with one ("already in removing
+        state", or NotFound for the container kubelet just removed)."""
         for sandbox in sandboxes_of(rt, namespace):
             request = api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox.id)
             for attempt in range(10):
@@ -367,9 +373,16 @@ class Rounds:
                     if attempt == 9:
                         raise BenchError(f"{rt.name}: StopPodSandbox {sandbox.id}: {e}") from e
                     time.sleep(0.2)
-            rt.runtime.RemovePodSandbox(
-                api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox.id), timeout=30
-            )
+            remove = api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox.id)
+            for attempt in range(10):
+                try:
+                    rt.runtime.RemovePodSandbox(remove, timeout=30)
+                    break
+                except grpc.RpcError as e:
+                    figures.remove_retries += 1
+                    if attempt == 9:
+                        raise BenchError(f"{rt.name}: RemovePodSandbox {sandbox.id}: {e}") from e
+                    time.sleep(0.2)
         left = len(sandboxes_of(rt, namespace)) + len(containers_of(rt, namespace))
         if left:
             raise BenchError(f"{rt.name}: {left} pods or containers of {namespace} left")
@@ -443,12 +456,18 @@ def format_figures(r: Rounds) -> str:
         lines.append(
             f"  {n}: {own}; kubelet {f.kubelet_cpu_ns / f.rounds / 1e6:.1f} ({f.rounds} rounds)"
         )
-    retries = {n: f.stop_retries for n, f in r.figures.items() if f.stop_retries}
-    if retries:
-        lines.append(
-            "the benchmark's own StopPodSandbox (after kubelet's) sent again: "
-            + ", ".join(f"{n} {k}x" for n, k in retries.items())
-        )
+    for call, retried in (
+        ("StopPodSandbox", {n: f.stop_retries for n, f in r.figures.items() if f.stop_retries}),
+        (
+            "RemovePodSandbox",
+            {n: f.remove_retries for n, f in r.figures.items() if f.remove_retries},
+        ),
+    ):
+        if retried:
+            lines.append(
+                f"the benchmark's own {call} (after kubelet's stop) sent again: "
+                + ", ".join(f"{n} {k}x" for n, k in retried.items())
+            )
     lines += format_kubelet_seen(r)
     idle = [n for n in names if r.figures[n].idle_seconds]
     if idle:
