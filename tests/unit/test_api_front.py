@@ -96,10 +96,6 @@ def front() -> Iterator[FrontLoop]:
 async def served(tmp_path: Path, front: FrontLoop) -> AsyncIterator[tuple[Servicer, str, Server]]:
     servicer = Servicer()
     path = tmp_path / "s.sock"
-    # grpc.aio is used on this loop, as the daemon's containerd client uses it: the front,
-    # which does not use grpc, answers either way.
-    async with grpc.aio.insecure_channel(f"unix:{path}"):
-        pass
     server = Server()
     daemon = asyncio.get_running_loop()
     server.add_generic_rpc_handlers(
