@@ -55,6 +55,9 @@ class Echo:
         words = request.split()
         count, size = int(words[0]), int(words[1])
         self.produced = 0
+        # given up on while it waits (CancelledError) or while grpc holds it at its yield
+        # (closed: GeneratorExit), by a reset or by the call's deadline
+        finished = False
         try:
             i = 0
             while count < 0 or i < count:
@@ -64,9 +67,10 @@ class Echo:
                 i += 1
                 if count < 0:
                     await asyncio.sleep(0.01)
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
+            finished = True
+        finally:
+            if not finished:
+                self.cancelled.set()
         if words[2:] == [b"fail"]:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"gone after {count}")
 
@@ -77,16 +81,12 @@ class Echo:
     ) -> AsyncIterator[bytes]:
         """Echoes each request; b"full" ends the stream with RESOURCE_EXHAUSTED."""
         self.metadata = [(k, str(v)) for k, v in context.invocation_metadata() or ()]
-        try:
-            async for request in requests:
-                if request == b"full":
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, "write: no space left on device"
-                    )
-                yield request
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
+        async for request in requests:
+            if request == b"full":
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "write: no space left on device"
+                )
+            yield request
 
 
 @pytest.fixture
