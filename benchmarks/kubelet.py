@@ -363,29 +363,27 @@ class Rounds:
         containerd's CRI refuses a pod's removal that races with one ("already in removing
         state", or NotFound for the container kubelet just removed)."""
         for sandbox in sandboxes_of(rt, namespace):
-            request = api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox.id)
-            for attempt in range(10):
-                try:
-                    rt.runtime.StopPodSandbox(request, timeout=30)
-                    break
-                except grpc.RpcError as e:
-                    figures.stop_retries += 1
-                    if attempt == 9:
-                        raise BenchError(f"{rt.name}: StopPodSandbox {sandbox.id}: {e}") from e
-                    time.sleep(0.2)
+            stop = api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox.id)
+            figures.stop_retries += _sent_until_answered(rt, "StopPodSandbox", stop)
             remove = api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox.id)
-            for attempt in range(10):
-                try:
-                    rt.runtime.RemovePodSandbox(remove, timeout=30)
-                    break
-                except grpc.RpcError as e:
-                    figures.remove_retries += 1
-                    if attempt == 9:
-                        raise BenchError(f"{rt.name}: RemovePodSandbox {sandbox.id}: {e}") from e
-                    time.sleep(0.2)
+            figures.remove_retries += _sent_until_answered(rt, "RemovePodSandbox", remove)
         left = len(sandboxes_of(rt, namespace)) + len(containers_of(rt, namespace))
         if left:
             raise BenchError(f"{rt.name}: {left} pods or containers of {namespace} left")
+
+
+def _sent_until_answered(rt: Runtime, method: str, request: Any, attempts: int = 10) -> int:
+    """Sends a RuntimeService call until it is answered OK (0.2 s apart, at most `attempts`
+    times); returns how many times it was sent again."""
+    for attempt in range(attempts):
+        try:
+            getattr(rt.runtime, method)(request, timeout=30)
+            return attempt
+        except grpc.RpcError as e:
+            if attempt == attempts - 1:
+                raise BenchError(f"{rt.name}: {method} {request}: {e}") from e
+            time.sleep(0.2)
+    raise BenchError(f"{rt.name}: {method} not sent: {attempts} attempts allowed")
 
 
 def _p(values: Sequence[float], q: float) -> str:
