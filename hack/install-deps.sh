@@ -54,6 +54,12 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q -e '.[dev]' >&2
   echo "$want" > "$stamp"
 fi
+# crictld's own modules compiled now, as a wheel install compiles them: the tree is installed
+# editable, and where the environment says PYTHONDONTWRITEBYTECODE (container images often do;
+# this project's VMs do) Python never writes them, so each daemon start compiled every module
+# again, ~0.3 s of a restart (docs/performance.md, "Restart"). Up-to-date files are skipped;
+# a source edited later is compiled again in memory until the next run of this script.
+.venv/bin/python -m compileall -q -j 0 crictl >/dev/null
 
 # crictld-logger, the per-container log writer the shim starts: a small C program next to the
 # venv's python (where crictld looks for it). One runs per container, so what each keeps
