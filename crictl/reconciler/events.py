@@ -50,7 +50,12 @@ RESYNC_RETRY_FIRST = 0.5
 RESYNC_RETRY_CAP = 10.0
 RETRY_FIRST = 0.2
 RETRY_CAP = 5.0
-MARKER_REPEAT = 0.1  # until the stream echoes it: the first may beat the subscription
+# The marker is published until the stream echoes it: the first may beat the subscription,
+# which containerd registers a millisecond or two after the stream opens. Sent again after
+# MARKER_FIRST, then twice as long each time up to MARKER_REPEAT: at a fixed 0.1 s the echo of
+# the second came ~0.1 s into every start (docs/performance.md, "Restart").
+MARKER_FIRST = 0.002
+MARKER_REPEAT = 0.1
 PROBE_INTERVAL = 1.0
 # While containerd answers calls, the supervisor asks it only after this long without an
 # answer: a probe a second was most of an idle daemon's CPU (docs/performance.md, At rest).
@@ -185,10 +190,12 @@ class ContainerdEvents:
     async def _announce(self, marker: bytes) -> None:
         """Publishes our marker until it comes back through the stream: the subscription is
         then registered, and nothing that happens after the resync can be missed."""
+        pause = MARKER_FIRST
         while True:
             with contextlib.suppress(errors.CrictlError):
                 await self.containerd.publish(MARKER_TOPIC, marker)
-            await asyncio.sleep(MARKER_REPEAT)
+            await asyncio.sleep(pause)
+            pause = min(MARKER_REPEAT, pause * 2)
 
     async def _resync_or_retry(self, marker: bytes) -> None:
         """The resync, in the stream's order (no event is handled meanwhile). One that fails

@@ -171,3 +171,52 @@ def test_an_exit_the_store_refused_is_recorded_by_a_resync_retried_in_the_same_s
         "resynced with containerd"
     ]
     assert stream._resync_failures == 0 and stream._resync_delay == events.RESYNC_RETRY_FIRST
+
+
+class LateSubscription:
+    """A stream containerd registers only after `late` publishes: those markers are lost, as
+    the first is when it beats the subscription, and the next ones are echoed."""
+
+    def __init__(self, late: int) -> None:
+        self.late = late
+        self.published = 0
+        self.stream = asyncio.Queue[events_pb2.Envelope]()
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        self.published += 1
+        if self.published > self.late:
+            self.stream.put_nowait(envelope(topic, payload))
+
+    async def subscribe(self, *filters: str) -> AsyncIterator[events_pb2.Envelope]:
+        while True:
+            yield await self.stream.get()
+
+
+@pytest.mark.parametrize("late", [1, 4, 9])
+def test_a_lost_marker_is_sent_again_soon_then_less_often(
+    late: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marker lost to a subscription not yet registered is sent again after
+    MARKER_FIRST, the pause doubling to MARKER_REPEAT: a start waits for the second marker
+    (a few milliseconds), not a fixed 0.1 s."""
+    containerd = LateSubscription(late)
+    pauses: list[float] = []
+    sleep = asyncio.sleep
+
+    async def recorded(delay: float) -> None:
+        pauses.append(delay)
+        await sleep(0)
+
+    async def run() -> None:
+        stream = ContainerdEvents(containerd, EventHandlers())  # type: ignore[arg-type]
+        monkeypatch.setattr(asyncio, "sleep", recorded)
+        stream.start()
+        await asyncio.wait_for(stream.synced.wait(), 5)
+        monkeypatch.undo()
+        await stream.stop()
+
+    asyncio.run(run())
+    expected = [min(events.MARKER_REPEAT, events.MARKER_FIRST * 2**i) for i in range(late)]
+    assert pauses[:late] == expected
+    assert expected[0] == 0.002 and max(pauses) <= events.MARKER_REPEAT
+    assert containerd.published in (late + 1, late + 2)  # the echo may overtake one more
