@@ -53,7 +53,7 @@ RETRY_CAP = 5.0
 # The marker is published until the stream echoes it: the first may beat the subscription,
 # which containerd registers a millisecond or two after the stream opens. Sent again after
 # MARKER_FIRST, then twice as long each time up to MARKER_REPEAT: at a fixed 0.1 s a start
-# whose first marker was lost (one restart in three measured) waited ~0.1 s for the second
+# whose first marker was lost (one of three restarts measured) waited ~0.1 s for the second
 # (docs/performance.md, "Restart").
 MARKER_FIRST = 0.002
 MARKER_REPEAT = 0.1
