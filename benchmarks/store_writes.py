@@ -23,15 +23,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from crictl.store import containers as sc
 from crictl.store import sandboxes as ss
+from crictl.store.common import Tx
 from crictl.store.engine import Store, make_engine
 from crictl.store.migrate import upgrade_to_head
 from crictl.store.models import ContainerDesired
 
-Txn = Callable[[Session], Any]
+Txn = Callable[[Tx], Any]
 
 
 def life(sandbox_id: str, n: int) -> list[tuple[str, Txn]]:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from google.protobuf import json_format
-from sqlalchemy.orm import Session
 
 from crictl import errors, trace
 from crictl.containerd import runc
@@ -61,6 +60,7 @@ from crictl.reconciler.sandboxes import (
     read_tasks,
 )
 from crictl.reconciler.stdio import ExecProcess
+from crictl.store.common import Tx
 from crictl.store.containers import (
     delete_container,
     desired_reached,
@@ -530,8 +530,8 @@ class ContainerReconciler:
             self._kill_at_changed.pop(cid, None)
         gen = row.generation
 
-        def observed(session: Session) -> None:
-            mark_container_observed(session, cid, gen)
+        def observed(tx: Tx) -> None:
+            mark_container_observed(tx, cid, gen)
 
         await self.store.write(observed)
 

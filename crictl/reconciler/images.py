@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.any_pb2 import Any as AnyPb
-from sqlalchemy.orm import Session
 
 from crictl import errors, metrics
 from crictl.containerd.client import ContainerdClient
@@ -34,6 +33,7 @@ from crictl.gen.containerd.api.services.leases.v1 import leases_pb2
 from crictl.images import reference
 from crictl.images.pull import INGEST_PREFIX, PULL_LEASE_LABEL, ImageContent, Puller
 from crictl.images.registry import Credentials, Descriptor, RegistryClient
+from crictl.store.common import Tx
 from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.images import (
@@ -339,13 +339,13 @@ class ImageManager:
                 )
             await self._cleanup_event(lease.id, "lease of a pull cut short by a restart")
 
-    async def _write(self, change: Callable[[Session], set[str] | None]) -> None:
+    async def _write(self, change: Callable[[Tx], set[str] | None]) -> None:
         """Applies a change to the image tables; the index takes the rows it changed (the ids
         `change` returns; None: all of them), as the same transaction reads them back."""
 
-        def txn(session: Session) -> tuple[set[str] | None, list[ImageRow]]:
-            touched = change(session)
-            return touched, image_rows(session, touched)
+        def txn(tx: Tx) -> tuple[set[str] | None, list[ImageRow]]:
+            touched = change(tx)
+            return touched, image_rows(tx, touched)
 
         def publish(result: tuple[set[str] | None, list[ImageRow]]) -> None:
             touched, rows = result
@@ -361,8 +361,8 @@ class ImageManager:
         await self.store.write(txn, then=publish)
 
     async def _cleanup_event(self, what: str, message: str) -> None:
-        def write(session: Session) -> None:
-            record_event(session, "gc", what, "cleanup", reason="PullInterrupted", message=message)
+        def write(tx: Tx) -> None:
+            record_event(tx, "gc", what, "cleanup", reason="PullInterrupted", message=message)
 
         await self.store.write(write)
 

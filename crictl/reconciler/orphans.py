@@ -40,8 +40,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy.orm import Session
-
 from crictl import errors
 from crictl.containerd.client import NAMESPACE_HEADER, ContainerdClient, translate
 from crictl.containerd.h2 import RpcError
@@ -55,6 +53,7 @@ from crictl.images.pull import PULL_LEASE_LABEL
 from crictl.mounts import remove_dir
 from crictl.network import cni, netns
 from crictl.reconciler.containers import CREATE_LEASE_LABEL, KIND_LABEL
+from crictl.store.common import Tx
 from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.inventory import ContainerRow, Rows, SandboxRow, read_rows
@@ -1120,8 +1119,8 @@ async def remove_orphans(
             )
             continue
 
-        def swept(session: Session, f: Finding = f) -> None:
-            record_event(session, "orphan", f.name, "swept", reason=f.kind, message=f.detail)
+        def swept(tx: Tx, f: Finding = f) -> None:
+            record_event(tx, "orphan", f.name, "swept", reason=f.kind, message=f.detail)
 
         await store.write(swept)
         log.info("swept an orphan", extra={"kind": f.kind, "orphan": f.name, "detail": f.detail})

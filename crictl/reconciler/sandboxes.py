@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
-from sqlalchemy.orm import Session
 
 from crictl import errors, metrics, trace
 from crictl.containerd import runc
@@ -54,6 +53,7 @@ from crictl.reconciler.configs import ConfigCache
 from crictl.reconciler.events import TaskExit
 from crictl.reconciler.images import ImageManager
 from crictl.reconciler.queue import KeyedQueue
+from crictl.store.common import Tx
 from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.models import PodSandbox, SandboxDesired, SandboxPhase
@@ -307,9 +307,9 @@ class SandboxReconciler:
         """A failed pass, where operators look: the event log (and the row's message while it
         is being stopped or removed, so a failed StopPodSandbox shows why)."""
 
-        def record(session: Session) -> None:
-            record_event(session, "sandbox", sandbox_id, "pass-failed", message=str(error))
-            record_sandbox_error(session, sandbox_id, str(error))
+        def record(tx: Tx) -> None:
+            record_event(tx, "sandbox", sandbox_id, "pass-failed", message=str(error))
+            record_sandbox_error(tx, sandbox_id, str(error))
 
         await self.store.write(record)
 
@@ -614,9 +614,9 @@ class SandboxReconciler:
         if not remove:
             gen = row.generation
 
-            def stopped(session: Session) -> None:
-                record_sandbox_not_ready(session, sid, "Stopped", "StopPodSandbox")
-                mark_sandbox_observed(session, sid, gen)
+            def stopped(tx: Tx) -> None:
+                record_sandbox_not_ready(tx, sid, "Stopped", "StopPodSandbox")
+                mark_sandbox_observed(tx, sid, gen)
 
             await self.store.write(stopped)
             return
@@ -729,10 +729,10 @@ class SandboxReconciler:
 
         await _bounded(RECOVERY_CONCURRENCY, [check(r) for r in ready])
 
-        def record(session: Session) -> list[tuple[str, str, str]]:
+        def record(tx: Tx) -> list[tuple[str, str, str]]:
             for row, pid in kept:
-                record_event(session, "sandbox", row.id, "readopted", message=f"pid {pid}")
-            return [lost for lost in gone if record_sandbox_lost(session, *lost)]
+                record_event(tx, "sandbox", row.id, "readopted", message=f"pid {pid}")
+            return [lost for lost in gone if record_sandbox_lost(tx, *lost)]
 
         marked = await self.store.write(record) if gone or kept else []
         _report_lost(marked)

@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.orm import Session
-
 from crictl import errors
 from crictl.containerd.client import ContainerdClient
 from crictl.containerd.usage import SnapshotUsage
@@ -29,6 +27,7 @@ from crictl.oci.spec import cgroups_path
 from crictl.reconciler import cgroups
 from crictl.reconciler.cgroups import Sample
 from crictl.reconciler.sandboxes import SNAPSHOTTER, config_of
+from crictl.store.common import Tx
 from crictl.store.containers import list_containers
 from crictl.store.engine import Store
 from crictl.store.sandboxes import list_sandboxes
@@ -114,15 +113,15 @@ class StatsCollector:
     async def _cgroups(self, keys: set[str]) -> dict[str, str]:
         """key -> cgroups path, for the keys asked (container ids, pod_key, pod_cgroup_key)."""
 
-        def read(session: Session) -> dict[str, str]:
-            parents = {s.id: config_of(s).linux.cgroup_parent for s in list_sandboxes(session)}
+        def read(tx: Tx) -> dict[str, str]:
+            parents = {s.id: config_of(s).linux.cgroup_parent for s in list_sandboxes(tx)}
             out: dict[str, str] = {}
             for sid, parent in parents.items():
                 if pod_key(sid) in keys:
                     out[pod_key(sid)] = cgroups_path(parent, sid, self.systemd_cgroup)
                 if pod_cgroup_key(sid) in keys and parent:
                     out[pod_cgroup_key(sid)] = parent
-            for c in list_containers(session):
+            for c in list_containers(tx):
                 if c.id in keys:
                     out[c.id] = cgroups_path(
                         parents.get(c.sandbox_id, ""), c.id, self.systemd_cgroup

@@ -1,4 +1,4 @@
-"""Typed queries on containers. The caller owns the session and so the transaction."""
+"""Typed queries on containers. The caller owns the transaction (`Tx`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import selectinload
 
 from crictl.errors import AlreadyExists, NotFound
 from crictl.store import readmodel
-from crictl.store.common import id_prefix, is_id_text, resolve_id, with_labels
+from crictl.store.common import Tx, id_prefix, is_id_text, resolve_id, with_labels
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import (
     Container,
@@ -49,7 +49,7 @@ class ContainerFilter:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def create_container(session: Session, new: NewContainer) -> tuple[ContainerView, bool]:
+def create_container(tx: Tx, new: NewContainer) -> tuple[ContainerView, bool]:
     """Inserts the container unless the sandbox has one with the same name and attempt: the
     same config is a retry (the earlier row comes back), another is AlreadyExists."""
     now = now_ns()
@@ -82,17 +82,17 @@ def create_container(session: Session, new: NewContainer) -> tuple[ContainerView
         labels=dict(new.labels),
         annotations=dict(new.annotations),
     )
-    if readmodel.insert(session, view, ("sandbox_id", "name", "attempt")):
-        record_event(session, "container", new.id, "created", to_phase=ContainerPhase.PENDING)
+    if readmodel.insert(tx, view, ("sandbox_id", "name", "attempt")):
+        record_event(tx, "container", new.id, "created", to_phase=ContainerPhase.PENDING)
         return view, True
-    earlier = session.scalars(
+    earlier = tx.connection.scalars(
         select(Container.id).where(
             Container.sandbox_id == new.sandbox_id,
             Container.name == new.name,
             Container.attempt == new.attempt,
         )
     ).one()
-    row = _must(session, earlier)
+    row = _must(tx, earlier)
     if row.config_digest != new.config_digest:
         raise AlreadyExists(
             f"container {new.name} (attempt {new.attempt}) already exists in pod sandbox "
@@ -101,11 +101,11 @@ def create_container(session: Session, new: NewContainer) -> tuple[ContainerView
     return row, False
 
 
-def resolve_container_id(session: Session, id_or_prefix: str) -> str:
-    snap = readmodel.untouched(session)
+def resolve_container_id(tx: Tx, id_or_prefix: str) -> str:
+    snap = readmodel.untouched(tx)
     if snap is not None:
         return snap.container_id(id_or_prefix)
-    return resolve_id(session, Container.id, id_or_prefix, "container")
+    return resolve_id(tx, Container.id, id_or_prefix, "container")
 
 
 def _filtered(query: Any, flt: ContainerFilter | None, labels: bool) -> Any:
@@ -125,13 +125,13 @@ def _filtered(query: Any, flt: ContainerFilter | None, labels: bool) -> Any:
     return query
 
 
-def list_containers(session: Session, flt: ContainerFilter | None = None) -> list[Container]:
+def list_containers(tx: Tx, flt: ContainerFilter | None = None) -> list[Container]:
     query = select(Container).options(selectinload(Container.labels))
-    return list(session.scalars(_filtered(query, flt, labels=True).order_by(Container.created_at)))
+    return list(tx.orm.scalars(_filtered(query, flt, labels=True).order_by(Container.created_at)))
 
 
-def _must(session: Session, container_id: str) -> ContainerView:
-    c = container_now(session, container_id)
+def _must(tx: Tx, container_id: str) -> ContainerView:
+    c = container_now(tx, container_id)
     if c is None:
         raise NotFound(f"container {container_id} not found")
     return c
@@ -150,38 +150,36 @@ def desired_reached(row: Container | ContainerView, desired: ContainerDesired) -
     return _ORDER.index(ContainerDesired(row.desired)) >= _ORDER.index(ContainerDesired(desired))
 
 
-def set_container_desired(
-    session: Session, container_id: str, desired: ContainerDesired
-) -> ContainerView:
+def set_container_desired(tx: Tx, container_id: str, desired: ContainerDesired) -> ContainerView:
     """Records what CRI asked (never backwards: a stopped container is not started again)."""
-    c = _must(session, container_id)
+    c = _must(tx, container_id)
     if not desired_reached(c, desired):
         record_event(
-            session,
+            tx,
             "container",
             container_id,
             "desired",
             reason=str(desired),
             message=f"{c.desired} -> {desired}",
         )
-        c = change(session, c, desired=desired, generation=c.generation + 1, updated_at=now_ns())
+        c = change(tx, c, desired=desired, generation=c.generation + 1, updated_at=now_ns())
     return c
 
 
 def set_containers_desired(
-    session: Session, container_ids: list[str], desired: ContainerDesired
+    tx: Tx, container_ids: list[str], desired: ContainerDesired
 ) -> list[ContainerView]:
     """`set_container_desired` for each of CONTAINER_IDS that still exists, in one transaction
     (a pod's stop or removal: a crash keeps all of them or none); the views of those found."""
     views = []
     for container_id in container_ids:
-        if container_now(session, container_id) is not None:
-            views.append(set_container_desired(session, container_id, desired))
+        if container_now(tx, container_id) is not None:
+            views.append(set_container_desired(tx, container_id, desired))
     return views
 
 
 def record_container_created(
-    session: Session,
+    tx: Tx,
     container_id: str,
     uid: int,
     gid: int,
@@ -189,19 +187,19 @@ def record_container_created(
     runtime_spec: str | None = None,
 ) -> None:
     """`runtime_spec`: the spec containerd's record was made with, where this pass made it."""
-    c = _must(session, container_id)
+    c = _must(tx, container_id)
     ids: dict[str, Any] = {"uid": uid, "gid": gid, "supplemental_groups": json.dumps(groups)}
     if c.phase == ContainerPhase.PENDING:
-        switch_container_phase(session, c, ContainerPhase.CREATED, reason="Created", **ids)
+        switch_container_phase(tx, c, ContainerPhase.CREATED, reason="Created", **ids)
     else:
-        change(session, c, **ids)
-    set_runtime_spec(session, "container", container_id, runtime_spec)
+        change(tx, c, **ids)
+    set_runtime_spec(tx, "container", container_id, runtime_spec)
 
 
-def record_container_started(session: Session, container_id: str, pid: int) -> None:
-    c = _must(session, container_id)
+def record_container_started(tx: Tx, container_id: str, pid: int) -> None:
+    c = _must(tx, container_id)
     switch_container_phase(
-        session,
+        tx,
         c,
         ContainerPhase.RUNNING,
         reason="Started",
@@ -212,18 +210,18 @@ def record_container_started(session: Session, container_id: str, pid: int) -> N
 
 
 def record_container_exited(
-    session: Session,
+    tx: Tx,
     container_id: str,
     exit_code: int,
     reason: str,
     message: str = "",
     finished_at: int | None = None,
 ) -> None:
-    c = container_now(session, container_id)
+    c = container_now(tx, container_id)
     if c is None or c.phase in (ContainerPhase.EXITED, ContainerPhase.REMOVING):
         return
     switch_container_phase(
-        session,
+        tx,
         c,
         ContainerPhase.EXITED,
         reason,
@@ -233,30 +231,28 @@ def record_container_exited(
     )
 
 
-def update_container_config(
-    session: Session, container_id: str, config: str, runtime_spec: str
-) -> None:
+def update_container_config(tx: Tx, container_id: str, config: str, runtime_spec: str) -> None:
     """A new config after UpdateContainerResources, and the spec containerd's record was given
     with it; the config's digest (the container's identity for retried creates) stays that of
     the create request."""
-    c = _must(session, container_id)
-    change(session, c, config=config, updated_at=now_ns())
-    set_runtime_spec(session, "container", container_id, runtime_spec)
-    record_event(session, "container", container_id, "resources-updated")
+    c = _must(tx, container_id)
+    change(tx, c, config=config, updated_at=now_ns())
+    set_runtime_spec(tx, "container", container_id, runtime_spec)
+    record_event(tx, "container", container_id, "resources-updated")
 
 
-def mark_container_observed(session: Session, container_id: str, generation: int) -> None:
-    c = container_now(session, container_id)
+def mark_container_observed(tx: Tx, container_id: str, generation: int) -> None:
+    c = container_now(tx, container_id)
     if c is not None and generation > c.observed_generation:
-        change(session, c, observed_generation=generation)
+        change(tx, c, observed_generation=generation)
 
 
-def delete_container(session: Session, container_id: str, reason: str = "Removed") -> None:
-    c = container_now(session, container_id)
+def delete_container(tx: Tx, container_id: str, reason: str = "Removed") -> None:
+    c = container_now(tx, container_id)
     if c is None:
         return
-    readmodel.delete(session, "container", container_id)
-    record_event(session, "container", container_id, "removed", from_phase=c.phase, reason=reason)
+    readmodel.delete(tx, "container", container_id)
+    record_event(tx, "container", container_id, "removed", from_phase=c.phase, reason=reason)
 
 
 def removal_asked(row: Container | ContainerView) -> bool:

@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crictl import errors, metrics, trace
-from crictl.store.common import On
+from crictl.store.common import On, Tx
 from crictl.store.events import COMMITTED_EVENTS, RecordedEvent
 from crictl.store.readmodel import ReadModel, Snapshot, begin, track
 
@@ -118,9 +118,9 @@ _WAITS = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class Store:
-    """Owns the engine; runs session functions off the event loop.
+    """Owns the engine; runs transaction functions off the event loop.
 
-    A session function takes a Session and does its work inside it; `write()` commits when the
+    A transaction function takes a `Tx` and does its work inside it; `write()` commits when the
     function returns and rolls back if it raises, so each call is one transaction.
     """
 
@@ -150,12 +150,13 @@ class Store:
         event.listen(engine, "engine_disposed", self._drop_writer_connection)
 
     def session(self) -> Session:
+        """An ORM session of its own (tools and tests; `Tx.of` makes it a transaction)."""
         return self._sessions()
 
     def build_model(self) -> Snapshot:
         """Loads the read model from the rows (at start, once the schema is at head)."""
         with self._write_lock, self._sessions() as session:
-            return self.model.build(session)
+            return self.model.build(Tx.of(session))
 
     @property
     def snapshot(self) -> Snapshot:
@@ -172,43 +173,66 @@ class Store:
 
     def write_sync(
         self,
-        fn: Callable[[Session], T],
+        fn: Callable[[Tx], T],
         spans: trace.Trace | None = None,
         then: Callable[[T], None] | None = None,
     ) -> T:
         """One transaction: `fn` in it, then the commit. `then(result)` runs once committed,
         still under the write lock, so what it publishes lands in commit order, before the
-        write returns and before any later transaction begins."""
-        with self._write_lock, self._writer_sessions(bind=self._writer_connection()) as session:
-            started = time.perf_counter()
-            begin(session, self.model.snapshot if self.model.built else None)
+        write returns and before any later transaction begins.
+
+        The transaction is the writer connection's own; an ORM session is made in it only if
+        `fn` asks for one (`Tx.orm`), and flushed before the commit."""
+        with self._write_lock:
+            conn = self._writer_connection()
+            tx = Tx(conn, make_orm=self._writer_orm)
             try:
-                with session.begin():
-                    result = fn(session)
-            except DBAPIError as e:
-                # The connection is kept: closing it (the last one) could checkpoint and delete
-                # the WAL, and a full disk would then take writes again for a while.
-                refusal = self._refusal(e)
-                if refusal is None:
-                    raise
-                raise refusal from e
-            committed = time.perf_counter()
-            # Committed: the read model takes the rows before the write returns.
-            try:
-                self.model.publish(session)
-            except Exception:  # a defect; the rows are right, so the model is made again
-                log.exception("read model publish failed: rebuilding it from the rows")
-                self.model.build(session)
-            if then is not None:
-                then(result)
-            if spans is not None:
-                spans.add("store commit", committed - started)
-                spans.add("store publish", time.perf_counter() - committed)
-        recorded: list[RecordedEvent] = session.info.pop(COMMITTED_EVENTS, [])
+                started = time.perf_counter()
+                begin(tx, self.model.snapshot if self.model.built else None)
+                try:
+                    with conn.begin():
+                        result = fn(tx)
+                        orm = tx.orm_made
+                        if orm is not None:
+                            orm.flush()
+                except DBAPIError as e:
+                    # The connection is kept: closing it (the last one) could checkpoint and
+                    # delete the WAL, and a full disk would then take writes again for a while.
+                    refusal = self._refusal(e)
+                    if refusal is None:
+                        raise
+                    raise refusal from e
+                committed = time.perf_counter()
+                # Committed: the read model takes the rows before the write returns.
+                try:
+                    self.model.publish(tx)
+                except Exception:  # a defect; the rows are right, so the model is made again
+                    log.exception("read model publish failed: rebuilding it from the rows")
+                    if conn.in_transaction():
+                        conn.rollback()
+                    self.model.build(tx)
+                if then is not None:
+                    then(result)
+                if spans is not None:
+                    spans.add("store commit", committed - started)
+                    spans.add("store publish", time.perf_counter() - committed)
+            finally:
+                # a publish's read back (or a failed one) began a transaction: none is kept
+                if conn.in_transaction():
+                    conn.rollback()
+                orm = tx.orm_made
+                if orm is not None:
+                    orm.close()
+        recorded: list[RecordedEvent] = tx.info.pop(COMMITTED_EVENTS, [])
         if recorded:
             for listener in self._listeners:
                 listener(recorded)
         return result
+
+    def _writer_orm(self, conn: Connection) -> Session:
+        """An ORM session joined to the write's transaction on `conn`: it flushes into it and
+        never commits or ends it (SQLAlchemy's "rollback_only" join: the store commits)."""
+        return self._writer_sessions(bind=conn, join_transaction_mode="rollback_only")
 
     def _writer_connection(self) -> Connection:
         conn = self._writer_conn
@@ -251,17 +275,17 @@ class Store:
             "nothing was changed"
         )
 
-    def read_sync(self, fn: Callable[[Session], T]) -> T:
+    def read_sync(self, fn: Callable[[Tx], T]) -> T:
         with self._sessions() as session:
-            return fn(session)
+            return fn(Tx.of(session))
 
-    async def write(self, fn: Callable[[Session], T], then: Callable[[T], None] | None = None) -> T:
+    async def write(self, fn: Callable[[Tx], T], then: Callable[[T], None] | None = None) -> T:
         with metrics.STORE_WRITES.time(), trace.span("store write"):
             return await asyncio.get_running_loop().run_in_executor(
                 self._writer, self.write_sync, fn, trace.CURRENT.get(), then
             )
 
-    async def read(self, fn: Callable[[Session], T]) -> T:
+    async def read(self, fn: Callable[[Tx], T]) -> T:
         with trace.span("store read"):
             return await asyncio.get_running_loop().run_in_executor(
                 self._readers, self.read_sync, fn
@@ -270,7 +294,7 @@ class Store:
     async def read_on_loop(self, fn: Callable[[On], T]) -> T:
         """`fn` in a read transaction on the calling thread, on a connection of that thread's
         own that never waits for SQLite's lock; where it would have, through the reader
-        threads (`read`, which gives `fn` a session). For the CRI front loop's read of a few
+        threads (`read`, which gives `fn` a `Tx`). For the CRI front loop's read of a few
         indexed rows, where the hop to a reader thread and back cost two to three times the
         read itself, measured in the daemon at rest and under critest's loop
         (docs/performance.md, "Verbose statuses"). `fn` is given the SQLite connection, in a

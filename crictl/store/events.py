@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
-
-from crictl.store.common import On, execute
+from crictl.store.common import On, Tx, execute
 
 # The events a transaction recorded, handed to the store's listeners once it committed.
 COMMITTED_EVENTS = "crictld.events"
@@ -34,7 +32,7 @@ class RecordedEvent:
 
 
 def record_event(
-    session: Session,
+    tx: Tx,
     object_kind: str,
     object_id: str,
     action: str,
@@ -56,10 +54,10 @@ def record_event(
         str(reason),
         message,
     )
-    rowid = execute(session, _INSERT, row).lastrowid
+    rowid = execute(tx, _INSERT, row).lastrowid
     assert rowid is not None  # an INSERT into a rowid table
     event = RecordedEvent(rowid, *row)
-    session.info.setdefault(COMMITTED_EVENTS, []).append(event)
+    tx.info.setdefault(COMMITTED_EVENTS, []).append(event)
     return event
 
 
@@ -69,39 +67,39 @@ _INSERT = (
 )
 
 
-def last_event_beyond(session: Session, keep: int, before: int) -> int | None:
+def last_event_beyond(tx: Tx, keep: int, before: int) -> int | None:
     """The id of the newest event that is neither among the newest `keep` nor at or after
     `before` (ns since the epoch); None if there is none."""
     found = execute(
-        session, "SELECT id FROM event ORDER BY id DESC LIMIT 1 OFFSET ?", (keep,)
+        tx, "SELECT id FROM event ORDER BY id DESC LIMIT 1 OFFSET ?", (keep,)
     ).fetchone()
     if found is None:
         return None
     # walks down from there by id, over the rows too young to go
     old = execute(
-        session,
+        tx,
         "SELECT id FROM event WHERE id <= ? AND at < ? ORDER BY id DESC LIMIT 1",
         (found[0], before),
     ).fetchone()
     return None if old is None else int(old[0])
 
 
-def delete_events_through(session: Session, last_id: int, limit: int) -> int:
+def delete_events_through(tx: Tx, last_id: int, limit: int) -> int:
     """Deletes the oldest `limit` events whose id is at most `last_id`; returns how many."""
     deleted = execute(
-        session,
+        tx,
         "DELETE FROM event WHERE id IN (SELECT id FROM event WHERE id <= ? ORDER BY id LIMIT ?)",
         (last_id, limit),
     ).rowcount
     return int(deleted)
 
 
-def last_events(session: On, object_kind: str, object_id: str, n: int) -> list[RecordedEvent]:
+def last_events(on: On, object_kind: str, object_id: str, n: int) -> list[RecordedEvent]:
     """The object's newest N events, oldest first (a verbose status shows them): one indexed
     read (ix_event_object, newest first by id) sent as is. Built as SQLAlchemy's statement
     each time, this read took 0.35-0.65 ms in a session; sent as is, 0.12 (the statement
     itself 0.015, the rest the session's BEGIN and its end)."""
-    rows = execute(session, _LAST, (object_kind, object_id, n)).fetchall()
+    rows = execute(on, _LAST, (object_kind, object_id, n)).fetchall()
     return [RecordedEvent(*row) for row in reversed(rows)]
 
 

@@ -6,8 +6,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
 
+from crictl.store.common import Tx
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import ImageName
 
@@ -70,10 +70,10 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-def put_image(session: Session, image: ImageRecord, names: Sequence[NameRecord]) -> set[str]:
+def put_image(tx: Tx, image: ImageRecord, names: Sequence[NameRecord]) -> set[str]:
     """Upserts the image and points each name at it (a moved tag leaves its old image, which
     is dropped once no name points at it). Returns the ids of the images this changed."""
-    conn = session.connection()
+    conn = tx.connection
     now = now_ns()
     touched = {image.id}
     if names:
@@ -87,48 +87,46 @@ def put_image(session: Session, image: ImageRecord, names: Sequence[NameRecord])
     conn.exec_driver_sql(_PUT_IMAGE, (*(getattr(image, c) for c in _IMAGE_COLUMNS), now))
     for n in names:
         conn.exec_driver_sql(_PUT_NAME, (*(getattr(n, c) for c in _NAME_COLUMNS), image.id, now))
-    return touched | drop_unnamed_images(session)
+    return touched | drop_unnamed_images(tx)
 
 
-def delete_image_names(session: Session, names: Iterable[str]) -> set[str]:
+def delete_image_names(tx: Tx, names: Iterable[str]) -> set[str]:
     """Returns the ids of the images that lost a name (and of any image left unnamed)."""
     names = list(names)
     if not names:
         return set()
     touched = {
         r[0]
-        for r in session.connection().exec_driver_sql(
+        for r in tx.connection.exec_driver_sql(
             f"DELETE FROM image_name WHERE name IN ({_marks(len(names))}) RETURNING image_id",
             tuple(names),
         )
     }
-    return touched | drop_unnamed_images(session)
+    return touched | drop_unnamed_images(tx)
 
 
-def replace_all_images(
-    session: Session, entries: Sequence[tuple[ImageRecord, Sequence[NameRecord]]]
-) -> None:
+def replace_all_images(tx: Tx, entries: Sequence[tuple[ImageRecord, Sequence[NameRecord]]]) -> None:
     """Makes the cache exactly `entries` (a full resync from containerd)."""
     keep = {n.name for _, names in entries for n in names}
-    stale = [n for n in session.scalars(select(ImageName.name)) if n not in keep]
+    stale = [n for n in tx.connection.scalars(select(ImageName.name)) if n not in keep]
     if stale:
-        session.execute(delete(ImageName).where(ImageName.name.in_(stale)))
+        tx.connection.execute(delete(ImageName).where(ImageName.name.in_(stale)))
     for image, names in entries:
-        put_image(session, image, names)
-    drop_unnamed_images(session)
+        put_image(tx, image, names)
+    drop_unnamed_images(tx)
 
 
-def drop_unnamed_images(session: Session) -> set[str]:
-    conn = session.connection()
+def drop_unnamed_images(tx: Tx) -> set[str]:
+    conn = tx.connection
     gone = [r[0] for r in conn.exec_driver_sql(_UNNAMED)]
     if gone:
         conn.exec_driver_sql(f"DELETE FROM image WHERE id IN ({_marks(len(gone))})", tuple(gone))
         for image_id in gone:
-            record_event(session, "image", image_id, "removed")
+            record_event(tx, "image", image_id, "removed")
     return set(gone)
 
 
-def image_rows(session: Session, ids: Collection[str] | None = None) -> list[ImageRow]:
+def image_rows(tx: Tx, ids: Collection[str] | None = None) -> list[ImageRow]:
     """The images with `ids` (all when None) and their names, by id; an id with no row is
     left out. The cache is read back after each of its writes."""
     images = f"SELECT {', '.join(_IMAGE_COLUMNS)} FROM image"
@@ -140,7 +138,7 @@ def image_rows(session: Session, ids: Collection[str] | None = None) -> list[Ima
         params = tuple(ids)
         images += f" WHERE id IN ({_marks(len(params))})"
         names += f" WHERE image_id IN ({_marks(len(params))})"
-    conn = session.connection()
+    conn = tx.connection
     by_image: dict[str, list[NameRecord]] = {}
     for image_id, *fields in conn.exec_driver_sql(names + " ORDER BY name", params):
         by_image.setdefault(image_id, []).append(NameRecord(*fields))

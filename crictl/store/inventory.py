@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, func, select
-from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from crictl.store.common import Tx
 from crictl.store.inspect import open_readonly
 from crictl.store.models import Container, Event, PodSandbox
 
@@ -62,10 +62,10 @@ class Rows:
         return frozenset(r.id for r in self.containers)
 
 
-def read_rows(session: Session, asked: Iterable[str] = ()) -> Rows:
+def read_rows(tx: Tx, asked: Iterable[str] = ()) -> Rows:
     s = PodSandbox.__table__.c
     c = Container.__table__.c
-    sandboxes = session.execute(
+    sandboxes = tx.connection.execute(
         select(
             s.id,
             s.desired,
@@ -77,7 +77,7 @@ def read_rows(session: Session, asked: Iterable[str] = ()) -> Rows:
             s.updated_at,
         ).order_by(s.created_at)
     ).all()
-    containers = session.execute(
+    containers = tx.connection.execute(
         select(
             c.id,
             c.sandbox_id,
@@ -93,7 +93,7 @@ def read_rows(session: Session, asked: Iterable[str] = ()) -> Rows:
     ids = sorted(set(asked))
     for i in range(0, len(ids), 500):  # within SQLite's bound on parameters
         made.update(
-            session.execute(
+            tx.connection.execute(
                 select(e.object_id)
                 .where(
                     e.object_kind.in_(("sandbox", "container")),
@@ -129,11 +129,11 @@ def _query_only(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     dbapi_conn.execute("PRAGMA query_only=ON")
 
 
-def count_by_phase(session: Session) -> dict[tuple[str, str], int]:
+def count_by_phase(tx: Tx) -> dict[tuple[str, str], int]:
     """{("pod" | "container", phase): how many}: the metrics' pods and containers by phase."""
     counts: dict[tuple[str, str], int] = {}
     for kind, model in (("pod", PodSandbox), ("container", Container)):
-        rows = session.execute(select(model.phase, func.count()).group_by(model.phase))
+        rows = tx.connection.execute(select(model.phase, func.count()).group_by(model.phase))
         for phase, n in rows:
             counts[(kind, phase)] = n
     return counts

@@ -41,7 +41,15 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from crictl.errors import InvalidArgument, NotFound
-from crictl.store.common import ID_LENGTH, execute, execute_many, is_id_text, label_maps
+from crictl.store.common import (
+    ID_LENGTH,
+    Tx,
+    execute,
+    execute_many,
+    is_id_text,
+    label_maps,
+    tx_info,
+)
 from crictl.store.models import (
     Container,
     ContainerLabel,
@@ -52,7 +60,7 @@ from crictl.store.models import (
 
 Kind = Literal["sandbox", "container"]
 
-# session.info keys: what a transaction touched, collected while it runs.
+# Tx.info keys: what a transaction touched, collected while it runs.
 _TOUCHED = "crictld.readmodel.touched"  # {(kind, id): the ORM object, or None: read it back}
 _GONE = "crictld.readmodel.gone"  # {(kind, id)}
 _SNAPSHOT = "crictld.readmodel.snapshot"  # the model the transaction started from
@@ -216,7 +224,8 @@ def _resolve(rows: Mapping[str, Any], id_or_prefix: str, what: str) -> str:
 def track(session: Session, _flush_context: object) -> None:
     """`after_flush` listener (`Store` registers it): records the sandbox and container rows a
     flush wrote, and the owners of label rows it wrote."""
-    touched: dict[tuple[Kind, str], object | None] = session.info.setdefault(_TOUCHED, {})
+    info = tx_info(session)
+    touched: dict[tuple[Kind, str], object | None] = info.setdefault(_TOUCHED, {})
     for obj in (*session.new, *session.dirty):
         if isinstance(obj, PodSandbox):
             _orm_written(touched, ("sandbox", obj.id), obj)
@@ -228,9 +237,9 @@ def track(session: Session, _flush_context: object) -> None:
             _labels_written(touched, ("container", obj.container_id))
     for obj in session.deleted:
         if isinstance(obj, PodSandbox):
-            gone(session, "sandbox", obj.id)
+            _gone(info, "sandbox", obj.id)
         elif isinstance(obj, Container):
-            gone(session, "container", obj.id)
+            _gone(info, "container", obj.id)
 
 
 def _orm_written(
@@ -248,10 +257,14 @@ def _labels_written(touched: dict[tuple[Kind, str], object | None], key: tuple[K
     touched[key] = None
 
 
-def gone(session: Session, kind: Kind, row_id: str) -> None:
+def gone(tx: Tx, kind: Kind, row_id: str) -> None:
     """The transaction deleted this row (a Core DELETE: the ORM does not see it)."""
-    session.info.setdefault(_GONE, set()).add((kind, row_id))
-    session.info.get(_TOUCHED, {}).pop((kind, row_id), None)
+    _gone(tx.info, kind, row_id)
+
+
+def _gone(info: dict[str, Any], kind: Kind, row_id: str) -> None:
+    info.setdefault(_GONE, set()).add((kind, row_id))
+    info.get(_TOUCHED, {}).pop((kind, row_id), None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -268,43 +281,44 @@ def gone(session: Session, kind: Kind, row_id: str) -> None:
 V = TypeVar("V", SandboxView, ContainerView)
 
 
-def begin(session: Session, snapshot: Snapshot | None) -> None:
+def begin(tx: Tx, snapshot: Snapshot | None) -> None:
     """The transaction starts from `snapshot` (the store's write lock held: it is what is
     committed); None when the model is not built, and rows are then read."""
-    session.info[_SNAPSHOT] = snapshot
+    tx.info[_SNAPSHOT] = snapshot
 
 
-def sandbox_now(session: Session, sandbox_id: str) -> SandboxView | None:
+def sandbox_now(tx: Tx, sandbox_id: str) -> SandboxView | None:
     """The sandbox row as this transaction sees it, or None."""
-    view = _now(session, "sandbox", sandbox_id)
+    view = _now(tx, "sandbox", sandbox_id)
     assert view is None or isinstance(view, SandboxView)
     return view
 
 
-def container_now(session: Session, container_id: str) -> ContainerView | None:
+def container_now(tx: Tx, container_id: str) -> ContainerView | None:
     """The container row as this transaction sees it, or None."""
-    view = _now(session, "container", container_id)
+    view = _now(tx, "container", container_id)
     assert view is None or isinstance(view, ContainerView)
     return view
 
 
-def _orm_object(session: Session, kind: Kind, rid: str) -> PodSandbox | Container | None:
-    if not session.identity_map:  # the write path loads none: no key to build
+def _orm_object(tx: Tx, kind: Kind, rid: str) -> PodSandbox | Container | None:
+    orm = tx.orm_made
+    if orm is None or not orm.identity_map:  # the write path loads none: no key to build
         return None
     model = PodSandbox if kind == "sandbox" else Container
-    obj = session.identity_map.get(identity_key(model, rid))
+    obj = orm.identity_map.get(identity_key(model, rid))
     return obj if isinstance(obj, PodSandbox | Container) else None
 
 
-def _now(session: Session, kind: Kind, rid: str) -> SandboxView | ContainerView | None:
+def _now(tx: Tx, kind: Kind, rid: str) -> SandboxView | ContainerView | None:
     key = (kind, rid)
-    if key in session.info.get(_GONE, ()):
+    if key in tx.info.get(_GONE, ()):
         return None
-    entry = session.info.get(_TOUCHED, {}).get(key, _ABSENT)
-    obj = _orm_object(session, kind, rid)
+    entry = tx.info.get(_TOUCHED, {}).get(key, _ABSENT)
+    obj = _orm_object(tx, kind, rid)
     if obj is None and isinstance(entry, SandboxView | ContainerView):
         return entry
-    snap: Snapshot | None = session.info.get(_SNAPSHOT)
+    snap: Snapshot | None = tx.info.get(_SNAPSHOT)
     prev = None
     if snap is not None:
         prev = (snap.sandboxes if kind == "sandbox" else snap.containers).get(rid)
@@ -315,7 +329,7 @@ def _now(session: Session, kind: Kind, rid: str) -> SandboxView | ContainerView 
             return _view(obj, base.labels, base.annotations)
     elif snap is not None and entry is _ABSENT:
         return prev
-    loaded = (_load_sandboxes if kind == "sandbox" else _load_containers)(session, [rid])
+    loaded = (_load_sandboxes if kind == "sandbox" else _load_containers)(tx, [rid])
     return loaded.get(rid)
 
 
@@ -330,7 +344,7 @@ def _view(
     return _container_view(obj, labels, annotations)
 
 
-def change(session: Session, view: V, **columns: Any) -> V:
+def change(tx: Tx, view: V, **columns: Any) -> V:
     """Sets `columns` on the row `view` shows (as `sandbox_now`/`container_now` gave it) and
     returns its new view."""
     cols: dict[str, Any] = {
@@ -338,20 +352,20 @@ def change(session: Session, view: V, **columns: Any) -> V:
     }
     kind: Kind = "sandbox" if isinstance(view, SandboxView) else "container"
     # built on the latest view this transaction made of the row, should `view` be older
-    latest = session.info.get(_TOUCHED, {}).get((kind, view.id))
+    latest = tx.info.get(_TOUCHED, {}).get((kind, view.id))
     new = dataclasses.replace(latest if isinstance(latest, type(view)) else view, **cols)
-    obj = _orm_object(session, kind, view.id)
+    obj = _orm_object(tx, kind, view.id)
     if obj is not None:
         for k, v in cols.items():
             setattr(obj, k, v)
         return new
     table = PodSandbox.__tablename__ if kind == "sandbox" else Container.__tablename__
-    execute(session, _update_sql(table, tuple(cols)), (*cols.values(), view.id))
-    session.info.setdefault(_TOUCHED, {})[(kind, view.id)] = new
+    execute(tx, _update_sql(table, tuple(cols)), (*cols.values(), view.id))
+    tx.info.setdefault(_TOUCHED, {})[(kind, view.id)] = new
     return new
 
 
-def insert(session: Session, view: V, unique: tuple[str, ...]) -> bool:
+def insert(tx: Tx, view: V, unique: tuple[str, ...]) -> bool:
     """Inserts the row `view` shows, with its labels and annotations, unless a row with the
     same `unique` columns exists (then nothing is written): True if it was inserted."""
     kind: Kind = "sandbox" if isinstance(view, SandboxView) else "container"
@@ -362,7 +376,7 @@ def insert(session: Session, view: V, unique: tuple[str, ...]) -> bool:
         table, label_table = Container.__tablename__, ContainerLabel.__tablename__
         columns, owner = _CONTAINER_COLUMNS, "container_id"
     result = execute(
-        session, _insert_sql(table, columns, unique), tuple(getattr(view, c) for c in columns)
+        tx, _insert_sql(table, columns, unique), tuple(getattr(view, c) for c in columns)
     )
     if result.rowcount != 1:
         return False
@@ -376,12 +390,12 @@ def insert(session: Session, view: V, unique: tuple[str, ...]) -> bool:
     ]
     if rows:
         execute_many(
-            session,
+            tx,
             f"INSERT INTO {label_table} ({owner}, kind, key, value) VALUES (?, ?, ?, ?)",
             rows,
         )
-    session.info.get(_GONE, set()).discard((kind, view.id))
-    session.info.setdefault(_TOUCHED, {})[(kind, view.id)] = view
+    tx.info.get(_GONE, set()).discard((kind, view.id))
+    tx.info.setdefault(_TOUCHED, {})[(kind, view.id)] = view
     return True
 
 
@@ -397,21 +411,24 @@ def _insert_sql(table: str, columns: tuple[str, ...], unique: tuple[str, ...]) -
     )
 
 
-def delete(session: Session, kind: Kind, rid: str) -> None:
+def delete(tx: Tx, kind: Kind, rid: str) -> None:
     """Deletes the row (the database cascades to its labels)."""
-    obj = _orm_object(session, kind, rid)
+    obj = _orm_object(tx, kind, rid)
     if obj is not None:
-        session.expunge(obj)
+        tx.orm.expunge(obj)
     table = PodSandbox.__tablename__ if kind == "sandbox" else Container.__tablename__
-    execute(session, f"DELETE FROM {table} WHERE id = ?", (rid,))
-    gone(session, kind, rid)
+    execute(tx, f"DELETE FROM {table} WHERE id = ?", (rid,))
+    gone(tx, kind, rid)
 
 
-def untouched(session: Session) -> Snapshot | None:
+def untouched(tx: Tx) -> Snapshot | None:
     """The model the transaction started from while it has written nothing: it then answers
     for the rows (id lookups without SQL). None: ask the rows."""
-    info = session.info
-    if info.get(_TOUCHED) or info.get(_GONE) or session.new or session.dirty or session.deleted:
+    info = tx.info
+    if info.get(_TOUCHED) or info.get(_GONE):
+        return None
+    orm = tx.orm_made
+    if orm is not None and (orm.new or orm.dirty or orm.deleted):
         return None
     snap: Snapshot | None = info.get(_SNAPSHOT)
     return snap
@@ -440,18 +457,18 @@ class ReadModel:
         self.publishes = 0
         self._lock = threading.Lock()
 
-    def build(self, session: Session) -> Snapshot:
-        """Every row, read in the session's (new) transaction."""
+    def build(self, tx: Tx) -> Snapshot:
+        """Every row, read in the transaction `tx`."""
         with self._lock:
-            snap = load_all(session)
+            snap = load_all(tx)
             self.snapshot, self.built = snap, True
             return snap
 
-    def publish(self, session: Session) -> None:
-        """Applies what the committed transaction of `session` touched; reads back, in a new
-        transaction of that session, the rows it has no complete object for."""
-        touched: dict[tuple[Kind, str], object | None] = session.info.pop(_TOUCHED, {})
-        removed: set[tuple[Kind, str]] = session.info.pop(_GONE, set())
+    def publish(self, tx: Tx) -> None:
+        """Applies what the committed transaction `tx` touched; reads back, in a new transaction
+        on its connection, the rows it has no complete object for."""
+        touched: dict[tuple[Kind, str], object | None] = tx.info.pop(_TOUCHED, {})
+        removed: set[tuple[Kind, str]] = tx.info.pop(_GONE, set())
         if not self.built or not (touched or removed):
             return
         with self._lock:
@@ -482,7 +499,7 @@ class ReadModel:
                     else:
                         reread["container"].append(rid)
             if reread["sandbox"]:
-                fresh_s = _load_sandboxes(session, reread["sandbox"])
+                fresh_s = _load_sandboxes(tx, reread["sandbox"])
                 for rid in reread["sandbox"]:
                     view = fresh_s.get(rid)
                     if view is None:
@@ -490,7 +507,7 @@ class ReadModel:
                     else:
                         sandboxes[rid] = view
             if reread["container"]:
-                fresh_c = _load_containers(session, reread["container"])
+                fresh_c = _load_containers(tx, reread["container"])
                 for rid in reread["container"]:
                     view_c = fresh_c.get(rid)
                     if view_c is None:
@@ -515,28 +532,28 @@ def _oldest_first(rows: dict[str, Any]) -> dict[str, Any]:
 # The rows are read as tuples of the views' columns, not as ORM objects: at start this read is
 # the whole model, and the ORM built an object per row with its runtime spec, which no view
 # holds (at 100 pods and 300 containers the step took 54-66 ms that way, 22-35 since).
-def _load_sandboxes(session: Session, ids: Iterable[str] | None) -> dict[str, SandboxView]:
+def _load_sandboxes(tx: Tx, ids: Iterable[str] | None) -> dict[str, SandboxView]:
     t = PodSandbox.__table__.c
     query = select(*(t[c] for c in _SANDBOX_COLUMNS)).order_by(t.created_at)
     if ids is not None:
         query = query.where(t.id.in_(list(ids)))
-    rows = session.execute(query).all()
+    rows = tx.connection.execute(query).all()
     maps = label_maps(
-        session, PodSandboxLabel.__table__, "sandbox_id", [r.id for r in rows], every=ids is None
+        tx, PodSandboxLabel.__table__, "sandbox_id", [r.id for r in rows], every=ids is None
     )
     return {
         r.id: _sandbox_of(dict(zip(_SANDBOX_COLUMNS, r, strict=True)), *maps[r.id]) for r in rows
     }
 
 
-def _load_containers(session: Session, ids: Iterable[str] | None) -> dict[str, ContainerView]:
+def _load_containers(tx: Tx, ids: Iterable[str] | None) -> dict[str, ContainerView]:
     t = Container.__table__.c
     query = select(*(t[c] for c in _CONTAINER_COLUMNS)).order_by(t.created_at)
     if ids is not None:
         query = query.where(t.id.in_(list(ids)))
-    rows = session.execute(query).all()
+    rows = tx.connection.execute(query).all()
     maps = label_maps(
-        session, ContainerLabel.__table__, "container_id", [r.id for r in rows], every=ids is None
+        tx, ContainerLabel.__table__, "container_id", [r.id for r in rows], every=ids is None
     )
     return {
         r.id: _container_of(dict(zip(_CONTAINER_COLUMNS, r, strict=True)), *maps[r.id])
@@ -544,6 +561,6 @@ def _load_containers(session: Session, ids: Iterable[str] | None) -> dict[str, C
     }
 
 
-def load_all(session: Session) -> Snapshot:
+def load_all(tx: Tx) -> Snapshot:
     """A snapshot built from the rows alone (the model at start; what tests compare it with)."""
-    return Snapshot(_load_sandboxes(session, None), _load_containers(session, None))
+    return Snapshot(_load_sandboxes(tx, None), _load_containers(tx, None))

@@ -1,4 +1,4 @@
-"""Typed queries on pod sandboxes. The caller owns the session and so the transaction."""
+"""Typed queries on pod sandboxes. The caller owns the transaction (`Tx`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import selectinload
 
 from crictl.errors import AlreadyExists, NotFound
 from crictl.store import readmodel
-from crictl.store.common import id_prefix, is_id_text, resolve_id, with_labels
+from crictl.store.common import Tx, id_prefix, is_id_text, resolve_id, with_labels
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import (
     LabelKind,
@@ -50,7 +50,7 @@ class SandboxFilter:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def create_sandbox(session: Session, new: NewSandbox) -> tuple[SandboxView, bool]:
+def create_sandbox(tx: Tx, new: NewSandbox) -> tuple[SandboxView, bool]:
     """Inserts the sandbox unless one with the same CRI metadata exists.
 
     Returns (row, created). The same metadata with the same config is the retry of an earlier
@@ -87,10 +87,10 @@ def create_sandbox(session: Session, new: NewSandbox) -> tuple[SandboxView, bool
         labels=dict(new.labels),
         annotations=dict(new.annotations),
     )
-    if readmodel.insert(session, view, ("name", "namespace", "uid", "attempt")):
-        record_event(session, "sandbox", new.id, "created", to_phase=SandboxPhase.PENDING)
+    if readmodel.insert(tx, view, ("name", "namespace", "uid", "attempt")):
+        record_event(tx, "sandbox", new.id, "created", to_phase=SandboxPhase.PENDING)
         return view, True
-    earlier = session.scalars(
+    earlier = tx.connection.scalars(
         select(PodSandbox.id).where(
             PodSandbox.name == new.name,
             PodSandbox.namespace == new.namespace,
@@ -98,7 +98,7 @@ def create_sandbox(session: Session, new: NewSandbox) -> tuple[SandboxView, bool
             PodSandbox.attempt == new.attempt,
         )
     ).one()
-    row = _must(session, earlier)
+    row = _must(tx, earlier)
     if row.config_digest != new.config_digest:
         raise AlreadyExists(
             f"pod sandbox {new.namespace}/{new.name} (uid {new.uid}, attempt {new.attempt}) "
@@ -107,24 +107,24 @@ def create_sandbox(session: Session, new: NewSandbox) -> tuple[SandboxView, bool
     return row, False
 
 
-def resolve_sandbox_id(session: Session, id_or_prefix: str) -> str:
+def resolve_sandbox_id(tx: Tx, id_or_prefix: str) -> str:
     """The full id of the one sandbox whose id starts with `id_or_prefix`."""
-    snap = readmodel.untouched(session)
+    snap = readmodel.untouched(tx)
     if snap is not None:
         return snap.sandbox_id(id_or_prefix)
-    return resolve_id(session, PodSandbox.id, id_or_prefix, "pod sandbox")
+    return resolve_id(tx, PodSandbox.id, id_or_prefix, "pod sandbox")
 
 
-def get_sandbox(session: Session, id_or_prefix: str) -> PodSandbox:
-    sandbox_id = resolve_sandbox_id(session, id_or_prefix)
-    return session.scalars(
+def get_sandbox(tx: Tx, id_or_prefix: str) -> PodSandbox:
+    sandbox_id = resolve_sandbox_id(tx, id_or_prefix)
+    return tx.orm.scalars(
         select(PodSandbox)
         .options(selectinload(PodSandbox.labels))
         .where(PodSandbox.id == sandbox_id)
     ).one()
 
 
-def list_sandboxes(session: Session, flt: SandboxFilter | None = None) -> list[PodSandbox]:
+def list_sandboxes(tx: Tx, flt: SandboxFilter | None = None) -> list[PodSandbox]:
     query = select(PodSandbox).options(selectinload(PodSandbox.labels))
     if flt is not None:
         if flt.id_prefix:
@@ -134,20 +134,20 @@ def list_sandboxes(session: Session, flt: SandboxFilter | None = None) -> list[P
         query = with_labels(
             query, PodSandboxLabel.__table__, "sandbox_id", PodSandbox.id, flt.labels
         )
-    return list(session.scalars(query.order_by(PodSandbox.created_at)))
+    return list(tx.orm.scalars(query.order_by(PodSandbox.created_at)))
 
 
 def labels_of(sandbox: PodSandbox, kind: LabelKind) -> dict[str, str]:
     return {label.key: label.value for label in sandbox.labels if label.kind == kind}
 
 
-def set_sandbox_desired(session: Session, sandbox_id: str, desired: SandboxDesired) -> SandboxView:
+def set_sandbox_desired(tx: Tx, sandbox_id: str, desired: SandboxDesired) -> SandboxView:
     """Records what CRI asked; a change bumps the generation the reconciler must observe."""
-    sandbox = _must(session, sandbox_id)
+    sandbox = _must(tx, sandbox_id)
     order = [SandboxDesired.READY, SandboxDesired.NOTREADY, SandboxDesired.REMOVED]
     if order.index(SandboxDesired(desired)) > order.index(SandboxDesired(sandbox.desired)):
         record_event(
-            session,
+            tx,
             "sandbox",
             sandbox_id,
             "desired",
@@ -155,7 +155,7 @@ def set_sandbox_desired(session: Session, sandbox_id: str, desired: SandboxDesir
             message=f"{sandbox.desired} -> {desired}",
         )
         sandbox = change(
-            session,
+            tx,
             sandbox,
             desired=desired,
             generation=sandbox.generation + 1,
@@ -165,7 +165,7 @@ def set_sandbox_desired(session: Session, sandbox_id: str, desired: SandboxDesir
 
 
 def record_sandbox_network(
-    session: Session,
+    tx: Tx,
     sandbox_id: str,
     cni_result: str | None,
     ip: str | None,
@@ -175,19 +175,19 @@ def record_sandbox_network(
     """The CNI ADD's result, with the network configuration it ran with (kept once in memory
     for all the pods that share it)."""
     change(
-        session,
-        _must(session, sandbox_id),
+        tx,
+        _must(tx, sandbox_id),
         cni_result=cni_result,
         cni_config=sys.intern(cni_config),
         ip=ip,
         additional_ips=json.dumps(additional_ips),
         updated_at=now_ns(),
     )
-    record_event(session, "sandbox", sandbox_id, "network", message=f"ip {ip}")
+    record_event(tx, "sandbox", sandbox_id, "network", message=f"ip {ip}")
 
 
 def record_sandbox_started(
-    session: Session,
+    tx: Tx,
     sandbox_id: str,
     container_id: str,
     pid: int,
@@ -195,10 +195,10 @@ def record_sandbox_started(
 ) -> None:
     """`runtime_spec`: the spec containerd's record of the pause container was made with,
     where this pass made it."""
-    sandbox = _must(session, sandbox_id)
-    set_runtime_spec(session, "sandbox", sandbox_id, runtime_spec)
+    sandbox = _must(tx, sandbox_id)
+    set_runtime_spec(tx, "sandbox", sandbox_id, runtime_spec)
     switch_sandbox_phase(
-        session,
+        tx,
         sandbox,
         SandboxPhase.READY,
         reason="Started",
@@ -210,14 +210,12 @@ def record_sandbox_started(
     )
 
 
-def record_sandbox_not_ready(
-    session: Session, sandbox_id: str, reason: str, message: str = ""
-) -> None:
+def record_sandbox_not_ready(tx: Tx, sandbox_id: str, reason: str, message: str = "") -> None:
     """The sandbox stopped being ready (stopped, or its pause task or netns vanished)."""
-    sandbox = _must(session, sandbox_id)
+    sandbox = _must(tx, sandbox_id)
     if sandbox.phase in (SandboxPhase.PENDING, SandboxPhase.READY):
         switch_sandbox_phase(
-            session,
+            tx,
             sandbox,
             SandboxPhase.NOTREADY,
             reason,
@@ -226,42 +224,42 @@ def record_sandbox_not_ready(
         )
 
 
-def record_sandbox_lost(session: Session, sandbox_id: str, reason: str, message: str) -> bool:
+def record_sandbox_lost(tx: Tx, sandbox_id: str, reason: str, message: str) -> bool:
     """The loop saw a ready pod lose its pause task, netns or network, from a snapshot read
     before this write: a pod removed or asked to stop since is left to that request, which
     reports it. Returns whether the pod was marked NOTREADY."""
-    sandbox = sandbox_now(session, sandbox_id)
+    sandbox = sandbox_now(tx, sandbox_id)
     if sandbox is None or sandbox.desired != SandboxDesired.READY:
         return False
     if sandbox.phase != SandboxPhase.READY:
         return False
-    record_sandbox_not_ready(session, sandbox_id, reason, message)
+    record_sandbox_not_ready(tx, sandbox_id, reason, message)
     return True
 
 
-def record_setup_failed(session: Session, sandbox_id: str, error: str) -> SandboxView:
+def record_setup_failed(tx: Tx, sandbox_id: str, error: str) -> SandboxView:
     """A setup failed: its undo (a removal) is recorded before it starts, with the reason, so
     a crash in the undo is finished by the next pass and still says why."""
-    sandbox = set_sandbox_desired(session, sandbox_id, SandboxDesired.REMOVED)
-    return change(session, sandbox, reason=SETUP_FAILED, message=error)
+    sandbox = set_sandbox_desired(tx, sandbox_id, SandboxDesired.REMOVED)
+    return change(tx, sandbox, reason=SETUP_FAILED, message=error)
 
 
-def record_sandbox_error(session: Session, sandbox_id: str, error: str) -> None:
+def record_sandbox_error(tx: Tx, sandbox_id: str, error: str) -> None:
     """A stop or remove that failed: its error on the row (the pass is retried)."""
-    sandbox = sandbox_now(session, sandbox_id)
+    sandbox = sandbox_now(tx, sandbox_id)
     if sandbox is not None and sandbox.desired != SandboxDesired.READY:
         if sandbox.reason != SETUP_FAILED:  # an undo keeps saying why it undoes
-            change(session, sandbox, reason="TeardownFailed", message=error, updated_at=now_ns())
+            change(tx, sandbox, reason="TeardownFailed", message=error, updated_at=now_ns())
         else:
-            change(session, sandbox, updated_at=now_ns())
+            change(tx, sandbox, updated_at=now_ns())
 
 
-def record_network_released(session: Session, sandbox_id: str) -> None:
-    sandbox = _must(session, sandbox_id)
+def record_network_released(tx: Tx, sandbox_id: str) -> None:
+    sandbox = _must(tx, sandbox_id)
     if not sandbox.network_released:
-        change(session, sandbox, network_released=True)
+        change(tx, sandbox, network_released=True)
         record_event(
-            session,
+            tx,
             "sandbox",
             sandbox_id,
             "network-released",
@@ -269,19 +267,19 @@ def record_network_released(session: Session, sandbox_id: str) -> None:
         )
 
 
-def mark_sandbox_observed(session: Session, sandbox_id: str, generation: int) -> None:
-    sandbox = sandbox_now(session, sandbox_id)
+def mark_sandbox_observed(tx: Tx, sandbox_id: str, generation: int) -> None:
+    sandbox = sandbox_now(tx, sandbox_id)
     if sandbox is not None and generation > sandbox.observed_generation:
-        change(session, sandbox, observed_generation=generation)
+        change(tx, sandbox, observed_generation=generation)
 
 
-def delete_sandbox(session: Session, sandbox_id: str, reason: str, message: str = "") -> None:
-    sandbox = sandbox_now(session, sandbox_id)
+def delete_sandbox(tx: Tx, sandbox_id: str, reason: str, message: str = "") -> None:
+    sandbox = sandbox_now(tx, sandbox_id)
     if sandbox is None:
         return
-    readmodel.delete(session, "sandbox", sandbox_id)
+    readmodel.delete(tx, "sandbox", sandbox_id)
     record_event(
-        session,
+        tx,
         "sandbox",
         sandbox_id,
         "removed",
@@ -291,18 +289,18 @@ def delete_sandbox(session: Session, sandbox_id: str, reason: str, message: str 
     )
 
 
-def _must(session: Session, sandbox_id: str) -> SandboxView:
-    sandbox = sandbox_now(session, sandbox_id)
+def _must(tx: Tx, sandbox_id: str) -> SandboxView:
+    sandbox = sandbox_now(tx, sandbox_id)
     if sandbox is None:
         raise NotFound(f"pod sandbox {sandbox_id} not found")
     return sandbox
 
 
-def update_sandbox_config(session: Session, sandbox_id: str, config: str, detail: str) -> None:
+def update_sandbox_config(tx: Tx, sandbox_id: str, config: str, detail: str) -> None:
     """A new config after UpdatePodSandboxResources; its digest (the sandbox's identity for
     retried runs) stays that of the run request."""
-    change(session, _must(session, sandbox_id), config=config, updated_at=now_ns())
-    record_event(session, "sandbox", sandbox_id, "resources-updated", message=detail)
+    change(tx, _must(tx, sandbox_id), config=config, updated_at=now_ns())
+    record_event(tx, "sandbox", sandbox_id, "resources-updated", message=detail)
 
 
 def select_sandboxes(snap: Snapshot, flt: SandboxFilter | None = None) -> list[SandboxView]:

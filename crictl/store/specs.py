@@ -21,9 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy.orm import Session
-
-from crictl.store.common import On, execute
+from crictl.store.common import On, Tx, execute
 from crictl.store.events import RecordedEvent, last_events
 
 Kind = Literal["sandbox", "container"]
@@ -37,21 +35,19 @@ class Inspected:
     events: list[RecordedEvent]  # the newest, oldest first
 
 
-def set_runtime_spec(session: Session, kind: Kind, object_id: str, spec: str | None) -> None:
+def set_runtime_spec(tx: Tx, kind: Kind, object_id: str, spec: str | None) -> None:
     """Records the spec containerd's record now holds (None: not known, ask containerd)."""
-    execute(session, f"UPDATE {_TABLES[kind]} SET runtime_spec = ? WHERE id = ?", (spec, object_id))
+    execute(tx, f"UPDATE {_TABLES[kind]} SET runtime_spec = ? WHERE id = ?", (spec, object_id))
 
 
-def stored_spec(session: On, kind: Kind, object_id: str) -> str | None:
+def stored_spec(on: On, kind: Kind, object_id: str) -> str | None:
     """The spec containerd's record holds, where the row knows it (None: ask containerd)."""
     row = execute(
-        session, f"SELECT runtime_spec FROM {_TABLES[kind]} WHERE id = ?", (object_id,)
+        on, f"SELECT runtime_spec FROM {_TABLES[kind]} WHERE id = ?", (object_id,)
     ).fetchone()
     return row[0] if row else None
 
 
-def inspected(session: On, kind: Kind, object_id: str, events: int) -> Inspected:
+def inspected(on: On, kind: Kind, object_id: str, events: int) -> Inspected:
     """The object's stored spec and its newest `events` events, in one read transaction."""
-    return Inspected(
-        stored_spec(session, kind, object_id), last_events(session, kind, object_id, events)
-    )
+    return Inspected(stored_spec(on, kind, object_id), last_events(on, kind, object_id, events))

@@ -35,9 +35,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from sqlalchemy.orm import Session
-
 from crictl.errors import FailedPrecondition
+from crictl.store.common import Tx
 from crictl.store.events import now_ns, record_event
 from crictl.store.models import ContainerPhase, SandboxPhase
 from crictl.store.readmodel import ContainerView, SandboxView, V, change
@@ -67,7 +66,7 @@ def _check(kind: str, obj_id: str, old: str, new: str, table: Mapping[str, froze
 
 
 def switch_sandbox_phase(
-    session: Session,
+    tx: Tx,
     sandbox: SandboxView,
     new: SandboxPhase,
     reason: str = "",
@@ -76,11 +75,11 @@ def switch_sandbox_phase(
 ) -> SandboxView:
     """Moves the sandbox `sandbox` shows to `new`, with `columns` set in the same UPDATE;
     returns its new view."""
-    return _switch(session, "sandbox", sandbox, new, SANDBOX_TRANSITIONS, reason, message, columns)
+    return _switch(tx, "sandbox", sandbox, new, SANDBOX_TRANSITIONS, reason, message, columns)
 
 
 def switch_container_phase(
-    session: Session,
+    tx: Tx,
     container: ContainerView,
     new: ContainerPhase,
     reason: str = "",
@@ -89,13 +88,11 @@ def switch_container_phase(
 ) -> ContainerView:
     """Moves the container `container` shows to `new`, with `columns` set in the same UPDATE;
     returns its new view."""
-    return _switch(
-        session, "container", container, new, CONTAINER_TRANSITIONS, reason, message, columns
-    )
+    return _switch(tx, "container", container, new, CONTAINER_TRANSITIONS, reason, message, columns)
 
 
 def _switch(
-    session: Session,
+    tx: Tx,
     kind: Literal["sandbox", "container"],
     view: V,
     new: str,
@@ -107,7 +104,7 @@ def _switch(
     old = view.phase
     _check(kind, view.id, old, new, table)
     record_event(
-        session,
+        tx,
         kind,
         view.id,
         "transition",
@@ -117,5 +114,5 @@ def _switch(
         message=message,
     )
     return change(
-        session, view, phase=new, reason=reason, message=message, updated_at=now_ns(), **columns
+        tx, view, phase=new, reason=reason, message=message, updated_at=now_ns(), **columns
     )

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from crictl.reconciler.containers import ContainerReconciler
 from crictl.store import containers as sc
 from crictl.store import sandboxes as ss
+from crictl.store.common import Tx
 from crictl.store.engine import Store, make_engine
 from crictl.store.migrate import upgrade_to_head
 from crictl.store.models import Event
@@ -73,7 +73,7 @@ def container_reconciler(store: Store, containerd: Any, tmp_path: Path) -> Conta
 
 
 def list_events(
-    session: Session, object_kind: str | None = None, object_id: str | None = None
+    session: Tx, object_kind: str | None = None, object_id: str | None = None
 ) -> list[Event]:
     """Every event row, oldest first, of one kind and object if given: the whole log as the
     tests read it (the daemon reads an object's last ones, `last_events`)."""
@@ -82,4 +82,4 @@ def list_events(
         query = query.where(Event.object_kind == object_kind)
     if object_id is not None:
         query = query.where(Event.object_id == object_id)
-    return list(session.scalars(query))
+    return list(session.orm.scalars(query))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
 from crictl import metrics
+from crictl.store.common import Tx
 from crictl.store.engine import Store
 from crictl.store.events import record_event
 from crictl.store.retention import EventLogRetention, trim_event_log
@@ -16,7 +16,7 @@ from tests.unit.rows import list_events
 
 
 def _append(store: Store, count: int, kind: str = "container") -> None:
-    def write(session: Session) -> None:
+    def write(session: Tx) -> None:
         for i in range(count):
             record_event(session, kind, f"{i:064x}", "created")
 
@@ -87,7 +87,7 @@ async def test_rows_younger_than_the_minimum_age_stay(store: Store) -> None:
     ids = _ids(store)
     hour = 3600 * 10**9
     store.write_sync(
-        lambda s: s.execute(
+        lambda s: s.connection.execute(
             text("UPDATE event SET at = at - :age WHERE id <= :last"),
             {"age": 2 * hour, "last": ids[9]},
         )

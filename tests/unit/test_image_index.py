@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy.orm import Session
 
 from crictl import errors
 from crictl.reconciler.images import ImageIndex, ImageLookup
+from crictl.store.common import Tx
 from crictl.store.engine import Store, make_engine
 from crictl.store.images import (
     ImageRecord,
@@ -89,7 +89,7 @@ remove = st.tuples(st.just("delete"), st.lists(st.sampled_from(NAMES), max_size=
 resync = st.tuples(st.just("resync"), st.lists(st.sampled_from(IDS), max_size=2, unique=True))
 
 
-def _change(op: tuple[object, ...]) -> Callable[[Session], set[str] | None]:
+def _change(op: tuple[object, ...]) -> Callable[[Tx], set[str] | None]:
     match op:
         case ("put", str(image_id), int(size), list(names)):
             rec = ImageRecord(image_id, size, None, "", "{}", "m", None)

@@ -15,11 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, class_mapper
+from sqlalchemy.orm import class_mapper
 
 from crictl.errors import CrictlError, InvalidArgument, NotFound
 from crictl.store import containers as sc
 from crictl.store import sandboxes as ss
+from crictl.store.common import Tx
 from crictl.store.engine import Store, make_engine
 from crictl.store.migrate import upgrade_to_head
 from crictl.store.models import (
@@ -44,7 +45,7 @@ from tests.unit import rows
 
 def fresh(store: Store) -> Any:
     with store.session() as session:
-        return load_all(session)
+        return load_all(Tx.of(session))
 
 
 def new_sandbox(sid: str, name: str, labels: dict[str, str] | None = None) -> ss.NewSandbox:
@@ -66,15 +67,15 @@ def new_container(cid: str, sandbox_id: str, name: str, labels: dict[str, str]) 
     return rows.new_container(cid, sandbox_id, name, labels, annotations={"a": "1"})
 
 
-def sandbox_writer(new: ss.NewSandbox) -> Callable[[Session], object]:
+def sandbox_writer(new: ss.NewSandbox) -> Callable[[Tx], object]:
     return lambda s: ss.create_sandbox(s, new)
 
 
-def container_writer(new: sc.NewContainer) -> Callable[[Session], object]:
+def container_writer(new: sc.NewContainer) -> Callable[[Tx], object]:
     return lambda s: sc.create_container(s, new)
 
 
-def sandbox_lister(flt: ss.SandboxFilter | None) -> Callable[[Session], list[PodSandbox]]:
+def sandbox_lister(flt: ss.SandboxFilter | None) -> Callable[[Tx], list[PodSandbox]]:
     return lambda s: ss.list_sandboxes(s, flt)
 
 
@@ -127,9 +128,9 @@ def test_a_rolled_back_write_changes_nothing(store: Store) -> None:
     store.write_sync(lambda s: ss.create_sandbox(s, new_sandbox(sid, "web")))
     before = store.snapshot
 
-    def fails(session: Session) -> None:
+    def fails(session: Tx) -> None:
         ss.set_sandbox_desired(session, sid, SandboxDesired.NOTREADY)
-        session.flush()
+        session.orm.flush()
         raise NotFound("no")
 
     with pytest.raises(NotFound):
@@ -162,8 +163,8 @@ def test_a_lean_change_lands_in_the_row_and_the_model(store: Store) -> None:
 def test_a_row_held_as_an_orm_object_is_changed_through_it(store: Store) -> None:
     cid = _container_row(store)
 
-    def tx(s: Session) -> None:
-        orm = s.get(Container, cid)
+    def tx(s: Tx) -> None:
+        orm = s.orm.get(Container, cid)
         assert orm is not None
         orm.message = "through the ORM"  # pending, not flushed
         sc.set_container_desired(s, cid, ContainerDesired.RUNNING)
@@ -177,12 +178,12 @@ def test_a_row_held_as_an_orm_object_is_changed_through_it(store: Store) -> None
 def test_an_orm_change_after_a_lean_one_keeps_both(store: Store) -> None:
     cid = _container_row(store)
 
-    def tx(s: Session) -> None:
+    def tx(s: Tx) -> None:
         sc.set_container_desired(s, cid, ContainerDesired.RUNNING)
-        orm = s.get(Container, cid)
+        orm = s.orm.get(Container, cid)
         assert orm is not None and orm.desired == ContainerDesired.RUNNING  # the row, as changed
         orm.message = "after"
-        s.flush()
+        s.orm.flush()
         sc.mark_container_observed(s, cid, 2)  # through the ORM object again
 
     store.write_sync(tx)
@@ -193,7 +194,7 @@ def test_an_orm_change_after_a_lean_one_keeps_both(store: Store) -> None:
 def test_changes_in_one_transaction_build_on_each_other(store: Store) -> None:
     cid = _container_row(store)
 
-    def tx(s: Session) -> None:
+    def tx(s: Tx) -> None:
         sc.set_container_desired(s, cid, ContainerDesired.RUNNING)
         sc.record_container_created(s, cid, 1, 2, [3])
         sc.record_container_started(s, cid, 42)
@@ -213,7 +214,7 @@ def test_changes_in_one_transaction_build_on_each_other(store: Store) -> None:
 def test_a_change_through_an_older_view_keeps_the_changes_since(store: Store) -> None:
     cid = _container_row(store)
 
-    def tx(s: Session) -> None:
+    def tx(s: Tx) -> None:
         old = container_now(s, cid)
         assert old is not None
         sc.set_container_desired(s, cid, ContainerDesired.RUNNING)
@@ -227,8 +228,8 @@ def test_a_change_through_an_older_view_keeps_the_changes_since(store: Store) ->
 def test_a_deleted_row_is_gone_for_the_rest_of_the_transaction(store: Store) -> None:
     cid = _container_row(store)
 
-    def tx(s: Session) -> None:
-        s.get(Container, cid)
+    def tx(s: Tx) -> None:
+        s.orm.get(Container, cid)
         sc.delete_container(s, cid)
         assert container_now(s, cid) is None
         with pytest.raises(NotFound):
@@ -244,7 +245,7 @@ def test_a_failed_publish_rebuilds_from_the_rows(
     sid = "a" * 64
     store.write_sync(lambda s: ss.create_sandbox(s, new_sandbox(sid, "web")))
 
-    def broken(session: Session) -> None:
+    def broken(session: Tx) -> None:
         raise RuntimeError("defect")
 
     monkeypatch.setattr(store.model, "publish", broken)
@@ -289,10 +290,12 @@ CONTAINER_ACTIONS = [
 ]
 
 
-def sandbox_change(sid: str, action: str, value: str) -> Callable[[Session], object]:
-    def phase(s: Session) -> None:
+def sandbox_change(sid: str, action: str, value: str) -> Callable[[Tx], object]:
+    def phase(s: Tx) -> None:
         if value in list(SandboxDesired):
-            s.get(PodSandbox, sid)  # an ORM object of the row in the session: changed through it
+            s.orm.get(
+                PodSandbox, sid
+            )  # an ORM object of the row in the session: changed through it
         row = sandbox_now(s, sid)
         if row is None:
             raise NotFound(sid)
@@ -300,14 +303,14 @@ def sandbox_change(sid: str, action: str, value: str) -> Callable[[Session], obj
             s, row, SandboxPhase(value) if value in list(SandboxPhase) else SandboxPhase.READY
         )
 
-    def orm(s: Session) -> None:
-        row = s.get(PodSandbox, sid)
+    def orm(s: Tx) -> None:
+        row = s.orm.get(PodSandbox, sid)
         if row is None:
             raise NotFound(sid)
         row.message = f"orm {value}"
         row.generation += 1
 
-    fns: dict[str, Callable[[Session], object]] = {
+    fns: dict[str, Callable[[Tx], object]] = {
         "desired": lambda s: ss.set_sandbox_desired(
             s,
             sid,
@@ -330,24 +333,26 @@ def sandbox_change(sid: str, action: str, value: str) -> Callable[[Session], obj
     return fns[action]
 
 
-def container_change(cid: str, action: str, value: str) -> Callable[[Session], object]:
-    def phase(s: Session) -> None:
+def container_change(cid: str, action: str, value: str) -> Callable[[Tx], object]:
+    def phase(s: Tx) -> None:
         if value in list(ContainerDesired):
-            s.get(Container, cid)  # an ORM object of the row in the session: changed through it
+            s.orm.get(
+                Container, cid
+            )  # an ORM object of the row in the transaction: changed through it
         row = container_now(s, cid)
         if row is None:
             raise NotFound(cid)
         target = ContainerPhase(value) if value in list(ContainerPhase) else ContainerPhase.RUNNING
         switch_container_phase(s, row, target)
 
-    def orm(s: Session) -> None:
-        row = s.get(Container, cid)
+    def orm(s: Tx) -> None:
+        row = s.orm.get(Container, cid)
         if row is None:
             raise NotFound(cid)
         row.message = f"orm {value}"
         row.generation += 1
 
-    fns: dict[str, Callable[[Session], object]] = {
+    fns: dict[str, Callable[[Tx], object]] = {
         "desired": lambda s: sc.set_container_desired(
             s,
             cid,
@@ -386,10 +391,8 @@ class Writes(RuleBasedStateMachine):
         self.store.close()
         __import__("shutil").rmtree(self.dir, ignore_errors=True)
 
-    def write(
-        self, *fns: Callable[[Session], object], fail: bool = False, flush: bool = True
-    ) -> None:
-        def tx(session: Session) -> None:
+    def write(self, *fns: Callable[[Tx], object], fail: bool = False, flush: bool = True) -> None:
+        def tx(session: Tx) -> None:
             for fn in fns:
                 try:
                     fn(session)
@@ -397,7 +400,7 @@ class Writes(RuleBasedStateMachine):
                     if len(fns) == 1:
                         raise
                 if flush:
-                    session.flush()
+                    session.orm.flush()
             if fail:
                 raise InvalidArgument("rolled back on purpose")
 
@@ -485,7 +488,7 @@ class Writes(RuleBasedStateMachine):
         """What a pod's removal does: its containers and then the sandbox, one transaction."""
         sid = data.draw(st.sampled_from(self.sandboxes))
 
-        def remove(s: Session) -> None:
+        def remove(s: Tx) -> None:
             for c in sc.list_containers(s, sc.ContainerFilter(sandbox_id=sid)):
                 sc.delete_container(s, c.id)
             ss.delete_sandbox(s, sid, "Removed")

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.orm import Session
 
 from crictl.containerd.client import TaskState
 from crictl.reconciler.containers import ContainerReconciler
 from crictl.reconciler.sandboxes import SandboxReconciler
 from crictl.store import containers as sc
 from crictl.store import sandboxes as ss
+from crictl.store.common import Tx
 from crictl.store.engine import Store
 from crictl.store.models import ContainerPhase, SandboxPhase
 from tests.unit.rows import store_with_created_container
@@ -37,7 +37,7 @@ class StartedDuringTheList:
     """containerd whose task list, while in flight, sees something started (`meanwhile`
     writes its row); the list itself was taken before and lacks its task."""
 
-    def __init__(self, store: Store, meanwhile: Callable[[Session], object]) -> None:
+    def __init__(self, store: Store, meanwhile: Callable[[Tx], object]) -> None:
         self.store = store
         self.meanwhile = meanwhile
 
@@ -51,7 +51,7 @@ class Queue:
         pass
 
 
-def reconciler(cls: type[Any], store: Store, meanwhile: Callable[[Session], object]) -> Any:
+def reconciler(cls: type[Any], store: Store, meanwhile: Callable[[Tx], object]) -> Any:
     """Just what a resync uses: the store, containerd's task list, the queue."""
     r = object.__new__(cls)
     r.store, r.containerd, r.queue = store, StartedDuringTheList(store, meanwhile), Queue()

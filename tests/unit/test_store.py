@@ -8,7 +8,6 @@ from threading import current_thread
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 
 from crictl.errors import (
     AlreadyExists,
@@ -18,7 +17,7 @@ from crictl.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from crictl.store.common import On
+from crictl.store.common import On, Tx
 from crictl.store.containers import record_container_created, update_container_config
 from crictl.store.engine import Store
 from crictl.store.events import last_events, record_event
@@ -124,7 +123,7 @@ def test_id_prefixes_resolve_uniquely(store: Store) -> None:
         store.read_sync(lambda s: resolve_sandbox_id(s, "a%"))  # no LIKE tricks
 
 
-def _switch(s: Session, phase: SandboxPhase, sid: str = "a" * 64) -> None:
+def _switch(s: Tx, phase: SandboxPhase, sid: str = "a" * 64) -> None:
     sb = sandbox_now(s, sid)
     assert sb is not None
     switch_sandbox_phase(s, sb, phase, reason="Test", message=f"to {phase}")
@@ -168,10 +167,12 @@ def test_a_loss_seen_from_an_old_snapshot_leaves_later_requests_alone(store: Sto
 def test_database_constraints_hold_without_the_orm(store: Store) -> None:
     store.write_sync(lambda s: create_sandbox(s, new()))
     with pytest.raises(Exception, match="CHECK constraint failed"):
-        store.write_sync(lambda s: s.execute(text("UPDATE pod_sandbox SET phase = 'BOGUS'")))
+        store.write_sync(
+            lambda s: s.connection.execute(text("UPDATE pod_sandbox SET phase = 'BOGUS'"))
+        )
     with pytest.raises(Exception, match="FOREIGN KEY constraint failed"):
         store.write_sync(
-            lambda s: s.execute(
+            lambda s: s.connection.execute(
                 text(
                     "INSERT INTO pod_sandbox_label (sandbox_id, kind, key, value) "
                     "VALUES ('nope', 'label', 'k', 'v')"
@@ -179,10 +180,10 @@ def test_database_constraints_hold_without_the_orm(store: Store) -> None:
             )
         )
     # Deleting a sandbox takes its labels along.
-    store.write_sync(lambda s: s.execute(text("DELETE FROM pod_sandbox")))
+    store.write_sync(lambda s: s.connection.execute(text("DELETE FROM pod_sandbox")))
     assert (
         store.read_sync(
-            lambda s: s.execute(text("SELECT count(*) FROM pod_sandbox_label")).scalar()
+            lambda s: s.connection.execute(text("SELECT count(*) FROM pod_sandbox_label")).scalar()
         )
         == 0
     )
@@ -274,6 +275,50 @@ def test_writes_commit_through_the_writers_one_connection(store: Store) -> None:
     assert list(store.snapshot.sandboxes) == ["a" * 64, "b" * 64, "c" * 64]
 
 
+def test_the_write_path_makes_no_orm_session_and_one_that_is_made_commits_with_the_write(
+    store: Store,
+) -> None:
+    """A write whose functions send their statements as is makes no ORM session (making one
+    was half of a write's CPU); one made on demand is in the write's transaction: its changes
+    are flushed and committed with it, unflushed or not, and rolled back with it."""
+    given: list[Tx] = []
+
+    def create(tx: Tx) -> None:
+        given.append(tx)
+        create_sandbox(tx, new())
+        set_sandbox_desired(tx, "a" * 64, SandboxDesired.NOTREADY)
+
+    store.write_sync(create)
+    assert given[0].orm_made is None
+    assert store.snapshot.sandboxes["a" * 64].desired == SandboxDesired.NOTREADY
+
+    def through_orm(tx: Tx, then_fail: bool) -> None:
+        given.append(tx)
+        set_sandbox_desired(tx, "a" * 64, SandboxDesired.REMOVED)  # a statement as is
+        row = tx.orm.get(PodSandbox, "a" * 64)  # the same transaction sees it
+        assert row is not None and row.desired == SandboxDesired.REMOVED
+        row.reason = "changed-through-the-orm"  # not flushed by the function
+        if then_fail:
+            raise RuntimeError("the write fails after both")
+
+    with pytest.raises(RuntimeError):
+        store.write_sync(lambda tx: through_orm(tx, then_fail=True))
+    assert given[-1].orm_made is not None
+    with store.session() as s:
+        row = s.get(PodSandbox, "a" * 64)
+        assert row is not None and (row.desired, row.reason) == (SandboxDesired.NOTREADY, "")
+    assert store.snapshot.sandboxes["a" * 64].desired == SandboxDesired.NOTREADY
+
+    store.write_sync(lambda tx: through_orm(tx, then_fail=False))
+    with store.session() as s:
+        row = s.get(PodSandbox, "a" * 64)
+        assert row is not None
+        assert (row.desired, row.reason) == (SandboxDesired.REMOVED, "changed-through-the-orm")
+    view = store.snapshot.sandboxes["a" * 64]
+    assert (view.desired, view.reason) == (SandboxDesired.REMOVED, "changed-through-the-orm")
+    assert not store._writer_connection().in_transaction()
+
+
 def test_close_closes_the_writers_connection(store: Store) -> None:
     """The last connection to close checkpoints the WAL and removes it: none is left open."""
     store.write_sync(lambda s: create_sandbox(s, new()))
@@ -286,7 +331,7 @@ def test_close_closes_the_writers_connection(store: Store) -> None:
 def test_last_events_are_the_objects_newest_oldest_first(store: Store) -> None:
     cid, other = "c" * 64, "d" * 64
 
-    def write(session: Session) -> None:
+    def write(session: Tx) -> None:
         for i in range(15):
             record_event(session, "container", cid, "transition", to_phase=f"p{i}")
             record_event(session, "container", other, "transition", to_phase=f"o{i}")
@@ -334,8 +379,8 @@ def test_the_spec_is_kept_where_the_pass_made_the_record_and_never_loaded_with_t
     loaded: list[str] = []
     event.listen(store.engine, "before_cursor_execute", lambda *a: loaded.append(a[2]))
     store.write_sync(lambda s: update_container_config(s, cid, "{}", '{"v": 3}'))
-    store.read_sync(lambda s: s.get(Container, cid))
-    store.read_sync(lambda s: s.get(PodSandbox, sid))
+    store.read_sync(lambda s: s.orm.get(Container, cid))
+    store.read_sync(lambda s: s.orm.get(PodSandbox, sid))
     reads = [sql for sql in loaded if sql.lstrip().upper().startswith("SELECT")]
     assert reads and not any("runtime_spec" in sql for sql in reads), reads
     store.close()
@@ -383,7 +428,7 @@ async def test_a_read_on_the_loop_runs_on_its_thread_and_falls_back_where_sqlite
 
     assert await store.read_on_loop(busy_once) == '{"v": 2}'
     assert ran[-2] == "busy" and ran[-1].startswith("store-reader")
-    assert isinstance(given[-1], Session) and not given[0].in_transaction
+    assert isinstance(given[-1], Tx) and not given[0].in_transaction
 
     def broken(session: On) -> None:
         raise DBAPIError.instance(
