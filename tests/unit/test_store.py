@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from threading import current_thread
 
@@ -19,7 +20,7 @@ from crictl.errors import (
 )
 from crictl.store.common import On, Tx
 from crictl.store.containers import record_container_created, update_container_config
-from crictl.store.engine import Store
+from crictl.store.engine import Store, WriterThread
 from crictl.store.events import last_events, record_event
 from crictl.store.models import Container, LabelKind, PodSandbox, SandboxDesired, SandboxPhase
 from crictl.store.readmodel import sandbox_now
@@ -197,6 +198,57 @@ def test_async_write_and_read(store: Store) -> None:
         return await store.read(lambda s: [x.name for x in list_sandboxes(s)])
 
     assert asyncio.run(go()) == ["web"]
+
+
+def test_the_writer_thread_runs_writes_in_order_and_skips_one_cancelled_before_it_began() -> None:
+    """One thread, writes in the order handed over, errors to their callers, a write whose
+    caller went away before it began not run (one that began runs to its end), and close
+    runs what was handed over first."""
+    import asyncio
+
+    writer = WriterThread("store-writer-test")
+    ran: list[str] = []
+    gate = threading.Event()
+
+    def job(name: str, wait: bool = False) -> str:
+        if wait:
+            gate.wait(5)
+        ran.append(name)
+        return name
+
+    def fails() -> str:
+        raise ValueError("refused")
+
+    def stops() -> str:
+        return next(iter([]))
+
+    async def go() -> None:
+        first = asyncio.ensure_future(writer.run(lambda: job("first", wait=True)))
+        await asyncio.sleep(0.05)  # begun, waiting for the gate
+        dropped = asyncio.ensure_future(writer.run(lambda: job("dropped")))
+        second = asyncio.ensure_future(writer.run(lambda: job("second")))
+        await asyncio.sleep(0)
+        dropped.cancel()
+        first.cancel()  # it began: it runs on, its answer goes nowhere
+        gate.set()
+        assert await second == "second"
+        with pytest.raises(ValueError, match="refused"):
+            await writer.run(fails)
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await writer.run(stops)
+        assert ran == ["first", "second"]
+        threads = [t.name for t in threading.enumerate() if t.name == "store-writer-test"]
+        assert threads == ["store-writer-test"]
+        queued = asyncio.ensure_future(writer.run(lambda: job("queued")))
+        await asyncio.sleep(0)
+        await asyncio.to_thread(writer.close)  # runs what was handed over, then ends
+        assert await queued == "queued"
+        with pytest.raises(RuntimeError, match="closed"):
+            await writer.run(lambda: job("late"))
+
+    asyncio.run(go())
+    assert ran == ["first", "second", "queued"]
+    assert not any(t.name == "store-writer-test" for t in threading.enumerate())
 
 
 def test_a_write_the_disk_refuses_is_resource_exhausted_and_changes_nothing(
