@@ -6,6 +6,7 @@ plays the daemon's."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import grpc.aio
 import pytest
 
 from crictl import errors
-from crictl.api.front import FrontLoop, needs_daemon, on_front
+from crictl.api.front import FrontLoop, hand_over, needs_daemon, on_front
 from crictl.api.interceptor import Context
 from crictl.api.server import Server, bind_unix
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
@@ -246,3 +247,48 @@ async def test_close_from_a_running_loop_twice() -> None:
     front.close()
     front.close()
     assert front.loop.is_closed()
+
+
+async def test_a_hand_over_runs_in_the_callers_context_and_carries_a_cancel_either_way() -> None:
+    """The handler's task runs on the daemon's loop in a copy of the caller's context (the
+    call's trace is a context variable); its answer, its error and its cancellation come back;
+    the caller's cancellation goes there."""
+    front = FrontLoop("hand-over-test")
+    daemon = asyncio.get_running_loop()  # the test's loop plays the daemon's
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    hung = asyncio.Event()
+    cancelled = threading.Event()
+
+    async def handler(kind: str) -> tuple[str, int]:
+        if kind == "fails":
+            raise errors.NotFound("gone")
+        if kind == "hangs":
+            hung.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        if kind == "cancelled there":
+            raise asyncio.CancelledError
+        return var.get(), threading.get_ident()
+
+    async def on_front(kind: str) -> tuple[str, int]:
+        var.set(f"set on the front for {kind}")
+        return await hand_over(handler(kind), daemon)
+
+    try:
+        value, thread = await front.run(on_front("answers"))
+        assert (value, thread) == ("set on the front for answers", threading.get_ident())
+        with pytest.raises(errors.NotFound, match="gone"):
+            await front.run(on_front("fails"))
+        with pytest.raises(asyncio.CancelledError):
+            await front.run(on_front("cancelled there"))
+        waiting = asyncio.ensure_future(front.run(on_front("hangs")))
+        await hung.wait()
+        front.loop.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks()])
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await asyncio.to_thread(cancelled.wait, 10)
+    finally:
+        front.close()
