@@ -1,4 +1,4 @@
-"""The SQLite engine and the session plumbing.
+"""The SQLite engine and the transaction plumbing.
 
 SQLite runs in WAL mode (readers never wait for the writer), with foreign keys enforced and
 `synchronous=NORMAL`: a commit appends to the WAL without an fsync (the WAL is synced at each
@@ -305,8 +305,8 @@ class Store:
     def _writer_connection(self) -> Connection:
         conn = self._writer_conn
         if conn is not None and (conn.closed or conn.invalidated or conn.in_transaction()):
-            # Never left in a transaction by a write (its session rolls back whatever fn
-            # raised); if it were, a session would join that transaction and not commit.
+            # Never left in a transaction by a write (it rolls back whatever fn raised and
+            # ends a publish's read back); one that was could hold a write half done.
             log.error("the store's writer connection was not idle: made again")
             self._drop_writer_connection()
             conn = None
