@@ -27,10 +27,7 @@ from crictl.oci.spec import cgroups_path
 from crictl.reconciler import cgroups
 from crictl.reconciler.cgroups import Sample
 from crictl.reconciler.sandboxes import SNAPSHOTTER, config_of
-from crictl.store.common import Tx
-from crictl.store.containers import list_containers
 from crictl.store.engine import Store
-from crictl.store.sandboxes import list_sandboxes
 
 log = logging.getLogger(__name__)
 
@@ -110,32 +107,28 @@ class StatsCollector:
                 if key.rsplit(":", 1)[-1] not in live:
                     del cache[key]
 
-    async def _cgroups(self, keys: set[str]) -> dict[str, str]:
-        """key -> cgroups path, for the keys asked (container ids, pod_key, pod_cgroup_key)."""
-
-        def read(tx: Tx) -> dict[str, str]:
-            parents = {s.id: config_of(s).linux.cgroup_parent for s in list_sandboxes(tx)}
-            out: dict[str, str] = {}
-            for sid, parent in parents.items():
-                if pod_key(sid) in keys:
-                    out[pod_key(sid)] = cgroups_path(parent, sid, self.systemd_cgroup)
-                if pod_cgroup_key(sid) in keys and parent:
-                    out[pod_cgroup_key(sid)] = parent
-            for c in list_containers(tx):
-                if c.id in keys:
-                    out[c.id] = cgroups_path(
-                        parents.get(c.sandbox_id, ""), c.id, self.systemd_cgroup
-                    )
-            return out
-
-        return await self.store.read(read)
+    def _cgroups(self, keys: set[str]) -> dict[str, str]:
+        """key -> cgroups path, for the keys asked (container ids, pod_key, pod_cgroup_key),
+        from the read model (the rows as committed)."""
+        snap = self.store.snapshot
+        parents = {s.id: config_of(s).linux.cgroup_parent for s in snap.sandboxes.values()}
+        out: dict[str, str] = {}
+        for sid, parent in parents.items():
+            if pod_key(sid) in keys:
+                out[pod_key(sid)] = cgroups_path(parent, sid, self.systemd_cgroup)
+            if pod_cgroup_key(sid) in keys and parent:
+                out[pod_cgroup_key(sid)] = parent
+        for c in snap.containers.values():
+            if c.id in keys:
+                out[c.id] = cgroups_path(parents.get(c.sandbox_id, ""), c.id, self.systemd_cgroup)
+        return out
 
     async def _paths(self, keys: list[str]) -> dict[str, str]:
         """The keys' cgroup paths: fixed for an object's life, so read from the store once
         ("" remembered for a key with none, e.g. a pod without a pod-level cgroup)."""
         missing = {k for k in keys if k not in self._known}
         if missing:
-            found = await self._cgroups(missing)
+            found = self._cgroups(missing)
             for key in missing:
                 self._known[key] = found.get(key, "")
         return {k: self._known[k] for k in keys if self._known.get(k)}
