@@ -175,11 +175,13 @@ async def hand_over(awaitable: Awaitable[T], daemon: asyncio.AbstractEventLoop) 
 
 
 def _settle(answer: asyncio.Future[T], task: asyncio.Task[T]) -> None:
+    # the task's error is taken even when nobody waits: asyncio would log it as never retrieved
+    error = None if task.cancelled() else task.exception()
     if answer.done():  # the wait was cancelled
         return
     if task.cancelled():
         answer.cancel()
-    elif (error := task.exception()) is not None:
+    elif error is not None:
         answer.set_exception(error)
     else:
         answer.set_result(task.result())

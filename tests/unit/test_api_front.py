@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -291,4 +292,39 @@ async def test_a_hand_over_runs_in_the_callers_context_and_carries_a_cancel_eith
             await waiting
         assert await asyncio.to_thread(cancelled.wait, 10)
     finally:
+        front.close()
+
+
+async def test_a_handler_failing_after_its_caller_left_is_not_logged_as_never_retrieved() -> None:
+    """The caller gave up, then the handler raised: nobody waits for the error, and asyncio
+    must not report it as a task exception never retrieved."""
+    front = FrontLoop("hand-over-left-test")
+    daemon = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    daemon.set_exception_handler(lambda _loop, context: reported.append(context))
+    hung = asyncio.Event()
+    raised = threading.Event()
+
+    async def handler() -> None:
+        hung.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raised.set()
+            raise RuntimeError("failed while being cancelled") from None
+
+    try:
+        waiting = asyncio.ensure_future(front.run(hand_over(handler(), daemon)))
+        await hung.wait()
+        front.loop.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks()])
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await asyncio.to_thread(raised.wait, 10)
+        for _ in range(20):  # the front settles (and drops) the task's outcome
+            await asyncio.sleep(0.01)
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not reported, reported
+    finally:
+        daemon.set_exception_handler(None)
         front.close()
