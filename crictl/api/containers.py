@@ -43,7 +43,7 @@ from crictl.store.containers import (
     set_container_desired,
 )
 from crictl.store.engine import Store
-from crictl.store.models import Container, ContainerDesired, ContainerPhase
+from crictl.store.models import ContainerDesired, ContainerPhase
 from crictl.store.readmodel import ContainerView, Snapshot
 
 STATES = {
@@ -71,7 +71,7 @@ def _static_container(r: ContainerView) -> api_pb2.Container:
     )
 
 
-def _torn_down(row: Container | ContainerView) -> errors.CrictlError:
+def _torn_down(row: ContainerView) -> errors.CrictlError:
     why = f"{row.reason}: {row.message}" if row.reason else "it is being removed"
     return errors.Unavailable(
         f"container {row.id} with this name is being torn down ({why}); retry once it is gone"

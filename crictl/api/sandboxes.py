@@ -31,7 +31,7 @@ from crictl.reconciler.sandboxes import (
     host_network,
 )
 from crictl.store.engine import Store
-from crictl.store.models import PodSandbox, SandboxDesired, SandboxPhase
+from crictl.store.models import SandboxDesired, SandboxPhase
 from crictl.store.readmodel import SandboxView, Snapshot
 from crictl.store.sandboxes import (
     NewSandbox,
@@ -112,7 +112,7 @@ class PodSandboxes:
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=row.id)
 
     @staticmethod
-    def _torn_down(row: PodSandbox | SandboxView) -> errors.CrictlError:
+    def _torn_down(row: SandboxView) -> errors.CrictlError:
         why = f"{row.reason}: {row.message}" if row.reason else "it is being removed"
         return errors.Unavailable(
             f"pod sandbox {row.id} with this name is being torn down ({why}); retry once it is gone"

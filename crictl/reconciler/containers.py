@@ -75,7 +75,7 @@ from crictl.store.containers import (
 )
 from crictl.store.engine import Store
 from crictl.store.events import record_event
-from crictl.store.models import Container, ContainerDesired, ContainerPhase, SandboxPhase
+from crictl.store.models import ContainerDesired, ContainerPhase, SandboxPhase
 from crictl.store.readmodel import ContainerView, Snapshot
 from crictl.store.specs import set_runtime_spec, stored_spec
 from crictl.streaming.backend import STDERR, STDOUT
@@ -101,7 +101,7 @@ CREATE_LEASE_LABEL = "crictld.io/create"  # the create leases of earlier crictld
 SANDBOX_LABEL = "crictld.io/sandbox-id"
 
 
-def container_config_of(row: Container | ContainerView) -> api_pb2.ContainerConfig:
+def container_config_of(row: ContainerView) -> api_pb2.ContainerConfig:
     """The container's config (shared and kept while the row is: do not modify it)."""
     return CONTAINER_CONFIGS.get(row.id, row.config)
 
@@ -291,7 +291,7 @@ class ContainerReconciler:
             )
         return sandbox, config_of(sandbox)
 
-    async def _create(self, row: Container | ContainerView) -> None:
+    async def _create(self, row: ContainerView) -> None:
         cid = row.id
         config = container_config_of(row)
         sandbox, sandbox_config = await self._sandbox(row.sandbox_id)
@@ -401,7 +401,7 @@ class ContainerReconciler:
             del self._accounts[next(iter(self._accounts))]  # the oldest
         self._accounts[chain_id] = accounts
 
-    def _logger_args(self, row: Container | ContainerView) -> dict[str, str]:
+    def _logger_args(self, row: ContainerView) -> dict[str, str]:
         d = self.container_dir(row.id)
         d.mkdir(parents=True, exist_ok=True)
         return {
@@ -411,9 +411,7 @@ class ContainerReconciler:
             "--attach": str(d),
         }
 
-    async def _container_io(
-        self, row: Container | ContainerView, config: api_pb2.ContainerConfig
-    ) -> TaskIO:
+    async def _container_io(self, row: ContainerView, config: api_pb2.ContainerConfig) -> TaskIO:
         """Where the task's stdio goes. Without stdin: a `binary://` URI, so the shim starts
         crictld-logger with the output pipes. With stdin: FIFOs, because the shim gives a
         `binary://` container no stdin; crictld starts the logger on them (once: a logger
@@ -450,7 +448,7 @@ class ContainerReconciler:
         runc.py): cleared before anything else is asked of the task."""
         await runc.release_if_stale(self.containerd.namespace, cid)
 
-    async def _start(self, row: Container | ContainerView) -> None:
+    async def _start(self, row: ContainerView) -> None:
         cid = row.id
         config = container_config_of(row)
         try:
@@ -515,7 +513,7 @@ class ContainerReconciler:
             mounts = await self.containerd.snapshot_mounts(SNAPSHOTTER, cid)
         return mounts
 
-    async def _stop(self, row: Container | ContainerView) -> None:
+    async def _stop(self, row: ContainerView) -> None:
         cid = row.id
         await self._release_stale_start(cid)
         deadline = self._kill_at.get(cid)
@@ -535,7 +533,7 @@ class ContainerReconciler:
 
         await self.store.write(observed)
 
-    async def _stop_task(self, row: Container | ContainerView) -> None:
+    async def _stop_task(self, row: ContainerView) -> None:
         """Signals the task, SIGKILLs it at the deadline, records its exit and deletes it. A
         container recorded RUNNING is taken to run: its task is not asked for first (if it
         has exited or is gone meanwhile, the signal says so and its state is read then)."""
@@ -651,9 +649,7 @@ class ContainerReconciler:
                 raise
             return state
 
-    async def _harvest_or_vanished(
-        self, row: Container | ContainerView, state: TaskState | None
-    ) -> None:
+    async def _harvest_or_vanished(self, row: ContainerView, state: TaskState | None) -> None:
         """Records the exit of a stopped task (`state`: read after it stopped) and deletes it;
         a task that is gone without its exit having been recorded is EXITED 255 Unknown, never
         a made-up 0."""
@@ -664,9 +660,7 @@ class ContainerReconciler:
             if not done:
                 await self._record_vanished(row, state)
 
-    async def _record_vanished(
-        self, row: Container | ContainerView, state: TaskState | None
-    ) -> None:
+    async def _record_vanished(self, row: ContainerView, state: TaskState | None) -> None:
         if row.phase == ContainerPhase.RUNNING:
             message = (
                 "its task never ran (a create cut short)"  # half-created: nothing to harvest
@@ -721,7 +715,7 @@ class ContainerReconciler:
             return False
         return True
 
-    async def _stop_signal(self, row: Container | ContainerView) -> int:
+    async def _stop_signal(self, row: ContainerView) -> int:
         config = container_config_of(row)
         image = self.images.status(config.image.image) if config.image.image else None
         name = ""
@@ -779,7 +773,7 @@ class ContainerReconciler:
             )
         return out
 
-    async def _remove(self, row: Container | ContainerView, reason: str = "Removed") -> None:
+    async def _remove(self, row: ContainerView, reason: str = "Removed") -> None:
         cid = row.id
         await self._release_stale_start(cid)
         live = row.phase in (ContainerPhase.RUNNING, ContainerPhase.UNKNOWN)
@@ -1113,7 +1107,7 @@ class ContainerReconciler:
                 self.queue.wake(row.id)
 
 
-def _exit_of_started_task(event: TaskExit, row: Container | ContainerView) -> bool:
+def _exit_of_started_task(event: TaskExit, row: ContainerView) -> bool:
     """The exit is that of the task whose start the row recorded: same pid, and it exited
     after that start was recorded. An earlier task of the same id (one a start cut short
     left) exited before it was deleted, so before the task that replaced it was made: such an

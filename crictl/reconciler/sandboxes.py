@@ -56,7 +56,7 @@ from crictl.reconciler.queue import KeyedQueue
 from crictl.store.common import Tx
 from crictl.store.engine import Store
 from crictl.store.events import record_event
-from crictl.store.models import PodSandbox, SandboxDesired, SandboxPhase
+from crictl.store.models import SandboxDesired, SandboxPhase
 from crictl.store.readmodel import SandboxView, Snapshot
 from crictl.store.sandboxes import (
     SETUP_FAILED,
@@ -122,7 +122,7 @@ async def _bounded(limit: int, work: list[Coroutine[Any, Any, None]]) -> None:
             raise r
 
 
-def config_of(row: PodSandbox | SandboxView) -> api_pb2.PodSandboxConfig:
+def config_of(row: SandboxView) -> api_pb2.PodSandboxConfig:
     """The sandbox's config (shared and kept while the row is: do not modify it)."""
     return SANDBOX_CONFIGS.get(row.id, row.config)
 
@@ -249,7 +249,7 @@ class SandboxReconciler:
         # is never started twice), so their removal asks containerd for it no more. Not kept
         # across a restart: there the first pass of a stopped pod asks as before.
         self._task_deleted: set[str] = set()
-        self._to_check: list[PodSandbox | SandboxView] = []
+        self._to_check: list[SandboxView] = []
         self._network_checks: set[asyncio.Task[None]] = set()
         self._serving = False
         self.queue: KeyedQueue[str] = KeyedQueue(
@@ -364,7 +364,7 @@ class SandboxReconciler:
                 await self._undo_failed_setup(row, e)
                 raise
 
-    async def _setup(self, row: PodSandbox | SandboxView) -> None:
+    async def _setup(self, row: SandboxView) -> None:
         """The network (netns, CNI ADD) and the pause container (files, spec, containerd
         container, snapshot, task) are made concurrently: the pause task needs the netns to
         exist, not to be wired, so it is created and started while CNI ADD runs (runc create
@@ -540,7 +540,7 @@ class SandboxReconciler:
                         f"cannot mount the pod's /dev/shm at {shm}: {os.strerror(err)}"
                     )
 
-    async def _undo_failed_setup(self, row: PodSandbox | SandboxView, error: Exception) -> None:
+    async def _undo_failed_setup(self, row: SandboxView, error: Exception) -> None:
         log.warning(
             "sandbox setup failed; undoing it", extra={"sandbox": row.id, "error": str(error)}
         )
@@ -555,7 +555,7 @@ class SandboxReconciler:
                 "undoing a failed sandbox setup failed", extra={"sandbox": row.id, "error": str(e)}
             )
 
-    async def _teardown(self, row: PodSandbox | SandboxView, remove: bool) -> None:
+    async def _teardown(self, row: SandboxView, remove: bool) -> None:
         sid = row.id
         await runc.release_if_stale(self.containerd.namespace, sid)
         config = config_of(row)
@@ -753,7 +753,7 @@ class SandboxReconciler:
         )
         _report_lost(marked)
 
-    async def _network_problem(self, row: PodSandbox | SandboxView) -> tuple[str, str] | None:
+    async def _network_problem(self, row: SandboxView) -> tuple[str, str] | None:
         """What is wrong with a ready pod's network as the kernel holds it (netlink, inside
         its netns): the netns gone, or the pod's IP on no interface any more."""
         if host_network(config_of(row)):
@@ -804,7 +804,7 @@ class SandboxReconciler:
             self._network_checks.add(task)
             task.add_done_callback(self._network_checks.discard)
 
-    async def _check_networks(self, rows: list[PodSandbox | SandboxView]) -> None:
+    async def _check_networks(self, rows: list[SandboxView]) -> None:
         """CNI CHECK of each re-adopted pod (interfaces, addresses, routes as CNI set them up),
         a few at a time; a pod whose check fails is NOTREADY, as if its network broke just
         after the restart. Run in the background: each check executes the chain's plugins.
@@ -815,7 +815,7 @@ class SandboxReconciler:
         plugin gone) is not checked: that is no evidence its network broke. Its result goes to
         the CHECK with the host-side interfaces' MACs as they are now (`with_host_macs_now`):
         a bridge's MAC is the host's, and the bridge plugin can record a stale one."""
-        groups: dict[str | None, list[PodSandbox | SandboxView]] = {}
+        groups: dict[str | None, list[SandboxView]] = {}
         for row in rows:
             groups.setdefault(row.cni_config, []).append(row)
         checks: list[Coroutine[Any, Any, bool | None]] = []
@@ -854,9 +854,7 @@ class SandboxReconciler:
             },
         )
 
-    async def _check_network(
-        self, net: cni.NetworkConfig, row: PodSandbox | SandboxView
-    ) -> bool | None:
+    async def _check_network(self, net: cni.NetworkConfig, row: SandboxView) -> bool | None:
         """Whether the pod's network passed its CHECK (None: the network runs none)."""
         config = config_of(row)
         prev, moved = cni.with_host_macs_now(json.loads(row.cni_result or "{}"))

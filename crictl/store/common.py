@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Connection, FromClause, Select, exists, false, select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from crictl.errors import InvalidArgument, NotFound
 from crictl.store.models import LabelKind
+
+if TYPE_CHECKING:  # the daemon never imports the ORM (crictl/store/orm.py)
+    from sqlalchemy.orm import InstrumentedAttribute, Session
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -121,7 +123,7 @@ def is_id_text(text: str) -> bool:
     return len(text) <= ID_LENGTH and _HEX.fullmatch(text) is not None
 
 
-def id_prefix(column: ColumnElement[str] | InstrumentedAttribute[str], prefix: str) -> Any:
+def id_prefix(column: ColumnElement[Any] | InstrumentedAttribute[Any], prefix: str) -> Any:
     """`column` starts with `prefix`, for list filters. Ids are lowercase hex, so anything else
     matches nothing, and is never handed to LIKE (where % and _ are wildcards and a very long
     pattern is an SQLite error)."""
@@ -130,14 +132,14 @@ def id_prefix(column: ColumnElement[str] | InstrumentedAttribute[str], prefix: s
     return column.startswith(prefix)
 
 
-def resolve_id(tx: Tx, id_column: InstrumentedAttribute[str], id_or_prefix: str, what: str) -> str:
+def resolve_id(tx: Tx, id_column: ColumnElement[Any], id_or_prefix: str, what: str) -> str:
     """The full id of the one row whose id starts with `id_or_prefix` (CRI lets clients use
     unique prefixes); `what` names the kind of object in errors."""
     if not id_or_prefix:
         raise InvalidArgument(f"{what} id is empty")
     if not is_id_text(id_or_prefix):
         raise NotFound(f"{what} {id_or_prefix[:80]!r} not found")
-    ids = list(
+    ids: list[str] = list(
         tx.connection.scalars(select(id_column).where(id_column.startswith(id_or_prefix)).limit(2))
     )
     if not ids:
@@ -151,7 +153,7 @@ def with_labels(
     query: Select[Any],
     labels_table: FromClause,
     owner_column: str,
-    owner_id: ColumnElement[str] | InstrumentedAttribute[str],
+    owner_id: ColumnElement[Any],
     selector: Mapping[str, str],
 ) -> Select[Any]:
     """Restricts `query` to owners carrying every label of `selector`."""

@@ -8,18 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from crictl.errors import AlreadyExists, NotFound
 from crictl.store import readmodel
-from crictl.store.common import Tx, id_prefix, is_id_text, resolve_id, with_labels
+from crictl.store.common import Tx, is_id_text, resolve_id
 from crictl.store.events import now_ns, record_event
-from crictl.store.models import (
-    Container,
-    ContainerDesired,
-    ContainerLabel,
-    ContainerPhase,
-)
+from crictl.store.models import ContainerDesired, ContainerPhase, container_table
 from crictl.store.readmodel import ContainerView, Snapshot, change, container_now
 from crictl.store.specs import set_runtime_spec
 from crictl.store.transitions import switch_container_phase
@@ -85,11 +79,10 @@ def create_container(tx: Tx, new: NewContainer) -> tuple[ContainerView, bool]:
     if readmodel.insert(tx, view, ("sandbox_id", "name", "attempt")):
         record_event(tx, "container", new.id, "created", to_phase=ContainerPhase.PENDING)
         return view, True
+    c = container_table.c
     earlier = tx.connection.scalars(
-        select(Container.id).where(
-            Container.sandbox_id == new.sandbox_id,
-            Container.name == new.name,
-            Container.attempt == new.attempt,
+        select(c.id).where(
+            c.sandbox_id == new.sandbox_id, c.name == new.name, c.attempt == new.attempt
         )
     ).one()
     row = _must(tx, earlier)
@@ -105,29 +98,7 @@ def resolve_container_id(tx: Tx, id_or_prefix: str) -> str:
     snap = readmodel.untouched(tx)
     if snap is not None:
         return snap.container_id(id_or_prefix)
-    return resolve_id(tx, Container.id, id_or_prefix, "container")
-
-
-def _filtered(query: Any, flt: ContainerFilter | None, labels: bool) -> Any:
-    """`query` (a select over container columns or rows) narrowed by `flt`."""
-    if flt is None:
-        return query
-    if flt.id_prefix:
-        query = query.where(id_prefix(Container.id, flt.id_prefix))
-    if flt.sandbox_id:
-        query = query.where(id_prefix(Container.sandbox_id, flt.sandbox_id))
-    if flt.phases is not None:
-        query = query.where(Container.phase.in_(flt.phases))
-    if labels:
-        query = with_labels(
-            query, ContainerLabel.__table__, "container_id", Container.id, flt.labels
-        )
-    return query
-
-
-def list_containers(tx: Tx, flt: ContainerFilter | None = None) -> list[Container]:
-    query = select(Container).options(selectinload(Container.labels))
-    return list(tx.orm.scalars(_filtered(query, flt, labels=True).order_by(Container.created_at)))
+    return resolve_id(tx, container_table.c.id, id_or_prefix, "container")
 
 
 def _must(tx: Tx, container_id: str) -> ContainerView:
@@ -145,7 +116,7 @@ _ORDER = [
 ]
 
 
-def desired_reached(row: Container | ContainerView, desired: ContainerDesired) -> bool:
+def desired_reached(row: ContainerView, desired: ContainerDesired) -> bool:
     """`desired` or a later state is recorded: setting it would change nothing."""
     return _ORDER.index(ContainerDesired(row.desired)) >= _ORDER.index(ContainerDesired(desired))
 
@@ -255,7 +226,7 @@ def delete_container(tx: Tx, container_id: str, reason: str = "Removed") -> None
     record_event(tx, "container", container_id, "removed", from_phase=c.phase, reason=reason)
 
 
-def removal_asked(row: Container | ContainerView) -> bool:
+def removal_asked(row: ContainerView) -> bool:
     """CRI asked to remove it: it is gone to CRI from then on (RemoveContainer answers once that
     is recorded for a container whose process is dead), while the reconciler tears it down."""
     return row.desired == ContainerDesired.REMOVED

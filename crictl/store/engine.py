@@ -29,16 +29,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
 
 from crictl import errors, metrics, trace
 from crictl.store.common import On, Tx
 from crictl.store.events import COMMITTED_EVENTS, RecordedEvent
-from crictl.store.readmodel import ReadModel, Snapshot, begin, track
+from crictl.store.readmodel import ReadModel, Snapshot, begin
+
+if TYPE_CHECKING:  # the daemon never imports the ORM (crictl/store/orm.py)
+    from sqlalchemy.orm import Session
 
 T = TypeVar("T")
 
@@ -185,6 +187,15 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
 
 
+def _joined_session(conn: Connection) -> Session:
+    """An ORM session in the transaction on `conn` (`Tx.orm`, for tests and tools): it
+    flushes into it and never commits or ends it (SQLAlchemy's "rollback_only" join: the
+    store commits). The ORM is imported here, on first use: the daemon never asks."""
+    from crictl.store.orm import sessions
+
+    return sessions()(bind=conn, join_transaction_mode="rollback_only")
+
+
 class Store:
     """Owns the engine; runs transaction functions off the event loop.
 
@@ -194,8 +205,6 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
-        event.listen(self._sessions, "after_flush", track)
         self._writer = WriterThread("store-writer")
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-reader")
         self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
@@ -208,23 +217,23 @@ class Store:
         # was ~20 % of a transaction's CPU (benchmarks.store_writes). It is made again after
         # engine.dispose().
         self._writer_conn: Connection | None = None
-        self._writer_sessions = sessionmaker(expire_on_commit=False)
         # `read_on_loop`'s connections: one per thread that reads here (the CRI front loop's; the
         # daemon's, for a front handler that fell back to it)
         self._here = threading.local()
         self._here_lock = threading.Lock()
         self._here_conns: list[Connection] = []
-        event.listen(self._writer_sessions, "after_flush", track)
         event.listen(engine, "engine_disposed", self._drop_writer_connection)
 
     def session(self) -> Session:
         """An ORM session of its own (tools and tests; `Tx.of` makes it a transaction)."""
-        return self._sessions()
+        from crictl.store.orm import sessions
+
+        return sessions()(bind=self.engine)
 
     def build_model(self) -> Snapshot:
         """Loads the read model from the rows (at start, once the schema is at head)."""
-        with self._write_lock, self._sessions() as session:
-            return self.model.build(Tx.of(session))
+        with self._write_lock, self.engine.connect() as conn:
+            return self.model.build(Tx(conn))
 
     @property
     def snapshot(self) -> Snapshot:
@@ -253,7 +262,7 @@ class Store:
         `fn` asks for one (`Tx.orm`), and flushed before the commit."""
         with self._write_lock:
             conn = self._writer_connection()
-            tx = Tx(conn, make_orm=self._writer_orm)
+            tx = Tx(conn, make_orm=_joined_session)
             try:
                 started = time.perf_counter()
                 begin(tx, self.model.snapshot if self.model.built else None)
@@ -297,11 +306,6 @@ class Store:
                 listener(recorded)
         return result
 
-    def _writer_orm(self, conn: Connection) -> Session:
-        """An ORM session joined to the write's transaction on `conn`: it flushes into it and
-        never commits or ends it (SQLAlchemy's "rollback_only" join: the store commits)."""
-        return self._writer_sessions(bind=conn, join_transaction_mode="rollback_only")
-
     def _writer_connection(self) -> Connection:
         conn = self._writer_conn
         if conn is not None and (conn.closed or conn.invalidated or conn.in_transaction()):
@@ -344,8 +348,15 @@ class Store:
         )
 
     def read_sync(self, fn: Callable[[Tx], T]) -> T:
-        with self._sessions() as session:
-            return fn(Tx.of(session))
+        """`fn` in a read transaction of a pooled connection (rolled back: a read)."""
+        with self.engine.connect() as conn:
+            tx = Tx(conn, make_orm=_joined_session)
+            try:
+                return fn(tx)
+            finally:
+                orm = tx.orm_made
+                if orm is not None:
+                    orm.close()
 
     async def write(self, fn: Callable[[Tx], T], then: Callable[[T], None] | None = None) -> T:
         spans = trace.CURRENT.get()

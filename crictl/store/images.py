@@ -9,7 +9,7 @@ from sqlalchemy import delete, select
 
 from crictl.store.common import Tx
 from crictl.store.events import now_ns, record_event
-from crictl.store.models import ImageName
+from crictl.store.models import image_name_table
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,9 @@ def delete_image_names(tx: Tx, names: Iterable[str]) -> set[str]:
 def replace_all_images(tx: Tx, entries: Sequence[tuple[ImageRecord, Sequence[NameRecord]]]) -> None:
     """Makes the cache exactly `entries` (a full resync from containerd)."""
     keep = {n.name for _, names in entries for n in names}
-    stale = [n for n in tx.connection.scalars(select(ImageName.name)) if n not in keep]
+    stale = [n for n in tx.connection.scalars(select(image_name_table.c.name)) if n not in keep]
     if stale:
-        tx.connection.execute(delete(ImageName).where(ImageName.name.in_(stale)))
+        tx.connection.execute(delete(image_name_table).where(image_name_table.c.name.in_(stale)))
     for image, names in entries:
         put_image(tx, image, names)
     drop_unnamed_images(tx)

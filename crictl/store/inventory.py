@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from crictl.store.common import Tx
 from crictl.store.inspect import open_readonly
-from crictl.store.models import Container, Event, PodSandbox
+from crictl.store.models import container_table, event_table, pod_sandbox_table
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ class Rows:
 
 
 def read_rows(tx: Tx, asked: Iterable[str] = ()) -> Rows:
-    s = PodSandbox.__table__.c
-    c = Container.__table__.c
+    s = pod_sandbox_table.c
+    c = container_table.c
     sandboxes = tx.connection.execute(
         select(
             s.id,
@@ -88,7 +88,7 @@ def read_rows(tx: Tx, asked: Iterable[str] = ()) -> Rows:
             c.updated_at,
         ).order_by(c.created_at)
     ).all()
-    e = Event.__table__.c
+    e = event_table.c
     made: set[str] = set()
     ids = sorted(set(asked))
     for i in range(0, len(ids), 500):  # within SQLite's bound on parameters
@@ -132,8 +132,9 @@ def _query_only(dbapi_conn: sqlite3.Connection, _record: object) -> None:
 def count_by_phase(tx: Tx) -> dict[tuple[str, str], int]:
     """{("pod" | "container", phase): how many}: the metrics' pods and containers by phase."""
     counts: dict[tuple[str, str], int] = {}
-    for kind, model in (("pod", PodSandbox), ("container", Container)):
-        rows = tx.connection.execute(select(model.phase, func.count()).group_by(model.phase))
-        for phase, n in rows:
-            counts[(kind, phase)] = n
+    for kind, table in (("pod", pod_sandbox_table), ("container", container_table)):
+        phase = table.c.phase
+        rows = tx.connection.execute(select(phase, func.count()).group_by(phase))
+        for value, n in rows:
+            counts[(kind, value)] = n
     return counts

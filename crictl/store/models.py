@@ -7,25 +7,31 @@ only through an Alembic migration.
 Times are integers, nanoseconds since the Unix epoch (CRI's unit); the views add readable UTC text.
 Configs are stored as the protobuf JSON of the CRI request's config, so they are readable with
 SQLite's json_extract() and round-trip exactly.
+
+The tables are SQLAlchemy Core's: the daemon writes and reads them with Core statements and
+SQL sent as is, and never imports the ORM. Tests and tools that want rows as objects import
+`crictl.store.orm`, which maps classes onto these tables.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
+    Column,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Named constraints, so SQLite batch migrations can find and recreate them.
 NAMING_CONVENTION = {
@@ -36,9 +42,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class SandboxDesired(enum.StrEnum):
@@ -79,198 +83,162 @@ def _one_of(column: str, values: type[enum.StrEnum]) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
-class PodSandbox(Base):
-    """One row per pod sandbox that CRI asked for and that is not yet removed."""
+def _required(name: str, *args: Any, **kw: Any) -> Column[Any]:
+    return Column(name, *args, nullable=False, **kw)
 
-    __tablename__ = "pod_sandbox"
-    __table_args__ = (
-        UniqueConstraint("name", "namespace", "uid", "attempt"),
-        CheckConstraint(_one_of("desired", SandboxDesired), name="desired"),
-        CheckConstraint(_one_of("phase", SandboxPhase), name="phase"),
-    )
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    name: Mapped[str] = mapped_column(Text)
-    namespace: Mapped[str] = mapped_column(Text)
-    uid: Mapped[str] = mapped_column(Text)
-    attempt: Mapped[int] = mapped_column(Integer)
-    runtime_handler: Mapped[str] = mapped_column(Text, default="")
-    config: Mapped[str] = mapped_column(Text)  # PodSandboxConfig as protobuf JSON
-    config_digest: Mapped[str] = mapped_column(String(64))  # sha256 of the deterministic bytes
+def _optional(name: str, *args: Any, **kw: Any) -> Column[Any]:
+    return Column(name, *args, nullable=True, **kw)
 
-    desired: Mapped[str] = mapped_column(String(16))
-    phase: Mapped[str] = mapped_column(String(16))
-    reason: Mapped[str] = mapped_column(Text, default="")
-    message: Mapped[str] = mapped_column(Text, default="")
-    generation: Mapped[int] = mapped_column(Integer, default=1)
-    observed_generation: Mapped[int] = mapped_column(Integer, default=0)
 
-    netns_path: Mapped[str | None] = mapped_column(Text)
-    cni_result: Mapped[str | None] = mapped_column(Text)  # the CNI ADD result, JSON
+# One row per pod sandbox that CRI asked for and that is not yet removed.
+pod_sandbox_table = Table(
+    "pod_sandbox",
+    metadata,
+    _required("id", String(64), primary_key=True),
+    _required("name", Text),
+    _required("namespace", Text),
+    _required("uid", Text),
+    _required("attempt", Integer),
+    _required("runtime_handler", Text, default=""),
+    _required("config", Text),  # PodSandboxConfig as protobuf JSON
+    _required("config_digest", String(64)),  # sha256 of the deterministic bytes
+    _required("desired", String(16)),
+    _required("phase", String(16)),
+    _required("reason", Text, default=""),
+    _required("message", Text, default=""),
+    _required("generation", Integer, default=1),
+    _required("observed_generation", Integer, default=0),
+    _optional("netns_path", Text),
+    _optional("cni_result", Text),  # the CNI ADD result, JSON
     # The network configuration (a conflist, JSON) the ADD ran with: CHECK and DEL use it.
-    cni_config: Mapped[str | None] = mapped_column(Text)
-    ip: Mapped[str | None] = mapped_column(Text)
-    additional_ips: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
-    pause_container_id: Mapped[str | None] = mapped_column(String(64))
-    task_pid: Mapped[int | None] = mapped_column(Integer)
+    _optional("cni_config", Text),
+    _optional("ip", Text),
+    _required("additional_ips", Text, default="[]"),  # JSON list
+    _optional("pause_container_id", String(64)),
+    _optional("task_pid", Integer),
     # Set once CNI DEL succeeded and the netns is gone: Remove after Stop needs no second DEL.
-    network_released: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    _required("network_released", Boolean, default=False, server_default=false()),
     # The OCI spec (JSON) crictld gave containerd's record of the pause container; NULL when
-    # containerd's record is the one to read (see crictl/store/specs.py). Deferred: the ORM
-    # never loads it with the row.
-    runtime_spec: Mapped[str | None] = mapped_column(Text, deferred=True)
+    # containerd's record is the one to read (see crictl/store/specs.py). No view holds it.
+    _optional("runtime_spec", Text),
+    _required("created_at", Integer),
+    _optional("started_at", Integer),
+    _optional("finished_at", Integer),
+    _required("updated_at", Integer),
+    UniqueConstraint("name", "namespace", "uid", "attempt"),
+    CheckConstraint(_one_of("desired", SandboxDesired), name="desired"),
+    CheckConstraint(_one_of("phase", SandboxPhase), name="phase"),
+)
 
-    created_at: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[int | None] = mapped_column(Integer)
-    finished_at: Mapped[int | None] = mapped_column(Integer)
-    updated_at: Mapped[int] = mapped_column(Integer)
+# Labels and annotations of a sandbox, one row each, so selectors are plain SQL.
+pod_sandbox_label_table = Table(
+    "pod_sandbox_label",
+    metadata,
+    _required(
+        "sandbox_id", String(64), ForeignKey("pod_sandbox.id", ondelete="CASCADE"), primary_key=True
+    ),
+    _required("kind", String(16), primary_key=True),
+    _required("key", Text, primary_key=True),
+    _required("value", Text),
+    CheckConstraint(_one_of("kind", LabelKind), name="kind"),
+    Index("ix_pod_sandbox_label_kind_key_value", "kind", "key", "value"),
+)
 
-    labels: Mapped[list[PodSandboxLabel]] = relationship(
-        back_populates="sandbox", cascade="all, delete-orphan", lazy="raise"
-    )
-    containers: Mapped[list[Container]] = relationship(back_populates="sandbox", lazy="raise")
-
-
-class PodSandboxLabel(Base):
-    """Labels and annotations of a sandbox, one row each, so selectors are plain SQL."""
-
-    __tablename__ = "pod_sandbox_label"
-    __table_args__ = (
-        CheckConstraint(_one_of("kind", LabelKind), name="kind"),
-        Index("ix_pod_sandbox_label_kind_key_value", "kind", "key", "value"),
-    )
-
-    sandbox_id: Mapped[str] = mapped_column(
-        ForeignKey("pod_sandbox.id", ondelete="CASCADE"), primary_key=True
-    )
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
-    key: Mapped[str] = mapped_column(Text, primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-
-    sandbox: Mapped[PodSandbox] = relationship(back_populates="labels", lazy="raise")
-
-
-class Container(Base):
-    """One row per container that CRI asked for and that is not yet removed."""
-
-    __tablename__ = "container"
-    __table_args__ = (
-        UniqueConstraint("sandbox_id", "name", "attempt"),
-        CheckConstraint(_one_of("desired", ContainerDesired), name="desired"),
-        CheckConstraint(_one_of("phase", ContainerPhase), name="phase"),
-    )
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    sandbox_id: Mapped[str] = mapped_column(ForeignKey("pod_sandbox.id"), index=True)
-    name: Mapped[str] = mapped_column(Text)
-    attempt: Mapped[int] = mapped_column(Integer)
-    config: Mapped[str] = mapped_column(Text)  # ContainerConfig as protobuf JSON
-    config_digest: Mapped[str] = mapped_column(String(64))
-
-    image: Mapped[str] = mapped_column(Text)  # the image as the config names it
-    image_ref: Mapped[str | None] = mapped_column(Text)  # resolved: repo@sha256:...
-    image_id: Mapped[str | None] = mapped_column(Text)  # the image config digest
-    log_path: Mapped[str | None] = mapped_column(Text)  # absolute
-
-    desired: Mapped[str] = mapped_column(String(16))
-    phase: Mapped[str] = mapped_column(String(16))
-    reason: Mapped[str] = mapped_column(Text, default="")
-    message: Mapped[str] = mapped_column(Text, default="")
-    exit_code: Mapped[int | None] = mapped_column(Integer)
-    generation: Mapped[int] = mapped_column(Integer, default=1)
-    observed_generation: Mapped[int] = mapped_column(Integer, default=0)
-
-    task_pid: Mapped[int | None] = mapped_column(Integer)
+# One row per container that CRI asked for and that is not yet removed.
+container_table = Table(
+    "container",
+    metadata,
+    _required("id", String(64), primary_key=True),
+    _required("sandbox_id", String(64), ForeignKey("pod_sandbox.id"), index=True),
+    _required("name", Text),
+    _required("attempt", Integer),
+    _required("config", Text),  # ContainerConfig as protobuf JSON
+    _required("config_digest", String(64)),
+    _required("image", Text),  # the image as the config names it
+    _optional("image_ref", Text),  # resolved: repo@sha256:...
+    _optional("image_id", Text),  # the image config digest
+    _optional("log_path", Text),  # absolute
+    _required("desired", String(16)),
+    _required("phase", String(16)),
+    _required("reason", Text, default=""),
+    _required("message", Text, default=""),
+    _optional("exit_code", Integer),
+    _required("generation", Integer, default=1),
+    _required("observed_generation", Integer, default=0),
+    _optional("task_pid", Integer),
     # The user the process runs as, resolved at create (image USER, /etc/passwd, security
     # context): what ContainerStatus reports.
-    uid: Mapped[int | None] = mapped_column(Integer)
-    gid: Mapped[int | None] = mapped_column(Integer)
-    supplemental_groups: Mapped[str] = mapped_column(
-        Text, default="[]", server_default="[]"
-    )  # JSON list
+    _optional("uid", Integer),
+    _optional("gid", Integer),
+    _required("supplemental_groups", Text, default="[]", server_default="[]"),  # JSON list
     # The OCI spec (JSON) crictld gave containerd's record (at create, on a resources
     # update); NULL when containerd's record is the one to read (crictl/store/specs.py).
-    runtime_spec: Mapped[str | None] = mapped_column(Text, deferred=True)
-    created_at: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[int | None] = mapped_column(Integer)
-    finished_at: Mapped[int | None] = mapped_column(Integer)
-    updated_at: Mapped[int] = mapped_column(Integer)
+    _optional("runtime_spec", Text),
+    _required("created_at", Integer),
+    _optional("started_at", Integer),
+    _optional("finished_at", Integer),
+    _required("updated_at", Integer),
+    UniqueConstraint("sandbox_id", "name", "attempt"),
+    CheckConstraint(_one_of("desired", ContainerDesired), name="desired"),
+    CheckConstraint(_one_of("phase", ContainerPhase), name="phase"),
+)
 
-    sandbox: Mapped[PodSandbox] = relationship(back_populates="containers", lazy="raise")
-    labels: Mapped[list[ContainerLabel]] = relationship(
-        back_populates="container", cascade="all, delete-orphan", lazy="raise"
-    )
+container_label_table = Table(
+    "container_label",
+    metadata,
+    _required(
+        "container_id", String(64), ForeignKey("container.id", ondelete="CASCADE"), primary_key=True
+    ),
+    _required("kind", String(16), primary_key=True),
+    _required("key", Text, primary_key=True),
+    _required("value", Text),
+    CheckConstraint(_one_of("kind", LabelKind), name="kind"),
+    Index("ix_container_label_kind_key_value", "kind", "key", "value"),
+)
 
+# An image in containerd's image store (which stays authoritative): a cache, refreshed from
+# containerd at start and from its image events, so that ImageStatus and ListImages are SQL
+# reads and operators can query images like everything else.
+image_table = Table(
+    "image",
+    metadata,
+    _required("id", Text, primary_key=True),  # config digest, sha256:...
+    _required("size", Integer),
+    _optional("uid", Integer),  # from the config's numeric USER
+    _required("username", Text, default=""),  # from a named USER
+    _required("config", Text),  # the image config JSON (OCI image spec)
+    _required("manifest_digest", Text),  # the platform's manifest
+    _optional("chain_id", Text),  # top snapshot (NULL: no layers)
+    _required("updated_at", Integer),
+)
 
-class ContainerLabel(Base):
-    __tablename__ = "container_label"
-    __table_args__ = (
-        CheckConstraint(_one_of("kind", LabelKind), name="kind"),
-        Index("ix_container_label_kind_key_value", "kind", "key", "value"),
-    )
+# One image record name in containerd: a tag (repo:tag) or a digest (repo@sha256:...).
+image_name_table = Table(
+    "image_name",
+    metadata,
+    _required("name", Text, primary_key=True),
+    _required("image_id", Text, ForeignKey("image.id", ondelete="CASCADE"), index=True),
+    _required("kind", String(8)),
+    _required("target_digest", Text),  # what the name points at in containerd
+    _required("target_media_type", Text),
+    _required("updated_at", Integer),
+    CheckConstraint("kind IN ('tag', 'digest')", name="kind"),
+)
 
-    container_id: Mapped[str] = mapped_column(
-        ForeignKey("container.id", ondelete="CASCADE"), primary_key=True
-    )
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
-    key: Mapped[str] = mapped_column(Text, primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-
-    container: Mapped[Container] = relationship(back_populates="labels", lazy="raise")
-
-
-class Image(Base):
-    """An image in containerd's image store (which stays authoritative): a cache, refreshed from
-    containerd at start and from its image events, so that ImageStatus and ListImages are SQL
-    reads and operators can query images like everything else."""
-
-    __tablename__ = "image"
-
-    id: Mapped[str] = mapped_column(Text, primary_key=True)  # config digest, sha256:...
-    size: Mapped[int] = mapped_column(Integer)
-    uid: Mapped[int | None] = mapped_column(Integer)  # from the config's numeric USER
-    username: Mapped[str] = mapped_column(Text, default="")  # from a named USER
-    config: Mapped[str] = mapped_column(Text)  # the image config JSON (OCI image spec)
-    manifest_digest: Mapped[str] = mapped_column(Text)  # the platform's manifest
-    chain_id: Mapped[str | None] = mapped_column(Text)  # top snapshot (NULL: no layers)
-    updated_at: Mapped[int] = mapped_column(Integer)
-
-    names: Mapped[list[ImageName]] = relationship(
-        back_populates="image", cascade="all, delete-orphan", lazy="raise"
-    )
-
-
-class ImageName(Base):
-    """One image record name in containerd: a tag (repo:tag) or a digest (repo@sha256:...)."""
-
-    __tablename__ = "image_name"
-    __table_args__ = (CheckConstraint("kind IN ('tag', 'digest')", name="kind"),)
-
-    name: Mapped[str] = mapped_column(Text, primary_key=True)
-    image_id: Mapped[str] = mapped_column(ForeignKey("image.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(8))
-    target_digest: Mapped[str] = mapped_column(Text)  # what the name points at in containerd
-    target_media_type: Mapped[str] = mapped_column(Text)
-    updated_at: Mapped[int] = mapped_column(Integer)
-
-    image: Mapped[Image] = relationship(back_populates="names", lazy="raise")
-
-
-class Event(Base):
-    """Append-only log of every transition and every cleanup: "why did this pod die?" in SQL.
-
-    Rows outlive the objects they name (removed sandboxes and containers keep their history).
-    """
-
-    __tablename__ = "event"
-    __table_args__ = (Index("ix_event_object", "object_kind", "object_id"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[int] = mapped_column(Integer, index=True)
-    object_kind: Mapped[str] = mapped_column(String(16))  # sandbox | container | daemon | gc ...
-    object_id: Mapped[str] = mapped_column(Text)
-    action: Mapped[str] = mapped_column(Text)  # transition | created | removed | cleanup | ...
-    from_phase: Mapped[str | None] = mapped_column(String(16))
-    to_phase: Mapped[str | None] = mapped_column(String(16))
-    reason: Mapped[str] = mapped_column(Text, default="")
-    message: Mapped[str] = mapped_column(Text, default="")
+# Append-only log of every transition and every cleanup: "why did this pod die?" in SQL.
+# Rows outlive the objects they name (removed sandboxes and containers keep their history).
+event_table = Table(
+    "event",
+    metadata,
+    _required("id", Integer, primary_key=True, autoincrement=True),
+    _required("at", Integer, index=True),
+    _required("object_kind", String(16)),  # sandbox | container | daemon | gc ...
+    _required("object_id", Text),
+    _required("action", Text),  # transition | created | removed | cleanup | ...
+    _optional("from_phase", String(16)),
+    _optional("to_phase", String(16)),
+    _required("reason", Text, default=""),
+    _required("message", Text, default=""),
+    Index("ix_event_object", "object_kind", "object_id"),
+)

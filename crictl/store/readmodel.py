@@ -34,11 +34,9 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
-from sqlalchemy.orm.util import identity_key
 
 from crictl.errors import InvalidArgument, NotFound
 from crictl.store.common import (
@@ -51,12 +49,17 @@ from crictl.store.common import (
     tx_info,
 )
 from crictl.store.models import (
-    Container,
-    ContainerLabel,
     LabelKind,
-    PodSandbox,
-    PodSandboxLabel,
+    container_label_table,
+    container_table,
+    pod_sandbox_label_table,
+    pod_sandbox_table,
 )
+
+if TYPE_CHECKING:  # ORM objects come only from a session a test or a tool made
+    from sqlalchemy.orm import Session
+
+    from crictl.store.orm import Container, PodSandbox
 
 Kind = Literal["sandbox", "container"]
 
@@ -222,8 +225,10 @@ def _resolve(rows: Mapping[str, Any], id_or_prefix: str, what: str) -> str:
 
 
 def track(session: Session, _flush_context: object) -> None:
-    """`after_flush` listener (`Store` registers it): records the sandbox and container rows a
-    flush wrote, and the owners of label rows it wrote."""
+    """`after_flush` listener (`orm.session_factory` registers it): records the sandbox and
+    container rows a flush wrote, and the owners of label rows it wrote."""
+    from crictl.store.orm import Container, ContainerLabel, PodSandbox, PodSandboxLabel
+
     info = tx_info(session)
     touched: dict[tuple[Kind, str], object | None] = info.setdefault(_TOUCHED, {})
     for obj in (*session.new, *session.dirty):
@@ -305,6 +310,10 @@ def _orm_object(tx: Tx, kind: Kind, rid: str) -> PodSandbox | Container | None:
     orm = tx.orm_made
     if orm is None or not orm.identity_map:  # the write path loads none: no key to build
         return None
+    from sqlalchemy.orm.util import identity_key
+
+    from crictl.store.orm import Container, PodSandbox
+
     model = PodSandbox if kind == "sandbox" else Container
     obj = orm.identity_map.get(identity_key(model, rid))
     return obj if isinstance(obj, PodSandbox | Container) else None
@@ -339,6 +348,8 @@ _ABSENT = object()
 def _view(
     obj: PodSandbox | Container, labels: Mapping[str, str], annotations: Mapping[str, str]
 ) -> SandboxView | ContainerView:
+    from crictl.store.orm import PodSandbox
+
     if isinstance(obj, PodSandbox):
         return _sandbox_view(obj, labels, annotations)
     return _container_view(obj, labels, annotations)
@@ -359,7 +370,7 @@ def change(tx: Tx, view: V, **columns: Any) -> V:
         for k, v in cols.items():
             setattr(obj, k, v)
         return new
-    table = PodSandbox.__tablename__ if kind == "sandbox" else Container.__tablename__
+    table = (pod_sandbox_table if kind == "sandbox" else container_table).name
     execute(tx, _update_sql(table, tuple(cols)), (*cols.values(), view.id))
     tx.info.setdefault(_TOUCHED, {})[(kind, view.id)] = new
     return new
@@ -370,10 +381,10 @@ def insert(tx: Tx, view: V, unique: tuple[str, ...]) -> bool:
     same `unique` columns exists (then nothing is written): True if it was inserted."""
     kind: Kind = "sandbox" if isinstance(view, SandboxView) else "container"
     if kind == "sandbox":
-        table, label_table = PodSandbox.__tablename__, PodSandboxLabel.__tablename__
+        table, label_table = pod_sandbox_table.name, pod_sandbox_label_table.name
         columns, owner = _SANDBOX_COLUMNS, "sandbox_id"
     else:
-        table, label_table = Container.__tablename__, ContainerLabel.__tablename__
+        table, label_table = container_table.name, container_label_table.name
         columns, owner = _CONTAINER_COLUMNS, "container_id"
     result = execute(
         tx, _insert_sql(table, columns, unique), tuple(getattr(view, c) for c in columns)
@@ -416,7 +427,7 @@ def delete(tx: Tx, kind: Kind, rid: str) -> None:
     obj = _orm_object(tx, kind, rid)
     if obj is not None:
         tx.orm.expunge(obj)
-    table = PodSandbox.__tablename__ if kind == "sandbox" else Container.__tablename__
+    table = (pod_sandbox_table if kind == "sandbox" else container_table).name
     execute(tx, f"DELETE FROM {table} WHERE id = ?", (rid,))
     gone(tx, kind, rid)
 
@@ -436,7 +447,7 @@ def untouched(tx: Tx) -> Snapshot | None:
 
 @functools.cache
 def _update_sql(table: str, columns: tuple[str, ...]) -> str:
-    allowed = _SANDBOX_COLUMNS if table == PodSandbox.__tablename__ else _CONTAINER_COLUMNS
+    allowed = _SANDBOX_COLUMNS if table == pod_sandbox_table.name else _CONTAINER_COLUMNS
     if not set(columns) <= set(allowed) - {"id"}:
         raise ValueError(f"not columns of {table}: {sorted(set(columns) - set(allowed))}")
     sets = ", ".join(f"{c} = ?" for c in columns)
@@ -488,14 +499,18 @@ class ReadModel:
                     containers[rid] = obj
                 elif kind == "sandbox":
                     prev_s = sandboxes.get(rid)
-                    if isinstance(obj, PodSandbox) and prev_s is not None:
-                        sandboxes[rid] = _sandbox_view(obj, prev_s.labels, prev_s.annotations)
+                    if obj is not None and prev_s is not None:  # an ORM object (`track`)
+                        sandboxes[rid] = _sandbox_view(
+                            cast("PodSandbox", obj), prev_s.labels, prev_s.annotations
+                        )
                     else:
                         reread["sandbox"].append(rid)
                 else:
                     prev_c = containers.get(rid)
-                    if isinstance(obj, Container) and prev_c is not None:
-                        containers[rid] = _container_view(obj, prev_c.labels, prev_c.annotations)
+                    if obj is not None and prev_c is not None:  # an ORM object (`track`)
+                        containers[rid] = _container_view(
+                            cast("Container", obj), prev_c.labels, prev_c.annotations
+                        )
                     else:
                         reread["container"].append(rid)
             if reread["sandbox"]:
@@ -533,13 +548,13 @@ def _oldest_first(rows: dict[str, Any]) -> dict[str, Any]:
 # the whole model, and the ORM built an object per row with its runtime spec, which no view
 # holds (at 100 pods and 300 containers the step took 54-66 ms that way, 22-35 since).
 def _load_sandboxes(tx: Tx, ids: Iterable[str] | None) -> dict[str, SandboxView]:
-    t = PodSandbox.__table__.c
+    t = pod_sandbox_table.c
     query = select(*(t[c] for c in _SANDBOX_COLUMNS)).order_by(t.created_at)
     if ids is not None:
         query = query.where(t.id.in_(list(ids)))
     rows = tx.connection.execute(query).all()
     maps = label_maps(
-        tx, PodSandboxLabel.__table__, "sandbox_id", [r.id for r in rows], every=ids is None
+        tx, pod_sandbox_label_table, "sandbox_id", [r.id for r in rows], every=ids is None
     )
     return {
         r.id: _sandbox_of(dict(zip(_SANDBOX_COLUMNS, r, strict=True)), *maps[r.id]) for r in rows
@@ -547,13 +562,13 @@ def _load_sandboxes(tx: Tx, ids: Iterable[str] | None) -> dict[str, SandboxView]
 
 
 def _load_containers(tx: Tx, ids: Iterable[str] | None) -> dict[str, ContainerView]:
-    t = Container.__table__.c
+    t = container_table.c
     query = select(*(t[c] for c in _CONTAINER_COLUMNS)).order_by(t.created_at)
     if ids is not None:
         query = query.where(t.id.in_(list(ids)))
     rows = tx.connection.execute(query).all()
     maps = label_maps(
-        tx, ContainerLabel.__table__, "container_id", [r.id for r in rows], every=ids is None
+        tx, container_label_table, "container_id", [r.id for r in rows], every=ids is None
     )
     return {
         r.id: _container_of(dict(zip(_CONTAINER_COLUMNS, r, strict=True)), *maps[r.id])

@@ -8,19 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from crictl.errors import AlreadyExists, NotFound
 from crictl.store import readmodel
-from crictl.store.common import Tx, id_prefix, is_id_text, resolve_id, with_labels
+from crictl.store.common import Tx, is_id_text, resolve_id
 from crictl.store.events import now_ns, record_event
-from crictl.store.models import (
-    LabelKind,
-    PodSandbox,
-    PodSandboxLabel,
-    SandboxDesired,
-    SandboxPhase,
-)
+from crictl.store.models import SandboxDesired, SandboxPhase, pod_sandbox_table
 from crictl.store.readmodel import SandboxView, Snapshot, change, sandbox_now
 from crictl.store.specs import set_runtime_spec
 from crictl.store.transitions import switch_sandbox_phase
@@ -90,12 +83,13 @@ def create_sandbox(tx: Tx, new: NewSandbox) -> tuple[SandboxView, bool]:
     if readmodel.insert(tx, view, ("name", "namespace", "uid", "attempt")):
         record_event(tx, "sandbox", new.id, "created", to_phase=SandboxPhase.PENDING)
         return view, True
+    s = pod_sandbox_table.c
     earlier = tx.connection.scalars(
-        select(PodSandbox.id).where(
-            PodSandbox.name == new.name,
-            PodSandbox.namespace == new.namespace,
-            PodSandbox.uid == new.uid,
-            PodSandbox.attempt == new.attempt,
+        select(s.id).where(
+            s.name == new.name,
+            s.namespace == new.namespace,
+            s.uid == new.uid,
+            s.attempt == new.attempt,
         )
     ).one()
     row = _must(tx, earlier)
@@ -112,33 +106,7 @@ def resolve_sandbox_id(tx: Tx, id_or_prefix: str) -> str:
     snap = readmodel.untouched(tx)
     if snap is not None:
         return snap.sandbox_id(id_or_prefix)
-    return resolve_id(tx, PodSandbox.id, id_or_prefix, "pod sandbox")
-
-
-def get_sandbox(tx: Tx, id_or_prefix: str) -> PodSandbox:
-    sandbox_id = resolve_sandbox_id(tx, id_or_prefix)
-    return tx.orm.scalars(
-        select(PodSandbox)
-        .options(selectinload(PodSandbox.labels))
-        .where(PodSandbox.id == sandbox_id)
-    ).one()
-
-
-def list_sandboxes(tx: Tx, flt: SandboxFilter | None = None) -> list[PodSandbox]:
-    query = select(PodSandbox).options(selectinload(PodSandbox.labels))
-    if flt is not None:
-        if flt.id_prefix:
-            query = query.where(id_prefix(PodSandbox.id, flt.id_prefix))
-        if flt.phases is not None:
-            query = query.where(PodSandbox.phase.in_(flt.phases))
-        query = with_labels(
-            query, PodSandboxLabel.__table__, "sandbox_id", PodSandbox.id, flt.labels
-        )
-    return list(tx.orm.scalars(query.order_by(PodSandbox.created_at)))
-
-
-def labels_of(sandbox: PodSandbox, kind: LabelKind) -> dict[str, str]:
-    return {label.key: label.value for label in sandbox.labels if label.kind == kind}
+    return resolve_id(tx, pod_sandbox_table.c.id, id_or_prefix, "pod sandbox")
 
 
 def set_sandbox_desired(tx: Tx, sandbox_id: str, desired: SandboxDesired) -> SandboxView:

@@ -16,7 +16,7 @@ from crictl.store import sandboxes as ss
 from crictl.store.common import Tx
 from crictl.store.engine import Store, make_engine
 from crictl.store.migrate import upgrade_to_head
-from crictl.store.models import Event
+from crictl.store.orm import Event
 
 
 def new_container(

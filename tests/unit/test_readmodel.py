@@ -19,18 +19,13 @@ from sqlalchemy.orm import class_mapper
 
 from crictl.errors import CrictlError, InvalidArgument, NotFound
 from crictl.store import containers as sc
+from crictl.store import orm
 from crictl.store import sandboxes as ss
 from crictl.store.common import Tx
 from crictl.store.engine import Store, make_engine
 from crictl.store.migrate import upgrade_to_head
-from crictl.store.models import (
-    Container,
-    ContainerDesired,
-    ContainerPhase,
-    PodSandbox,
-    SandboxDesired,
-    SandboxPhase,
-)
+from crictl.store.models import ContainerDesired, ContainerPhase, SandboxDesired, SandboxPhase
+from crictl.store.orm import Container, PodSandbox
 from crictl.store.readmodel import (
     ContainerView,
     SandboxView,
@@ -76,7 +71,7 @@ def container_writer(new: sc.NewContainer) -> Callable[[Tx], object]:
 
 
 def sandbox_lister(flt: ss.SandboxFilter | None) -> Callable[[Tx], list[PodSandbox]]:
-    return lambda s: ss.list_sandboxes(s, flt)
+    return lambda s: orm.list_sandboxes(s, flt)
 
 
 def test_views_carry_every_column() -> None:
@@ -489,7 +484,7 @@ class Writes(RuleBasedStateMachine):
         sid = data.draw(st.sampled_from(self.sandboxes))
 
         def remove(s: Tx) -> None:
-            for c in sc.list_containers(s, sc.ContainerFilter(sandbox_id=sid)):
+            for c in orm.list_containers(s, sc.ContainerFilter(sandbox_id=sid)):
                 sc.delete_container(s, c.id)
             ss.delete_sandbox(s, sid, "Removed")
 
@@ -500,7 +495,7 @@ class Writes(RuleBasedStateMachine):
         assert self.store.model.snapshot == fresh(self.store)
         # and its order is the lists' order
         assert list(self.store.model.snapshot.containers) == self.store.read_sync(
-            lambda s: [c.id for c in sc.list_containers(s)]
+            lambda s: [c.id for c in orm.list_containers(s)]
         )
 
 
@@ -547,7 +542,7 @@ def test_container_selections_equal_sql(
             phases=phases,
             labels=labels,
         )
-        from_sql = store.read_sync(lambda s: [c.id for c in sc.list_containers(s, flt)])
+        from_sql = store.read_sync(lambda s: [c.id for c in orm.list_containers(s, flt)])
         assert [v.id for v in sc.select_containers(store.snapshot, flt)] == from_sql
     finally:
         store.close()

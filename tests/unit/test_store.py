@@ -22,16 +22,14 @@ from crictl.store.common import On, Tx
 from crictl.store.containers import record_container_created, update_container_config
 from crictl.store.engine import Store, WriterThread
 from crictl.store.events import last_events, record_event
-from crictl.store.models import Container, LabelKind, PodSandbox, SandboxDesired, SandboxPhase
+from crictl.store.models import LabelKind, SandboxDesired, SandboxPhase
+from crictl.store.orm import Container, PodSandbox, get_sandbox, labels_of, list_sandboxes
 from crictl.store.readmodel import sandbox_now
 from crictl.store.sandboxes import (
     NewSandbox,
     SandboxFilter,
     create_sandbox,
     delete_sandbox,
-    get_sandbox,
-    labels_of,
-    list_sandboxes,
     record_sandbox_lost,
     record_sandbox_started,
     resolve_sandbox_id,
