@@ -225,7 +225,7 @@ def _resolve(rows: Mapping[str, Any], id_or_prefix: str, what: str) -> str:
 
 
 def track(session: Session, _flush_context: object) -> None:
-    """`after_flush` listener (`orm.session_factory` registers it): records the sandbox and
+    """`after_flush` listener (`orm.sessions` registers it): records the sandbox and
     container rows a flush wrote, and the owners of label rows it wrote."""
     from crictl.store.orm import Container, ContainerLabel, PodSandbox, PodSandboxLabel
 
