@@ -1,11 +1,11 @@
 """Rows as objects: ORM classes mapped onto the store's tables (`crictl/store/models.py`), for
 tests and tools.
 
-The daemon never imports this module, nor SQLAlchemy's ORM (~6 MiB of its memory and ~0.1 s
-of its start, docs/performance.md "Memory"): it writes with SQL sent as is and Core statements
-and reads rows as tuples into the read model's views. A transaction makes an ORM session only
-when something asks it for one (`Tx.orm`); the store flushes it before the commit, and the read
-model takes what it flushed (`readmodel.track`).
+The daemon never imports this module, nor SQLAlchemy's ORM (6.1-6.7 MiB of its memory and
+~60 ms of its start, measured: docs/performance.md "Memory"): it writes with SQL sent as is
+and Core statements and reads rows as tuples into the read model's views. A transaction makes
+an ORM session only when something asks it for one (`Tx.orm`); the store flushes it before the
+commit, and the read model takes what it flushed (`readmodel.track`).
 """
 
 from __future__ import annotations
