@@ -61,6 +61,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -74,6 +75,8 @@
 #define MSG_PAYLOAD 8192                /* conmon's limit per attach message */
 #define CLIENT_SNDBUF (1024 * 1024)     /* slack before a slow client is dropped */
 #define TAIL_SCAN (64 * 1024)           /* > any record: MAX_LINE + a ~45-byte header */
+#define HEAD_SIZE 64                    /* a record's time, stream and tag */
+#define OUT_SIZE (HEAD_SIZE + MAX_LINE + 1)
 
 static volatile sig_atomic_t reopen_requested;
 static const char *log_path;
@@ -96,11 +99,18 @@ struct client {
     int pidx;    /* its slot in this round's pollfd array, or -1 */
 };
 
-/* Buffers are static, not malloc'd or on the stack: their pages are zero-fill on demand, so
- * a logger whose container writes little keeps few of them (300 of these run at 300
- * containers; each page a logger touches is 4 KiB of the node's memory). */
-static char stream_buf[2][MAX_LINE + READ_CHUNK];
-static char chunk[READ_CHUNK];
+/* Memory: one logger runs per container (300 at 300 containers), so each page one touches is
+ * 4 KiB of the node's memory, 1.2 MiB at that size. The output buffers are one anonymous
+ * mapping made at start (map_buffers): its pages are zero-fill on demand, so a logger whose
+ * container writes little keeps few of them. As static arrays they did the same, but sat in
+ * .bss between this file's small variables and musl's, so the variables every logger writes
+ * took three pages instead of one. No function keeps a large array on the stack either: a
+ * page of stack touched once stays (the launcher's buffer is in a process that exits). An
+ * idle logger keeps 12 KiB private (the data page, two of stack) where it kept 28-32. */
+static char *stream_buf[2]; /* MAX_LINE + READ_CHUNK each */
+static char *chunk;         /* READ_CHUNK */
+static char *out;           /* a record: OUT_SIZE */
+static char *msg;           /* an attach message: 1 + MSG_PAYLOAD */
 static struct pollfd fds[4 + MAX_CLIENTS];
 
 static int report_fd = 2; /* stderr, or the pipe to the --daemonize launcher */
@@ -118,7 +128,7 @@ static void on_usr1(int sig) { (void)sig; reopen_requested = 1; }
  * it is dropped, by truncating to just after the last '\n' (or to empty). */
 static int repair_tail(int fd) {
     struct stat st;
-    char buf[4096];
+    char buf[512]; /* rarely read: a log that exists at start, or one a failed write tore */
     if (fstat(fd, &st) < 0) return -1;
     if (!S_ISREG(st.st_mode)) return 0; /* /dev/null when the container has no log path */
     off_t end = st.st_size, pos = end;
@@ -142,8 +152,8 @@ static int open_log(void) {
     int fd = open(log_path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0640);
     if (fd < 0) {
         /* the directory may not exist yet */
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s", log_path);
+        char dir[strlen(log_path) + 1];
+        memcpy(dir, log_path, sizeof dir);
         char *slash = strrchr(dir, '/');
         if (slash && slash != dir) {
             *slash = '\0';
@@ -179,15 +189,12 @@ static void write_record(const char *data, size_t n) {
 static void record(const struct stream *s, char tag, const char *content, size_t n) {
     struct timespec ts;
     struct tm tm;
-    char head[64];
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    size_t k = strftime(head, sizeof head, "%Y-%m-%dT%H:%M:%S", &tm);
-    k += (size_t)snprintf(head + k, sizeof head - k, ".%09ldZ %s %c ", ts.tv_nsec, s->name, tag);
+    size_t k = strftime(out, HEAD_SIZE, "%Y-%m-%dT%H:%M:%S", &tm);
+    k += (size_t)snprintf(out + k, HEAD_SIZE - k, ".%09ldZ %s %c ", ts.tv_nsec, s->name, tag);
     /* one write per record: readers never see half of one (n <= MAX_LINE: see drain) */
-    static char out[sizeof head + MAX_LINE + 1];
-    if (k + n + 1 > sizeof out) return;
-    memcpy(out, head, k);
+    if (k + n + 1 > OUT_SIZE) return;
     memcpy(out + k, content, n);
     out[k + n] = '\n';
     write_record(out, k + n + 1);
@@ -220,15 +227,12 @@ static void drain(struct stream *s, int final) {
 
 /* An error before the ready signal: the message goes where the starter reads it, then exit 1. */
 static void fail(const char *fmt, ...) {
-    char msg[8192];
+    /* unbuffered (no buffer to keep): the starter reads to EOF, so pieces are fine */
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(msg, sizeof msg - 1, fmt, ap);
+    vdprintf(report_fd, fmt, ap);
     va_end(ap);
-    if (n < 0) n = 0;
-    if ((size_t)n > sizeof msg - 2) n = (int)sizeof msg - 2;
-    msg[n++] = '\n';
-    if (write(report_fd, msg, (size_t)n) < 0) { /* nowhere else to say it */ }
+    if (write(report_fd, "\n", 1) < 0) { /* nowhere else to say it */ }
     exit(1);
 }
 
@@ -291,7 +295,6 @@ static void accept_clients(void) {
 
 /* Raw output to every client, never waiting: a client with no room left is dropped. */
 static void broadcast(char type, const char *data, size_t n) {
-    static char msg[1 + MSG_PAYLOAD];
     if (nclients == 0) return;
     msg[0] = type;
     while (n > 0) {
@@ -366,6 +369,50 @@ static void read_client(struct client *c, short revents) {
     if (revents & POLLHUP) drop(c);
 }
 
+/* The --daemonize launcher, which exits: a NUL byte means ready; anything else is the
+ * child's error. Its own function, so its buffer is on the stack of the launcher alone. */
+static __attribute__((noinline)) int launcher(int ready, pid_t pid) {
+    char buf[8192];
+    size_t len = 0;
+    while (len < sizeof buf) {
+        ssize_t n = read(ready, buf + len, sizeof buf - len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        len += (size_t)n;
+        if (buf[0] == '\0') return 0;
+    }
+    waitpid(pid, NULL, 0);
+    if (len == 0) fprintf(stderr, "crictld-logger: exited before it was ready\n");
+    else fwrite(buf, 1, len, stderr);
+    return 1;
+}
+
+static void write_pidfile(const char *pidfile) { /* no stdio: a FILE would be malloc'd */
+    char tmp[strlen(pidfile) + sizeof ".tmp"], text[32];
+    snprintf(tmp, sizeof tmp, "%s.tmp", pidfile);
+    int len = snprintf(text, sizeof text, "%d\n", (int)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+        int ok = write(fd, text, (size_t)len) == len;
+        close(fd);
+        if (ok) rename(tmp, pidfile);
+        else unlink(tmp);
+    }
+}
+
+/* The output buffers (see stream_buf): one mapping, its pages touched only by output. */
+static void map_buffers(void) {
+    size_t stream = MAX_LINE + READ_CHUNK;
+    size_t size = 2 * stream + READ_CHUNK + OUT_SIZE + 1 + MSG_PAYLOAD;
+    char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) fail("crictld-logger: mmap: %s", strerror(errno));
+    stream_buf[0] = p;
+    stream_buf[1] = p + stream;
+    chunk = p + 2 * stream;
+    out = chunk + READ_CHUNK;
+    msg = out + OUT_SIZE;
+}
+
 int main(int argc, char **argv) {
     const char *pidfile = NULL, *attach_dir = NULL;
     const char *fifo_path[2] = {NULL, NULL}, *stdin_path = NULL;
@@ -394,21 +441,8 @@ int main(int argc, char **argv) {
         pid_t pid = fork();
         if (pid < 0) { perror("crictld-logger: fork"); return 1; }
         if (pid > 0) {
-            /* the launcher: a NUL byte means ready; anything else is the child's error */
             close(p[1]);
-            char buf[8192];
-            size_t len = 0;
-            while (len < sizeof buf) {
-                ssize_t n = read(p[0], buf + len, sizeof buf - len);
-                if (n < 0 && errno == EINTR) continue;
-                if (n <= 0) break;
-                len += (size_t)n;
-                if (buf[0] == '\0') return 0;
-            }
-            waitpid(pid, NULL, 0);
-            if (len == 0) fprintf(stderr, "crictld-logger: exited before it was ready\n");
-            else fwrite(buf, 1, len, stderr);
-            return 1;
+            return launcher(p[0], pid);
         }
         close(p[0]);
         ready_fd = report_fd = p[1];
@@ -421,6 +455,7 @@ int main(int argc, char **argv) {
             if (null > 2) close(null);
         }
     }
+    map_buffers();
     log_fd = open_log();
     if (log_fd < 0) fail("crictld-logger: %s: %s", log_path, strerror(errno));
 
@@ -444,18 +479,7 @@ int main(int argc, char **argv) {
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN); /* keep draining until the container's output ends */
     signal(SIGPIPE, SIG_IGN);
-    if (pidfile) { /* no stdio: a FILE would be the only thing malloc'd */
-        char tmp[4096], text[32];
-        snprintf(tmp, sizeof tmp, "%s.tmp", pidfile);
-        int len = snprintf(text, sizeof text, "%d\n", (int)getpid());
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-        if (fd >= 0) {
-            int ok = write(fd, text, (size_t)len) == len;
-            close(fd);
-            if (ok) rename(tmp, pidfile);
-            else unlink(tmp);
-        }
-    }
+    if (pidfile) write_pidfile(pidfile);
     if (daemonize) {
         if (write(ready_fd, "", 1) < 0) { /* the launcher died: run on regardless */ }
         close(ready_fd);
@@ -506,7 +530,7 @@ int main(int argc, char **argv) {
             if (sidx[i] < 0 || !(fds[sidx[i]].revents & (POLLIN | POLLHUP | POLLERR))) continue;
             struct stream *s = &streams[i];
             size_t room = MAX_LINE + READ_CHUNK - s->len; /* drain() leaves < MAX_LINE */
-            ssize_t n = read(s->fd, chunk, room < sizeof chunk ? room : sizeof chunk);
+            ssize_t n = read(s->fd, chunk, room < READ_CHUNK ? room : READ_CHUNK);
             if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
             if (n > 0) {
                 memcpy(s->buf + s->len, chunk, (size_t)n);
