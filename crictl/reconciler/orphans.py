@@ -213,12 +213,20 @@ class ShimProcess:
 
 @dataclass(frozen=True)
 class CgroupDir:
-    """One task cgroup, in each hierarchy that has it (cgroup v1) or the one (v2)."""
+    """One task cgroup, in each hierarchy that has it (cgroup v1) or the one (v2).
+
+    Its dirs are made from `parents` when asked: at 400 tasks and cgroup v1's hierarchies, a
+    Path for each was ~1 MiB of every sweep's look, which the daemon kept (docs/performance.md,
+    "Memory"), for paths only an orphan's removal uses."""
 
     name: str
-    paths: tuple[Path, ...]
+    parents: tuple[Path, ...]  # the CGROUP_PARENT dir of each hierarchy that has it
     procs: int  # processes in it, summed over the hierarchies
     mtime: int
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(parent / self.name for parent in self.parents)
 
 
 @dataclass(frozen=True)
@@ -527,6 +535,10 @@ def _ts(t: object) -> int:
     return int(to_ns()) if to_ns is not None else 0
 
 
+def _ctr_container(c: containers_pb2.Container) -> CtrContainer:
+    return CtrContainer(c.id, c.labels.get(KIND_LABEL), c.snapshot_key, _ts(c.created_at))
+
+
 async def _containerd_world(
     containerd: ContainerdClient, snapshotter: str
 ) -> tuple[
@@ -537,10 +549,7 @@ async def _containerd_world(
     frozenset[str],
 ]:
     md = containerd.metadata
-    containers = tuple(
-        CtrContainer(c.id, c.labels.get(KIND_LABEL), c.snapshot_key, _ts(c.created_at))
-        for c in await containerd.list_containers()
-    )
+    containers = tuple(await containerd.scan_containers(_ctr_container))
     listed = await containerd.call(
         "list tasks", containerd.tasks.List(tasks_pb2.ListTasksRequest(), metadata=md)
     )
@@ -659,25 +668,30 @@ def _state_dirs(state_dir: Path) -> tuple[StateDir, ...]:
 
 
 def task_cgroups(root: Path = CGROUP_ROOT) -> tuple[CgroupDir, ...]:
+    """Every task cgroup under CGROUP_PARENT. Names and strings, not a Path per dir: see
+    CgroupDir (cgroups present in the same hierarchies share one tuple of parents)."""
     found: dict[str, list[Path]] = {}
     hierarchies = [root] if (root / "cgroup.controllers").exists() else sorted(root.iterdir())
     for hierarchy in hierarchies:
+        parent = hierarchy / CGROUP_PARENT
         try:
-            entries = list((hierarchy / CGROUP_PARENT).iterdir())
+            with os.scandir(parent) as entries:
+                names = [e.name for e in entries if _ID.match(e.name) and e.is_dir()]
         except OSError:
             continue
-        for path in entries:
-            if _ID.match(path.name) and path.is_dir():
-                found.setdefault(path.name, []).append(path)
+        for name in names:
+            found.setdefault(name, []).append(parent)
+    shared: dict[tuple[Path, ...], tuple[Path, ...]] = {}
     out = []
-    for name, paths in sorted(found.items()):
+    for name, found_in in sorted(found.items()):
+        parents = shared.setdefault(tuple(found_in), tuple(found_in))
         procs = 0
-        for path in paths:
-            with contextlib.suppress(OSError):
-                procs += len((path / "cgroup.procs").read_text().split())
-        mtime = _mtime(paths[0])
+        for parent in parents:
+            with contextlib.suppress(OSError), open(f"{parent}/{name}/cgroup.procs", "rb") as f:
+                procs += len(f.read().split())
+        mtime = _mtime(parents[0] / name)
         if mtime is not None:
-            out.append(CgroupDir(name, tuple(paths), procs, mtime))
+            out.append(CgroupDir(name, parents, procs, mtime))
     return tuple(out)
 
 

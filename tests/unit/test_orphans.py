@@ -630,7 +630,7 @@ def test_a_task_cgroup_no_row_or_task_owns_is_an_orphan() -> None:
     old = NOW - 120 * S
 
     def cg(name: str, procs: int, mtime: int = old) -> CgroupDir:
-        return CgroupDir(name, (Path(f"/sys/fs/cgroup/memory/crictld/{name}"),), procs, mtime)
+        return CgroupDir(name, (Path("/sys/fs/cgroup/memory/crictld"),), procs, mtime)
 
     made, other = "c" * 64, "d" * 64
     world = plus(
@@ -651,6 +651,31 @@ def test_a_task_cgroup_no_row_or_task_owns_is_an_orphan() -> None:
     # a task containerd lists owns its cgroup, row or not (the orphan task's finding ends it)
     task_only = plus(world, tasks=(CtrTask(made, "RUNNING", 9),))
     assert (ORPHAN_CGROUP, made) not in find(rows, task_only)
+
+
+def test_task_cgroups_reads_every_hierarchy(tmp_path: Path) -> None:
+    """cgroup v1: a task's cgroup in each hierarchy that has it, its processes summed over
+    them, its dirs made from the hierarchies' parents; other entries are not tasks."""
+    from crictl.reconciler.orphans import task_cgroups
+
+    both, one = "a" * 64, "b" * 64
+    for hierarchy, procs in (("memory", {both: "10\n11\n"}), ("pids", {both: "10\n", one: ""})):
+        parent = tmp_path / hierarchy / "crictld"
+        for name, text in procs.items():
+            (parent / name).mkdir(parents=True)
+            (parent / name / "cgroup.procs").write_text(text)
+        (parent / "not-a-task-id").mkdir()
+        (parent / ("c" * 64)).write_text("a file, not a cgroup")
+    (tmp_path / "cpuset").mkdir()  # a hierarchy without crictld's parent
+    found = {cg.name: cg for cg in task_cgroups(tmp_path)}
+    assert set(found) == {both, one}
+    assert found[both].procs == 3 and found[one].procs == 0
+    assert found[both].paths == (
+        tmp_path / "memory" / "crictld" / both,
+        tmp_path / "pids" / "crictld" / both,
+    )
+    assert found[one].paths == (tmp_path / "pids" / "crictld" / one,)
+    assert found[both].mtime > 0
 
 
 def test_runc_state_of_a_create_cut_short_is_an_orphan_only_if_this_daemon_made_it() -> None:
