@@ -216,8 +216,8 @@ class CgroupDir:
     """One task cgroup, in each hierarchy that has it (cgroup v1) or the one (v2).
 
     Its dirs are made from `parents` when asked: at 400 tasks and cgroup v1's hierarchies, a
-    Path for each was ~1 MiB of every sweep's look, which the daemon kept (docs/performance.md,
-    "Memory"), for paths only an orphan's removal uses."""
+    Path for each (and for each hierarchy's listing) made the sweep's look keep 2.2 MiB more
+    in the daemon (docs/performance.md, "Memory"), for paths only an orphan's removal uses."""
 
     name: str
     parents: tuple[Path, ...]  # the CGROUP_PARENT dir of each hierarchy that has it
