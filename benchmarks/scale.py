@@ -28,13 +28,16 @@ on the machine read from /proc before and after, the time of those alive at the 
    the CRI server, so containerd restarts (its shims keep running). SETTLE_S seconds later the
    memory is measured again: crictld's daemon has recovered and run its first orphan sweep,
    which a daemon at this size also runs every few minutes, so this is its steady size; the
-   figure of step 3 is that of a daemon that has not yet swept at this size.
+   figure of step 3 is that of a daemon that has not yet swept at this size. `--settle
+   10,120,300` measures it at each of those times instead (how much of what the restart grew
+   each runtime's processes give back, and how soon).
 5. **teardown**: every pod stopped and removed, PODS at once; then what is left on the node is
    counted as `benchmarks.sandboxes` does (netns files, IPs, containerd objects, veths), and
    after the runtimes are torn down.
 
     .venv/bin/python -m benchmarks.scale                      # 100 pods x 3 containers
     .venv/bin/python -m benchmarks.scale --pods 50 --per-pod 2 --json out.json
+    .venv/bin/python -m benchmarks.scale --settle 10,120,300  # memory thrice after the restart
 
 It cleans up after itself (also after a failure); `--keep-logs` keeps the runtimes' logs.
 """
@@ -98,9 +101,10 @@ class Figures:
     containers_s: float = 0.0
     container_errors: list[str] = field(default_factory=list)
     memory_kib: dict[str, dict[str, int]] = field(default_factory=dict)  # group: rss, pss, n
-    # the same once the restarted CRI server settled: crictld recovered and ran its first
-    # orphan sweep, which a daemon at this size runs every few minutes
-    memory_after_restart_kib: dict[str, dict[str, int]] = field(default_factory=dict)
+    # the same once the restarted CRI server settled (crictld recovered and ran its first
+    # orphan sweep, which a daemon at this size runs every few minutes), by seconds after
+    # the restart's answers were whole
+    memory_after_restart_kib: dict[float, dict[str, dict[str, int]]] = field(default_factory=dict)
     # "machine": seconds; a daemon: its own seconds, then its reaped children's
     run_cpu_s: dict[str, tuple[float, float]] = field(default_factory=dict)
     # every process on the machine, by command name: own seconds, reaped children's seconds
@@ -126,10 +130,18 @@ def _errors(e: grpc.RpcError) -> str:
 
 
 class Scale:
-    def __init__(self, node: Node, pods: int, per_pod: int, log_root: Path) -> None:
+    def __init__(
+        self,
+        node: Node,
+        pods: int,
+        per_pod: int,
+        log_root: Path,
+        settle: Sequence[float] = (SETTLE_S,),
+    ) -> None:
         self.node = node
         self.pods = pods
         self.per_pod = per_pod
+        self.settle = sorted(settle)
         self.log_root = log_root
         self.tag = f"scale-{int(time.time())}"
         self.pause = node.pause_image
@@ -192,8 +204,10 @@ class Scale:
             fig.idle_cpu_s = machine_busy_seconds() - machine_before
             fig.idle_cpu_by_name = cpu_by_name(processes_before, processes_cpu())
             self._restart(rt, restart, pods, fig)
-            time.sleep(SETTLE_S)
-            fig.memory_after_restart_kib = _memory(target)
+            whole = time.monotonic()
+            for seconds in self.settle:
+                time.sleep(max(0.0, whole + seconds - time.monotonic()))
+                fig.memory_after_restart_kib[seconds] = _memory(target)
             self._teardown(rt, fig)
             fig.left = {
                 kind: sorted(names)
@@ -560,8 +574,9 @@ def format_figures(scale: Scale) -> str:
     ]
     lines += ["", "memory at scale (MiB): RSS (PSS), processes"]
     lines += _memory_rows(row, names, [f.memory_kib for f in figs])
-    lines += ["", f"memory {SETTLE_S:.0f} s after the restart's answers were whole (MiB)"]
-    lines += _memory_rows(row, names, [f.memory_after_restart_kib for f in figs])
+    for seconds in scale.settle:
+        lines += ["", f"memory {seconds:.0f} s after the restart's answers were whole (MiB)"]
+        lines += _memory_rows(row, names, [f.memory_after_restart_kib[seconds] for f in figs])
     if len(figs) == 2 and figs[1].run_all_s:
         lines.append(
             f"  {names[0]} / {names[1]} all pods answered: "
@@ -585,6 +600,16 @@ def format_figures(scale: Scale) -> str:
     return "\n".join(lines)
 
 
+def _seconds_list(text: str) -> tuple[float, ...]:
+    try:
+        seconds = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of seconds: {text!r}") from None
+    if any(s < 0 for s in seconds):
+        raise argparse.ArgumentTypeError(f"a negative number of seconds: {text!r}")
+    return seconds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.scale",
@@ -594,6 +619,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-pod", type=int, default=3, help="containers per pod (3)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write raw figures to OUT")
     parser.add_argument("--keep-logs", action="store_true", help="keep the runtimes' logs")
+    parser.add_argument(
+        "--settle",
+        type=_seconds_list,
+        default=(SETTLE_S,),
+        metavar="S[,S...]",
+        help=f"measure memory again S seconds after the restart, at each S ({SETTLE_S:.0f})",
+    )
     args = parser.parse_args(argv)
     pod_logs = Path(tempfile.mkdtemp(prefix="crd-bench-podlogs-", dir="/tmp"))
     dirty = False
@@ -603,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             local_registry(None, None) as registry,
         ):
             with local_node(registry, logs_dir) as node:
-                scale = Scale(node, args.pods, args.per_pod, pod_logs)
+                scale = Scale(node, args.pods, args.per_pod, pod_logs, args.settle)
                 for target in node.targets:
                     scale.baseline[target.runtime.name] = dict(node_holdings(target))
                 for target in node.targets:
