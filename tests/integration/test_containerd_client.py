@@ -53,6 +53,22 @@ async def test_the_managed_containerd_collects_after_deletions_and_rests_between
     assert exports["MutationThreshold"] == "100", exports  # containerd's default, kept
 
 
+async def test_the_managed_containerd_runs_no_restart_monitor(
+    containerd: ContainerdClient,
+) -> None:
+    """containerd's restart monitor lists every container record, specs and all, every 10 s
+    to restart those with its label; crictld sets none, and its containerd does not load it
+    (managed.containerd_config)."""
+    from crictl.gen.containerd.api.services.introspection.v1 import introspection_pb2
+
+    internal = await containerd.introspection.Plugins(
+        introspection_pb2.PluginsRequest(filters=['type=="io.containerd.internal.v1"'])
+    )
+    ids = {p.id for p in internal.plugins}
+    assert "opt" in ids, ids  # the filter reads this containerd's internal plugins
+    assert "restart" not in ids, ids
+
+
 async def test_namespace_create_is_idempotent(containerd_address: str) -> None:
     ns = f"crictld-test-{secrets.token_hex(3)}"
     client = ContainerdClient(containerd_address, ns)
