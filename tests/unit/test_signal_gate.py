@@ -8,6 +8,8 @@ of many containers at once through the real shim."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import signal
 from collections import Counter
 from collections.abc import Iterator
@@ -32,6 +34,15 @@ PODS = ["a" * 64, "c" * 64]
 
 def cid(pod: int, i: int) -> str:
     return f"{pod}{i:03d}".ljust(64, "f")
+
+
+def add_containers(store: Store, pod: int, ids: list[str], pid: str) -> None:
+    """Containers in pod `pod` whose PID namespace mode is `pid` ("CONTAINER": each its own,
+    as kubelet's default; "POD": the pod's, which is also the CRI's default, as in "{}")."""
+    config = json.dumps({"linux": {"securityContext": {"namespaceOptions": {"pid": pid}}}})
+    for c in ids:
+        new = dataclasses.replace(new_container(c, PODS[pod], name=f"n{c[:4]}"), config=config)
+        store.write_sync(partial(sc.create_container, new=new))
 
 
 @pytest.fixture
@@ -125,19 +136,48 @@ async def test_a_signal_without_an_exit_gives_its_place_back_after_a_while(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A SIGTERM the task ignores causes no exit: its place comes back after SIGNAL_EXIT_WAIT
-    (a SIGKILL's after KILL_EXIT_WAIT), so the pod's other signals are late, never stuck."""
+    (a SIGKILL's after KILL_EXIT_WAIT), so the pod's other signals are late, never stuck.
+    The SIGTERMs go to tasks of their own PID namespace (PID 1 there, which a SIGTERM without
+    a handler leaves running)."""
     monkeypatch.setattr(rc, "SIGNAL_EXIT_WAIT", 0.05)
     monkeypatch.setattr(rc, "KILL_EXIT_WAIT", 1.0)
+    own = [cid(0, i) for i in range(10, 18)]
+    add_containers(store, 0, own, "CONTAINER")
     fake = Containerd()
     r = reconciler(store, fake, tmp_path)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    await asyncio.gather(*(r._signal(cid(0, i), signal.SIGTERM) for i in range(8)))
+    await asyncio.gather(*(r._signal(c, signal.SIGTERM) for c in own))
     terms = loop.time() - start
     assert 0.05 <= terms < 1.0  # the second four waited for the first four's places
     start = loop.time()
     await asyncio.gather(*(r._signal(cid(0, i), signal.SIGKILL) for i in range(8)))
     assert loop.time() - start >= 1.0
+    await asyncio.gather(*r._gate_releases)
+    assert len(r._signal_gates) == 0 and r._exit_seen == {}
+
+
+async def test_a_sigterm_to_a_task_sharing_its_pods_pid_namespace_keeps_its_place_longer(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a shared PID namespace no container is PID 1, so a SIGTERM without a handler kills
+    and the shim runs `runc kill --all` on the exit: the signal waits for it as a SIGKILL
+    does (KILL_EXIT_WAIT), where one to a task of its own namespace waits SIGNAL_EXIT_WAIT."""
+    monkeypatch.setattr(rc, "SIGNAL_EXIT_WAIT", 0.05)
+    monkeypatch.setattr(rc, "KILL_EXIT_WAIT", 1.0)
+    shared = [cid(1, i) for i in range(10, 18)]
+    own = [cid(0, i) for i in range(10, 18)]
+    add_containers(store, 1, shared, "POD")
+    add_containers(store, 0, own, "CONTAINER")
+    fake = Containerd()
+    r = reconciler(store, fake, tmp_path)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.gather(*(r._signal(c, signal.SIGTERM) for c in shared))
+    assert loop.time() - start >= 1.0  # the second four waited for the first four's places
+    start = loop.time()
+    await asyncio.gather(*(r._signal(c, signal.SIGTERM) for c in own))
+    assert loop.time() - start < 1.0
     await asyncio.gather(*r._gate_releases)
     assert len(r._signal_gates) == 0 and r._exit_seen == {}
 
