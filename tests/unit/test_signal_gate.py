@@ -99,6 +99,20 @@ def reconciler(store: Store, containerd: Containerd, tmp_path: Path) -> Containe
     return r
 
 
+def short_exit_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal that may cause no exit keeps its place 0.05 s; a SIGKILL's, 1 s."""
+    monkeypatch.setattr(rc, "SIGNAL_EXIT_WAIT", 0.05)
+    monkeypatch.setattr(rc, "KILL_EXIT_WAIT", 1.0)
+
+
+async def signal_all(r: ContainerReconciler, ids: list[str], sig: int) -> float:
+    """Seconds until `sig` was sent to every task of `ids`, all asked at once."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.gather(*(r._signal(c, sig) for c in ids))
+    return loop.time() - start
+
+
 async def settle() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
@@ -139,20 +153,13 @@ async def test_a_signal_without_an_exit_gives_its_place_back_after_a_while(
     (a SIGKILL's after KILL_EXIT_WAIT), so the pod's other signals are late, never stuck.
     The SIGTERMs go to tasks of their own PID namespace (PID 1 there, which a SIGTERM without
     a handler leaves running)."""
-    monkeypatch.setattr(rc, "SIGNAL_EXIT_WAIT", 0.05)
-    monkeypatch.setattr(rc, "KILL_EXIT_WAIT", 1.0)
+    short_exit_waits(monkeypatch)
     own = [cid(0, i) for i in range(10, 18)]
     add_containers(store, 0, own, "CONTAINER")
-    fake = Containerd()
-    r = reconciler(store, fake, tmp_path)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    await asyncio.gather(*(r._signal(c, signal.SIGTERM) for c in own))
-    terms = loop.time() - start
+    r = reconciler(store, Containerd(), tmp_path)
+    terms = await signal_all(r, own, signal.SIGTERM)
     assert 0.05 <= terms < 1.0  # the second four waited for the first four's places
-    start = loop.time()
-    await asyncio.gather(*(r._signal(cid(0, i), signal.SIGKILL) for i in range(8)))
-    assert loop.time() - start >= 1.0
+    assert await signal_all(r, [cid(0, i) for i in range(8)], signal.SIGKILL) >= 1.0
     await asyncio.gather(*r._gate_releases)
     assert len(r._signal_gates) == 0 and r._exit_seen == {}
 
@@ -163,21 +170,15 @@ async def test_a_sigterm_to_a_task_sharing_its_pods_pid_namespace_keeps_its_plac
     """In a shared PID namespace no container is PID 1, so a SIGTERM without a handler kills
     and the shim runs `runc kill --all` on the exit: the signal waits for it as a SIGKILL
     does (KILL_EXIT_WAIT), where one to a task of its own namespace waits SIGNAL_EXIT_WAIT."""
-    monkeypatch.setattr(rc, "SIGNAL_EXIT_WAIT", 0.05)
-    monkeypatch.setattr(rc, "KILL_EXIT_WAIT", 1.0)
+    short_exit_waits(monkeypatch)
     shared = [cid(1, i) for i in range(10, 18)]
     own = [cid(0, i) for i in range(10, 18)]
     add_containers(store, 1, shared, "POD")
     add_containers(store, 0, own, "CONTAINER")
-    fake = Containerd()
-    r = reconciler(store, fake, tmp_path)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    await asyncio.gather(*(r._signal(c, signal.SIGTERM) for c in shared))
-    assert loop.time() - start >= 1.0  # the second four waited for the first four's places
-    start = loop.time()
-    await asyncio.gather(*(r._signal(c, signal.SIGTERM) for c in own))
-    assert loop.time() - start < 1.0
+    r = reconciler(store, Containerd(), tmp_path)
+    # the second four waited for the first four's places
+    assert await signal_all(r, shared, signal.SIGTERM) >= 1.0
+    assert await signal_all(r, own, signal.SIGTERM) < 1.0
     await asyncio.gather(*r._gate_releases)
     assert len(r._signal_gates) == 0 and r._exit_seen == {}
 
