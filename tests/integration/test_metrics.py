@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import socket
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_sandboxes import kill_pause, pod_config, remove, run
 from tests.rig.daemon import Daemon
+from tests.rig.images import push_unique_image
+from tests.rig.registry import Registry
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +36,9 @@ def scrape(address: str) -> dict[str, list[tuple[dict[str, str], float, str]]]:
     return out
 
 
-def test_metrics_after_a_few_calls(image_daemon: Daemon) -> None:
+def test_metrics_after_a_few_calls(
+    image_daemon: Daemon, registry: Registry, tmp_path: Path
+) -> None:
     d = image_daemon
     address = f"127.0.0.1:{free_port()}"
     d.stop()
@@ -44,6 +49,10 @@ def test_metrics_after_a_few_calls(image_daemon: Daemon) -> None:
     assert d.crictl("pods").returncode == 0
     assert d.crictl("inspectp", "no-such-pod").returncode != 0  # a NOT_FOUND
     sid = run(d, pod_config())
+    # an image of blobs no containerd holds yet: the shared containerd may have the pause
+    # image's from another test's namespace, and takes those without a transfer
+    unique = push_unique_image(registry.host, tmp_path / "blobs")
+    assert d.crictl("pull", unique).returncode == 0
     m = scrape(address)
 
     calls = m["crictld_cri_request_duration_seconds"]
@@ -80,7 +89,7 @@ def test_metrics_after_a_few_calls(image_daemon: Daemon) -> None:
         for labels, v, name in m["crictld_image_pulls"]
         if name.endswith("_total")
     }
-    assert pulls.get("ok", 0) >= 1, pulls  # the pause image
+    assert pulls.get("ok", 0) >= 2, pulls  # the pause image and the unique one
     pulled = {
         labels["path"]: v
         for labels, v, name in m["crictld_image_pull_bytes"]

@@ -23,6 +23,7 @@ import http.client
 import io
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -1054,6 +1055,23 @@ def push_images(registry: str, images: Sequence[FixtureImage]) -> dict[str, str]
             )
             pushed[f"{registry}/{image.repository}:{tag}"] = digest
     return pushed
+
+
+def push_unique_image(registry: str, workdir: Path, repository: str = "unique") -> str:
+    """Build and push a one-layer image whose layer holds a random file, so no blob of it is in
+    any containerd yet: pulling it transfers bytes even where every fixture image is already
+    stored. Returns its reference, "REGISTRY/repository:tag"."""
+    store = BlobStore(workdir)
+    token = secrets.token_hex(8)
+    layer = store.layer([file(token, token)], "oci")
+    manifest = make_manifest(
+        store, [layer], ImageConfig(), "oci", Platform("amd64"), [f"a file named {token}"]
+    )
+    for desc in (layer.descriptor, manifest.config):
+        algo, _, hexpart = desc.digest.partition(":")
+        push_blob(registry, repository, desc, (workdir / algo / hexpart).read_bytes())
+    push_manifest(registry, repository, token, manifest.descriptor.media_type, manifest.data)
+    return f"{registry}/{repository}:{token}"
 
 
 def get_manifest(
