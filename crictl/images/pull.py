@@ -9,7 +9,9 @@ image pulled by crictld runs with `ctr run` in the same namespace:
   * layers are unpacked into the snapshotter as committed snapshots named by their chain ID
     (Snapshots.Prepare, Diff.Apply, Snapshots.Commit), each applied as soon as it is downloaded
     while later layers are still downloading;
-  * image records are created for the tag and for repo@digest.
+  * one image record is created: for the tag, or for repo@digest when pulled by digest (a
+    tag's repository digest is its target's, which crictld reports without a record of its
+    own, so removing the image is one delete and one collection).
 
 A failed pull aborts its partial writes and deletes its lease synchronously (containerd then
 collects whatever the pull wrote), so nothing is left behind.
@@ -306,7 +308,10 @@ class Puller:
         ended = False
         try:
             endpoint, target, body = await self.registry.resolve(ref, creds)
-            names = [n for n in (ref.tagged_name, ref.with_digest(target.digest)) if n]
+            # One record: the tag, or the digest pulled by. A tag's repository digest is
+            # derived from its target (crictl/store/images.py, `tag_digest`), so RemoveImage
+            # deletes one record and collects once.
+            names = [ref.tagged_name or ref.with_digest(target.digest)]
             if (
                 known is not None
                 and known_config is not None

@@ -82,15 +82,19 @@ class ImageView:
     manifest_digest: str
     chain_id: str | None
     repo_tags: tuple[str, ...]
-    repo_digests: tuple[str, ...]
+    repo_digests: tuple[str, ...]  # its digest records' and its tags' (`repo@<tag's target>`)
     pinned: bool
+    records: tuple[str, ...]  # the names of its records in containerd: what RemoveImage deletes
 
 
 @dataclass(frozen=True)
 class _IndexState:
     by_id: dict[str, ImageView]
-    by_name: dict[str, str]  # name -> image id
-    targets: dict[str, str]  # name -> the digest it points at in containerd
+    by_name: dict[str, str]  # record name -> image id
+    targets: dict[str, str]  # record name -> the digest it points at in containerd
+    # a tag's repository digest no record holds -> the images whose tags stand for it (one,
+    # but for records that disagree with the registry; the least id is found)
+    derived: dict[str, frozenset[str]]
 
 
 class ImageIndex:
@@ -105,7 +109,7 @@ class ImageIndex:
     """
 
     def __init__(self) -> None:
-        self._state = _IndexState({}, {}, {})
+        self._state = _IndexState({}, {}, {}, {})
 
     @property
     def by_id(self) -> dict[str, ImageView]:
@@ -119,9 +123,13 @@ class ImageIndex:
     def targets(self) -> dict[str, str]:
         return self._state.targets
 
+    @property
+    def derived(self) -> dict[str, frozenset[str]]:
+        return self._state.derived
+
     def rebuild(self, rows: Sequence[ImageRow], pinned_names: set[str]) -> None:
         """The whole index from every row."""
-        self._state = self._with(_IndexState({}, {}, {}), rows, pinned_names)
+        self._state = self._with(_IndexState({}, {}, {}, {}), rows, pinned_names)
 
     def update(self, rows: Sequence[ImageRow], touched: set[str], pinned_names: set[str]) -> None:
         """Replaces the images with ids in `touched` by `rows` (their rows as now committed;
@@ -131,6 +139,7 @@ class ImageIndex:
             {k: v for k, v in old.by_id.items() if k not in touched},
             {n: i for n, i in old.by_name.items() if i not in touched},
             {},
+            {n: left for n, ids in old.derived.items() if (left := ids - touched)},
         )
         kept.targets.update((n, old.targets[n]) for n in kept.by_name if n in old.targets)
         self._state = self._with(kept, rows, pinned_names)
@@ -150,7 +159,10 @@ class ImageIndex:
                 repo_tags=tuple(row.tags),
                 repo_digests=tuple(row.digests),
                 pinned=any(n.name in pinned for n in row.names),
+                records=tuple(n.name for n in row.names),
             )
+            for name in row.derived_digests:
+                state.derived[name] = state.derived.get(name, frozenset()) | {image.id}
             for n in row.names:
                 state.by_name[n.name] = image.id
                 state.targets[n.name] = n.target_digest
@@ -164,6 +176,8 @@ class ImageIndex:
         for name in lookup.names:
             if name in state.by_name:
                 return state.by_id[state.by_name[name]]
+            if name in state.derived:
+                return state.by_id[min(state.derived[name])]
         if lookup.id_prefix:
             found = [v for k, v in state.by_id.items() if k.startswith(lookup.id_prefix)]
             if len(found) > 1:
@@ -527,7 +541,7 @@ class ImageManager:
         if by_tag and len(tags) > 1 and image.id != lookup.image_id:
             names = by_tag
         else:
-            names = tags + list(image.repo_digests)
+            names = list(image.records)  # a tag's repository digest is no record of its own
         removing = set(names) - self._removing  # a concurrent removal owns the others
         self._removing |= removing
         deleted: list[str] = []  # by containerd, not yet recorded in the cache

@@ -31,6 +31,17 @@ class NameRecord:
     target_media_type: str
 
 
+def tag_digest(name: NameRecord) -> str | None:
+    """The repository digest a tag stands for, `repository@<its target>`; None for a digest
+    record or a name with no tag (`host:port/repo`). A pull by tag makes no digest record
+    (one record per image, so RemoveImage deletes one): the `images` view (revision 0007)
+    derives the same names in SQL."""
+    repository, colon, tag = name.name.rpartition(":")
+    if name.kind != "tag" or not colon or not repository or "/" in tag:
+        return None
+    return f"{repository}@{name.target_digest}"
+
+
 @dataclass(frozen=True)
 class ImageRow:
     """One cached image and every name pointing at it, as read from the rows."""
@@ -44,7 +55,20 @@ class ImageRow:
 
     @property
     def digests(self) -> list[str]:
-        return sorted(n.name for n in self.names if n.kind == "digest")
+        """Its repository digests: its digest records, and the one each tag stands for."""
+        found = {n.name for n in self.names if n.kind == "digest"}
+        found.update(d for d in map(tag_digest, self.names) if d is not None)
+        return sorted(found)
+
+    @property
+    def derived_digests(self) -> dict[str, str]:
+        """The repository digests no record holds (each tag's): name -> the digest."""
+        records = {n.name for n in self.names}
+        return {
+            d: n.target_digest
+            for n in self.names
+            if (d := tag_digest(n)) is not None and d not in records
+        }
 
 
 # The cache is written after every pull, removal and image event: each statement goes to the
