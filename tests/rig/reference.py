@@ -7,8 +7,9 @@
             ...  # any CRI client on ref.endpoint
 
 Everything it owns (root, state, sockets, config, log, the CRI plugin's netns and runc state)
-lives under one short temp dir in /tmp (unix socket paths must stay under 108 bytes). The CRI
-plugin is configured for this machine and the test fixtures:
+lives under one short temp dir in /tmp (unix socket paths must stay under 108 bytes); its state
+dir and runc's root are tmpfs mounts there, as /run is on a node. The CRI plugin is configured
+for this machine and the test fixtures:
 
 - `sandbox_image` is the local registry's `pause:3.10`;
 - `restrict_oom_score_adj = true`: the daemons lack CAP_SYS_RESOURCE, so runc cannot lower a
@@ -129,6 +130,12 @@ oom_score = 0
   [plugins."{CRI_PLUGIN}".registry]
     config_path = "{directory / "certs.d"}"
 """
+
+
+# containerd's state dir and runc's root, which a node keeps under /run (containerd's defaults:
+# /run/containerd, /run/containerd/runc), each a tmpfs here as there; crictld's runc root is
+# /run/containerd/runc too.
+EPHEMERAL_DIRS = ("state", "runc")
 
 
 def _host_dir(host: str) -> str:
@@ -288,6 +295,13 @@ class ReferenceContainerd:
         self.directory = directory
         if len(str(self.socket) + ".ttrpc") >= 108:
             raise ReferenceError(f"socket path too long: {self.socket}")
+        for ephemeral in EPHEMERAL_DIRS:
+            (directory / ephemeral).mkdir(mode=0o711)
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "mode=0711", "tmpfs", str(directory / ephemeral)],
+                check=True,
+                capture_output=True,
+            )
         self._write_config(directory)
         self._spawn()
         self._wait_ready()
