@@ -61,14 +61,10 @@ class ImageRow:
         return sorted(found)
 
     @property
-    def derived_digests(self) -> dict[str, str]:
-        """The repository digests no record holds (each tag's): name -> the digest."""
+    def derived_digests(self) -> set[str]:
+        """The repository digests its tags stand for that no record of its own holds."""
         records = {n.name for n in self.names}
-        return {
-            d: n.target_digest
-            for n in self.names
-            if (d := tag_digest(n)) is not None and d not in records
-        }
+        return {d for d in map(tag_digest, self.names) if d is not None and d not in records}
 
 
 # The cache is written after every pull, removal and image event: each statement goes to the
