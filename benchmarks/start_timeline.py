@@ -160,20 +160,11 @@ class StartTimelineWorkload(ContainerWorkload):
 
     def run_round(self, rt: Runtime, index: int) -> None:
         r = rt.runtime
-        pod = self.round_pods[rt.name]
-        created = rt.quietly(
-            r.CreateContainer,
-            api_pb2.CreateContainerRequest(
-                pod_sandbox_id=pod.id,
-                config=self.container_config(f"t{index}"),
-                sandbox_config=pod.config,
-            ),
-            timeout=60,
-        )
-        if created is None:
+        config = self.container_config(f"t{index}")
+        cid = self._create(rt, "create", self.round_pods[rt.name], config)
+        rt.ops.pop("create", None)  # untimed: only the start is this workload's figure
+        if cid is None:
             raise BenchError(f"{rt.name}: cannot create the round's container")
-        cid = created.container_id
-        self.container_ids.setdefault(rt.name, []).append(cid)
         time.sleep(0.2)  # the create's own work done
         self.mark(f"crictld-bench-begin {rt.name}")
         started = rt.call(OP, r.StartContainer, api_pb2.StartContainerRequest(container_id=cid))

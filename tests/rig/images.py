@@ -249,9 +249,13 @@ class BlobStore:
         self.root = root
         (root / "sha256").mkdir(parents=True, exist_ok=True)
 
+    def path(self, digest: str) -> Path:
+        algo, _, hexpart = digest.partition(":")
+        return self.root / algo / hexpart
+
     def put(self, data: bytes, media_type: str) -> Descriptor:
         digest = _sha256(data)
-        path = self.root / "sha256" / digest.split(":", 1)[1]
+        path = self.path(digest)
         if not path.exists() or path.stat().st_size != len(data):
             tmp = _private_tmp(path)
             tmp.write_bytes(data)
@@ -1068,8 +1072,7 @@ def push_unique_image(registry: str, workdir: Path, repository: str = "unique") 
         store, [layer], ImageConfig(), "oci", Platform("amd64"), [f"a file named {token}"]
     )
     for desc in (layer.descriptor, manifest.config):
-        algo, _, hexpart = desc.digest.partition(":")
-        push_blob(registry, repository, desc, (workdir / algo / hexpart).read_bytes())
+        push_blob(registry, repository, desc, store.path(desc.digest).read_bytes())
     push_manifest(registry, repository, token, manifest.descriptor.media_type, manifest.data)
     return f"{registry}/{repository}:{token}"
 
