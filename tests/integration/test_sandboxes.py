@@ -85,9 +85,16 @@ def assert_holds_exactly(d: Daemon, net: CniNetwork, sids: list[str]) -> None:
 
 def assert_nothing_held(d: Daemon, net: CniNetwork, sids: list[str]) -> None:
     h = held(d, net)
-    assert (h.netns, h.ips, h.containers, h.tasks, h.rw_snapshots, h.leases, h.veths) == (
-        frozenset(),
-    ) * 7, h
+    assert (
+        h.netns,
+        h.ips,
+        h.containers,
+        h.tasks,
+        h.rw_snapshots,
+        h.leases,
+        h.runc_states,
+        h.veths,
+    ) == (frozenset(),) * 8, h
     assert not (frozenset(sids) & h.cgroups), h
 
 

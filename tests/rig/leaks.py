@@ -1,6 +1,6 @@
 """Everything a pod can hold on the node, counted where it lives: the netns dir, host-local's
-IPAM dir, containerd (containers, tasks, snapshots besides image layers, leases), the cgroup
-tree and the bridge's veth ports."""
+IPAM dir, containerd (containers, tasks, snapshots besides image layers, leases), runc's state
+dirs (which its shim removes with the task), the cgroup tree and the bridge's veth ports."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crictl.containerd.client import ContainerdClient
+from crictl.containerd.runc import RUNC_ROOT
 from tests.rig.cni import CniNetwork
 from tests.rig.inventory import inventory
 
@@ -25,6 +26,7 @@ class Holdings:
     tasks: frozenset[str]
     rw_snapshots: frozenset[str]  # snapshots that are not image layers
     leases: frozenset[str]
+    runc_states: frozenset[str]  # runc's state dirs in the namespace's runc root
     cgroups: frozenset[str]
     veths: frozenset[str]
 
@@ -50,6 +52,11 @@ def _cgroups() -> frozenset[str]:
         if base.is_dir():
             found |= {p.name for p in base.iterdir() if p.is_dir()}
     return frozenset(found)
+
+
+def _runc_states(namespace: str) -> frozenset[str]:
+    root = RUNC_ROOT / namespace
+    return frozenset(p.name for p in root.iterdir()) if root.is_dir() else frozenset()
 
 
 def _veths(bridge: str) -> frozenset[str]:
@@ -81,6 +88,7 @@ def holdings(address: str, namespace: str, netns_dir: Path, net: CniNetwork) -> 
         tasks=asyncio.run(_tasks(address, namespace, inv.containers)),
         rw_snapshots=frozenset(inv.snapshots - layers),
         leases=inv.leases,
+        runc_states=_runc_states(namespace),
         cgroups=_cgroups(),
         veths=_veths(net.bridge),
     )
