@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 from pathlib import Path
 
+from crictl.containerd.runc import RUNC_ROOT
+from crictl.mounts import remove_dir
 from crictl.reconciler.orphans import shim_socket
 
 
@@ -37,3 +40,21 @@ def kill_shims(address: str) -> None:
             os.kill(pid, signal.SIGKILL)
     for socket in sockets:
         socket.unlink(missing_ok=True)
+
+
+def remove_runc_states(namespace: str) -> list[str]:
+    """What runc still records in the namespace's root once its shims are gone (killed, as a
+    test that failed halfway leaves them): `runc delete --force` for each, which ends what
+    is left of the container and its cgroups, and removes the state dir (the dir itself when
+    runc refuses it). The names found, for the caller to report."""
+    root = RUNC_ROOT / namespace
+    found = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    for name in found:
+        subprocess.run(
+            ["runc", "--root", str(root), "delete", "--force", name],
+            check=False,
+            capture_output=True,
+            timeout=30,
+        )
+        remove_dir(root / name)
+    return found
