@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--containerd-namespace", help="default crictld")
     serve.add_argument("--containerd-bin", help="containerd binary for managed mode")
+    serve.add_argument(
+        "--containerd-state-dir",
+        type=Path,
+        help="the managed containerd's state dir (task bundles, FIFOs; a tmpfs on a node); "
+        "default /run/crictld/containerd, or <state dir>/containerd/state with --state-dir",
+    )
     serve.add_argument("--cni-conf-dir", type=Path, help="default /etc/cni/net.d")
     serve.add_argument(
         "--runtime-handler",
@@ -205,6 +211,7 @@ def load_config(args: argparse.Namespace) -> Config:
             "containerd": args.containerd,
             "containerd_namespace": args.containerd_namespace,
             "containerd_bin": args.containerd_bin,
+            "containerd_state_dir": args.containerd_state_dir,
             "cni_conf_dir": args.cni_conf_dir,
             "cni_conf_template": args.cni_conf_template,
             "runtime_handlers": (

@@ -18,6 +18,9 @@ from crictl.errors import InvalidArgument
 DEFAULT_SOCKET = Path("/run/crictld/crictld.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/crictld")
 DEFAULT_CONTAINERD_SOCKET = Path("/run/containerd/containerd.sock")
+# The managed containerd's state dir (its task bundles and FIFOs, containerd's own default being
+# /run/containerd) when the state dir is the default one: under /run, a tmpfs on a node.
+DEFAULT_CONTAINERD_STATE_DIR = Path("/run/crictld/containerd")
 MANAGED = "managed"
 CGROUP_DRIVERS = ("cgroupfs", "systemd")
 
@@ -33,6 +36,10 @@ class Config:
     containerd: str = ""
     containerd_namespace: str = "crictld"
     containerd_bin: str = "containerd"
+    # The managed containerd's state dir: what it writes for each task it starts (bundles,
+    # FIFOs), gone at a reboot. None = /run/crictld/containerd with the default state dir,
+    # else <state dir>/containerd/state (a daemon of its own state dir keeps all it owns there).
+    containerd_state_dir: Path | None = None
     cni_conf_dir: Path = Path("/etc/cni/net.d")
     # A CNI config template rendered with kubelet's pod CIDR (UpdateRuntimeConfig) into
     # cni_conf_dir/10-crictld-net.conflist, as containerd's conf_template.
@@ -78,6 +85,14 @@ class Config:
         return self.state_dir / "containerd"
 
     @property
+    def managed_containerd_state_dir(self) -> Path:
+        if self.containerd_state_dir is not None:
+            return self.containerd_state_dir
+        if self.state_dir == DEFAULT_STATE_DIR:
+            return DEFAULT_CONTAINERD_STATE_DIR
+        return self.managed_containerd_dir / "state"
+
+    @property
     def systemd_cgroup(self) -> bool:
         return self.cgroup_driver == "systemd"
 
@@ -98,7 +113,14 @@ class Config:
 
 
 _HANDLER = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_PATH_KEYS = {"socket", "state_dir", "cni_conf_dir", "cni_conf_template", "netns_dir"}
+_PATH_KEYS = {
+    "socket",
+    "state_dir",
+    "containerd_state_dir",
+    "cni_conf_dir",
+    "cni_conf_template",
+    "netns_dir",
+}
 _STR_KEYS = {
     "socket_group",
     "containerd",

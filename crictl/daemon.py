@@ -123,7 +123,9 @@ async def connect_containerd(config: Config) -> ContainerdConnection:
         except errors.CrictlError as e:
             log.info("standard containerd socket does not answer", extra={"error": str(e)})
             await client.close()
-    managed = ManagedContainerd(config.managed_containerd_dir, config.containerd_bin)
+    managed = ManagedContainerd(
+        config.managed_containerd_dir, config.containerd_bin, config.managed_containerd_state_dir
+    )
     how = await managed.ensure_running()
     client = ContainerdClient(managed.address, config.containerd_namespace, config.systemd_cgroup)
     return ContainerdConnection(client, managed, how)

@@ -1,7 +1,9 @@
 """A private containerd that crictld starts and owns when no containerd is reachable.
 
-It lives entirely under `<state dir>/containerd/` (root, state, socket, config, log, pid file),
-with containerd's CRI plugin disabled. It runs in its own session, so a Ctrl-C to crictld's
+It lives under `<state dir>/containerd/` (root, socket, config, log, pid file), with containerd's
+CRI plugin disabled; its state dir (what it writes for each task it starts: bundles, FIFOs) is
+`/run/crictld/containerd` by default, as containerd's own is /run/containerd: a tmpfs on a node,
+gone at a reboot, as the tasks are. It runs in its own session, so a Ctrl-C to crictld's
 terminal does not reach it, and it outlives a crictld that is SIGKILLed: the next crictld on the
 same state dir finds it through the pid file (or, if a kill came before the pid file was
 written, by its command line) and re-uses it if it answers, or replaces it if it does not. There
@@ -19,6 +21,7 @@ import os
 import signal
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 from crictl import errors
@@ -27,10 +30,11 @@ from crictl.containerd.client import ContainerdClient
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0
+_TASK_BUNDLES = "io.containerd.runtime.v2.task"  # <state>/<this>/<namespace>/<task id>
 STOP_TIMEOUT = 10.0
 
 
-def containerd_config(directory: Path) -> str:
+def containerd_config(directory: Path, state: Path) -> str:
     """The managed containerd's config.toml.
 
     Its GC scheduler: containerd's default `pause_threshold` (0.02) re-arms the scheduler's
@@ -48,7 +52,7 @@ def containerd_config(directory: Path) -> str:
     that grew toward Go's next collection goal (docs/performance.md, "At rest")."""
     return f"""version = 2
 root = "{directory / "root"}"
-state = "{directory / "state"}"
+state = "{state}"
 disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.restart"]
 
 [grpc]
@@ -73,9 +77,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.rest
 
 
 class ManagedContainerd:
-    def __init__(self, directory: Path, binary: str = "containerd") -> None:
+    def __init__(
+        self, directory: Path, binary: str = "containerd", state: Path | None = None
+    ) -> None:
         self.directory = directory
         self.binary = binary
+        self.state = state if state is not None else directory / "state"
         self.config_path = directory / "config.toml"
         self.pid_path = directory / "containerd.pid"
         self.log_path = directory / "containerd.log"
@@ -128,8 +135,27 @@ class ManagedContainerd:
         pid = self.pid
         return pid is not None and self._recorded_pid() == pid and not _is_zombie(pid)
 
+    def _state_dir(self) -> Path:
+        """The state dir for a containerd about to start: the configured one, unless the one
+        the containerd before had (its config.toml's; `<directory>/state` for a crictld that
+        had no other) holds a task's bundle. That task's shim may still run, and only a
+        containerd with the same state dir finds it again; after a reboot there is no such
+        shim, containerd removes the bundles it finds dead, and the next start moves."""
+        previous = self.directory / "state"
+        with contextlib.suppress(OSError, tomllib.TOMLDecodeError, KeyError, TypeError):
+            previous = Path(tomllib.loads(self.config_path.read_text())["state"])
+        if previous != self.state and any(previous.glob(f"{_TASK_BUNDLES}/*/*")):
+            log.warning(
+                "the managed containerd keeps its state dir where it had it: it holds tasks",
+                extra={"state": str(previous), "configured": str(self.state)},
+            )
+            return previous
+        return self.state
+
     def _start(self) -> None:
-        self.config_path.write_text(containerd_config(self.directory))
+        state = self._state_dir()
+        state.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.config_path.write_text(containerd_config(self.directory, state))
         with contextlib.suppress(FileNotFoundError):
             Path(self.address).unlink()
         # The state dir is private; the log is too (0600), as the daemon's other files.

@@ -247,7 +247,7 @@ async def test_a_containerd_that_does_not_share_blobs_gets_layers_through_its_ap
         '\n[plugins."io.containerd.metadata.v1.bolt"]\n  content_sharing_policy = "isolated"\n'
     )
     config = managed.containerd_config
-    monkeypatch.setattr(managed, "containerd_config", lambda d: config(d) + isolated)
+    monkeypatch.setattr(managed, "containerd_config", lambda d, s: config(d, s) + isolated)
     ctd = managed.ManagedContainerd(short_tmp / "containerd")
     await ctd.ensure_running()
     client = ContainerdClient(ctd.address, "crictld-test")

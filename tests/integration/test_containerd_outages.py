@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -296,3 +297,49 @@ def test_runc_state_left_by_a_create_containerd_was_killed_in_is_cleared(
     assert (left / "state.json").exists() and not (left / "exec.fifo").exists()
     remove(d, pod.id)
     assert not left.exists()
+
+
+def test_the_managed_containerds_state_dir_moves_once_no_task_is_in_the_old_one(
+    managed_image_daemon: Daemon, registry: Registry, cni_network: CniNetwork, short_tmp: Path
+) -> None:
+    """A node whose managed containerd kept its state dir under <state dir>/containerd/state
+    (the default for a state dir of the daemon's own, and crictld's only layout before
+    `--containerd-state-dir`) is given another: containerd, started again while tasks run,
+    keeps the old dir, where their bundles are, and finds their shims; it moves once a start
+    finds no task there."""
+    d = managed_image_daemon
+    legacy = d.state_dir / "containerd" / "state"
+    run = short_tmp / "run"
+    config = d.state_dir / "containerd" / "config.toml"
+
+    def state_in_config() -> str:
+        return str(tomllib.loads(config.read_text())["state"])
+
+    def bundles(state: Path) -> set[str]:
+        tasks = state / "io.containerd.runtime.v2.task" / d.namespace
+        return {p.name for p in tasks.iterdir()} if tasks.is_dir() else set()
+
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"])
+    pod.start(cid)
+    assert state_in_config() == str(legacy)
+    assert {pod.id, cid} <= bundles(legacy)
+
+    d.stop()  # its containerd too; the shims run on
+    d.extra_args += ["--containerd-state-dir", str(run)]
+    d.start()
+    assert state_in_config() == str(legacy)
+    assert "keeps its state dir where it had it" in d.log()
+    assert pod.status(cid).state == api_pb2.CONTAINER_RUNNING
+    assert pod.exec(cid, ["echo", "ok"]).stdout == b"ok\n"
+    remove(d, pod.id)
+
+    d.stop()
+    d.start()
+    assert state_in_config() == str(run)
+    second = Pod(d, registry, short_tmp / "logs2", name="second")
+    cid2 = second.create("app", ["sleep", "3600"])
+    second.start(cid2)
+    assert {second.id, cid2} <= bundles(run) and not bundles(legacy)
+    remove(d, second.id)
+    assert_nothing_held(d, cni_network, [pod.id, cid, second.id, cid2])

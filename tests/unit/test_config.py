@@ -17,6 +17,22 @@ def test_defaults_follow_the_design() -> None:
     assert c.netns_dir == Path("/run/crictld/netns")
     assert c.cni_bin_dirs == [Path("/opt/cni/bin"), Path("/usr/lib/cni")]
     assert c.pause_image == "registry.k8s.io/pause:3.10"
+    assert c.managed_containerd_state_dir == Path("/run/crictld/containerd")
+
+
+def test_the_managed_containerds_state_dir(tmp_path: Path) -> None:
+    """Under /run with the default state dir; inside a state dir of the daemon's own, unless
+    given."""
+    assert Config(state_dir=Path("/srv/c")).managed_containerd_state_dir == Path(
+        "/srv/c/containerd/state"
+    )
+    args = build_parser().parse_args(
+        ["serve", "--state-dir", "/srv/c", "--containerd-state-dir", "/run/c"]
+    )
+    assert load_config(args).managed_containerd_state_dir == Path("/run/c")
+    f = tmp_path / "c.toml"
+    f.write_text('containerd_state_dir = "/run/d"\n')
+    assert load_config_file(f).managed_containerd_state_dir == Path("/run/d")
 
 
 def test_toml_file_sets_every_kind_of_setting(tmp_path: Path) -> None:
