@@ -11,8 +11,11 @@
   daemon owning a private managed containerd (tests.rig.daemon), each on its own CNI network
   (tests.rig.cni), both with the registry's `pause:3.10` as their pause image. Everything lives
   under temp dirs in /tmp that are removed on exit, after the logs were copied to LOGS_DIR if
-  one is given. The yielded `Node` names, for each runtime, its containerd (address and
-  namespace), netns dir, CNI network and logs, so a workload can count what pods hold.
+  one is given. What a node keeps under /run is on a tmpfs for both: the reference's state dir
+  and runc root, crictld's managed containerd's state dir and, where /run is not a tmpfs (this
+  VM's is a disk's), its runc root (`/run/containerd/runc/crictld`, mounted for the run).
+  The yielded `Node` names, for each runtime, its containerd (address and namespace), netns
+  dir, CNI network and logs, so a workload can count what pods hold.
 - `local_runtimes`: the same, yielding just the `Runtime`s (what benchmarks.images uses).
 - `leftovers(node)`: after `local_node` exited, what is still on the machine from the run;
   `format_teardown` prints it, `write_figures` writes a run's raw figures with it.
@@ -27,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -245,6 +249,7 @@ def local_node(
     logs first copied to LOGS_DIR if given. Pulls from the upstream hosts in MIRRORS
     (`registry.k8s.io`...) go to REGISTRY too, on both runtimes."""
     from crictl.containerd.managed import ManagedContainerd
+    from crictl.containerd.runc import RUNC_ROOT
     from tests.rig.cni import make_network
     from tests.rig.daemon import Daemon
     from tests.rig.reference import ReferenceContainerd, remove_tree
@@ -291,6 +296,19 @@ def local_node(
 
         net = make_network(tmp / "cni-crictld")
         stack.callback(net.remove)
+        # What a node keeps under /run, a tmpfs, as the reference's are: the managed
+        # containerd's state dir (crictld's default puts it under /run) and runc's root for
+        # crictld's namespace (the runc shim's default, /run/containerd/runc), where this
+        # machine's /run may be a disk's.
+        run_dir = tmp / "run"
+        run_dir.mkdir(mode=0o711)
+        _mount_tmpfs(run_dir)  # unmounted with tmp
+        runc_root = RUNC_ROOT / "crictld"
+        if not _on_tmpfs(runc_root):
+            runc_root.mkdir(parents=True, exist_ok=True, mode=0o711)
+            _mount_tmpfs(runc_root)
+            stack.callback(_unmount_tmpfs, runc_root)  # after the daemon and its shims
+            print(f"crictld's runc root: a tmpfs at {runc_root} for the run", file=sys.stderr)
         daemon = Daemon(
             state_dir=tmp / "state",
             socket=tmp / "crictld.sock",
@@ -299,6 +317,8 @@ def local_node(
             cni_bin_dirs=net.bin_dirs,
             containerd="managed",
             extra_args=[
+                "--containerd-state-dir",
+                str(run_dir / "containerd"),
                 "--insecure-registry",
                 registry,
                 "--pause-image",
@@ -354,6 +374,35 @@ def local_node(
         for target in node.targets:
             target.runtime.processes = dict(local_processes(target).daemons)
         yield node
+
+
+def _mount_tmpfs(path: Path) -> None:
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "mode=0711", "tmpfs", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _unmount_tmpfs(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _on_tmpfs(path: Path) -> bool:
+    """Whether PATH (or the nearest dir above it that exists) is on a tmpfs."""
+    while not path.exists():
+        path = path.parent
+    resolved = str(path.resolve())
+    fstype, longest = "", -1
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        mountpoint = fields[1].replace("\\040", " ")
+        inside = resolved == mountpoint or resolved.startswith(mountpoint.rstrip("/") + "/")
+        if inside and len(mountpoint) > longest:
+            fstype, longest = fields[2], len(mountpoint)
+    return fstype == "tmpfs"
 
 
 @contextlib.contextmanager
