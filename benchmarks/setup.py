@@ -304,7 +304,10 @@ def local_node(
         run_dir.mkdir(mode=0o711)
         _mount_tmpfs(run_dir)  # unmounted with tmp
         runc_root = RUNC_ROOT / "crictld"
-        if not _on_tmpfs(runc_root):
+        in_use = runc_root.is_dir() and any(runc_root.iterdir())  # another crictld's
+        if not _on_tmpfs(runc_root) and in_use:
+            print(f"crictld's runc root: {runc_root}, in use: left on disk", file=sys.stderr)
+        elif not _on_tmpfs(runc_root):
             runc_root.mkdir(parents=True, exist_ok=True, mode=0o711)
             _mount_tmpfs(runc_root)
             stack.callback(_unmount_tmpfs, runc_root)  # after the daemon and its shims

@@ -6,9 +6,10 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
-from crictl.containerd.runc import RUNC_ROOT
+from crictl.containerd.runc import RUNC_ROOT, init_alive
 from crictl.mounts import remove_dir
 from crictl.reconciler.orphans import shim_socket
 
@@ -43,12 +44,17 @@ def kill_shims(address: str) -> None:
 
 
 def remove_runc_states(namespace: str) -> list[str]:
-    """What runc still records in the namespace's root once its shims are gone (killed, as a
-    test that failed halfway leaves them): `runc delete --force` for each, which ends what
-    is left of the container and its cgroups, and removes the state dir (the dir itself when
-    runc refuses it). The names found, for the caller to report."""
+    """What runc still records in the namespace's root for containers whose process is gone
+    (their shims killed, as a test that failed halfway leaves them): `runc delete --force`
+    for each, which removes their cgroups and the state dir (the dir itself when runc refuses
+    it). A container whose process runs is left alone: it is not a leftover (another daemon
+    on this machine may use the namespace). The names removed, for the caller to report."""
     root = RUNC_ROOT / namespace
-    found = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    states = sorted(root.iterdir()) if root.is_dir() else []
+    deadline = time.monotonic() + 5  # processes just killed take a moment to be gone
+    while any(init_alive(p / "state.json") for p in states) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    found = [p.name for p in states if not init_alive(p / "state.json")]
     for name in found:
         subprocess.run(
             ["runc", "--root", str(root), "delete", "--force", name],
