@@ -252,7 +252,7 @@ def local_node(
     from crictl.containerd.runc import RUNC_ROOT
     from tests.rig.cni import make_network
     from tests.rig.daemon import Daemon
-    from tests.rig.reference import ReferenceContainerd, remove_tree
+    from tests.rig.reference import ReferenceContainerd, mount_tmpfs, remove_tree
     from tests.rig.shims import kill_shims
 
     if os.geteuid() != 0:
@@ -302,16 +302,7 @@ def local_node(
         # machine's /run may be a disk's.
         run_dir = tmp / "run"
         run_dir.mkdir(mode=0o711)
-        _mount_tmpfs(run_dir)  # unmounted with tmp
-        runc_root = RUNC_ROOT / "crictld"
-        in_use = runc_root.is_dir() and any(runc_root.iterdir())  # another crictld's
-        if not _on_tmpfs(runc_root) and in_use:
-            print(f"crictld's runc root: {runc_root}, in use: left on disk", file=sys.stderr)
-        elif not _on_tmpfs(runc_root):
-            runc_root.mkdir(parents=True, exist_ok=True, mode=0o711)
-            _mount_tmpfs(runc_root)
-            stack.callback(_unmount_tmpfs, runc_root)  # after the daemon and its shims
-            print(f"crictld's runc root: a tmpfs at {runc_root} for the run", file=sys.stderr)
+        mount_tmpfs(run_dir)  # unmounted with tmp
         daemon = Daemon(
             state_dir=tmp / "state",
             socket=tmp / "crictld.sock",
@@ -331,6 +322,15 @@ def local_node(
                 *(a for m in mirrors for a in ("--registry-mirror", f"{m}=http://{registry}")),
             ],
         )
+        runc_root = RUNC_ROOT / daemon.namespace
+        if _fs_type(runc_root) != "tmpfs":
+            if runc_root.is_dir() and any(runc_root.iterdir()):  # another crictld's
+                print(f"crictld's runc root: {runc_root}, in use: left on disk", file=sys.stderr)
+            else:
+                runc_root.mkdir(parents=True, exist_ok=True, mode=0o711)
+                mount_tmpfs(runc_root)
+                stack.callback(_unmount_tmpfs, runc_root)  # after the daemon and its shims
+                print(f"crictld's runc root: a tmpfs at {runc_root} for the run", file=sys.stderr)
         managed = ManagedContainerd(daemon.state_dir / "containerd")
         crictld_target = Target(
             runtime=Runtime("crictld", daemon.endpoint),
@@ -379,33 +379,19 @@ def local_node(
         yield node
 
 
-def _mount_tmpfs(path: Path) -> None:
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "mode=0711", "tmpfs", str(path)],
-        check=True,
-        capture_output=True,
-    )
-
-
 def _unmount_tmpfs(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
     with contextlib.suppress(OSError):
         path.rmdir()
 
 
-def _on_tmpfs(path: Path) -> bool:
-    """Whether PATH (or the nearest dir above it that exists) is on a tmpfs."""
+def _fs_type(path: Path) -> str:
+    """The file system PATH (or the nearest dir above it that exists) is on, as `stat -f`
+    names it: `tmpfs`, `ext2/ext3` (ext4 too)..."""
     while not path.exists():
         path = path.parent
-    resolved = str(path.resolve())
-    fstype, longest = "", -1
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        mountpoint = fields[1].replace("\\040", " ")
-        inside = resolved == mountpoint or resolved.startswith(mountpoint.rstrip("/") + "/")
-        if inside and len(mountpoint) > longest:
-            fstype, longest = fields[2], len(mountpoint)
-    return fstype == "tmpfs"
+    out = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True)
+    return out.stdout.strip()
 
 
 @contextlib.contextmanager

@@ -144,6 +144,15 @@ def _host_dir(host: str) -> str:
     return f"{name}_{port}_" if sep and name else host
 
 
+def mount_tmpfs(path: Path) -> None:
+    """A tmpfs at PATH (a dir), private to root as /run's dirs are."""
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "mode=0711", "tmpfs", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
 def _mountpoints_under(path: Path) -> list[str]:
     prefix = str(path).rstrip("/") + "/"
     found = []
@@ -297,11 +306,7 @@ class ReferenceContainerd:
             raise ReferenceError(f"socket path too long: {self.socket}")
         for ephemeral in EPHEMERAL_DIRS:
             (directory / ephemeral).mkdir(mode=0o711)
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", "mode=0711", "tmpfs", str(directory / ephemeral)],
-                check=True,
-                capture_output=True,
-            )
+            mount_tmpfs(directory / ephemeral)
         self._write_config(directory)
         self._spawn()
         self._wait_ready()
