@@ -19,10 +19,13 @@ What it does, and where:
   CONTINUATION accepted.
   Header blocks are decoded by hpack (the python-hyper library: Huffman and the dynamic
   table); the few headers sent are encoded here without the dynamic table.
-- Flow control both ways: what a client sends is granted back at once, stream and
-  connection (a request is read whole, and refused once it says or shows it is over the
-  limit); what is sent waits for the client's windows, stream and connection, and a
-  streaming handler waits while a stream holds more than `_HIGH_WATER` unsent.
+- Flow control both ways: what a client sends is granted back as it is read, a stream's at
+  once (a request is read whole, and refused once it says or shows it is over the limit),
+  the connection's once half its window is read (`_GRANT_AT`: as the containerd client,
+  crictl/containerd/h2.py, and grpc-go's server grant; a grant for each call's few bytes was
+  a write of its own before the answer's, and a wake-up of the client); what is sent waits
+  for the client's windows, stream and connection, and a streaming handler waits while a
+  stream holds more than `_HIGH_WATER` unsent.
 - gRPC: one request message per call of at most `MAX_RECEIVE` bytes (RESOURCE_EXHAUSTED
   above it, as containerd's CRI's limit), uncompressed (UNIMPLEMENTED otherwise),
   `grpc-timeout` (DEADLINE_EXCEEDED, the handler cancelled), RST_STREAM or a lost connection
@@ -91,8 +94,9 @@ _FRAME_SIZE = 16384  # what we accept (HTTP/2's default; we advertise no other)
 _MAX_HEADER_LIST = 64 << 10
 _HIGH_WATER = 1 << 20  # unsent bytes a streaming handler may queue before it waits
 _MAX_WINDOW = (1 << 31) - 1
-_STREAM_WINDOW = 1 << 20  # granted back as it is read, as the connection's
+_STREAM_WINDOW = 1 << 20  # granted back as it is read
 _CONNECTION_WINDOW = 1 << 26
+_GRANT_AT = _CONNECTION_WINDOW // 2  # the connection's bytes read before they are granted back
 _DEFAULT_WINDOW = 65535
 
 _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
@@ -226,6 +230,7 @@ class Http2Connection(asyncio.Protocol):
         self._send_window = _DEFAULT_WINDOW
         self._peer_window = _DEFAULT_WINDOW  # the peer's SETTINGS_INITIAL_WINDOW_SIZE
         self._peer_frame = _FRAME_SIZE
+        self._unacked = 0  # read on the connection and not yet granted back
         self._going_away = False
         self._out: list[bytes] = []
         self.idle = asyncio.Event()
@@ -334,8 +339,10 @@ class Http2Connection(asyncio.Protocol):
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if not stream_id:
             raise Http2Error(PROTOCOL_ERROR, "DATA on stream 0")
-        if payload:  # the connection's window granted back at once: the bytes are read
-            self._out.append(frame(WINDOW_UPDATE, 0, 0, len(payload).to_bytes(4, "big")))
+        self._unacked += len(payload)  # read: the connection's window granted back in bulk
+        if self._unacked >= _GRANT_AT:
+            self._out.append(frame(WINDOW_UPDATE, 0, 0, self._unacked.to_bytes(4, "big")))
+            self._unacked = 0
         stream = self._streams.get(stream_id)
         if stream is None or stream.started:
             if stream_id > self._last_stream:

@@ -300,6 +300,42 @@ async def test_settings_and_pings_are_acknowledged_and_an_unknown_method_answere
     assert not transport.closed
 
 
+def request_frames(stream_id: int, body: bytes, flags: int = http2.END_STREAM) -> bytes:
+    fields = [(":method", "POST"), (":scheme", "http"), (":path", "/x.Y/Z")]
+    fields += [(":authority", "localhost"), ("content-type", "application/grpc")]
+    headers = hpack.Encoder().encode(fields)
+    return frame(http2.HEADERS, http2.END_HEADERS, stream_id, headers) + frame(
+        http2.DATA, flags, stream_id, body
+    )
+
+
+async def test_the_connections_window_is_granted_back_in_bulk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call's few bytes are not granted back on their own (a write before the answer's, and
+    a wake-up of the client, each call): the connection's window once `_GRANT_AT` bytes were
+    read, all of them, padding included; a stream's that goes on, at once."""
+    monkeypatch.setattr(srv, "_GRANT_AT", 100)
+    conn, transport = connection()
+    conn.data_received(http2.PREFACE + request_frames(1, b"\x00" * 45))
+    got = list(frames(bytes(transport.written)))
+    assert [k for k, *_ in got] == [http2.HEADERS]  # the answer alone
+    transport.written.clear()
+    padded = b"\x04" + b"\x00" * 40 + b"pppp"  # 45 bytes: 1 + 40 + 4 of padding
+    conn.data_received(request_frames(3, padded, http2.END_STREAM | http2.PADDED))
+    assert [k for k, *_ in frames(bytes(transport.written))] == [http2.HEADERS]
+    transport.written.clear()
+    conn.data_received(request_frames(5, b"\x00" * 20, 0))  # 110 read: all granted
+    got = list(frames(bytes(transport.written)))
+    updates = [(s, struct.unpack(">I", p)[0]) for k, _, s, p in got if k == http2.WINDOW_UPDATE]
+    assert updates == [(0, 110), (5, 20)]
+    transport.written.clear()
+    conn.data_received(frame(http2.DATA, http2.END_STREAM, 5, b"\x00" * 5))
+    got = list(frames(bytes(transport.written)))
+    assert [k for k, *_ in got] == [http2.HEADERS]  # 5 more: held
+    assert not transport.closed
+
+
 async def test_what_is_not_http2_gets_a_goaway_and_the_connection_closed() -> None:
     conn, transport = connection()
     conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
