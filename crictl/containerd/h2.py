@@ -247,9 +247,12 @@ class Connection(asyncio.Protocol):
     async def unary(self, path_field: bytes, extra: bytes, message: bytes, limit: int) -> bytes:
         """Sends one request message on a new stream and returns the response's; raises
         RpcError. The caller's cancellation resets the stream."""
-        stream = await self.open(path_field, extra, limit, streaming=False)
+        stream, headers = await self._open(path_field, extra, limit, streaming=False)
         try:
-            await self._send_data(stream, len(message).to_bytes(5, "big") + message, True)
+            # the headers and the message in one write: containerd reads the call whole
+            # (written apart, its reader woke for each)
+            body = len(message).to_bytes(5, "big") + message
+            await self._send_data(stream, body, True, headers)
             return await stream.answered
         except asyncio.CancelledError:
             self.cancel(stream)
@@ -259,6 +262,16 @@ class Connection(asyncio.Protocol):
 
     async def open(self, path_field: bytes, extra: bytes, limit: int, streaming: bool) -> _Stream:
         """A new stream, its request headers sent."""
+        stream, headers = await self._open(path_field, extra, limit, streaming)
+        assert self._transport is not None
+        self._transport.write(headers)
+        return stream
+
+    async def _open(
+        self, path_field: bytes, extra: bytes, limit: int, streaming: bool
+    ) -> tuple[_Stream, bytes]:
+        """A new stream and its request headers' frame, to be sent next (before any frame
+        of a stream opened after it)."""
         while len(self._streams) >= self._peer_streams and self.usable:
             self._window_opened.clear()
             await self._window_opened.wait()
@@ -270,8 +283,7 @@ class Connection(asyncio.Protocol):
             self.usable = False  # this one ends with its streams; the next call opens another
         self._streams[stream.id] = stream
         block = path_field + _FIXED + extra
-        self._transport.write(frame(HEADERS, END_HEADERS, stream.id, block))
-        return stream
+        return stream, frame(HEADERS, END_HEADERS, stream.id, block)
 
     async def send(self, stream: _Stream, message: bytes | None, last: bool = False) -> None:
         """One message on an open stream, the last this side sends if `last` (None: no
@@ -319,7 +331,11 @@ class Connection(asyncio.Protocol):
             self._reset(stream, CANCEL)
         self._fail(stream, RpcError(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
-    async def _send_data(self, stream: _Stream, data: bytes, end_stream: bool) -> None:
+    async def _send_data(
+        self, stream: _Stream, data: bytes, end_stream: bool, head: bytes = b""
+    ) -> None:
+        """DATA frames of `data` as the windows allow; `head` (a new stream's headers) goes
+        in the first write, before anything else is awaited."""
         pos, end = 0, len(data)
         while True:
             if stream.answered.done():
@@ -333,10 +349,15 @@ class Connection(asyncio.Protocol):
                 pos += n
                 assert self._transport is not None
                 flags = END_STREAM if last and end_stream else 0
-                self._transport.write(frame(DATA, flags, stream.id, chunk))
+                self._transport.write(head + frame(DATA, flags, stream.id, chunk))
+                head = b""
                 if last:
                     return
                 continue
+            if head:  # no window yet: the headers go now, the data once it opens
+                assert self._transport is not None
+                self._transport.write(head)
+                head = b""
             self._window_opened.clear()
             await self._window_opened.wait()
             if self._transport is None:

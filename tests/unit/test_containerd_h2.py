@@ -12,6 +12,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from crictl import http2
 from crictl.containerd import h2
 from crictl.http2 import StatusCode
 
@@ -148,6 +149,37 @@ async def test_a_call_sends_its_metadata_and_gets_its_answer(
     assert await answer.code() is StatusCode.OK and answer.done()
     assert echo.timeouts[-1] is not None and 25 < echo.timeouts[-1] <= 30  # grpc-timeout sent
     await channel.close()
+
+
+async def test_a_calls_headers_and_message_go_in_one_write(server: tuple[str, Echo]) -> None:
+    """A unary call is one write, its HEADERS and its DATA (written apart, containerd's
+    reader woke for each)."""
+    path, _ = server
+    channel = _channel(path)
+    call = _unary(channel)
+    assert await call(b"efirst") == b"first"  # connected
+    conn = await channel.connection()
+    assert conn._transport is not None
+    writes: list[bytes] = []
+    real = conn._transport.write
+
+    def recording(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        real(data)
+
+    conn._transport.write = recording  # type: ignore[method-assign]
+    assert await call(b"esecond") == b"second"
+    kinds = [[(w[i + 3], w[i + 4] & http2.END_STREAM) for i in _frame_starts(w)] for w in writes]
+    assert kinds[0] == [(http2.HEADERS, 0), (http2.DATA, http2.END_STREAM)]
+    await channel.close()
+
+
+def _frame_starts(data: bytes) -> list[int]:
+    starts, pos = [], 0
+    while pos < len(data):
+        starts.append(pos)
+        pos += 9 + int.from_bytes(data[pos : pos + 3], "big")
+    return starts
 
 
 async def test_messages_larger_than_a_window_and_a_frame_go_both_ways(
