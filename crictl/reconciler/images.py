@@ -301,7 +301,7 @@ class ImageManager:
             log.warning(
                 "image cache resync failed; serving the stored one", extra={"error": str(e)}
             )
-            await self._write(lambda s: None)
+            await self._write(lambda s: None, off_loop=True)
         self._tasks.append(asyncio.create_task(self._handle_events(), name="image-events"))
         self._tasks.append(asyncio.create_task(self._measure_fs(), name="image-fs-usage"))
 
@@ -353,9 +353,11 @@ class ImageManager:
                 )
             await self._cleanup_event(lease.id, "lease of a pull cut short by a restart")
 
-    async def _write(self, change: Callable[[Tx], set[str] | None]) -> None:
+    async def _write(self, change: Callable[[Tx], set[str] | None], off_loop: bool = False) -> None:
         """Applies a change to the image tables; the index takes the rows it changed (the ids
-        `change` returns; None: all of them), as the same transaction reads them back."""
+        `change` returns; None: all of them), as the same transaction reads them back.
+        `off_loop`: the change and the index made again from every row run in the store's
+        writer thread (`Store.write`), for the whole cache's."""
 
         def txn(tx: Tx) -> tuple[set[str] | None, list[ImageRow]]:
             touched = change(tx)
@@ -372,7 +374,7 @@ class ImageManager:
                 log.exception("image index update failed: rebuilding it from the rows")
                 self.index.rebuild(self.store.read_sync(image_rows), self.pinned_names)
 
-        await self.store.write(txn, then=publish)
+        await self.store.write(txn, then=publish, off_loop=off_loop)
 
     async def _cleanup_event(self, what: str, message: str) -> None:
         def write(tx: Tx) -> None:
@@ -408,7 +410,7 @@ class ImageManager:
             entry = entries.setdefault(content.id, (_record(content), []))
             if _looks_like_reference(image.name):
                 entry[1].append(_name_record(image.name, target))
-        await self._write(lambda s: replace_all_images(s, list(entries.values())))
+        await self._write(lambda s: replace_all_images(s, list(entries.values())), off_loop=True)
         log.info(
             "image cache resynced",
             extra={"images": len(entries), "ms": round((time.perf_counter() - started) * 1000, 1)},

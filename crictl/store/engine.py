@@ -11,9 +11,11 @@ IP are labelled as crictld's and removed); a removal that rolled back is a row w
 are gone, which recovery marks exited/not ready and kubelet removes again. docs/architecture.md
 ("Durability") has the argument; tests/integration/test_power_loss.py plays it.
 
-Calls block, so async callers go through `Store.write()` (one writer thread: SQLite has one
-writer at a time anyway) and `Store.read()` (a small reader pool); most reads need neither,
-and take the read model's `snapshot` (crictl/store/readmodel.py).
+Calls block. `Store.write()` runs a write on the calling loop's thread where it waits for
+nothing (no other write of this process under way, SQLite's write lock free: a transaction
+takes it at its BEGIN), else hands it to the one writer thread, which also runs the WAL's
+checkpoints, so no write waits for their fsyncs. `Store.read()` reads in a small reader pool;
+most reads need neither, and take the read model's `snapshot` (crictl/store/readmodel.py).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
+
+# The writer connection's WAL checkpoint, every this many of its commits (~5-15 pages each:
+# about SQLite's own 1000-page mark), in the writer thread (`Store._after_commit`).
+CHECKPOINT_EVERY = 64
 
 # SQLite's primary result codes for a write the node refused, as CRI errors (by `_refusal`).
 _REFUSALS: dict[int, tuple[str, type[errors.CrictlError], str]] = {
@@ -112,9 +118,12 @@ def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         cur.close()
 
 
+_BEGIN = "crictld.begin"  # a connection's `info` key: the BEGIN its transactions start with
+
+
 def _on_begin(conn: Connection) -> None:
     # straight to the driver, as the write path's statements go (store/common.py `execute`)
-    conn.connection.driver_connection.execute("BEGIN")  # type: ignore[union-attr]
+    conn.connection.driver_connection.execute(conn.info.get(_BEGIN, "BEGIN"))  # type: ignore[union-attr]
 
 
 _WAITS = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -122,7 +131,8 @@ _WAITS = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 class WriterThread:
     """One thread that runs the store's writes in the order they were handed to it, each
-    awaited by its caller's event loop.
+    awaited by its caller's event loop (the writes that would have waited on the loop, and
+    those of other threads), and the jobs `post`ed to it (the WAL's checkpoints).
 
     What `loop.run_in_executor` on a one-thread pool did, with half its CPU: the pool's
     futures, their lock and the chaining of a concurrent future into an asyncio one cost ~90
@@ -138,30 +148,60 @@ class WriterThread:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._awaited = 0  # jobs handed over by `run` and not yet done (under `_lock`)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def idle(self) -> bool:
+        """No job handed over by `run` is waiting or running (`post`'s do not count)."""
+        return self._awaited == 0
 
     async def run(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        self._hand_over((loop, future, fn), awaited=True)
+        return await future
+
+    def post(self, fn: Callable[[], object]) -> None:
+        """`fn` runs in the thread after what was handed over before it; nobody waits for it,
+        and what it raises is logged."""
+        self._hand_over((None, None, fn), awaited=False)
+
+    def _hand_over(self, job: _Job, awaited: bool) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the store is closed")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
-            self._jobs.put((loop, future, fn))
-        return await future
+            self._awaited += awaited
+            self._jobs.put(job)
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
             loop, future, fn = job
+            if loop is None or future is None:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("a store job failed")
+                continue
             if future.cancelled():  # its caller went away before it began
+                self._done()
                 continue
             try:
                 result, error = fn(), None
             except BaseException as e:  # the caller's to see, as the pool gave it
                 result, error = None, e
+            self._done()
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
                 loop.call_soon_threadsafe(_settle, future, result, error)
+
+    def _done(self) -> None:
+        with self._lock:
+            self._awaited -= 1
 
     def close(self) -> None:
         """Runs what was handed over, then ends the thread (from any thread but its own)."""
@@ -173,7 +213,18 @@ class WriterThread:
             thread.join()
 
 
-_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+_Job = tuple[asyncio.AbstractEventLoop | None, "asyncio.Future[Any] | None", Callable[[], Any]]
+
+
+class _WouldWait(Exception):
+    """A write on the caller's thread found SQLite's write lock taken: it goes to the thread."""
+
+
+def _code(error: DBAPIError | sqlite3.Error) -> int:
+    """SQLite's (extended) result code of `error`; -1 where it carries none."""
+    orig = error.orig if isinstance(error, DBAPIError) else error
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code if isinstance(code, int) else -1
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -217,6 +268,8 @@ class Store:
         # was ~20 % of a transaction's CPU (benchmarks.store_writes). It is made again after
         # engine.dispose().
         self._writer_conn: Connection | None = None
+        self._waits_ms = BUSY_TIMEOUT_MS  # the writer connection's busy timeout as last set
+        self._commits = 0  # the writer connection's, since the last checkpoint was asked
         # `read_on_loop`'s connections: one per thread that reads here (the CRI front loop's; the
         # daemon's, for a front handler that fell back to it)
         self._here = threading.local()
@@ -244,8 +297,9 @@ class Store:
         return self.model.snapshot
 
     def add_listener(self, listener: Callable[[list[RecordedEvent]], None]) -> None:
-        """`listener` gets the events each write recorded, after it committed (in the writer
-        thread: it must only hand them on)."""
+        """`listener` gets the events each write recorded, after it committed, in commit order
+        (in whichever thread the write ran, the store's write lock held: it must only hand
+        them on)."""
         self._listeners.append(listener)
 
     def write_sync(
@@ -259,52 +313,114 @@ class Store:
         write returns and before any later transaction begins.
 
         The transaction is the writer connection's own; an ORM session is made in it only if
-        `fn` asks for one (`Tx.orm`), and flushed before the commit."""
+        `fn` asks for one (`Tx.orm`), and flushed before the commit. Where another process
+        holds SQLite's write lock, this waits for it up to the busy timeout."""
         with self._write_lock:
-            conn = self._writer_connection()
-            tx = Tx(conn, make_orm=_joined_session)
+            return self._transaction(fn, spans, then, wait=True)
+
+    def _write_here(
+        self, fn: Callable[[Tx], T], spans: trace.Trace | None, then: Callable[[T], None] | None
+    ) -> T:
+        """`write_sync` on the calling thread where that waits for nothing. `_WouldWait`,
+        having done nothing, where a write of this process is under way or another process
+        holds SQLite's write lock (the transaction's `BEGIN IMMEDIATE` found it taken)."""
+        if not self._write_lock.acquire(blocking=False):
+            raise _WouldWait
+        try:
+            return self._transaction(fn, spans, then, wait=False)
+        finally:
+            self._write_lock.release()
+
+    def _transaction(
+        self,
+        fn: Callable[[Tx], T],
+        spans: trace.Trace | None,
+        then: Callable[[T], None] | None,
+        wait: bool,
+    ) -> T:
+        """The write itself, the write lock held, so the read model's publish, `then` and the
+        event listeners see the commits in their order, wherever each write ran. `wait`: for
+        SQLite's write lock, up to the busy timeout, where another process holds it; else
+        `_WouldWait` is raised at once."""
+        conn = self._writer_connection()
+        self._set_waits(conn, BUSY_TIMEOUT_MS if wait else 0)
+        tx = Tx(conn, make_orm=_joined_session)
+        began = False
+        try:
+            started = time.perf_counter()
+            begin(tx, self.model.snapshot if self.model.built else None)
             try:
-                started = time.perf_counter()
-                begin(tx, self.model.snapshot if self.model.built else None)
-                try:
-                    with conn.begin():
-                        result = fn(tx)
-                        orm = tx.orm_made
-                        if orm is not None:
-                            orm.flush()
-                except DBAPIError as e:
-                    # The connection is kept: closing it (the last one) could checkpoint and
-                    # delete the WAL, and a full disk would then take writes again for a while.
-                    refusal = self._refusal(e)
-                    if refusal is None:
-                        raise
-                    raise refusal from e
-                committed = time.perf_counter()
-                # Committed: the read model takes the rows before the write returns.
-                try:
-                    self.model.publish(tx)
-                except Exception:  # a defect; the rows are right, so the model is made again
-                    log.exception("read model publish failed: rebuilding it from the rows")
-                    if conn.in_transaction():
-                        conn.rollback()
-                    self.model.build(tx)
-                if then is not None:
-                    then(result)
-                if spans is not None:
-                    spans.add("store commit", committed - started)
-                    spans.add("store publish", time.perf_counter() - committed)
-            finally:
-                # a publish's read back (or a failed one) began a transaction: none is kept
+                with conn.begin():  # BEGIN IMMEDIATE: SQLite's write lock, or SQLITE_BUSY here
+                    began = True
+                    result = fn(tx)
+                    orm = tx.orm_made
+                    if orm is not None:
+                        orm.flush()
+            except (DBAPIError, sqlite3.Error) as e:
+                # The connection is kept: closing it (the last one) could checkpoint and
+                # delete the WAL, and a full disk would then take writes again for a while.
+                if not wait and not began and _code(e) & 0xFF in _WAITS:
+                    raise _WouldWait from e
+                refusal = self._refusal(e)
+                if refusal is None:
+                    raise
+                raise refusal from e
+            committed = time.perf_counter()
+            # Committed: the read model takes the rows before the write returns.
+            try:
+                self.model.publish(tx)
+            except Exception:  # a defect; the rows are right, so the model is made again
+                log.exception("read model publish failed: rebuilding it from the rows")
                 if conn.in_transaction():
                     conn.rollback()
-                orm = tx.orm_made
-                if orm is not None:
-                    orm.close()
+                self.model.build(tx)
+            if then is not None:
+                then(result)
+            self._after_commit()
+            self._hand_on(tx)
+            if spans is not None:
+                spans.add("store commit", committed - started)
+                spans.add("store publish", time.perf_counter() - committed)
+        finally:
+            # a publish's read back (or a failed one) began a transaction: none is kept
+            if conn.in_transaction():
+                conn.rollback()
+            orm = tx.orm_made
+            if orm is not None:
+                orm.close()
+        return result
+
+    def _hand_on(self, tx: Tx) -> None:
         recorded: list[RecordedEvent] = tx.info.pop(COMMITTED_EVENTS, [])
         if recorded:
             for listener in self._listeners:
                 listener(recorded)
-        return result
+
+    def _set_waits(self, conn: Connection, ms: int) -> None:
+        if self._waits_ms != ms:
+            conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={ms}")  # type: ignore[union-attr]
+            self._waits_ms = ms
+
+    def _after_commit(self) -> None:
+        """Every `CHECKPOINT_EVERY` commits a WAL checkpoint is handed to the writer thread:
+        the writer connection checkpoints nothing itself (`wal_autocheckpoint=0`), so no write
+        waits for a checkpoint's fsyncs, wherever it runs."""
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY:
+            self._commits = 0
+            with contextlib.suppress(RuntimeError):  # closed: closing checkpoints
+                self._writer.post(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """A PASSIVE checkpoint (it waits for no reader or writer: what it cannot copy now, a
+        later one does), on a pooled connection of the writer thread's, beside the writes."""
+        raw = self.engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            assert isinstance(driver, sqlite3.Connection)  # the store's engine is SQLite's
+            driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            raw.close()
 
     def _writer_connection(self) -> Connection:
         conn = self._writer_conn
@@ -316,6 +432,15 @@ class Store:
             conn = None
         if conn is None:
             conn = self._writer_conn = self.engine.connect()
+            # Its transactions take SQLite's write lock at their BEGIN, so a write that would
+            # wait for another process's finds out before it ran anything (`_write_here`), and
+            # one that reads before it writes cannot fail to upgrade (SQLITE_BUSY_SNAPSHOT).
+            conn.info[_BEGIN] = "BEGIN IMMEDIATE"
+            driver = conn.connection.driver_connection
+            assert isinstance(driver, sqlite3.Connection)  # the store's engine is SQLite's
+            driver.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: `_after_commit`
+            self._waits_ms = BUSY_TIMEOUT_MS  # as `_on_connect` set it
+            self._commits = 0
         return conn
 
     def _drop_writer_connection(self, *_: object) -> None:
@@ -326,13 +451,13 @@ class Store:
                     conn.invalidate()  # closes SQLite's connection, not back to a pool
                     conn.close()
 
-    def _refusal(self, error: DBAPIError) -> errors.CrictlError | None:
+    def _refusal(self, error: DBAPIError | sqlite3.Error) -> errors.CrictlError | None:
         """What a write the node refused is to CRI (nothing was written: the transaction
         rolled back): the state disk full, an I/O error, the file read-only or corrupt, or the
         write lock held by another process (a `sqlite3` shell in a write transaction) beyond
         the busy timeout. None: a defect, raised as is."""
-        code = getattr(error.orig, "sqlite_errorcode", None)
-        if not isinstance(code, int):
+        code = _code(error)
+        if code < 0:
             return None
         primary = code & 0xFF  # extended codes (SQLITE_IOERR_WRITE, ...) keep it in the low byte
         kind = _REFUSALS.get(primary)
@@ -340,7 +465,8 @@ class Store:
             return None
         reason, cls, why = kind
         metrics.STORE_WRITE_REFUSALS.labels(reason).inc()
-        name = getattr(error.orig, "sqlite_errorname", str(code))
+        orig = error.orig if isinstance(error, DBAPIError) else error
+        name = getattr(orig, "sqlite_errorname", str(code))
         database = self.engine.url.database
         return cls(
             f"crictld's state database {database} cannot be written: {why} ({name}); "
@@ -358,10 +484,30 @@ class Store:
                 if orm is not None:
                     orm.close()
 
-    async def write(self, fn: Callable[[Tx], T], then: Callable[[T], None] | None = None) -> T:
+    async def write(
+        self,
+        fn: Callable[[Tx], T],
+        then: Callable[[T], None] | None = None,
+        *,
+        off_loop: bool = False,
+    ) -> T:
+        """`fn` in one transaction, committed: on the calling loop's thread where that waits
+        for nothing, else in the writer thread, in the order the writes were asked either way;
+        the caller yields to its loop once. `off_loop`: in the writer thread always, for a
+        write of many rows (a trim of the event log, the image cache made again) that would
+        hold the loop for milliseconds."""
         spans = trace.CURRENT.get()
         with metrics.STORE_WRITES.time(), trace.span("store write"):
-            return await self._writer.run(lambda: self.write_sync(fn, spans, then))
+            if off_loop or not self._writer.idle() or self._writer.closed:
+                return await self._writer.run(lambda: self.write_sync(fn, spans, then))
+            try:
+                result = self._write_here(fn, spans, then)
+            except _WouldWait:
+                return await self._writer.run(lambda: self.write_sync(fn, spans, then))
+        # As a write in the thread did, one here lets what else is ready run before its caller
+        # goes on (a loop of writes, a recovery's, would otherwise hold the loop throughout).
+        await asyncio.sleep(0)
+        return result
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         with trace.span("store read"):

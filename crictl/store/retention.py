@@ -12,7 +12,8 @@ runs at start and every 5 minutes, so it has looked many times before such a row
 
 The oldest rows go first, in batches of their own transactions, so a trim holds the store's
 one writer for a few milliseconds at a time (500 rows of a 120000-row log: 2.3-3.7 ms): every
-`interval` seconds, and once at start.
+`interval` seconds, and once at start. They run in the store's writer thread, not on the
+daemon's loop (`Store.write(off_loop=True)`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ async def trim_event_log(
         return 0
     trimmed = 0
     while True:
-        deleted = await store.write(lambda s: delete_events_through(s, last, batch))
+        deleted = await store.write(lambda s: delete_events_through(s, last, batch), off_loop=True)
         trimmed += deleted
         if deleted < batch:
             return trimmed

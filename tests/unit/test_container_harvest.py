@@ -216,9 +216,9 @@ def test_a_pod_stop_waits_for_its_containers_task_deletes(store: Store, tmp_path
         writes: list[Any] = []
         write = store.write
 
-        async def counted(fn: Any, then: Any = None) -> Any:
+        async def counted(fn: Any, then: Any = None, *, off_loop: bool = False) -> Any:
             writes.append(getattr(fn, "func", fn))
-            return await write(fn, then)
+            return await write(fn, then, off_loop=off_loop)
 
         store.write = counted  # type: ignore[method-assign]
         stop = asyncio.create_task(r.teardown_sandbox_containers(SID, remove=False))

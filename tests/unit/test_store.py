@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from threading import current_thread
 
@@ -299,6 +300,136 @@ def test_a_write_lock_held_by_another_process_is_unavailable(
         other.close()
     assert store.snapshot.sandboxes == {}
     store.write_sync(lambda s: create_sandbox(s, new()))
+
+
+def test_a_write_runs_on_the_loops_thread_unless_it_would_wait_and_then_in_the_writer_thread(
+    store: Store,
+) -> None:
+    """A write waits for nothing on the loop: it runs there. Where another process holds
+    SQLite's write lock, the loop is not held: the write goes to the writer thread, which waits
+    for the lock, and every write after it goes there too until it is done, so none overtakes
+    it; with the lock let go, writes run on the loop again."""
+    import asyncio
+
+    threads: list[str] = []
+
+    def create(sid: str, name: str) -> Callable[[Tx], None]:
+        def txn(tx: Tx) -> None:
+            threads.append(current_thread().name)
+            create_sandbox(tx, new(sid, name))
+
+        return txn
+
+    store.build_model()  # as the daemon does at start (building it takes the write lock)
+    other = sqlite3.connect(str(store.engine.url.database), isolation_level=None)
+
+    async def go() -> None:
+        await store.write(create("a" * 64, "first"))
+        assert threads == [current_thread().name]
+        other.execute("BEGIN IMMEDIATE")  # an operator's shell in a write transaction
+        held = asyncio.ensure_future(store.write(create("b" * 64, "held")))
+        after = asyncio.ensure_future(store.write(create("c" * 64, "after")))
+        ticks = 0
+        while ticks < 5:  # the loop runs on while both wait
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not held.done() and not after.done()
+        assert store.snapshot.sandboxes.keys() == {"a" * 64}
+        other.execute("ROLLBACK")
+        await asyncio.gather(held, after)
+        assert threads[1:] == ["store-writer", "store-writer"]
+        await store.write(create("d" * 64, "again"))
+        assert threads[3] == current_thread().name
+
+    try:
+        asyncio.run(go())
+    finally:
+        other.close()
+    assert _committed_sandboxes(store) == ["a" * 64, "b" * 64, "c" * 64, "d" * 64]
+    assert list(store.snapshot.sandboxes) == ["a" * 64, "b" * 64, "c" * 64, "d" * 64]
+
+
+def test_a_write_on_the_loop_yields_to_it_and_one_asked_off_the_loop_runs_in_the_thread(
+    store: Store,
+) -> None:
+    """A write run on the loop's thread lets what else is ready run before its caller goes on,
+    as one that waited for the writer thread did (a loop of writes does not hold the loop);
+    `off_loop` sends a write of many rows to the writer thread whatever else holds."""
+    import asyncio
+
+    store.build_model()
+    seen: list[str] = []
+
+    def create(sid: str, name: str) -> Callable[[Tx], None]:
+        def txn(tx: Tx) -> None:
+            seen.append(f"{name} in {current_thread().name}")
+            create_sandbox(tx, new(sid, name))
+
+        return txn
+
+    async def beside() -> None:
+        seen.append("beside")
+
+    async def go() -> None:
+        here = current_thread().name
+        ready = asyncio.ensure_future(beside())  # ready, not yet run
+        await store.write(create("a" * 64, "first"))
+        seen.append("after first")
+        await ready
+        await store.write(create("b" * 64, "bulk"), off_loop=True)
+        assert seen == [f"first in {here}", "beside", "after first", "bulk in store-writer"]
+
+    asyncio.run(go())
+    assert list(store.snapshot.sandboxes) == ["a" * 64, "b" * 64]
+
+
+def test_the_writer_connection_checkpoints_nothing_itself_the_writer_thread_does(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer connection's automatic checkpoint is off (it would fsync inside a write on
+    the loop); every CHECKPOINT_EVERY commits one runs in the writer thread and copies the
+    WAL's pages into the database file, where a reader that ignores the WAL finds them."""
+    import asyncio
+
+    from crictl.store import engine
+
+    monkeypatch.setattr(engine, "CHECKPOINT_EVERY", 3)
+    ran: list[str] = []
+    checkpoint = Store._checkpoint
+
+    def spied(self: Store) -> None:
+        checkpoint(self)
+        ran.append(current_thread().name)
+
+    monkeypatch.setattr(Store, "_checkpoint", spied)
+    db = str(store.engine.url.database)
+
+    def in_the_file() -> list[str]:  # the database file alone, without the WAL
+        file = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+        try:
+            return [r[0] for r in file.execute("SELECT id FROM pod_sandbox ORDER BY id")]
+        finally:
+            file.close()
+
+    async def go() -> None:
+        await store.write(lambda s: create_sandbox(s, new("a" * 64, "one")))
+        assert ran == []
+        assert in_the_file() == []
+        await store.write(lambda s: create_sandbox(s, new("b" * 64, "two")))
+        await store.write(lambda s: create_sandbox(s, new("c" * 64, "three")))
+        for _ in range(200):
+            if ran:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(go())
+    assert ran == ["store-writer"]
+    assert in_the_file() == ["a" * 64, "b" * 64, "c" * 64]
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 1000
+    writer = store._writer_connection().connection.driver_connection
+    assert isinstance(writer, sqlite3.Connection)
+    assert writer.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
 
 
 def _committed_sandboxes(store: Store) -> list[str]:
