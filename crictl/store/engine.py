@@ -118,12 +118,12 @@ def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         cur.close()
 
 
-_BEGIN = "crictld.begin"  # a connection's `info` key: the BEGIN its transactions start with
+_BEGIN = "crictld.begin"  # a connection's `info` key: how its next transaction begins, once
 
 
 def _on_begin(conn: Connection) -> None:
     # straight to the driver, as the write path's statements go (store/common.py `execute`)
-    conn.connection.driver_connection.execute(conn.info.get(_BEGIN, "BEGIN"))  # type: ignore[union-attr]
+    conn.connection.driver_connection.execute(conn.info.pop(_BEGIN, "BEGIN"))  # type: ignore[union-attr]
 
 
 _WAITS = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -350,7 +350,12 @@ class Store:
             started = time.perf_counter()
             begin(tx, self.model.snapshot if self.model.built else None)
             try:
-                with conn.begin():  # BEGIN IMMEDIATE: SQLite's write lock, or SQLITE_BUSY here
+                # SQLite's write lock taken at the BEGIN (or SQLITE_BUSY there), before `fn`
+                # ran, so a write that would wait finds out having done nothing, and one that
+                # reads before it writes cannot fail to upgrade (SQLITE_BUSY_SNAPSHOT). A
+                # publish's read back after the commit begins as a reader does.
+                conn.info[_BEGIN] = "BEGIN IMMEDIATE"
+                with conn.begin():
                     began = True
                     result = fn(tx)
                     orm = tx.orm_made
@@ -432,10 +437,6 @@ class Store:
             conn = None
         if conn is None:
             conn = self._writer_conn = self.engine.connect()
-            # Its transactions take SQLite's write lock at their BEGIN, so a write that would
-            # wait for another process's finds out before it ran anything (`_write_here`), and
-            # one that reads before it writes cannot fail to upgrade (SQLITE_BUSY_SNAPSHOT).
-            conn.info[_BEGIN] = "BEGIN IMMEDIATE"
             driver = conn.connection.driver_connection
             assert isinstance(driver, sqlite3.Connection)  # the store's engine is SQLite's
             driver.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: `_after_commit`

@@ -383,6 +383,41 @@ def test_a_write_on_the_loop_yields_to_it_and_one_asked_off_the_loop_runs_in_the
     assert list(store.snapshot.sandboxes) == ["a" * 64, "b" * 64]
 
 
+def test_a_publish_that_reads_back_after_the_commit_does_not_take_the_write_lock(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the write's own BEGIN is IMMEDIATE: the read model's read back after the commit
+    begins as a reader, so another process writing by then (here: holding the write lock)
+    does not fail a write already committed, on the loop, where nothing waits for a lock."""
+    import asyncio
+
+    store.build_model()
+    other = sqlite3.connect(str(store.engine.url.database), isolation_level=None)
+    publish = store.model.publish
+
+    read: list[object] = []
+
+    def reads_back(tx: Tx) -> None:
+        other.execute("BEGIN IMMEDIATE")  # another process writes right after the commit
+        try:  # a publish that fails is caught (the model is built again): note what it met
+            read.append(
+                tx.connection.exec_driver_sql("SELECT count(*) FROM pod_sandbox").scalar_one()
+            )
+        except Exception as e:
+            read.append(e)
+            raise
+        publish(tx)
+
+    monkeypatch.setattr(store.model, "publish", reads_back)
+    try:
+        asyncio.run(store.write(lambda s: create_sandbox(s, new())))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert read == [1]
+    assert list(store.snapshot.sandboxes) == ["a" * 64]
+
+
 def test_the_writer_connection_checkpoints_nothing_itself_the_writer_thread_does(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
