@@ -543,9 +543,7 @@ class Store:
                 if driver.in_transaction:
                     driver.execute("ROLLBACK")  # a read: nothing to keep; the snapshot let go
         except (DBAPIError, sqlite3.Error) as e:
-            orig = e.orig if isinstance(e, DBAPIError) else e
-            code = getattr(orig, "sqlite_errorcode", None)
-            if not (isinstance(code, int) and code & 0xFF in _WAITS):
+            if _code(e) & 0xFF not in _WAITS:
                 raise
         return await self.read(fn)
 
