@@ -217,7 +217,9 @@ _Job = tuple[asyncio.AbstractEventLoop | None, "asyncio.Future[Any] | None", Cal
 
 
 class _WouldWait(Exception):
-    """A write on the caller's thread found SQLite's write lock taken: it goes to the thread."""
+    """A write on the caller's thread would have waited (for a write of this process under way,
+    or for SQLite's write lock another process holds), having done nothing: it goes to the
+    writer thread."""
 
 
 def _code(error: DBAPIError | sqlite3.Error) -> int:
