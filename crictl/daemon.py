@@ -248,6 +248,7 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
     retention: EventLogRetention | None = None
     metrics_server: Any = None
     hub: EventHub | None = None
+    probe: ContainerdClient | None = None
     front = FrontLoop()  # the CRI server's loop (crictl/api/front.py)
     try:
         before, after = await upgrade_in_child(config.db_path)
@@ -341,7 +342,9 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
             config.stream_server_port,
         )
         await streams.start()
-        health = Health(conn.client, config.cni_conf_dir, config.cni_bin_dirs)
+        # Status runs on the front loop: its probe has a client (a connection) of its own there.
+        probe = ContainerdClient(conn.client.address, config.containerd_namespace)
+        health = Health(probe, config.cni_conf_dir, config.cni_bin_dirs)
         pod_api, container_api = PodSandboxes(store, sandboxes), Containers(store, containers)
         hub = await front.run(_on_loop(partial(hub_for, store, pod_api, container_api)))
         runtime_info = RuntimeInfo(
@@ -430,6 +433,8 @@ async def _serve(config: Config, stop: asyncio.Event | None) -> None:
             config.socket.unlink()
         if hub is not None:
             await front.run(hub.close())
+        if probe is not None:
+            await front.run(probe.close())
         front.close()
         if streams is not None:
             await streams.stop()
@@ -471,10 +476,12 @@ def live_info(
     """What verbose Status shows of the daemon's own state: containerd's connection, the
     event stream, GetContainerEvents subscribers, and every reconcile pass that keeps
     failing, with its last error."""
+    # Called on the CRI server's loop while the daemon's changes these: each dict is copied
+    # in one step (`list` of its items runs without giving up the GIL), then read.
     failing = [
         {"kind": kind, "id": key, "attempts": f.attempts, "error": f.error, "since": f.since}
         for kind, queue in (("sandbox", sandboxes.queue), ("container", containers.queue))
-        for key, f in queue.failures.items()
+        for key, f in list(queue.failures.items())
     ]
     return {
         "containerdConnected": supervisor.connected,

@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator
 
 from crictl.api.chunks import chunks
-from crictl.api.front import on_front
+from crictl.api.front import needs_daemon, on_front
 from crictl.api.interceptor import Context
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler.images import ImageManager, ImageView, credentials_from
@@ -86,10 +86,14 @@ class Images:
         await self.images.remove(request.image.image)
         return api_pb2.RemoveImageResponse()
 
+    @on_front(falls_back=True)
     async def image_fs_info(
         self, request: api_pb2.ImageFsInfoRequest, context: Context
     ) -> api_pb2.ImageFsInfoResponse:
-        usage = await self.images.fs_usage()
+        usage = self.images.measured_fs_usage()
+        if usage is None:  # none since the last pull or removal: measured on the daemon's loop
+            needs_daemon()
+            usage = await self.images.fs_usage()
         return api_pb2.ImageFsInfoResponse(
             image_filesystems=[
                 api_pb2.FilesystemUsage(

@@ -47,6 +47,7 @@ class RuntimeInfo:
             runtime_api_version="v1",
         )
 
+    @on_front()  # its containerd probe has a client of its own there (crictl.reconciler.health)
     async def status(
         self, request: api_pb2.StatusRequest, context: Context
     ) -> api_pb2.StatusResponse:
@@ -73,6 +74,7 @@ class RuntimeInfo:
                 response.info["daemon"] = json.dumps(self.live_info(), sort_keys=True)
         return response
 
+    @on_front()
     async def runtime_config(
         self, request: api_pb2.RuntimeConfigRequest, context: Context
     ) -> api_pb2.RuntimeConfigResponse:

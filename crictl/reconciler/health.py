@@ -3,6 +3,11 @@
 Status is polled by kubelet every few seconds and a hanging Status makes the node NotReady, so
 every probe here is bounded: containerd gets PROBE_TIMEOUT to answer and is reported not ready if
 it does not (a hung containerd must not hang kubelet).
+
+Status runs on the CRI server's loop (crictl/api/front.py), not the daemon's: its probe goes
+over a containerd client of its own, made for that loop (the daemon's client and its connection
+belong to the daemon's loop), so what it measures is containerd's answer, not how busy the
+daemon's loop is.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ class Condition:
 
 
 class Health:
+    """`containerd`: a client used from the loop `conditions` runs on, and only there."""
+
     def __init__(
         self, containerd: ContainerdClient, cni_conf_dir: Path, cni_bin_dirs: list[Path]
     ) -> None:

@@ -646,6 +646,11 @@ class ImageManager:
     def status(self, spec: str) -> ImageView | None:
         return self.index.find(lookup_for(spec))
 
+    def measured_fs_usage(self) -> FsUsage | None:
+        """The image filesystem's usage as last measured, None when it is to be measured again
+        (`fs_usage`); read from any thread (a frozen value, set whole)."""
+        return self._fs_usage
+
     async def fs_usage(self) -> FsUsage:
         if self._fs_usage is None:
             await self._measure_fs_once()

@@ -19,10 +19,14 @@ import pytest
 
 from crictl import errors
 from crictl.api.front import FrontLoop, hand_over, needs_daemon, on_front
+from crictl.api.images import Images
 from crictl.api.interceptor import Context
+from crictl.api.runtime_info import RuntimeInfo
 from crictl.api.server import Server, bind_unix
 from crictl.api.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
 from crictl.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from crictl.reconciler.health import Health
+from crictl.reconciler.images import FsUsage
 
 
 class Servicer:
@@ -328,3 +332,86 @@ async def test_a_handler_failing_after_its_caller_left_is_not_logged_as_never_re
     finally:
         daemon.set_exception_handler(None)
         front.close()
+
+
+class Probe:
+    """Stands for the Status probe's containerd client: records the thread it was asked on."""
+
+    address = "unix:///run/probe.sock"
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    async def version(self, timeout: float | None = None) -> None:
+        self.threads.append(threading.get_ident())
+
+
+class FsUsages:
+    """Stands for the image manager: `measured` is what ImageFsInfo may answer on the front
+    loop (None: to be measured), `fs_usage` records the thread that measured."""
+
+    def __init__(self) -> None:
+        self.measured: FsUsage | None = None
+        self.measured_on: list[int] = []
+
+    def measured_fs_usage(self) -> FsUsage | None:
+        return self.measured
+
+    async def fs_usage(self) -> FsUsage:
+        self.measured_on.append(threading.get_ident())
+        self.measured = FsUsage(1, "/snapshots", 10, 2)
+        return self.measured
+
+
+async def test_status_runtime_config_and_a_measured_fs_usage_answer_while_the_daemon_loop_is_held(
+    tmp_path: Path, front: FrontLoop
+) -> None:
+    """What kubelet asks every few seconds beside its reads: Status (its containerd probe over a
+    client of the front's own), RuntimeConfig, ImageFsInfo once measured. The image fs is
+    measured on the daemon's loop when no measurement is current."""
+    probe, usages = Probe(), FsUsages()
+    health = Health(probe, tmp_path / "net.d", [tmp_path])  # type: ignore[arg-type]
+    daemon = asyncio.get_running_loop()
+    server = Server()
+    server.add_generic_rpc_handlers(
+        (
+            generic_handler(RUNTIME_SERVICE, RuntimeInfo(health, {}), daemon=daemon),
+            generic_handler(IMAGE_SERVICE, Images(usages), daemon=daemon),  # type: ignore[arg-type]
+        )
+    )
+    path = tmp_path / "s.sock"
+    await front.run(server.start(bind_unix(path)))
+    try:
+        async with grpc.aio.insecure_channel(f"unix:{path}") as channel:
+            images = api_pb2_grpc.ImageServiceStub(channel)
+            first = await images.ImageFsInfo(api_pb2.ImageFsInfoRequest())
+        assert first.image_filesystems[0].used_bytes.value == 10
+        assert usages.measured_on == [threading.get_ident()]
+        answered: dict[str, Any] = {}
+
+        def client() -> None:
+            with grpc.insecure_channel(f"unix:{path}") as channel:
+                runtime = api_pb2_grpc.RuntimeServiceStub(channel)
+                answered["Status"] = runtime.Status(api_pb2.StatusRequest(), timeout=10)
+                runtime.RuntimeConfig(api_pb2.RuntimeConfigRequest(), timeout=10)
+                images = api_pb2_grpc.ImageServiceStub(channel)
+                answered["ImageFsInfo"] = images.ImageFsInfo(
+                    api_pb2.ImageFsInfoRequest(), timeout=10
+                )
+            answered["all"] = True
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        thread.join(15)  # holds the daemon's loop (this one) meanwhile
+        assert answered.get("all"), "a call waited for the daemon's loop"
+        conditions = {c.type: c for c in answered["Status"].status.conditions}
+        assert conditions["RuntimeReady"].status is True
+        assert (conditions["NetworkReady"].status, conditions["NetworkReady"].reason) == (
+            False,
+            "NoCNIConfig",
+        )
+        assert probe.threads and threading.get_ident() not in probe.threads
+        assert answered["ImageFsInfo"].image_filesystems[0].fs_id.mountpoint == "/snapshots"
+        assert len(usages.measured_on) == 1  # the measurement was current: not measured again
+    finally:
+        await front.run(server.stop(0))
