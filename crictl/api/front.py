@@ -9,10 +9,10 @@ its own, in its own thread (the front), which does little more than read and ans
 - An RPC whose handler answers from the read model alone (the store's snapshot, the image
   index: both published whole by the store's writer thread, so any thread reads them) or the
   store's readers is marked `@on_front` and runs on the front loop. So does Status, whose
-  containerd probe goes over a client made for the front loop (crictl.reconciler.health). One marked
-  `@on_front(falls_back=True)` may find, before it changed anything, that this request needs
-  the daemon's loop after all (a verbose status whose spec the row does not hold asks
-  containerd): it calls `needs_daemon()`, and the whole handler runs again there.
+  containerd probe goes over a client made for the front loop (crictl.reconciler.health).
+  One marked `@on_front(falls_back=True)` may find, before it changed anything, that this
+  request needs the daemon's loop after all (a verbose status whose spec the row does not
+  hold asks containerd): it calls `needs_daemon()`, and the whole handler runs again there.
 - Every other RPC runs on the daemon's loop: the front hands the handler's coroutine over
   (`hand_over`) and waits for it; the client's cancellation is handed on too.
   A server-streaming one is pumped from the daemon's loop into the front's.
@@ -64,8 +64,8 @@ def needs_daemon() -> None:
 def on_front(falls_back: bool = False) -> Callable[[F], F]:
     """Marks a servicer method that answers from the read model and the store's readers: no
     containerd through the daemon's client, no reconciler, no asyncio object of the daemon's
-    loop. It runs on the front
-    loop; with `falls_back`, a request it calls `needs_daemon()` for runs on the daemon's."""
+    loop. It runs on the front loop; with `falls_back`, a request it calls `needs_daemon()`
+    for runs on the daemon's."""
 
     def mark(fn: F) -> F:
         setattr(fn, _MARK, _FALLS_BACK if falls_back else _PLAIN)
