@@ -7,6 +7,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 
+import hpack
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
@@ -110,3 +112,51 @@ def unpad(flags: int, payload: bytes) -> bytes:
     if not payload or payload[0] >= len(payload):
         raise Http2Error(PROTOCOL_ERROR, "padding longer than its frame")
     return payload[1 : len(payload) - payload[0]]
+
+
+class Decoder:
+    """hpack's decoder, keeping what a block decoded to while the dynamic table stays as it was.
+
+    A peer that indexes its fields (grpc-go's encoder: containerd) sends, once its table
+    holds them, the same few blocks again and again: a unary answer's `:status` and
+    `content-type`, its `grpc-status` trailer, each a byte or two of table indexes. A block's
+    meaning is its bytes read against the table, so a block that left the table as it found
+    it decodes the same while the table does not change; every block that changed it (an
+    insertion, an eviction, a size update, a failed decode) forgets every block kept. The
+    table changes only by `add` (the new entry put first, evictions from the end, or the
+    whole table emptied) or by a new size, so its first entry (by identity: the kept one is
+    alive, so no new entry can have its id), its length and its size tell whether it
+    changed. A kept block is answered without hpack, whose decode costs ~15 us of CPU hot
+    and more from a cold cache, on every answer containerd sends
+    (docs/performance.md, "The containerd client")."""
+
+    KEEP = 32  # kept blocks at most: containerd's answers use a handful
+
+    def __init__(self, max_header_list_size: int) -> None:
+        self._decoder = hpack.Decoder()
+        self._decoder.max_header_list_size = max_header_list_size
+        self._table = self._decoder.header_table
+        self._kept: dict[bytes, tuple[tuple[str, str], ...]] = {}
+
+    def decode(self, block: bytes) -> tuple[tuple[str, str], ...]:
+        """The block's fields, as (name, value) strings, in order. Raises hpack's
+        `HPACKError` for a block it cannot decode (a COMPRESSION_ERROR)."""
+        fields = self._kept.get(block)
+        if fields is not None:
+            return fields
+        entries = self._table.dynamic_entries
+        first = entries[0] if entries else None
+        count, size = len(entries), self._table.maxsize
+        try:
+            fields = tuple((str(k), str(v)) for k, v in self._decoder.decode(block))
+        except BaseException:
+            self._kept.clear()
+            raise
+        same = (entries[0] if entries else None) is first
+        if same and len(entries) == count and self._table.maxsize == size:
+            if len(self._kept) >= self.KEEP:
+                self._kept.clear()
+            self._kept[block] = fields
+        else:
+            self._kept.clear()
+        return fields

@@ -20,7 +20,9 @@ What it does:
   limit applied), PING answered, GOAWAY (streams above its last id fail UNAVAILABLE; the
   others finish, then the connection closes), RST_STREAM, CONTINUATION. Header blocks are
   decoded by hpack (containerd's encoder uses the dynamic table, so every block is decoded,
-  those of streams given up on included); what is sent uses no dynamic table.
+  those of streams given up on included; a block that left the table as it was is kept with
+  its fields until the table changes, `crictl.http2.Decoder`); what is sent uses no dynamic
+  table.
 - Flow control both ways: a request waits for the peer's windows (stream and connection)
   and is sent in frames of at most the peer's frame size; the connection's window is granted
   back once half of it was received, a unary answer's stream likewise, a stream's as its
@@ -74,6 +76,7 @@ from crictl.http2 import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
+    Decoder,
     Http2Error,
     StatusCode,
     frame,
@@ -166,8 +169,8 @@ class _Stream:
         self.limit = limit
         self.streaming = streaming  # its messages are read one by one (`Connection.read`)
         self.body = bytearray()
-        self.headers: list[tuple[str, str]] | None = None
-        self.trailers: list[tuple[str, str]] | None = None
+        self.headers: tuple[tuple[str, str], ...] | None = None
+        self.trailers: tuple[tuple[str, str], ...] | None = None
         self.unacked = 0
         # the call's end: a unary call's response message (a stream's: b""), or the error it
         # ends with
@@ -186,8 +189,7 @@ class Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = _MAX_HEADER_LIST
+        self._decoder = Decoder(_MAX_HEADER_LIST)
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1
         self._header_block: tuple[int, int, bytearray] | None = None
@@ -501,11 +503,10 @@ class Connection(asyncio.Protocol):
             stream.ahead = len(stream.body)
 
     def _header_block_done(self, stream_id: int, flags: int, block: bytes) -> None:
-        headers = self._decoder.decode(block)  # always: the dynamic table must stay in step
+        fields = self._decoder.decode(block)  # always: the dynamic table must stay in step
         stream = self._streams.get(stream_id)
         if stream is None:
             return
-        fields = [(str(k), str(v)) for k, v in headers]
         if stream.headers is None:
             stream.headers = fields
         else:
@@ -530,11 +531,11 @@ class Connection(asyncio.Protocol):
     def _finish(self, stream: _Stream) -> None:
         """The stream ended (END_STREAM): its answer or its error, from its headers."""
         self._streams.pop(stream.id, None)
-        trailers = stream.trailers if stream.trailers is not None else stream.headers or []
+        trailers = stream.trailers if stream.trailers is not None else stream.headers or ()
         found = dict(trailers)
         status = found.get("grpc-status")
         if status is None:
-            http = dict(stream.headers or []).get(":status", "")
+            http = dict(stream.headers or ()).get(":status", "")
             code = _HTTP_CODES.get(int(http), StatusCode.UNKNOWN) if http.isdigit() else None
             self._fail(
                 stream,
