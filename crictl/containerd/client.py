@@ -403,19 +403,20 @@ class ContainerdClient:
         self,
         container_id: str,
         image: str,
-        spec: Mapping[str, object],
+        spec: str,
         snapshotter: str,
         labels: Mapping[str, str],
         binary: str = "",
     ) -> bool:
         """Creates the container record (its snapshot key is its id); False if it existed.
-        `binary`: a RuntimeClass handler's runtime binary (runc when empty)."""
+        `spec`: the OCI spec's JSON, which the caller also keeps (encoded once). `binary`: a
+        RuntimeClass handler's runtime binary (runc when empty)."""
         container = containers_pb2.Container(
             id=container_id,
             image=image,
             labels=dict(labels),
             runtime=self.runtime_for(binary) if binary else self.runtime,
-            spec=AnyPb(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode()),
+            spec=AnyPb(type_url=SPEC_TYPE_URL, value=spec.encode()),
             snapshotter=snapshotter,
             snapshot_key=container_id,
         )

@@ -377,10 +377,11 @@ class ContainerReconciler:
 
         async def create() -> None:
             nonlocal stored
-            if await self.containerd.create_container(cid, name, spec, SNAPSHOTTER, labels, binary):
+            text = json.dumps(spec)
+            if await self.containerd.create_container(cid, name, text, SNAPSHOTTER, labels, binary):
                 # the record holds this spec: an exec starts from its process, unasked
                 self._processes[cid] = dict(spec["process"])
-                stored = json.dumps(spec)
+                stored = text
             faults.point("container-create:after-container-create")
 
         if mounts is None:

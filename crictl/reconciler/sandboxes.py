@@ -439,16 +439,17 @@ class SandboxReconciler:
 
             async def create() -> None:
                 nonlocal stored
+                text = json.dumps(spec)
                 if await self.containerd.create_container(
                     sid,
                     image_name,
-                    spec,
+                    text,
                     SNAPSHOTTER,
                     labels,
                     self.settings.runtime_handlers.get(row.runtime_handler, ""),
                 ):
                     # what the row keeps (crictl/store/specs.py): only a record this pass made
-                    stored = json.dumps(spec)
+                    stored = text
                 faults.point("sandbox-run:after-container-create")
 
             mounts: list[mount_pb2.Mount] = []

@@ -125,7 +125,7 @@ async def _plant_containerd(d: Daemon, pod_id: str, app_id: str) -> tuple[str, s
             ),
         )
         labels = {"crictld.io/kind": "container", "crictld.io/sandbox-id": pod_id}
-        await c.create_container(ghost, "ghost", spec, "overlayfs", labels)
+        await c.create_container(ghost, "ghost", json.dumps(spec), "overlayfs", labels)
         mounts = await c.prepare_snapshot("overlayfs", ghost, info.info.parent)
         await c.create_task(ghost, mounts)
         await c.start_task(ghost)
@@ -397,7 +397,7 @@ def test_the_daemons_sweeper_sweeps_at_start_and_then_periodically(
         client = ContainerdClient(d.containerd, d.namespace)
         ghost = secrets.token_hex(32)
         await client.create_container(
-            ghost, "ghost", {"ociVersion": "1.0.2"}, "overlayfs", {"crictld.io/kind": "sandbox"}
+            ghost, "ghost", '{"ociVersion": "1.0.2"}', "overlayfs", {"crictld.io/kind": "sandbox"}
         )
         at_start = dirs(f"sandboxes/{secrets.token_hex(32)}", "exec/exec-0123456789abcdef")
         sweeper = OrphanSweeper(
