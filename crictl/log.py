@@ -49,8 +49,8 @@ def redact_text(text: str) -> str:
 
 def redact(value: object, depth: int = 0) -> object:
     """A copy of a log field's value with whatever holds a secret replaced."""
-    if depth > 8:
-        return value
+    if depth > 8 or value is None or isinstance(value, int | float):
+        return value  # a number holds no secret (the spans' figures of every call's line)
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, dict):
@@ -66,11 +66,29 @@ def _secret_name(key: object) -> bool:
     return isinstance(key, str) and key.lower().replace("-", "_") in SECRET_FIELDS
 
 
+# The last second a line was logged in, formatted: every CRI write logs a line, and
+# `strftime` took an eighth of the formatting (a tuple, replaced whole: any thread reads it).
+_second: tuple[int, str] = (-1, "")
+
+
+def _timestamp(created: float, msecs: float) -> str:
+    global _second
+    whole = int(created)
+    second = _second
+    if second[0] != whole:
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{second[1]}.{int(msecs):03d}Z"
+
+
+# One encoder for every line (`json.dumps` with `default` makes one a line); it keeps no
+# state between lines, so any thread may use it.
+_ENCODER = json.JSONEncoder(default=lambda v: redact_text(str(v)))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record.created, record.msecs),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": redact_text(record.getMessage()),
@@ -80,7 +98,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = REDACTED if _secret_name(key) else redact(value)
         if record.exc_info:
             entry["exception"] = redact_text(self.formatException(record.exc_info))
-        return json.dumps(entry, default=lambda v: redact_text(str(v)))
+        return _ENCODER.encode(entry)
 
 
 def setup_logging(level: str = "INFO") -> None:
