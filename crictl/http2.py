@@ -1,6 +1,7 @@
 """HTTP/2's framing (RFC 9113), the few HPACK encodings (RFC 7541) crictld writes and gRPC's
 status codes, shared by the CRI server (`crictl.api.server`) and the containerd client
-(`crictl.containerd.h2`). Header blocks are decoded by hpack (python-hyper)."""
+(`crictl.containerd.h2`). Header blocks are decoded by hpack (python-hyper); `Decoder` keeps
+what a block that left hpack's table unchanged decoded to, for the containerd client."""
 
 from __future__ import annotations
 
