@@ -67,7 +67,9 @@ def _secret_name(key: object) -> bool:
 
 
 # The last second a line was logged in, formatted: every CRI write logs a line, and
-# `strftime` took an eighth of the formatting (a tuple, replaced whole: any thread reads it).
+# `strftime` held a fifth of the formatting's GIL samples in a py-spy profile
+# (docs/performance.md, "The per-call log line"). A tuple, replaced whole: any thread
+# reads it.
 _second: tuple[int, str] = (-1, "")
 
 
