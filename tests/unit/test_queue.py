@@ -5,10 +5,23 @@ settles (its clean-up still to come)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
 from crictl.reconciler.queue import KeyedQueue
+
+MADE: list[Passes] = []
+
+
+@pytest.fixture(autouse=True)
+async def drained() -> AsyncIterator[None]:
+    """Every queue a test made is drained after it: the tests share the session's loop, where
+    a failed pass's retry (60 s) fired during a later test and left a pass waiting at a gate
+    no one opens, destroyed pending at the session's end (a CI run printed it)."""
+    yield
+    while MADE:
+        await MADE.pop().queue.drain()
 
 
 class Passes:
@@ -17,6 +30,7 @@ class Passes:
 
     def __init__(self) -> None:
         self.queue: KeyedQueue[str] = KeyedQueue(self.reconcile, retry_first=60, retry_cap=60)
+        MADE.append(self)
         self.started: list[int] = []
         self.gates: dict[tuple[int, str], asyncio.Event] = {}
         self.fail_at: dict[tuple[int, str], Exception] = {}
