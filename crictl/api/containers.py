@@ -30,7 +30,12 @@ from crictl.api.validation import (
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.oci import apparmor
 from crictl.reconciler import checkpoint, faults, inspect
-from crictl.reconciler.containers import ContainerReconciler, container_config_of
+from crictl.reconciler.configs import parsed_copy
+from crictl.reconciler.containers import (
+    CONTAINER_CONFIGS,
+    ContainerReconciler,
+    container_config_of,
+)
 from crictl.reconciler.sandboxes import config_of
 from crictl.store.containers import (
     ContainerFilter,
@@ -138,6 +143,7 @@ class Containers:
                 await self.reconciler.queue.wait(row.id)
             row, created = await self.store.write(lambda s: create_container(s, new))
         if created:
+            CONTAINER_CONFIGS.put(row.id, new.config, parsed_copy(config))
             faults.point("container-create:after-insert")
         if row.desired == ContainerDesired.REMOVED:
             raise _torn_down(row)

@@ -25,7 +25,9 @@ from crictl.api.interceptor import Context
 from crictl.api.validation import label_selector, validate_resources, validate_sandbox_config
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.reconciler import checkpoint, faults, inspect
+from crictl.reconciler.configs import parsed_copy
 from crictl.reconciler.sandboxes import (
+    SANDBOX_CONFIGS,
     SandboxReconciler,
     config_of,
     host_network,
@@ -100,6 +102,7 @@ class PodSandboxes:
             new = dataclasses.replace(new, netns_path=str(self.reconciler.netns_path(new.id)))
         row, created = await self.store.write(lambda s: create_sandbox(s, new))
         if created:
+            SANDBOX_CONFIGS.put(row.id, new.config, parsed_copy(config))
             faults.point("sandbox-run:after-insert")
         if row.desired == SandboxDesired.REMOVED:
             raise self._torn_down(row)
