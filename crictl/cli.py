@@ -18,6 +18,7 @@ from crictl.config import (
     parse_mirror_flags,
     parse_port,
     parse_settings,
+    parse_timeout,
 )
 from crictl.log import setup_logging
 
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="the managed containerd's state dir (task bundles, FIFOs; a tmpfs on a node); "
         "default /run/crictld/containerd, or <state dir>/containerd/state with --state-dir",
+    )
+    serve.add_argument(
+        "--containerd-start-timeout",
+        metavar="SECONDS",
+        help="how long a managed containerd has to answer: one found running before it is "
+        "replaced, one started before the start fails (default 30)",
     )
     serve.add_argument("--cni-conf-dir", type=Path, help="default /etc/cni/net.d")
     serve.add_argument(
@@ -212,6 +219,11 @@ def load_config(args: argparse.Namespace) -> Config:
             "containerd_namespace": args.containerd_namespace,
             "containerd_bin": args.containerd_bin,
             "containerd_state_dir": args.containerd_state_dir,
+            "containerd_start_timeout": (
+                None
+                if args.containerd_start_timeout is None
+                else parse_timeout(args.containerd_start_timeout, "--containerd-start-timeout")
+            ),
             "cni_conf_dir": args.cni_conf_dir,
             "cni_conf_template": args.cni_conf_template,
             "runtime_handlers": (

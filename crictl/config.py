@@ -22,6 +22,10 @@ DEFAULT_CONTAINERD_SOCKET = Path("/run/containerd/containerd.sock")
 # /run/containerd) when the state dir is the default one: under /run, a tmpfs on a node.
 DEFAULT_CONTAINERD_STATE_DIR = Path("/run/crictld/containerd")
 MANAGED = "managed"
+# How long a managed containerd has to answer: one found running (a crictld before this one
+# started it; it may still be re-loading its shims) before it is replaced, one started now
+# before the start fails.
+DEFAULT_CONTAINERD_START_TIMEOUT = 30.0
 CGROUP_DRIVERS = ("cgroupfs", "systemd")
 
 
@@ -40,6 +44,8 @@ class Config:
     # FIFOs), gone at a reboot. None = /run/crictld/containerd with the default state dir,
     # else <state dir>/containerd/state (a daemon of its own state dir keeps all it owns there).
     containerd_state_dir: Path | None = None
+    # seconds a managed containerd has to answer (DEFAULT_CONTAINERD_START_TIMEOUT above)
+    containerd_start_timeout: float = DEFAULT_CONTAINERD_START_TIMEOUT
     cni_conf_dir: Path = Path("/etc/cni/net.d")
     # A CNI config template rendered with kubelet's pod CIDR (UpdateRuntimeConfig) into
     # cni_conf_dir/10-crictld-net.conflist, as containerd's conf_template.
@@ -168,6 +174,12 @@ def parse_settings(raw: dict[str, Any], source: str) -> dict[str, Any]:
             if value <= 0:
                 raise InvalidArgument(f"{source}: {key} must be positive")
             out[name] = float(value)
+        elif (
+            name == "containerd_start_timeout"
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
+            out[name] = parse_timeout(value, f"{source}: {key}")
         elif name == "event_log_rows" and isinstance(value, int) and not isinstance(value, bool):
             out[name] = parse_event_log_rows(value, f"{source}: {key}")
         elif (
@@ -237,6 +249,17 @@ def parse_grace(value: float | str, what: str) -> float:
         raise InvalidArgument(f"{what}: {value!r} is no number of seconds") from None
     if not math.isfinite(seconds) or seconds < 0:
         raise InvalidArgument(f"{what}: {value!r} is no number of seconds (0 or more)")
+    return seconds
+
+
+def parse_timeout(value: float | str, what: str) -> float:
+    """A timeout in seconds: a finite number above 0."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise InvalidArgument(f"{what}: {value!r} is no number of seconds") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidArgument(f"{what}: {value!r} is no number of seconds (more than 0)")
     return seconds
 
 

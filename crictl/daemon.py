@@ -124,7 +124,10 @@ async def connect_containerd(config: Config) -> ContainerdConnection:
             log.info("standard containerd socket does not answer", extra={"error": str(e)})
             await client.close()
     managed = ManagedContainerd(
-        config.managed_containerd_dir, config.containerd_bin, config.managed_containerd_state_dir
+        config.managed_containerd_dir,
+        config.containerd_bin,
+        config.managed_containerd_state_dir,
+        config.containerd_start_timeout,
     )
     how = await managed.ensure_running()
     client = ContainerdClient(managed.address, config.containerd_namespace, config.systemd_cgroup)

@@ -25,11 +25,11 @@ import tomllib
 from pathlib import Path
 
 from crictl import errors
+from crictl.config import DEFAULT_CONTAINERD_START_TIMEOUT
 from crictl.containerd.client import ContainerdClient
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT = 30.0
 _TASK_BUNDLES = "io.containerd.runtime.v2.task"  # <state>/<this>/<namespace>/<task id>
 STOP_TIMEOUT = 10.0
 
@@ -78,9 +78,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.rest
 
 class ManagedContainerd:
     def __init__(
-        self, directory: Path, binary: str = "containerd", state: Path | None = None
+        self,
+        directory: Path,
+        binary: str = "containerd",
+        state: Path | None = None,
+        start_timeout: float = DEFAULT_CONTAINERD_START_TIMEOUT,
     ) -> None:
         self.directory = directory
+        self.start_timeout = start_timeout
         self.binary = binary
         self.state = state if state is not None else directory / "state"
         self.config_path = directory / "config.toml"
@@ -106,7 +111,7 @@ class ManagedContainerd:
             log.warning("stopping a second managed containerd", extra={"pid": stray})
             await _terminate(stray, None)
         if old is not None:
-            if await self._answers_while_alive(old, START_TIMEOUT):
+            if await self._answers_while_alive(old, self.start_timeout):
                 self.pid = old
                 if old != recorded:
                     self._record_pid(old)
@@ -115,7 +120,7 @@ class ManagedContainerd:
             log.warning("managed containerd does not answer: replacing it", extra={"pid": old})
             await _terminate(old, None)
         self._start()
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
                 raise errors.Unavailable(
@@ -126,7 +131,9 @@ class ManagedContainerd:
                 log.info("started managed containerd", extra={"pid": self.pid})
                 return "started"
             await asyncio.sleep(0.1)
-        raise errors.Unavailable(f"managed containerd did not answer in {START_TIMEOUT:.0f}s")
+        raise errors.Unavailable(
+            f"managed containerd did not answer in {self.start_timeout:g}s; see {self.log_path}"
+        )
 
     def alive(self) -> bool:
         """Whether the containerd we run (or adopted) is still a live process."""

@@ -192,12 +192,20 @@ def test_sigkill_and_restart_reuses_managed_containerd(managed_daemon: Daemon) -
     messages = [e["message"] for e in json.loads(events.stdout)]
     assert messages[0].endswith("(started)") and messages[1].endswith("(adopted)")
 
-    # A managed containerd that no longer answers is replaced, still never duplicated.
+    # A managed containerd that no longer answers within the daemon's patience is replaced,
+    # still never duplicated.
     assert d.signal(signal.SIGKILL) == -signal.SIGKILL
     os.kill(containerd_pid, signal.SIGSTOP)
+    d.extra_args += ["--containerd-start-timeout", "4"]
+    began = time.monotonic()
     d.start()
+    waited = time.monotonic() - began
     pids = _containerd_pids(d.state_dir)
     assert len(pids) == 1 and pids[0] != containerd_pid
+    assert "managed containerd does not answer: replacing it" in d.log()
+    assert '"containerd_mode": "started"' in d.log()
+    # The silent one had its 4 s, not the default 30, before it was replaced.
+    assert 4 <= waited < 25
     assert d.crictl("info").returncode == 0
 
     # SIGTERM stops the daemon and the containerd it owns.

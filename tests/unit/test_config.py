@@ -142,3 +142,33 @@ def test_orphan_grace(tmp_path: Path) -> None:
     for bad in ("x", "-2"):
         with pytest.raises(InvalidArgument, match=f"--orphan-grace: '{bad}' is no number"):
             load_config(build_parser().parse_args([*serve, bad]))
+
+
+def test_containerd_start_timeout(tmp_path: Path) -> None:
+    assert Config().containerd_start_timeout == 30.0
+    f = tmp_path / "c.toml"
+    for body, seconds in (
+        ("containerd-start-timeout = 5\n", 5.0),
+        ("containerd_start_timeout = 0.5\n", 0.5),
+    ):
+        f.write_text(body)
+        assert load_config_file(f).containerd_start_timeout == seconds
+    for body, match in (
+        ("containerd_start_timeout = 0\n", "no number of seconds \\(more than 0\\)"),
+        ("containerd_start_timeout = -1\n", "no number of seconds"),
+        ("containerd_start_timeout = nan\n", "no number of seconds"),
+        ("containerd_start_timeout = inf\n", "no number of seconds"),
+        ('containerd_start_timeout = "30"\n', "wrong type"),
+        ("containerd_start_timeout = true\n", "wrong type"),
+    ):
+        f.write_text(body)
+        with pytest.raises(InvalidArgument, match=match):
+            load_config_file(f)
+    f.with_name("none.toml").write_text("")
+    serve = ["serve", "--config", str(f.with_name("none.toml")), "--containerd-start-timeout"]
+    assert load_config(build_parser().parse_args([*serve, "4"])).containerd_start_timeout == 4.0
+    for bad in ("x", "0", "-2"):
+        with pytest.raises(
+            InvalidArgument, match=f"--containerd-start-timeout: '{bad}' is no number"
+        ):
+            load_config(build_parser().parse_args([*serve, bad]))
