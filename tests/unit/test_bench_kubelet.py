@@ -72,6 +72,26 @@ def test_the_table_gives_p50s_their_ratio_and_cpu_per_round_and_per_idle_second(
     assert "sent again: containerd 2x" in text
 
 
+def test_the_idle_pods_written_at_once_print_each_blocks_figure_and_the_ratio_of_sums(
+    tmp_path: Path,
+) -> None:
+    r = _rounds(tmp_path)
+    assert "written at once" not in format_figures(r)  # no idle phase ran: no such rows
+    r.figures["crictld"].burst_started = [1100.0, 1000.0]
+    r.figures["crictld"].burst_running = [2000.0, 1900.0]
+    r.figures["containerd"].burst_started = [1000.0, 1000.0]
+    r.figures["containerd"].burst_running = [1950.0, 1950.0]
+    lines = format_figures(r).splitlines()
+    start = next(i for i, line in enumerate(lines) if "10 pods written at once" in line)
+    started, running = lines[start + 1], lines[start + 2]
+    assert started.startswith("started") and "1100, 1000" in started and "1000, 1000" in started
+    assert started.rstrip().endswith("1.05")  # 2100 against 2000
+    assert running.startswith("running") and running.rstrip().endswith("1.00")
+    r.figures["containerd"].burst_started = [1000.0]  # a block that failed: no ratio
+    started = next(x for x in format_figures(r).splitlines()[start:] if x.startswith("started"))
+    assert started.rstrip().endswith("-")
+
+
 def test_no_idle_phase_prints_no_idle_section(tmp_path: Path) -> None:
     r = _rounds(tmp_path)
     for f in r.figures.values():
