@@ -243,23 +243,22 @@ def parse_event_log_rows(value: int | str, what: str) -> int:
 
 def parse_grace(value: float | str, what: str) -> float:
     """A grace in seconds: a finite number, not negative."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise InvalidArgument(f"{what}: {value!r} is no number of seconds") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidArgument(f"{what}: {value!r} is no number of seconds (0 or more)")
-    return seconds
+    return _seconds(value, what, zero_allowed=True)
 
 
 def parse_timeout(value: float | str, what: str) -> float:
     """A timeout in seconds: a finite number above 0."""
+    return _seconds(value, what, zero_allowed=False)
+
+
+def _seconds(value: float | str, what: str, zero_allowed: bool) -> float:
     try:
         seconds = float(value)
     except ValueError:
         raise InvalidArgument(f"{what}: {value!r} is no number of seconds") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise InvalidArgument(f"{what}: {value!r} is no number of seconds (more than 0)")
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_allowed):
+        least = "0 or more" if zero_allowed else "more than 0"
+        raise InvalidArgument(f"{what}: {value!r} is no number of seconds ({least})")
     return seconds
 
 
