@@ -135,6 +135,8 @@ def test_chaos(
     swept = doctor(d, "--sweep", "--grace", "0")
     kinds = Counter(f["kind"] for f in swept.get("swept", []))
     print(f"swept after the run: {dict(kinds) or 'nothing'}")
+    for f in swept.get("swept", []):  # where each came from: what the store recorded of its id
+        print(f"  {f['kind']} {f['name']}: {f['detail']}; its events: {history(d, f['name'])}")
     assert not swept["findings"], swept["findings"]
     h = held(d, cni_network)
     assert h.cgroups <= cgroups_before and h.total() == len(h.cgroups), h

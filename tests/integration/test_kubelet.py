@@ -623,6 +623,22 @@ def test_host_network_pod(node: Node, pods: list[str]) -> None:
     assert "doesn't have network information" not in k.log()
 
 
+@ONE_PLEG
+def test_a_pod_in_a_user_namespace_of_its_own_is_refused_by_kubelet(
+    node: Node, pods: list[str]
+) -> None:
+    """`hostUsers: false` (kubelet's UserNamespacesSupport, on by default since 1.33): crictld's
+    Status says no handler runs user namespaces, so kubelet refuses the pod with its own words
+    before it asks for a sandbox, rather than the pod running in the node's user namespace."""
+    k = node.kubelet
+    handlers = {h.name: h.features for h in node.daemon.status().runtime_handlers}
+    assert handlers and not any(f.user_namespaces for f in handlers.values()), handlers
+    name = start(node, pods, node.pod("userns", [node.container("c", LOOP)], hostUsers=False))
+    refusal = "can't set `spec.hostUsers: false`, runtime does not support user namespaces"
+    wait_for("kubelet's refusal", lambda: refusal in k.log(), 30, lambda: k.log()[-3000:])
+    assert node.sandbox_ids(name) == []
+
+
 def fetch(url: str) -> str:
     """The page at `url`, or "" if nothing answers."""
     try:
