@@ -11,6 +11,9 @@ containerd's own Metrics call reads, without a containerd round trip per contain
 A file that is missing or unreadable leaves its field None (a cgroup being removed, a
 controller not mounted): stats report what can be read, never fail for it.
 
+Besides: kubelet's resource updates written to a cgroup (`apply`), and the empty cgroup a
+task's create cut short left removed with its object (`remove_left_empty`).
+
 cgroup paths: runc's systemd form (`slice:prefix:name`, crictl.oci.spec.cgroups_path) is turned
 into the directory systemd makes (`a.slice/a-b.slice/.../prefix-name.scope`)."""
 
@@ -345,6 +348,36 @@ def apply(cgroups_path: str, res: api_pb2.LinuxContainerResources, root: Path = 
             ) from None
         written.append(str(path))
     return written
+
+
+def remove_left_empty(cgroups_path: str, root: Path = ROOT) -> list[str]:
+    """Removes the cgroup a task's spec named (`cgroups_path`) from every hierarchy that has
+    it empty; returns the directories removed. For an object whose task containerd no longer
+    has: runc's delete removes a task's cgroup, but a `runc create` cut short (containerd
+    killed mid-create: the shim's create ends with its connection) leaves the cgroup runc made
+    and no runc state to delete it by. Where there is nothing, one rmdir a hierarchy finds so.
+    A cgroup still holding processes (or cgroups) is left to the orphan sweep; a systemd
+    scope is systemd's (it stops an empty transient scope itself)."""
+    if not cgroups_path.startswith("/") and cgroups_path.count(":") == 2:
+        return []
+    rel = fs_path(cgroups_path)
+    if unified(root):
+        hierarchies = [str(root)]
+    else:
+        try:  # co-mounted controllers' links (cpu -> cpu,cpuacct) name a hierarchy again
+            with os.scandir(root) as entries:
+                hierarchies = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return []
+    removed = []
+    for hierarchy in hierarchies:
+        path = f"{hierarchy}/{rel}"
+        try:
+            os.rmdir(path)
+        except OSError:  # ENOENT (the usual case), EBUSY or ENOTEMPTY (in use)
+            continue
+        removed.append(path)
+    return removed
 
 
 def open_files(pids: tuple[int, ...]) -> tuple[int, int]:

@@ -39,6 +39,7 @@ from crictl.gen.containerd.api.types import mount_pb2
 from crictl.gen.cri.runtime.v1 import api_pb2
 from crictl.oci.spec import (
     SandboxRef,
+    cgroups_path,
     container_spec,
     image_process,
     image_volume_mount,
@@ -58,6 +59,7 @@ from crictl.reconciler.sandboxes import (
     config_of,
     host_network,
     read_tasks,
+    remove_files,
 )
 from crictl.reconciler.stdio import ExecProcess
 from crictl.store.common import Tx
@@ -815,7 +817,13 @@ class ContainerReconciler:
                 for key in keys:
                     group.create_task(self.containerd.remove_snapshot(SNAPSHOTTER, key))
                 group.create_task(
-                    trace.to_thread("container dir", shutil.rmtree, self.container_dir(cid), True)
+                    trace.to_thread(
+                        "container dir",
+                        remove_files,
+                        self.container_dir(cid),
+                        self._task_cgroup(row),
+                        {"container": cid},
+                    )
                 )
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None  # the first failure, with its own message
@@ -824,6 +832,13 @@ class ContainerReconciler:
         await self.store.write(lambda s: delete_container(s, cid, reason))
         self._harvested.discard(cid)
         CONTAINER_CONFIGS.forget(cid)
+
+    def _task_cgroup(self, row: ContainerView) -> str:
+        """The cgroups path the container's spec names: under its pod's parent (the pod's row
+        outlives its containers' removals), as `container_spec` wrote it."""
+        sandbox = self.store.snapshot.sandboxes.get(row.sandbox_id)
+        parent = config_of(sandbox).linux.cgroup_parent if sandbox is not None else ""
+        return cgroups_path(parent, row.id, self.sandboxes.settings.systemd_cgroup)
 
     # -- the sandbox's containers ----------------------------------------------------------
 

@@ -24,7 +24,7 @@ from crictl.gen.cri.runtime.v1 import api_pb2
 from tests.integration.test_containers import Pod, wait_for
 from tests.integration.test_images import failure
 from tests.integration.test_sandbox_crashes import arm, restart_after_fault
-from tests.integration.test_sandboxes import assert_nothing_held, pod_config, remove, run
+from tests.integration.test_sandboxes import assert_nothing_held, pod_config, remove, run, stop
 from tests.rig.cni import CniNetwork
 from tests.rig.daemon import Daemon
 from tests.rig.registry import Registry
@@ -297,6 +297,41 @@ def test_runc_state_left_by_a_create_containerd_was_killed_in_is_cleared(
     assert (left / "state.json").exists() and not (left / "exec.fifo").exists()
     remove(d, pod.id)
     assert not left.exists()
+
+
+def test_the_cgroup_left_by_a_create_containerd_was_killed_in_goes_with_its_object(
+    managed_image_daemon: Daemon, registry: Registry, short_tmp: Path
+) -> None:
+    """containerd killed while its shim ran `runc create` ends the create after runc made the
+    task's cgroup and before it wrote its state, so no delete takes the cgroup: after the
+    1000-kill chaos run the sweep found such empty cgroups, of pods whose setup had been
+    undone, left until its next round (5 minutes). Planted as such a kill leaves them, for a
+    stopped pod and a container never started; each one's removal takes its own."""
+    d = managed_image_daemon
+    pod = Pod(d, registry, short_tmp / "logs")
+    cid = pod.create("app", ["sleep", "3600"])
+    stop(d, pod.id)  # the pause task deleted: runc took its cgroup
+    hierarchies = [
+        h / "crictld"
+        for h in Path("/sys/fs/cgroup").iterdir()
+        if not h.is_symlink() and (h / "crictld").is_dir()
+    ]
+    assert len(hierarchies) >= 3, hierarchies  # cgroup v1: memory, cpu, pids at least
+
+    def left(object_id: str) -> list[Path]:
+        return [p for p in (h / object_id for h in hierarchies) if p.is_dir()]
+
+    for object_id in (pod.id, cid):
+        assert left(object_id) == []
+        for h in hierarchies:
+            (h / object_id).mkdir()
+    pod.remove(cid)  # answered once recorded; the teardown follows
+    wait_for("the container's left cgroup removed", lambda: left(cid) == [], 20)
+    assert len(left(pod.id)) == len(hierarchies)
+    remove(d, pod.id)
+    assert left(pod.id) == []
+    lines = [x for x in d.log().splitlines() if "a task's create cut short left" in x]
+    assert any(pod.id in x for x in lines) and any(cid in x for x in lines), lines
 
 
 def test_the_managed_containerds_state_dir_moves_once_no_task_is_in_the_old_one(

@@ -60,12 +60,16 @@ def store_with_created_container(directory: Path, sid: str, cid: str, pause_pid:
 
 def container_reconciler(store: Store, containerd: Any, tmp_path: Path) -> ContainerReconciler:
     """The real reconciler around a fake containerd (which gets its `on_exit`): no images (the
-    containers' config names none) and no sandbox reconciler (a stop and a removal ask
-    nothing of it)."""
+    containers' config names none) and no sandbox reconciler (a stop and a removal ask it
+    only for the cgroup driver: a removal's rmdir of the task's cgroup, which is not there)."""
     fakes: dict[str, Any] = {
         "containerd": containerd,
         "images": None,
-        "sandboxes": SimpleNamespace(containers_hook=None, removals_hook=None),
+        "sandboxes": SimpleNamespace(
+            containers_hook=None,
+            removals_hook=None,
+            settings=SimpleNamespace(systemd_cgroup=False),
+        ),
     }
     r = ContainerReconciler(store, state_dir=tmp_path / "state", logger="/bin/true", **fakes)
     containerd.on_exit = r.on_exit

@@ -1,5 +1,6 @@
 """Decoding cgroup samples (crictl/reconciler/cgroups.py): v2 from files as a cgroup v2 kernel
-writes them (this machine is v1), v1 likewise, the systemd path form, nano cores."""
+writes them (this machine is v1), v1 likewise, the systemd path form, nano cores; and the
+removal of a task cgroup a create cut short left."""
 
 from __future__ import annotations
 
@@ -220,3 +221,32 @@ def test_swap_controller_v1_and_v2(tmp_path: Path) -> None:
     assert cgroups.swap_controller.__wrapped__(v2, own)
     own.write_text("0::/\n")  # the root cgroup has no memory.swap.max
     assert not cgroups.swap_controller.__wrapped__(v2, own)
+
+
+def test_a_left_task_cgroup_is_removed_where_empty(tmp_path: Path) -> None:
+    """v1: each hierarchy's empty directory of the task goes, one holding a cgroup stays (to
+    the orphan sweep), a co-mounted controller's link is not a hierarchy of its own, and
+    where nothing is left there is nothing to do. v2: the one directory. systemd: nothing."""
+    v1 = tmp_path / "v1"
+    for h in ("memory", "cpu,cpuacct", "pids"):
+        (v1 / h / "kubepods" / "pod1" / "abc").mkdir(parents=True)
+    (v1 / "cpu").symlink_to("cpu,cpuacct")
+    (v1 / "pids" / "kubepods" / "pod1" / "abc" / "child").mkdir()
+    removed = cgroups.remove_left_empty("/kubepods/pod1/abc", root=v1)
+    assert sorted(removed) == [
+        f"{v1}/cpu,cpuacct/kubepods/pod1/abc",
+        f"{v1}/memory/kubepods/pod1/abc",
+    ]
+    assert (v1 / "pids" / "kubepods" / "pod1" / "abc").is_dir()
+    assert (v1 / "memory" / "kubepods" / "pod1").is_dir()  # the parent is kubelet's
+    assert cgroups.remove_left_empty("/kubepods/pod1/abc", root=v1) == []
+
+    v2 = tmp_path / "v2"
+    (v2 / "crictld" / "abc").mkdir(parents=True)
+    (v2 / "cgroup.controllers").write_text("cpu memory pids\n")
+    assert cgroups.remove_left_empty("/crictld/abc", root=v2) == [f"{v2}/crictld/abc"]
+    assert not (v2 / "crictld" / "abc").exists()
+
+    (v2 / "system.slice" / "crictld-abc.scope").mkdir(parents=True)
+    assert cgroups.remove_left_empty("system.slice:crictld:abc", root=v2) == []
+    assert (v2 / "system.slice" / "crictld-abc.scope").is_dir()
